@@ -1,0 +1,57 @@
+//! The command line: argument parsing, reading files, printing results.
+//! It decides nothing about programs; every answer comes from the library.
+
+mod front;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "nasc",
+    version,
+    about = "A compiler and search engine for neural architectures",
+    long_about = "nasc checks neural architectures written in the arch language (docs/language.md): \
+every tensor shape, parameter and MAC is known before anything trains.\n\n\
+Start with `nasc compile zoo/resnet18.arch --dataset cifar10`.",
+    after_help = "Exit status: 0 success, 1 the program has errors (or is not formatted, with fmt --check), 2 bad usage or unreadable files."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a program and print its shape table: every operation's output shape, parameters and MACs.
+    Compile(front::CompileArgs),
+    /// Check a program and print diagnostics only; exit 0 if it is valid, 1 if not.
+    Check(front::CheckArgs),
+    /// Print programs in canonical form (in place), or check that they are.
+    Fmt(front::FmtArgs),
+    /// List the operations of the language with their parameters.
+    Ops(front::OpsArgs),
+    /// List the datasets programs can be bound to, with their input shapes and classes.
+    Datasets(front::DatasetsArgs),
+}
+
+/// An error of usage or I/O (exit 2), as opposed to diagnostics about a program (exit 1).
+pub struct UsageError(pub String);
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compile(a) => front::compile(a),
+        Command::Check(a) => front::check(a),
+        Command::Fmt(a) => front::fmt(a),
+        Command::Ops(a) => front::ops(a),
+        Command::Datasets(a) => front::datasets(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(UsageError(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! nasc: a compiler and search engine for neural architectures written in the arch language.
+//! The library holds every stage of the pipeline; the `nasc` binary only parses arguments and calls in.
+
+pub mod check;
+pub mod cli;
+pub mod delta;
+pub mod diag;
+pub mod syntax;

@@ -1,0 +1,10 @@
+//! The front of the compiler: text to syntax tree and back (parse, canonical form, fmt).
+//! Nothing here knows shapes or datasets, and nothing here may import Burn.
+
+pub mod ast;
+pub mod canon;
+pub mod fmt;
+pub mod parse;
+pub mod signature;
+
+pub use parse::{parse, parse_raw};
