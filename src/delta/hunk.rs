@@ -54,7 +54,8 @@ pub(crate) fn prose_like(l: &str) -> bool {
     let t = l.trim();
     let words = t.split_whitespace().count();
     let punct = t.chars().any(|c| "(){}=|#<>[]@".contains(c));
-    !punct && (words >= 3 || (words >= 2 && (t.ends_with(':') || t.ends_with('.'))))
+    // A lead-in ("Changes:") or a sentence's end is prose even when short.
+    !punct && (words >= 3 || t.ends_with(':') || (words >= 2 && t.ends_with('.')))
 }
 
 /// Largest line number accepted in a header; beyond it the header is nonsense, not drift.
