@@ -69,7 +69,9 @@ const GELU_DIFF: &str = "\
 
 #[test]
 fn extracts_a_fenced_diff_between_prose() {
-    let reply = format!("I'll swap the activation.\n\n```diff\n{GELU_DIFF}```\n\nThis should train faster.\n");
+    let reply = format!(
+        "I'll swap the activation.\n\n```diff\n{GELU_DIFF}```\n\nThis should train faster.\n"
+    );
     match extract(&reply, &Limits::default()).unwrap() {
         Extracted::Diff {
             text,
@@ -133,7 +135,10 @@ fn extracts_a_bare_diff_without_file_headers_and_with_trailing_prose() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(apply_reply(SMALL, &reply, opts()).unwrap().text, small_gelu());
+    assert_eq!(
+        apply_reply(SMALL, &reply, opts()).unwrap().text,
+        small_gelu()
+    );
 }
 
 #[test]
@@ -198,7 +203,10 @@ fn a_reply_past_the_size_limit_is_refused_with_its_size() {
     let e = extract(&reply, &Limits::default()).unwrap_err();
     assert_eq!(e.verdict(), "malformed_diff");
     let msg = e.to_string();
-    assert!(msg.contains("1048577 bytes") && msg.contains("1048576"), "{msg}");
+    assert!(
+        msg.contains("1048577 bytes") && msg.contains("1048576"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -210,7 +218,10 @@ fn prose_without_a_diff_is_no_diff() {
     ] {
         let e = extract(reply, &Limits::default()).unwrap_err();
         assert_eq!(e.verdict(), "no_diff", "{reply:?}");
-        assert!(e.to_string().contains("```diff"), "the message says what to send");
+        assert!(
+            e.to_string().contains("```diff"),
+            "the message says what to send"
+        );
     }
 }
 
@@ -302,7 +313,12 @@ fn indentation_damage_in_context_is_forgiven_and_the_program_keeps_its_spacing()
 fn context_lines_without_their_leading_space_are_forgiven() {
     let diff = "@@ -10,3 +10,3 @@\n  gap\n-  linear(classes)\n+  linear(classes, bias=false)\n}\n";
     let a = ok(SMALL, diff);
-    assert!(a.text.ends_with("  gap\n  linear(classes, bias=false)\n}\n"), "{}", a.text);
+    assert!(
+        a.text
+            .ends_with("  gap\n  linear(classes, bias=false)\n}\n"),
+        "{}",
+        a.text
+    );
     assert_eq!(kinds(&a), vec!["whitespace"]);
 }
 
@@ -311,7 +327,12 @@ fn missing_and_extra_blank_lines_are_forgiven() {
     // The blank line after `arch small` is missing from the hunk.
     let missing = "@@ -1,4 +1,4 @@\n arch small\n net {\n-  conv(16, k=3, p=1)\n+  conv(24, k=3, p=1)\n   bn\n";
     let a = ok(SMALL, missing);
-    assert!(a.text.starts_with("arch small\n\nnet {\n  conv(24, k=3, p=1)\n"), "{}", a.text);
+    assert!(
+        a.text
+            .starts_with("arch small\n\nnet {\n  conv(24, k=3, p=1)\n"),
+        "{}",
+        a.text
+    );
     assert_eq!(kinds(&a), vec!["blank_lines"]);
 
     // A blank line the program does not have.
@@ -340,7 +361,10 @@ fn wrong_context_at_the_ends_is_fuzzed_like_gnu_patch() {
         fuzz: 0,
         ..ApplyOptions::default()
     };
-    assert_eq!(apply(SMALL, diff, strict).unwrap_err().verdict(), "does_not_apply");
+    assert_eq!(
+        apply(SMALL, diff, strict).unwrap_err().verdict(),
+        "does_not_apply"
+    );
 }
 
 #[test]
@@ -427,7 +451,17 @@ fn a_hunk_matching_two_places_equally_is_ambiguous() {
     let diff = "@@ @@\n   bn\n-  relu\n+  gelu\n";
     let e = err(SMALL, diff);
     assert_eq!(e.verdict(), "ambiguous");
-    assert!(matches!(e, DeltaError::Ambiguous { hunk: 1, lines: [5, 8], .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            DeltaError::Ambiguous {
+                hunk: 1,
+                lines: [5, 8],
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let msg = e.to_string();
     assert!(msg.contains("line 5") && msg.contains("line 8"), "{msg}");
 }
@@ -438,7 +472,10 @@ fn equal_distance_from_the_stated_line_is_ambiguous() {
     // `relu, bn` is at lines 2 and 6; the header says 4: two lines from each.
     let tie = "@@ -4,2 +4,2 @@\n   relu\n-  bn\n+  ln\n";
     let e = err(base, tie);
-    assert!(matches!(e, DeltaError::Ambiguous { lines: [2, 6], .. }), "{e:?}");
+    assert!(
+        matches!(e, DeltaError::Ambiguous { lines: [2, 6], .. }),
+        "{e:?}"
+    );
     // Said to be at line 5, the nearer place (6) wins, recorded as drift.
     let near = tie.replace("-4,2 +4,2", "-5,2 +5,2");
     let a = ok(base, &near);
@@ -467,7 +504,10 @@ fn a_hunk_whose_lines_are_not_in_the_program_does_not_apply_and_says_why() {
     assert!(closest.lines.contains(&"  relu".to_string()));
     let msg = e.to_string();
     assert!(msg.contains("hunk 1 of 1 does not apply"), "{msg}");
-    assert!(msg.contains("|  sigmoid") && msg.contains("|  relu") && msg.contains("from line 4"), "{msg}");
+    assert!(
+        msg.contains("|  sigmoid") && msg.contains("|  relu") && msg.contains("from line 4"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -483,7 +523,10 @@ fn hunks_out_of_order_do_not_apply() {
 +  ln
 ";
     let e = err(SMALL, diff);
-    assert!(matches!(e, DeltaError::DoesNotApply { hunk: 2, .. }), "{e:?}");
+    assert!(
+        matches!(e, DeltaError::DoesNotApply { hunk: 2, .. }),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("order"), "{e}");
 }
 
@@ -523,7 +566,9 @@ fn a_ten_thousand_line_program_is_patched_quickly() {
         base.push_str("  relu\n");
     }
     base.push_str("  gap\n  linear(classes)\n}\n");
-    let target = base.replacen("  relu\n", "  gelu\n", 1).replace("  gap\n", "  dropout\n  gap\n");
+    let target = base
+        .replacen("  relu\n", "  gelu\n", 1)
+        .replace("  gap\n", "  dropout\n  gap\n");
     let diff = diffy::create_patch(&base, &target).to_string();
     // Drift every hunk by 100 lines so the search has to look.
     let drifted = diff.replace("@@ -4,", "@@ -104,");
@@ -539,12 +584,18 @@ fn a_repetitive_program_and_many_hunks_stop_at_the_work_limit() {
     let base = "relu\n".repeat(20_000);
     let mut diff = String::new();
     for i in 0..2_000 {
-        diff.push_str(&format!("@@ -{} @@\n relu\n relu\n-relu\n+gelu\n relu\n", 100_000 + i));
+        diff.push_str(&format!(
+            "@@ -{} @@\n relu\n relu\n-relu\n+gelu\n relu\n",
+            100_000 + i
+        ));
     }
     let t = Instant::now();
     let r = apply(&base, &diff, opts());
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     if let Err(e) = r {
-        assert!(["does_not_apply", "ambiguous"].contains(&e.verdict()), "{e}");
+        assert!(
+            ["does_not_apply", "ambiguous"].contains(&e.verdict()),
+            "{e}"
+        );
     }
 }

@@ -88,7 +88,12 @@ impl Tolerance {
 pub fn apply(base: &str, diff: &str, opts: ApplyOptions) -> Result<Applied, DeltaError> {
     let limits = &opts.limits;
     if base.len() > limits.max_bytes {
-        return Err(DeltaError::too_large("program", "bytes", base.len(), limits.max_bytes));
+        return Err(DeltaError::too_large(
+            "program",
+            "bytes",
+            base.len(),
+            limits.max_bytes,
+        ));
     }
     let (base_lines, base_crlf) = hunk::split_lines(base);
     if base_lines.len() > limits.max_lines {
@@ -155,7 +160,11 @@ fn strict(base: &str, lines: &[&str], diff: &str, hunks: &[Hunk<'_>]) -> Option<
         if h.recounted || h.unprefixed || h.headerless || h.trailing > 0 {
             return None;
         }
-        let at = if len == 0 { start } else { start.checked_sub(1)? };
+        let at = if len == 0 {
+            start
+        } else {
+            start.checked_sub(1)?
+        };
         if at < cursor || at + len > lines.len() {
             return None;
         }
@@ -364,16 +373,18 @@ impl<'b, 'a> Tolerant<'b, 'a> {
                 closest: None,
             }),
             Outcome::NotFound => {
-                let reason = self.why_not_found(n, &pre, lead, trail, expected);
-                let closest = locate::closest(self.base, &pre, expected, &mut self.work).map(|s| {
-                    Closest {
+                let mut reason = self.why_not_found(n, &pre, lead, trail, expected);
+                let closest =
+                    locate::closest(self.base, &pre, expected, &mut self.work).map(|s| Closest {
                         line: s + 1,
                         lines: self.base.lines[s.min(len)..(s + pre.len()).min(len)]
                             .iter()
                             .map(|l| l.to_string())
                             .collect(),
-                    }
-                });
+                    });
+                if closest.is_none() {
+                    reason.push_str("; no line of the program is like them");
+                }
                 Err(DeltaError::DoesNotApply {
                     hunk: n,
                     hunks: self.hunks,

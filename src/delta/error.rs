@@ -118,13 +118,15 @@ impl fmt::Display for DeltaError {
                     writeln!(f, "The hunk expects these lines in the program:")?;
                     quote(f, expected)?;
                 }
-                match closest {
-                    Some(c) => {
-                        writeln!(f, "The most similar lines of the program, from line {}:", c.line)?;
-                        quote(f, &c.lines)
-                    }
-                    None => writeln!(f, "No line of the program is like them."),
+                if let Some(c) = closest {
+                    writeln!(
+                        f,
+                        "The most similar lines of the program, from line {}:",
+                        c.line
+                    )?;
+                    quote(f, &c.lines)?;
                 }
+                Ok(())
             }
             DeltaError::Ambiguous {
                 hunk,

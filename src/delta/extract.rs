@@ -34,14 +34,31 @@ pub enum Extracted {
 /// hunks, then a fence holding a program, then a bare diff, then a bare program.
 pub fn extract(reply: &str, limits: &Limits) -> Result<Extracted, DeltaError> {
     if reply.len() > limits.max_bytes {
-        return Err(DeltaError::too_large("reply", "bytes", reply.len(), limits.max_bytes));
+        return Err(DeltaError::too_large(
+            "reply",
+            "bytes",
+            reply.len(),
+            limits.max_bytes,
+        ));
     }
     // Lines keep their '\r' (so the diff keeps its endings); `bare` is for looking at them.
-    let raw: Vec<&str> = reply.strip_suffix('\n').unwrap_or(reply).split('\n').collect();
+    let raw: Vec<&str> = reply
+        .strip_suffix('\n')
+        .unwrap_or(reply)
+        .split('\n')
+        .collect();
     if raw.len() > limits.max_lines {
-        return Err(DeltaError::too_large("reply", "lines", raw.len(), limits.max_lines));
+        return Err(DeltaError::too_large(
+            "reply",
+            "lines",
+            raw.len(),
+            limits.max_lines,
+        ));
     }
-    let bare: Vec<&str> = raw.iter().map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let bare: Vec<&str> = raw
+        .iter()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
     let blocks = fences(&bare);
 
     let tagged: Vec<&Block> = blocks.iter().filter(|b| b.tagged_diff()).collect();
@@ -58,7 +75,11 @@ pub fn extract(reply: &str, limits: &Limits) -> Result<Extracted, DeltaError> {
             .collect();
         if diff_blocks.is_empty() {
             // A ```diff fence around a plain program: the model sent the whole thing.
-            if let Some(b) = chosen.iter().rev().find(|b| program_like(&bare[b.body.clone()])) {
+            if let Some(b) = chosen
+                .iter()
+                .rev()
+                .find(|b| program_like(&bare[b.body.clone()]))
+            {
                 return Ok(Extracted::FullProgram {
                     text: join(&raw[b.body.clone()]),
                 });
@@ -107,7 +128,12 @@ pub fn extract(reply: &str, limits: &Limits) -> Result<Extracted, DeltaError> {
     })
 }
 
-fn diff(lines: Vec<&str>, fenced: bool, prose: bool, limits: &Limits) -> Result<Extracted, DeltaError> {
+fn diff(
+    lines: Vec<&str>,
+    fenced: bool,
+    prose: bool,
+    limits: &Limits,
+) -> Result<Extracted, DeltaError> {
     let text = join(&lines);
     // Reading it now turns broken headers and limits into verdicts at extraction.
     hunk::parse(&text, limits)?;
@@ -146,7 +172,10 @@ struct Block {
 
 impl Block {
     fn tagged_diff(&self) -> bool {
-        matches!(self.info.as_str(), "diff" | "patch" | "udiff" | "unified-diff")
+        matches!(
+            self.info.as_str(),
+            "diff" | "patch" | "udiff" | "unified-diff"
+        )
     }
 }
 
@@ -274,7 +303,9 @@ fn headerless_run(lines: &[&str]) -> Option<std::ops::Range<usize>> {
         }
         let run = &lines[start..i];
         let changes = run.iter().any(|l| is_change(l) && !prose_like(&l[1..]));
-        let context = run.iter().any(|l| l.starts_with(' ') && !l.trim().is_empty());
+        let context = run
+            .iter()
+            .any(|l| l.starts_with(' ') && !l.trim().is_empty());
         if changes && context && best.as_ref().is_none_or(|b| b.len() < run.len()) {
             best = Some(start..i);
         }
@@ -308,7 +339,8 @@ mod tests {
 
     #[test]
     fn fenced_diff_with_prose_around() {
-        let r = "Here is my change:\n```diff\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n```\nThis should help.\n";
+        let r =
+            "Here is my change:\n```diff\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n```\nThis should help.\n";
         match ex(r) {
             Extracted::Diff {
                 text,
@@ -391,8 +423,11 @@ mod tests {
 
     #[test]
     fn prose_alone_is_no_diff() {
-        let e = extract("I think we should add dropout.\n- more layers\n", &Limits::default())
-            .unwrap_err();
+        let e = extract(
+            "I think we should add dropout.\n- more layers\n",
+            &Limits::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.verdict(), "no_diff");
     }
 

@@ -65,15 +65,30 @@ const MAX_LINE_NUMBER: usize = 1_000_000_000;
 /// beyond guessing; lines that merely look wrong are forgiven and flagged on the hunk.
 pub(crate) fn parse<'a>(diff: &'a str, limits: &Limits) -> Result<Diff<'a>, DeltaError> {
     if diff.len() > limits.max_bytes {
-        return Err(DeltaError::too_large("diff", "bytes", diff.len(), limits.max_bytes));
+        return Err(DeltaError::too_large(
+            "diff",
+            "bytes",
+            diff.len(),
+            limits.max_bytes,
+        ));
     }
     let (lines, crlf) = split_lines(diff);
     if lines.len() > limits.max_lines {
-        return Err(DeltaError::too_large("diff", "lines", lines.len(), limits.max_lines));
+        return Err(DeltaError::too_large(
+            "diff",
+            "lines",
+            lines.len(),
+            limits.max_lines,
+        ));
     }
     let headers = lines.iter().filter(|l| l.starts_with("@@")).count();
     if headers > limits.max_hunks {
-        return Err(DeltaError::too_large("diff", "hunks", headers, limits.max_hunks));
+        return Err(DeltaError::too_large(
+            "diff",
+            "hunks",
+            headers,
+            limits.max_hunks,
+        ));
     }
 
     let hunks = if headers == 0 {
@@ -132,9 +147,8 @@ fn headed<'a>(lines: &[&'a str]) -> Result<Vec<Hunk<'a>>, DeltaError> {
         while end < limit && !is_file_header(lines, end) {
             end += 1;
         }
-        let (old, new) = header(lines[start]).map_err(|e| {
-            DeltaError::malformed(Some(start + 1), format!("hunk {}: {e}", n + 1))
-        })?;
+        let (old, new) = header(lines[start])
+            .map_err(|e| DeltaError::malformed(Some(start + 1), format!("hunk {}: {e}", n + 1)))?;
         let body = &lines[start + 1..end];
         if body.iter().all(|l| l.trim().is_empty()) {
             return Err(DeltaError::malformed(
@@ -253,7 +267,9 @@ fn hunk<'a>(
 /// Hunk lines that are all prose (blank lines aside) once their prefix is taken off.
 fn body_prose(lines: &[Line<'_>]) -> bool {
     lines.iter().all(|l| match l {
-        Line::Context(t) | Line::Delete(t) | Line::Insert(t) => t.trim().is_empty() || prose_like(t),
+        Line::Context(t) | Line::Delete(t) | Line::Insert(t) => {
+            t.trim().is_empty() || prose_like(t)
+        }
     })
 }
 
@@ -295,7 +311,9 @@ type Range = Option<(usize, usize)>;
 /// digits followed by junk are not, since they suggest a real number was garbled.
 fn header(line: &str) -> Result<(Range, Range), String> {
     if line.starts_with("@@@") {
-        return Err("a combined-diff header (@@@); only two-way unified diffs are read".to_string());
+        return Err(
+            "a combined-diff header (@@@); only two-way unified diffs are read".to_string(),
+        );
     }
     let rest = &line[2..];
     let inner = match rest.find("@@") {

@@ -127,6 +127,7 @@ pub(crate) enum Outcome {
 /// Searches `base` from `cursor` on for the hunk's old lines `pre`. `lead` and `trail` are
 /// the hunk's leading and trailing context line counts (what fuzz may drop); `expected` the
 /// 0-based line where the header (adjusted by earlier hunks' drift) puts the first old line.
+#[allow(clippy::too_many_arguments)] // one search, its inputs named at the call
 pub(crate) fn locate(
     base: &Base<'_>,
     pre: &[Pre<'_>],
@@ -217,10 +218,12 @@ fn candidates(
     let anchor = core.iter().position(|p| !p.blank);
 
     let positions: Vec<usize> = match (anchor, mode) {
-        (Some(k), Mode::Exact) => shifted(base.exact_index.get(&hash(core[k].text)), k),
-        (Some(k), Mode::Whitespace) => shifted(base.norm_index.get(&hash(&core[k].norm)), k),
+        (Some(k), Mode::Exact) => shifted(base.exact_index.get(&hash(core[k].text)), k, cursor),
+        (Some(k), Mode::Whitespace) => {
+            shifted(base.norm_index.get(&hash(&core[k].norm)), k, cursor)
+        }
         // Loose matching walks out from the anchor's own line.
-        (Some(k), Mode::Loose) => shifted(base.norm_index.get(&hash(&core[k].norm)), 0),
+        (Some(k), Mode::Loose) => shifted(base.norm_index.get(&hash(&core[k].norm)), 0, cursor),
         // Only blank lines: nothing to anchor on; every place is a candidate. Loose
         // matching of blanks alone would match anywhere, so it is not tried.
         (None, Mode::Loose) => return Ok(()),
@@ -228,9 +231,6 @@ fn candidates(
     };
 
     for s in positions {
-        if s < cursor && mode != Mode::Loose {
-            continue;
-        }
         work.spend(core.len().max(1))?;
         let m = match mode {
             Mode::Exact | Mode::Whitespace => fixed(base, core, s, mode),
@@ -250,7 +250,8 @@ fn candidates(
             && (align.iter().any(Option::is_none)
                 || align.iter().flatten().count() != end - start
                 || (lo - front > 0 && !blanks_at(base, start, lo - front, false))
-                || (pre.len() - back - hi > 0 && !blanks_at(base, end, pre.len() - back - hi, true)));
+                || (pre.len() - back - hi > 0
+                    && !blanks_at(base, end, pre.len() - back - hi, true)));
         out.push(Found {
             start,
             end,
@@ -265,16 +266,25 @@ fn candidates(
     Ok(())
 }
 
-/// Program lines `at` of an anchor line, turned into where the core would start.
-fn shifted(at: Option<&Vec<usize>>, k: usize) -> Vec<usize> {
-    at.map(|v| v.iter().filter(|&&q| q >= k).map(|&q| q - k).collect())
-        .unwrap_or_default()
+/// Program lines `at` of an anchor line `k` lines into the core, turned into where the core
+/// would start, from `cursor` on. The index lists are ascending, so earlier lines are skipped
+/// without being looked at: many hunks on a repetitive program stay cheap.
+fn shifted(at: Option<&Vec<usize>>, k: usize, cursor: usize) -> Vec<usize> {
+    let Some(at) = at else {
+        return Vec::new();
+    };
+    let from = at.partition_point(|&q| q < cursor + k);
+    at[from..].iter().map(|&q| q - k).collect()
 }
 
 /// Whether the `count` program lines just before `at` (or from `at` on, when `after`) are blank.
 fn blanks_at(base: &Base<'_>, at: usize, count: usize, after: bool) -> bool {
     (0..count).all(|i| {
-        let j = if after { at.checked_add(i) } else { at.checked_sub(i + 1) };
+        let j = if after {
+            at.checked_add(i)
+        } else {
+            at.checked_sub(i + 1)
+        };
         j.is_some_and(|j| base.blank.get(j).copied().unwrap_or(false))
     })
 }
@@ -297,7 +307,13 @@ fn fixed(base: &Base<'_>, core: &[Pre<'_>], s: usize, mode: Mode) -> Option<Alig
 /// The core laid on the program with its non-blank line `k` on program line `q`, skipping
 /// blank lines on either side as needed. Blank lines only ever pair with blank lines, so the
 /// greedy walk is exact.
-fn loose(base: &Base<'_>, core: &[Pre<'_>], k: usize, q: usize, cursor: usize) -> Option<Alignment> {
+fn loose(
+    base: &Base<'_>,
+    core: &[Pre<'_>],
+    k: usize,
+    q: usize,
+    cursor: usize,
+) -> Option<Alignment> {
     let n = base.len();
     if q < cursor || q >= n || base.norm[q] != core[k].norm {
         return None;
