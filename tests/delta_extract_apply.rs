@@ -395,6 +395,18 @@ fn trailing_bullets_after_a_correctly_counted_hunk_are_ignored() {
 }
 
 #[test]
+fn prose_inside_an_unclosed_fence_is_dropped() {
+    // A reply cut off before its closing fence: the remark is inside the "fence".
+    let reply = format!("```diff\n{GELU_DIFF}\nThat should be all. Good luck with training.\n");
+    let a = apply_reply(SMALL, &reply, opts()).unwrap();
+    assert_eq!(a.text, small_gelu());
+    assert_eq!(
+        a.tolerances,
+        vec![Tolerance::TrailingText { hunk: 1, lines: 1 }]
+    );
+}
+
+#[test]
 fn a_crlf_diff_on_an_lf_program_is_recorded() {
     let a = ok(SMALL, &GELU_DIFF.replace('\n', "\r\n"));
     assert_eq!(a.text, small_gelu());

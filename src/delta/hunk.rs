@@ -200,6 +200,15 @@ fn hunk<'a>(
     body: &[&'a str],
     headerless: bool,
 ) -> Hunk<'a> {
+    // Prose after a hunk ("- Swapped relu for gelu", "This should help.") is never a
+    // program line, whatever its prefix: drop it before counting.
+    let mut end = body.len();
+    while end > 0 && (body[end - 1].trim().is_empty() || trailing_prose(body[end - 1])) {
+        end -= 1;
+    }
+    let trailing = body[end..].iter().filter(|l| !l.trim().is_empty()).count();
+    let body = if trailing > 0 { &body[..end] } else { body };
+
     let mut unprefixed = false;
     let mut all: Vec<Line<'a>> = Vec::with_capacity(body.len());
     for l in body {
@@ -228,7 +237,6 @@ fn hunk<'a>(
     let mut lines = all;
     let mut recounted = false;
     let mut stated_prefix = None;
-    let mut trailing = 0;
     if let (Some((_, old_len)), Some((_, new_len))) = (old, new) {
         let stated = (old_len, new_len);
         if counts(&lines) == stated {
@@ -237,17 +245,8 @@ fn hunk<'a>(
             lines.truncate(trimmed);
         } else {
             lines.truncate(trimmed);
-            match prefix_meeting(&lines, stated) {
-                // "- Swapped relu for gelu" after a correctly counted hunk: prose, not a change.
-                Some(p) if body_prose(&lines[p..]) => {
-                    trailing = lines.len() - p;
-                    lines.truncate(p);
-                }
-                p => {
-                    recounted = true;
-                    stated_prefix = p;
-                }
-            }
+            recounted = true;
+            stated_prefix = prefix_meeting(&lines, stated);
         }
     } else {
         lines.truncate(trimmed);
@@ -264,13 +263,12 @@ fn hunk<'a>(
     }
 }
 
-/// Hunk lines that are all prose (blank lines aside) once their prefix is taken off.
-fn body_prose(lines: &[Line<'_>]) -> bool {
-    lines.iter().all(|l| match l {
-        Line::Context(t) | Line::Delete(t) | Line::Insert(t) => {
-            t.trim().is_empty() || prose_like(t)
-        }
-    })
+/// A diff line that is prose once its one-character prefix (if any) is taken off.
+fn trailing_prose(l: &str) -> bool {
+    if l.starts_with('\\') {
+        return false;
+    }
+    prose_like(l.strip_prefix([' ', '+', '-']).unwrap_or(l))
 }
 
 /// (old, new) line counts of a hunk body.
@@ -397,6 +395,14 @@ mod tests {
         let d = parse_ok("@@ -1,2 +1,2 @@\n a\n-b\n+c\n+ This swaps b for c.\n");
         let h = &d.hunks[0];
         assert!(!h.recounted);
+        assert_eq!((h.lines.len(), h.trailing), (3, 1));
+    }
+
+    #[test]
+    fn prose_after_a_miscounted_hunk_is_dropped_too() {
+        let d = parse_ok("@@ -1,9 +1,9 @@\n a\n-b\n+c\n\nThis should help. Let me know!\n");
+        let h = &d.hunks[0];
+        assert!(h.recounted && !h.unprefixed);
         assert_eq!((h.lines.len(), h.trailing), (3, 1));
     }
 
