@@ -314,7 +314,6 @@ fn plan(
                     ),
                 ));
             }
-            let folders = folders.to_vec();
             (
                 Plan::Folder {
                     dir: dir.clone(),
