@@ -182,7 +182,7 @@ const NEW_OPS: [&str; 10] = [
     "conv(96, k=3, p=1, bias=false)",
     "bn",
     "relu",
-    "dwconv(3, p=1)",
+    "dwconv(k=3, p=1)",
     "conv(48, k=1)",
     "hardswish",
     "identity",
