@@ -3,6 +3,8 @@
 
 pub mod check;
 pub mod cli;
+pub mod compile;
 pub mod delta;
 pub mod diag;
 pub mod syntax;
+pub mod train;

@@ -2,6 +2,7 @@
 //! It decides nothing about programs; every answer comes from the library.
 
 mod front;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +34,10 @@ enum Command {
     Ops(front::OpsArgs),
     /// List the datasets programs can be bound to, with their input shapes and classes.
     Datasets(front::DatasetsArgs),
+    /// Train a program on a dataset and report its verdict, loss, test accuracy and throughput.
+    Train(train::TrainArgs),
+    /// Evaluate weights saved by `nasc train --save` on a dataset's test split.
+    Eval(train::EvalArgs),
 }
 
 /// An error of usage or I/O (exit 2), as opposed to diagnostics about a program (exit 1).
@@ -46,6 +51,8 @@ pub fn main() -> ExitCode {
         Command::Fmt(a) => front::fmt(a),
         Command::Ops(a) => front::ops(a),
         Command::Datasets(a) => front::datasets(a),
+        Command::Train(a) => train::train(a),
+        Command::Eval(a) => train::eval(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,60 @@
+// Picks the backend at run time: one generic job, run on the Burn backend the device names.
+// It must not copy training code per backend; a backend not compiled in is an error that says which feature to build with.
+
+use super::config::Device;
+use burn::tensor::backend::AutodiffBackend;
+
+/// Work to run on whichever backend the device selects: training code is
+/// written once, generic over `B`.
+pub trait BackendJob {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `job` on `device`'s backend (always with autodiff; inference code
+/// uses `B::InnerBackend`).
+pub fn dispatch<J: BackendJob>(device: Device, job: J) -> Result<J::Output, String> {
+    match device {
+        Device::Cpu => Ok(job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default())),
+        Device::Wgpu(index) => wgpu(index, job),
+        Device::Cuda(index) => cuda(index, job),
+    }
+}
+
+/// Whether `device`'s backend is compiled into this binary, and if not, how to get it.
+pub fn available(device: Device) -> Result<(), String> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Wgpu(_) if cfg!(feature = "wgpu") => Ok(()),
+        Device::Cuda(_) if cfg!(feature = "cuda") => Ok(()),
+        Device::Wgpu(_) => Err(missing("wgpu", "wgpu")),
+        Device::Cuda(_) => Err(missing("CUDA", "cuda")),
+    }
+}
+
+fn missing(what: &str, feature: &str) -> String {
+    format!("this nasc was built without {what}; rebuild with `cargo build --release --features {feature}`")
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu<J: BackendJob>(index: Option<usize>, job: J) -> Result<J::Output, String> {
+    use burn::backend::wgpu::{Wgpu, WgpuDevice};
+    let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+    Ok(job.run::<burn::backend::Autodiff<Wgpu>>(device))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu<J: BackendJob>(_: Option<usize>, _: J) -> Result<J::Output, String> {
+    Err(missing("wgpu", "wgpu"))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda<J: BackendJob>(index: usize, job: J) -> Result<J::Output, String> {
+    use burn::backend::cuda::{Cuda, CudaDevice};
+    Ok(job.run::<burn::backend::Autodiff<Cuda>>(CudaDevice::new(index)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda<J: BackendJob>(_: usize, _: J) -> Result<J::Output, String> {
+    Err(missing("CUDA", "cuda"))
+}
