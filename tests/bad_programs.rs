@@ -247,11 +247,9 @@ fn there_are_enough_bad_programs() {
 }
 
 /// Sizes near the integer limits must be refused with a diagnostic, never a panic or a
-/// hang: the search checks machine-written programs. Ignored until the checker's counting
-/// saturates (or refuses sizes past a limit) and `divisor_near` stops scanning every
-/// divisor; each program below panics in a debug build (overflow) or hangs.
+/// hang: the search checks machine-written programs. Each program below once panicked
+/// in a debug build (overflow) or hung.
 #[test]
-#[ignore = "overflow panics and a hang in check::ops, reported to the lead"]
 fn sizes_near_integer_limits_are_refused_without_a_panic() {
     let programs = [
         // ops.rs conv: `cout * per_out` overflows.

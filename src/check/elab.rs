@@ -77,6 +77,8 @@ pub(super) struct Elab<'p> {
     used_blocks: std::collections::HashSet<&'p str>,
     /// Spans already warned about (a repeat body is elaborated many times).
     warned: std::collections::HashSet<u32>,
+    /// Nodes bound to a name: an unused one is reported by name, not as dead work.
+    bound_nodes: std::collections::HashSet<NodeId>,
 }
 
 pub(super) fn elaborate(program: &Program, binding: Binding) -> Result<Checked, Vec<Diagnostic>> {
@@ -89,6 +91,7 @@ pub(super) fn elaborate(program: &Program, binding: Binding) -> Result<Checked, 
         calls: Vec::new(),
         used_blocks: Default::default(),
         warned: Default::default(),
+        bound_nodes: Default::default(),
     };
     match e.run(program) {
         Ok(output) => {
@@ -121,7 +124,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
 fn nearest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .map(|c| (levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < name.len().max(1))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < name.len().max(2))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -143,7 +146,6 @@ fn alias(name: &str) -> Option<&'static str> {
         "cat" | "concatenate" => "concat",
         "sum" | "residual" => "add",
         "multiply" | "scale" => "mul",
-        "softmax" => "identity",
         "attention" | "mhsa" | "self_attention" => "attn",
         _ => return None,
     })
@@ -176,7 +178,8 @@ impl<'p> Elab<'p> {
                         prm.name.span,
                         format!("a parameter cannot be named `{pname}`: that name is taken by the language"),
                     )
-                    .label("reserved name"));
+                    .label("reserved name")
+                    .hint(format!("choose another name, e.g. `n_{pname}`")));
                 }
                 if seen.contains(&pname) {
                     return err(Diagnostic::error(
@@ -191,8 +194,9 @@ impl<'p> Elab<'p> {
         }
         self.check_recursion(program)?;
         let Some(net) = &program.net else {
-            return err(Diagnostic::error(Code::MissingNet, Span::new(0, 0), "the program has no `net { … }`")
-                .label("expected a net")
+            let end = program.blocks.iter().map(|b| b.span.end).max().unwrap_or(0) as usize;
+            return err(Diagnostic::error(Code::MissingNet, Span::new(end, end), "the program has no `net { … }`")
+                .label("add `net { … }` here")
                 .hint("the network itself is written in `net { … }`; blocks alone describe nothing to train"));
         };
         let [c, h, w] = self.binding.input;
@@ -202,6 +206,14 @@ impl<'p> Elab<'p> {
         self.unused(&frame.values);
         let shape = self.nodes[out].shape;
         if shape != (Shape::Vector { d: self.binding.classes }) {
+            if net.body.stmts.is_empty() {
+                let net_kw = Span::new(net.span.start as usize, net.span.start as usize + 3);
+                return err(Diagnostic::error(Code::BadOutput, net_kw, format!("`net` is empty: it outputs the input {shape}"))
+                    .label("empty net")
+                    .shape("output", shape)
+                    .shape("expected", Shape::Vector { d: self.binding.classes })
+                    .hint("write the network's operations inside `net { … }`, one per line, ending with `linear(classes)`"));
+            }
             let at = net.body.stmts.last().map_or(net.span, |s| s.span);
             let hint = match shape {
                 Shape::Map { .. } => "pool to a vector and classify: end with `gap` then `linear(classes)`".to_string(),
@@ -223,6 +235,7 @@ impl<'p> Elab<'p> {
             .shape("expected", Shape::Vector { d: self.binding.classes })
             .hint(hint));
         }
+        self.dead_results(out);
         for b in &program.blocks {
             if !self.used_blocks.contains(b.name.name.as_str()) {
                 self.warnings.push(
@@ -232,6 +245,28 @@ impl<'p> Elab<'p> {
             }
         }
         Ok(out)
+    }
+
+    /// Warns about operations whose result nothing uses: the flow was dropped
+    /// by a statement that starts from a named value, so the work is dead.
+    fn dead_results(&mut self, out: NodeId) {
+        let mut used = vec![false; self.nodes.len()];
+        for n in &self.nodes {
+            for i in &n.inputs {
+                used[*i] = true;
+            }
+        }
+        used[out] = true;
+        for (id, n) in self.nodes.iter().enumerate().skip(1) {
+            if used[id] || self.bound_nodes.contains(&id) || !self.warned.insert(n.span.start) {
+                continue;
+            }
+            self.warnings.push(
+                Diagnostic::warning(Code::UnusedValue, n.span, format!("the result of `{}` is never used", n.op))
+                    .label("computed, then dropped")
+                    .hint("the next statement starts from a named value, which drops the flow: merge it (`add(…)`, `concat(…)`) or remove the dead lines"),
+            );
+        }
     }
 
     /// Finds a block that calls itself, directly or through others, even if `net` never calls it.
@@ -305,9 +340,12 @@ impl<'p> Elab<'p> {
                 .label("this call closes the cycle")
                 .hint("a network is finite: use `repeat(n) { … }` to stack a block n times");
                 for (n, s) in &cycle[..cycle.len() - 1] {
-                    if s != &span || n != &last {
-                        d = d.with_label(*s, format!("`{n}` is called here"));
+                    if s.same(span) {
+                        continue;
                     }
+                    let defined = self.blocks.get(n).is_some_and(|b| b.name.span.same(*s));
+                    let text = if defined { format!("block `{n}` is defined here") } else { format!("`{n}` is called here") };
+                    d = d.with_label(*s, text);
                 }
                 return err(d);
             }
@@ -362,6 +400,9 @@ impl<'p> Elab<'p> {
                         return self.too_big(count.span());
                     }
                     for _ in 0..n {
+                        if self.nodes.len() > MAX_NODES {
+                            return self.too_big(count.span());
+                        }
                         let mark = frame.values.len();
                         flow = self.body(inner, frame, flow, depth)?;
                         let inner_values: Vec<Bound<'p>> = frame.values.drain(mark..).collect();
@@ -375,7 +416,7 @@ impl<'p> Elab<'p> {
 
     fn too_big<T>(&self, span: Span) -> R<T> {
         self.fail(
-            Diagnostic::error(Code::OverBudget, span, format!("the program expands to more than {MAX_NODES} operations"))
+            Diagnostic::error(Code::OverBudget, span, format!("the program expands to more than {} operations", super::group(MAX_NODES as u64)))
                 .label("this repeats too often")
                 .hint("a network this deep cannot be trained in a proxy run; lower the count"),
         )
@@ -406,6 +447,7 @@ impl<'p> Elab<'p> {
             );
         }
         frame.values.push(Bound { name: n, node, span: name.span, used: false });
+        self.bound_nodes.insert(node);
         Ok(())
     }
 
@@ -481,7 +523,9 @@ impl<'p> Elab<'p> {
             Diagnostic::error(Code::UnknownOp, st.name.span, format!("unknown operation `{name}`")).label("unknown operation")
         };
         let ops_and_blocks = signature::OPS.iter().map(|s| s.name).chain(self.blocks.keys().copied());
-        if let Some(a) = alias(name) {
+        if matches!(name, "softmax" | "log_softmax") {
+            d = d.hint("there is no softmax: the network outputs logits and the loss applies softmax; remove this line");
+        } else if let Some(a) = alias(name) {
             d = d.hint(format!("the language calls this `{a}`"));
         } else if let Some(n) = nearest(name, ops_and_blocks) {
             d = d.hint(format!("did you mean `{n}`?"));
@@ -763,11 +807,16 @@ impl<'p> Elab<'p> {
                     "false" => Ok(Val::Bool(false)),
                     "same" => Ok(Val::Same),
                     _ => {
+                        if n == "in" || frame.values.iter().any(|v| v.name == n) {
+                            return self.fail(
+                                Diagnostic::error(Code::MisplacedValue, id.span, format!("`{n}` is a value (a tensor), but arguments are numbers"))
+                                    .label("a value where a number goes")
+                                    .hint(format!("merge values with `add({n})` or `concat({n})`; sizes are numbers or block parameters")),
+                            );
+                        }
                         let mut d = Diagnostic::error(Code::UnboundName, id.span, format!("`{n}` is not defined here"))
                             .label("unknown name");
-                        if n == "in" || frame.values.iter().any(|v| v.name == n) {
-                            d = d.hint(format!("`{n}` is a value (a tensor); arguments are numbers. Merge values with `add({n})` or `concat({n})`"));
-                        } else if let Some(g) = nearest(n, frame.params.iter().map(|(p, _)| *p).chain(["classes", "true", "false", "same"])) {
+                        if let Some(g) = nearest(n, frame.params.iter().map(|(p, _)| *p).chain(["classes", "true", "false", "same"])) {
                             d = d.hint(format!("did you mean `{g}`?"));
                         } else if self.calls.is_empty() {
                             d = d.hint("numbers in `net` are literals or `classes`; named numbers are block parameters");
@@ -779,7 +828,10 @@ impl<'p> Elab<'p> {
                 }
             }
             Expr::Neg(inner, span) => match self.eval(inner, frame)? {
-                Val::Int(v) => Ok(Val::Int(-v)),
+                Val::Int(v) => match v.checked_neg() {
+                    Some(n) => Ok(Val::Int(n)),
+                    None => self.fail(Diagnostic::error(Code::BadValue, *span, "this number is too large").label("overflows")),
+                },
                 Val::Float(v) => Ok(Val::Float(-v)),
                 v => self.fail(
                     Diagnostic::error(Code::ArgType, *span, format!("cannot negate {}", v.type_name())).label("not a number"),

@@ -39,11 +39,12 @@ impl Shape {
             Shape::Tokens { d, .. } | Shape::Vector { d } => d,
         }
     }
-    pub fn kind_name(self) -> &'static str {
+    /// What kind of value this is, in words: "feature maps", "tokens", "a vector".
+    pub fn kind_word(self) -> &'static str {
         match self {
-            Shape::Map { .. } => "feature maps [C,H,W]",
-            Shape::Tokens { .. } => "tokens [N,D]",
-            Shape::Vector { .. } => "a vector [D]",
+            Shape::Map { .. } => "feature maps",
+            Shape::Tokens { .. } => "tokens",
+            Shape::Vector { .. } => "a vector",
         }
     }
 }
@@ -222,15 +223,16 @@ pub struct Graph {
 }
 
 impl Graph {
+    // Sums saturate: a budget check must see "too many", never a wrapped small number.
     pub fn params(&self) -> u64 {
-        self.nodes.iter().map(|n| n.params).sum()
+        self.nodes.iter().fold(0u64, |a, n| a.saturating_add(n.params))
     }
     pub fn macs(&self) -> u64 {
-        self.nodes.iter().map(|n| n.macs).sum()
+        self.nodes.iter().fold(0u64, |a, n| a.saturating_add(n.macs))
     }
     /// Bytes of f32 activations per sample: every operation's output, which
     /// is what training keeps for the backward pass.
     pub fn activation_bytes(&self) -> u64 {
-        self.nodes.iter().skip(1).map(|n| n.shape.elements() * 4).sum()
+        self.nodes.iter().skip(1).fold(0u64, |a, n| a.saturating_add(n.shape.elements().saturating_mul(4)))
     }
 }

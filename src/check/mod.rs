@@ -72,13 +72,19 @@ pub fn check(program: &Program, binding: Binding, budget: &Budget) -> Result<Che
     .find(|(_, have, max, _)| have > max);
     if let Some((what, have, max, flag)) = over {
         let span = program.net.as_ref().map_or(Span::default(), |n| Span::new(n.span.start as usize, n.span.start as usize + 3));
+        let (have_text, max_text, smaller) = if flag == "--max-activation-bytes" {
+            (human_bytes(have), human_bytes(max), "downsample earlier (a stride or a pool near the input), or use fewer channels")
+        } else {
+            (group(have), group(max), "make it smaller (fewer channels or layers)")
+        };
+        let what = if flag == "--max-activation-bytes" { "of activations per sample" } else { what };
         let mut errs = vec![Diagnostic::error(
             Code::OverBudget,
             span,
-            format!("the network has {} {what}; the budget is {}", group(have), group(max)),
+            format!("the network has {have_text} {what}; the budget is {max_text}"),
         )
         .label("over budget")
-        .hint(format!("make it smaller (fewer channels or layers), or raise the budget with `{flag}`"))];
+        .hint(format!("{smaller}, or raise the budget with `{flag}`"))];
         errs.extend(checked.warnings);
         return Err(errs);
     }

@@ -57,11 +57,15 @@ impl OpError {
     pub fn into_diagnostic(self, st: &Stage, args: &ArgVals, input: Shape) -> Diagnostic {
         let span = self.arg.and_then(|a| args.span(a)).unwrap_or(st.span);
         let mut d = Diagnostic::error(self.code, span, self.message).label(self.label).shape("input", input);
-        if span != st.span || span.start != st.span.start {
+        if !span.same(st.span) {
             d = d.with_label(st.span, format!("`{}` gets {input}", st.name.name));
         }
         if let Some(h) = self.hint {
-            d = d.hint(h);
+            // `{call}` in a hint is the call as written, so a hint never turns
+            // `linear(classes)` into a literal that breaks other datasets.
+            let mut call = String::new();
+            crate::syntax::fmt::stage(&mut call, st);
+            d = d.hint(h.replace("{call}", &call));
         }
         d
     }
@@ -78,9 +82,20 @@ fn hinted<T>(r: Result<T, OpError>, hint: impl Into<String>) -> Result<T, OpErro
     })
 }
 
+/// The largest size any argument or dimension may have. Far beyond any real
+/// network, and small enough that every count below fits in a u64.
+pub const MAX_SIZE: u64 = 1 << 24;
+
+fn too_large<T>(name: &'static str, op: &str, v: i64) -> Result<T, OpError> {
+    fail(Code::BadValue, Some(name), format!("`{name}` of `{op}` is {v}; sizes are at most {}", super::group(MAX_SIZE)), "too large")
+}
+
 /// A positive integer argument (channels, kernels, strides, groups…).
 fn positive(args: &ArgVals, name: &'static str, op: &str) -> Result<u64, OpError> {
     let v = args.int(name);
+    if v as u64 > MAX_SIZE && v > 0 {
+        return too_large(name, op, v);
+    }
     if v < 1 {
         let code = if matches!(name, "c" | "n" | "d") { Code::ZeroDim } else { Code::BadValue };
         return fail(code, Some(name), format!("`{name}` of `{op}` must be at least 1, got {v}"), "must be positive");
@@ -93,13 +108,16 @@ fn non_negative(args: &ArgVals, name: &'static str, op: &str) -> Result<u64, OpE
     if v < 0 {
         return fail(Code::BadValue, Some(name), format!("`{name}` of `{op}` cannot be negative, got {v}"), "negative");
     }
+    if v as u64 > MAX_SIZE {
+        return too_large(name, op, v);
+    }
     Ok(v as u64)
 }
 
 fn wrong_input<T>(op: &str, takes: &str, input: Shape, hint: Option<&str>) -> Result<T, OpError> {
     let mut e = OpError {
         code: Code::WrongInput,
-        message: format!("`{op}` takes {takes}, but gets {} {input}", input.kind_name()),
+        message: format!("`{op}` takes {takes}, but gets {} {input}", input.kind_word()),
         arg: None,
         label: format!("gets {input}"),
         hint: hint.map(str::to_string),
@@ -134,10 +152,24 @@ fn nonzero(shape: Shape, op: &str) -> Result<Shape, OpError> {
     if shape.dims().contains(&0) {
         return fail(Code::ZeroDim, None, format!("`{op}` would output {shape}: a dimension reaches zero"), format!("gives {shape}"));
     }
+    if shape.dims().iter().any(|d| *d > MAX_SIZE) {
+        return fail(
+            Code::BadValue,
+            None,
+            format!("`{op}` would output {shape}: dimensions are at most {}", super::group(MAX_SIZE)),
+            format!("gives {shape}"),
+        );
+    }
     Ok(shape)
 }
 
 type Applied = (Op, Shape, u64, u64);
+
+/// A product that saturates: counts of absurd programs must stay comparable
+/// with a budget, never wrap.
+fn prod(xs: &[u64]) -> u64 {
+    xs.iter().fold(1u64, |a, x| a.saturating_mul(*x))
+}
 
 pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Result<Applied, OpError> {
     let _ = binding;
@@ -186,7 +218,15 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
         "dropout" => {
             let p = args.float("p");
             if !(0.0..1.0).contains(&p) {
-                return fail(Code::BadValue, Some("p"), format!("dropout probability must be in [0, 1), got {p}"), "out of range");
+                return hinted(
+                    fail(
+                        Code::BadValue,
+                        Some("p"),
+                        format!("dropout probability must be in [0, 1), got {}", crate::syntax::fmt::float_text(p)),
+                        "out of range",
+                    ),
+                    "dropout takes the probability of dropping a unit, below 1: e.g. `dropout(0.5)`",
+                );
             }
             (Op::Dropout { p }, input, 0, 0)
         }
@@ -204,13 +244,13 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
                         arg: None,
                         label: format!("gets {input}"),
                         hint: Some(format!(
-                            "pool or flatten first: `gap |> linear({n})` gives {c} features, `flatten |> linear({n})` gives {}",
-                            c * h * w
+                            "pool or flatten first: `gap |> {{call}}` gives it {c} features, `flatten |> {{call}}` gives it {}",
+                            prod(&[c, h, w])
                         )),
                     })
                 }
             };
-            (Op::Linear { out: n, bias }, shape, inf * n + if bias { n } else { 0 }, tokens * inf * n)
+            (Op::Linear { out: n, bias }, shape, prod(&[inf, n]) + if bias { n } else { 0 }, prod(&[tokens, inf, n]))
         }
         "shuffle" => {
             let Shape::Map { c, .. } = input else { return wrong_input(name, "feature maps [C,H,W]", input, None) };
@@ -253,11 +293,11 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
             if k > h || k > w {
                 return hinted(
                     fail(Code::KernelTooLarge, Some("k"), format!("patch size {k} is larger than the input {h}x{w}"), "patch too large"),
-                    "use a patch size that divides the image, e.g. 4 for 32x32",
+                    format!("use a patch size that divides the {h}x{w} input, e.g. {}", divisor_near(gcd(h, w), 4)),
                 );
             }
             let n = (h / k) * (w / k);
-            (Op::Patch { d, k }, Shape::Tokens { n, d }, d * c * k * k + d, n * d * c * k * k)
+            (Op::Patch { d, k }, Shape::Tokens { n, d }, prod(&[d, c, k, k]).saturating_add(d), prod(&[n, d, c, k, k]))
         }
         "cls_token" => match input {
             Shape::Tokens { n, d } => (Op::ClsToken, Shape::Tokens { n: n + 1, d }, d, 0),
@@ -279,8 +319,8 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
                 );
             }
             let bias = args.bool("bias");
-            let params = 4 * d * d + if bias { 4 * d } else { 0 };
-            (Op::Attention { heads, bias }, input, params, 4 * n * d * d + 2 * n * n * d)
+            let params = prod(&[4, d, d]) + if bias { 4 * d } else { 0 };
+            (Op::Attention { heads, bias }, input, params, prod(&[4, n, d, d]).saturating_add(prod(&[2, n, n, d])))
         }
         "token_mean" | "cls_pool" => match input {
             Shape::Tokens { d, .. } => {
@@ -294,8 +334,22 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
     Ok(out)
 }
 
+/// The divisor of `n` closest to `near`, for hints. Divisors come in pairs
+/// around the square root, so this looks at √n candidates, not n.
 fn divisor_near(n: u64, near: u64) -> u64 {
-    (1..=n).filter(|d| n % d == 0).min_by_key(|d| d.abs_diff(near)).unwrap_or(1)
+    let mut best: u64 = 1;
+    let mut i: u64 = 1;
+    while i * i <= n {
+        if n % i == 0 {
+            for d in [i, n / i] {
+                if d.abs_diff(near) < best.abs_diff(near) {
+                    best = d;
+                }
+            }
+        }
+        i += 1;
+    }
+    best
 }
 
 fn conv(name: &str, args: &ArgVals, input: Shape) -> Result<Applied, OpError> {
@@ -329,32 +383,35 @@ fn conv(name: &str, args: &ArgVals, input: Shape) -> Result<Applied, OpError> {
             }
             d * (k - 1) / 2
         }
-        Val::Int(v) if v >= 0 => v as u64,
+        Val::Int(v) if v >= 0 && v as u64 <= MAX_SIZE => v as u64,
+        Val::Int(v) if v > 0 => return too_large("p", name, v),
         v => return fail(Code::BadValue, Some("p"), format!("padding cannot be negative, got {v}"), "negative"),
     };
     if cin % g != 0 || cout % g != 0 {
         let which = if cin % g != 0 { format!("the {cin} input channels") } else { format!("the {cout} output channels") };
+        let both = if cin == cout { format!("groups must divide {cin}") } else { format!("groups must divide both {cin} and {cout}") };
         return hinted(
             fail(Code::GroupsNotDivisible, Some("g"), format!("{g} groups do not divide {which}"), format!("{g} groups")),
-            format!("groups must divide both {cin} and {cout}; e.g. g={}", divisor_near(gcd(cin, cout), g)),
+            format!("{both}; e.g. g={}", divisor_near(gcd(cin, cout), g)),
         );
     }
     let (Some(oh), Some(ow)) = (window(h, k, s, p, d, false), window(w, k, s, p, d, false)) else {
         let eff = d * (k - 1) + 1;
+        let kernel = if d > 1 { format!("dilated kernel (k={k}, d={d}) spans {eff}x{eff}, which") } else { format!("kernel {eff}x{eff}") };
         return hinted(
             fail(
                 Code::KernelTooLarge,
                 Some("k"),
-                format!("kernel {eff}x{eff} is larger than the padded input {}x{}", h + 2 * p, w + 2 * p),
+                format!("{kernel} is larger than the padded input {}x{}", h + 2 * p, w + 2 * p),
                 format!("kernel {eff} > input {}", h.min(w) + 2 * p),
             ),
             format!("the input is only {h}x{w} here: use a smaller kernel, add padding (`p={}`), or remove a downsampling step earlier", (k - 1) / 2),
         );
     };
     let shape = Shape::Map { c: cout, h: oh, w: ow };
-    let per_out = (cin / g) * k * k;
-    let params = cout * per_out + if bias { cout } else { 0 };
-    let macs = shape.elements() * per_out;
+    let per_out = prod(&[cin / g, k, k]);
+    let params = prod(&[cout, per_out]).saturating_add(if bias { cout } else { 0 });
+    let macs = prod(&[shape.elements(), per_out]);
     let op = Op::Conv { out: cout, k, s, p, d, g, bias };
     Ok((op, shape, params, macs))
 }
@@ -474,6 +531,21 @@ pub fn merge_hint(name: &str, shapes: &[Shape]) -> String {
         ),
         (_, Shape::Map { c, .. }, Shape::Map { c: c2, .. }) if c != c2 => {
             format!("the channels differ ({c} vs {c2}): project the shortcut, e.g. `x |> conv({c}, k=1) |> bn`")
+        }
+        ("concat", Shape::Tokens { .. }, _) => {
+            "token sequences cannot be concatenated: pool them first (`cls_pool`, `token_mean`), or widen with `linear`".to_string()
+        }
+        ("concat", Shape::Map { .. }, Shape::Vector { .. }) | ("concat", Shape::Vector { .. }, Shape::Map { .. }) => {
+            "a map and a vector cannot be joined: pool or flatten the map first (`gap`, `flatten`)".to_string()
+        }
+        (_, Shape::Vector { d }, Shape::Vector { d: d2 }) => format!(
+            "the widths differ ({d} vs {d2}): project one with `linear({d})` so they match"
+        ),
+        (_, Shape::Tokens { d, .. }, Shape::Tokens { d: d2, .. }) if d != d2 => {
+            format!("the token widths differ ({d} vs {d2}): project back with `linear({d})`")
+        }
+        ("mul", Shape::Map { c, .. }, Shape::Vector { .. }) => {
+            format!("a gate must have one value per channel: end it with `linear({c})`")
         }
         _ => "merged values must have matching shapes; the shape table (`nasc compile`) shows each value's shape".to_string(),
     }

@@ -1,6 +1,7 @@
 //! The command line: argument parsing, reading files, printing results.
 //! It decides nothing about programs; every answer comes from the library.
 
+mod data;
 mod front;
 mod train;
 
@@ -34,6 +35,9 @@ enum Command {
     Ops(front::OpsArgs),
     /// List the datasets programs can be bound to, with their input shapes and classes.
     Datasets(front::DatasetsArgs),
+    /// Download datasets from their canonical sources, or describe what is on disk.
+    #[command(subcommand)]
+    Data(data::DataCmd),
     /// Train a program on a dataset and report its verdict, loss, test accuracy and throughput.
     Train(train::TrainArgs),
     /// Evaluate weights saved by `nasc train --save` on a dataset's test split.
@@ -51,6 +55,7 @@ pub fn main() -> ExitCode {
         Command::Fmt(a) => front::fmt(a),
         Command::Ops(a) => front::ops(a),
         Command::Datasets(a) => front::datasets(a),
+        Command::Data(cmd) => data::run(cmd),
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
     };

@@ -209,11 +209,14 @@ pub fn render(diags: &[Diagnostic], file: &str, src: &str, color: bool) -> Strin
             )
             .with_code(d.code.as_str())
             .with_message(message)
-            .with_label(ALabel::new((file, range)).with_message(label_text).with_order(0));
-        for (i, l) in d.labels.iter().enumerate() {
-            report = report.with_label(
-                ALabel::new((file, clamp(l.span, src))).with_message(&l.message).with_order(i as i32 + 1),
-            );
+            ;
+        // Labels go in in source order: ariadne starts a new snippet, headed by
+        // the primary location, whenever a label lies above the one before it.
+        let mut labels: Vec<(std::ops::Range<usize>, &str)> = vec![(range, label_text.as_str())];
+        labels.extend(d.labels.iter().map(|l| (clamp(l.span, src), l.message.as_str())));
+        labels.sort_by_key(|(r, _)| r.start);
+        for (r, text) in labels {
+            report = report.with_label(ALabel::new((file, r)).with_message(text));
         }
         if let Some(h) = &d.hint {
             report = report.with_help(h);
@@ -235,7 +238,8 @@ fn clamp(span: Span, src: &str) -> std::ops::Range<usize> {
 pub struct JsonDiagnostic<'a> {
     pub severity: Severity,
     pub code: Code,
-    pub verdict: &'static str,
+    /// The pipeline verdict an error yields; none for a warning.
+    pub verdict: Option<&'static str>,
     pub message: &'a str,
     pub file: &'a str,
     pub line: usize,
@@ -245,8 +249,15 @@ pub struct JsonDiagnostic<'a> {
     pub span: Span,
     pub label: &'a str,
     pub labels: Vec<JsonLabel<'a>>,
-    pub shapes: serde_json::Map<String, serde_json::Value>,
+    pub shapes: Vec<JsonShape<'a>>,
     pub hint: Option<&'a str>,
+}
+
+/// A shape involved, by role, in the order the message gives them.
+#[derive(Serialize)]
+pub struct JsonShape<'a> {
+    pub role: &'a str,
+    pub shape: &'a str,
 }
 
 #[derive(Serialize)]
@@ -263,7 +274,7 @@ pub fn to_json<'a>(d: &'a Diagnostic, file: &'a str, src: &str, index: &LineInde
     JsonDiagnostic {
         severity: d.severity,
         code: d.code,
-        verdict: d.code.verdict(),
+        verdict: d.is_error().then(|| d.code.verdict()),
         message: &d.message,
         file,
         line,
@@ -280,11 +291,7 @@ pub fn to_json<'a>(d: &'a Diagnostic, file: &'a str, src: &str, index: &LineInde
                 JsonLabel { message: &l.message, line, col, span: l.span }
             })
             .collect(),
-        shapes: d
-            .shapes
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect(),
+        shapes: d.shapes.iter().map(|(role, shape)| JsonShape { role, shape }).collect(),
         hint: d.hint.as_deref(),
     }
 }

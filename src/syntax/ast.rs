@@ -8,7 +8,7 @@ use std::fmt;
 /// Two spans always compare equal: trees are compared for what they say, not
 /// for where it was written, so that `parse(fmt(x)) == parse(x)` holds even
 /// though formatting moves every node.
-#[derive(Clone, Copy, Debug, Default, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, Eq, serde::Serialize)]
 pub struct Span {
     pub start: u32,
     pub end: u32,
@@ -28,6 +28,10 @@ impl Span {
         self.start as usize..self.end as usize
     }
     /// The smallest span that covers both.
+    /// Whether two spans cover the same bytes (`==` on spans is always true).
+    pub fn same(self, other: Span) -> bool {
+        self.start == other.start && self.end == other.end
+    }
     pub fn to(self, other: Span) -> Span {
         Span { start: self.start.min(other.start), end: self.end.max(other.end) }
     }

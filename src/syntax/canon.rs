@@ -72,7 +72,9 @@ impl<'a> Ctx<'a> {
             return Some(Params { names, defaults, positional });
         }
         let (_, params) = self.blocks.iter().find(|(n, _)| n == name)?;
-        let positional = params.iter().take_while(|(_, d)| d.is_none()).count();
+        // The first argument positional, the rest by name: `inception(64, r3=96, c3=128)`
+        // reads (and diffs) better than a row of bare numbers.
+        let positional = usize::from(params.first().is_some_and(|(_, d)| d.is_none()));
         Some(Params {
             names: params.iter().map(|(n, _)| n.as_str()).collect(),
             defaults: params.iter().map(|(_, d)| d.as_ref().map(DefaultValue::Expr)).collect(),

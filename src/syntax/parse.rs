@@ -34,9 +34,44 @@ pub fn parse_raw(src: &str) -> Result<Program, Diagnostic> {
         .label("too long")
         .hint("an architecture is a few hundred lines at most; is this the right file?"));
     }
+    check_nesting(src)?;
     let mut pairs = ArchParser::parse(Rule::file, src).map_err(|e| syntax_error(e, src))?;
     let file = pairs.next().expect("the file rule always yields one pair");
     Builder { src }.file(file)
+}
+
+/// Parentheses or braces nested deeper than this are refused before parsing:
+/// the parser and evaluator recurse, and machine-written text can nest anything.
+pub const MAX_NESTING: usize = 64;
+
+fn check_nesting(src: &str) -> Result<(), Diagnostic> {
+    let mut depth = 0usize;
+    let mut in_comment = false;
+    for (i, ch) in src.char_indices() {
+        if in_comment {
+            in_comment = ch != '\n';
+            continue;
+        }
+        match ch {
+            '(' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Diagnostic::error(
+                        Code::Syntax,
+                        Span::new(i, i + 1),
+                        format!("brackets are nested more than {MAX_NESTING} deep"),
+                    )
+                    .label("too deep")
+                    .hint("simplify the expression or flatten the nested repeats"));
+                }
+            }
+            ')' | '}' => depth = depth.saturating_sub(1),
+            // A comment's brackets are text.
+            '#' => in_comment = true,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn syntax_error(e: pest::error::Error<Rule>, src: &str) -> Diagnostic {
@@ -84,7 +119,7 @@ fn describe(rules: &[Rule]) -> String {
             Rule::comment => "a comment",
             Rule::blank => "a line break",
             Rule::add_op | Rule::mul_op => "an operator",
-            Rule::EOI => "the end of the file",
+            Rule::EOI => "the end of the line",
             Rule::call_args => "`(`",
             Rule::branch => "`|>`",
             _ => "something else",
@@ -105,16 +140,24 @@ fn syntax_hint(src: &str, pos: usize) -> Option<&'static str> {
     let line_start = src[..pos].rfind('\n').map_or(0, |i| i + 1);
     let line_end = src[pos..].find('\n').map_or(src.len(), |i| pos + i);
     let line = &src[line_start..line_end];
-    if line.contains(';') {
+    let found_brace = src[pos..].starts_with('{');
+    let first_word = line.split_whitespace().next().unwrap_or("");
+    if found_brace && matches!(first_word, "net" | "block") {
+        Some("the block above is missing its closing `}`: every `{` needs a matching `}` on a line of its own")
+    } else if line.contains(';') {
         Some("statements end at the line break; there are no semicolons")
     } else if line.contains(':') {
         Some("arguments are written `name=value`, as in `conv(64, k=3)`")
     } else if line.contains("->") || line.contains("=>") {
         Some("pipelines are written with `|>`, as in `x |> conv(64, k=1) |> bn`")
+    } else if line.contains("=(") || line.contains("= (") {
+        Some("kernels, strides and paddings are single numbers: write `k=3`, not `k=(3, 3)`")
     } else if line.contains('[') || line.contains('"') || line.contains('\'') {
         Some("arguments are numbers, names, `true`/`false` or `same`; there are no lists or strings")
     } else if line.trim_start().starts_with("//") {
         Some("comments start with `#`")
+    } else if src[pos..].chars().next().is_some_and(|c| c.is_alphabetic()) && pos > line_start {
+        Some("one operation per line; to chain operations on one line, use `|>`: `conv(64, k=3) |> bn |> relu`")
     } else if src[pos..].is_empty() || line.trim().is_empty() {
         Some("every `{` needs a matching `}` on a line of its own")
     } else {
@@ -178,6 +221,8 @@ impl TriviaCollector {
             _ => None,
         }
     }
+    /// The trivia of the node that ends at `end`. Items are always separated by
+    /// one blank line, so callers for items ignore `blank_before`.
     fn take(&mut self, end: usize) -> Trivia {
         let t = Trivia { leading: std::mem::take(&mut self.pending), trailing: None, blank_before: self.blank };
         self.blank = false;
@@ -222,13 +267,13 @@ impl<'s> Builder<'s> {
                     }
                     let id = p.into_inner().find(|q| q.as_rule() == Rule::ident).expect("arch has a name");
                     program.arch = Some(self.ident(id));
-                    program.arch_trivia = t;
+                    program.arch_trivia = Trivia { blank_before: false, ..t };
                     last = Last::Arch;
                 }
                 Rule::block_def => {
                     let t = trivia.take(p.as_span().end());
                     let mut b = self.block(p)?;
-                    b.trivia = t;
+                    b.trivia = Trivia { blank_before: false, ..t };
                     program.order.push(ItemRef::Block(program.blocks.len()));
                     program.blocks.push(b);
                     last = Last::Block(program.blocks.len() - 1);
@@ -242,7 +287,7 @@ impl<'s> Builder<'s> {
                             .hint("merge the two into one `net { … }`, or turn one into a `block`"));
                     }
                     let mut n = self.net(p)?;
-                    n.trivia = t;
+                    n.trivia = Trivia { blank_before: false, ..t };
                     program.net = Some(n);
                     program.order.push(ItemRef::Net);
                     last = Last::Net;
@@ -315,7 +360,9 @@ impl<'s> Builder<'s> {
                     }
                 }
                 _ => {
-                    let t = trivia.take(q.as_span().end());
+                    let mut t = trivia.take(q.as_span().end());
+                    // Only a blank line between statements is kept.
+                    t.blank_before &= !stmts.is_empty();
                     let mut s = self.stmt(q)?;
                     s.trivia = t;
                     stmts.push(s);
