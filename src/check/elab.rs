@@ -66,24 +66,47 @@ struct Frame<'p> {
     values: Vec<Bound<'p>>,
 }
 
+/// The program's blocks by name. Programs have a handful, so a vector beats a hash map.
+#[derive(Default)]
+struct Blocks<'p>(Vec<(&'p str, &'p BlockDef)>);
+
+impl<'p> Blocks<'p> {
+    fn get(&self, name: &str) -> Option<&'p BlockDef> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+    }
+    fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+    fn insert(&mut self, name: &'p str, b: &'p BlockDef) -> Option<&'p BlockDef> {
+        let prev = self.get(name);
+        if prev.is_none() {
+            self.0.push((name, b));
+        }
+        prev
+    }
+    fn keys(&self) -> impl Iterator<Item = &'p str> + '_ {
+        self.0.iter().map(|(n, _)| *n)
+    }
+}
+
 pub(super) struct Elab<'p> {
-    blocks: HashMap<&'p str, &'p BlockDef>,
+    blocks: Blocks<'p>,
     binding: Binding,
     nodes: Vec<Node>,
     rows: Vec<Row>,
     warnings: Vec<Diagnostic>,
     /// Block calls being elaborated, outermost first: name and call site.
     calls: Vec<(&'p str, Span)>,
-    used_blocks: std::collections::HashSet<&'p str>,
+    used_blocks: Vec<&'p str>,
     /// Spans already warned about (a repeat body is elaborated many times).
     warned: std::collections::HashSet<u32>,
     /// Nodes bound to a name: an unused one is reported by name, not as dead work.
-    bound_nodes: std::collections::HashSet<NodeId>,
+    bound_nodes: Vec<bool>,
 }
 
 pub(super) fn elaborate(program: &Program, binding: Binding) -> Result<Checked, Vec<Diagnostic>> {
     let mut e = Elab {
-        blocks: HashMap::new(),
+        blocks: Blocks::default(),
         binding,
         nodes: Vec::new(),
         rows: Vec::new(),
@@ -237,7 +260,7 @@ impl<'p> Elab<'p> {
         }
         self.dead_results(out);
         for b in &program.blocks {
-            if !self.used_blocks.contains(b.name.name.as_str()) {
+            if !self.used_blocks.contains(&b.name.name.as_str()) {
                 self.warnings.push(
                     Diagnostic::warning(Code::UnusedBlock, b.name.span, format!("block `{}` is never used", b.name.name))
                         .label("never called from `net`"),
@@ -258,7 +281,7 @@ impl<'p> Elab<'p> {
         }
         used[out] = true;
         for (id, n) in self.nodes.iter().enumerate().skip(1) {
-            if used[id] || self.bound_nodes.contains(&id) || !self.warned.insert(n.span.start) {
+            if used[id] || self.bound_nodes.get(id).copied().unwrap_or(false) || !self.warned.insert(n.span.start) {
                 continue;
             }
             self.warnings.push(
@@ -293,13 +316,13 @@ impl<'p> Elab<'p> {
         let mut state: HashMap<&str, u8> = HashMap::new();
         fn visit<'a>(
             name: &'a str,
-            blocks: &HashMap<&'a str, &'a BlockDef>,
+            blocks: &Blocks<'a>,
             state: &mut HashMap<&'a str, u8>,
             path: &mut Vec<(&'a str, Span)>,
         ) -> Option<Vec<(&'a str, Span)>> {
             state.insert(name, 1);
             let mut stages = Vec::new();
-            calls(&blocks[name].body, &mut stages);
+            calls(&blocks.get(name).expect("visited blocks exist").body, &mut stages);
             for st in stages {
                 let callee = st.name.name.as_str();
                 if !blocks.contains_key(callee) {
@@ -447,7 +470,10 @@ impl<'p> Elab<'p> {
             );
         }
         frame.values.push(Bound { name: n, node, span: name.span, used: false });
-        self.bound_nodes.insert(node);
+        if self.bound_nodes.len() <= node {
+            self.bound_nodes.resize(node + 1, false);
+        }
+        self.bound_nodes[node] = true;
         Ok(())
     }
 
@@ -502,7 +528,7 @@ impl<'p> Elab<'p> {
                 }
             };
         }
-        if let Some(block) = self.blocks.get(name).copied() {
+        if let Some(block) = self.blocks.get(name) {
             return self.call_block(st, block, frame, flow, depth);
         }
         if name == "in" {
@@ -522,7 +548,7 @@ impl<'p> Elab<'p> {
         } else {
             Diagnostic::error(Code::UnknownOp, st.name.span, format!("unknown operation `{name}`")).label("unknown operation")
         };
-        let ops_and_blocks = signature::OPS.iter().map(|s| s.name).chain(self.blocks.keys().copied());
+        let ops_and_blocks = signature::OPS.iter().map(|s| s.name).chain(self.blocks.keys());
         if matches!(name, "softmax" | "log_softmax") {
             d = d.hint("there is no softmax: the network outputs logits and the loss applies softmax; remove this line");
         } else if let Some(a) = alias(name) {
@@ -555,7 +581,9 @@ impl<'p> Elab<'p> {
         if self.nodes.len() > MAX_NODES {
             return self.too_big(st.span);
         }
-        self.used_blocks.insert(block.name.name.as_str());
+        if !self.used_blocks.contains(&block.name.name.as_str()) {
+            self.used_blocks.push(block.name.name.as_str());
+        }
         // Bind the arguments in the caller's frame, the defaults in the callee's.
         let args: &[Arg] = st.args.as_deref().unwrap_or(&[]);
         let mut slots: Vec<Option<(Val, Span)>> = vec![None; block.params.len()];
@@ -648,14 +676,18 @@ impl<'p> Elab<'p> {
         }
         callee.params = params;
         let row = self.rows.len();
-        self.rows.push(Row { depth, span: st.span, kind: RowKind::Block { name: block.name.name.clone(), args: vec![], first: self.nodes.len(), end: 0, out: flow } });
+        self.rows.push(Row {
+            depth,
+            span: st.span,
+            kind: RowKind::Block { name: block.name.name.clone(), args: Vec::new(), first: self.nodes.len(), end: 0, out: flow },
+        });
         self.calls.push((block.name.name.as_str(), st.span));
         let out = self.body(&block.body, &mut callee, flow, depth + 1)?;
         self.unused(&callee.values);
         self.calls.pop();
         let end_node = self.nodes.len();
         if let RowKind::Block { args, end, out: o, .. } = &mut self.rows[row].kind {
-            *args = callee.params.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+            *args = callee.params.iter().map(|(n, v)| (Name::new(n), *v)).collect();
             *end = end_node;
             *o = out;
         }
@@ -665,7 +697,7 @@ impl<'p> Elab<'p> {
     /// Evaluates and type-checks an operation's arguments against its signature.
     fn bind_args(&self, st: &'p Stage, name: &str, params: &'static [ParamSpec], frame: &mut Frame<'p>) -> R<ops::ArgVals> {
         let args: &[Arg] = st.args.as_deref().unwrap_or(&[]);
-        let mut vals: Vec<Option<(Val, Span)>> = vec![None; params.len()];
+        let mut vals: [Option<(Val, Span)>; ops::MAX_PARAMS] = [None; ops::MAX_PARAMS];
         let mut next = 0;
         let mut seen_key = false;
         for a in args {
@@ -758,7 +790,7 @@ impl<'p> Elab<'p> {
             };
             vals[i] = Some((v, a.span));
         }
-        let mut out = ops::ArgVals::default();
+        let mut out = ops::ArgVals::new(params);
         for (i, p) in params.iter().enumerate() {
             let (v, span) = match vals[i] {
                 Some(x) => (x.0, Some(x.1)),
@@ -786,8 +818,7 @@ impl<'p> Elab<'p> {
                     None,
                 ),
             };
-            out.vals.push((v, span));
-            out.names.push(p.name);
+            out.vals[i] = (v, span);
         }
         Ok(out)
     }
@@ -959,7 +990,7 @@ impl<'p> Elab<'p> {
                 for (i, (_, span)) in operands.iter().enumerate().skip(1) {
                     let a = &args[i - 1];
                     let role = match &a.value {
-                        ArgValue::Expr(Expr::Name(id)) => id.name.clone(),
+                        ArgValue::Expr(Expr::Name(id)) => id.name.to_string(),
                         _ => format!("operand {}", i + 1),
                     };
                     d = d.shape(role, shapes[i]);

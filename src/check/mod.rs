@@ -11,7 +11,7 @@ pub use elab::Val;
 pub use graph::{Graph, Node, NodeId, Op, Shape};
 
 use crate::diag::{Code, Diagnostic};
-use crate::syntax::ast::{Program, Span};
+use crate::syntax::ast::{Name, Program, Span};
 use serde::Serialize;
 
 /// A program that checked: its graph, the rows of its shape table, and warnings.
@@ -34,7 +34,7 @@ pub struct Row {
 #[derive(Clone, Debug)]
 pub enum RowKind {
     Node(NodeId),
-    Block { name: String, args: Vec<(String, Val)>, first: NodeId, end: NodeId, out: NodeId },
+    Block { name: Name, args: Vec<(Name, Val)>, first: NodeId, end: NodeId, out: NodeId },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -6,17 +6,26 @@ use super::elab::Val;
 use super::graph::{Op, Shape};
 use crate::diag::{Code, Diagnostic};
 use crate::syntax::ast::{Span, Stage};
+use crate::syntax::signature::ParamSpec;
 
-/// An operation's arguments after evaluation, defaults filled in, in signature order.
-#[derive(Default, Debug)]
+/// The most parameters an operation has (conv's seven, with room).
+pub const MAX_PARAMS: usize = 8;
+
+/// An operation's arguments after evaluation, defaults filled in, in signature
+/// order. Fixed-size: checking allocates nothing per argument.
+#[derive(Debug)]
 pub struct ArgVals {
-    pub vals: Vec<(Val, Option<Span>)>,
-    pub names: Vec<&'static str>,
+    pub vals: [(Val, Option<Span>); MAX_PARAMS],
+    pub names: &'static [ParamSpec],
 }
 
 impl ArgVals {
+    pub fn new(names: &'static [ParamSpec]) -> ArgVals {
+        assert!(names.len() <= MAX_PARAMS, "an operation has at most {MAX_PARAMS} parameters");
+        ArgVals { vals: [(Val::Int(0), None); MAX_PARAMS], names }
+    }
     fn get(&self, name: &str) -> Val {
-        let i = self.names.iter().position(|n| *n == name).expect("the signature has this parameter");
+        let i = self.names.iter().position(|n| n.name == name).expect("the signature has this parameter");
         self.vals[i].0
     }
     fn int(&self, name: &str) -> i64 {
@@ -39,7 +48,7 @@ impl ArgVals {
         }
     }
     fn span(&self, name: &str) -> Option<Span> {
-        self.names.iter().position(|n| *n == name).and_then(|i| self.vals[i].1)
+        self.names.iter().position(|n| n.name == name).and_then(|i| self.vals[i].1)
     }
 }
 
@@ -149,10 +158,15 @@ fn window(len: u64, k: u64, s: u64, p: u64, d: u64, ceil: bool) -> Option<u64> {
 }
 
 fn nonzero(shape: Shape, op: &str) -> Result<Shape, OpError> {
-    if shape.dims().contains(&0) {
+    let (lo, hi) = match shape {
+        Shape::Map { c, h, w } => (c.min(h).min(w), c.max(h).max(w)),
+        Shape::Tokens { n, d } => (n.min(d), n.max(d)),
+        Shape::Vector { d } => (d, d),
+    };
+    if lo == 0 {
         return fail(Code::ZeroDim, None, format!("`{op}` would output {shape}: a dimension reaches zero"), format!("gives {shape}"));
     }
-    if shape.dims().iter().any(|d| *d > MAX_SIZE) {
+    if hi > MAX_SIZE {
         return fail(
             Code::BadValue,
             None,

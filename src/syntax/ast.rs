@@ -37,9 +37,13 @@ impl Span {
     }
 }
 
+/// Names are short; kept inline (no allocation) up to 24 bytes, which
+/// matters when a search parses tens of thousands of programs a second.
+pub type Name = compact_str::CompactString;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ident {
-    pub name: String,
+    pub name: Name,
     pub span: Span,
 }
 

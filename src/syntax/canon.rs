@@ -5,10 +5,9 @@ use super::ast::*;
 use super::signature::{self, ArgDefault, Args};
 
 /// A parameter list, built-in or a block's, as canonicalisation sees it.
-struct Params<'a> {
-    names: Vec<&'a str>,
-    defaults: Vec<Option<DefaultValue<'a>>>,
-    positional: usize,
+enum Params<'a> {
+    Builtin { params: &'static [signature::ParamSpec], positional: usize },
+    Block(&'a [Param]),
 }
 
 enum DefaultValue<'a> {
@@ -18,24 +17,68 @@ enum DefaultValue<'a> {
     SameAs(usize),
 }
 
-pub fn canonicalize(program: &mut Program) {
-    // Block signatures are read from a copy so that bodies can be rewritten.
-    let blocks: Vec<(String, Vec<(String, Option<Expr>)>)> = program
-        .blocks
-        .iter()
-        .map(|b| (b.name.name.clone(), b.params.iter().map(|p| (p.name.name.clone(), p.default.clone())).collect()))
-        .collect();
-    let ctx = Ctx { blocks: &blocks };
-    for b in &mut program.blocks {
-        ctx.body(&mut b.body);
+impl<'a> Params<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Params::Builtin { params, .. } => params.len(),
+            Params::Block(ps) => ps.len(),
+        }
     }
-    if let Some(n) = &mut program.net {
-        ctx.body(&mut n.body);
+    fn name(&self, i: usize) -> &str {
+        match self {
+            Params::Builtin { params, .. } => params[i].name,
+            Params::Block(ps) => &ps[i].name.name,
+        }
+    }
+    fn position(&self, name: &str) -> Option<usize> {
+        (0..self.len()).find(|&i| self.name(i) == name)
+    }
+    /// How many leading parameters the canonical form writes by position.
+    fn positional(&self) -> usize {
+        match self {
+            Params::Builtin { positional, .. } => *positional,
+            // The first argument positional, the rest by name: `inception(64, r3=96, c3=128)`
+            // reads (and diffs) better than a row of bare numbers.
+            Params::Block(ps) => usize::from(ps.first().is_some_and(|p| p.default.is_none())),
+        }
+    }
+    fn default(&self, i: usize) -> Option<DefaultValue<'a>> {
+        match self {
+            Params::Builtin { params, .. } => match params[i].default {
+                ArgDefault::Required => None,
+                ArgDefault::Int(v) => Some(DefaultValue::Number(v as f64)),
+                ArgDefault::Float(v) => Some(DefaultValue::Number(v)),
+                ArgDefault::Bool(v) => Some(DefaultValue::Bool(v)),
+                ArgDefault::SameAs(other) => params.iter().position(|p| p.name == other).map(DefaultValue::SameAs),
+            },
+            Params::Block(ps) => ps[i].default.as_ref().map(DefaultValue::Expr),
+        }
+    }
+}
+
+pub fn canonicalize(program: &mut Program) {
+    // Bodies are taken out so the signatures can be read from the blocks while
+    // the bodies are rewritten; nothing is cloned.
+    let empty = || Body { stmts: Vec::new(), tail: Vec::new() };
+    let mut bodies: Vec<Body> = program.blocks.iter_mut().map(|b| std::mem::replace(&mut b.body, empty())).collect();
+    let mut net = program.net.as_mut().map(|n| std::mem::replace(&mut n.body, empty()));
+    let ctx = Ctx { blocks: &program.blocks };
+    for b in &mut bodies {
+        ctx.body(b);
+    }
+    if let Some(n) = &mut net {
+        ctx.body(n);
+    }
+    for (b, body) in program.blocks.iter_mut().zip(bodies) {
+        b.body = body;
+    }
+    if let (Some(n), Some(body)) = (program.net.as_mut(), net) {
+        n.body = body;
     }
 }
 
 struct Ctx<'a> {
-    blocks: &'a [(String, Vec<(String, Option<Expr>)>)],
+    blocks: &'a [BlockDef],
 }
 
 impl<'a> Ctx<'a> {
@@ -58,28 +101,9 @@ impl<'a> Ctx<'a> {
         // A block shadows nothing: the checker rejects blocks named like operations.
         if let Some(sig) = signature::lookup(name) {
             let Args::Params { params, positional } = sig.args else { return None };
-            let names: Vec<&str> = params.iter().map(|p| p.name).collect();
-            let defaults = params
-                .iter()
-                .map(|p| match p.default {
-                    ArgDefault::Required => None,
-                    ArgDefault::Int(v) => Some(DefaultValue::Number(v as f64)),
-                    ArgDefault::Float(v) => Some(DefaultValue::Number(v)),
-                    ArgDefault::Bool(v) => Some(DefaultValue::Bool(v)),
-                    ArgDefault::SameAs(other) => names.iter().position(|n| *n == other).map(DefaultValue::SameAs),
-                })
-                .collect();
-            return Some(Params { names, defaults, positional });
+            return Some(Params::Builtin { params, positional });
         }
-        let (_, params) = self.blocks.iter().find(|(n, _)| n == name)?;
-        // The first argument positional, the rest by name: `inception(64, r3=96, c3=128)`
-        // reads (and diffs) better than a row of bare numbers.
-        let positional = usize::from(params.first().is_some_and(|(_, d)| d.is_none()));
-        Some(Params {
-            names: params.iter().map(|(n, _)| n.as_str()).collect(),
-            defaults: params.iter().map(|(_, d)| d.as_ref().map(DefaultValue::Expr)).collect(),
-            positional,
-        })
+        Some(Params::Block(&self.blocks.iter().find(|b| b.name.name == name)?.params))
     }
 
     fn stage(&self, st: &mut Stage) {
@@ -90,49 +114,54 @@ impl<'a> Ctx<'a> {
             }
         }
         let Some(sig) = self.params(&st.name.name) else { return };
-        let Some(slots) = assign(&sig, args) else { return };
-        let mut out = Vec::new();
-        let mut positional_ok = true;
-        for (i, slot) in slots.iter().enumerate() {
-            let Some(arg) = slot else {
-                positional_ok = false;
-                continue;
-            };
-            let ArgValue::Expr(value) = &arg.value else { unreachable!("assign refuses branches") };
-            let is_default = match &sig.defaults[i] {
-                None => false,
-                Some(DefaultValue::Expr(e)) => *e == value,
-                Some(DefaultValue::Number(n)) => number(value) == Some(*n),
-                Some(DefaultValue::Bool(b)) => matches!(value, Expr::Name(id) if id.name == if *b { "true" } else { "false" }),
-                Some(DefaultValue::SameAs(j)) => {
-                    slots[*j].as_ref().is_some_and(|other| matches!(&other.value, ArgValue::Expr(o) if o == value))
+        let Some(order) = assign(&sig, args) else { return };
+        // Which slots hold their default, decided before the arguments move.
+        let dropped: Vec<bool> = (0..sig.len())
+            .map(|i| {
+                let Some(a) = order[i].map(|j| &args[j]) else { return true };
+                let ArgValue::Expr(value) = &a.value else { unreachable!("assign refuses branches") };
+                match sig.default(i) {
+                    None => false,
+                    Some(DefaultValue::Expr(e)) => e == value,
+                    Some(DefaultValue::Number(n)) => number(value) == Some(n),
+                    Some(DefaultValue::Bool(b)) => {
+                        matches!(value, Expr::Name(id) if id.name == if b { "true" } else { "false" })
+                    }
+                    Some(DefaultValue::SameAs(k)) => order[k]
+                        .is_some_and(|j| matches!(&args[j].value, ArgValue::Expr(o) if o == value)),
                 }
-            };
-            if is_default {
+            })
+            .collect();
+        let mut taken: Vec<Option<Arg>> = std::mem::take(args).into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(taken.len());
+        let mut positional_ok = true;
+        for i in 0..sig.len() {
+            if dropped[i] {
                 positional_ok = false;
                 continue;
             }
-            let positional = positional_ok && i < sig.positional;
+            let Some(mut arg) = order[i].and_then(|j| taken[j].take()) else { continue };
+            let positional = positional_ok && i < sig.positional();
             positional_ok &= positional;
-            let key = if positional {
+            arg.key = if positional {
                 None
             } else {
-                Some(arg.key.clone().unwrap_or_else(|| Ident { name: sig.names[i].to_string(), span: arg.span }))
+                Some(arg.key.take().unwrap_or_else(|| Ident { name: Name::new(sig.name(i)), span: arg.span }))
             };
-            out.push(Arg { key, value: arg.value.clone(), span: arg.span });
+            out.push(arg);
         }
         st.args = if out.is_empty() { None } else { Some(out) };
     }
 }
 
-/// Maps arguments to parameter slots; `None` if they do not fit (too many,
-/// unknown or repeated keywords, a branch where a value goes), which the
-/// checker will report.
-fn assign<'b>(sig: &Params, args: &'b [Arg]) -> Option<Vec<Option<&'b Arg>>> {
-    let mut slots: Vec<Option<&Arg>> = vec![None; sig.names.len()];
+/// Maps parameter slots to argument indices; `None` if the arguments do not
+/// fit (too many, unknown or repeated keywords, a branch where a value goes),
+/// which the checker will report.
+fn assign(sig: &Params, args: &[Arg]) -> Option<Vec<Option<usize>>> {
+    let mut slots: Vec<Option<usize>> = vec![None; sig.len()];
     let mut next = 0;
     let mut seen_key = false;
-    for a in args {
+    for (j, a) in args.iter().enumerate() {
         if matches!(a.value, ArgValue::Branch(_)) {
             return None;
         }
@@ -146,13 +175,13 @@ fn assign<'b>(sig: &Params, args: &'b [Arg]) -> Option<Vec<Option<&'b Arg>>> {
             }
             Some(k) => {
                 seen_key = true;
-                sig.names.iter().position(|n| *n == k.name)?
+                sig.position(&k.name)?
             }
         };
         if i >= slots.len() || slots[i].is_some() {
             return None;
         }
-        slots[i] = Some(a);
+        slots[i] = Some(j);
     }
     Some(slots)
 }

@@ -4,7 +4,17 @@
 use super::ast::*;
 use crate::diag::{Code, Diagnostic};
 use pest::iterators::Pair;
+use pest::pratt_parser::{Assoc, Op, PrattParser};
 use pest::Parser;
+use std::sync::LazyLock;
+
+/// Precedence and associativity of arithmetic in arguments, lowest first.
+static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
+    PrattParser::new()
+        .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
+        .op(Op::infix(Rule::mul, Assoc::Left) | Op::infix(Rule::div, Assoc::Left))
+        .op(Op::prefix(Rule::neg))
+});
 
 #[derive(pest_derive::Parser)]
 #[grammar = "../grammar/arch.pest"]
@@ -108,7 +118,7 @@ fn describe(rules: &[Rule]) -> String {
     for r in rules {
         let w = match r {
             Rule::ident => "a name",
-            Rule::expr | Rule::number | Rule::factor | Rule::term | Rule::neg => "a number or expression",
+            Rule::expr | Rule::number | Rule::neg | Rule::paren => "a number or expression",
             Rule::arg => "an argument",
             Rule::stage | Rule::pipeline | Rule::bind_stmt | Rule::repeat_stmt => "an operation",
             Rule::arch_decl | Rule::arch_kw => "`arch`",
@@ -118,7 +128,7 @@ fn describe(rules: &[Rule]) -> String {
             Rule::param => "a parameter",
             Rule::comment => "a comment",
             Rule::blank => "a line break",
-            Rule::add_op | Rule::mul_op => "an operator",
+            Rule::add | Rule::sub | Rule::mul | Rule::div => "an operator",
             Rule::EOI => "the end of the line",
             Rule::call_args => "`(`",
             Rule::branch => "`|>`",
@@ -127,6 +137,10 @@ fn describe(rules: &[Rule]) -> String {
         if !words.contains(&w) {
             words.push(w);
         }
+    }
+    if let (Some(i), Some(j)) = (words.iter().position(|w| *w == "a name"), words.iter().position(|w| *w == "a number or expression")) {
+        words[i.min(j)] = "a number, a name or an expression";
+        words.remove(i.max(j));
     }
     match words.len() {
         0 => "something else".into(),
@@ -301,7 +315,7 @@ impl<'s> Builder<'s> {
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
-        Ident { name: p.as_str().to_string(), span: span_of(&p) }
+        Ident { name: Name::new(p.as_str()), span: span_of(&p) }
     }
 
     fn block(&self, p: Pair<Rule>) -> Result<BlockDef, Diagnostic> {
@@ -446,29 +460,31 @@ impl<'s> Builder<'s> {
     }
 
     fn expr(&self, p: Pair<Rule>) -> Result<Expr, Diagnostic> {
+        debug_assert_eq!(p.as_rule(), Rule::expr);
+        PRATT
+            .map_primary(|q| self.primary(q))
+            .map_prefix(|op, rhs| {
+                let rhs = rhs?;
+                let span = span_of(&op).to(rhs.span());
+                Ok(Expr::Neg(Box::new(rhs), span))
+            })
+            .map_infix(|lhs, op, rhs| {
+                let (lhs, rhs) = (lhs?, rhs?);
+                let bop = match op.as_rule() {
+                    Rule::add => BinOp::Add,
+                    Rule::sub => BinOp::Sub,
+                    Rule::mul => BinOp::Mul,
+                    _ => BinOp::Div,
+                };
+                let span = lhs.span().to(rhs.span());
+                Ok(Expr::Bin(bop, Box::new(lhs), Box::new(rhs), span))
+            })
+            .parse(p.into_inner())
+    }
+
+    fn primary(&self, p: Pair<Rule>) -> Result<Expr, Diagnostic> {
         match p.as_rule() {
-            Rule::expr | Rule::term => {
-                let mut it = p.into_inner();
-                let mut acc = self.expr(it.next().expect("expression has a first term"))?;
-                while let Some(op) = it.next() {
-                    let rhs = self.expr(it.next().expect("operator has a right operand"))?;
-                    let bop = match op.as_str() {
-                        "+" => BinOp::Add,
-                        "-" => BinOp::Sub,
-                        "*" => BinOp::Mul,
-                        _ => BinOp::Div,
-                    };
-                    let span = acc.span().to(rhs.span());
-                    acc = Expr::Bin(bop, Box::new(acc), Box::new(rhs), span);
-                }
-                Ok(acc)
-            }
-            Rule::factor => self.expr(p.into_inner().next().expect("factor has content")),
-            Rule::neg => {
-                let span = span_of(&p);
-                let inner = self.expr(p.into_inner().next().expect("negation has an operand"))?;
-                Ok(Expr::Neg(Box::new(inner), span))
-            }
+            Rule::paren => self.expr(p.into_inner().next().expect("parentheses hold an expression")),
             Rule::number => {
                 let span = span_of(&p);
                 let text = p.as_str();
