@@ -2,6 +2,7 @@
 //! the meaning (`parse(fmt(x)) == parse(x)`), and nothing panics on any text at all.
 
 use nasc::check::{binding, check, check_source, Budget};
+use nasc::syntax::parse::{parse_fast, parse_with_pest};
 use nasc::syntax::{fmt, parse};
 use proptest::prelude::*;
 
@@ -127,6 +128,20 @@ fn program() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// The fast path builds exactly pest's tree (spans and comments included)
+    /// whenever it accepts a text, and accepts every generated program.
+    #[test]
+    fn fast_path_equals_pest_on_programs(src in program()) {
+        let fast = parse_fast(&src);
+        prop_assert!(fast.is_some(), "the fast path gave up on a well-formed program:\n{}", src);
+        same_tree(&src, fast)?;
+    }
+
+    #[test]
+    fn fast_path_equals_pest_on_random_text(src in "[a-z0-9(){}=|>#,.\\- \n\t+*/]{0,200}") {
+        same_tree(&src, parse_fast(&src))?;
+    }
+
     /// `fmt` keeps the meaning and is a fixed point.
     #[test]
     fn fmt_round_trips(src in program()) {
@@ -186,6 +201,7 @@ proptest! {
             }
         }
         let src = lines.join("\n");
+        same_tree(&src, parse_fast(&src))?;
         let b = binding::DATASETS[dataset].1;
         if let Ok(tree) = parse(&src) {
             let _ = check(&tree, b, &Budget::default());
@@ -193,6 +209,26 @@ proptest! {
             let formatted = fmt::print(&tree);
             prop_assert_eq!(parse(&formatted).ok(), Some(tree));
         }
+    }
+}
+
+/// Where the fast path accepts a text, pest must accept it too, with the same
+/// tree down to every span (compared through `Debug`, which prints spans).
+fn same_tree(src: &str, fast: Option<nasc::syntax::ast::Program>) -> Result<(), TestCaseError> {
+    let Some(mut fast) = fast else { return Ok(()) };
+    let mut pest = parse_with_pest(src)
+        .map_err(|d| TestCaseError::fail(format!("the fast path accepted what pest rejects ({}):\n{src}", d.message)))?;
+    nasc::syntax::canon::canonicalize(&mut fast);
+    nasc::syntax::canon::canonicalize(&mut pest);
+    prop_assert_eq!(format!("{fast:?}"), format!("{pest:?}"), "trees differ for:\n{}", src);
+    Ok(())
+}
+
+#[test]
+fn the_fast_path_reads_every_zoo_program() {
+    for src in zoo_sources() {
+        let fast = parse_fast(src).expect("the fast path reads canonical programs");
+        assert_eq!(format!("{fast:?}"), format!("{:?}", parse_with_pest(src).unwrap()));
     }
 }
 

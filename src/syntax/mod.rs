@@ -3,6 +3,7 @@
 
 pub mod ast;
 pub mod canon;
+mod fast;
 pub mod fmt;
 pub mod parse;
 pub mod signature;

@@ -45,6 +45,21 @@ pub fn parse_raw(src: &str) -> Result<Program, Diagnostic> {
         .hint("an architecture is a few hundred lines at most; is this the right file?"));
     }
     check_nesting(src)?;
+    if let Some(program) = super::fast::parse(src) {
+        return Ok(program);
+    }
+    parse_with_pest(src)
+}
+
+/// The fast path alone (`None` where it leaves the text to pest), for tests
+/// and benchmarks that hold it to the grammar.
+pub fn parse_fast(src: &str) -> Option<Program> {
+    super::fast::parse(src)
+}
+
+/// Parses with the pest grammar alone, never the fast path: the reference
+/// that the fast path is tested against, and the source of every syntax error.
+pub fn parse_with_pest(src: &str) -> Result<Program, Diagnostic> {
     let mut pairs = ArchParser::parse(Rule::file, src).map_err(|e| syntax_error(e, src))?;
     let file = pairs.next().expect("the file rule always yields one pair");
     Builder { src }.file(file)
@@ -183,9 +198,13 @@ struct Builder<'s> {
     src: &'s str,
 }
 
+/// A pair's span without the spaces pest skips after it: an underline stops
+/// at the last character of what it underlines.
 fn span_of(p: &Pair<Rule>) -> Span {
     let s = p.as_span();
-    Span::new(s.start(), s.end())
+    let text = s.as_str();
+    let trimmed = text.trim_end_matches([' ', '\t']).len();
+    Span::new(s.start(), s.start() + trimmed)
 }
 
 fn comment_of(p: &Pair<Rule>) -> Comment {
