@@ -37,7 +37,9 @@ fn front_end(c: &mut Criterion) {
     let program = parse(&src).unwrap();
     c.bench_function("resnet18/parse", |b| b.iter(|| parse(black_box(&src)).unwrap()));
     // The reference path: pest alone, which the fast path is held equal to.
-    c.bench_function("resnet18/parse_pest", |b| b.iter(|| nasc::syntax::parse::parse_with_pest(black_box(&src)).unwrap()));
+    c.bench_function("resnet18/parse_pest", |b| {
+        b.iter(|| nasc::syntax::parse::parse_with_pest(black_box(&src)).unwrap())
+    });
     c.bench_function("resnet18/check", |b| b.iter(|| check(black_box(&program), cifar, &budget).unwrap()));
     c.bench_function("resnet18/fmt", |b| b.iter(|| nasc::syntax::fmt::print(black_box(&program))));
 }

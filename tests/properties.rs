@@ -24,9 +24,8 @@ fn expr() -> impl Strategy<Value = String> {
         (1u32..9).prop_map(|v| format!("0.{v}")),
     ];
     leaf.prop_recursive(2, 6, 2, |inner| {
-        (inner.clone(), prop_oneof![Just("+"), Just("-"), Just("*"), Just("/")], inner, any::<bool>()).prop_map(
-            |(a, op, b, paren)| if paren { format!("({a} {op} {b})") } else { format!("{a} {op} {b}") },
-        )
+        (inner.clone(), prop_oneof![Just("+"), Just("-"), Just("*"), Just("/")], inner, any::<bool>())
+            .prop_map(|(a, op, b, paren)| if paren { format!("({a} {op} {b})") } else { format!("{a} {op} {b}") })
     })
 }
 
@@ -44,8 +43,16 @@ fn call() -> impl Strategy<Value = String> {
             let s = if explicit { ", s=1" } else { "" };
             format!("conv({c}, k={k}{s}, p={p})")
         }),
-        (expr(), any::<bool>()).prop_map(|(n, b)| if b { format!("linear({n}, bias=false)") } else { format!("linear(n={n})") }),
-        (1u8..4, any::<bool>()).prop_map(|(k, same)| if same { format!("maxpool(k={k}, s={k})") } else { format!("maxpool({k})") }),
+        (expr(), any::<bool>()).prop_map(|(n, b)| if b {
+            format!("linear({n}, bias=false)")
+        } else {
+            format!("linear(n={n})")
+        }),
+        (1u8..4, any::<bool>()).prop_map(|(k, same)| if same {
+            format!("maxpool(k={k}, s={k})")
+        } else {
+            format!("maxpool({k})")
+        }),
         (1u8..9).prop_map(|p| format!("dropout(p=0.{p})")),
         Just("leaky_relu(0.01)".to_string()),
         Just("add(x)".to_string()),
@@ -55,8 +62,7 @@ fn call() -> impl Strategy<Value = String> {
 }
 
 fn pipeline() -> impl Strategy<Value = String> {
-    (prop::collection::vec(call(), 1..4), space())
-        .prop_map(|(calls, sp)| calls.join(&format!("{sp}|>{sp}")))
+    (prop::collection::vec(call(), 1..4), space()).prop_map(|(calls, sp)| calls.join(&format!("{sp}|>{sp}")))
 }
 
 fn stmt() -> impl Strategy<Value = String> {
@@ -86,16 +92,8 @@ fn lines(depth: usize) -> impl Strategy<Value = Vec<String>> {
 }
 
 fn program() -> impl Strategy<Value = String> {
-    (
-        comment(),
-        any::<bool>(),
-        lines(1),
-        lines(1),
-        prop_oneof![Just(0u8), 1u8..4],
-        lines(2),
-        any::<bool>(),
-    )
-        .prop_map(|(head, arch, block_lines, net_lines, rep, rep_lines, block_first)| {
+    (comment(), any::<bool>(), lines(1), lines(1), prop_oneof![Just(0u8), 1u8..4], lines(2), any::<bool>()).prop_map(
+        |(head, arch, block_lines, net_lines, rep, rep_lines, block_first)| {
             let mut out = String::new();
             if !head.is_empty() {
                 out.push_str(&head);
@@ -122,7 +120,8 @@ fn program() -> impl Strategy<Value = String> {
                 out.push_str(&block);
             }
             out
-        })
+        },
+    )
 }
 
 proptest! {
@@ -216,8 +215,9 @@ proptest! {
 /// tree down to every span (compared through `Debug`, which prints spans).
 fn same_tree(src: &str, fast: Option<nasc::syntax::ast::Program>) -> Result<(), TestCaseError> {
     let Some(mut fast) = fast else { return Ok(()) };
-    let mut pest = parse_with_pest(src)
-        .map_err(|d| TestCaseError::fail(format!("the fast path accepted what pest rejects ({}):\n{src}", d.message)))?;
+    let mut pest = parse_with_pest(src).map_err(|d| {
+        TestCaseError::fail(format!("the fast path accepted what pest rejects ({}):\n{src}", d.message))
+    })?;
     nasc::syntax::canon::canonicalize(&mut fast);
     nasc::syntax::canon::canonicalize(&mut pest);
     prop_assert_eq!(format!("{fast:?}"), format!("{pest:?}"), "trees differ for:\n{}", src);

@@ -94,7 +94,12 @@ fn zoo_parameter_counts_equal_pytorch() {
             let Some(want) = want else { continue };
             let b = binding::dataset(dataset).expect("a known dataset");
             let c = check_source(src, b, &Budget::default()).unwrap_or_else(|d| panic!("{name}/{dataset}: {:?}", d[0]));
-            assert_eq!(c.graph.params(), *want, "{name} under {dataset}: nasc counts {}, PyTorch {want}", c.graph.params());
+            assert_eq!(
+                c.graph.params(),
+                *want,
+                "{name} under {dataset}: nasc counts {}, PyTorch {want}",
+                c.graph.params()
+            );
         }
     }
 }

@@ -188,9 +188,13 @@ impl<'p> Elab<'p> {
                 .hint(format!("rename the block, e.g. `{name}_block`")));
             }
             if let Some(prev) = self.blocks.insert(name, b) {
-                return err(Diagnostic::error(Code::DuplicateBlock, b.name.span, format!("block `{name}` is defined twice"))
-                    .label("second definition")
-                    .with_label(prev.name.span, "first definition"));
+                return err(Diagnostic::error(
+                    Code::DuplicateBlock,
+                    b.name.span,
+                    format!("block `{name}` is defined twice"),
+                )
+                .label("second definition")
+                .with_label(prev.name.span, "first definition"));
             }
             let mut seen: Vec<&str> = Vec::new();
             for prm in &b.params {
@@ -223,7 +227,14 @@ impl<'p> Elab<'p> {
                 .hint("the network itself is written in `net { … }`; blocks alone describe nothing to train"));
         };
         let [c, h, w] = self.binding.input;
-        self.nodes.push(Node { op: Op::Input, inputs: vec![], shape: Shape::Map { c, h, w }, params: 0, macs: 0, span: net.span });
+        self.nodes.push(Node {
+            op: Op::Input,
+            inputs: vec![],
+            shape: Shape::Map { c, h, w },
+            params: 0,
+            macs: 0,
+            span: net.span,
+        });
         let mut frame = Frame { params: Vec::new(), input: 0, values: Vec::new() };
         let out = self.body(&net.body, &mut frame, 0, 0)?;
         self.unused(&frame.values);
@@ -231,11 +242,17 @@ impl<'p> Elab<'p> {
         if shape != (Shape::Vector { d: self.binding.classes }) {
             if net.body.stmts.is_empty() {
                 let net_kw = Span::new(net.span.start as usize, net.span.start as usize + 3);
-                return err(Diagnostic::error(Code::BadOutput, net_kw, format!("`net` is empty: it outputs the input {shape}"))
-                    .label("empty net")
-                    .shape("output", shape)
-                    .shape("expected", Shape::Vector { d: self.binding.classes })
-                    .hint("write the network's operations inside `net { … }`, one per line, ending with `linear(classes)`"));
+                return err(Diagnostic::error(
+                    Code::BadOutput,
+                    net_kw,
+                    format!("`net` is empty: it outputs the input {shape}"),
+                )
+                .label("empty net")
+                .shape("output", shape)
+                .shape("expected", Shape::Vector { d: self.binding.classes })
+                .hint(
+                    "write the network's operations inside `net { … }`, one per line, ending with `linear(classes)`",
+                ));
             }
             let at = net.body.stmts.last().map_or(net.span, |s| s.span);
             let hint = match shape {
@@ -262,8 +279,12 @@ impl<'p> Elab<'p> {
         for b in &program.blocks {
             if !self.used_blocks.contains(&b.name.name.as_str()) {
                 self.warnings.push(
-                    Diagnostic::warning(Code::UnusedBlock, b.name.span, format!("block `{}` is never used", b.name.name))
-                        .label("never called from `net`"),
+                    Diagnostic::warning(
+                        Code::UnusedBlock,
+                        b.name.span,
+                        format!("block `{}` is never used", b.name.name),
+                    )
+                    .label("never called from `net`"),
                 );
             }
         }
@@ -367,7 +388,8 @@ impl<'p> Elab<'p> {
                         continue;
                     }
                     let defined = self.blocks.get(n).is_some_and(|b| b.name.span.same(*s));
-                    let text = if defined { format!("block `{n}` is defined here") } else { format!("`{n}` is called here") };
+                    let text =
+                        if defined { format!("block `{n}` is defined here") } else { format!("`{n}` is called here") };
                     d = d.with_label(*s, text);
                 }
                 return err(d);
@@ -414,8 +436,12 @@ impl<'p> Elab<'p> {
                         Val::Int(n) if n >= 1 => n,
                         v => {
                             return self.fail(
-                                Diagnostic::error(Code::BadValue, count.span(), format!("`repeat` needs a count of at least 1, got {v}"))
-                                    .label("repeat count"),
+                                Diagnostic::error(
+                                    Code::BadValue,
+                                    count.span(),
+                                    format!("`repeat` needs a count of at least 1, got {v}"),
+                                )
+                                .label("repeat count"),
                             )
                         }
                     };
@@ -439,9 +465,13 @@ impl<'p> Elab<'p> {
 
     fn too_big<T>(&self, span: Span) -> R<T> {
         self.fail(
-            Diagnostic::error(Code::OverBudget, span, format!("the program expands to more than {} operations", super::group(MAX_NODES as u64)))
-                .label("this repeats too often")
-                .hint("a network this deep cannot be trained in a proxy run; lower the count"),
+            Diagnostic::error(
+                Code::OverBudget,
+                span,
+                format!("the program expands to more than {} operations", super::group(MAX_NODES as u64)),
+            )
+            .label("this repeats too often")
+            .hint("a network this deep cannot be trained in a proxy run; lower the count"),
         )
     }
 
@@ -501,10 +531,16 @@ impl<'p> Elab<'p> {
                     Diagnostic::error(
                         Code::MisplacedValue,
                         st.span,
-                        format!("`{}` is a value; a pipeline can start from a value, not pass through one", st.name.name),
+                        format!(
+                            "`{}` is a value; a pipeline can start from a value, not pass through one",
+                            st.name.name
+                        ),
                     )
                     .label("a value in the middle of a pipeline")
-                    .hint(format!("to combine it with the flow, merge: `add({0})`, `mul({0})` or `concat({0})`", st.name.name)),
+                    .hint(format!(
+                        "to combine it with the flow, merge: `add({0})`, `mul({0})` or `concat({0})`",
+                        st.name.name
+                    )),
                 );
             }
             cur = self.stage(st, frame, cur, depth)?;
@@ -546,11 +582,13 @@ impl<'p> Elab<'p> {
             )
             .label("unknown name")
         } else {
-            Diagnostic::error(Code::UnknownOp, st.name.span, format!("unknown operation `{name}`")).label("unknown operation")
+            Diagnostic::error(Code::UnknownOp, st.name.span, format!("unknown operation `{name}`"))
+                .label("unknown operation")
         };
         let ops_and_blocks = signature::OPS.iter().map(|s| s.name).chain(self.blocks.keys());
         if matches!(name, "softmax" | "log_softmax") {
-            d = d.hint("there is no softmax: the network outputs logits and the loss applies softmax; remove this line");
+            d = d
+                .hint("there is no softmax: the network outputs logits and the loss applies softmax; remove this line");
         } else if let Some(a) = alias(name) {
             d = d.hint(format!("the language calls this `{a}`"));
         } else if let Some(n) = nearest(name, ops_and_blocks) {
@@ -564,14 +602,30 @@ impl<'p> Elab<'p> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push(&mut self, op: Op, inputs: Vec<NodeId>, shape: Shape, params: u64, macs: u64, span: Span, depth: u16) -> NodeId {
+    fn push(
+        &mut self,
+        op: Op,
+        inputs: Vec<NodeId>,
+        shape: Shape,
+        params: u64,
+        macs: u64,
+        span: Span,
+        depth: u16,
+    ) -> NodeId {
         let id = self.nodes.len();
         self.nodes.push(Node { op, inputs, shape, params, macs, span });
         self.rows.push(Row { depth, span, kind: RowKind::Node(id) });
         id
     }
 
-    fn call_block(&mut self, st: &'p Stage, block: &'p BlockDef, frame: &mut Frame<'p>, flow: NodeId, depth: u16) -> R<NodeId> {
+    fn call_block(
+        &mut self,
+        st: &'p Stage,
+        block: &'p BlockDef,
+        frame: &mut Frame<'p>,
+        flow: NodeId,
+        depth: u16,
+    ) -> R<NodeId> {
         if self.calls.len() >= MAX_DEPTH {
             return self.fail(
                 Diagnostic::error(Code::OverBudget, st.span, format!("blocks are nested more than {MAX_DEPTH} deep"))
@@ -594,8 +648,12 @@ impl<'p> Elab<'p> {
                 None => {
                     if seen_key {
                         return self.fail(
-                            Diagnostic::error(Code::ExtraArg, a.span, "a positional argument cannot follow a keyword argument")
-                                .label("positional after keyword"),
+                            Diagnostic::error(
+                                Code::ExtraArg,
+                                a.span,
+                                "a positional argument cannot follow a keyword argument",
+                            )
+                            .label("positional after keyword"),
                         );
                     }
                     if next >= block.params.len() {
@@ -603,7 +661,11 @@ impl<'p> Elab<'p> {
                             Diagnostic::error(
                                 Code::ExtraArg,
                                 a.span,
-                                format!("block `{}` takes {} argument(s), this is one too many", block.name.name, block.params.len()),
+                                format!(
+                                    "block `{}` takes {} argument(s), this is one too many",
+                                    block.name.name,
+                                    block.params.len()
+                                ),
                             )
                             .label("extra argument")
                             .with_label(block.name.span, "block defined here"),
@@ -679,7 +741,13 @@ impl<'p> Elab<'p> {
         self.rows.push(Row {
             depth,
             span: st.span,
-            kind: RowKind::Block { name: block.name.name.clone(), args: Vec::new(), first: self.nodes.len(), end: 0, out: flow },
+            kind: RowKind::Block {
+                name: block.name.name.clone(),
+                args: Vec::new(),
+                first: self.nodes.len(),
+                end: 0,
+                out: flow,
+            },
         });
         self.calls.push((block.name.name.as_str(), st.span));
         let out = self.body(&block.body, &mut callee, flow, depth + 1)?;
@@ -695,7 +763,13 @@ impl<'p> Elab<'p> {
     }
 
     /// Evaluates and type-checks an operation's arguments against its signature.
-    fn bind_args(&self, st: &'p Stage, name: &str, params: &'static [ParamSpec], frame: &mut Frame<'p>) -> R<ops::ArgVals> {
+    fn bind_args(
+        &self,
+        st: &'p Stage,
+        name: &str,
+        params: &'static [ParamSpec],
+        frame: &mut Frame<'p>,
+    ) -> R<ops::ArgVals> {
         let args: &[Arg] = st.args.as_deref().unwrap_or(&[]);
         let mut vals: [Option<(Val, Span)>; ops::MAX_PARAMS] = [None; ops::MAX_PARAMS];
         let mut next = 0;
@@ -705,9 +779,13 @@ impl<'p> Elab<'p> {
                 None => {
                     if seen_key {
                         return self.fail(
-                            Diagnostic::error(Code::ExtraArg, a.span, "a positional argument cannot follow a keyword argument")
-                                .label("positional after keyword")
-                                .hint(format!("write it as a keyword: {}", usage(name, params))),
+                            Diagnostic::error(
+                                Code::ExtraArg,
+                                a.span,
+                                "a positional argument cannot follow a keyword argument",
+                            )
+                            .label("positional after keyword")
+                            .hint(format!("write it as a keyword: {}", usage(name, params))),
                         );
                     }
                     if next >= params.len() {
@@ -761,7 +839,8 @@ impl<'p> Elab<'p> {
             };
             if vals[i].is_some() {
                 return self.fail(
-                    Diagnostic::error(Code::DuplicateArg, a.span, format!("`{}` is given twice", params[i].name)).label("given again"),
+                    Diagnostic::error(Code::DuplicateArg, a.span, format!("`{}` is given twice", params[i].name))
+                        .label("given again"),
                 );
             }
             let ArgValue::Expr(e) = &a.value else {
@@ -778,7 +857,12 @@ impl<'p> Elab<'p> {
                     Diagnostic::error(
                         Code::ArgType,
                         e.span(),
-                        format!("`{}` of `{name}` must be {}, got {} ({v})", params[i].name, params[i].ty.name(), v.type_name()),
+                        format!(
+                            "`{}` of `{name}` must be {}, got {} ({v})",
+                            params[i].name,
+                            params[i].ty.name(),
+                            v.type_name()
+                        ),
                     )
                     .label(format!("expected {}", params[i].ty.name()))
                     .hint(format!("usage: {}", usage(name, params))),
@@ -847,10 +931,13 @@ impl<'p> Elab<'p> {
                         }
                         let mut d = Diagnostic::error(Code::UnboundName, id.span, format!("`{n}` is not defined here"))
                             .label("unknown name");
-                        if let Some(g) = nearest(n, frame.params.iter().map(|(p, _)| *p).chain(["classes", "true", "false", "same"])) {
+                        if let Some(g) =
+                            nearest(n, frame.params.iter().map(|(p, _)| *p).chain(["classes", "true", "false", "same"]))
+                        {
                             d = d.hint(format!("did you mean `{g}`?"));
                         } else if self.calls.is_empty() {
-                            d = d.hint("numbers in `net` are literals or `classes`; named numbers are block parameters");
+                            d = d
+                                .hint("numbers in `net` are literals or `classes`; named numbers are block parameters");
                         } else {
                             d = d.hint("add it to the block's parameters: `block name(…, n=…)`");
                         }
@@ -861,11 +948,13 @@ impl<'p> Elab<'p> {
             Expr::Neg(inner, span) => match self.eval(inner, frame)? {
                 Val::Int(v) => match v.checked_neg() {
                     Some(n) => Ok(Val::Int(n)),
-                    None => self.fail(Diagnostic::error(Code::BadValue, *span, "this number is too large").label("overflows")),
+                    None => self
+                        .fail(Diagnostic::error(Code::BadValue, *span, "this number is too large").label("overflows")),
                 },
                 Val::Float(v) => Ok(Val::Float(-v)),
                 v => self.fail(
-                    Diagnostic::error(Code::ArgType, *span, format!("cannot negate {}", v.type_name())).label("not a number"),
+                    Diagnostic::error(Code::ArgType, *span, format!("cannot negate {}", v.type_name()))
+                        .label("not a number"),
                 ),
             },
             Expr::Bin(op, l, r, span) => {
@@ -873,8 +962,12 @@ impl<'p> Elab<'p> {
                 let b = self.eval(r, frame)?;
                 let bad = |v: Val, at: Span| {
                     self.fail(
-                        Diagnostic::error(Code::ArgType, at, format!("arithmetic needs numbers, got {}", v.type_name()))
-                            .label("not a number"),
+                        Diagnostic::error(
+                            Code::ArgType,
+                            at,
+                            format!("arithmetic needs numbers, got {}", v.type_name()),
+                        )
+                        .label("not a number"),
                     )
                 };
                 match (a, b) {
@@ -886,7 +979,8 @@ impl<'p> Elab<'p> {
                             BinOp::Div => {
                                 if y == 0 {
                                     return self.fail(
-                                        Diagnostic::error(Code::BadValue, *span, "division by zero").label("divides by zero"),
+                                        Diagnostic::error(Code::BadValue, *span, "division by zero")
+                                            .label("divides by zero"),
                                     );
                                 }
                                 x.checked_div_euclid(y)
@@ -915,7 +1009,10 @@ impl<'p> Elab<'p> {
                         if v.is_finite() {
                             Ok(Val::Float(v))
                         } else {
-                            self.fail(Diagnostic::error(Code::BadValue, *span, "this arithmetic has no finite result").label("not finite"))
+                            self.fail(
+                                Diagnostic::error(Code::BadValue, *span, "this arithmetic has no finite result")
+                                    .label("not finite"),
+                            )
                         }
                     }
                     (Val::Int(_) | Val::Float(_), v) => bad(v, r.span()),
@@ -930,18 +1027,26 @@ impl<'p> Elab<'p> {
         let args: &'p [Arg] = st.args.as_deref().unwrap_or(&[]);
         if args.is_empty() {
             return self.fail(
-                Diagnostic::error(Code::MissingArg, st.span, format!("`{name}` needs at least one value to combine with the flow"))
-                    .label("nothing to combine")
-                    .hint(format!("name a value above and merge it: `x = in` … `{name}(x)`")),
+                Diagnostic::error(
+                    Code::MissingArg,
+                    st.span,
+                    format!("`{name}` needs at least one value to combine with the flow"),
+                )
+                .label("nothing to combine")
+                .hint(format!("name a value above and merge it: `x = in` … `{name}(x)`")),
             );
         }
         let mut operands: Vec<(NodeId, Span)> = vec![(flow, st.name.span)];
         for a in args {
             if let Some(k) = &a.key {
                 return self.fail(
-                    Diagnostic::error(Code::UnknownKeyword, k.span, format!("`{name}` takes values, not keyword arguments"))
-                        .label("keyword argument")
-                        .hint(format!("write `{name}(x)` or `{name}(x |> conv(64, k=1))`")),
+                    Diagnostic::error(
+                        Code::UnknownKeyword,
+                        k.span,
+                        format!("`{name}` takes values, not keyword arguments"),
+                    )
+                    .label("keyword argument")
+                    .hint(format!("write `{name}(x)` or `{name}(x |> conv(64, k=1))`")),
                 );
             }
             let node = match &a.value {

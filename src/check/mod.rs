@@ -71,9 +71,16 @@ pub fn check(program: &Program, binding: Binding, budget: &Budget) -> Result<Che
     .into_iter()
     .find(|(_, have, max, _)| have > max);
     if let Some((what, have, max, flag)) = over {
-        let span = program.net.as_ref().map_or(Span::default(), |n| Span::new(n.span.start as usize, n.span.start as usize + 3));
+        let span = program
+            .net
+            .as_ref()
+            .map_or(Span::default(), |n| Span::new(n.span.start as usize, n.span.start as usize + 3));
         let (have_text, max_text, smaller) = if flag == "--max-activation-bytes" {
-            (human_bytes(have), human_bytes(max), "downsample earlier (a stride or a pool near the input), or use fewer channels")
+            (
+                human_bytes(have),
+                human_bytes(max),
+                "downsample earlier (a stride or a pool near the input), or use fewer channels",
+            )
         } else {
             (group(have), group(max), "make it smaller (fewer channels or layers)")
         };
@@ -201,7 +208,8 @@ impl Checked {
         let [c, h, w] = binding.input;
         let mut out = String::new();
         let _ = writeln!(out, "input [{c},{h},{w}], {} classes", binding.classes);
-        let _ = writeln!(out, "{:>5}  {:<opw$}  {:<shw$}  {:>12}  {:>15}", "line", "operation", "output", "params", "MACs");
+        let _ =
+            writeln!(out, "{:>5}  {:<opw$}  {:<shw$}  {:>12}  {:>15}", "line", "operation", "output", "params", "MACs");
         for r in &rows {
             let _ = writeln!(
                 out,

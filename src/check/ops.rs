@@ -96,7 +96,12 @@ fn hinted<T>(r: Result<T, OpError>, hint: impl Into<String>) -> Result<T, OpErro
 pub const MAX_SIZE: u64 = 1 << 24;
 
 fn too_large<T>(name: &'static str, op: &str, v: i64) -> Result<T, OpError> {
-    fail(Code::BadValue, Some(name), format!("`{name}` of `{op}` is {v}; sizes are at most {}", super::group(MAX_SIZE)), "too large")
+    fail(
+        Code::BadValue,
+        Some(name),
+        format!("`{name}` of `{op}` is {v}; sizes are at most {}", super::group(MAX_SIZE)),
+        "too large",
+    )
 }
 
 /// A positive integer argument (channels, kernels, strides, groups…).
@@ -164,7 +169,12 @@ fn nonzero(shape: Shape, op: &str) -> Result<Shape, OpError> {
         Shape::Vector { d } => (d, d),
     };
     if lo == 0 {
-        return fail(Code::ZeroDim, None, format!("`{op}` would output {shape}: a dimension reaches zero"), format!("gives {shape}"));
+        return fail(
+            Code::ZeroDim,
+            None,
+            format!("`{op}` would output {shape}: a dimension reaches zero"),
+            format!("gives {shape}"),
+        );
     }
     if hi > MAX_SIZE {
         return fail(
@@ -202,7 +212,12 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
             let g = positive(args, "groups", "gn")?;
             if c % g != 0 {
                 return hinted(
-                    fail(Code::GroupsNotDivisible, Some("groups"), format!("{g} groups do not divide {c} channels"), format!("{g} does not divide {c}")),
+                    fail(
+                        Code::GroupsNotDivisible,
+                        Some("groups"),
+                        format!("{g} groups do not divide {c} channels"),
+                        format!("{g} does not divide {c}"),
+                    ),
                     format!("use a divisor of {c}, e.g. {}", divisor_near(c, g)),
                 );
             }
@@ -271,7 +286,12 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
             let g = positive(args, "groups", name)?;
             if c % g != 0 {
                 return hinted(
-                    fail(Code::GroupsNotDivisible, Some("groups"), format!("{g} groups do not divide {c} channels"), format!("{g} does not divide {c}")),
+                    fail(
+                        Code::GroupsNotDivisible,
+                        Some("groups"),
+                        format!("{g} groups do not divide {c} channels"),
+                        format!("{g} does not divide {c}"),
+                    ),
                     format!("use a divisor of {c}, e.g. {}", divisor_near(c, g)),
                 );
             }
@@ -287,12 +307,22 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
             let hi = non_negative(args, "hi", name)?;
             if hi > c {
                 return hinted(
-                    fail(Code::BadValue, Some("hi"), format!("slice ends at channel {hi}, but the input has {c}"), format!("past {c}")),
+                    fail(
+                        Code::BadValue,
+                        Some("hi"),
+                        format!("slice ends at channel {hi}, but the input has {c}"),
+                        format!("past {c}"),
+                    ),
                     format!("channels are numbered 0..{c}"),
                 );
             }
             if hi <= lo {
-                return fail(Code::ZeroDim, Some("hi"), format!("slice({lo}, {hi}) selects no channels"), "empty slice");
+                return fail(
+                    Code::ZeroDim,
+                    Some("hi"),
+                    format!("slice({lo}, {hi}) selects no channels"),
+                    "empty slice",
+                );
             }
             let shape = match input {
                 Shape::Map { h, w, .. } => Shape::Map { c: hi - lo, h, w },
@@ -306,7 +336,12 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
             let k = positive(args, "k", name)?;
             if k > h || k > w {
                 return hinted(
-                    fail(Code::KernelTooLarge, Some("k"), format!("patch size {k} is larger than the input {h}x{w}"), "patch too large"),
+                    fail(
+                        Code::KernelTooLarge,
+                        Some("k"),
+                        format!("patch size {k} is larger than the input {h}x{w}"),
+                        "patch too large",
+                    ),
                     format!("use a patch size that divides the {h}x{w} input, e.g. {}", divisor_near(gcd(h, w), 4)),
                 );
             }
@@ -323,12 +358,17 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
         },
         "attn" => {
             let Shape::Tokens { n, d } = input else {
-                return wrong_input(name, "tokens [N,D]", input, Some("make tokens with `patch(d, k=…)` first"))
+                return wrong_input(name, "tokens [N,D]", input, Some("make tokens with `patch(d, k=…)` first"));
             };
             let heads = positive(args, "heads", name)?;
             if d % heads != 0 {
                 return hinted(
-                    fail(Code::HeadsNotDivisible, Some("heads"), format!("{heads} heads do not divide the width {d}"), format!("{heads} does not divide {d}")),
+                    fail(
+                        Code::HeadsNotDivisible,
+                        Some("heads"),
+                        format!("{heads} heads do not divide the width {d}"),
+                        format!("{heads} does not divide {d}"),
+                    ),
                     format!("use a divisor of {d}, e.g. {}", divisor_near(d, heads)),
                 );
             }
@@ -385,13 +425,23 @@ fn conv(name: &str, args: &ArgVals, input: Shape) -> Result<Applied, OpError> {
         Val::Same => {
             if s != 1 {
                 return hinted(
-                    fail(Code::BadValue, Some("p"), format!("`p=same` needs stride 1, but `s` is {s}"), "same padding with a stride"),
+                    fail(
+                        Code::BadValue,
+                        Some("p"),
+                        format!("`p=same` needs stride 1, but `s` is {s}"),
+                        "same padding with a stride",
+                    ),
                     format!("write the padding out: `p={}` keeps ceil(H/{s}) for odd kernels", d * (k - 1) / 2),
                 );
             }
             if (d * (k - 1)) % 2 != 0 {
                 return hinted(
-                    fail(Code::BadValue, Some("p"), format!("`p=same` needs an odd kernel, got k={k}"), "asymmetric padding"),
+                    fail(
+                        Code::BadValue,
+                        Some("p"),
+                        format!("`p=same` needs an odd kernel, got k={k}"),
+                        "asymmetric padding",
+                    ),
                     "use an odd kernel (3, 5, 7) with `same`",
                 );
             }
@@ -402,16 +452,30 @@ fn conv(name: &str, args: &ArgVals, input: Shape) -> Result<Applied, OpError> {
         v => return fail(Code::BadValue, Some("p"), format!("padding cannot be negative, got {v}"), "negative"),
     };
     if cin % g != 0 || cout % g != 0 {
-        let which = if cin % g != 0 { format!("the {cin} input channels") } else { format!("the {cout} output channels") };
-        let both = if cin == cout { format!("groups must divide {cin}") } else { format!("groups must divide both {cin} and {cout}") };
+        let which =
+            if cin % g != 0 { format!("the {cin} input channels") } else { format!("the {cout} output channels") };
+        let both = if cin == cout {
+            format!("groups must divide {cin}")
+        } else {
+            format!("groups must divide both {cin} and {cout}")
+        };
         return hinted(
-            fail(Code::GroupsNotDivisible, Some("g"), format!("{g} groups do not divide {which}"), format!("{g} groups")),
+            fail(
+                Code::GroupsNotDivisible,
+                Some("g"),
+                format!("{g} groups do not divide {which}"),
+                format!("{g} groups"),
+            ),
             format!("{both}; e.g. g={}", divisor_near(gcd(cin, cout), g)),
         );
     }
     let (Some(oh), Some(ow)) = (window(h, k, s, p, d, false), window(w, k, s, p, d, false)) else {
         let eff = d * (k - 1) + 1;
-        let kernel = if d > 1 { format!("dilated kernel (k={k}, d={d}) spans {eff}x{eff}, which") } else { format!("kernel {eff}x{eff}") };
+        let kernel = if d > 1 {
+            format!("dilated kernel (k={k}, d={d}) spans {eff}x{eff}, which")
+        } else {
+            format!("kernel {eff}x{eff}")
+        };
         return hinted(
             fail(
                 Code::KernelTooLarge,
@@ -445,7 +509,12 @@ fn pool(name: &str, args: &ArgVals, input: Shape) -> Result<Applied, OpError> {
     let p = non_negative(args, "p", name)?;
     let ceil = args.bool("ceil");
     if 2 * p > k {
-        return fail(Code::BadValue, Some("p"), format!("pool padding {p} is more than half the kernel {k}"), "too much padding");
+        return fail(
+            Code::BadValue,
+            Some("p"),
+            format!("pool padding {p} is more than half the kernel {k}"),
+            "too much padding",
+        );
     }
     let (Some(oh), Some(ow)) = (window(h, k, s, p, 1, ceil), window(w, k, s, p, 1, ceil)) else {
         return hinted(
@@ -467,7 +536,11 @@ fn pool(name: &str, args: &ArgVals, input: Shape) -> Result<Applied, OpError> {
 pub fn add(shapes: &[Shape]) -> Result<Shape, (Code, String, usize)> {
     for (i, s) in shapes.iter().enumerate().skip(1) {
         if *s != shapes[0] {
-            return Err((Code::ShapeMismatch, format!("`add` needs equal shapes, but the flow is {} and this operand is {s}", shapes[0]), i));
+            return Err((
+                Code::ShapeMismatch,
+                format!("`add` needs equal shapes, but the flow is {} and this operand is {s}", shapes[0]),
+                i,
+            ));
         }
     }
     Ok(shapes[0])
@@ -520,7 +593,10 @@ pub fn concat(shapes: &[Shape]) -> Result<Shape, (Code, String, usize)> {
                     _ => {
                         return Err((
                             Code::ConcatMismatch,
-                            format!("`concat` joins vectors with vectors, but the flow is {} and this operand is {s}", shapes[0]),
+                            format!(
+                                "`concat` joins vectors with vectors, but the flow is {} and this operand is {s}",
+                                shapes[0]
+                            ),
                             i,
                         ))
                     }

@@ -43,11 +43,10 @@ impl BindingArgs {
     /// Without any, cifar10.
     fn bindings(&self) -> Result<Vec<(String, Binding)>, UsageError> {
         if let Some(spec) = &self.input {
-            let dims: Vec<u64> = spec
-                .split(',')
-                .map(|s| s.trim().parse::<u64>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| UsageError(format!("--input must be C,H,W with three positive integers, got `{spec}`")))?;
+            let dims: Vec<u64> =
+                spec.split(',').map(|s| s.trim().parse::<u64>()).collect::<Result<_, _>>().map_err(|_| {
+                    UsageError(format!("--input must be C,H,W with three positive integers, got `{spec}`"))
+                })?;
             let [c, h, w] = dims[..] else {
                 return Err(UsageError(format!("--input must be C,H,W with three positive integers, got `{spec}`")));
             };
@@ -70,11 +69,7 @@ impl BindingArgs {
         }
     }
     fn budget(&self) -> Budget {
-        Budget {
-            max_params: self.max_params,
-            max_macs: self.max_macs,
-            max_activation_bytes: self.max_activation_bytes,
-        }
+        Budget { max_params: self.max_params, max_macs: self.max_macs, max_activation_bytes: self.max_activation_bytes }
     }
 }
 
@@ -136,7 +131,11 @@ fn read(path: &PathBuf) -> Result<String, UsageError> {
     }
     let bytes = std::fs::read(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
     String::from_utf8(bytes).map_err(|e| {
-        UsageError(format!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))
+        UsageError(format!(
+            "{} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
     })
 }
 
@@ -233,7 +232,9 @@ pub fn check(a: CheckArgs) -> Result<ExitCode, UsageError> {
             };
             ok &= valid;
             if a.json {
-                results.push(json!({"file": file, "dataset": name, "ok": valid, "diagnostics": json_diags(&diags, &file, &src)}));
+                results.push(
+                    json!({"file": file, "dataset": name, "ok": valid, "diagnostics": json_diags(&diags, &file, &src)}),
+                );
             } else {
                 if !diags.is_empty() && bindings.len() > 1 {
                     eprintln!("== {file} under {name}");

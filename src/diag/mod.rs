@@ -201,15 +201,9 @@ pub fn render(diags: &[Diagnostic], file: &str, src: &str, color: bool) -> Strin
         }
         let label_text = if d.label.is_empty() { d.code.as_str().to_string() } else { d.label.clone() };
         let mut report = Report::build(kind, (file, range.clone()))
-            .with_config(
-                Config::default()
-                    .with_color(color)
-                    .with_index_type(IndexType::Byte)
-                    .with_compact(false),
-            )
+            .with_config(Config::default().with_color(color).with_index_type(IndexType::Byte).with_compact(false))
             .with_code(d.code.as_str())
-            .with_message(message)
-            ;
+            .with_message(message);
         // Labels go in in source order: ariadne starts a new snippet, headed by
         // the primary location, whenever a label lies above the one before it.
         let mut labels: Vec<(std::ops::Range<usize>, &str)> = vec![(range, label_text.as_str())];

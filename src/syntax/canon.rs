@@ -127,8 +127,9 @@ impl<'a> Ctx<'a> {
                     Some(DefaultValue::Bool(b)) => {
                         matches!(value, Expr::Name(id) if id.name == if b { "true" } else { "false" })
                     }
-                    Some(DefaultValue::SameAs(k)) => order[k]
-                        .is_some_and(|j| matches!(&args[j].value, ArgValue::Expr(o) if o == value)),
+                    Some(DefaultValue::SameAs(k)) => {
+                        order[k].is_some_and(|j| matches!(&args[j].value, ArgValue::Expr(o) if o == value))
+                    }
                 }
             })
             .collect();

@@ -16,8 +16,14 @@ pub(super) fn parse(src: &str) -> Option<Program> {
         return None;
     }
     let mut lines = Lines { src, pos: 0 };
-    let mut program =
-        Program { arch: None, arch_trivia: Trivia::default(), blocks: Vec::new(), net: None, order: Vec::new(), tail: Vec::new() };
+    let mut program = Program {
+        arch: None,
+        arch_trivia: Trivia::default(),
+        blocks: Vec::new(),
+        net: None,
+        order: Vec::new(),
+        tail: Vec::new(),
+    };
     let mut pending = Pending::default();
     while let Some((start, text)) = lines.next() {
         let mut c = Cur { src, line_end: start + text.len(), i: start };
@@ -139,7 +145,11 @@ fn body(lines: &mut Lines, src: &str, brace: Option<Comment>) -> Option<(Body, u
                     let brace = c.line_end()?;
                     let (inner, close, trailing) = body(lines, src, brace)?;
                     trivia.trailing = trailing;
-                    stmts.push(Stmt { kind: StmtKind::Repeat { count, body: inner }, trivia, span: Span::new(begin, close) });
+                    stmts.push(Stmt {
+                        kind: StmtKind::Repeat { count, body: inner },
+                        trivia,
+                        span: Span::new(begin, close),
+                    });
                     continue;
                 } else {
                     let save = c.i;

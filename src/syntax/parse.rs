@@ -153,7 +153,9 @@ fn describe(rules: &[Rule]) -> String {
             words.push(w);
         }
     }
-    if let (Some(i), Some(j)) = (words.iter().position(|w| *w == "a name"), words.iter().position(|w| *w == "a number or expression")) {
+    if let (Some(i), Some(j)) =
+        (words.iter().position(|w| *w == "a name"), words.iter().position(|w| *w == "a number or expression"))
+    {
         words[i.min(j)] = "a number, a name or an expression";
         words.remove(i.max(j));
     }
@@ -267,8 +269,14 @@ impl TriviaCollector {
 
 impl<'s> Builder<'s> {
     fn file(&self, file: Pair<Rule>) -> Result<Program, Diagnostic> {
-        let mut program =
-            Program { arch: None, arch_trivia: Trivia::default(), blocks: Vec::new(), net: None, order: Vec::new(), tail: Vec::new() };
+        let mut program = Program {
+            arch: None,
+            arch_trivia: Trivia::default(),
+            blocks: Vec::new(),
+            net: None,
+            order: Vec::new(),
+            tail: Vec::new(),
+        };
         let mut trivia = TriviaCollector::default();
         // Where the trailing comment of the last item goes.
         enum Last {
@@ -315,9 +323,13 @@ impl<'s> Builder<'s> {
                     let t = trivia.take(p.as_span().end());
                     let span = span_of(&p);
                     if program.net.is_some() {
-                        return Err(Diagnostic::error(Code::DuplicateNet, Span::new(span.start as usize, span.start as usize + 3), "a program has exactly one `net`")
-                            .label("second `net`")
-                            .hint("merge the two into one `net { … }`, or turn one into a `block`"));
+                        return Err(Diagnostic::error(
+                            Code::DuplicateNet,
+                            Span::new(span.start as usize, span.start as usize + 3),
+                            "a program has exactly one `net`",
+                        )
+                        .label("second `net`")
+                        .hint("merge the two into one `net { … }`, or turn one into a `block`"));
                     }
                     let mut n = self.net(p)?;
                     n.trivia = Trivia { blank_before: false, ..t };
@@ -359,7 +371,13 @@ impl<'s> Builder<'s> {
                 r => unreachable!("block holds no {r:?}"),
             }
         }
-        Ok(BlockDef { name: name.expect("block has a name"), params, body: body.expect("block has a body"), trivia: Trivia::default(), span })
+        Ok(BlockDef {
+            name: name.expect("block has a name"),
+            params,
+            body: body.expect("block has a body"),
+            trivia: Trivia::default(),
+            span,
+        })
     }
 
     fn net(&self, p: Pair<Rule>) -> Result<NetDef, Diagnostic> {
@@ -433,7 +451,10 @@ impl<'s> Builder<'s> {
                     }
                 }
                 Ok(Stmt {
-                    kind: StmtKind::Repeat { count: count.expect("repeat has a count"), body: body.expect("repeat has a body") },
+                    kind: StmtKind::Repeat {
+                        count: count.expect("repeat has a count"),
+                        body: body.expect("repeat has a body"),
+                    },
                     trivia: Trivia::default(),
                     span,
                 })
@@ -511,11 +532,13 @@ impl<'s> Builder<'s> {
                 if is_float {
                     match text.parse::<f64>() {
                         Ok(v) if v.is_finite() => Ok(Expr::Float(v, span)),
-                        _ => Err(Diagnostic::error(Code::Syntax, span, format!("`{text}` is too large a number")).label("too large")),
+                        _ => Err(Diagnostic::error(Code::Syntax, span, format!("`{text}` is too large a number"))
+                            .label("too large")),
                     }
                 } else {
                     text.parse::<i64>().map(|v| Expr::Int(v, span)).map_err(|_| {
-                        Diagnostic::error(Code::Syntax, span, format!("`{text}` is too large a number")).label("too large")
+                        Diagnostic::error(Code::Syntax, span, format!("`{text}` is too large a number"))
+                            .label("too large")
                     })
                 }
             }

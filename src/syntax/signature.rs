@@ -73,7 +73,6 @@ const fn same_as(name: &'static str, other: &'static str) -> ParamSpec {
     ParamSpec { name, ty: Ty::Int, default: ArgDefault::SameAs(other) }
 }
 
-
 const NONE: &[ParamSpec] = &[];
 
 const fn op(name: &'static str, params: &'static [ParamSpec], positional: usize, summary: &'static str) -> Signature {
@@ -114,18 +113,8 @@ pub static OPS: &[Signature] = &[
     op("hardsigmoid", NONE, 0, "hard sigmoid"),
     op("sigmoid", NONE, 0, "sigmoid"),
     op("tanh", NONE, 0, "tanh"),
-    op(
-        "maxpool",
-        &[req("k", Ty::Int), same_as("s", "k"), int("p", 0), boolean("ceil", false)],
-        0,
-        "max pooling",
-    ),
-    op(
-        "avgpool",
-        &[req("k", Ty::Int), same_as("s", "k"), int("p", 0), boolean("ceil", false)],
-        0,
-        "average pooling",
-    ),
+    op("maxpool", &[req("k", Ty::Int), same_as("s", "k"), int("p", 0), boolean("ceil", false)], 0, "max pooling"),
+    op("avgpool", &[req("k", Ty::Int), same_as("s", "k"), int("p", 0), boolean("ceil", false)], 0, "average pooling"),
     op("gap", NONE, 0, "global average pooling to a vector"),
     op("adaptive_avgpool", &[req("s", Ty::Int)], 1, "adaptive average pooling to s x s"),
     op("dropout", &[float("p", 0.5)], 1, "dropout"),
