@@ -128,3 +128,20 @@ fn a_backend_not_compiled_in_says_which_feature_to_build_with() {
     assert_eq!(r.verdict, Verdict::Crashed);
     assert!(r.message.contains("--features cuda"), "{}", r.message);
 }
+
+#[test]
+fn a_panic_while_training_is_a_verdict_and_the_process_carries_on() {
+    // A graph the checker would never produce: `flatten` replaced by `identity`,
+    // so `linear` meets feature maps and the forward pass panics.
+    let mut graph = lenet5();
+    let flatten = graph.nodes.iter().position(|n| n.op == nasc::check::Op::Flatten).expect("lenet5 flattens");
+    graph.nodes[flatten].op = nasc::check::Op::Identity;
+    let (train_set, test_set) = data();
+    let r = train::train(&graph, train_set, test_set, &config(), &ProgressBar::hidden());
+    assert_eq!(r.verdict, Verdict::Crashed, "{r:?}");
+    assert!(r.message.starts_with("training panicked: "), "{}", r.message);
+    assert!(r.message.contains("linear on feature maps"), "{}", r.message);
+    // The next candidate trains as usual.
+    let ok = run(&TrainConfig { limit: Some(640), ..config() });
+    assert_eq!(ok.verdict, Verdict::Ok, "{}", ok.message);
+}
