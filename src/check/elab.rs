@@ -7,6 +7,7 @@ use super::ops;
 use super::{Checked, Row, RowKind};
 use crate::diag::{Code, Diagnostic};
 use crate::syntax::ast::*;
+use crate::syntax::canon::{self, Misfit};
 use crate::syntax::signature::{self, ArgDefault, Args, ParamSpec, Ty};
 use std::collections::HashMap;
 
@@ -640,72 +641,45 @@ impl<'p> Elab<'p> {
         }
         // Bind the arguments in the caller's frame, the defaults in the callee's.
         let args: &[Arg] = st.args.as_deref().unwrap_or(&[]);
-        let mut slots: Vec<Option<(Val, Span)>> = vec![None; block.params.len()];
-        let mut seen_key = false;
-        let mut next = 0;
-        for a in args {
-            let i = match &a.key {
-                None => {
-                    if seen_key {
-                        return self.fail(
-                            Diagnostic::error(
-                                Code::ExtraArg,
-                                a.span,
-                                "a positional argument cannot follow a keyword argument",
-                            )
-                            .label("positional after keyword"),
-                        );
-                    }
-                    if next >= block.params.len() {
-                        return self.fail(
-                            Diagnostic::error(
-                                Code::ExtraArg,
-                                a.span,
-                                format!(
-                                    "block `{}` takes {} argument(s), this is one too many",
-                                    block.name.name,
-                                    block.params.len()
-                                ),
-                            )
-                            .label("extra argument")
-                            .with_label(block.name.span, "block defined here"),
-                        );
-                    }
-                    next += 1;
-                    next - 1
-                }
-                Some(k) => {
-                    seen_key = true;
-                    match block.params.iter().position(|p| p.name.name == k.name) {
-                        Some(i) => i,
-                        None => {
-                            let names: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
-                            let mut d = Diagnostic::error(
-                                Code::UnknownKeyword,
-                                k.span,
-                                format!("block `{}` has no parameter `{}`", block.name.name, k.name),
-                            )
-                            .label("unknown parameter")
-                            .with_label(block.name.span, "block defined here");
-                            d = match nearest(&k.name, names.iter().copied()) {
-                                Some(n) => d.hint(format!("did you mean `{n}`?")),
-                                None => d.hint(format!("its parameters are: {}", names.join(", "))),
-                            };
-                            return self.fail(d);
-                        }
-                    }
-                }
-            };
-            if slots[i].is_some() {
-                return self.fail(
-                    Diagnostic::error(
-                        Code::DuplicateArg,
-                        a.span,
-                        format!("parameter `{}` is given twice", block.params[i].name.name),
+        let mut order: Vec<Option<usize>> = vec![None; block.params.len()];
+        let fit = canon::assign_slots(args, |k| block.params.iter().position(|p| p.name.name == k), &mut order);
+        if let Err((j, misfit)) = fit {
+            let a = &args[j];
+            let d = match misfit {
+                Misfit::PositionalAfterKeyword => positional_after_keyword(a),
+                Misfit::TooMany => Diagnostic::error(
+                    Code::ExtraArg,
+                    a.span,
+                    format!(
+                        "block `{}` takes {} argument(s), this is one too many",
+                        block.name.name,
+                        block.params.len()
+                    ),
+                )
+                .label("extra argument")
+                .with_label(block.name.span, "block defined here"),
+                Misfit::UnknownKeyword => {
+                    let k = a.key.as_ref().expect("an unknown keyword is a keyword");
+                    let names: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
+                    let d = Diagnostic::error(
+                        Code::UnknownKeyword,
+                        k.span,
+                        format!("block `{}` has no parameter `{}`", block.name.name, k.name),
                     )
-                    .label("given again"),
-                );
-            }
+                    .label("unknown parameter")
+                    .with_label(block.name.span, "block defined here");
+                    match nearest(&k.name, names.iter().copied()) {
+                        Some(n) => d.hint(format!("did you mean `{n}`?")),
+                        None => d.hint(format!("its parameters are: {}", names.join(", "))),
+                    }
+                }
+                Misfit::Duplicate(i) => given_twice(a, &block.params[i].name.name),
+            };
+            return self.fail(d);
+        }
+        let mut slots: Vec<Option<(Val, Span)>> = vec![None; block.params.len()];
+        for (i, j) in order.iter().enumerate() {
+            let Some(a) = j.map(|j| &args[j]) else { continue };
             let ArgValue::Expr(e) = &a.value else {
                 return self.fail(branch_not_allowed(a, &block.name.name));
             };
@@ -771,78 +745,58 @@ impl<'p> Elab<'p> {
         frame: &mut Frame<'p>,
     ) -> R<ops::ArgVals> {
         let args: &[Arg] = st.args.as_deref().unwrap_or(&[]);
-        let mut vals: [Option<(Val, Span)>; ops::MAX_PARAMS] = [None; ops::MAX_PARAMS];
-        let mut next = 0;
-        let mut seen_key = false;
-        for a in args {
-            let i = match &a.key {
-                None => {
-                    if seen_key {
-                        return self.fail(
-                            Diagnostic::error(
-                                Code::ExtraArg,
-                                a.span,
-                                "a positional argument cannot follow a keyword argument",
-                            )
-                            .label("positional after keyword")
-                            .hint(format!("write it as a keyword: {}", usage(name, params))),
-                        );
-                    }
-                    if next >= params.len() {
-                        let msg = if params.is_empty() {
-                            format!("`{name}` takes no arguments")
-                        } else {
-                            format!("`{name}` takes at most {} argument(s)", params.len())
-                        };
-                        return self.fail(
-                            Diagnostic::error(Code::ExtraArg, a.span, msg)
-                                .label("extra argument")
-                                .hint(format!("usage: {}", usage(name, params))),
-                        );
-                    }
-                    next += 1;
-                    next - 1
+        let mut order: [Option<usize>; ops::MAX_PARAMS] = [None; ops::MAX_PARAMS];
+        let fit = canon::assign_slots(args, |k| params.iter().position(|p| p.name == k), &mut order[..params.len()]);
+        if let Err((j, misfit)) = fit {
+            let a = &args[j];
+            let d = match misfit {
+                Misfit::PositionalAfterKeyword => {
+                    positional_after_keyword(a).hint(format!("write it as a keyword: {}", usage(name, params)))
                 }
-                Some(k) => {
-                    seen_key = true;
-                    match params.iter().position(|p| p.name == k.name) {
-                        Some(i) => i,
-                        None => {
-                            let mut d = Diagnostic::error(
-                                Code::UnknownKeyword,
-                                k.span,
-                                format!("`{name}` has no parameter `{}`", k.name),
-                            )
-                            .label("unknown parameter");
-                            let guess = match k.name.as_str() {
-                                "kernel" | "kernel_size" | "ks" => Some("k"),
-                                "stride" => Some("s"),
-                                "padding" | "pad" => Some("p"),
-                                "dilation" => Some("d"),
-                                "groups" if name == "conv" => Some("g"),
-                                "out" | "out_channels" | "channels" | "filters" if name == "conv" => Some("c"),
-                                "out" | "out_features" | "units" | "features" if name == "linear" => Some("n"),
-                                "rate" | "prob" => Some("p"),
-                                "num_heads" | "h" => Some("heads"),
-                                _ => None,
-                            }
-                            .filter(|g| params.iter().any(|p| p.name == *g))
-                            .or_else(|| nearest(&k.name, params.iter().map(|p| p.name)));
-                            d = match guess {
-                                Some(g) => d.hint(format!("did you mean `{g}`? usage: {}", usage(name, params))),
-                                None => d.hint(format!("usage: {}", usage(name, params))),
-                            };
-                            return self.fail(d);
-                        }
+                Misfit::TooMany => {
+                    let msg = if params.is_empty() {
+                        format!("`{name}` takes no arguments")
+                    } else {
+                        format!("`{name}` takes at most {} argument(s)", params.len())
+                    };
+                    Diagnostic::error(Code::ExtraArg, a.span, msg)
+                        .label("extra argument")
+                        .hint(format!("usage: {}", usage(name, params)))
+                }
+                Misfit::UnknownKeyword => {
+                    let k = a.key.as_ref().expect("an unknown keyword is a keyword");
+                    let d = Diagnostic::error(
+                        Code::UnknownKeyword,
+                        k.span,
+                        format!("`{name}` has no parameter `{}`", k.name),
+                    )
+                    .label("unknown parameter");
+                    let guess = match k.name.as_str() {
+                        "kernel" | "kernel_size" | "ks" => Some("k"),
+                        "stride" => Some("s"),
+                        "padding" | "pad" => Some("p"),
+                        "dilation" => Some("d"),
+                        "groups" if name == "conv" => Some("g"),
+                        "out" | "out_channels" | "channels" | "filters" if name == "conv" => Some("c"),
+                        "out" | "out_features" | "units" | "features" if name == "linear" => Some("n"),
+                        "rate" | "prob" => Some("p"),
+                        "num_heads" | "h" => Some("heads"),
+                        _ => None,
+                    }
+                    .filter(|g| params.iter().any(|p| p.name == *g))
+                    .or_else(|| nearest(&k.name, params.iter().map(|p| p.name)));
+                    match guess {
+                        Some(g) => d.hint(format!("did you mean `{g}`? usage: {}", usage(name, params))),
+                        None => d.hint(format!("usage: {}", usage(name, params))),
                     }
                 }
+                Misfit::Duplicate(i) => given_twice(a, params[i].name),
             };
-            if vals[i].is_some() {
-                return self.fail(
-                    Diagnostic::error(Code::DuplicateArg, a.span, format!("`{}` is given twice", params[i].name))
-                        .label("given again"),
-                );
-            }
+            return self.fail(d);
+        }
+        let mut vals: [Option<(Val, Span)>; ops::MAX_PARAMS] = [None; ops::MAX_PARAMS];
+        for (i, j) in order[..params.len()].iter().enumerate() {
+            let Some(a) = j.map(|j| &args[j]) else { continue };
             let ArgValue::Expr(e) = &a.value else {
                 return self.fail(branch_not_allowed(a, name));
             };
@@ -1111,6 +1065,15 @@ impl<'p> Elab<'p> {
             }
         }
     }
+}
+
+fn positional_after_keyword(a: &Arg) -> Diagnostic {
+    Diagnostic::error(Code::ExtraArg, a.span, "a positional argument cannot follow a keyword argument")
+        .label("positional after keyword")
+}
+
+fn given_twice(a: &Arg, param: &str) -> Diagnostic {
+    Diagnostic::error(Code::DuplicateArg, a.span, format!("`{param}` is given twice")).label("given again")
 }
 
 fn branch_not_allowed(a: &Arg, name: &str) -> Diagnostic {

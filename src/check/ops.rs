@@ -117,6 +117,23 @@ fn positive(args: &ArgVals, name: &'static str, op: &str) -> Result<u64, OpError
     Ok(v as u64)
 }
 
+/// The `groups` argument of an operation over `c` channels: positive, and a divisor of `c`.
+fn groups(args: &ArgVals, c: u64, op: &str) -> Result<u64, OpError> {
+    let g = positive(args, "groups", op)?;
+    if c % g != 0 {
+        return hinted(
+            fail(
+                Code::GroupsNotDivisible,
+                Some("groups"),
+                format!("{g} groups do not divide {c} channels"),
+                format!("{g} does not divide {c}"),
+            ),
+            format!("use a divisor of {c}, e.g. {}", divisor_near(c, g)),
+        );
+    }
+    Ok(g)
+}
+
 fn non_negative(args: &ArgVals, name: &'static str, op: &str) -> Result<u64, OpError> {
     let v = args.int(name);
     if v < 0 {
@@ -209,18 +226,7 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
         "ln" => (Op::LayerNorm, input, 2 * input.channels(), 0),
         "gn" => {
             let Shape::Map { c, .. } = input else { return wrong_input("gn", "feature maps [C,H,W]", input, None) };
-            let g = positive(args, "groups", "gn")?;
-            if c % g != 0 {
-                return hinted(
-                    fail(
-                        Code::GroupsNotDivisible,
-                        Some("groups"),
-                        format!("{g} groups do not divide {c} channels"),
-                        format!("{g} does not divide {c}"),
-                    ),
-                    format!("use a divisor of {c}, e.g. {}", divisor_near(c, g)),
-                );
-            }
+            let g = groups(args, c, "gn")?;
             (Op::GroupNorm { groups: g }, input, 2 * c, 0)
         }
         "relu" => (Op::Relu, input, 0, 0),
@@ -283,18 +289,7 @@ pub fn apply(name: &str, args: &ArgVals, input: Shape, binding: Binding) -> Resu
         }
         "shuffle" => {
             let Shape::Map { c, .. } = input else { return wrong_input(name, "feature maps [C,H,W]", input, None) };
-            let g = positive(args, "groups", name)?;
-            if c % g != 0 {
-                return hinted(
-                    fail(
-                        Code::GroupsNotDivisible,
-                        Some("groups"),
-                        format!("{g} groups do not divide {c} channels"),
-                        format!("{g} does not divide {c}"),
-                    ),
-                    format!("use a divisor of {c}, e.g. {}", divisor_near(c, g)),
-                );
-            }
+            let g = groups(args, c, name)?;
             (Op::Shuffle { groups: g }, input, 0, 0)
         }
         "slice" => {

@@ -155,35 +155,55 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// Maps parameter slots to argument indices; `None` if the arguments do not
-/// fit (too many, unknown or repeated keywords, a branch where a value goes),
-/// which the checker will report.
-fn assign(sig: &Params, args: &[Arg]) -> Option<Vec<Option<usize>>> {
-    let mut slots: Vec<Option<usize>> = vec![None; sig.len()];
+/// Why a call's arguments do not fit its parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misfit {
+    PositionalAfterKeyword,
+    TooMany,
+    UnknownKeyword,
+    /// The parameter (by slot) was already given.
+    Duplicate(usize),
+}
+
+/// Maps arguments to parameter slots, the one rule for every call: positional
+/// arguments fill slots from the left, keywords go by name. `slots[i]` gets the
+/// index of the argument for parameter `i`. On a misfit, says which argument.
+pub fn assign_slots(
+    args: &[Arg],
+    position: impl Fn(&str) -> Option<usize>,
+    slots: &mut [Option<usize>],
+) -> Result<(), (usize, Misfit)> {
     let mut next = 0;
     let mut seen_key = false;
     for (j, a) in args.iter().enumerate() {
-        if matches!(a.value, ArgValue::Branch(_)) {
-            return None;
-        }
         let i = match &a.key {
+            None if seen_key => return Err((j, Misfit::PositionalAfterKeyword)),
+            None if next >= slots.len() => return Err((j, Misfit::TooMany)),
             None => {
-                if seen_key {
-                    return None;
-                }
                 next += 1;
                 next - 1
             }
             Some(k) => {
                 seen_key = true;
-                sig.position(&k.name)?
+                position(&k.name).ok_or((j, Misfit::UnknownKeyword))?
             }
         };
-        if i >= slots.len() || slots[i].is_some() {
-            return None;
+        if slots[i].is_some() {
+            return Err((j, Misfit::Duplicate(i)));
         }
         slots[i] = Some(j);
     }
+    Ok(())
+}
+
+/// Slot → argument for a call canonicalisation can rewrite; `None` if the
+/// arguments do not fit or hold a branch where a value goes (the checker reports).
+fn assign(sig: &Params, args: &[Arg]) -> Option<Vec<Option<usize>>> {
+    if args.iter().any(|a| matches!(a.value, ArgValue::Branch(_))) {
+        return None;
+    }
+    let mut slots = vec![None; sig.len()];
+    assign_slots(args, |k| sig.position(k), &mut slots).ok()?;
     Some(slots)
 }
 

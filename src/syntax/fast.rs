@@ -315,40 +315,29 @@ fn arg(c: &mut Cur) -> Option<Arg> {
 
 /// `a + b * -c`: left-associative, `*` and `/` above `+` and `-`, negation above both.
 fn expr(c: &mut Cur) -> Option<Expr> {
-    let mut lhs = product(c)?;
-    loop {
-        let save = c.i;
-        c.ws();
-        let op = match c.peek() {
-            Some(b'+') => BinOp::Add,
-            Some(b'-') => BinOp::Sub,
-            _ => {
-                c.i = save;
-                return Some(lhs);
-            }
-        };
-        c.i += 1;
-        let rhs = product(c)?;
-        let span = lhs.span().to(rhs.span());
-        lhs = Expr::Bin(op, Box::new(lhs), Box::new(rhs), span);
-    }
+    binary(c, 1)
 }
 
-fn product(c: &mut Cur) -> Option<Expr> {
-    let mut lhs = unary(c)?;
+/// Operands joined by operators of precedence `level` or higher (the `BinOp`
+/// precedences: 1 for `+ -`, 2 for `* /`).
+fn binary(c: &mut Cur, level: u8) -> Option<Expr> {
+    let mut lhs = if level == 1 { binary(c, 2)? } else { unary(c)? };
     loop {
         let save = c.i;
         c.ws();
         let op = match c.peek() {
-            Some(b'*') => BinOp::Mul,
-            Some(b'/') => BinOp::Div,
-            _ => {
-                c.i = save;
-                return Some(lhs);
-            }
+            Some(b'+') => Some(BinOp::Add),
+            Some(b'-') => Some(BinOp::Sub),
+            Some(b'*') => Some(BinOp::Mul),
+            Some(b'/') => Some(BinOp::Div),
+            _ => None,
+        };
+        let Some(op) = op.filter(|op| op.precedence() == level) else {
+            c.i = save;
+            return Some(lhs);
         };
         c.i += 1;
-        let rhs = unary(c)?;
+        let rhs = if level == 1 { binary(c, 2)? } else { unary(c)? };
         let span = lhs.span().to(rhs.span());
         lhs = Expr::Bin(op, Box::new(lhs), Box::new(rhs), span);
     }
