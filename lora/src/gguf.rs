@@ -33,6 +33,13 @@ pub const MAX_DIMS: u32 = 8;
 /// Nested arrays recurse; a corrupt file could otherwise nest deep enough to exhaust the stack.
 pub const MAX_ARRAY_DEPTH: usize = 8;
 
+/// Room reserved up front for `n` items read from the file. Counts are already
+/// bounded by the bytes left, but an item in memory can be many times its size
+/// on disk; growing as items are really read keeps memory in step with the file.
+fn capacity(n: u64) -> usize {
+    n.min(4096) as usize
+}
+
 /// What is wrong with a GGUF file, or with a request made of one. Each message
 /// names the key or tensor at fault and, for truncation, the byte offset.
 #[derive(Debug, thiserror::Error)]
@@ -498,8 +505,8 @@ impl GgufFile {
         // Each key/value takes at least 12 bytes (key length, type); a count the
         // rest of the file cannot hold is a truncation, found before allocating.
         r.check_room(n_kv, 12).map_err(|e| e.context("the metadata count"))?;
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut key_index = HashMap::with_capacity(n_kv as usize);
+        let mut metadata = Vec::with_capacity(capacity(n_kv));
+        let mut key_index = HashMap::with_capacity(capacity(n_kv));
         for i in 0..n_kv {
             let key = r.string().map_err(|e| e.into_error(|| format!("the name of metadata entry {i}")))?;
             let value = r.typed_value().map_err(|e| e.into_error(|| format!("metadata key `{key}`")))?;
@@ -524,8 +531,8 @@ impl GgufFile {
 
         // A tensor info takes at least 24 bytes: name length, dimension count, type, offset.
         r.check_room(n_tensors, 24).map_err(|e| e.context("the tensor count"))?;
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(capacity(n_tensors));
+        let mut tensor_index = HashMap::with_capacity(capacity(n_tensors));
         for i in 0..n_tensors {
             let info = r.tensor_info(i, alignment)?;
             if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
@@ -829,7 +836,7 @@ impl<'a> Reader<'a> {
                 let elem = ValueType::from_id(id).ok_or(ReadError::UnknownType(id))?;
                 let len = self.u64()?;
                 self.check_room(len, elem.min_size())?;
-                let mut items = Vec::with_capacity(len as usize);
+                let mut items = Vec::with_capacity(capacity(len));
                 for _ in 0..len {
                     items.push(self.value(elem, depth + 1)?);
                 }
