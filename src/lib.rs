@@ -6,5 +6,6 @@ pub mod cli;
 pub mod compile;
 pub mod delta;
 pub mod diag;
+pub mod novelty;
 pub mod syntax;
 pub mod train;

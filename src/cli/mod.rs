@@ -2,6 +2,7 @@
 //! It decides nothing about programs; every answer comes from the library.
 
 mod data;
+mod delta;
 mod front;
 mod train;
 
@@ -35,6 +36,17 @@ enum Command {
     Ops(front::OpsArgs),
     /// List the datasets programs can be bound to, with their input shapes and classes.
     Datasets(front::DatasetsArgs),
+    /// Apply a unified diff (or a model's reply holding one) to a program, tolerantly, and print the result.
+    Apply(delta::ApplyArgs),
+    /// Judge a model's reply to a program: extract, apply, parse, check, novelty; exit 1 unless the verdict is ok.
+    Verdict(delta::VerdictArgs),
+    /// Print the unified diff between two programs in canonical form.
+    Diff(delta::DiffArgs),
+    /// Compare a program with an archive: its nearest entries; exit 1 for a duplicate or near duplicate.
+    Novelty(delta::NoveltyArgs),
+    /// Build or list an archive of networks for novelty checks.
+    #[command(subcommand)]
+    Archive(delta::ArchiveCmd),
     /// Download datasets from their canonical sources, or describe what is on disk.
     #[command(subcommand)]
     Data(data::DataCmd),
@@ -55,6 +67,11 @@ pub fn main() -> ExitCode {
         Command::Fmt(a) => front::fmt(a),
         Command::Ops(a) => front::ops(a),
         Command::Datasets(a) => front::datasets(a),
+        Command::Apply(a) => delta::apply(a),
+        Command::Verdict(a) => delta::verdict(a),
+        Command::Diff(a) => delta::diff(a),
+        Command::Novelty(a) => delta::novelty(a),
+        Command::Archive(cmd) => delta::archive(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),

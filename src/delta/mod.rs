@@ -3,17 +3,21 @@
 //
 // The pipeline is `extract` (reply → diff or whole program) then `apply` (base + diff → new
 // text, with every tolerance used recorded). `apply_reply` runs both. Every failure is a
-// `DeltaError` whose `verdict()` is one of the pipeline's verdict names.
+// `DeltaError` whose `verdict()` is one of the pipeline's verdict names. `verdict` runs the
+// whole front half on a reply (extract, apply, parse, check, novelty) and returns a
+// `Judgement`: the verdict, its explanation, and for `ok` the canonical program and diff.
 
 mod apply;
 mod error;
 mod extract;
 mod hunk;
 mod locate;
+pub mod verdict;
 
 pub use apply::{apply, Applied, ApplyOptions, Tolerance};
 pub use error::DeltaError;
 pub use extract::{extract, Extracted};
+pub use verdict::{judge, unified, verdict, Base, Judgement, Options, Timings, Verdict};
 
 /// Bounds on the work the engine does for one reply, so a pathological reply (a megabyte of
 /// hunks, a program of identical lines) gets a verdict quickly instead of a hang.

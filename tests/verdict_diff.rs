@@ -1,0 +1,49 @@
+//! `diff` and `apply` are inverses on the zoo: for every ordered pair of zoo programs, the
+//! canonical diff from one to the other applies strictly (no tolerance) and gives the other.
+
+use nasc::delta::{apply, apply_reply, unified, ApplyOptions};
+
+fn zoo() -> Vec<(String, String)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/zoo");
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "arch"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 17);
+    v
+}
+
+#[test]
+fn apply_of_diff_gives_the_other_program_for_every_pair_of_zoo_programs() {
+    let zoo = zoo();
+    let mut pairs = 0;
+    for (na, a) in &zoo {
+        // The zoo is canonical, so its canonical diff is the diff of its texts.
+        assert_eq!(&nasc::syntax::fmt::format_source(a).unwrap(), a, "{na} is not canonical");
+        for (nb, b) in &zoo {
+            let (diff, changed) = unified(a, b, &format!("a/{na}"), &format!("b/{nb}"));
+            if na == nb {
+                assert_eq!((diff.as_str(), changed), ("", 0));
+                continue;
+            }
+            let applied = apply(a, &diff, ApplyOptions::default()).unwrap_or_else(|e| panic!("{na} -> {nb}: {e}"));
+            assert_eq!(&applied.text, b, "{na} -> {nb}");
+            assert!(applied.tolerances.is_empty(), "{na} -> {nb}: {:?}", applied.tolerances);
+            assert_eq!(changed, diff.lines().filter(|l| l.starts_with(['+', '-'])).count() - 2);
+            pairs += 1;
+        }
+    }
+    assert_eq!(pairs, zoo.len() * (zoo.len() - 1));
+}
+
+#[test]
+fn a_diff_fenced_in_a_reply_applies_like_the_bare_diff() {
+    let zoo = zoo();
+    let (a, b) = (&zoo[0].1, &zoo[1].1);
+    let (diff, _) = unified(a, b, "a/x.arch", "b/x.arch");
+    let reply = format!("I replaced the network.\n\n```diff\n{diff}```\n");
+    assert_eq!(&apply_reply(a, &reply, ApplyOptions::default()).unwrap().text, b);
+}
