@@ -15,7 +15,7 @@
 
 mod dequant;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -10,6 +10,9 @@
 //! # Ok::<(), nasc_lora::gguf::GgufError>(())
 //! ```
 
-// Crate layout: gguf (file format, metadata, dequantisation). Model, tokenizer,
-// generation and LoRA training come later (issue 7) and build on it.
+// Crate layout: gguf (file format, metadata, dequantisation), tokenizer (text <-> ids
+// from GGUF or tokenizer.json), chat (chat templates). Model, generation and LoRA
+// training come later (issue 7) and build on them.
+pub mod chat;
 pub mod gguf;
+pub mod tokenizer;

@@ -5,7 +5,7 @@ use super::*;
 use half::{bf16, f16};
 
 /// A GGUF writer just big enough for the tests: metadata, tensors and a few ways to break the file.
-struct Writer {
+pub(crate) struct Writer {
     version: u32,
     alignment: usize,
     n_kv: u64,
@@ -16,7 +16,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Writer { version: 3, alignment: 32, n_kv: 0, kvs: vec![], n_tensors: 0, infos: vec![], data: vec![] }
     }
 
@@ -49,7 +49,7 @@ impl Writer {
         }
     }
 
-    fn kv(self, key: &str, v: Value) -> Self {
+    pub(crate) fn kv(self, key: &str, v: Value) -> Self {
         let mut body = v.value_type().id().to_le_bytes().to_vec();
         Self::value(&mut body, &v);
         self.raw_kv(key, &body)
@@ -82,7 +82,7 @@ impl Writer {
         self
     }
 
-    fn finish(self) -> Vec<u8> {
+    pub(crate) fn finish(self) -> Vec<u8> {
         let mut out = b"GGUF".to_vec();
         out.extend(self.version.to_le_bytes());
         out.extend(self.n_tensors.to_le_bytes());

@@ -1,0 +1,263 @@
+// Turns text into token ids and back for a checkpoint, from its GGUF metadata or a Hugging Face tokenizer.json.
+// It must not guess silently: a missing or ill-typed tokenizer key is an error naming the key, never a panic.
+
+//! Tokenizers built from a checkpoint.
+//!
+//! The work is done by Hugging Face's `tokenizers` crate (built with
+//! `fancy-regex`, so no C library is needed); this module only assembles one
+//! from what a GGUF file stores:
+//!
+//! - `tokenizer.ggml.model = "gpt2"`: byte-level BPE from
+//!   `tokenizer.ggml.tokens` and `tokenizer.ggml.merges`, with GPT-2's
+//!   byte-level pre-tokenizer and decoder. Tokens whose
+//!   `tokenizer.ggml.token_type` is control (3) become special tokens and
+//!   user-defined ones (4) added tokens, so `<|im_start|>` encodes as one id.
+//! - Other models (SentencePiece `llama`, ...) are refused with an error
+//!   naming `tokenizer.ggml.model`.
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+use crate::gguf::{GgufError, GgufFile};
+
+/// GGUF's token types (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// `tokenizer.ggml.pre` values whose pre-tokenizer splits every digit before
+/// GPT-2's regex (llama.cpp groups them so; SmolLM2 says `smollm`).
+const PRE_INDIVIDUAL_DIGITS: &[&str] = &["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva"];
+
+/// Why a tokenizer could not be built or used. Each message names the key,
+/// token or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("GGUF tokenizer metadata: {0}")]
+    Gguf(#[from] GgufError),
+
+    #[error("tokenizer.ggml.model is `{model}`; only `gpt2` (byte-level BPE) tokenizers are built from GGUF so far")]
+    UnsupportedModel { model: String },
+
+    #[error("{key}: {reason}")]
+    BadMetadata { key: &'static str, reason: String },
+
+    #[error("{}: cannot load tokenizer: {reason}", path.display())]
+    HfJson { path: PathBuf, reason: String },
+
+    #[error("cannot build the BPE model: {reason}")]
+    Build { reason: String },
+
+    #[error("cannot encode text: {reason}")]
+    Encode { reason: String },
+
+    #[error("cannot decode ids: {reason}")]
+    Decode { reason: String },
+}
+
+pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;
+
+/// A checkpoint's tokenizer, with the ids of its marker tokens.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    /// Whether `encode(_, true)` puts BOS in front. A tokenizer.json does this
+    /// itself through its post-processor, so this is only set from GGUF.
+    add_bos: bool,
+    add_eos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer a GGUF checkpoint describes in its `tokenizer.ggml.*` keys.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let model = file.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel { model: model.to_owned() });
+        }
+        let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
+        let merges = file.get_str_array("tokenizer.ggml.merges")?;
+        // Optional: older converters omit it, and then no token is special.
+        let types = match file.get("tokenizer.ggml.token_type") {
+            Some(_) => file.get_i32_array("tokenizer.ggml.token_type")?,
+            None => vec![],
+        };
+        if !types.is_empty() && types.len() != tokens.len() {
+            return Err(TokenizerError::BadMetadata {
+                key: "tokenizer.ggml.token_type",
+                reason: format!("has {} entries but tokenizer.ggml.tokens has {}", types.len(), tokens.len()),
+            });
+        }
+
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        if vocab.len() != tokens.len() {
+            return Err(TokenizerError::BadMetadata {
+                key: "tokenizer.ggml.tokens",
+                reason: "holds the same token twice".to_owned(),
+            });
+        }
+        let mut pairs = Vec::with_capacity(merges.len());
+        for (i, m) in merges.iter().enumerate() {
+            // Byte-level tokens never hold a space (it is spelt `Ġ`), so the first space separates the pair.
+            let Some((a, b)) = m.split_once(' ') else {
+                return Err(TokenizerError::BadMetadata {
+                    key: "tokenizer.ggml.merges",
+                    reason: format!("entry {i} ({m:?}) is not two tokens separated by a space"),
+                });
+            };
+            for part in [a, b] {
+                if !vocab.contains_key(part) {
+                    return Err(TokenizerError::BadMetadata {
+                        key: "tokenizer.ggml.merges",
+                        reason: format!("entry {i} ({m:?}) uses {part:?}, which is not in tokenizer.ggml.tokens"),
+                    });
+                }
+            }
+            pairs.push((a.to_owned(), b.to_owned()));
+        }
+
+        let id = |key: &'static str| -> Result<Option<u32>> {
+            if file.get(key).is_none() {
+                return Ok(None);
+            }
+            let id = file.get_u32(key)?;
+            if id as usize >= tokens.len() {
+                return Err(TokenizerError::BadMetadata {
+                    key,
+                    reason: format!("id {id} is past the vocabulary ({} tokens)", tokens.len()),
+                });
+            }
+            Ok(Some(id))
+        };
+        let bos = id("tokenizer.ggml.bos_token_id")?;
+        let eos = id("tokenizer.ggml.eos_token_id")?;
+        let unk = id("tokenizer.ggml.unknown_token_id")?;
+        id("tokenizer.ggml.padding_token_id")?;
+        let flag = |key: &str| -> Result<bool> {
+            match file.get(key) {
+                Some(_) => Ok(file.get_bool(key)?),
+                None => Ok(false),
+            }
+        };
+        let add_bos = flag("tokenizer.ggml.add_bos_token")?;
+        let add_eos = flag("tokenizer.ggml.add_eos_token")?;
+        if add_bos && bos.is_none() {
+            return Err(TokenizerError::BadMetadata {
+                key: "tokenizer.ggml.bos_token_id",
+                reason: "is missing, but tokenizer.ggml.add_bos_token is true".to_owned(),
+            });
+        }
+        if add_eos && eos.is_none() {
+            return Err(TokenizerError::BadMetadata {
+                key: "tokenizer.ggml.eos_token_id",
+                reason: "is missing, but tokenizer.ggml.add_eos_token is true".to_owned(),
+            });
+        }
+
+        let mut builder = BPE::builder().vocab_and_merges(vocab, pairs);
+        if let Some(unk) = unk {
+            builder = builder.unk_token(tokens[unk as usize].to_owned());
+        }
+        let bpe = builder.build().map_err(|e| TokenizerError::Build { reason: e.to_string() })?;
+
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        // GPT-2's settings: no space added in front, offsets trimmed, GPT-2's split regex.
+        let byte_level = ByteLevel::new(false, true, true);
+        let pre = match file.get("tokenizer.ggml.pre") {
+            Some(_) => file.get_str("tokenizer.ggml.pre")?,
+            None => "default",
+        };
+        if PRE_INDIVIDUAL_DIGITS.contains(&pre) {
+            let digits = PreTokenizerWrapper::Digits(Digits::new(true));
+            inner.with_pre_tokenizer(Some(Sequence::new(vec![digits, byte_level.into()])));
+        } else {
+            inner.with_pre_tokenizer(Some(byte_level));
+        }
+        inner.with_decoder(Some(byte_level));
+
+        let added = |kind: i32, special: bool| -> Vec<AddedToken> {
+            types
+                .iter()
+                .zip(&tokens)
+                .filter(|(t, _)| **t == kind)
+                .map(|(_, tok)| AddedToken::from(tok.to_string(), special).normalized(false))
+                .collect()
+        };
+        inner.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
+        inner.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
+
+        Ok(Tokenizer { inner, bos, eos, add_bos, add_eos })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`. BOS and EOS are looked up by the
+    /// usual names, since tokenizer.json itself does not mark them.
+    pub fn from_hf_json(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| TokenizerError::HfJson { path: path.to_owned(), reason: e.to_string() })?;
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let bos = find(&["<|begin_of_text|>", "<s>", "<|endoftext|>", "<|im_start|>"]);
+        let eos = find(&["<|end_of_text|>", "</s>", "<|im_end|>", "<|endoftext|>"]);
+        Ok(Tokenizer { inner, bos, eos, add_bos: false, add_eos: false })
+    }
+
+    /// The ids of `text`. With `add_special`, the checkpoint's BOS/EOS are
+    /// added as it asks; special tokens written in the text are matched whole either way.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, add_special).map_err(|e| TokenizerError::Encode { reason: e.to_string() })?;
+        let mut ids = Vec::with_capacity(enc.len() + 2);
+        if add_special && self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        if add_special && self.add_eos {
+            ids.extend(self.eos);
+        }
+        Ok(ids)
+    }
+
+    /// The text of `ids`; with `skip_special`, special tokens are left out.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Decode { reason: e.to_string() })
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// The text of one token, as the vocabulary spells it.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The id of one token, as the vocabulary spells it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Tokens in the vocabulary, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
