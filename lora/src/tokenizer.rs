@@ -34,7 +34,8 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 /// `tokenizer.ggml.pre` values whose pre-tokenizer splits every digit before
 /// GPT-2's regex (llama.cpp groups them so; SmolLM2 says `smollm`).
-const PRE_INDIVIDUAL_DIGITS: &[&str] = &["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva"];
+const PRE_INDIVIDUAL_DIGITS: &[&str] =
+    &["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva"];
 
 /// Why a tokenizer could not be built or used. Each message names the key,
 /// token or file at fault.

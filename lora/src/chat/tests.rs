@@ -31,7 +31,8 @@ fn llama3_template_renders_with_bos_and_trimmed_content() {
 /// Block tags on their own lines vanish with their newline, as transformers renders them (trim_blocks, lstrip_blocks).
 #[test]
 fn block_tags_on_their_own_lines_leave_no_whitespace() {
-    let source = "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}";
+    let source =
+        "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}";
     let t = ChatTemplate::new(source, "", "").unwrap();
     assert_eq!(t.render(&conversation(), false).unwrap(), "[Hi!]\n");
 }
@@ -62,5 +63,8 @@ fn tokenizer_config_template_is_used_and_missing_one_falls_back_to_chatml() {
     let without = dir.path().join("without.json");
     std::fs::write(&without, "{}").unwrap();
     let t = ChatTemplate::from_tokenizer_config(&without).unwrap();
-    assert_eq!(t.render(&conversation(), false).unwrap(), ChatTemplate::chatml().render(&conversation(), false).unwrap());
+    assert_eq!(
+        t.render(&conversation(), false).unwrap(),
+        ChatTemplate::chatml().render(&conversation(), false).unwrap()
+    );
 }
