@@ -12,19 +12,26 @@
 //!   byte-level pre-tokenizer and decoder. Tokens whose
 //!   `tokenizer.ggml.token_type` is control (3) become special tokens and
 //!   user-defined ones (4) added tokens, so `<|im_start|>` encodes as one id.
-//! - Other models (SentencePiece `llama`, ...) are refused with an error
-//!   naming `tokenizer.ggml.model`.
+//! - `tokenizer.ggml.model = "llama"`: SentencePiece BPE from the tokens and
+//!   `tokenizer.ggml.scores`, with merges derived as `transformers` derives
+//!   them, `▁` for spaces and `<0xNN>` byte fallback.
+//! - Other models are refused with an error naming `tokenizer.ggml.model`.
 
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
 
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, PreTokenizerWrapper};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper};
 
 use crate::gguf::{GgufError, GgufFile};
 
@@ -44,7 +51,7 @@ pub enum TokenizerError {
     #[error("GGUF tokenizer metadata: {0}")]
     Gguf(#[from] GgufError),
 
-    #[error("tokenizer.ggml.model is `{model}`; only `gpt2` (byte-level BPE) tokenizers are built from GGUF so far")]
+    #[error("tokenizer.ggml.model is `{model}`; only `gpt2` (byte-level BPE) or `llama` (SentencePiece) tokenizers are built from GGUF")]
     UnsupportedModel { model: String },
 
     #[error("{key}: {reason}")]
@@ -90,11 +97,11 @@ impl Tokenizer {
     /// Builds the tokenizer a GGUF checkpoint describes in its `tokenizer.ggml.*` keys.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let model = file.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(TokenizerError::UnsupportedModel { model: model.to_owned() });
         }
+        let spm = model == "llama";
         let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
-        let merges = file.get_str_array("tokenizer.ggml.merges")?;
         // Optional: older converters omit it, and then no token is special.
         let types = match file.get("tokenizer.ggml.token_type") {
             Some(_) => file.get_i32_array("tokenizer.ggml.token_type")?,
@@ -114,25 +121,7 @@ impl Tokenizer {
                 reason: "holds the same token twice".to_owned(),
             });
         }
-        let mut pairs = Vec::with_capacity(merges.len());
-        for (i, m) in merges.iter().enumerate() {
-            // Byte-level tokens never hold a space (it is spelt `Ġ`), so the first space separates the pair.
-            let Some((a, b)) = m.split_once(' ') else {
-                return Err(TokenizerError::BadMetadata {
-                    key: "tokenizer.ggml.merges",
-                    reason: format!("entry {i} ({m:?}) is not two tokens separated by a space"),
-                });
-            };
-            for part in [a, b] {
-                if !vocab.contains_key(part) {
-                    return Err(TokenizerError::BadMetadata {
-                        key: "tokenizer.ggml.merges",
-                        reason: format!("entry {i} ({m:?}) uses {part:?}, which is not in tokenizer.ggml.tokens"),
-                    });
-                }
-            }
-            pairs.push((a.to_owned(), b.to_owned()));
-        }
+        let pairs = if spm { spm_merges(file, &tokens, &types, &vocab)? } else { gpt2_merges(file, &vocab)? };
 
         let id = |key: &'static str| -> Result<Option<u32>> {
             if file.get(key).is_none() {
@@ -157,7 +146,11 @@ impl Tokenizer {
                 None => Ok(false),
             }
         };
-        let add_bos = flag("tokenizer.ggml.add_bos_token")?;
+        // llama.cpp's defaults when the key is absent: SentencePiece vocabularies add BOS, byte-level ones do not.
+        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
+            Some(_) => file.get_bool("tokenizer.ggml.add_bos_token")?,
+            None => spm,
+        };
         let add_eos = flag("tokenizer.ggml.add_eos_token")?;
         if add_bos && bos.is_none() {
             return Err(TokenizerError::BadMetadata {
@@ -176,22 +169,26 @@ impl Tokenizer {
         if let Some(unk) = unk {
             builder = builder.unk_token(tokens[unk as usize].to_owned());
         }
+        if spm {
+            // SentencePiece spells bytes it has no piece for as `<0xNN>` tokens, and runs of unknowns as one.
+            builder = builder.byte_fallback(true).fuse_unk(true);
+        }
         let bpe = builder.build().map_err(|e| TokenizerError::Build { reason: e.to_string() })?;
 
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        // GPT-2's settings: no space added in front, offsets trimmed, GPT-2's split regex.
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre = match file.get("tokenizer.ggml.pre") {
-            Some(_) => file.get_str("tokenizer.ggml.pre")?,
-            None => "default",
-        };
-        if PRE_INDIVIDUAL_DIGITS.contains(&pre) {
-            let digits = PreTokenizerWrapper::Digits(Digits::new(true));
-            inner.with_pre_tokenizer(Some(Sequence::new(vec![digits, byte_level.into()])));
+        if spm {
+            let add_space_prefix = match file.get("tokenizer.ggml.add_space_prefix") {
+                Some(_) => file.get_bool("tokenizer.ggml.add_space_prefix")?,
+                None => true,
+            };
+            sentencepiece_pipeline(&mut inner, add_space_prefix)?;
         } else {
-            inner.with_pre_tokenizer(Some(byte_level));
+            let pre = match file.get("tokenizer.ggml.pre") {
+                Some(_) => file.get_str("tokenizer.ggml.pre")?,
+                None => "default",
+            };
+            byte_level_pipeline(&mut inner, pre);
         }
-        inner.with_decoder(Some(byte_level));
 
         let added = |kind: i32, special: bool| -> Vec<AddedToken> {
             types
@@ -261,4 +258,93 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// Merges as stored in `tokenizer.ggml.merges` by byte-level vocabularies: "left right", in priority order.
+fn gpt2_merges(file: &GgufFile, vocab: &Vocab) -> Result<Vec<(String, String)>> {
+    let merges = file.get_str_array("tokenizer.ggml.merges")?;
+    let mut pairs = Vec::with_capacity(merges.len());
+    for (i, m) in merges.iter().enumerate() {
+        // Byte-level tokens never hold a space (it is spelt `Ġ`), so the first space separates the pair.
+        let Some((a, b)) = m.split_once(' ') else {
+            return Err(TokenizerError::BadMetadata {
+                key: "tokenizer.ggml.merges",
+                reason: format!("entry {i} ({m:?}) is not two tokens separated by a space"),
+            });
+        };
+        for part in [a, b] {
+            if !vocab.contains_key(part) {
+                return Err(TokenizerError::BadMetadata {
+                    key: "tokenizer.ggml.merges",
+                    reason: format!("entry {i} ({m:?}) uses {part:?}, which is not in tokenizer.ggml.tokens"),
+                });
+            }
+        }
+        pairs.push((a.to_owned(), b.to_owned()));
+    }
+
+    Ok(pairs)
+}
+
+/// SentencePiece vocabularies store scores, not merges. As `transformers`
+/// does when converting them, every normal piece that splits into two pieces
+/// of the vocabulary gives a merge, ranked by the merged piece's score.
+fn spm_merges(file: &GgufFile, tokens: &[&str], types: &[i32], vocab: &Vocab) -> Result<Vec<(String, String)>> {
+    let scores = file.get_f32_array("tokenizer.ggml.scores")?;
+    if scores.len() != tokens.len() {
+        return Err(TokenizerError::BadMetadata {
+            key: "tokenizer.ggml.scores",
+            reason: format!("has {} entries but tokenizer.ggml.tokens has {}", scores.len(), tokens.len()),
+        });
+    }
+    let mut merges = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        // Control, unknown and byte pieces are matched whole or by fallback, never built by merging.
+        if types.get(i).is_some_and(|&t| t != 1) {
+            continue;
+        }
+        let mut local: Vec<(u32, u32, &str, &str)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (l, r) = piece.split_at(at);
+                Some((*vocab.get(l)?, *vocab.get(r)?, l, r))
+            })
+            .collect();
+        local.sort_by_key(|&(l, r, _, _)| (l, r));
+        merges.extend(local.into_iter().map(|(_, _, l, r)| (scores[i], l.to_owned(), r.to_owned())));
+    }
+    // Stable, so equal scores keep vocabulary order, as in transformers.
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(merges.into_iter().map(|(_, l, r)| (l, r)).collect())
+}
+
+/// GPT-2's settings: no space added in front, offsets trimmed, GPT-2's split regex.
+fn byte_level_pipeline(inner: &mut tokenizers::Tokenizer, pre: &str) {
+    let byte_level = ByteLevel::new(false, true, true);
+    if PRE_INDIVIDUAL_DIGITS.contains(&pre) {
+        let digits = PreTokenizerWrapper::Digits(Digits::new(true));
+        inner.with_pre_tokenizer(Some(Sequence::new(vec![digits, byte_level.into()])));
+    } else {
+        inner.with_pre_tokenizer(Some(byte_level));
+    }
+    inner.with_decoder(Some(byte_level));
+}
+
+/// SentencePiece's conventions: spaces are `▁`, one is put in front of the text, bytes fall back to `<0xNN>`.
+fn sentencepiece_pipeline(inner: &mut tokenizers::Tokenizer, add_space_prefix: bool) -> Result<()> {
+    let build = |e: tokenizers::Error| TokenizerError::Build { reason: e.to_string() };
+    let mut normalizers: Vec<NormalizerWrapper> = vec![];
+    if add_space_prefix {
+        normalizers.push(Prepend::new("▁".to_owned()).into());
+    }
+    normalizers.push(Replace::new(" ", "▁").map_err(build)?.into());
+    inner.with_normalizer(Some(NormalizerSequence::new(normalizers)));
+    let mut decoders: Vec<DecoderWrapper> =
+        vec![Replace::new("▁", " ").map_err(build)?.into(), ByteFallback::new().into(), Fuse::new().into()];
+    if add_space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    inner.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(())
 }

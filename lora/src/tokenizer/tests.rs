@@ -134,8 +134,8 @@ fn missing_keys_are_named() {
 
 #[test]
 fn bad_metadata_is_named() {
-    let msg = build_err(tiny_gguf("tokenizer.ggml.model").kv("tokenizer.ggml.model", Value::String("llama".into())));
-    assert!(msg.contains("tokenizer.ggml.model is `llama`"), "{msg}");
+    let msg = build_err(tiny_gguf("tokenizer.ggml.model").kv("tokenizer.ggml.model", Value::String("t5".into())));
+    assert!(msg.contains("tokenizer.ggml.model is `t5`"), "{msg}");
 
     let msg = build_err(tiny_gguf("tokenizer.ggml.tokens").kv("tokenizer.ggml.tokens", Value::U32(3)));
     assert!(msg.contains("tokenizer.ggml.tokens") && msg.contains("array of string"), "{msg}");
@@ -160,4 +160,93 @@ fn bad_metadata_is_named() {
 fn hf_json_that_does_not_exist_is_named() {
     let msg = Tokenizer::from_hf_json("/nonexistent/tokenizer.json").unwrap_err().to_string();
     assert!(msg.starts_with("/nonexistent/tokenizer.json: cannot load tokenizer"), "{msg}");
+}
+
+// ---- SentencePiece (`llama`) vocabularies ----
+
+/// Normal pieces of the tiny SentencePiece vocabulary, with scores (higher merges first).
+const PIECES: &[(&str, f32)] = &[
+    ("▁", -1.0),
+    ("h", -1.0),
+    ("e", -1.0),
+    ("l", -1.0),
+    ("o", -1.0),
+    ("w", -1.0),
+    ("r", -1.0),
+    ("d", -1.0),
+    ("ll", -2.0),
+    ("he", -3.0),
+    ("hell", -4.0),
+    ("hello", -5.0),
+    ("▁hello", -6.0),
+    ("▁w", -7.0),
+    ("or", -8.0),
+    ("▁wor", -9.0),
+    ("ld", -10.0),
+    ("▁world", -11.0),
+];
+
+/// A tiny llama-style vocabulary: `<unk>`, `<s>`, `</s>`, 256 byte pieces, then PIECES. `skip` leaves one key out.
+fn tiny_spm(skip: &str) -> Writer {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2, 3, 3];
+    let mut scores = vec![0.0f32; 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+        scores.push(0.0);
+    }
+    for (p, score) in PIECES {
+        tokens.push(p.to_string());
+        types.push(1);
+        scores.push(*score);
+    }
+    let kvs = vec![
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        ("tokenizer.ggml.tokens", strings(&tokens)),
+        ("tokenizer.ggml.scores", Value::Array(ValueType::F32, scores.into_iter().map(Value::F32).collect())),
+        ("tokenizer.ggml.token_type", Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect())),
+        ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+    ];
+    kvs.into_iter().filter(|(k, _)| *k != skip).fold(Writer::new(), |w, (k, v)| w.kv(k, v))
+}
+
+fn tiny_sentencepiece() -> Tokenizer {
+    let file = GgufFile::from_bytes(tiny_spm("").finish()).unwrap();
+    Tokenizer::from_gguf(&file).unwrap_or_else(|e| panic!("tiny SentencePiece tokenizer should build: {e}"))
+}
+
+#[test]
+fn sentencepiece_merges_follow_scores_and_mark_spaces() {
+    let tok = tiny_sentencepiece();
+    let ids = tok.encode("hello world", false).unwrap();
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.token(i).unwrap()).collect();
+    assert_eq!(pieces, ["▁hello", "▁world"]);
+    assert_eq!(tok.decode(&ids, false).unwrap(), "hello world");
+}
+
+#[test]
+fn sentencepiece_falls_back_to_bytes_and_round_trips() {
+    let tok = tiny_sentencepiece();
+    let ids = tok.encode("hello wörld", false).unwrap();
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.token(i).unwrap()).collect();
+    assert!(pieces.contains(&"<0xC3>".to_string()) && pieces.contains(&"<0xB6>".to_string()), "{pieces:?}");
+    assert_eq!(tok.decode(&ids, false).unwrap(), "hello wörld");
+}
+
+#[test]
+fn sentencepiece_adds_bos_by_default_and_keeps_control_tokens_whole() {
+    let tok = tiny_sentencepiece();
+    let ids = tok.encode("hello</s>", true).unwrap();
+    assert_eq!(ids.first(), Some(&1));
+    assert_eq!(ids.last(), Some(&2));
+    assert_eq!(tok.decode(&ids, true).unwrap(), "hello");
+}
+
+#[test]
+fn sentencepiece_without_scores_names_the_key() {
+    let msg = build_err(tiny_spm("tokenizer.ggml.scores"));
+    assert!(msg.contains("`tokenizer.ggml.scores` is missing"), "{msg}");
 }
