@@ -204,15 +204,27 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos, eos, add_bos, add_eos })
     }
 
-    /// Loads a Hugging Face `tokenizer.json`. BOS and EOS are looked up by the
-    /// usual names, since tokenizer.json itself does not mark them.
+    /// Loads a Hugging Face `tokenizer.json`. tokenizer.json does not mark BOS
+    /// and EOS, so they come from `bos_token` / `eos_token` in the
+    /// tokenizer_config.json beside it when there is one, else from the usual names.
     pub fn from_hf_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| TokenizerError::HfJson { path: path.to_owned(), reason: e.to_string() })?;
+        let config_path = path.with_file_name("tokenizer_config.json");
+        let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| TokenizerError::HfJson { path: config_path.clone(), reason: e.to_string() })?,
+            Err(_) => serde_json::Value::Null,
+        };
+        // A token in tokenizer_config.json is a string or an AddedToken object with `content`.
+        let configured = |key: &str| {
+            let v = &config[key];
+            v.as_str().or_else(|| v["content"].as_str()).and_then(|t| inner.token_to_id(t))
+        };
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
-        let bos = find(&["<|begin_of_text|>", "<s>", "<|endoftext|>", "<|im_start|>"]);
-        let eos = find(&["<|end_of_text|>", "</s>", "<|im_end|>", "<|endoftext|>"]);
+        let bos = configured("bos_token").or_else(|| find(&["<|begin_of_text|>", "<s>", "<|endoftext|>"]));
+        let eos = configured("eos_token").or_else(|| find(&["<|end_of_text|>", "</s>", "<|im_end|>", "<|endoftext|>"]));
         Ok(Tokenizer { inner, bos, eos, add_bos: false, add_eos: false })
     }
 

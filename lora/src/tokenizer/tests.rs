@@ -250,3 +250,28 @@ fn sentencepiece_without_scores_names_the_key() {
     let msg = build_err(tiny_spm("tokenizer.ggml.scores"));
     assert!(msg.contains("`tokenizer.ggml.scores` is missing"), "{msg}");
 }
+
+#[test]
+fn hf_json_loads_and_finds_marker_tokens_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    let gguf = tiny();
+    gguf.inner.save(&path, false).unwrap();
+    let tok = Tokenizer::from_hf_json(&path).unwrap();
+    let text = "<|im_start|>hello wörld<|im_end|>";
+    assert_eq!(tok.encode(text, true).unwrap(), gguf.encode(text, true).unwrap());
+    assert_eq!(tok.bos_id(), tok.token_id("<|endoftext|>"));
+    assert_eq!(tok.eos_id(), tok.token_id("<|im_end|>"));
+}
+
+#[test]
+fn hf_json_takes_marker_tokens_from_tokenizer_config_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    tiny().inner.save(&path, false).unwrap();
+    let config = r#"{"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}}"#;
+    std::fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
+    let tok = Tokenizer::from_hf_json(&path).unwrap();
+    assert_eq!(tok.bos_id(), tok.token_id("<|im_start|>"));
+    assert_eq!(tok.eos_id(), tok.token_id("<|im_end|>"));
+}
