@@ -9,8 +9,9 @@
 //! engine kept by Jinja's own author and used by Hugging Face's
 //! text-generation-inference for exactly this, so templates written for
 //! Python's Jinja render the same way. Like `transformers`, blocks are
-//! rendered with `trim_blocks` and `lstrip_blocks`, and `raise_exception` is
-//! provided.
+//! rendered with `trim_blocks` and `lstrip_blocks`, `raise_exception` is
+//! provided, and Python's string methods (`strip`, `startswith`, ...) work
+//! through minijinja-contrib's `pycompat`.
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,8 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // Templates are written for Python's Jinja and call str methods (`content.strip()`, `.startswith`).
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });

@@ -68,3 +68,10 @@ fn tokenizer_config_template_is_used_and_missing_one_falls_back_to_chatml() {
         ChatTemplate::chatml().render(&conversation(), false).unwrap()
     );
 }
+
+#[test]
+fn python_string_methods_work_in_templates() {
+    let source = "{% for m in messages %}{% if m.content.startswith('Hi') %}{{ m.content.strip().upper() }}{% endif %}{% endfor %}";
+    let t = ChatTemplate::new(source, "", "").unwrap();
+    assert_eq!(t.render(&conversation(), false).unwrap(), "HI!");
+}
