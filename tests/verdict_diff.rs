@@ -47,3 +47,41 @@ fn a_diff_fenced_in_a_reply_applies_like_the_bare_diff() {
     let reply = format!("I replaced the network.\n\n```diff\n{diff}```\n");
     assert_eq!(&apply_reply(a, &reply, ApplyOptions::default()).unwrap().text, b);
 }
+
+/// `unified` leaves lines common to both ends out of diffy's work; the diff must be the one
+/// diffy makes of the whole texts.
+#[test]
+fn the_diff_is_diffys_diff_of_the_whole_texts() {
+    let zoo = zoo();
+    let mut cases: Vec<(String, String)> = Vec::new();
+    for (_, a) in &zoo {
+        for (_, b) in &zoo {
+            cases.push((a.clone(), b.clone()));
+        }
+        // Small changes at the top, in the middle and at the end, and one without a final newline.
+        let lines: Vec<&str> = a.lines().collect();
+        for at in [0, 1, lines.len() / 2, lines.len() - 2, lines.len() - 1] {
+            let mut l = lines.clone();
+            l[at] = "  gelu";
+            cases.push((a.clone(), l.join("\n") + "\n"));
+            l.insert(at, "  bn");
+            cases.push((a.clone(), l.join("\n")));
+        }
+    }
+    for (a, b) in &cases {
+        let (ours, _) = unified(a, b, "a/x.arch", "b/x.arch");
+        let whole = if a == b {
+            String::new()
+        } else {
+            diffy::DiffOptions::new()
+                .set_original_filename("a/x.arch")
+                .set_modified_filename("b/x.arch")
+                .create_patch(a, b)
+                .to_string()
+        };
+        assert_eq!(ours, whole);
+        if a != b {
+            assert_eq!(&apply(a, &ours, ApplyOptions::default()).unwrap().text, b);
+        }
+    }
+}

@@ -164,4 +164,22 @@ proptest! {
             );
         }
     }
+
+    /// The diff skips lines common to both ends for speed; it must still be diffy's diff of
+    /// the whole texts, and apply.
+    #[test]
+    fn the_canonical_diff_is_diffys_whole_text_diff(
+        which in 0usize..3,
+        edits in proptest::collection::vec(edit(), 1..6),
+    ) {
+        let a = BASES[which];
+        let b = edited(a, &edits);
+        let (ours, _) = unified(a, &b, "a/m.arch", "b/m.arch");
+        let whole = if a == b {
+            String::new()
+        } else {
+            diffy::DiffOptions::new().set_original_filename("a/m.arch").set_modified_filename("b/m.arch").create_patch(a, &b).to_string()
+        };
+        prop_assert_eq!(&ours, &whole);
+    }
 }

@@ -356,14 +356,63 @@ fn json(diags: &[Diagnostic], file: &str, src: &str) -> Vec<serde_json::Value> {
 /// headers, and the number of lines it adds plus the number it removes. Empty, 0 when the
 /// texts are equal. Applying the diff to `a` gives `b`.
 pub fn unified(a: &str, b: &str, name_a: &str, name_b: &str) -> (String, usize) {
+    const CONTEXT: usize = 3;
     if a == b {
         return (String::new(), 0);
     }
-    let patch = diffy::DiffOptions::new()
-        .set_original_filename(name_a.to_string())
-        .set_modified_filename(name_b.to_string())
-        .create_patch(a, b);
-    let changed =
-        patch.hunks().iter().flat_map(|h| h.lines()).filter(|l| !matches!(l, diffy::Line::Context(_))).count();
-    (patch.to_string(), changed)
+    // A candidate differs from its base in a few lines: lines common to both ends, beyond the
+    // context the hunks show, are left out of the diff's work and added back to the line numbers.
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.split_inclusive('\n').collect(), b.split_inclusive('\n').collect());
+    let common = la.len().min(lb.len());
+    let prefix = la.iter().zip(&lb).take_while(|(x, y)| x == y).count();
+    let suffix = la.iter().rev().zip(lb.iter().rev()).take(common - prefix).take_while(|(x, y)| x == y).count();
+    let skip = prefix.saturating_sub(CONTEXT);
+    let tail = suffix.saturating_sub(CONTEXT);
+    let (wa, wb) = (la[skip..la.len() - tail].concat(), lb[skip..lb.len() - tail].concat());
+    let mut opts = diffy::DiffOptions::new();
+    opts.set_context_len(CONTEXT).set_original_filename(name_a.to_string()).set_modified_filename(name_b.to_string());
+    let patch = opts.create_patch(&wa, &wb);
+    let hunks = patch.hunks();
+    let is_context = |l: &&diffy::Line<'_, str>| matches!(l, diffy::Line::Context(_));
+    // A change can slide into repeated lines at either end; if it slid to the window's edge,
+    // its hunk lost context there, and only the whole texts give the diff diffy would make.
+    let short_lead =
+        skip > 0 && hunks.first().is_some_and(|h| h.lines().iter().take_while(is_context).count() < CONTEXT);
+    let short_tail =
+        tail > 0 && hunks.last().is_some_and(|h| h.lines().iter().rev().take_while(is_context).count() < CONTEXT);
+    if short_lead || short_tail {
+        let whole = opts.create_patch(a, b);
+        let changed = whole.hunks().iter().flat_map(|h| h.lines()).filter(|l| !is_context(l)).count();
+        return (whole.to_string(), changed);
+    }
+    let changed = hunks.iter().flat_map(|h| h.lines()).filter(|l| !is_context(l)).count();
+    let text = patch.to_string();
+    if skip == 0 {
+        return (text, changed);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.split_inclusive('\n') {
+        match hunk_header(line) {
+            Some((old, old_len, new, new_len, rest)) => {
+                out.push_str(&format!("@@ -{}{old_len} +{}{new_len} @@{rest}", old + skip, new + skip));
+            }
+            None => out.push_str(line),
+        }
+    }
+    (out, changed)
+}
+
+/// `@@ -A[,B] +C[,D] @@…` as (A, ",B" or "", C, ",D" or "", what follows the second `@@`).
+fn hunk_header(line: &str) -> Option<(usize, &str, usize, &str, &str)> {
+    let body = line.strip_prefix("@@ -")?;
+    let (ranges, rest) = body.split_once(" @@")?;
+    let (old, new) = ranges.split_once(" +")?;
+    let ((a, al), (c, cl)) = (range_start(old)?, range_start(new)?);
+    Some((a, al, c, cl, rest))
+}
+
+/// `12,5` as (12, ",5"); `12` as (12, "").
+fn range_start(r: &str) -> Option<(usize, &str)> {
+    let at = r.find(',').unwrap_or(r.len());
+    Some((r[..at].parse().ok()?, &r[at..]))
 }

@@ -142,7 +142,10 @@ impl Structure {
     pub fn text(&self, graph: &Graph) -> String {
         let mut s = String::with_capacity(self.len() * 32);
         for pos in 0..self.len() {
-            let _ = write!(s, "%{pos} = {}", self.op(pos));
+            s.push('%');
+            push_number(&mut s, pos);
+            s.push_str(" = ");
+            s.push_str(self.op(pos));
             // The input's shape is the binding's: a hash is only ever compared under one.
             if pos == 0 {
                 if let Some(node) = graph.nodes.get(self.order[0]) {
@@ -152,11 +155,12 @@ impl Structure {
             let ins = self.inputs(pos);
             if !ins.is_empty() {
                 s.push('(');
-                for (k, i) in ins.iter().enumerate() {
+                for (k, &i) in ins.iter().enumerate() {
                     if k > 0 {
                         s.push_str(", ");
                     }
-                    let _ = write!(s, "%{i}");
+                    s.push('%');
+                    push_number(&mut s, i as usize);
                 }
                 s.push(')');
             }
@@ -164,6 +168,21 @@ impl Structure {
         }
         s
     }
+}
+
+/// Appends `n` in decimal; `write!` costs more than the rest of a line together.
+fn push_number(s: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend(digits[at..].iter().map(|&d| d as char));
 }
 
 /// A structural hash: 128 bits of the canonical text, stable across runs and machines.
