@@ -1,6 +1,7 @@
 //! The delta and novelty commands: apply, verdict, diff, novelty, archive.
 //! Reads files and flags, calls the delta and novelty modules, prints text or JSON; decides nothing itself.
 
+use super::front::{display_name, read, BudgetArgs};
 use super::UsageError;
 use crate::check::{binding, Binding, Budget};
 use crate::delta::{self, ApplyOptions, Base, Options, Verdict};
@@ -9,7 +10,6 @@ use crate::novelty::{self, Archive, NoveltyVerdict};
 use crate::syntax;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -34,15 +34,8 @@ pub struct JudgeArgs {
     /// archive's.
     #[arg(long, short = 'd')]
     dataset: Option<String>,
-    /// Most parameters a candidate may have.
-    #[arg(long, value_name = "N", default_value_t = Budget::default().max_params)]
-    max_params: u64,
-    /// Most multiply-accumulates per sample.
-    #[arg(long, value_name = "N", default_value_t = Budget::default().max_macs)]
-    max_macs: u64,
-    /// Most bytes of activations per sample (f32, all operation outputs).
-    #[arg(long, value_name = "BYTES", default_value_t = Budget::default().max_activation_bytes)]
-    max_activation_bytes: u64,
+    #[command(flatten)]
+    budget: BudgetArgs,
     /// Near-duplicate threshold: a candidate at least this similar (estimated Jaccard of
     /// 3-gram shingles, 0 to 1) to an archived network is a near_duplicate.
     #[arg(long, value_name = "S", default_value_t = novelty::DEFAULT_THRESHOLD)]
@@ -51,7 +44,7 @@ pub struct JudgeArgs {
 
 impl JudgeArgs {
     fn budget(&self) -> Budget {
-        Budget { max_params: self.max_params, max_macs: self.max_macs, max_activation_bytes: self.max_activation_bytes }
+        self.budget.budget()
     }
     fn threshold(&self) -> Result<f64, UsageError> {
         if (0.0..=1.0).contains(&self.threshold) {
@@ -137,30 +130,6 @@ pub struct ArchiveListArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-fn read(path: &Path) -> Result<String, UsageError> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| UsageError(format!("cannot read standard input: {e}")))?;
-        return Ok(s);
-    }
-    let bytes = std::fs::read(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes).map_err(|e| {
-        UsageError(format!(
-            "{} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })
-}
-
-fn display_name(path: &Path) -> String {
-    if path.as_os_str() == "-" {
-        "<stdin>".into()
-    } else {
-        path.display().to_string()
-    }
 }
 
 fn file_name(path: &Path) -> String {

@@ -8,7 +8,7 @@ use crate::syntax;
 use clap::Args;
 use serde_json::json;
 use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const DATASET_HELP: &str = "Dataset to bind `in` and `classes` to: mnist, fashion-mnist (1x28x28, 10), \
@@ -27,6 +27,13 @@ pub struct BindingArgs {
     /// Number of classes, with --input.
     #[arg(long, requires = "input")]
     classes: Option<u64>,
+    #[command(flatten)]
+    budget: BudgetArgs,
+}
+
+/// The budgets a program must fit, as flags: shared by every command that checks.
+#[derive(Args, Clone)]
+pub struct BudgetArgs {
     /// Most parameters a program may have.
     #[arg(long, value_name = "N", default_value_t = Budget::default().max_params)]
     max_params: u64,
@@ -36,6 +43,12 @@ pub struct BindingArgs {
     /// Most bytes of activations per sample (f32, all operation outputs).
     #[arg(long, value_name = "BYTES", default_value_t = Budget::default().max_activation_bytes)]
     max_activation_bytes: u64,
+}
+
+impl BudgetArgs {
+    pub(super) fn budget(&self) -> Budget {
+        Budget { max_params: self.max_params, max_macs: self.max_macs, max_activation_bytes: self.max_activation_bytes }
+    }
 }
 
 impl BindingArgs {
@@ -69,7 +82,7 @@ impl BindingArgs {
         }
     }
     fn budget(&self) -> Budget {
-        Budget { max_params: self.max_params, max_macs: self.max_macs, max_activation_bytes: self.max_activation_bytes }
+        self.budget.budget()
     }
 }
 
@@ -123,7 +136,8 @@ pub struct DatasetsArgs {
     json: bool,
 }
 
-fn read(path: &PathBuf) -> Result<String, UsageError> {
+/// A program's text, from a file or (`-`) standard input; a usage error names what failed.
+pub(super) fn read(path: &Path) -> Result<String, UsageError> {
     if path.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).map_err(|e| UsageError(format!("cannot read standard input: {e}")))?;
@@ -139,7 +153,8 @@ fn read(path: &PathBuf) -> Result<String, UsageError> {
     })
 }
 
-fn display_name(path: &PathBuf) -> String {
+/// How diagnostics name a file: its path, or `<stdin>` for `-`.
+pub(super) fn display_name(path: &Path) -> String {
     if path.as_os_str() == "-" {
         "<stdin>".into()
     } else {
