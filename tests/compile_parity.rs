@@ -180,3 +180,45 @@ fn the_same_seed_builds_the_same_weights() {
     // PyTorch's bound for a 1x5x5 kernel: 1/sqrt(25).
     assert!(weights(7).iter().all(|w| w.abs() <= 0.2));
 }
+
+/// nasc's batch norm (its own forward pass, for speed) against Burn's `BatchNorm`: the same
+/// output and input gradient while training, the same running mean, and PyTorch's unbiased running variance.
+#[test]
+fn batch_norm_trains_as_burns_and_keeps_pytorchs_running_variance() {
+    type Train = Autodiff<Cpu>;
+    let src = "net {\n  bn\n  flatten\n}\n";
+    let checked =
+        check_source(src, binding::Binding { input: [3, 4, 5], classes: 60 }, &Budget::default()).expect("checks");
+    let device = Default::default();
+    let model = compile::build::<Train>(&checked.graph, 0, &device);
+    let Some(compile::Layer::BatchNorm(ours)) = &model.layers[1] else { panic!("node 1 is bn") };
+    let burns = burn::nn::BatchNormConfig::new(3).init::<Train>(&device);
+
+    let x = Tensor::<Train, 4>::random([6, 3, 4, 5], Distribution::Normal(2.0, 3.0), &device);
+    let r = Tensor::<Train, 2>::random([6, 60], Distribution::Normal(0.0, 1.0), &device);
+    let (xa, xb) = (x.clone().require_grad(), x.clone().require_grad());
+    let ya = model.forward(xa.clone());
+    let yb = burns.forward(xb.clone()).reshape([6, 60]);
+    let close = |a: Tensor<Cpu, 2>, b: Tensor<Cpu, 2>| {
+        let d: f32 = (a - b).abs().max().into_scalar();
+        assert!(d < 1e-4, "differ by {d}");
+    };
+    close(ya.clone().inner(), yb.clone().inner());
+    let (ga, gb) = ((ya * r.clone()).sum().backward(), (yb * r).sum().backward());
+    close(xa.grad(&ga).expect("grad").reshape([6, 60]), xb.grad(&gb).expect("grad").reshape([6, 60]));
+
+    let mean_a: Vec<f32> = ours.running_mean.value_sync().into_data().to_vec().expect("f32");
+    let mean_b: Vec<f32> = burns.running_mean.value_sync().into_data().to_vec().expect("f32");
+    for (a, b) in mean_a.iter().zip(&mean_b) {
+        assert!((a - b).abs() < 1e-5, "running means {mean_a:?} vs {mean_b:?}");
+    }
+    // Burn keeps the biased variance, PyTorch the unbiased: n/(n-1) of it, n = 6·4·5.
+    let var_a: Vec<f32> = ours.running_var.value_sync().into_data().to_vec().expect("f32");
+    let var_b: Vec<f32> = burns.running_var.value_sync().into_data().to_vec().expect("f32");
+    let n = 120.0f32;
+    for (a, b) in var_a.iter().zip(&var_b) {
+        let batch_var_b = (b - 0.9) / 0.1;
+        let want = 0.9 + 0.1 * batch_var_b * n / (n - 1.0);
+        assert!((a - want).abs() < 1e-4, "running variance {a}, expected {want}");
+    }
+}

@@ -286,7 +286,8 @@ impl<B: Backend> GraphModel<B> {
                 .map(|(pos, &i)| {
                     // Move a value into its last reader so its buffer can be
                     // reused in place and freed; otherwise share it.
-                    let last_read = step.last_use == id && !step.inputs[pos + 1..].contains(&i) && i != self.output;
+                    let last_read =
+                        self.steps[i].last_use == id && !step.inputs[pos + 1..].contains(&i) && i != self.output;
                     let slot = &mut values[i];
                     if last_read { slot.take() } else { slot.clone() }
                         .expect("a node's inputs come before it and are alive")
@@ -303,8 +304,8 @@ impl<B: Backend> GraphModel<B> {
         match (&step.op, layer) {
             (Op::Conv { .. }, Some(Layer::Conv(c))) => Value::Map(c.forward(x.map())),
             (Op::BatchNorm, Some(Layer::BatchNorm(bn))) => match x {
-                Value::Map(t) => Value::Map(bn.forward(t)),
-                Value::Vector(t) => Value::Vector(bn.forward(t)),
+                Value::Map(t) => Value::Map(batch_norm(bn, t)),
+                Value::Vector(t) => Value::Vector(batch_norm(bn, t)),
                 Value::Tokens(_) => unreachable!("the checker refuses bn on tokens"),
             },
             (Op::LayerNorm, Some(Layer::LayerNorm(ln))) => match x {
@@ -408,7 +409,12 @@ impl<B: Backend> GraphModel<B> {
                 let batch = t.dims()[0];
                 Value::Tokens(Tensor::cat(vec![cls.val().repeat_dim(0, batch), t], 1))
             }
-            (Op::PosEmbed, Some(Layer::Embedding(pos))) => Value::Tokens(x.tokens() + pos.val()),
+            (Op::PosEmbed, Some(Layer::Embedding(pos))) => {
+                // As [B, N·D] + [1, N·D]: a shared row, which the CPU backend broadcasts fast.
+                let t = x.tokens();
+                let [b, n, d] = t.dims();
+                Value::Tokens((t.reshape([b, n * d]) + pos.val().reshape([1, n * d])).reshape([b, n, d]))
+            }
             (Op::Attention { .. }, Some(Layer::Attention(a))) => Value::Tokens(a.forward(x.tokens())),
             (Op::TokenMean, _) => {
                 let t = x.tokens();
@@ -426,6 +432,39 @@ impl<B: Backend> GraphModel<B> {
             ),
         }
     }
+}
+
+/// Batch norm over the channels (axis 1) of `[B, C, …]`, as PyTorch's
+/// `BatchNorm1d/2d`: while training (an autodiff backend) it normalises with
+/// the batch's biased variance and moves the running statistics by momentum
+/// 0.1 (the running variance unbiased, as PyTorch keeps it); otherwise it
+/// uses the running statistics. Burn's `BatchNorm` holds the parameters;
+/// this forward pass replaces its own, which broadcasts `[1, C, 1, 1]`
+/// statistics, a pattern the CPU backend runs ten times slower than
+/// per-row `[B, C, 1]` ones.
+fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let (b, c) = (dims[0], dims[1]);
+    let rest: usize = dims[2..].iter().product();
+    let x = x.reshape([b, c, rest]);
+    let per_row = |t: Tensor<B, 1>| t.reshape([1, c, 1]).repeat_dim(0, b);
+    let (mean, var) = if B::ad_enabled(&x.device()) {
+        let n = (b * rest) as f64;
+        let mean = x.clone().sum_dim(2).sum_dim(0).div_scalar(n).reshape([c]);
+        let centred = x.clone() - per_row(mean.clone());
+        let var = centred.square().sum_dim(2).sum_dim(0).div_scalar(n).reshape([c]);
+        let m = bn.momentum;
+        let unbiased = var.clone().detach().mul_scalar(n / (n - 1.0).max(1.0));
+        bn.running_mean.update(bn.running_mean.value_sync().mul_scalar(1.0 - m) + mean.clone().detach().mul_scalar(m));
+        bn.running_var.update(bn.running_var.value_sync().mul_scalar(1.0 - m) + unbiased.mul_scalar(m));
+        (mean, var)
+    } else {
+        (bn.running_mean.value_sync(), bn.running_var.value_sync())
+    };
+    // (x - mean) / √(var + ε) · γ + β, as x · scale + shift.
+    let scale = bn.gamma.val() / var.add_scalar(bn.epsilon).sqrt();
+    let shift = bn.beta.val() - mean * scale.clone();
+    (x * per_row(scale) + per_row(shift)).reshape(dims)
 }
 
 /// Inverted dropout while training (an autodiff backend), the identity otherwise.
