@@ -134,8 +134,8 @@ fn cases() -> Vec<Case> {
         .map(|path| {
             let file = path.file_name().unwrap().to_string_lossy().into_owned();
             let stem = file.trim_end_matches(".arch").to_string();
-            let (code, warning_only) =
-                code_of(&stem).unwrap_or_else(|| panic!("tests/bad/{file}: the name does not start with a diagnostic code"));
+            let (code, warning_only) = code_of(&stem)
+                .unwrap_or_else(|| panic!("tests/bad/{file}: the name does not start with a diagnostic code"));
             let src = std::fs::read_to_string(&path).expect("a readable program");
             let dataset = dataset_of(&src).unwrap_or_else(|| DEFAULT_DATASET.to_string());
             Case { stem, shown: format!("tests/bad/{file}"), path, src, dataset, code, warning_only }
@@ -147,11 +147,17 @@ fn cases() -> Vec<Case> {
 /// after it), or, for a warning-only program, its warnings. Panics if the outcome is not
 /// the one the file name promises.
 fn diagnostics(case: &Case) -> Vec<Diagnostic> {
-    let b = binding::dataset(&case.dataset).unwrap_or_else(|| panic!("{}: unknown dataset `{}`", case.shown, case.dataset));
+    let b =
+        binding::dataset(&case.dataset).unwrap_or_else(|| panic!("{}: unknown dataset `{}`", case.shown, case.dataset));
     match check_source(&case.src, b, &Budget::default()) {
         Ok(checked) => {
             assert!(case.warning_only, "{}: checked without an error, expected `{}`", case.shown, case.code);
-            assert!(!checked.warnings.is_empty(), "{}: checked without a warning, expected `{}`", case.shown, case.code);
+            assert!(
+                !checked.warnings.is_empty(),
+                "{}: checked without a warning, expected `{}`",
+                case.shown,
+                case.code
+            );
             for w in &checked.warnings {
                 assert_eq!(w.code, case.code, "{}: unexpected warning: {}", case.shown, w.message);
             }
@@ -195,7 +201,11 @@ fn each_bad_program_fails_with_its_code_and_matches_its_snapshot() {
             let text = snapshot_text(&case, &diags);
             // The primary diagnostic says where it is, as file:line:col.
             let (line, col) = LineIndex::new(&case.src).line_col(&case.src, diags[0].span.start as usize);
-            assert!(text.contains(&format!("{}:{line}:{col}", case.shown)), "{}: no file:line:col in the text", case.shown);
+            assert!(
+                text.contains(&format!("{}:{line}:{col}", case.shown)),
+                "{}: no file:line:col in the text",
+                case.shown
+            );
             let mut settings = insta::Settings::clone_current();
             settings.set_snapshot_path("../snapshots");
             settings.set_prepend_module_to_snapshot(true);
@@ -237,7 +247,11 @@ fn warning_programs_are_named_after_warnings_and_errors_after_errors() {
 fn each_bad_program_says_what_is_wrong_on_its_first_line() {
     for case in cases() {
         let first = case.src.lines().next().unwrap_or("");
-        assert!(first.starts_with("# ") && first.len() > 10, "{}: the first line must be a comment saying what is wrong", case.shown);
+        assert!(
+            first.starts_with("# ") && first.len() > 10,
+            "{}: the first line must be a comment saying what is wrong",
+            case.shown
+        );
     }
 }
 

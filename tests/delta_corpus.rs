@@ -24,18 +24,12 @@ struct Expect {
 }
 
 fn read_expect(text: &str) -> Expect {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-            .unwrap_or_default()
-    };
+    let field =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string())).unwrap_or_default();
     Expect {
         base: field("base:"),
         outcome: field("outcome:"),
-        tolerances: field("tolerances:")
-            .split_whitespace()
-            .map(str::to_string)
-            .collect(),
+        tolerances: field("tolerances:").split_whitespace().map(str::to_string).collect(),
     }
 }
 
@@ -54,10 +48,7 @@ fn every_broken_diff_has_its_expected_outcome() {
     let mut rates: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let mut failures = Vec::new();
     for name in &names {
-        let kind = name
-            .rsplit_once('_')
-            .map_or(name.as_str(), |(k, _)| k)
-            .to_string();
+        let kind = name.rsplit_once('_').map_or(name.as_str(), |(k, _)| k).to_string();
         let reply = fs::read_to_string(dir.join(format!("{name}.reply"))).unwrap();
         let expect = read_expect(&fs::read_to_string(dir.join(format!("{name}.expect"))).unwrap());
         let base = fs::read_to_string(corpus().join("bases").join(format!("{}.arch", expect.base)))
@@ -69,32 +60,20 @@ fn every_broken_diff_has_its_expected_outcome() {
         let problem = match &result {
             Ok(a) => {
                 entry.1 += 1;
-                let got: BTreeSet<String> = a
-                    .tolerances
-                    .iter()
-                    .map(Tolerance::kind)
-                    .map(str::to_string)
-                    .collect();
+                let got: BTreeSet<String> = a.tolerances.iter().map(Tolerance::kind).map(str::to_string).collect();
                 let after = fs::read_to_string(dir.join(format!("{name}.after"))).ok();
                 if expect.outcome != "ok" {
                     Some(format!("applied, but {} was expected", expect.outcome))
                 } else if after.as_deref() != Some(a.text.as_str()) {
                     Some(format!("applied to the wrong text:\n{}", a.text))
                 } else if got != expect.tolerances {
-                    Some(format!(
-                        "tolerances {got:?}, expected {:?}",
-                        expect.tolerances
-                    ))
+                    Some(format!("tolerances {got:?}, expected {:?}", expect.tolerances))
                 } else {
                     None
                 }
             }
             Err(e) if e.verdict() == expect.outcome => None,
-            Err(e) => Some(format!(
-                "{} ({e}), expected {}",
-                e.verdict(),
-                expect.outcome
-            )),
+            Err(e) => Some(format!("{} ({e}), expected {}", e.verdict(), expect.outcome)),
         };
         match problem {
             None => entry.2 += 1,
@@ -102,15 +81,9 @@ fn every_broken_diff_has_its_expected_outcome() {
         }
     }
 
-    println!(
-        "{:<24} {:>5} {:>8} {:>11}",
-        "kind", "cases", "applied", "as expected"
-    );
+    println!("{:<24} {:>5} {:>8} {:>11}", "kind", "cases", "applied", "as expected");
     for (kind, (n, applied, good)) in &rates {
-        println!(
-            "{kind:<24} {n:>5} {:>7.0}% {good:>5}/{n:<5}",
-            100.0 * *applied as f64 / *n as f64
-        );
+        println!("{kind:<24} {n:>5} {:>7.0}% {good:>5}/{n:<5}", 100.0 * *applied as f64 / *n as f64);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -119,14 +92,7 @@ fn every_broken_diff_has_its_expected_outcome() {
 
 /// The bases the corpus is made against: copies of zoo programs, so the corpus does not move
 /// when the zoo does.
-const BASES: [&str; 6] = [
-    "resnet18",
-    "vgg11_bn",
-    "mlp",
-    "mobilenetv2",
-    "vit_tiny",
-    "se_resnet18",
-];
+const BASES: [&str; 6] = ["resnet18", "vgg11_bn", "mlp", "mobilenetv2", "vit_tiny", "se_resnet18"];
 
 /// A deterministic generator, so regenerating gives the same corpus.
 struct Rng(u64);
@@ -216,10 +182,11 @@ fn edit(base: &[String], i: usize, rng: &mut Rng) -> (Vec<String>, String) {
 
 /// A clean diff from `base` to `target` with realistic file names.
 fn clean_diff(base: &str, target: &str) -> String {
-    diffy::create_patch(base, target)
-        .to_string()
-        .replacen("--- original", "--- a/model.arch", 1)
-        .replacen("+++ modified", "+++ b/model.arch", 1)
+    diffy::create_patch(base, target).to_string().replacen("--- original", "--- a/model.arch", 1).replacen(
+        "+++ modified",
+        "+++ b/model.arch",
+        1,
+    )
 }
 
 /// The old-side lines of each hunk in a diff.
@@ -245,15 +212,11 @@ fn occurrences(base: &[String], pre: &[String]) -> usize {
     if p.is_empty() || p.len() > b.len() {
         return 0;
     }
-    (0..=b.len() - p.len())
-        .filter(|&s| b[s..s + p.len()] == p[..])
-        .count()
+    (0..=b.len() - p.len()).filter(|&s| b[s..s + p.len()] == p[..]).count()
 }
 
 fn unique_hunks(base: &[String], diff: &str) -> bool {
-    hunk_olds(diff)
-        .iter()
-        .all(|pre| occurrences(base, pre) == 1)
+    hunk_olds(diff).iter().all(|pre| occurrences(base, pre) == 1)
 }
 
 /// Rewrites each `@@` header with `f(old_start, old_len, new_start, new_len)`.
@@ -292,10 +255,7 @@ fn shift_ok(diff: &str, by: i64) -> bool {
 }
 
 fn drop_file_headers(diff: &str) -> String {
-    diff.lines()
-        .filter(|l| !l.starts_with("--- ") && !l.starts_with("+++ "))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    diff.lines().filter(|l| !l.starts_with("--- ") && !l.starts_with("+++ ")).map(|l| format!("{l}\n")).collect()
 }
 
 fn fenced(diff: &str) -> String {
@@ -351,50 +311,24 @@ fn edited(
 
 /// Context lines of a hunk body, by index into the diff's lines.
 fn context_indices(diff_lines: &[String]) -> Vec<usize> {
-    (0..diff_lines.len())
-        .filter(|&i| diff_lines[i].starts_with(' '))
-        .collect()
+    (0..diff_lines.len()).filter(|&i| diff_lines[i].starts_with(' ')).collect()
 }
 
 type Maker = fn(&'static str, &[String], &mut Rng, usize) -> Option<Case>;
 
-fn ok_case(
-    base: &'static str,
-    reply: String,
-    after: String,
-    tol: &[&'static str],
-    note: String,
-) -> Option<Case> {
-    Some(Case {
-        base,
-        reply,
-        outcome: "ok",
-        tolerances: tol.to_vec(),
-        after: Some(after),
-        note,
-    })
+fn ok_case(base: &'static str, reply: String, after: String, tol: &[&'static str], note: String) -> Option<Case> {
+    Some(Case { base, reply, outcome: "ok", tolerances: tol.to_vec(), after: Some(after), note })
 }
 
 fn clean(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 1, |_, _| true)?;
-    ok_case(
-        base,
-        fenced(&diff),
-        after,
-        &[],
-        format!("control, no damage: {note}"),
-    )
+    ok_case(base, fenced(&diff), after, &[], format!("control, no damage: {note}"))
 }
 
 fn prose_around(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 1, |_, _| true)?;
     let reply = if n % 2 == 0 {
-        format!(
-            "{}\n\n{}\n{}\n",
-            rng.pick(&INTROS),
-            fenced(&diff),
-            rng.pick(&OUTROS)
-        )
+        format!("{}\n\n{}\n{}\n", rng.pick(&INTROS), fenced(&diff), rng.pick(&OUTROS))
     } else {
         format!("{}\n{}\n{}\n", rng.pick(&INTROS), diff, rng.pick(&OUTROS))
     };
@@ -403,10 +337,7 @@ fn prose_around(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Op
         reply,
         after,
         &[],
-        format!(
-            "prose before and after, {}: {note}",
-            if n % 2 == 0 { "fenced" } else { "bare" }
-        ),
+        format!("prose before and after, {}: {note}", if n % 2 == 0 { "fenced" } else { "bare" }),
     )
 }
 
@@ -430,13 +361,7 @@ fn drifted(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<
     if d == diff {
         return None;
     }
-    ok_case(
-        base,
-        fenced(&d),
-        after,
-        &["drifted"],
-        format!("line numbers off by {by}: {note}"),
-    )
+    ok_case(base, fenced(&d), after, &["drifted"], format!("line numbers off by {by}: {note}"))
 }
 
 fn wrong_counts(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Case> {
@@ -446,45 +371,24 @@ fn wrong_counts(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Op
         let c = |x: usize, d: i64| (x as i64 + d).max(0);
         format!("@@ -{os},{} +{ns},{} @@", c(ol, dl), c(nl, dn))
     });
-    ok_case(
-        base,
-        fenced(&d),
-        after,
-        &["recounted"],
-        format!("@@ counts off by ({dl}, {dn}): {note}"),
-    )
+    ok_case(base, fenced(&d), after, &["recounted"], format!("@@ counts off by ({dl}, {dn}): {note}"))
 }
 
 fn no_line_numbers(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 1, unique_hunks)?;
     let hdr = *rng.pick(&["@@ @@", "@@ ... @@", "@@ -N,M +N,M @@", "@@"]);
     let d = map_headers(&diff, |_, _, _, _| hdr.to_string());
-    ok_case(
-        base,
-        fenced(&d),
-        after,
-        &["no_line_numbers"],
-        format!("header `{hdr}`: {note}"),
-    )
+    ok_case(base, fenced(&d), after, &["no_line_numbers"], format!("header `{hdr}`: {note}"))
 }
 
 fn no_hunk_header(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 1, unique_hunks)?;
     let body: String = diff
         .lines()
-        .filter(|l| {
-            !l.starts_with("@@")
-                && (n % 2 == 0 || !(l.starts_with("--- ") || l.starts_with("+++ ")))
-        })
+        .filter(|l| !l.starts_with("@@") && (n % 2 == 0 || !(l.starts_with("--- ") || l.starts_with("+++ "))))
         .map(|l| format!("{l}\n"))
         .collect();
-    ok_case(
-        base,
-        fenced(&body),
-        after,
-        &["no_hunk_header"],
-        format!("no @@ line: {note}"),
-    )
+    ok_case(base, fenced(&body), after, &["no_hunk_header"], format!("no @@ line: {note}"))
 }
 
 fn whitespace(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
@@ -512,19 +416,8 @@ fn whitespace(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Opti
         return None;
     }
     let _ = rng;
-    let what = [
-        "4-space indent",
-        "tab indent",
-        "no indent",
-        "spacing inside lines",
-    ][style];
-    ok_case(
-        base,
-        fenced(&d),
-        after,
-        &["whitespace"],
-        format!("{what} on context and removed lines: {note}"),
-    )
+    let what = ["4-space indent", "tab indent", "no indent", "spacing inside lines"][style];
+    ok_case(base, fenced(&d), after, &["whitespace"], format!("{what} on context and removed lines: {note}"))
 }
 
 fn missing_prefix(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Case> {
@@ -537,13 +430,7 @@ fn missing_prefix(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> 
             _ => format!("{l}\n"),
         })
         .collect();
-    ok_case(
-        base,
-        fenced(&d),
-        after,
-        &["whitespace"],
-        format!("context lines lost their leading space: {note}"),
-    )
+    ok_case(base, fenced(&d), after, &["whitespace"], format!("context lines lost their leading space: {note}"))
 }
 
 fn blank_lines(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
@@ -551,26 +438,18 @@ fn blank_lines(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Opt
     let interior_blank = |ls: &[String]| {
         let old: Vec<usize> = (0..ls.len())
             .filter(|&i| {
-                ls[i].starts_with(' ')
-                    || ls[i].is_empty()
-                    || (ls[i].starts_with('-') && !ls[i].starts_with("---"))
+                ls[i].starts_with(' ') || ls[i].is_empty() || (ls[i].starts_with('-') && !ls[i].starts_with("---"))
             })
             .collect();
         // diffy writes a blank context line as an empty line.
         old.windows(3)
-            .find(|w| {
-                ls[w[1]].trim().is_empty()
-                    && !ls[w[0]].trim().is_empty()
-                    && !ls[w[2]].trim().is_empty()
-            })
+            .find(|w| ls[w[1]].trim().is_empty() && !ls[w[0]].trim().is_empty() && !ls[w[2]].trim().is_empty())
             .map(|w| w[1])
     };
     let adjacent_context = |ls: &[String]| {
         context_indices(ls)
             .windows(2)
-            .find(|w| {
-                w[1] == w[0] + 1 && !ls[w[0]].trim().is_empty() && !ls[w[1]].trim().is_empty()
-            })
+            .find(|w| w[1] == w[0] + 1 && !ls[w[0]].trim().is_empty() && !ls[w[1]].trim().is_empty())
             .map(|w| w[1])
     };
     let want_drop = n % 2 == 0;
@@ -592,29 +471,15 @@ fn blank_lines(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Opt
         ("a blank context line the program lacks", 1)
     };
     let d = map_headers(&unlines(&ls), |os, ol, ns, nl| {
-        format!(
-            "@@ -{os},{} +{ns},{} @@",
-            ol as i64 + delta,
-            nl as i64 + delta
-        )
+        format!("@@ -{os},{} +{ns},{} @@", ol as i64 + delta, nl as i64 + delta)
     });
-    ok_case(
-        base,
-        fenced(&d),
-        after,
-        &["blank_lines"],
-        format!("{what}, counts consistent: {note}"),
-    )
+    ok_case(base, fenced(&d), after, &["blank_lines"], format!("{what}, counts consistent: {note}"))
 }
 
 fn fuzzed_context(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 1, |_, d| {
         let ls = lines(d);
-        let body: Vec<&String> = ls
-            .iter()
-            .skip_while(|l| !l.starts_with("@@"))
-            .skip(1)
-            .collect();
+        let body: Vec<&String> = ls.iter().skip_while(|l| !l.starts_with("@@")).skip(1).collect();
         body.len() >= 7
             && body[..3].iter().all(|l| l.starts_with(' '))
             && body[body.len() - 3..].iter().all(|l| l.starts_with(' '))
@@ -622,12 +487,7 @@ fn fuzzed_context(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> 
     let mut ls = lines(&diff);
     let first = ls.iter().position(|l| l.starts_with("@@"))? + 1;
     let last = ls.len() - 1;
-    let bogus = [
-        "  conv(999, k=7, p=3)",
-        "  batchnorm2d",
-        "  maxpool(3, s=1)",
-        "  layer_norm",
-    ];
+    let bogus = ["  conv(999, k=7, p=3)", "  batchnorm2d", "  maxpool(3, s=1)", "  layer_norm"];
     let both = n % 2 == 1;
     ls[first] = format!(" {}", rng.pick(&bogus));
     if both {
@@ -638,39 +498,20 @@ fn fuzzed_context(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> 
         fenced(&unlines(&ls)),
         after,
         &["fuzz"],
-        format!(
-            "outermost context line{} hallucinated: {note}",
-            if both {
-                "s at both ends"
-            } else {
-                " at the start"
-            }
-        ),
+        format!("outermost context line{} hallucinated: {note}", if both { "s at both ends" } else { " at the start" }),
     )
 }
 
 fn crlf(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 1, |_, _| true)?;
     let reply = format!("{}\n{}", rng.pick(&INTROS), fenced(&diff)).replace('\n', "\r\n");
-    ok_case(
-        base,
-        reply,
-        after,
-        &["line_endings"],
-        format!("CR LF line endings: {note}"),
-    )
+    ok_case(base, reply, after, &["line_endings"], format!("CR LF line endings: {note}"))
 }
 
 fn multi_hunk(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 2, unique_hunks)?;
     if n % 2 == 0 {
-        return ok_case(
-            base,
-            fenced(&diff),
-            after,
-            &[],
-            format!("two hunks: {note}"),
-        );
+        return ok_case(base, fenced(&diff), after, &[], format!("two hunks: {note}"));
     }
     let by = *rng.pick(&[-4i64, -2, 3, 6]);
     if !shift_ok(&diff, by) {
@@ -680,13 +521,7 @@ fn multi_hunk(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Opti
         let s = |x: usize| (x as i64 + by).max(1);
         format!("@@ -{},{ol} +{},{nl} @@", s(os), s(ns))
     });
-    ok_case(
-        base,
-        fenced(&d),
-        after,
-        &["drifted"],
-        format!("two hunks, both off by {by}: {note}"),
-    )
+    ok_case(base, fenced(&d), after, &["drifted"], format!("two hunks, both off by {by}: {note}"))
 }
 
 fn trailing_text(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
@@ -695,26 +530,10 @@ fn trailing_text(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> O
     if n % 2 == 0 {
         // Right after the last hunk line, inside the fence: read as hunk lines unless recognised.
         let reply = fenced(&format!("{}{bullets}", drop_file_headers(&diff)));
-        ok_case(
-            base,
-            reply,
-            after,
-            &["trailing_text"],
-            format!("bullet list glued to the hunk: {note}"),
-        )
+        ok_case(base, reply, after, &["trailing_text"], format!("bullet list glued to the hunk: {note}"))
     } else {
-        let reply = format!(
-            "{}\n{}\nChanges:\n{bullets}",
-            rng.pick(&INTROS),
-            drop_file_headers(&diff)
-        );
-        ok_case(
-            base,
-            reply,
-            after,
-            &[],
-            format!("bare diff, bullet list after a blank line: {note}"),
-        )
+        let reply = format!("{}\n{}\nChanges:\n{bullets}", rng.pick(&INTROS), drop_file_headers(&diff));
+        ok_case(base, reply, after, &[], format!("bare diff, bullet list after a blank line: {note}"))
     }
 }
 
@@ -725,13 +544,7 @@ fn full_program(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Op
         1 => format!("{}\n\n{after}\n{}\n", rng.pick(&INTROS), rng.pick(&OUTROS)),
         _ => format!("```\n{after}```\n"),
     };
-    ok_case(
-        base,
-        reply,
-        after,
-        &["full_program"],
-        format!("whole program instead of a diff: {note}"),
-    )
+    ok_case(base, reply, after, &["full_program"], format!("whole program instead of a diff: {note}"))
 }
 
 fn combined(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Case> {
@@ -751,11 +564,7 @@ fn combined(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option
             _ => format!("{l}\n"),
         })
         .collect();
-    let reply = format!(
-        "{}\n```diff\n{d}```\n{}\n",
-        rng.pick(&INTROS),
-        rng.pick(&OUTROS)
-    );
+    let reply = format!("{}\n```diff\n{d}```\n{}\n", rng.pick(&INTROS), rng.pick(&OUTROS));
     ok_case(
         base,
         reply,
@@ -777,20 +586,9 @@ fn git_style(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Optio
             .unwrap_or_default();
         format!("@@ -{os},{ol} +{ns},{nl} @@ {context}")
     });
-    let preamble =
-        format!("diff --git a/zoo/{base}.arch b/zoo/{base}.arch\nindex 3f2a1c4..8b0e9d2 100644\n");
-    let reply = if n % 2 == 0 {
-        fenced(&format!("{preamble}{d}"))
-    } else {
-        format!("{preamble}{d}")
-    };
-    ok_case(
-        base,
-        reply,
-        after,
-        &[],
-        format!("git diff preamble and function context: {note}"),
-    )
+    let preamble = format!("diff --git a/zoo/{base}.arch b/zoo/{base}.arch\nindex 3f2a1c4..8b0e9d2 100644\n");
+    let reply = if n % 2 == 0 { fenced(&format!("{preamble}{d}")) } else { format!("{preamble}{d}") };
+    ok_case(base, reply, after, &[], format!("git diff preamble and function context: {note}"))
 }
 
 fn split_fences(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Case> {
@@ -803,29 +601,11 @@ fn split_fences(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Op
         fenced(&diff[second..]),
         rng.pick(&OUTROS)
     );
-    ok_case(
-        base,
-        reply,
-        after,
-        &[],
-        format!("two hunks in two fences with prose between: {note}"),
-    )
+    ok_case(base, reply, after, &[], format!("two hunks in two fences with prose between: {note}"))
 }
 
-fn fail_case(
-    base: &'static str,
-    reply: String,
-    outcome: &'static str,
-    note: String,
-) -> Option<Case> {
-    Some(Case {
-        base,
-        reply,
-        outcome,
-        tolerances: Vec::new(),
-        after: None,
-        note,
-    })
+fn fail_case(base: &'static str, reply: String, outcome: &'static str, note: String) -> Option<Case> {
+    Some(Case { base, reply, outcome, tolerances: Vec::new(), after: None, note })
 }
 
 fn does_not_apply(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
@@ -837,9 +617,7 @@ fn does_not_apply(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> 
     let what = match n % 3 {
         0 => {
             // A removed line the program does not have.
-            let i = ls
-                .iter()
-                .position(|l| l.starts_with('-') && !l.starts_with("---"));
+            let i = ls.iter().position(|l| l.starts_with('-') && !l.starts_with("---"));
             match i {
                 Some(i) => ls[i] = "-  sigmoid".to_string(),
                 None => {
@@ -851,10 +629,7 @@ fn does_not_apply(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> 
         }
         1 => {
             // Interior context no fuzz may skip: every context line hallucinated.
-            for l in ls
-                .iter_mut()
-                .filter(|l| l.starts_with(' ') && !l.trim().is_empty())
-            {
+            for l in ls.iter_mut().filter(|l| l.starts_with(' ') && !l.trim().is_empty()) {
                 *l = invented(l);
             }
             "every context line invented"
@@ -875,12 +650,7 @@ fn does_not_apply(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> 
             "a diff made against a different program (vit_tiny)"
         }
     };
-    fail_case(
-        base,
-        fenced(&unlines(&ls)),
-        "does_not_apply",
-        format!("{what}: {note}"),
-    )
+    fail_case(base, fenced(&unlines(&ls)), "does_not_apply", format!("{what}: {note}"))
 }
 
 /// A context line as a model misremembering the program would write it: other operations,
@@ -936,10 +706,7 @@ fn ambiguous(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Optio
         if occurrences(b, &pre) < 2 || pre[1].trim().is_empty() || pre[1].contains('}') {
             continue;
         }
-        let new = format!(
-            "{}gelu",
-            pre[1].chars().take_while(|c| *c == ' ').collect::<String>()
-        );
+        let new = format!("{}gelu", pre[1].chars().take_while(|c| *c == ' ').collect::<String>());
         if new == pre[1] {
             continue;
         }
@@ -967,44 +734,22 @@ fn no_diff(base: &'static str, _: &[String], rng: &mut Rng, n: usize) -> Option<
         "```python\nmodel = torchvision.models.resnet18()\n```\n".to_string(),
         String::new(),
     ];
-    fail_case(
-        base,
-        replies[n % replies.len()].clone(),
-        "no_diff",
-        "no diff and no program".to_string(),
-    )
+    fail_case(base, replies[n % replies.len()].clone(), "no_diff", "no diff and no program".to_string())
 }
 
 fn malformed(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
     let (_, diff, note) = edited(b, rng, 1, |_, _| true)?;
     let d = match n % 3 {
-        0 => map_headers(&diff, |os, ol, ns, nl| {
-            format!("@@ -{os}x,{ol} +{ns},{nl} @@")
-        }),
-        1 => map_headers(&diff, |os, ol, ns, nl| {
-            format!("@@@ -{os},{ol} -{os},{ol} +{ns},{nl} @@@")
-        }),
+        0 => map_headers(&diff, |os, ol, ns, nl| format!("@@ -{os}x,{ol} +{ns},{nl} @@")),
+        1 => map_headers(&diff, |os, ol, ns, nl| format!("@@@ -{os},{ol} -{os},{ol} +{ns},{nl} @@@")),
         _ => {
             // The header survived but every hunk line was cut off.
-            let hdr = diff
-                .lines()
-                .find(|l| l.starts_with("@@"))
-                .unwrap()
-                .to_string();
+            let hdr = diff.lines().find(|l| l.starts_with("@@")).unwrap().to_string();
             format!("--- a/model.arch\n+++ b/model.arch\n{hdr}\n")
         }
     };
-    let what = [
-        "digits with junk in the header",
-        "a combined-diff header",
-        "a header with no lines",
-    ][n % 3];
-    fail_case(
-        base,
-        fenced(&d),
-        "malformed_diff",
-        format!("{what}: {note}"),
-    )
+    let what = ["digits with junk in the header", "a combined-diff header", "a header with no lines"][n % 3];
+    fail_case(base, fenced(&d), "malformed_diff", format!("{what}: {note}"))
 }
 
 fn out_of_order(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Case> {
@@ -1015,12 +760,7 @@ fn out_of_order(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Op
     let h1 = &ls[starts[0]..starts[1]];
     let h2 = &ls[starts[1]..];
     let swapped: Vec<String> = head.iter().chain(h2).chain(h1).cloned().collect();
-    fail_case(
-        base,
-        fenced(&unlines(&swapped)),
-        "does_not_apply",
-        format!("two hunks in reverse order: {note}"),
-    )
+    fail_case(base, fenced(&unlines(&swapped)), "does_not_apply", format!("two hunks in reverse order: {note}"))
 }
 
 #[test]

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use nasc::delta::{
-    apply, apply_reply, extract, Applied, ApplyOptions, DeltaError, Extracted, Limits, Tolerance,
-};
+use nasc::delta::{apply, apply_reply, extract, Applied, ApplyOptions, DeltaError, Extracted, Limits, Tolerance};
 
 const RESNET18: &str = include_str!("corpus/bases/resnet18.arch");
 const MLP: &str = include_str!("corpus/bases/mlp.arch");
@@ -69,18 +67,9 @@ const GELU_DIFF: &str = "\
 
 #[test]
 fn extracts_a_fenced_diff_between_prose() {
-    let reply = format!(
-        "I'll swap the activation.\n\n```diff\n{GELU_DIFF}```\n\nThis should train faster.\n"
-    );
+    let reply = format!("I'll swap the activation.\n\n```diff\n{GELU_DIFF}```\n\nThis should train faster.\n");
     match extract(&reply, &Limits::default()).unwrap() {
-        Extracted::Diff {
-            text,
-            hunks,
-            had_headers,
-            fenced,
-            crlf,
-            prose,
-        } => {
+        Extracted::Diff { text, hunks, had_headers, fenced, crlf, prose } => {
             assert_eq!(text, GELU_DIFF);
             assert_eq!(hunks, 1);
             assert!(had_headers && fenced && prose && !crlf);
@@ -103,10 +92,7 @@ fn extracts_a_patch_fence_and_a_tilde_fence() {
 #[test]
 fn extracts_an_unlabelled_fence_holding_hunks() {
     let reply = format!("Change:\n```\n{GELU_DIFF}```\n");
-    assert!(matches!(
-        extract(&reply, &Limits::default()).unwrap(),
-        Extracted::Diff { fenced: true, .. }
-    ));
+    assert!(matches!(extract(&reply, &Limits::default()).unwrap(), Extracted::Diff { fenced: true, .. }));
 }
 
 #[test]
@@ -123,22 +109,13 @@ fn extracts_a_bare_diff_without_file_headers_and_with_trailing_prose() {
     let body = GELU_DIFF.split_once("+++ b/small.arch\n").unwrap().1;
     let reply = format!("Here is the diff:\n{body}\nThis replaces relu with gelu.\n");
     match extract(&reply, &Limits::default()).unwrap() {
-        Extracted::Diff {
-            text,
-            had_headers,
-            fenced,
-            prose,
-            ..
-        } => {
+        Extracted::Diff { text, had_headers, fenced, prose, .. } => {
             assert_eq!(text, body);
             assert!(!had_headers && !fenced && prose);
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        apply_reply(SMALL, &reply, opts()).unwrap().text,
-        small_gelu()
-    );
+    assert_eq!(apply_reply(SMALL, &reply, opts()).unwrap().text, small_gelu());
 }
 
 #[test]
@@ -186,9 +163,7 @@ fn a_whole_program_is_a_full_replacement() {
     ] {
         assert_eq!(
             extract(&reply, &Limits::default()).unwrap(),
-            Extracted::FullProgram {
-                text: program.clone()
-            },
+            Extracted::FullProgram { text: program.clone() },
             "{reply}"
         );
         let a = apply_reply(SMALL, &reply, opts()).unwrap();
@@ -203,25 +178,15 @@ fn a_reply_past_the_size_limit_is_refused_with_its_size() {
     let e = extract(&reply, &Limits::default()).unwrap_err();
     assert_eq!(e.verdict(), "malformed_diff");
     let msg = e.to_string();
-    assert!(
-        msg.contains("1048577 bytes") && msg.contains("1048576"),
-        "{msg}"
-    );
+    assert!(msg.contains("1048577 bytes") && msg.contains("1048576"), "{msg}");
 }
 
 #[test]
 fn prose_without_a_diff_is_no_diff() {
-    for reply in [
-        "",
-        "I would add dropout after each relu.",
-        "Suggestions:\n- add dropout\n- widen the first conv\n",
-    ] {
+    for reply in ["", "I would add dropout after each relu.", "Suggestions:\n- add dropout\n- widen the first conv\n"] {
         let e = extract(reply, &Limits::default()).unwrap_err();
         assert_eq!(e.verdict(), "no_diff", "{reply:?}");
-        assert!(
-            e.to_string().contains("```diff"),
-            "the message says what to send"
-        );
+        assert!(e.to_string().contains("```diff"), "the message says what to send");
     }
 }
 
@@ -260,9 +225,7 @@ fn diffs_made_by_diffy_apply_strictly_to_zoo_programs() {
 
 #[test]
 fn file_names_in_the_diff_are_ignored() {
-    let diff = GELU_DIFF
-        .replace("a/small.arch", "/etc/passwd")
-        .replace("b/small.arch", "../../secret");
+    let diff = GELU_DIFF.replace("a/small.arch", "/etc/passwd").replace("b/small.arch", "../../secret");
     assert_eq!(ok(SMALL, &diff).text, small_gelu());
 }
 
@@ -301,9 +264,7 @@ fn wrong_counts_are_recounted() {
 
 #[test]
 fn indentation_damage_in_context_is_forgiven_and_the_program_keeps_its_spacing() {
-    let diff = GELU_DIFF
-        .replace("   conv(16, k=3, p=1)", " \tconv(16,k=3,p=1)")
-        .replace("   bn\n-", "     bn\n-");
+    let diff = GELU_DIFF.replace("   conv(16, k=3, p=1)", " \tconv(16,k=3,p=1)").replace("   bn\n-", "     bn\n-");
     let a = ok(SMALL, &diff);
     assert_eq!(a.text, small_gelu());
     assert_eq!(kinds(&a), vec!["whitespace"]);
@@ -313,12 +274,7 @@ fn indentation_damage_in_context_is_forgiven_and_the_program_keeps_its_spacing()
 fn context_lines_without_their_leading_space_are_forgiven() {
     let diff = "@@ -10,3 +10,3 @@\n  gap\n-  linear(classes)\n+  linear(classes, bias=false)\n}\n";
     let a = ok(SMALL, diff);
-    assert!(
-        a.text
-            .ends_with("  gap\n  linear(classes, bias=false)\n}\n"),
-        "{}",
-        a.text
-    );
+    assert!(a.text.ends_with("  gap\n  linear(classes, bias=false)\n}\n"), "{}", a.text);
     assert_eq!(kinds(&a), vec!["whitespace"]);
 }
 
@@ -327,12 +283,7 @@ fn missing_and_extra_blank_lines_are_forgiven() {
     // The blank line after `arch small` is missing from the hunk.
     let missing = "@@ -1,4 +1,4 @@\n arch small\n net {\n-  conv(16, k=3, p=1)\n+  conv(24, k=3, p=1)\n   bn\n";
     let a = ok(SMALL, missing);
-    assert!(
-        a.text
-            .starts_with("arch small\n\nnet {\n  conv(24, k=3, p=1)\n"),
-        "{}",
-        a.text
-    );
+    assert!(a.text.starts_with("arch small\n\nnet {\n  conv(24, k=3, p=1)\n"), "{}", a.text);
     assert_eq!(kinds(&a), vec!["blank_lines"]);
 
     // A blank line the program does not have.
@@ -357,14 +308,8 @@ fn wrong_context_at_the_ends_is_fuzzed_like_gnu_patch() {
     assert_eq!(a.text, small_gelu());
     assert_eq!(a.tolerances, vec![Tolerance::Fuzz { hunk: 1, lines: 2 }]);
 
-    let strict = ApplyOptions {
-        fuzz: 0,
-        ..ApplyOptions::default()
-    };
-    assert_eq!(
-        apply(SMALL, diff, strict).unwrap_err().verdict(),
-        "does_not_apply"
-    );
+    let strict = ApplyOptions { fuzz: 0, ..ApplyOptions::default() };
+    assert_eq!(apply(SMALL, diff, strict).unwrap_err().verdict(), "does_not_apply");
 }
 
 #[test]
@@ -388,10 +333,7 @@ fn trailing_bullets_after_a_correctly_counted_hunk_are_ignored() {
     let diff = format!("{GELU_DIFF}- Swapped relu for gelu in the stem\n");
     let a = ok(SMALL, &diff);
     assert_eq!(a.text, small_gelu());
-    assert_eq!(
-        a.tolerances,
-        vec![Tolerance::TrailingText { hunk: 1, lines: 1 }]
-    );
+    assert_eq!(a.tolerances, vec![Tolerance::TrailingText { hunk: 1, lines: 1 }]);
 }
 
 #[test]
@@ -400,10 +342,7 @@ fn prose_inside_an_unclosed_fence_is_dropped() {
     let reply = format!("```diff\n{GELU_DIFF}\nThat should be all. Good luck with training.\n");
     let a = apply_reply(SMALL, &reply, opts()).unwrap();
     assert_eq!(a.text, small_gelu());
-    assert_eq!(
-        a.tolerances,
-        vec![Tolerance::TrailingText { hunk: 1, lines: 1 }]
-    );
+    assert_eq!(a.tolerances, vec![Tolerance::TrailingText { hunk: 1, lines: 1 }]);
 }
 
 #[test]
@@ -429,13 +368,7 @@ fn later_hunks_expect_the_drift_of_earlier_ones() {
  }
 ";
     let a = ok(SMALL, diff);
-    assert_eq!(
-        a.tolerances,
-        vec![
-            Tolerance::Drifted { hunk: 1, by: 2 },
-            Tolerance::Drifted { hunk: 2, by: 2 }
-        ]
-    );
+    assert_eq!(a.tolerances, vec![Tolerance::Drifted { hunk: 1, by: 2 }, Tolerance::Drifted { hunk: 2, by: 2 }]);
 }
 
 #[test]
@@ -463,17 +396,7 @@ fn a_hunk_matching_two_places_equally_is_ambiguous() {
     let diff = "@@ @@\n   bn\n-  relu\n+  gelu\n";
     let e = err(SMALL, diff);
     assert_eq!(e.verdict(), "ambiguous");
-    assert!(
-        matches!(
-            e,
-            DeltaError::Ambiguous {
-                hunk: 1,
-                lines: [5, 8],
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, DeltaError::Ambiguous { hunk: 1, lines: [5, 8], .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("line 5") && msg.contains("line 8"), "{msg}");
 }
@@ -484,10 +407,7 @@ fn equal_distance_from_the_stated_line_is_ambiguous() {
     // `relu, bn` is at lines 2 and 6; the header says 4: two lines from each.
     let tie = "@@ -4,2 +4,2 @@\n   relu\n-  bn\n+  ln\n";
     let e = err(base, tie);
-    assert!(
-        matches!(e, DeltaError::Ambiguous { lines: [2, 6], .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, DeltaError::Ambiguous { lines: [2, 6], .. }), "{e:?}");
     // Said to be at line 5, the nearer place (6) wins, recorded as drift.
     let near = tie.replace("-4,2 +4,2", "-5,2 +5,2");
     let a = ok(base, &near);
@@ -500,15 +420,7 @@ fn a_hunk_whose_lines_are_not_in_the_program_does_not_apply_and_says_why() {
     let diff = "@@ -4,4 +4,4 @@\n   conv(16, k=3, p=1)\n   bn\n-  sigmoid\n+  gelu\n   conv(32, k=3, p=1)\n";
     let e = err(SMALL, diff);
     assert_eq!(e.verdict(), "does_not_apply");
-    let DeltaError::DoesNotApply {
-        hunk,
-        expected,
-        closest,
-        ..
-    } = &e
-    else {
-        panic!("{e:?}")
-    };
+    let DeltaError::DoesNotApply { hunk, expected, closest, .. } = &e else { panic!("{e:?}") };
     assert_eq!(*hunk, 1);
     assert!(expected.contains(&"  sigmoid".to_string()));
     let closest = closest.as_ref().expect("a closest stretch");
@@ -516,10 +428,7 @@ fn a_hunk_whose_lines_are_not_in_the_program_does_not_apply_and_says_why() {
     assert!(closest.lines.contains(&"  relu".to_string()));
     let msg = e.to_string();
     assert!(msg.contains("hunk 1 of 1 does not apply"), "{msg}");
-    assert!(
-        msg.contains("|  sigmoid") && msg.contains("|  relu") && msg.contains("from line 4"),
-        "{msg}"
-    );
+    assert!(msg.contains("|  sigmoid") && msg.contains("|  relu") && msg.contains("from line 4"), "{msg}");
 }
 
 #[test]
@@ -535,10 +444,7 @@ fn hunks_out_of_order_do_not_apply() {
 +  ln
 ";
     let e = err(SMALL, diff);
-    assert!(
-        matches!(e, DeltaError::DoesNotApply { hunk: 2, .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, DeltaError::DoesNotApply { hunk: 2, .. }), "{e:?}");
     assert!(e.to_string().contains("order"), "{e}");
 }
 
@@ -558,11 +464,7 @@ fn a_million_hunks_get_a_verdict_quickly() {
     assert_eq!(e.verdict(), "malformed_diff");
     // Past the byte limit too, when that is raised.
     let big = ApplyOptions {
-        limits: Limits {
-            max_bytes: usize::MAX,
-            max_lines: usize::MAX,
-            ..Limits::default()
-        },
+        limits: Limits { max_bytes: usize::MAX, max_lines: usize::MAX, ..Limits::default() },
         ..ApplyOptions::default()
     };
     let e = apply(SMALL, &diff, big).unwrap_err();
@@ -578,9 +480,7 @@ fn a_ten_thousand_line_program_is_patched_quickly() {
         base.push_str("  relu\n");
     }
     base.push_str("  gap\n  linear(classes)\n}\n");
-    let target = base
-        .replacen("  relu\n", "  gelu\n", 1)
-        .replace("  gap\n", "  dropout\n  gap\n");
+    let target = base.replacen("  relu\n", "  gelu\n", 1).replace("  gap\n", "  dropout\n  gap\n");
     let diff = diffy::create_patch(&base, &target).to_string();
     // Drift every hunk by 100 lines so the search has to look.
     let drifted = diff.replace("@@ -4,", "@@ -104,");
@@ -596,18 +496,12 @@ fn a_repetitive_program_and_many_hunks_stop_at_the_work_limit() {
     let base = "relu\n".repeat(20_000);
     let mut diff = String::new();
     for i in 0..2_000 {
-        diff.push_str(&format!(
-            "@@ -{} @@\n relu\n relu\n-relu\n+gelu\n relu\n",
-            100_000 + i
-        ));
+        diff.push_str(&format!("@@ -{} @@\n relu\n relu\n-relu\n+gelu\n relu\n", 100_000 + i));
     }
     let t = Instant::now();
     let r = apply(&base, &diff, opts());
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     if let Err(e) = r {
-        assert!(
-            ["does_not_apply", "ambiguous"].contains(&e.verdict()),
-            "{e}"
-        );
+        assert!(["does_not_apply", "ambiguous"].contains(&e.verdict()), "{e}");
     }
 }

@@ -113,18 +113,14 @@ fn damaged(diff: &str, ds: &[Damage]) -> String {
                 continue;
             }
             Damage::ChangeDigit(i, d) => {
-                let digits: Vec<usize> = (0..bytes.len())
-                    .filter(|&j| bytes[j].is_ascii_digit())
-                    .collect();
+                let digits: Vec<usize> = (0..bytes.len()).filter(|&j| bytes[j].is_ascii_digit()).collect();
                 if !digits.is_empty() {
                     bytes[digits[i % digits.len()]] = b'0' + d;
                 }
                 continue;
             }
             Damage::Crlf => {
-                bytes = String::from_utf8_lossy(&bytes)
-                    .replace('\n', "\r\n")
-                    .into_bytes();
+                bytes = String::from_utf8_lossy(&bytes).replace('\n', "\r\n").into_bytes();
                 continue;
             }
             Damage::DeleteLine(i) if lines.len() > 1 => {

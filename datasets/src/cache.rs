@@ -50,37 +50,23 @@ pub struct SourceStamp {
 fn mtime_ns(meta: &fs::Metadata) -> u64 {
     // A clock before 1970 or a file system without times reads as 0: the
     // size and name still take part in the comparison.
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64)
+    meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Stamps a source; its path is recorded relative to `root`, so the same
 /// data reached as `data/x` or `./data/x` stamps alike.
 pub(crate) fn stamp(root: &Path, source: &Source) -> Result<SourceStamp, DataError> {
     let path = &source.path;
-    let shown = path
-        .strip_prefix(root)
-        .unwrap_or(path)
-        .display()
-        .to_string();
+    let shown = path.strip_prefix(root).unwrap_or(path).display().to_string();
     let meta = fs::metadata(path).map_err(|e| DataError::io(path, "cannot read metadata", e))?;
     if !source.tree {
-        return Ok(SourceStamp {
-            path: shown,
-            files: 1,
-            bytes: meta.len(),
-            mtime_ns: mtime_ns(&meta),
-            digest: None,
-        });
+        return Ok(SourceStamp { path: shown, files: 1, bytes: meta.len(), mtime_ns: mtime_ns(&meta), digest: None });
     }
     let mut hasher = Sha256::new();
     let (mut bytes, mut newest) = (0u64, 0u64);
     let files = images::walk(path)?;
     for file in &files {
-        let meta =
-            fs::metadata(file).map_err(|e| DataError::io(file, "cannot read metadata", e))?;
+        let meta = fs::metadata(file).map_err(|e| DataError::io(file, "cannot read metadata", e))?;
         let rel = file.strip_prefix(path).unwrap_or(file);
         let time = mtime_ns(&meta);
         hasher.update(format!("{}\0{}\0{}\n", rel.display(), meta.len(), time).as_bytes());
@@ -133,10 +119,7 @@ pub(crate) struct Files {
 }
 
 pub(crate) fn files(dir: &Path, key: &str, split: &str) -> Files {
-    Files {
-        data: dir.join(format!("{key}-{split}.u8")),
-        manifest: dir.join(format!("{key}-{split}.json")),
-    }
+    Files { data: dir.join(format!("{key}-{split}.u8")), manifest: dir.join(format!("{key}-{split}.json")) }
 }
 
 /// Reads and checks the manifest only: enough to tell whether the cache is
@@ -144,24 +127,16 @@ pub(crate) fn files(dir: &Path, key: &str, split: &str) -> Files {
 pub(crate) fn peek(files: &Files, expect: &Expect) -> Result<Manifest, String> {
     let text = match fs::read(&files.manifest) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err("not built yet".to_string())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("not built yet".to_string()),
         Err(e) => return Err(format!("cannot read {}: {e}", files.manifest.display())),
     };
     let manifest: Manifest = serde_json::from_slice(&text)
         .map_err(|e| format!("manifest {} is unreadable: {e}", files.manifest.display()))?;
     if manifest.format != FORMAT {
-        return Err(format!(
-            "cache format {} is not the current {FORMAT}",
-            manifest.format
-        ));
+        return Err(format!("cache format {} is not the current {FORMAT}", manifest.format));
     }
     if manifest.dataset != expect.dataset || manifest.split != expect.split {
-        return Err(format!(
-            "manifest is for {} {}",
-            manifest.dataset, manifest.split
-        ));
+        return Err(format!("manifest is for {} {}", manifest.dataset, manifest.split));
     }
     if manifest.preprocessing != expect.preprocessing {
         return Err("preprocessing changed".to_string());
@@ -187,29 +162,20 @@ pub(crate) fn peek(files: &Files, expect: &Expect) -> Result<Manifest, String> {
     }
     match fs::metadata(&files.data) {
         Ok(meta) if meta.len() == expected_bytes => Ok(manifest),
-        Ok(meta) => Err(format!(
-            "{} holds {} bytes, the manifest says {expected_bytes}",
-            files.data.display(),
-            meta.len()
-        )),
+        Ok(meta) => {
+            Err(format!("{} holds {} bytes, the manifest says {expected_bytes}", files.data.display(), meta.len()))
+        }
         Err(e) => Err(format!("cannot read {}: {e}", files.data.display())),
     }
 }
 
 /// Reads a cache that [`peek`] accepts and verifies its checksum. Returns
 /// the pixels and labels, or why the cache must be rebuilt.
-pub(crate) fn read(
-    files: &Files,
-    expect: &Expect,
-) -> Result<(Manifest, Vec<u8>, Vec<u16>), String> {
+pub(crate) fn read(files: &Files, expect: &Expect) -> Result<(Manifest, Vec<u8>, Vec<u16>), String> {
     let manifest = peek(files, expect)?;
-    let mut data =
-        fs::read(&files.data).map_err(|e| format!("cannot read {}: {e}", files.data.display()))?;
+    let mut data = fs::read(&files.data).map_err(|e| format!("cannot read {}: {e}", files.data.display()))?;
     if data.len() as u64 != manifest.data_bytes {
-        return Err(format!(
-            "{} changed size while being read",
-            files.data.display()
-        ));
+        return Err(format!("{} changed size while being read", files.data.display()));
     }
     let actual = hex(&Sha256::digest(&data));
     if actual != manifest.sha256 {
@@ -220,16 +186,9 @@ pub(crate) fn read(
         ));
     }
     let pixels = manifest.count * manifest.shape.iter().product::<usize>();
-    let labels: Vec<u16> = data[pixels..]
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    let labels: Vec<u16> = data[pixels..].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
     if let Some(bad) = labels.iter().find(|&&l| usize::from(l) >= manifest.classes) {
-        return Err(format!(
-            "{} holds label {bad} of {} classes",
-            files.data.display(),
-            manifest.classes
-        ));
+        return Err(format!("{} holds label {bad} of {} classes", files.data.display(), manifest.classes));
     }
     data.truncate(pixels);
     Ok((manifest, data, labels))
@@ -238,12 +197,7 @@ pub(crate) fn read(
 /// Writes the data file, then the manifest, each to a temporary name first
 /// and renamed into place, so that a reader (another worker, say) sees
 /// either the old cache or the new one, never half of one.
-pub(crate) fn write(
-    files: &Files,
-    expect: &Expect,
-    images: &[u8],
-    labels: &[u16],
-) -> Result<Manifest, DataError> {
+pub(crate) fn write(files: &Files, expect: &Expect, images: &[u8], labels: &[u16]) -> Result<Manifest, DataError> {
     let dir = files.data.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| DataError::io(dir, "cannot create the cache folder", e))?;
     let tmp_data = temp_name(&files.data);
@@ -281,14 +235,10 @@ pub(crate) fn write(
     let tmp_manifest = temp_name(&files.manifest);
     let renamed = fs::rename(&tmp_data, &files.data)
         .map_err(|e| DataError::io(&files.data, "cannot move the cache into place", e))
+        .and_then(|()| fs::write(&tmp_manifest, json).map_err(|e| DataError::io(&tmp_manifest, "cannot write", e)))
         .and_then(|()| {
-            fs::write(&tmp_manifest, json)
-                .map_err(|e| DataError::io(&tmp_manifest, "cannot write", e))
-        })
-        .and_then(|()| {
-            fs::rename(&tmp_manifest, &files.manifest).map_err(|e| {
-                DataError::io(&files.manifest, "cannot move the manifest into place", e)
-            })
+            fs::rename(&tmp_manifest, &files.manifest)
+                .map_err(|e| DataError::io(&files.manifest, "cannot move the manifest into place", e))
         });
     if renamed.is_err() {
         let _ = fs::remove_file(&tmp_data);
@@ -298,9 +248,7 @@ pub(crate) fn write(
 }
 
 fn temp_name(path: &Path) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("cache");
     path.with_file_name(format!(".{name}.tmp-{}-{nanos}", std::process::id()))
 }

@@ -70,25 +70,14 @@ impl FromStr for Split {
 pub const IMAGE_FOLDER_DEFAULT_SIZE: u32 = 64;
 
 /// Every fixed name, in the order `nasc data` lists them.
-pub const KNOWN: [&str; 8] = [
-    "mnist",
-    "fashion-mnist",
-    "cifar10",
-    "cifar100",
-    "svhn",
-    "imagenette",
-    "celeba",
-    "imagefolder[:SIZE]",
-];
+pub const KNOWN: [&str; 8] =
+    ["mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "imagenette", "celeba", "imagefolder[:SIZE]"];
 
 impl FromStr for DatasetName {
     type Err = DataError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let unknown = || DataError::UnknownDataset {
-            name: s.to_string(),
-            known: KNOWN.join(", "),
-        };
+        let unknown = || DataError::UnknownDataset { name: s.to_string(), known: KNOWN.join(", ") };
         Ok(match s {
             "mnist" => DatasetName::Mnist,
             "fashion-mnist" | "fashion_mnist" | "fashionmnist" => DatasetName::FashionMnist,
@@ -97,9 +86,7 @@ impl FromStr for DatasetName {
             "svhn" => DatasetName::Svhn,
             "imagenette" => DatasetName::Imagenette,
             "celeba" => DatasetName::Celeba,
-            "imagefolder" => DatasetName::ImageFolder {
-                size: IMAGE_FOLDER_DEFAULT_SIZE,
-            },
+            "imagefolder" => DatasetName::ImageFolder { size: IMAGE_FOLDER_DEFAULT_SIZE },
             _ => {
                 let size = s.strip_prefix("imagefolder:").ok_or_else(unknown)?;
                 let size: u32 = size.parse().map_err(|_| unknown())?;
@@ -120,9 +107,7 @@ impl FromStr for DatasetName {
 impl fmt::Display for DatasetName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DatasetName::ImageFolder { size } if *size == IMAGE_FOLDER_DEFAULT_SIZE => {
-                f.write_str("imagefolder")
-            }
+            DatasetName::ImageFolder { size } if *size == IMAGE_FOLDER_DEFAULT_SIZE => f.write_str("imagefolder"),
             DatasetName::ImageFolder { size } => write!(f, "imagefolder:{size}"),
             other => f.write_str(other.fixed_name()),
         }
@@ -131,31 +116,10 @@ impl fmt::Display for DatasetName {
 
 const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
-const FASHION: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+const FASHION: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
-const CIFAR10: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+const CIFAR10: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 /// The fine labels, in the order of fine_label_names.txt in the binary release.
 const CIFAR100: [&str; 100] = [
@@ -356,12 +320,7 @@ impl DatasetName {
             Err(DataError::NoSuchSplit {
                 dataset: self.name(),
                 split: split.to_string(),
-                available: self
-                    .splits()
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                available: self.splits().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
             })
         }
     }
@@ -395,38 +354,16 @@ impl DatasetName {
     /// arbitrary folders have no published figures of their own.
     pub fn normalization(self) -> Normalization {
         let (mean, std, source): (&[f32], &[f32], &str) = match self {
-            DatasetName::Mnist => (
-                &[0.1307],
-                &[0.3081],
-                "MNIST training split (PyTorch's MNIST example)",
-            ),
+            DatasetName::Mnist => (&[0.1307], &[0.3081], "MNIST training split (PyTorch's MNIST example)"),
             DatasetName::FashionMnist => (&[0.2860], &[0.3530], "Fashion-MNIST training split"),
-            DatasetName::Cifar10 => (
-                &[0.4914, 0.4822, 0.4465],
-                &[0.2470, 0.2435, 0.2616],
-                "CIFAR-10 training split",
-            ),
-            DatasetName::Cifar100 => (
-                &[0.5071, 0.4865, 0.4409],
-                &[0.2673, 0.2564, 0.2762],
-                "CIFAR-100 training split",
-            ),
-            DatasetName::Svhn => (
-                &[0.4377, 0.4438, 0.4728],
-                &[0.1980, 0.2010, 0.1970],
-                "SVHN training split",
-            ),
-            DatasetName::Imagenette | DatasetName::Celeba | DatasetName::ImageFolder { .. } => (
-                &IMAGENET_MEAN,
-                &IMAGENET_STD,
-                "ImageNet (torchvision's constants for natural images)",
-            ),
+            DatasetName::Cifar10 => (&[0.4914, 0.4822, 0.4465], &[0.2470, 0.2435, 0.2616], "CIFAR-10 training split"),
+            DatasetName::Cifar100 => (&[0.5071, 0.4865, 0.4409], &[0.2673, 0.2564, 0.2762], "CIFAR-100 training split"),
+            DatasetName::Svhn => (&[0.4377, 0.4438, 0.4728], &[0.1980, 0.2010, 0.1970], "SVHN training split"),
+            DatasetName::Imagenette | DatasetName::Celeba | DatasetName::ImageFolder { .. } => {
+                (&IMAGENET_MEAN, &IMAGENET_STD, "ImageNet (torchvision's constants for natural images)")
+            }
         };
-        Normalization {
-            mean: mean.to_vec(),
-            std: std.to_vec(),
-            source: source.to_string(),
-        }
+        Normalization { mean: mean.to_vec(), std: std.to_vec(), source: source.to_string() }
     }
 
     /// How the native images become the samples nasc trains on. Part of the
@@ -437,7 +374,8 @@ impl DatasetName {
             DatasetName::Cifar10 | DatasetName::Svhn => "native 32x32 RGB".to_string(),
             DatasetName::Cifar100 => "native 32x32 RGB, fine labels".to_string(),
             DatasetName::Imagenette => {
-                "centre square crop, triangle-filter resize to 64x64 RGB (= shorter side to 64, centre crop)".to_string()
+                "centre square crop, triangle-filter resize to 64x64 RGB (= shorter side to 64, centre crop)"
+                    .to_string()
             }
             DatasetName::Celeba => {
                 "aligned 178x218: centre crop 178x178, triangle-filter resize to 64x64 RGB; label = attribute Male"
@@ -455,30 +393,12 @@ impl DatasetName {
     pub fn suggested_augment(self) -> crate::dataset::Augment {
         use crate::dataset::Augment;
         match self {
-            DatasetName::Mnist => Augment {
-                pad: 2,
-                hflip: false,
-            },
-            DatasetName::FashionMnist => Augment {
-                pad: 2,
-                hflip: true,
-            },
-            DatasetName::Svhn => Augment {
-                pad: 4,
-                hflip: false,
-            },
-            DatasetName::Cifar10 | DatasetName::Cifar100 => Augment {
-                pad: 4,
-                hflip: true,
-            },
-            DatasetName::Imagenette | DatasetName::Celeba => Augment {
-                pad: 8,
-                hflip: true,
-            },
-            DatasetName::ImageFolder { size } => Augment {
-                pad: (size / 8) as usize,
-                hflip: true,
-            },
+            DatasetName::Mnist => Augment { pad: 2, hflip: false },
+            DatasetName::FashionMnist => Augment { pad: 2, hflip: true },
+            DatasetName::Svhn => Augment { pad: 4, hflip: false },
+            DatasetName::Cifar10 | DatasetName::Cifar100 => Augment { pad: 4, hflip: true },
+            DatasetName::Imagenette | DatasetName::Celeba => Augment { pad: 8, hflip: true },
+            DatasetName::ImageFolder { size } => Augment { pad: (size / 8) as usize, hflip: true },
         }
     }
 
@@ -486,16 +406,13 @@ impl DatasetName {
     /// Sizes and SHA-256 sums are those TensorFlow Datasets records for the
     /// same URLs. An image folder has no source: the user brings it.
     pub fn remote_files(self) -> Vec<RemoteFile> {
-        let file =
-            |name: &str, urls: &[&str], size: u64, sha256: &str, extract: Option<Extract>| {
-                RemoteFile {
-                    file: name.to_string(),
-                    urls: urls.iter().map(|u| u.to_string()).collect(),
-                    size: Some(size),
-                    sha256: Some(sha256.to_string()),
-                    extract,
-                }
-            };
+        let file = |name: &str, urls: &[&str], size: u64, sha256: &str, extract: Option<Extract>| RemoteFile {
+            file: name.to_string(),
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+            size: Some(size),
+            sha256: Some(sha256.to_string()),
+            extract,
+        };
         // yann.lecun.com has refused anonymous downloads since 2023, so the
         // mirrors that torchvision and TensorFlow use come first; the
         // checksums make any of them as good as the original.
@@ -515,9 +432,7 @@ impl DatasetName {
         // CelebA lives on Google Drive; this host serves large files without
         // the "can't scan for viruses" page when asked with confirm=t.
         let drive = |name: &str, id: &str, size: u64, sha256: &str, extract: Option<Extract>| {
-            let url = format!(
-                "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
-            );
+            let url = format!("https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t");
             file(name, &[&url], size, sha256, extract)
         };
         match self {
@@ -570,18 +485,14 @@ impl DatasetName {
                 &["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"],
                 170_052_171,
                 "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
-                Some(Extract::TarGz {
-                    creates: "cifar-10-batches-bin".to_string(),
-                }),
+                Some(Extract::TarGz { creates: "cifar-10-batches-bin".to_string() }),
             )],
             DatasetName::Cifar100 => vec![file(
                 "cifar-100-binary.tar.gz",
                 &["https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"],
                 168_513_733,
                 "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec",
-                Some(Extract::TarGz {
-                    creates: "cifar-100-binary".to_string(),
-                }),
+                Some(Extract::TarGz { creates: "cifar-100-binary".to_string() }),
             )],
             DatasetName::Svhn => vec![
                 file(
@@ -605,9 +516,7 @@ impl DatasetName {
                 &["https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz"],
                 98_948_031,
                 "88daccb09b6fce93f45e6c09ddeb269cce705549e6bff322092a2a5a11489863",
-                Some(Extract::TarGz {
-                    creates: "imagenette2-160".to_string(),
-                }),
+                Some(Extract::TarGz { creates: "imagenette2-160".to_string() }),
             )],
             DatasetName::Celeba => vec![
                 drive(
@@ -615,9 +524,7 @@ impl DatasetName {
                     "0B7EVK8r0v71pZjFTYXZWM3FlRnM",
                     1_443_490_838,
                     "46fb89443c578308acf364d7d379fe1b9efb793042c0af734b6112e4fd3a8c74",
-                    Some(Extract::Zip {
-                        creates: "img_align_celeba".to_string(),
-                    }),
+                    Some(Extract::Zip { creates: "img_align_celeba".to_string() }),
                 ),
                 drive(
                     "list_attr_celeba.txt",

@@ -41,10 +41,7 @@ pub struct Augment {
 }
 
 impl Augment {
-    pub const NONE: Augment = Augment {
-        pad: 0,
-        hflip: false,
-    };
+    pub const NONE: Augment = Augment { pad: 0, hflip: false };
 
     pub fn is_none(self) -> bool {
         self.pad == 0 && !self.hflip
@@ -83,9 +80,7 @@ impl Dataset {
         let name = name.into();
         let sample_len = shape.iter().product::<usize>();
         if sample_len == 0 {
-            return Err(DataError::Invalid(format!(
-                "{name}: sample shape {shape:?} holds no pixels"
-            )));
+            return Err(DataError::Invalid(format!("{name}: sample shape {shape:?} holds no pixels")));
         }
         if images.len() != labels.len() * sample_len {
             return Err(DataError::Invalid(format!(
@@ -98,11 +93,7 @@ impl Dataset {
                 images.len()
             )));
         }
-        if let Some((i, &label)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| usize::from(l) >= class_names.len())
-        {
+        if let Some((i, &label)) = labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= class_names.len()) {
             return Err(DataError::Invalid(format!(
                 "{name} {split}: sample {i} has label {label}, but there are {} classes",
                 class_names.len()
@@ -129,16 +120,7 @@ impl Dataset {
                 std::array::from_fn(|p| (p as f32 / 255.0 - mean) / std)
             })
             .collect();
-        Ok(Dataset {
-            name,
-            split,
-            shape,
-            class_names,
-            images,
-            labels,
-            normalization,
-            lut,
-        })
+        Ok(Dataset { name, split, shape, class_names, images, labels, normalization, lut })
     }
 
     pub fn name(&self) -> &str {
@@ -224,11 +206,7 @@ impl Dataset {
         let std = sum_sq
             .iter()
             .zip(&mean)
-            .map(|(&sq, &m)| {
-                (sq as f64 / count / (255.0 * 255.0) - m * m)
-                    .max(0.0)
-                    .sqrt()
-            })
+            .map(|(&sq, &m)| (sq as f64 / count / (255.0 * 255.0) - m * m).max(0.0).sqrt())
             .collect();
         (mean, std)
     }
@@ -269,11 +247,7 @@ impl Dataset {
                 self.len()
             )));
         }
-        for ((&index, out), label) in indices
-            .iter()
-            .zip(images.chunks_exact_mut(sample_len))
-            .zip(labels.iter_mut())
-        {
+        for ((&index, out), label) in indices.iter().zip(images.chunks_exact_mut(sample_len)).zip(labels.iter_mut()) {
             let sample = &self.images[index * sample_len..(index + 1) * sample_len];
             *label = i64::from(self.labels[index]);
             if augment.is_none() {
@@ -287,12 +261,7 @@ impl Dataset {
 
     fn normalise_into(&self, sample: &[u8], out: &mut [f32]) {
         let plane = self.shape[1] * self.shape[2];
-        for ((lut, pixels), out) in self
-            .lut
-            .iter()
-            .zip(sample.chunks_exact(plane))
-            .zip(out.chunks_exact_mut(plane))
-        {
+        for ((lut, pixels), out) in self.lut.iter().zip(sample.chunks_exact(plane)).zip(out.chunks_exact_mut(plane)) {
             for (o, &p) in out.iter_mut().zip(pixels) {
                 *o = lut[usize::from(p)];
             }
@@ -314,12 +283,7 @@ impl Dataset {
         let off_x = draw(2 * pad + 1);
         let flip = augment.hflip && draw(2) == 1;
         let plane = h * w;
-        for ((lut, pixels), out) in self
-            .lut
-            .iter()
-            .zip(sample.chunks_exact(plane))
-            .zip(out.chunks_exact_mut(plane))
-        {
+        for ((lut, pixels), out) in self.lut.iter().zip(sample.chunks_exact(plane)).zip(out.chunks_exact_mut(plane)) {
             let padding = lut[0];
             for (y, out_row) in out.chunks_exact_mut(w).enumerate() {
                 // Row y of the crop is row y + off_y of the padded image, so

@@ -19,11 +19,7 @@ pub enum DataError {
     UnknownSplit(String),
 
     #[error("{dataset} has no {split} split; it has: {available}")]
-    NoSuchSplit {
-        dataset: String,
-        split: String,
-        available: String,
-    },
+    NoSuchSplit { dataset: String, split: String, available: String },
 
     #[error("{}: missing{}", path.display(), hint_suffix(hint))]
     Missing { path: PathBuf, hint: String },
@@ -39,18 +35,10 @@ pub enum DataError {
 
     /// An operating-system error; `action` says what was being done ("cannot read").
     #[error("{}: {action}: {error}", path.display())]
-    Io {
-        path: PathBuf,
-        action: &'static str,
-        error: io::Error,
-    },
+    Io { path: PathBuf, action: &'static str, error: io::Error },
 
     #[error("{}: checksum mismatch: expected sha256 {expected}, got {actual}; the download was removed, run the fetch again", path.display())]
-    Checksum {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    Checksum { path: PathBuf, expected: String, actual: String },
 
     #[error("{url}: {detail}")]
     Download { url: String, detail: String },
@@ -72,38 +60,22 @@ fn hint_suffix(hint: &str) -> String {
 
 impl DataError {
     pub(crate) fn io(path: &Path, action: &'static str, error: io::Error) -> Self {
-        DataError::Io {
-            path: path.to_path_buf(),
-            action,
-            error,
-        }
+        DataError::Io { path: path.to_path_buf(), action, error }
     }
 
     pub(crate) fn truncated(path: &Path, detail: impl fmt::Display) -> Self {
-        DataError::Truncated {
-            path: path.to_path_buf(),
-            detail: detail.to_string(),
-        }
+        DataError::Truncated { path: path.to_path_buf(), detail: detail.to_string() }
     }
 
     pub(crate) fn corrupt(path: &Path, detail: impl fmt::Display) -> Self {
-        DataError::Corrupt {
-            path: path.to_path_buf(),
-            detail: detail.to_string(),
-        }
+        DataError::Corrupt { path: path.to_path_buf(), detail: detail.to_string() }
     }
 
     pub(crate) fn unsupported(path: &Path, detail: impl fmt::Display) -> Self {
-        DataError::Unsupported {
-            path: path.to_path_buf(),
-            detail: detail.to_string(),
-        }
+        DataError::Unsupported { path: path.to_path_buf(), detail: detail.to_string() }
     }
 
     pub(crate) fn missing(path: &Path, hint: impl fmt::Display) -> Self {
-        DataError::Missing {
-            path: path.to_path_buf(),
-            hint: hint.to_string(),
-        }
+        DataError::Missing { path: path.to_path_buf(), hint: hint.to_string() }
     }
 }

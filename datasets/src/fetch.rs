@@ -64,10 +64,7 @@ pub struct FetchOptions {
 impl FetchOptions {
     /// A progress bar, and the mirror named by `NASC_DATA_MIRROR` if it is set.
     pub fn from_env() -> Self {
-        FetchOptions {
-            mirror: std::env::var(MIRROR_ENV).ok().filter(|m| !m.is_empty()),
-            progress: true,
-        }
+        FetchOptions { mirror: std::env::var(MIRROR_ENV).ok().filter(|m| !m.is_empty()), progress: true }
     }
 }
 
@@ -91,11 +88,7 @@ pub struct Fetched {
 
 /// Downloads every file of a dataset into `root` (created if needed),
 /// verifies it, and unpacks archives.
-pub fn fetch(
-    name: DatasetName,
-    root: &Path,
-    options: &FetchOptions,
-) -> Result<Vec<Fetched>, DataError> {
+pub fn fetch(name: DatasetName, root: &Path, options: &FetchOptions) -> Result<Vec<Fetched>, DataError> {
     let files = name.remote_files();
     if files.is_empty() {
         return Err(DataError::Invalid(format!(
@@ -106,11 +99,7 @@ pub fn fetch(
 }
 
 /// Downloads, verifies and unpacks the given files into `root`.
-pub fn fetch_files(
-    files: &[RemoteFile],
-    root: &Path,
-    options: &FetchOptions,
-) -> Result<Vec<Fetched>, DataError> {
+pub fn fetch_files(files: &[RemoteFile], root: &Path, options: &FetchOptions) -> Result<Vec<Fetched>, DataError> {
     fs::create_dir_all(root).map_err(|e| DataError::io(root, "cannot create", e))?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         // Statuses are handled here: 206 and 416 matter for resuming.
@@ -121,10 +110,7 @@ pub fn fetch_files(
         .user_agent(concat!("nasc-datasets/", env!("CARGO_PKG_VERSION")))
         .build()
         .into();
-    files
-        .iter()
-        .map(|f| fetch_one(&agent, f, root, options))
-        .collect()
+    files.iter().map(|f| fetch_one(&agent, f, root, options)).collect()
 }
 
 fn fetch_one(
@@ -143,8 +129,7 @@ fn fetch_one(
         // A complete-looking file that fails its checksum is a damaged
         // download: fetched again from scratch.
         if path.is_file() {
-            fs::remove_file(&path)
-                .map_err(|e| DataError::io(&path, "cannot remove the damaged file", e))?;
+            fs::remove_file(&path).map_err(|e| DataError::io(&path, "cannot remove the damaged file", e))?;
         }
         let urls = match &options.mirror {
             Some(mirror) => vec![format!("{}/{}", mirror.trim_end_matches('/'), remote.file)],
@@ -170,12 +155,8 @@ fn fetch_one(
             bar.finish_and_clear();
             return Err(rename_error(e, &part, &path));
         }
-        fs::rename(&part, &path)
-            .map_err(|e| DataError::io(&path, "cannot move the download into place", e))?;
-        outcome = Outcome::Downloaded {
-            bytes: file_len(&path),
-            resumed_from,
-        };
+        fs::rename(&part, &path).map_err(|e| DataError::io(&path, "cannot move the download into place", e))?;
+        outcome = Outcome::Downloaded { bytes: file_len(&path), resumed_from };
     }
     // The bar goes; the caller reports each file in its own words.
     bar.finish_and_clear();
@@ -184,12 +165,7 @@ fn fetch_one(
         Some(how) => Some(unpack(&path, root, how)?),
         None => None,
     };
-    Ok(Fetched {
-        file: remote.file.clone(),
-        path,
-        outcome,
-        unpacked,
-    })
+    Ok(Fetched { file: remote.file.clone(), path, outcome, unpacked })
 }
 
 /// Errors about `<file>.part` are reported under the file's own name (the
@@ -197,40 +173,26 @@ fn fetch_one(
 fn rename_error(error: DataError, part: &Path, path: &Path) -> DataError {
     const GONE: &str = "the download was removed, run the fetch again";
     match error {
-        DataError::Checksum {
-            path: p,
-            expected,
-            actual,
-        } if p == part => DataError::Checksum {
-            path: path.to_path_buf(),
-            expected,
-            actual,
-        },
-        DataError::Truncated { path: p, detail } if p == part => DataError::Truncated {
-            path: path.to_path_buf(),
-            detail: format!("{detail}; {GONE}"),
-        },
-        DataError::Corrupt { path: p, detail } if p == part => DataError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("{detail}; {GONE}"),
-        },
+        DataError::Checksum { path: p, expected, actual } if p == part => {
+            DataError::Checksum { path: path.to_path_buf(), expected, actual }
+        }
+        DataError::Truncated { path: p, detail } if p == part => {
+            DataError::Truncated { path: path.to_path_buf(), detail: format!("{detail}; {GONE}") }
+        }
+        DataError::Corrupt { path: p, detail } if p == part => {
+            DataError::Corrupt { path: path.to_path_buf(), detail: format!("{detail}; {GONE}") }
+        }
         other => other,
     }
 }
 
 fn progress_bar(remote: &RemoteFile, options: &FetchOptions) -> ProgressBar {
-    let target = if options.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
+    let target = if options.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
     let bar = ProgressBar::with_draw_target(remote.size, target);
     // wide_bar takes what the terminal has left, so the line never wraps.
-    let style = ProgressStyle::with_template(
-        "{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template("{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_message(remote.file.clone());
     bar
@@ -246,21 +208,13 @@ fn verify(path: &Path, remote: &RemoteFile) -> Result<(), DataError> {
     if let Some(size) = remote.size {
         if len != size {
             let detail = format!("holds {len} bytes, the published file has {size}");
-            return Err(if len < size {
-                DataError::truncated(path, detail)
-            } else {
-                DataError::corrupt(path, detail)
-            });
+            return Err(if len < size { DataError::truncated(path, detail) } else { DataError::corrupt(path, detail) });
         }
     }
     if let Some(expected) = &remote.sha256 {
         let actual = sha256_file(path)?;
         if !actual.eq_ignore_ascii_case(expected) {
-            return Err(DataError::Checksum {
-                path: path.to_path_buf(),
-                expected: expected.clone(),
-                actual,
-            });
+            return Err(DataError::Checksum { path: path.to_path_buf(), expected: expected.clone(), actual });
         }
     }
     Ok(())
@@ -271,9 +225,7 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String, DataError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| DataError::io(path, "cannot read", e))?;
+        let n = file.read(&mut buf).map_err(|e| DataError::io(path, "cannot read", e))?;
         if n == 0 {
             break;
         }
@@ -348,36 +300,22 @@ fn request(
     root: &Path,
     bar: &ProgressBar,
 ) -> Result<Done, Failure> {
-    let http = |detail: String, retry: bool| Failure {
-        error: DataError::Download {
-            url: url.to_string(),
-            detail,
-        },
-        retry,
-    };
+    let http =
+        |detail: String, retry: bool| Failure { error: DataError::Download { url: url.to_string(), detail }, retry };
     let mut req = agent.get(url);
     if have > 0 {
         req = req.header("Range", format!("bytes={have}-"));
     }
     let response = req.call().map_err(|e| http(e.to_string(), true))?;
     let status = response.status().as_u16();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
     let append = match status {
         200 => false,
         206 => {
             let range = header("content-range").unwrap_or_default();
             if !range.starts_with(&format!("bytes {have}-")) {
-                return Err(http(
-                    format!("asked for bytes {have}- and got the range `{range}`"),
-                    false,
-                ));
+                return Err(http(format!("asked for bytes {have}- and got the range `{range}`"), false));
             }
             true
         }
@@ -401,10 +339,7 @@ fn request(
     bar.set_length(length.map(|l| start + l).or(remote.size).unwrap_or(0));
     bar.set_position(start);
 
-    let io = |e: std::io::Error, action| Failure {
-        error: DataError::io(part, action, e),
-        retry: false,
-    };
+    let io = |e: std::io::Error, action| Failure { error: DataError::io(part, action, e), retry: false };
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
@@ -421,17 +356,10 @@ fn request(
             Ok(n) => n,
             Err(e) => {
                 let _ = file.sync_all();
-                return Err(http(
-                    format!(
-                        "the transfer broke off after {} bytes: {e}",
-                        start + received
-                    ),
-                    true,
-                ));
+                return Err(http(format!("the transfer broke off after {} bytes: {e}", start + received), true));
             }
         };
-        file.write_all(&buf[..n])
-            .map_err(|e| io(e, "cannot write"))?;
+        file.write_all(&buf[..n]).map_err(|e| io(e, "cannot write"))?;
         received += n as u64;
         bar.inc(n as u64);
     }
@@ -447,10 +375,7 @@ fn unpack(archive: &Path, root: &Path, how: &Extract) -> Result<PathBuf, DataErr
     if target.is_dir() {
         return Ok(target);
     }
-    let name = archive
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("archive");
+    let name = archive.file_name().and_then(|n| n.to_str()).unwrap_or("archive");
     let tmp = root.join(format!(".nasc-unpack-{name}"));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| DataError::io(&tmp, "cannot clear", e))?;
@@ -460,11 +385,9 @@ fn unpack(archive: &Path, root: &Path, how: &Extract) -> Result<PathBuf, DataErr
         let file = File::open(archive).map_err(|e| DataError::io(archive, "cannot open", e))?;
         match how {
             // tar's unpack refuses entries that would land outside `tmp`.
-            Extract::TarGz { .. } => {
-                tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)))
-                    .unpack(&tmp)
-                    .map_err(|e| DataError::corrupt(archive, format!("cannot unpack: {e}")))
-            }
+            Extract::TarGz { .. } => tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+                .unpack(&tmp)
+                .map_err(|e| DataError::corrupt(archive, format!("cannot unpack: {e}"))),
             // So does zip's extract, through each entry's enclosed name.
             Extract::Zip { .. } => zip::ZipArchive::new(BufReader::new(file))
                 .and_then(|mut z| z.extract(&tmp))
@@ -472,13 +395,9 @@ fn unpack(archive: &Path, root: &Path, how: &Extract) -> Result<PathBuf, DataErr
         }?;
         let inner = tmp.join(creates);
         if !inner.is_dir() {
-            return Err(DataError::corrupt(
-                archive,
-                format!("does not hold the folder {creates}"),
-            ));
+            return Err(DataError::corrupt(archive, format!("does not hold the folder {creates}")));
         }
-        fs::rename(&inner, &target)
-            .map_err(|e| DataError::io(&target, "cannot move the unpacked folder into place", e))
+        fs::rename(&inner, &target).map_err(|e| DataError::io(&target, "cannot move the unpacked folder into place", e))
     })();
     let _ = fs::remove_dir_all(&tmp);
     result.map(|()| target)

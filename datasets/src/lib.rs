@@ -33,12 +33,9 @@ pub use cache::{Manifest, SourceStamp};
 pub use catalog::{DatasetName, Split, IMAGE_FOLDER_DEFAULT_SIZE, KNOWN};
 pub use dataset::{rng, shuffle, Augment, Dataset, Normalization};
 pub use error::DataError;
-pub use fetch::{
-    fetch, fetch_files, Extract, FetchOptions, Fetched, Outcome, RemoteFile, MIRROR_ENV,
-};
+pub use fetch::{fetch, fetch_files, Extract, FetchOptions, Fetched, Outcome, RemoteFile, MIRROR_ENV};
 pub use load::{
-    inspect, load, load_with, CacheMode, CacheState, CacheStatus, LoadOptions, Loaded, SplitInfo,
-    CACHE_DIR,
+    inspect, load, load_with, CacheMode, CacheState, CacheStatus, LoadOptions, Loaded, SplitInfo, CACHE_DIR,
 };
 /// The generator type of [`rng`], for callers that store one.
 pub use rand_chacha::ChaCha8Rng;

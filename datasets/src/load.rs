@@ -39,19 +39,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            cache: CacheMode::Use,
-            cache_dir: None,
-            check_published_counts: true,
-        }
+        LoadOptions { cache: CacheMode::Use, cache_dir: None, check_published_counts: true }
     }
 }
 
 impl LoadOptions {
     pub fn cache_dir_for(&self, root: &Path) -> PathBuf {
-        self.cache_dir
-            .clone()
-            .unwrap_or_else(|| root.join(CACHE_DIR))
+        self.cache_dir.clone().unwrap_or_else(|| root.join(CACHE_DIR))
     }
 }
 
@@ -89,29 +83,17 @@ pub fn load(name: &str, root: &Path, split: Split) -> Result<Dataset, DataError>
 }
 
 /// [`load`] with options, also telling how the cache was used.
-pub fn load_with(
-    name: DatasetName,
-    root: &Path,
-    split: Split,
-    options: &LoadOptions,
-) -> Result<Loaded, DataError> {
+pub fn load_with(name: DatasetName, root: &Path, split: Split, options: &LoadOptions) -> Result<Loaded, DataError> {
     name.check_split(split)?;
     let (plan, expect) = plan_and_expect(name, root, split)?;
-    let files = cache::files(
-        &options.cache_dir_for(root),
-        &name.cache_key(),
-        split.as_str(),
-    );
+    let files = cache::files(&options.cache_dir_for(root), &name.cache_key(), split.as_str());
 
     let mut stale = None;
     if options.cache == CacheMode::Use {
         match cache::read(&files, &expect) {
             Ok((_, images, labels)) => {
                 let dataset = assemble(name, split, &expect, images, labels, root, options)?;
-                return Ok(Loaded {
-                    dataset,
-                    cache: CacheStatus::Hit,
-                });
+                return Ok(Loaded { dataset, cache: CacheStatus::Hit });
             }
             Err(reason) => stale = Some(reason),
         }
@@ -121,31 +103,18 @@ pub fn load_with(
     let status = match options.cache {
         CacheMode::Off => CacheStatus::Off,
         _ => match cache::write(&files, &expect, &decoded.images, &decoded.labels) {
-            Err(e) => CacheStatus::NotWritten {
-                reason: e.to_string(),
-            },
+            Err(e) => CacheStatus::NotWritten { reason: e.to_string() },
             Ok(_) => match stale {
                 Some(reason) if reason != "not built yet" => CacheStatus::Rebuilt { reason },
-                _ if options.cache == CacheMode::Rebuild => CacheStatus::Rebuilt {
-                    reason: "asked to rebuild".to_string(),
-                },
+                _ if options.cache == CacheMode::Rebuild => {
+                    CacheStatus::Rebuilt { reason: "asked to rebuild".to_string() }
+                }
                 _ => CacheStatus::Built,
             },
         },
     };
-    let dataset = assemble(
-        name,
-        split,
-        &expect,
-        decoded.images,
-        decoded.labels,
-        root,
-        options,
-    )?;
-    Ok(Loaded {
-        dataset,
-        cache: status,
-    })
+    let dataset = assemble(name, split, &expect, decoded.images, decoded.labels, root, options)?;
+    Ok(Loaded { dataset, cache: status })
 }
 
 /// Where a split's cache stands, without decoding anything (for `nasc data info`).
@@ -153,11 +122,7 @@ pub fn load_with(
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum CacheState {
     /// A cache matching the current sources; its checksum is verified on load.
-    Fresh {
-        count: usize,
-        data_file: PathBuf,
-        data_bytes: u64,
-    },
+    Fresh { count: usize, data_file: PathBuf, data_bytes: u64 },
     /// A cache exists but must be rebuilt, or none was built yet.
     Stale { reason: String },
     /// The sources themselves are missing or unreadable.
@@ -178,30 +143,16 @@ pub fn inspect(name: DatasetName, root: &Path, options: &LoadOptions) -> Vec<Spl
         .iter()
         .map(|&split| {
             let cache = match plan_and_expect(name, root, split) {
-                Err(e) => CacheState::NoSources {
-                    error: e.to_string(),
-                },
+                Err(e) => CacheState::NoSources { error: e.to_string() },
                 Ok((_, expect)) => {
-                    let files = cache::files(
-                        &options.cache_dir_for(root),
-                        &name.cache_key(),
-                        split.as_str(),
-                    );
+                    let files = cache::files(&options.cache_dir_for(root), &name.cache_key(), split.as_str());
                     match cache::peek(&files, &expect) {
-                        Ok(m) => CacheState::Fresh {
-                            count: m.count,
-                            data_file: files.data,
-                            data_bytes: m.data_bytes,
-                        },
+                        Ok(m) => CacheState::Fresh { count: m.count, data_file: files.data, data_bytes: m.data_bytes },
                         Err(reason) => CacheState::Stale { reason },
                     }
                 }
             };
-            SplitInfo {
-                split,
-                published: name.published_count(split),
-                cache,
-            }
+            SplitInfo { split, published: name.published_count(split), cache }
         })
         .collect()
 }
@@ -220,17 +171,9 @@ enum Plan {
     Celeba(celeba::Located),
 }
 
-fn plan_and_expect(
-    name: DatasetName,
-    root: &Path,
-    split: Split,
-) -> Result<(Plan, Expect), DataError> {
-    let (plan, sources, class_names) =
-        plan(name, root, split).map_err(|e| with_fetch_hint(e, name, root))?;
-    let stamps = sources
-        .iter()
-        .map(|s| cache::stamp(root, s))
-        .collect::<Result<Vec<_>, _>>()?;
+fn plan_and_expect(name: DatasetName, root: &Path, split: Split) -> Result<(Plan, Expect), DataError> {
+    let (plan, sources, class_names) = plan(name, root, split).map_err(|e| with_fetch_hint(e, name, root))?;
+    let stamps = sources.iter().map(|s| cache::stamp(root, s)).collect::<Result<Vec<_>, _>>()?;
     let expect = Expect {
         dataset: name.name(),
         split: split.as_str().to_string(),
@@ -249,30 +192,18 @@ fn with_fetch_hint(error: DataError, name: DatasetName, root: &Path) -> DataErro
     match error {
         DataError::Missing { path, hint } if !hint.starts_with("listed in") => {
             let remedy = if matches!(name, DatasetName::ImageFolder { .. }) {
-                "an image folder holds train/<class>/<image> and test/<class>/<image> (or val/)"
-                    .to_string()
+                "an image folder holds train/<class>/<image> and test/<class>/<image> (or val/)".to_string()
             } else {
-                format!(
-                    "fetch it with `nasc data fetch {name} --root {}`",
-                    root.display()
-                )
+                format!("fetch it with `nasc data fetch {name} --root {}`", root.display())
             };
-            let hint = if hint.is_empty() {
-                remedy
-            } else {
-                format!("{hint}; {remedy}")
-            };
+            let hint = if hint.is_empty() { remedy } else { format!("{hint}; {remedy}") };
             DataError::Missing { path, hint }
         }
         other => other,
     }
 }
 
-fn plan(
-    name: DatasetName,
-    root: &Path,
-    split: Split,
-) -> Result<(Plan, Vec<Source>, Vec<String>), DataError> {
+fn plan(name: DatasetName, root: &Path, split: Split) -> Result<(Plan, Vec<Source>, Vec<String>), DataError> {
     let fixed = || name.class_names().unwrap_or_default();
     Ok(match name {
         DatasetName::Mnist | DatasetName::FashionMnist => {
@@ -281,11 +212,7 @@ fn plan(
             (Plan::Idx(files), sources, fixed())
         }
         DatasetName::Cifar10 | DatasetName::Cifar100 => {
-            let variant = if name == DatasetName::Cifar10 {
-                cifar::Variant::Ten
-            } else {
-                cifar::Variant::Hundred
-            };
+            let variant = if name == DatasetName::Cifar10 { cifar::Variant::Ten } else { cifar::Variant::Hundred };
             let files = cifar::locate(root, variant, split)?;
             let sources = files.iter().map(|(p, _)| Source::file(p.clone())).collect();
             (Plan::Cifar(files, variant), sources, fixed())
@@ -296,32 +223,17 @@ fn plan(
         }
         DatasetName::Imagenette => {
             let base = imagenette_base(root);
-            let dir = base.join(if split == Split::Train {
-                "train"
-            } else {
-                "val"
-            });
+            let dir = base.join(if split == Split::Train { "train" } else { "val" });
             images::require_dir(&dir, "")?;
             let folders = images::class_folders(&dir)?;
             let wnids: Vec<&str> = IMAGENETTE.iter().map(|(id, _)| *id).collect();
             if folders != wnids {
                 return Err(DataError::corrupt(
                     &dir,
-                    format!(
-                        "class folders are {}; ImageNette's are {}",
-                        folders.join(", "),
-                        wnids.join(", ")
-                    ),
+                    format!("class folders are {}; ImageNette's are {}", folders.join(", "), wnids.join(", ")),
                 ));
             }
-            (
-                Plan::Folder {
-                    dir: dir.clone(),
-                    folders,
-                },
-                vec![Source::tree(dir)],
-                fixed(),
-            )
+            (Plan::Folder { dir: dir.clone(), folders }, vec![Source::tree(dir)], fixed())
         }
         DatasetName::ImageFolder { .. } => {
             let train = root.join("train");
@@ -343,14 +255,7 @@ fn plan(
                     }
                 }
             };
-            (
-                Plan::Folder {
-                    dir: dir.clone(),
-                    folders: folders.clone(),
-                },
-                vec![Source::tree(dir)],
-                folders,
-            )
+            (Plan::Folder { dir: dir.clone(), folders: folders.clone() }, vec![Source::tree(dir)], folders)
         }
         DatasetName::Celeba => {
             let located = celeba::locate(root)?;
@@ -371,36 +276,20 @@ fn imagenette_base(root: &Path) -> PathBuf {
         .iter()
         .map(|d| root.join(d))
         .find(|d| d.join("train").is_dir() || d.join("val").is_dir())
-        .unwrap_or_else(|| {
-            if root.join("train").is_dir() {
-                root.to_path_buf()
-            } else {
-                root.join("imagenette2-160")
-            }
-        })
+        .unwrap_or_else(|| if root.join("train").is_dir() { root.to_path_buf() } else { root.join("imagenette2-160") })
 }
 
-fn decode(
-    plan: &Plan,
-    name: DatasetName,
-    split: Split,
-    options: &LoadOptions,
-) -> Result<Decoded, DataError> {
+fn decode(plan: &Plan, name: DatasetName, split: Split, options: &LoadOptions) -> Result<Decoded, DataError> {
     let classes = name.classes().unwrap_or(0);
     match plan {
         Plan::Idx([images, labels]) => idx::decode(images, labels, classes),
-        Plan::Cifar(files, variant) => {
-            cifar::decode(files, *variant, options.check_published_counts)
-        }
+        Plan::Cifar(files, variant) => cifar::decode(files, *variant, options.check_published_counts),
         Plan::Svhn(file) => svhn::decode(file),
         Plan::Folder { dir, folders } => {
             let items = images::list_split(dir, folders)?;
             let paths: Vec<&Path> = items.iter().map(|(p, _)| p.as_path()).collect();
             let pixels = images::decode_all(&paths, name.shape()[1])?;
-            Ok(Decoded {
-                images: pixels,
-                labels: items.iter().map(|(_, l)| *l).collect(),
-            })
+            Ok(Decoded { images: pixels, labels: items.iter().map(|(_, l)| *l).collect() })
         }
         Plan::Celeba(located) => celeba::decode(located, split, name.shape()[1]),
     }
@@ -418,14 +307,9 @@ fn assemble(
     if options.check_published_counts {
         if let Some(published) = name.published_count(split) {
             if labels.len() != published {
-                let source = expect
-                    .sources
-                    .first()
-                    .map_or_else(|| root.to_path_buf(), |s| root.join(&s.path));
-                let detail = format!(
-                    "the {split} split holds {} samples, the published one has {published}",
-                    labels.len()
-                );
+                let source = expect.sources.first().map_or_else(|| root.to_path_buf(), |s| root.join(&s.path));
+                let detail =
+                    format!("the {split} split holds {} samples, the published one has {published}", labels.len());
                 return Err(if labels.len() < published {
                     DataError::truncated(&source, detail)
                 } else {
@@ -434,13 +318,5 @@ fn assemble(
             }
         }
     }
-    Dataset::new(
-        name.name(),
-        split,
-        expect.shape,
-        expect.class_names.clone(),
-        images,
-        labels,
-        name.normalization(),
-    )
+    Dataset::new(name.name(), split, expect.shape, expect.class_names.clone(), images, labels, name.normalization())
 }

@@ -4,15 +4,14 @@
 use super::UsageError;
 use clap::{Args, Subcommand};
 use nasc_datasets::{
-    fetch, inspect, load_with, CacheState, CacheStatus, DatasetName, FetchOptions, LoadOptions,
-    Outcome, Split, MIRROR_ENV,
+    fetch, inspect, load_with, CacheState, CacheStatus, DatasetName, FetchOptions, LoadOptions, Outcome, Split,
+    MIRROR_ENV,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const NAME_HELP: &str =
-    "Dataset: mnist, fashion-mnist, cifar10, cifar100, svhn, imagenette, celeba, \
+const NAME_HELP: &str = "Dataset: mnist, fashion-mnist, cifar10, cifar100, svhn, imagenette, celeba, \
 or imagefolder[:SIZE] (a train/<class>/<image> tree you bring, SIZE pixels square, 64 by default)";
 
 const ROOT_HELP: &str = "The dataset's own folder, holding its files as published \
@@ -67,13 +66,11 @@ pub fn run(cmd: DataCmd) -> Result<ExitCode, UsageError> {
 }
 
 fn parse_name(name: &str) -> Result<DatasetName, UsageError> {
-    name.parse()
-        .map_err(|e: nasc_datasets::DataError| UsageError(e.to_string()))
+    name.parse().map_err(|e: nasc_datasets::DataError| UsageError(e.to_string()))
 }
 
 fn root_for(root: &Option<PathBuf>, name: DatasetName) -> PathBuf {
-    root.clone()
-        .unwrap_or_else(|| Path::new("data").join(name.cache_key()))
+    root.clone().unwrap_or_else(|| Path::new("data").join(name.cache_key()))
 }
 
 fn fetch_cmd(args: FetchArgs) -> Result<ExitCode, UsageError> {
@@ -91,19 +88,9 @@ fn fetch_cmd(args: FetchArgs) -> Result<ExitCode, UsageError> {
     for f in &fetched {
         let what = match &f.outcome {
             Outcome::Present => "present, checksum verified".to_string(),
-            Outcome::Downloaded {
-                bytes,
-                resumed_from: 0,
-            } => format!("downloaded {}, checksum verified", size(*bytes)),
-            Outcome::Downloaded {
-                bytes,
-                resumed_from,
-            } => {
-                format!(
-                    "downloaded {} (resumed after {}), checksum verified",
-                    size(*bytes),
-                    size(*resumed_from)
-                )
+            Outcome::Downloaded { bytes, resumed_from: 0 } => format!("downloaded {}, checksum verified", size(*bytes)),
+            Outcome::Downloaded { bytes, resumed_from } => {
+                format!("downloaded {} (resumed after {}), checksum verified", size(*bytes), size(*resumed_from))
             }
         };
         println!("{:28} {what}", f.file);
@@ -113,13 +100,9 @@ fn fetch_cmd(args: FetchArgs) -> Result<ExitCode, UsageError> {
     }
     if args.cache {
         for &split in name.splits() {
-            let loaded = load_with(name, &root, split, &LoadOptions::default())
-                .map_err(|e| UsageError(e.to_string()))?;
-            println!(
-                "{split:5} {} samples, {}",
-                loaded.dataset.len(),
-                status(&loaded.cache)
-            );
+            let loaded =
+                load_with(name, &root, split, &LoadOptions::default()).map_err(|e| UsageError(e.to_string()))?;
+            println!("{split:5} {} samples, {}", loaded.dataset.len(), status(&loaded.cache));
         }
     }
     println!("{name} is in {}", root.display());
@@ -142,8 +125,7 @@ fn info_cmd(args: InfoArgs) -> Result<ExitCode, UsageError> {
     let options = LoadOptions::default();
     // Measuring reads the whole training split, so only on request.
     let stats = if args.stats {
-        let loaded = load_with(name, &root, Split::Train, &options)
-            .map_err(|e| UsageError(e.to_string()))?;
+        let loaded = load_with(name, &root, Split::Train, &options).map_err(|e| UsageError(e.to_string()))?;
         Some((loaded.dataset.pixel_stats(), loaded.dataset.len()))
     } else {
         None
@@ -168,20 +150,14 @@ fn info_cmd(args: InfoArgs) -> Result<ExitCode, UsageError> {
             "splits": splits,
             "measured": stats.as_ref().map(|((mean, std), count)| json!({ "mean": mean, "std": std, "samples": count })),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("JSON values always serialise")
-        );
+        println!("{}", serde_json::to_string_pretty(&value).expect("JSON values always serialise"));
         return Ok(ExitCode::SUCCESS);
     }
 
     let classes = match name.class_names() {
-        Some(names) if names.len() > 12 => format!(
-            "{}: {}, ... {}",
-            names.len(),
-            names[..10].join(", "),
-            names[names.len() - 1]
-        ),
+        Some(names) if names.len() > 12 => {
+            format!("{}: {}, ... {}", names.len(), names[..10].join(", "), names[names.len() - 1])
+        }
         Some(names) => format!("{}: {}", names.len(), names.join(", ")),
         None => "one per class folder of train/".to_string(),
     };
@@ -204,26 +180,15 @@ fn info_cmd(args: InfoArgs) -> Result<ExitCode, UsageError> {
     println!(
         "  augmentation   off for the one-epoch proxy; when on: pad {} + random crop{}",
         augment.pad,
-        if augment.hflip {
-            ", horizontal flip"
-        } else {
-            ""
-        }
+        if augment.hflip { ", horizontal flip" } else { "" }
     );
     println!("  root           {}", root.display());
-    println!(
-        "  cache          {}",
-        options.cache_dir_for(&root).display()
-    );
+    println!("  cache          {}", options.cache_dir_for(&root).display());
     println!("  {:5}  {:>9}  cache", "split", "published");
     for s in &splits {
-        let published = s
-            .published
-            .map_or_else(|| "-".to_string(), |n| n.to_string());
+        let published = s.published.map_or_else(|| "-".to_string(), |n| n.to_string());
         let cache = match &s.cache {
-            CacheState::Fresh {
-                count, data_bytes, ..
-            } => format!("cached: {count} samples, {}", size(*data_bytes)),
+            CacheState::Fresh { count, data_bytes, .. } => format!("cached: {count} samples, {}", size(*data_bytes)),
             CacheState::Stale { reason } => format!("not cached ({reason})"),
             CacheState::NoSources { error } => format!("no data: {error}"),
         };
@@ -233,10 +198,7 @@ fn info_cmd(args: InfoArgs) -> Result<ExitCode, UsageError> {
 }
 
 fn floats(values: impl Iterator<Item = f64>) -> String {
-    values
-        .map(|v| format!("{v:.4}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    values.map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(" ")
 }
 
 /// Bytes in decimal units, as download sizes are usually quoted.

@@ -18,10 +18,7 @@ pub struct ApplyOptions {
 
 impl Default for ApplyOptions {
     fn default() -> Self {
-        ApplyOptions {
-            fuzz: 2,
-            limits: Limits::default(),
-        }
+        ApplyOptions { fuzz: 2, limits: Limits::default() }
     }
 }
 
@@ -88,21 +85,11 @@ impl Tolerance {
 pub fn apply(base: &str, diff: &str, opts: ApplyOptions) -> Result<Applied, DeltaError> {
     let limits = &opts.limits;
     if base.len() > limits.max_bytes {
-        return Err(DeltaError::too_large(
-            "program",
-            "bytes",
-            base.len(),
-            limits.max_bytes,
-        ));
+        return Err(DeltaError::too_large("program", "bytes", base.len(), limits.max_bytes));
     }
     let (base_lines, base_crlf) = hunk::split_lines(base);
     if base_lines.len() > limits.max_lines {
-        return Err(DeltaError::too_large(
-            "program",
-            "lines",
-            base_lines.len(),
-            limits.max_lines,
-        ));
+        return Err(DeltaError::too_large("program", "lines", base_lines.len(), limits.max_lines));
     }
     let parsed = hunk::parse(diff, limits)?;
 
@@ -111,10 +98,7 @@ pub fn apply(base: &str, diff: &str, opts: ApplyOptions) -> Result<Applied, Delt
 
     if parsed.crlf == base_crlf {
         if let Some(text) = strict(base, &base_lines, diff, &parsed.hunks) {
-            return Ok(Applied {
-                text,
-                tolerances: Vec::new(),
-            });
+            return Ok(Applied { text, tolerances: Vec::new() });
         }
     }
 
@@ -126,10 +110,7 @@ pub fn apply(base: &str, diff: &str, opts: ApplyOptions) -> Result<Applied, Delt
     let mut tolerant = Tolerant {
         base: &base,
         fuzz: opts.fuzz,
-        work: Work {
-            used: 0,
-            max: limits.max_work,
-        },
+        work: Work { used: 0, max: limits.max_work },
         out: Vec::with_capacity(base.len()),
         cursor: 0,
         drift: 0,
@@ -160,11 +141,7 @@ fn strict(base: &str, lines: &[&str], diff: &str, hunks: &[Hunk<'_>]) -> Option<
         if h.recounted || h.unprefixed || h.headerless || h.trailing > 0 {
             return None;
         }
-        let at = if len == 0 {
-            start
-        } else {
-            start.checked_sub(1)?
-        };
+        let at = if len == 0 { start } else { start.checked_sub(1)? };
         if at < cursor || at + len > lines.len() {
             return None;
         }
@@ -190,11 +167,7 @@ fn strict(base: &str, lines: &[&str], diff: &str, hunks: &[Hunk<'_>]) -> Option<
 
     let patch = diffy::Patch::from_str(diff).ok()?;
     if patch.hunks().len() != hunks.len()
-        || patch
-            .hunks()
-            .iter()
-            .zip(hunks)
-            .any(|(d, h)| d.lines().len() != h.lines.len())
+        || patch.hunks().iter().zip(hunks).any(|(d, h)| d.lines().len() != h.lines.len())
     {
         return None;
     }
@@ -250,10 +223,7 @@ impl<'b, 'a> Tolerant<'b, 'a> {
         }
         let trailing = h.trailing + h.lines.len() - lines.len();
         if trailing > 0 {
-            tol.push(Tolerance::TrailingText {
-                hunk: n,
-                lines: trailing,
-            });
+            tol.push(Tolerance::TrailingText { hunk: n, lines: trailing });
         }
         let key = match &place {
             Place::Found(f) => f.key,
@@ -261,10 +231,7 @@ impl<'b, 'a> Tolerant<'b, 'a> {
         };
         if let Some(s) = stated {
             if key != s {
-                tol.push(Tolerance::Drifted {
-                    hunk: n,
-                    by: (key - s) as i64,
-                });
+                tol.push(Tolerance::Drifted { hunk: n, by: (key - s) as i64 });
             }
             self.drift = key - s;
         }
@@ -276,10 +243,7 @@ impl<'b, 'a> Tolerant<'b, 'a> {
                 tol.push(Tolerance::BlankLines { hunk: n });
             }
             if f.fuzz > 0 {
-                tol.push(Tolerance::Fuzz {
-                    hunk: n,
-                    lines: f.fuzz,
-                });
+                tol.push(Tolerance::Fuzz { hunk: n, lines: f.fuzz });
             }
         } else if h.unprefixed {
             tol.push(Tolerance::Whitespace { hunk: n });
@@ -300,12 +264,7 @@ impl<'b, 'a> Tolerant<'b, 'a> {
         }
     }
 
-    fn place(
-        &mut self,
-        n: usize,
-        lines: &[Line<'_>],
-        stated: Option<isize>,
-    ) -> Result<Place, DeltaError> {
+    fn place(&mut self, n: usize, lines: &[Line<'_>], stated: Option<isize>) -> Result<Place, DeltaError> {
         let pre: Vec<Pre<'_>> = lines
             .iter()
             .filter_map(|l| match *l {
@@ -333,26 +292,10 @@ impl<'b, 'a> Tolerant<'b, 'a> {
             };
         }
 
-        let lead = lines
-            .iter()
-            .take_while(|l| matches!(l, Line::Context(_)))
-            .count();
-        let trail = lines
-            .iter()
-            .rev()
-            .take_while(|l| matches!(l, Line::Context(_)))
-            .count();
+        let lead = lines.iter().take_while(|l| matches!(l, Line::Context(_))).count();
+        let trail = lines.iter().rev().take_while(|l| matches!(l, Line::Context(_))).count();
         let expected_lines = || pre.iter().map(|p| p.text.to_string()).collect::<Vec<_>>();
-        let found = locate::locate(
-            self.base,
-            &pre,
-            lead,
-            trail,
-            self.cursor,
-            expected,
-            self.fuzz,
-            &mut self.work,
-        );
+        let found = locate::locate(self.base, &pre, lead, trail, self.cursor, expected, self.fuzz, &mut self.work);
         match found {
             Outcome::Found(f) => Ok(Place::Found(f)),
             Outcome::Ambiguous([a, b]) => Err(DeltaError::Ambiguous {
@@ -374,14 +317,13 @@ impl<'b, 'a> Tolerant<'b, 'a> {
             }),
             Outcome::NotFound => {
                 let mut reason = self.why_not_found(n, &pre, lead, trail, expected);
-                let closest =
-                    locate::closest(self.base, &pre, expected, &mut self.work).map(|s| Closest {
-                        line: s + 1,
-                        lines: self.base.lines[s.min(len)..(s + pre.len()).min(len)]
-                            .iter()
-                            .map(|l| l.to_string())
-                            .collect(),
-                    });
+                let closest = locate::closest(self.base, &pre, expected, &mut self.work).map(|s| Closest {
+                    line: s + 1,
+                    lines: self.base.lines[s.min(len)..(s + pre.len()).min(len)]
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect(),
+                });
                 if closest.is_none() {
                     reason.push_str("; no line of the program is like them");
                 }
@@ -405,16 +347,7 @@ impl<'b, 'a> Tolerant<'b, 'a> {
         expected: Option<isize>,
     ) -> String {
         if self.cursor > 0 {
-            let earlier = match locate::locate(
-                self.base,
-                pre,
-                lead,
-                trail,
-                0,
-                expected,
-                self.fuzz,
-                &mut self.work,
-            ) {
+            let earlier = match locate::locate(self.base, pre, lead, trail, 0, expected, self.fuzz, &mut self.work) {
                 Outcome::Found(f) => Some(format!(" (at line {})", f.start + 1)),
                 Outcome::Ambiguous(_) => Some(String::new()),
                 Outcome::NotFound | Outcome::Exhausted => None,

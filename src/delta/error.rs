@@ -19,12 +19,7 @@ pub enum DeltaError {
     /// in the diff text when known.
     MalformedDiff { line: Option<usize>, reason: String },
     /// An input over one of the `Limits`; judged a malformed diff.
-    TooLarge {
-        what: String,
-        unit: String,
-        size: usize,
-        limit: usize,
-    },
+    TooLarge { what: String, unit: String, size: usize, limit: usize },
     /// Hunk `hunk` (1-based, of `hunks`) matches nowhere in the program.
     DoesNotApply {
         hunk: usize,
@@ -36,12 +31,7 @@ pub enum DeltaError {
         closest: Option<Closest>,
     },
     /// Hunk `hunk` matches equally well at two places (1-based lines of the program).
-    Ambiguous {
-        hunk: usize,
-        hunks: usize,
-        lines: [usize; 2],
-        expected: Vec<String>,
-    },
+    Ambiguous { hunk: usize, hunks: usize, lines: [usize; 2], expected: Vec<String> },
 }
 
 /// The stretch of the program most like a hunk that did not apply.
@@ -64,19 +54,11 @@ impl DeltaError {
     }
 
     pub(crate) fn malformed(line: Option<usize>, reason: impl Into<String>) -> Self {
-        DeltaError::MalformedDiff {
-            line,
-            reason: reason.into(),
-        }
+        DeltaError::MalformedDiff { line, reason: reason.into() }
     }
 
     pub(crate) fn too_large(what: &str, unit: &str, size: usize, limit: usize) -> Self {
-        DeltaError::TooLarge {
-            what: what.to_string(),
-            unit: unit.to_string(),
-            size,
-            limit,
-        }
+        DeltaError::TooLarge { what: what.to_string(), unit: unit.to_string(), size, limit }
     }
 }
 
@@ -97,43 +79,22 @@ impl fmt::Display for DeltaError {
                 }
                 write!(f, ": {reason}")
             }
-            DeltaError::TooLarge {
-                what,
-                unit,
-                size,
-                limit,
-            } => write!(
-                f,
-                "the {what} is too large: {size} {unit}, over the limit of {limit} {unit}"
-            ),
-            DeltaError::DoesNotApply {
-                hunk,
-                hunks,
-                reason,
-                expected,
-                closest,
-            } => {
+            DeltaError::TooLarge { what, unit, size, limit } => {
+                write!(f, "the {what} is too large: {size} {unit}, over the limit of {limit} {unit}")
+            }
+            DeltaError::DoesNotApply { hunk, hunks, reason, expected, closest } => {
                 writeln!(f, "hunk {hunk} of {hunks} does not apply: {reason}")?;
                 if !expected.is_empty() {
                     writeln!(f, "The hunk expects these lines in the program:")?;
                     quote(f, expected)?;
                 }
                 if let Some(c) = closest {
-                    writeln!(
-                        f,
-                        "The most similar lines of the program, from line {}:",
-                        c.line
-                    )?;
+                    writeln!(f, "The most similar lines of the program, from line {}:", c.line)?;
                     quote(f, &c.lines)?;
                 }
                 Ok(())
             }
-            DeltaError::Ambiguous {
-                hunk,
-                hunks,
-                lines,
-                expected,
-            } => {
+            DeltaError::Ambiguous { hunk, hunks, lines, expected } => {
                 writeln!(
                     f,
                     "hunk {hunk} of {hunks} is ambiguous: it matches equally well at line {} \

@@ -34,55 +34,25 @@ pub enum Extracted {
 /// hunks, then a fence holding a program, then a bare diff, then a bare program.
 pub fn extract(reply: &str, limits: &Limits) -> Result<Extracted, DeltaError> {
     if reply.len() > limits.max_bytes {
-        return Err(DeltaError::too_large(
-            "reply",
-            "bytes",
-            reply.len(),
-            limits.max_bytes,
-        ));
+        return Err(DeltaError::too_large("reply", "bytes", reply.len(), limits.max_bytes));
     }
     // Lines keep their '\r' (so the diff keeps its endings); `bare` is for looking at them.
-    let raw: Vec<&str> = reply
-        .strip_suffix('\n')
-        .unwrap_or(reply)
-        .split('\n')
-        .collect();
+    let raw: Vec<&str> = reply.strip_suffix('\n').unwrap_or(reply).split('\n').collect();
     if raw.len() > limits.max_lines {
-        return Err(DeltaError::too_large(
-            "reply",
-            "lines",
-            raw.len(),
-            limits.max_lines,
-        ));
+        return Err(DeltaError::too_large("reply", "lines", raw.len(), limits.max_lines));
     }
-    let bare: Vec<&str> = raw
-        .iter()
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .collect();
+    let bare: Vec<&str> = raw.iter().map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
     let blocks = fences(&bare);
 
     let tagged: Vec<&Block> = blocks.iter().filter(|b| b.tagged_diff()).collect();
-    let hunked: Vec<&Block> = blocks
-        .iter()
-        .filter(|b| !b.tagged_diff() && diff_like(&bare[b.body.clone()]))
-        .collect();
+    let hunked: Vec<&Block> = blocks.iter().filter(|b| !b.tagged_diff() && diff_like(&bare[b.body.clone()])).collect();
     let chosen = if !tagged.is_empty() { tagged } else { hunked };
     if !chosen.is_empty() {
-        let diff_blocks: Vec<&Block> = chosen
-            .iter()
-            .copied()
-            .filter(|b| diff_like(&bare[b.body.clone()]))
-            .collect();
+        let diff_blocks: Vec<&Block> = chosen.iter().copied().filter(|b| diff_like(&bare[b.body.clone()])).collect();
         if diff_blocks.is_empty() {
             // A ```diff fence around a plain program: the model sent the whole thing.
-            if let Some(b) = chosen
-                .iter()
-                .rev()
-                .find(|b| program_like(&bare[b.body.clone()]))
-            {
-                return Ok(Extracted::FullProgram {
-                    text: join(&raw[b.body.clone()]),
-                });
+            if let Some(b) = chosen.iter().rev().find(|b| program_like(&bare[b.body.clone()])) {
+                return Ok(Extracted::FullProgram { text: join(&raw[b.body.clone()]) });
             }
             return Err(DeltaError::NoDiff {
                 reason: "the ```diff block holds no hunk: no @@ header and no line starting \
@@ -99,27 +69,16 @@ pub fn extract(reply: &str, limits: &Limits) -> Result<Extracted, DeltaError> {
         return diff(lines, true, prose, limits);
     }
 
-    if let Some(b) = blocks
-        .iter()
-        .rev()
-        .find(|b| program_like(&bare[b.body.clone()]))
-    {
-        return Ok(Extracted::FullProgram {
-            text: join(&raw[b.body.clone()]),
-        });
+    if let Some(b) = blocks.iter().rev().find(|b| program_like(&bare[b.body.clone()])) {
+        return Ok(Extracted::FullProgram { text: join(&raw[b.body.clone()]) });
     }
 
     if let Some(range) = bare_diff(&bare) {
-        let prose = bare[..range.start]
-            .iter()
-            .chain(&bare[range.end..])
-            .any(|l| !l.trim().is_empty());
+        let prose = bare[..range.start].iter().chain(&bare[range.end..]).any(|l| !l.trim().is_empty());
         return diff(raw[range].to_vec(), false, prose, limits);
     }
     if let Some(range) = bare_program(&bare) {
-        return Ok(Extracted::FullProgram {
-            text: join(&raw[range]),
-        });
+        return Ok(Extracted::FullProgram { text: join(&raw[range]) });
     }
     Err(DeltaError::NoDiff {
         reason: "the reply has no ```diff block, no @@ hunk header, no ---/+++ file header \
@@ -128,32 +87,15 @@ pub fn extract(reply: &str, limits: &Limits) -> Result<Extracted, DeltaError> {
     })
 }
 
-fn diff(
-    lines: Vec<&str>,
-    fenced: bool,
-    prose: bool,
-    limits: &Limits,
-) -> Result<Extracted, DeltaError> {
+fn diff(lines: Vec<&str>, fenced: bool, prose: bool, limits: &Limits) -> Result<Extracted, DeltaError> {
     let text = join(&lines);
     // Reading it now turns broken headers and limits into verdicts at extraction.
     hunk::parse(&text, limits)?;
-    let stripped: Vec<&str> = lines
-        .iter()
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .collect();
+    let stripped: Vec<&str> = lines.iter().map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
     let crlf = lines.iter().any(|l| l.ends_with('\r'));
     let hunks = stripped.iter().filter(|l| l.starts_with("@@")).count();
-    let had_headers = stripped
-        .windows(2)
-        .any(|w| w[0].starts_with("--- ") && w[1].starts_with("+++ "));
-    Ok(Extracted::Diff {
-        text,
-        hunks,
-        had_headers,
-        fenced,
-        crlf,
-        prose,
-    })
+    let had_headers = stripped.windows(2).any(|w| w[0].starts_with("--- ") && w[1].starts_with("+++ "));
+    Ok(Extracted::Diff { text, hunks, had_headers, fenced, crlf, prose })
 }
 
 fn join(lines: &[&str]) -> String {
@@ -172,10 +114,7 @@ struct Block {
 
 impl Block {
     fn tagged_diff(&self) -> bool {
-        matches!(
-            self.info.as_str(),
-            "diff" | "patch" | "udiff" | "unified-diff"
-        )
+        matches!(self.info.as_str(), "diff" | "patch" | "udiff" | "unified-diff")
     }
 }
 
@@ -195,11 +134,7 @@ fn fences(lines: &[&str]) -> Vec<Block> {
             continue;
         };
         let width = t.chars().take_while(|&c| c == fence).count();
-        let info = t[width..]
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let info = t[width..].split_whitespace().next().unwrap_or("").to_ascii_lowercase();
         let start = i + 1;
         let mut end = start;
         while end < lines.len() {
@@ -209,10 +144,7 @@ fn fences(lines: &[&str]) -> Vec<Block> {
             }
             end += 1;
         }
-        blocks.push(Block {
-            info,
-            body: start..end,
-        });
+        blocks.push(Block { info, body: start..end });
         i = end + 1;
     }
     blocks
@@ -225,9 +157,7 @@ fn is_change(l: &str) -> bool {
 /// Holds hunks: an `@@` header, a file header pair, or changed lines among context lines.
 fn diff_like(lines: &[&str]) -> bool {
     lines.iter().any(|l| l.starts_with("@@"))
-        || lines
-            .windows(2)
-            .any(|w| w[0].starts_with("--- ") && w[1].starts_with("+++ "))
+        || lines.windows(2).any(|w| w[0].starts_with("--- ") && w[1].starts_with("+++ "))
         || (lines.iter().any(|l| is_change(l)) && lines.iter().any(|l| l.starts_with(' ')))
 }
 
@@ -237,9 +167,7 @@ fn program_like(lines: &[&str]) -> bool {
 }
 
 fn is_net(l: &str) -> bool {
-    l.trim_start()
-        .strip_prefix("net")
-        .is_some_and(|r| r.trim_start().starts_with('{'))
+    l.trim_start().strip_prefix("net").is_some_and(|r| r.trim_start().starts_with('{'))
 }
 
 /// The bare diff in a reply without fences: from the first header or hunk line while lines
@@ -303,9 +231,7 @@ fn headerless_run(lines: &[&str]) -> Option<std::ops::Range<usize>> {
         }
         let run = &lines[start..i];
         let changes = run.iter().any(|l| is_change(l) && !prose_like(&l[1..]));
-        let context = run
-            .iter()
-            .any(|l| l.starts_with(' ') && !l.trim().is_empty());
+        let context = run.iter().any(|l| l.starts_with(' ') && !l.trim().is_empty());
         if changes && context && best.as_ref().is_none_or(|b| b.len() < run.len()) {
             best = Some(start..i);
         }
@@ -317,9 +243,7 @@ fn headerless_run(lines: &[&str]) -> Option<std::ops::Range<usize>> {
 /// closing brace.
 fn bare_program(lines: &[&str]) -> Option<std::ops::Range<usize>> {
     let net = lines.iter().position(|l| is_net(l))?;
-    let starts = |l: &str| {
-        l.starts_with("arch ") || l.starts_with("block ") || is_net(l) || l.starts_with('#')
-    };
+    let starts = |l: &str| l.starts_with("arch ") || l.starts_with("block ") || is_net(l) || l.starts_with('#');
     let mut start = (0..=net).find(|&i| starts(lines[i]))?;
     // Comments directly above count only when a program line follows them.
     while start < net && lines[start].starts_with('#') && lines[start + 1].trim().is_empty() {
@@ -339,16 +263,9 @@ mod tests {
 
     #[test]
     fn fenced_diff_with_prose_around() {
-        let r =
-            "Here is my change:\n```diff\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n```\nThis should help.\n";
+        let r = "Here is my change:\n```diff\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n```\nThis should help.\n";
         match ex(r) {
-            Extracted::Diff {
-                text,
-                hunks,
-                fenced,
-                prose,
-                ..
-            } => {
+            Extracted::Diff { text, hunks, fenced, prose, .. } => {
                 assert_eq!(text, "@@ -1,2 +1,2 @@\n a\n-b\n+c\n");
                 assert_eq!(hunks, 1);
                 assert!(fenced && prose);
@@ -381,23 +298,13 @@ mod tests {
     #[test]
     fn fenced_program_is_a_full_program() {
         let r = "New version:\n```arch\narch x\n\nnet {\n  relu\n}\n```\n";
-        assert_eq!(
-            ex(r),
-            Extracted::FullProgram {
-                text: "arch x\n\nnet {\n  relu\n}\n".to_string()
-            }
-        );
+        assert_eq!(ex(r), Extracted::FullProgram { text: "arch x\n\nnet {\n  relu\n}\n".to_string() });
     }
 
     #[test]
     fn bare_program_is_a_full_program() {
         let r = "Sure! Here it is.\n\narch x\nnet {\n  relu\n}\nHope that helps.\n";
-        assert_eq!(
-            ex(r),
-            Extracted::FullProgram {
-                text: "arch x\nnet {\n  relu\n}\n".to_string()
-            }
-        );
+        assert_eq!(ex(r), Extracted::FullProgram { text: "arch x\nnet {\n  relu\n}\n".to_string() });
     }
 
     #[test]
@@ -423,20 +330,13 @@ mod tests {
 
     #[test]
     fn prose_alone_is_no_diff() {
-        let e = extract(
-            "I think we should add dropout.\n- more layers\n",
-            &Limits::default(),
-        )
-        .unwrap_err();
+        let e = extract("I think we should add dropout.\n- more layers\n", &Limits::default()).unwrap_err();
         assert_eq!(e.verdict(), "no_diff");
     }
 
     #[test]
     fn oversized_reply_is_refused() {
-        let limits = Limits {
-            max_bytes: 10,
-            ..Limits::default()
-        };
+        let limits = Limits { max_bytes: 10, ..Limits::default() };
         let e = extract("@@ -1 +1 @@\n-a\n+b\n", &limits).unwrap_err();
         assert!(matches!(e, DeltaError::TooLarge { .. }));
         assert_eq!(e.verdict(), "malformed_diff");

@@ -65,45 +65,20 @@ const MAX_LINE_NUMBER: usize = 1_000_000_000;
 /// beyond guessing; lines that merely look wrong are forgiven and flagged on the hunk.
 pub(crate) fn parse<'a>(diff: &'a str, limits: &Limits) -> Result<Diff<'a>, DeltaError> {
     if diff.len() > limits.max_bytes {
-        return Err(DeltaError::too_large(
-            "diff",
-            "bytes",
-            diff.len(),
-            limits.max_bytes,
-        ));
+        return Err(DeltaError::too_large("diff", "bytes", diff.len(), limits.max_bytes));
     }
     let (lines, crlf) = split_lines(diff);
     if lines.len() > limits.max_lines {
-        return Err(DeltaError::too_large(
-            "diff",
-            "lines",
-            lines.len(),
-            limits.max_lines,
-        ));
+        return Err(DeltaError::too_large("diff", "lines", lines.len(), limits.max_lines));
     }
     let headers = lines.iter().filter(|l| l.starts_with("@@")).count();
     if headers > limits.max_hunks {
-        return Err(DeltaError::too_large(
-            "diff",
-            "hunks",
-            headers,
-            limits.max_hunks,
-        ));
+        return Err(DeltaError::too_large("diff", "hunks", headers, limits.max_hunks));
     }
 
-    let hunks = if headers == 0 {
-        vec![headerless(&lines)?]
-    } else {
-        headed(&lines)?
-    };
-    if !hunks
-        .iter()
-        .any(|h| h.lines.iter().any(|l| !matches!(l, Line::Context(_))))
-    {
-        return Err(DeltaError::malformed(
-            None,
-            "the diff changes nothing: no line starts with '+' or '-'",
-        ));
+    let hunks = if headers == 0 { vec![headerless(&lines)?] } else { headed(&lines)? };
+    if !hunks.iter().any(|h| h.lines.iter().any(|l| !matches!(l, Line::Context(_)))) {
+        return Err(DeltaError::malformed(None, "the diff changes nothing: no line starts with '+' or '-'"));
     }
     Ok(Diff { hunks, crlf })
 }
@@ -130,16 +105,13 @@ pub(crate) fn split_lines(text: &str) -> (Vec<&str>, bool) {
 
 fn is_file_header(lines: &[&str], i: usize) -> bool {
     let l = lines[i];
-    l.starts_with("diff --git ")
-        || (l.starts_with("--- ") && lines.get(i + 1).is_some_and(|n| n.starts_with("+++ ")))
+    l.starts_with("diff --git ") || (l.starts_with("--- ") && lines.get(i + 1).is_some_and(|n| n.starts_with("+++ ")))
 }
 
 /// A diff with `@@` lines: preamble before the first is skipped, each header owns the lines
 /// up to the next header or file header.
 fn headed<'a>(lines: &[&'a str]) -> Result<Vec<Hunk<'a>>, DeltaError> {
-    let starts: Vec<usize> = (0..lines.len())
-        .filter(|&i| lines[i].starts_with("@@"))
-        .collect();
+    let starts: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("@@")).collect();
     let mut hunks = Vec::with_capacity(starts.len());
     for (n, &start) in starts.iter().enumerate() {
         let limit = starts.get(n + 1).copied().unwrap_or(lines.len());
@@ -147,14 +119,11 @@ fn headed<'a>(lines: &[&'a str]) -> Result<Vec<Hunk<'a>>, DeltaError> {
         while end < limit && !is_file_header(lines, end) {
             end += 1;
         }
-        let (old, new) = header(lines[start])
-            .map_err(|e| DeltaError::malformed(Some(start + 1), format!("hunk {}: {e}", n + 1)))?;
+        let (old, new) =
+            header(lines[start]).map_err(|e| DeltaError::malformed(Some(start + 1), format!("hunk {}: {e}", n + 1)))?;
         let body = &lines[start + 1..end];
         if body.iter().all(|l| l.trim().is_empty()) {
-            return Err(DeltaError::malformed(
-                Some(start + 1),
-                format!("hunk {} has a header but no lines", n + 1),
-            ));
+            return Err(DeltaError::malformed(Some(start + 1), format!("hunk {} has a header but no lines", n + 1)));
         }
         hunks.push(hunk(old, new, body, false));
     }
@@ -171,9 +140,7 @@ fn headerless<'a>(lines: &[&'a str]) -> Result<Hunk<'a>, DeltaError> {
             || l.trim().is_empty())
     });
     let Some(first) = first else {
-        return Err(DeltaError::NoDiff {
-            reason: "the diff has no hunks".to_string(),
-        });
+        return Err(DeltaError::NoDiff { reason: "the diff has no hunks".to_string() });
     };
     let h = hunk(None, None, &lines[first..], true);
     if h.lines.iter().all(|l| matches!(l, Line::Context(_))) {
@@ -182,9 +149,7 @@ fn headerless<'a>(lines: &[&'a str]) -> Result<Hunk<'a>, DeltaError> {
         });
     }
     // Without a header, an unprefixed line is more likely prose than context.
-    let unprefixed = lines[first..]
-        .iter()
-        .any(|l| !l.is_empty() && !l.starts_with([' ', '+', '-', '\\']));
+    let unprefixed = lines[first..].iter().any(|l| !l.is_empty() && !l.starts_with([' ', '+', '-', '\\']));
     if unprefixed {
         return Err(DeltaError::malformed(
             None,
@@ -194,12 +159,7 @@ fn headerless<'a>(lines: &[&'a str]) -> Result<Hunk<'a>, DeltaError> {
     Ok(h)
 }
 
-fn hunk<'a>(
-    old: Option<(usize, usize)>,
-    new: Option<(usize, usize)>,
-    body: &[&'a str],
-    headerless: bool,
-) -> Hunk<'a> {
+fn hunk<'a>(old: Option<(usize, usize)>, new: Option<(usize, usize)>, body: &[&'a str], headerless: bool) -> Hunk<'a> {
     // Prose after a hunk ("- Swapped relu for gelu", "This should help.") is never a
     // program line, whatever its prefix: drop it before counting.
     let mut end = body.len();
@@ -251,16 +211,7 @@ fn hunk<'a>(
     } else {
         lines.truncate(trimmed);
     }
-    Hunk {
-        old,
-        new,
-        lines,
-        stated_prefix,
-        trailing,
-        recounted,
-        unprefixed: unprefixed && !headerless,
-        headerless,
-    }
+    Hunk { old, new, lines, stated_prefix, trailing, recounted, unprefixed: unprefixed && !headerless, headerless }
 }
 
 /// A diff line that is prose once its one-character prefix (if any) is taken off.
@@ -309,9 +260,7 @@ type Range = Option<(usize, usize)>;
 /// digits followed by junk are not, since they suggest a real number was garbled.
 fn header(line: &str) -> Result<(Range, Range), String> {
     if line.starts_with("@@@") {
-        return Err(
-            "a combined-diff header (@@@); only two-way unified diffs are read".to_string(),
-        );
+        return Err("a combined-diff header (@@@); only two-way unified diffs are read".to_string());
     }
     let rest = &line[2..];
     let inner = match rest.find("@@") {
@@ -369,10 +318,7 @@ mod tests {
         assert_eq!(h.old, Some((1, 2)));
         assert_eq!(h.new, Some((1, 2)));
         assert!(!h.recounted && !h.unprefixed && !h.headerless);
-        assert_eq!(
-            h.lines,
-            vec![Line::Context("a"), Line::Delete("b"), Line::Insert("c")]
-        );
+        assert_eq!(h.lines, vec![Line::Context("a"), Line::Delete("b"), Line::Insert("c")]);
     }
 
     #[test]
@@ -451,10 +397,7 @@ mod tests {
     #[test]
     fn too_many_hunks_is_refused_before_reading_them() {
         let d = "@@ -1 +1 @@\n-a\n+b\n".repeat(20);
-        let limits = Limits {
-            max_hunks: 10,
-            ..Limits::default()
-        };
+        let limits = Limits { max_hunks: 10, ..Limits::default() };
         let e = parse(&d, &limits).unwrap_err();
         assert!(matches!(e, DeltaError::TooLarge { .. }));
     }

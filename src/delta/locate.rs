@@ -25,13 +25,7 @@ impl<'a> Base<'a> {
             exact_index.entry(hash(l)).or_default().push(i);
             norm_index.entry(hash(n)).or_default().push(i);
         }
-        Base {
-            lines,
-            norm,
-            blank,
-            exact_index,
-            norm_index,
-        }
+        Base { lines, norm, blank, exact_index, norm_index }
     }
 
     pub fn len(&self) -> usize {
@@ -62,12 +56,7 @@ pub(crate) struct Pre<'a> {
 impl<'a> Pre<'a> {
     pub fn new(text: &'a str, context: bool) -> Self {
         let norm = normalize(text);
-        Pre {
-            text,
-            blank: norm.is_empty(),
-            norm,
-            context,
-        }
+        Pre { text, blank: norm.is_empty(), norm, context }
     }
 }
 
@@ -138,11 +127,8 @@ pub(crate) fn locate(
     fuzz: usize,
     work: &mut Work,
 ) -> Outcome {
-    let mut levels: Vec<Vec<(Mode, usize, usize)>> = vec![
-        vec![(Mode::Exact, 0, 0)],
-        vec![(Mode::Whitespace, 0, 0)],
-        vec![(Mode::Loose, 0, 0)],
-    ];
+    let mut levels: Vec<Vec<(Mode, usize, usize)>> =
+        vec![vec![(Mode::Exact, 0, 0)], vec![(Mode::Whitespace, 0, 0)], vec![(Mode::Loose, 0, 0)]];
     for total in 1..=2 * fuzz {
         let level: Vec<_> = (0..=total)
             .map(|f| (Mode::Loose, f, total - f))
@@ -219,9 +205,7 @@ fn candidates(
 
     let positions: Vec<usize> = match (anchor, mode) {
         (Some(k), Mode::Exact) => shifted(base.exact_index.get(&hash(core[k].text)), k, cursor),
-        (Some(k), Mode::Whitespace) => {
-            shifted(base.norm_index.get(&hash(&core[k].norm)), k, cursor)
-        }
+        (Some(k), Mode::Whitespace) => shifted(base.norm_index.get(&hash(&core[k].norm)), k, cursor),
         // Loose matching walks out from the anchor's own line.
         (Some(k), Mode::Loose) => shifted(base.norm_index.get(&hash(&core[k].norm)), 0, cursor),
         // Only blank lines: nothing to anchor on; every place is a candidate. Loose
@@ -242,26 +226,13 @@ fn candidates(
         };
         let anchor_line = align[anchor.unwrap_or(0)].unwrap_or(start);
         let key = anchor_line as isize - (lo + anchor.unwrap_or(0)) as isize;
-        let whitespace = core
-            .iter()
-            .zip(&align)
-            .any(|(p, a)| a.is_some_and(|b| base.lines[b] != p.text));
+        let whitespace = core.iter().zip(&align).any(|(p, a)| a.is_some_and(|b| base.lines[b] != p.text));
         let blank_lines = mode == Mode::Loose
             && (align.iter().any(Option::is_none)
                 || align.iter().flatten().count() != end - start
                 || (lo - front > 0 && !blanks_at(base, start, lo - front, false))
-                || (pre.len() - back - hi > 0
-                    && !blanks_at(base, end, pre.len() - back - hi, true)));
-        out.push(Found {
-            start,
-            end,
-            key,
-            front: lo,
-            align,
-            fuzz: front + back,
-            whitespace,
-            blank_lines,
-        });
+                || (pre.len() - back - hi > 0 && !blanks_at(base, end, pre.len() - back - hi, true)));
+        out.push(Found { start, end, key, front: lo, align, fuzz: front + back, whitespace, blank_lines });
     }
     Ok(())
 }
@@ -280,11 +251,7 @@ fn shifted(at: Option<&Vec<usize>>, k: usize, cursor: usize) -> Vec<usize> {
 /// Whether the `count` program lines just before `at` (or from `at` on, when `after`) are blank.
 fn blanks_at(base: &Base<'_>, at: usize, count: usize, after: bool) -> bool {
     (0..count).all(|i| {
-        let j = if after {
-            at.checked_add(i)
-        } else {
-            at.checked_sub(i + 1)
-        };
+        let j = if after { at.checked_add(i) } else { at.checked_sub(i + 1) };
         j.is_some_and(|j| base.blank.get(j).copied().unwrap_or(false))
     })
 }
@@ -307,13 +274,7 @@ fn fixed(base: &Base<'_>, core: &[Pre<'_>], s: usize, mode: Mode) -> Option<Alig
 /// The core laid on the program with its non-blank line `k` on program line `q`, skipping
 /// blank lines on either side as needed. Blank lines only ever pair with blank lines, so the
 /// greedy walk is exact.
-fn loose(
-    base: &Base<'_>,
-    core: &[Pre<'_>],
-    k: usize,
-    q: usize,
-    cursor: usize,
-) -> Option<Alignment> {
+fn loose(base: &Base<'_>, core: &[Pre<'_>], k: usize, q: usize, cursor: usize) -> Option<Alignment> {
     let n = base.len();
     if q < cursor || q >= n || base.norm[q] != core[k].norm {
         return None;
@@ -353,12 +314,7 @@ fn loose(
 
 /// The stretch of the program sharing the most (whitespace-blind) lines with `pre` at the same
 /// relative places, as (first line, lines shared); ties go to the one nearest `expected`.
-pub(crate) fn closest(
-    base: &Base<'_>,
-    pre: &[Pre<'_>],
-    expected: Option<isize>,
-    work: &mut Work,
-) -> Option<usize> {
+pub(crate) fn closest(base: &Base<'_>, pre: &[Pre<'_>], expected: Option<isize>, work: &mut Work) -> Option<usize> {
     let mut votes: HashMap<isize, usize> = HashMap::new();
     for (i, p) in pre.iter().enumerate() {
         if p.blank {
@@ -394,10 +350,7 @@ mod tests {
     }
 
     fn work() -> Work {
-        Work {
-            used: 0,
-            max: 1_000_000,
-        }
+        Work { used: 0, max: 1_000_000 }
     }
 
     fn find(b: &Base<'_>, p: &[Pre<'_>], expected: Option<isize>, fuzz: usize) -> Outcome {
@@ -416,14 +369,8 @@ mod tests {
     #[test]
     fn equal_distance_is_ambiguous() {
         let b = base("a\nb\nx\nx\na\nb\n");
-        assert!(matches!(
-            find(&b, &pre(&["a", "b"]), Some(2), 0),
-            Outcome::Ambiguous([0, 4])
-        ));
-        assert!(matches!(
-            find(&b, &pre(&["a", "b"]), None, 0),
-            Outcome::Ambiguous([0, 4])
-        ));
+        assert!(matches!(find(&b, &pre(&["a", "b"]), Some(2), 0), Outcome::Ambiguous([0, 4])));
+        assert!(matches!(find(&b, &pre(&["a", "b"]), None, 0), Outcome::Ambiguous([0, 4])));
     }
 
     #[test]
@@ -464,9 +411,6 @@ mod tests {
         let b = base(&text);
         let p = pre(&["relu"; 50]);
         let mut w = Work { used: 0, max: 1000 };
-        assert!(matches!(
-            locate(&b, &p, 50, 50, 0, None, 2, &mut w),
-            Outcome::Exhausted
-        ));
+        assert!(matches!(locate(&b, &p, 50, 50, 0, None, 2, &mut w), Outcome::Exhausted));
     }
 }

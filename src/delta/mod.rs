@@ -35,12 +35,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bytes: 1 << 20,
-            max_hunks: 10_000,
-            max_lines: 100_000,
-            max_work: 20_000_000,
-        }
+        Limits { max_bytes: 1 << 20, max_hunks: 10_000, max_lines: 100_000, max_work: 20_000_000 }
     }
 }
 
@@ -51,9 +46,6 @@ impl Default for Limits {
 pub fn apply_reply(base: &str, reply: &str, opts: ApplyOptions) -> Result<Applied, DeltaError> {
     match extract(reply, &opts.limits)? {
         Extracted::Diff { text, .. } => apply(base, &text, opts),
-        Extracted::FullProgram { text } => Ok(Applied {
-            text,
-            tolerances: vec![Tolerance::FullProgram],
-        }),
+        Extracted::FullProgram { text } => Ok(Applied { text, tolerances: vec![Tolerance::FullProgram] }),
     }
 }

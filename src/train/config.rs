@@ -160,3 +160,35 @@ impl TrainConfig {
         obj.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join("\n")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_learning_rate_warms_up_linearly_then_decays_on_a_cosine() {
+        let c = TrainConfig { lr: 0.1, warmup_steps: 4, cosine: true, ..TrainConfig::default() };
+        let lrs: Vec<f64> = (0..14).map(|s| c.lr_at(s, 14)).collect();
+        assert!((lrs[0] - 0.025).abs() < 1e-12 && (lrs[3] - 0.1).abs() < 1e-12, "{lrs:?}");
+        assert!((lrs[4] - 0.1).abs() < 1e-12, "{lrs:?}");
+        assert!((lrs[9] - 0.05).abs() < 1e-12, "halfway through the decay: {lrs:?}");
+        assert!(lrs[4..].windows(2).all(|w| w[1] < w[0]) && lrs[13] > 0.0, "{lrs:?}");
+        let flat = TrainConfig { lr: 0.1, ..TrainConfig::default() };
+        assert!((0..10).all(|s| flat.lr_at(s, 10) == 0.1));
+    }
+
+    #[test]
+    fn devices_parse_and_print_alike() {
+        for (text, device) in [
+            ("cpu", Device::Cpu),
+            ("wgpu", Device::Wgpu(None)),
+            ("wgpu:1", Device::Wgpu(Some(1))),
+            ("cuda:2", Device::Cuda(2)),
+        ] {
+            assert_eq!(text.parse::<Device>(), Ok(device));
+            assert_eq!(device.to_string(), text);
+        }
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert!("cpu:1".parse::<Device>().is_err() && "tpu".parse::<Device>().is_err());
+    }
+}

@@ -292,10 +292,41 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Device allocators report exhaustion by panicking; their messages say so.
+/// Device allocators report exhaustion by panicking; their messages say so
+/// (cubecl's launch and buffer errors, CUDA's `CUDA_ERROR_OUT_OF_MEMORY`, wgpu's).
 fn is_out_of_memory(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    ["out of memory", "outofmemory", "out_of_memory", "memory allocation", "failed to allocate", "allocation failed"]
-        .iter()
-        .any(|needle| m.contains(needle))
+    [
+        "out of memory",
+        "out-of-memory",
+        "outofmemory",
+        "out_of_memory",
+        "memory allocation",
+        "failed to allocate",
+        "allocation failed",
+        "can't allocate",
+        "cannot allocate",
+        "space to allocate",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_out_of_memory;
+
+    #[test]
+    fn device_allocation_failures_read_as_out_of_memory() {
+        for m in [
+            "An out-of-memory error happened during launch\nCaused by:\n  pool full",
+            "called `Result::unwrap()` on an `Err` value: OutOfMemory { reason: \"x\" }",
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "can't allocate buffer of size: 123",
+            "Enough space to allocate a new slice",
+        ] {
+            assert!(is_out_of_memory(m), "{m}");
+        }
+        assert!(!is_out_of_memory("index out of bounds: the len is 3 but the index is 7"));
+    }
 }

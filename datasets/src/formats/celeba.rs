@@ -20,32 +20,19 @@ pub(crate) struct Located {
 }
 
 pub(crate) fn locate(root: &Path) -> Result<Located, DataError> {
-    let located = Located {
-        partition: root.join(PARTITION),
-        attrs: root.join(ATTRS),
-        images: root.join(IMAGES_DIR),
-    };
+    let located = Located { partition: root.join(PARTITION), attrs: root.join(ATTRS), images: root.join(IMAGES_DIR) };
     for file in [&located.partition, &located.attrs] {
         if !file.is_file() {
             return Err(DataError::missing(file, ""));
         }
     }
-    images::require_dir(
-        &located.images,
-        "the folder img_align_celeba.zip unpacks to",
-    )?;
+    images::require_dir(&located.images, "the folder img_align_celeba.zip unpacks to")?;
     Ok(located)
 }
 
 fn text(path: &Path) -> Result<String, DataError> {
     String::from_utf8(read_file(path)?).map_err(|e| {
-        DataError::corrupt(
-            path,
-            format!(
-                "not text: invalid UTF-8 at byte {}",
-                e.utf8_error().valid_up_to()
-            ),
-        )
+        DataError::corrupt(path, format!("not text: invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()))
     })
 }
 
@@ -69,11 +56,7 @@ fn partition(path: &Path, split: Split) -> Result<Vec<String>, DataError> {
             _ => {
                 return Err(DataError::corrupt(
                     path,
-                    format!(
-                        "line {}: expected `<image> <0|1|2>`, found `{}`",
-                        i + 1,
-                        line.trim()
-                    ),
+                    format!("line {}: expected `<image> <0|1|2>`, found `{}`", i + 1, line.trim()),
                 ))
             }
         }
@@ -85,10 +68,7 @@ fn partition(path: &Path, split: Split) -> Result<Vec<String>, DataError> {
 /// of attribute names, then one row of +1/-1 per image.
 fn male_labels(path: &Path) -> Result<HashMap<String, bool>, DataError> {
     let text = text(path)?;
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let declared: usize = lines
         .next()
         .and_then(|(_, l)| l.trim().parse().ok())
@@ -97,18 +77,9 @@ fn male_labels(path: &Path) -> Result<HashMap<String, bool>, DataError> {
         .next()
         .map(|(_, l)| l.split_whitespace().collect())
         .ok_or_else(|| DataError::truncated(path, "ends before the line of attribute names"))?;
-    let column = names
-        .iter()
-        .position(|n| *n == LABEL_ATTRIBUTE)
-        .ok_or_else(|| {
-            DataError::corrupt(
-                path,
-                format!(
-                    "line 2: no attribute {LABEL_ATTRIBUTE} among {} names",
-                    names.len()
-                ),
-            )
-        })?;
+    let column = names.iter().position(|n| *n == LABEL_ATTRIBUTE).ok_or_else(|| {
+        DataError::corrupt(path, format!("line 2: no attribute {LABEL_ATTRIBUTE} among {} names", names.len()))
+    })?;
     let mut labels = HashMap::with_capacity(declared);
     for (i, line) in lines {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -129,20 +100,14 @@ fn male_labels(path: &Path) -> Result<HashMap<String, bool>, DataError> {
             other => {
                 return Err(DataError::corrupt(
                     path,
-                    format!(
-                        "line {}: {LABEL_ATTRIBUTE} is `{other}`, expected 1 or -1",
-                        i + 1
-                    ),
+                    format!("line {}: {LABEL_ATTRIBUTE} is `{other}`, expected 1 or -1", i + 1),
                 ))
             }
         };
         labels.insert(fields[0].to_string(), male);
     }
     if labels.len() != declared {
-        let detail = format!(
-            "header says {declared} images, file holds {} rows",
-            labels.len()
-        );
+        let detail = format!("header says {declared} images, file holds {} rows", labels.len());
         return Err(if labels.len() < declared {
             DataError::truncated(path, detail)
         } else {
@@ -159,10 +124,7 @@ pub(crate) fn decode(located: &Located, split: Split, size: usize) -> Result<Dec
     let mut labels = Vec::with_capacity(names.len());
     for name in &names {
         let male = males.get(name).ok_or_else(|| {
-            DataError::corrupt(
-                &located.attrs,
-                format!("has no row for {name}, which {PARTITION} lists"),
-            )
+            DataError::corrupt(&located.attrs, format!("has no row for {name}, which {PARTITION} lists"))
         })?;
         let path = located.images.join(name);
         // Checked before decoding starts, so a missing picture is reported

@@ -36,21 +36,13 @@ impl Variant {
 
 /// The record files of a split, in the folder the archive unpacks to (or
 /// directly under `root`), with the record count each must hold.
-pub(crate) fn locate(
-    root: &Path,
-    variant: Variant,
-    split: Split,
-) -> Result<Vec<(PathBuf, usize)>, DataError> {
+pub(crate) fn locate(root: &Path, variant: Variant, split: Split) -> Result<Vec<(PathBuf, usize)>, DataError> {
     let folder = root.join(variant.folder());
-    let dir = if folder.is_dir() {
-        folder
-    } else {
-        root.to_path_buf()
-    };
+    let dir = if folder.is_dir() { folder } else { root.to_path_buf() };
     let files: Vec<(String, usize)> = match (variant, split) {
-        (Variant::Ten, Split::Train) => (1..=5)
-            .map(|i| (format!("data_batch_{i}.bin"), RECORDS_PER_CIFAR10_FILE))
-            .collect(),
+        (Variant::Ten, Split::Train) => {
+            (1..=5).map(|i| (format!("data_batch_{i}.bin"), RECORDS_PER_CIFAR10_FILE)).collect()
+        }
         (Variant::Ten, _) => vec![("test_batch.bin".to_string(), RECORDS_PER_CIFAR10_FILE)],
         (Variant::Hundred, Split::Train) => vec![("train.bin".to_string(), 50_000)],
         (Variant::Hundred, _) => vec![("test.bin".to_string(), 10_000)],
@@ -63,10 +55,7 @@ pub(crate) fn locate(
                 Ok((path, records))
             } else {
                 // Name the path inside the archive's folder: that is where a fetch puts it.
-                Err(DataError::missing(
-                    &root.join(variant.folder()).join(&name),
-                    "",
-                ))
+                Err(DataError::missing(&root.join(variant.folder()).join(&name), ""))
             }
         })
         .collect()
@@ -75,11 +64,7 @@ pub(crate) fn locate(
 /// Reads the record files in order. With `check_counts`, each file must
 /// hold the number of records the release has, which catches a file cut
 /// exactly at a record boundary.
-pub(crate) fn decode(
-    files: &[(PathBuf, usize)],
-    variant: Variant,
-    check_counts: bool,
-) -> Result<Decoded, DataError> {
+pub(crate) fn decode(files: &[(PathBuf, usize)], variant: Variant, check_counts: bool) -> Result<Decoded, DataError> {
     let record = variant.record_len();
     let mut images = Vec::new();
     let mut labels = Vec::new();
@@ -99,9 +84,7 @@ pub(crate) fn decode(
             ));
         }
         if check_counts && whole != *published {
-            let detail = format!(
-                "holds {whole} records of {record} bytes, the published file has {published}"
-            );
+            let detail = format!("holds {whole} records of {record} bytes, the published file has {published}");
             return Err(if whole < *published {
                 DataError::truncated(path, detail)
             } else {
@@ -126,23 +109,11 @@ pub(crate) fn decode(
     Ok(Decoded { images, labels })
 }
 
-fn check_label(
-    path: &Path,
-    record: usize,
-    label: u8,
-    classes: u8,
-    what: &str,
-) -> Result<u16, DataError> {
+fn check_label(path: &Path, record: usize, label: u8, classes: u8, what: &str) -> Result<u16, DataError> {
     if label < classes {
         Ok(u16::from(label))
     } else {
-        Err(DataError::corrupt(
-            path,
-            format!(
-                "record {record}: {what} {label} is out of range 0..={}",
-                classes - 1
-            ),
-        ))
+        Err(DataError::corrupt(path, format!("record {record}: {what} {label} is out of range 0..={}", classes - 1)))
     }
 }
 

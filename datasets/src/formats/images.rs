@@ -12,9 +12,7 @@ use crate::error::DataError;
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 fn is_hidden(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
 }
 
 fn is_image(path: &Path) -> bool {
@@ -72,19 +70,12 @@ pub(crate) fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
         .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
         .collect();
     if names.is_empty() {
-        return Err(DataError::corrupt(
-            dir,
-            "holds no class folders (expected <class>/<image> inside)",
-        ));
+        return Err(DataError::corrupt(dir, "holds no class folders (expected <class>/<image> inside)"));
     }
     if names.len() > usize::from(u16::MAX) {
         return Err(DataError::unsupported(
             dir,
-            format!(
-                "{} class folders; at most {} are supported",
-                names.len(),
-                u16::MAX
-            ),
+            format!("{} class folders; at most {} are supported", names.len(), u16::MAX),
         ));
     }
     Ok(names)
@@ -93,25 +84,16 @@ pub(crate) fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
 /// The images of a split folder with their labels: the label of an image is
 /// the index in `classes` of the class folder it sits in. A class folder
 /// that is not in `classes` or holds no image is an error.
-pub(crate) fn list_split(
-    split_dir: &Path,
-    classes: &[String],
-) -> Result<Vec<(PathBuf, u16)>, DataError> {
+pub(crate) fn list_split(split_dir: &Path, classes: &[String]) -> Result<Vec<(PathBuf, u16)>, DataError> {
     let mut items = Vec::new();
     for class in class_folders(split_dir)? {
         let label = classes.iter().position(|c| *c == class).ok_or_else(|| {
-            DataError::corrupt(
-                split_dir,
-                format!("class folder {class} is not one of the training classes"),
-            )
+            DataError::corrupt(split_dir, format!("class folder {class} is not one of the training classes"))
         })?;
         let class_dir = split_dir.join(&class);
         let files = walk(&class_dir)?;
         if files.is_empty() {
-            return Err(DataError::corrupt(
-                &class_dir,
-                "holds no .jpg, .jpeg or .png image",
-            ));
+            return Err(DataError::corrupt(&class_dir, "holds no .jpg, .jpeg or .png image"));
         }
         items.extend(files.into_iter().map(|f| (f, label as u16)));
     }
@@ -127,9 +109,7 @@ pub(crate) fn decode_all(paths: &[&Path], size: usize) -> Result<Vec<u8>, DataEr
     if paths.is_empty() {
         return Ok(images);
     }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(paths.len());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(paths.len());
     let per_thread = paths.len().div_ceil(threads);
     let results: Vec<Result<(), DataError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = paths
@@ -147,11 +127,7 @@ pub(crate) fn decode_all(paths: &[&Path], size: usize) -> Result<Vec<u8>, DataEr
         handles
             .into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(DataError::Invalid(
-                        "an image decoding thread panicked".to_string(),
-                    ))
-                })
+                h.join().unwrap_or_else(|_| Err(DataError::Invalid("an image decoding thread panicked".to_string())))
             })
             .collect()
     });
@@ -168,10 +144,7 @@ pub(crate) fn decode_all(paths: &[&Path], size: usize) -> Result<Vec<u8>, DataEr
 pub(crate) fn decode_square(path: &Path, size: usize, out: &mut [u8]) -> Result<(), DataError> {
     let data = read_file(path)?;
     if data.starts_with(&[0xff, 0xd8]) && !jpeg_has_end(&data) {
-        return Err(DataError::truncated(
-            path,
-            "the JPEG data ends before its end-of-image marker",
-        ));
+        return Err(DataError::truncated(path, "the JPEG data ends before its end-of-image marker"));
     }
     let img = image::ImageReader::new(std::io::Cursor::new(&data))
         .with_guessed_format()
@@ -186,11 +159,7 @@ pub(crate) fn decode_square(path: &Path, size: usize, out: &mut [u8]) -> Result<
     }
     let square = imageops::crop_imm(&img, (w - side) / 2, (h - side) / 2, side, side).to_image();
     let target = size as u32;
-    let square = if side == target {
-        square
-    } else {
-        imageops::resize(&square, target, target, FilterType::Triangle)
-    };
+    let square = if side == target { square } else { imageops::resize(&square, target, target, FilterType::Triangle) };
     let plane = size * size;
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);

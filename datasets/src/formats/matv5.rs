@@ -97,10 +97,7 @@ pub(crate) fn read(path: &Path) -> Result<Vec<MatVar>, DataError> {
         if left < 8 {
             return Err(DataError::truncated(
                 path,
-                format!(
-                    "the data element at byte {pos} is cut off inside its 8-byte tag ({} left)",
-                    bytes(left)
-                ),
+                format!("the data element at byte {pos} is cut off inside its 8-byte tag ({} left)", bytes(left)),
             ));
         }
         let ty = endian.u32(&data[pos..]);
@@ -124,20 +121,23 @@ pub(crate) fn read(path: &Path) -> Result<Vec<MatVar>, DataError> {
         let body = &data[body_start..body_start + size];
         match ty {
             MI_MATRIX => vars.push(
-                matrix(endian, body)
-                    .map_err(|e| DataError::corrupt(path, format!("matrix at byte {pos}: {e}")))?,
+                matrix(endian, body).map_err(|e| DataError::corrupt(path, format!("matrix at byte {pos}: {e}")))?,
             ),
             MI_COMPRESSED => {
                 let inner = inflate(body).map_err(|e| match e {
                     Inflate::Truncated(out) => DataError::truncated(
                         path,
-                        format!("the compressed element at byte {pos} ends before its zlib stream does ({} inflated)", bytes(out)),
+                        format!(
+                            "the compressed element at byte {pos} ends before its zlib stream does ({} inflated)",
+                            bytes(out)
+                        ),
                     ),
-                    Inflate::Corrupt(msg) => DataError::corrupt(path, format!("the compressed element at byte {pos}: {msg}")),
+                    Inflate::Corrupt(msg) => {
+                        DataError::corrupt(path, format!("the compressed element at byte {pos}: {msg}"))
+                    }
                 })?;
-                let var = compressed_matrix(endian, &inner).map_err(|e| {
-                    DataError::corrupt(path, format!("the compressed element at byte {pos}: {e}"))
-                })?;
+                let var = compressed_matrix(endian, &inner)
+                    .map_err(|e| DataError::corrupt(path, format!("the compressed element at byte {pos}: {e}")))?;
                 if let Some(var) = var {
                     vars.push(var);
                 }
@@ -146,12 +146,7 @@ pub(crate) fn read(path: &Path) -> Result<Vec<MatVar>, DataError> {
         }
         // Compressed elements are not padded; every other element is padded
         // to 8 bytes (a matrix's own size is already a multiple of 8).
-        pos = body_start
-            + if ty == MI_COMPRESSED {
-                size
-            } else {
-                size.next_multiple_of(8)
-            };
+        pos = body_start + if ty == MI_COMPRESSED { size } else { size.next_multiple_of(8) };
     }
     Ok(vars)
 }
@@ -160,18 +155,12 @@ fn check_header(path: &Path, data: &[u8]) -> Result<Endian, DataError> {
     if data.len() < HEADER_LEN {
         return Err(DataError::truncated(
             path,
-            format!(
-                "holds {}, fewer than the {HEADER_LEN}-byte MAT-file header",
-                bytes(data.len())
-            ),
+            format!("holds {}, fewer than the {HEADER_LEN}-byte MAT-file header", bytes(data.len())),
         ));
     }
     let text = &data[..116];
     if !text.starts_with(b"MATLAB") {
-        return Err(DataError::corrupt(
-            path,
-            "not a MATLAB MAT-file: the header does not start with \"MATLAB\"",
-        ));
+        return Err(DataError::corrupt(path, "not a MATLAB MAT-file: the header does not start with \"MATLAB\""));
     }
     let endian = match &data[126..128] {
         b"IM" => Endian { big: false },
@@ -179,10 +168,7 @@ fn check_header(path: &Path, data: &[u8]) -> Result<Endian, DataError> {
         other => {
             return Err(DataError::corrupt(
                 path,
-                format!(
-                    "the header's byte-order mark is {:02x} {:02x}, not \"IM\" or \"MI\"",
-                    other[0], other[1]
-                ),
+                format!("the header's byte-order mark is {:02x} {:02x}, not \"IM\" or \"MI\"", other[0], other[1]),
             ))
         }
     };
@@ -231,9 +217,7 @@ fn inflate(input: &[u8]) -> Result<Vec<u8>, Inflate> {
             return Err(Inflate::Truncated(out.len()));
         }
         if stalled && out.len() < out.capacity() {
-            return Err(Inflate::Corrupt(
-                "zlib stream makes no progress".to_string(),
-            ));
+            return Err(Inflate::Corrupt("zlib stream makes no progress".to_string()));
         }
     }
 }
@@ -241,10 +225,7 @@ fn inflate(input: &[u8]) -> Result<Vec<u8>, Inflate> {
 /// The element inside a compressed one: a matrix, or nothing of interest.
 fn compressed_matrix(endian: Endian, inner: &[u8]) -> Result<Option<MatVar>, String> {
     if inner.len() < 8 {
-        return Err(format!(
-            "inflates to {}, less than one element tag",
-            bytes(inner.len())
-        ));
+        return Err(format!("inflates to {}, less than one element tag", bytes(inner.len())));
     }
     let ty = endian.u32(inner);
     if ty != MI_MATRIX {
@@ -252,11 +233,7 @@ fn compressed_matrix(endian: Endian, inner: &[u8]) -> Result<Option<MatVar>, Str
     }
     let size = endian.u32(&inner[4..]) as usize;
     if size > inner.len() - 8 {
-        return Err(format!(
-            "its matrix says it holds {}, only {} inflated",
-            bytes(size),
-            bytes(inner.len() - 8)
-        ));
+        return Err(format!("its matrix says it holds {}, only {} inflated", bytes(size), bytes(inner.len() - 8)));
     }
     matrix(endian, &inner[8..8 + size]).map(Some)
 }
@@ -266,66 +243,40 @@ fn matrix(endian: Endian, body: &[u8]) -> Result<MatVar, String> {
     let mut pos = 0;
     let (ty, flags) = sub_element(endian, body, &mut pos)?;
     if ty != MI_UINT32 || flags.len() < 8 {
-        return Err(format!(
-            "array flags have data type {ty} and {}, expected uint32 and 8 bytes",
-            bytes(flags.len())
-        ));
+        return Err(format!("array flags have data type {ty} and {}, expected uint32 and 8 bytes", bytes(flags.len())));
     }
     let flags = endian.u32(flags);
     let class = (flags & 0xff) as u8;
     let (ty, dims) = sub_element(endian, body, &mut pos)?;
     if ty != MI_INT32 || dims.len() % 4 != 0 {
-        return Err(format!(
-            "dimensions have data type {ty} and {}, expected int32",
-            bytes(dims.len())
-        ));
+        return Err(format!("dimensions have data type {ty} and {}, expected int32", bytes(dims.len())));
     }
     let dims: Vec<usize> = dims
         .chunks_exact(4)
-        .map(|d| {
-            usize::try_from(endian.u32(d) as i32).map_err(|_| "a dimension is negative".to_string())
-        })
+        .map(|d| usize::try_from(endian.u32(d) as i32).map_err(|_| "a dimension is negative".to_string()))
         .collect::<Result<_, _>>()?;
     let (ty, name) = sub_element(endian, body, &mut pos)?;
     if ty != MI_INT8 && ty != MI_UTF8 {
         return Err(format!("the array name has data type {ty}, expected int8"));
     }
     let name = String::from_utf8_lossy(name).into_owned();
-    let skipped = |why| {
-        Ok(MatVar {
-            name: name.clone(),
-            class,
-            dims: dims.clone(),
-            data: MatData::Skipped(why),
-        })
-    };
+    let skipped = |why| Ok(MatVar { name: name.clone(), class, dims: dims.clone(), data: MatData::Skipped(why) });
     if !(MX_DOUBLE..=15).contains(&class) {
         return skipped("not a numeric array (cell, struct, object, char or sparse)");
     }
     if flags & COMPLEX_FLAG != 0 {
         return skipped("a complex array");
     }
-    let count = dims
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or("dimensions overflow")?;
+    let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or("dimensions overflow")?;
     let (ty, real) = sub_element(endian, body, &mut pos)?;
     let width = match ty {
         MI_INT8 | MI_UINT8 => 1,
         MI_INT16 | MI_UINT16 => 2,
         MI_INT32 | MI_UINT32 | MI_SINGLE => 4,
         MI_DOUBLE | MI_INT64 | MI_UINT64 => 8,
-        _ => {
-            return Err(format!(
-                "variable {name}: its data has type {ty}, which is not numeric"
-            ))
-        }
+        _ => return Err(format!("variable {name}: its data has type {ty}, which is not numeric")),
     };
-    let shape = dims
-        .iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join("x");
+    let shape = dims.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
     if real.len() != count * width {
         return Err(format!(
             "variable {name}: dimensions {shape} need {count} values of {}, the data holds {}",
@@ -351,35 +302,22 @@ fn matrix(endian: Endian, body: &[u8]) -> Result<MatVar, String> {
                 .collect(),
         ),
     };
-    Ok(MatVar {
-        name,
-        class,
-        dims,
-        data,
-    })
+    Ok(MatVar { name, class, dims, data })
 }
 
 /// Reads one sub-element at `pos` and moves `pos` past it (and its padding).
 /// A tag whose upper half is non-zero is the "small data element" form: up
 /// to four bytes of data packed into the tag's second word.
-fn sub_element<'a>(
-    endian: Endian,
-    body: &'a [u8],
-    pos: &mut usize,
-) -> Result<(u32, &'a [u8]), String> {
+fn sub_element<'a>(endian: Endian, body: &'a [u8], pos: &mut usize) -> Result<(u32, &'a [u8]), String> {
     let at = *pos;
     if body.len().saturating_sub(at) < 8 {
-        return Err(format!(
-            "a sub-element tag at byte {at} runs past the end of the matrix"
-        ));
+        return Err(format!("a sub-element tag at byte {at} runs past the end of the matrix"));
     }
     let first = endian.u32(&body[at..]);
     if first >> 16 != 0 {
         let len = (first >> 16) as usize;
         if len > 4 {
-            return Err(format!(
-                "a small data element at byte {at} claims {len} bytes, at most 4 fit"
-            ));
+            return Err(format!("a small data element at byte {at} claims {len} bytes, at most 4 fit"));
         }
         *pos = at + 8;
         return Ok((first & 0xffff, &body[at + 4..at + 4 + len]));

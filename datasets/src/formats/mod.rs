@@ -43,21 +43,13 @@ pub(crate) fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
     }
     let mut out = Vec::with_capacity(bytes.len() * 4);
     // MultiGzDecoder so that a file of concatenated members reads whole, as gunzip does.
-    flate2::read::MultiGzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                DataError::truncated(
-                    path,
-                    format!(
-                        "gzip stream ends early after {} bytes of content",
-                        out.len()
-                    ),
-                )
-            } else {
-                DataError::corrupt(path, format!("gzip stream: {e}"))
-            }
-        })?;
+    flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            DataError::truncated(path, format!("gzip stream ends early after {} bytes of content", out.len()))
+        } else {
+            DataError::corrupt(path, format!("gzip stream: {e}"))
+        }
+    })?;
     Ok(out)
 }
 

@@ -10,8 +10,7 @@ use crate::{fixture_options, message};
 
 fn load_err(name: &str, root: &Path, split: Split) -> String {
     let opts = fixture_options(&root.join(".cache-for-test"));
-    let err =
-        load_with(name.parse().unwrap(), root, split, &opts).expect_err("the load should fail");
+    let err = load_with(name.parse().unwrap(), root, split, &opts).expect_err("the load should fail");
     message(err, root)
 }
 
@@ -22,14 +21,8 @@ fn unknown_names_and_splits_say_what_exists() {
         load("mnits", root, Split::Train).unwrap_err().to_string(),
         "unknown dataset `mnits`; known datasets: mnist, fashion-mnist, cifar10, cifar100, svhn, imagenette, celeba, imagefolder[:SIZE]"
     );
-    assert_eq!(
-        load("mnist", root, Split::Val).unwrap_err().to_string(),
-        "mnist has no val split; it has: train, test"
-    );
-    assert_eq!(
-        "dev".parse::<Split>().unwrap_err().to_string(),
-        "unknown split `dev`; splits are train, test and val"
-    );
+    assert_eq!(load("mnist", root, Split::Val).unwrap_err().to_string(), "mnist has no val split; it has: train, test");
+    assert_eq!("dev".parse::<Split>().unwrap_err().to_string(), "unknown split `dev`; splits are train, test and val");
     assert_eq!(
         "imagefolder:4".parse::<DatasetName>().unwrap_err().to_string(),
         "unknown dataset `imagefolder:4`; known datasets: imagefolder:SIZE takes a SIZE from 8 to 512"
@@ -77,11 +70,7 @@ fn an_idx_file_shorter_than_its_header_says_is_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     fixtures::write_mnist(root, "train", 3, false);
-    fs::write(
-        root.join("train-images-idx3-ubyte"),
-        idx(&[60000, 28, 28], &[0; 1234]),
-    )
-    .unwrap();
+    fs::write(root.join("train-images-idx3-ubyte"), idx(&[60000, 28, 28], &[0; 1234])).unwrap();
     assert_eq!(
         load_err("mnist", root, Split::Train),
         "<root>/train-images-idx3-ubyte: truncated: header says 60000 images of 28x28, file holds 1234 bytes of pixel data"
@@ -97,12 +86,7 @@ fn a_cut_gzip_file_is_truncated_not_short() {
     let data = fs::read(&path).unwrap();
     fs::write(&path, &data[..data.len() / 2]).unwrap();
     let msg = load_err("mnist", root, Split::Test);
-    assert!(
-        msg.starts_with(
-            "<root>/t10k-images-idx3-ubyte.gz: truncated: gzip stream ends early after "
-        ),
-        "{msg}"
-    );
+    assert!(msg.starts_with("<root>/t10k-images-idx3-ubyte.gz: truncated: gzip stream ends early after "), "{msg}");
 }
 
 #[test]
@@ -157,10 +141,7 @@ fn a_split_smaller_than_published_is_refused_unless_asked() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     fixtures::write_mnist(root, "train", 20, true);
-    let opts = LoadOptions {
-        cache_dir: Some(root.join("c")),
-        ..LoadOptions::default()
-    };
+    let opts = LoadOptions { cache_dir: Some(root.join("c")), ..LoadOptions::default() };
     let err = load_with(DatasetName::Mnist, root, Split::Train, &opts).unwrap_err();
     assert_eq!(
         message(err, root),
@@ -206,10 +187,7 @@ fn mat_file_damage_is_reported_with_its_place() {
 
     fs::write(&path, &good[..good.len() - 40]).unwrap();
     let msg = load_err("svhn", root, Split::Train);
-    assert!(
-        msg.starts_with("<root>/train_32x32.mat: truncated: the data element at byte "),
-        "{msg}"
-    );
+    assert!(msg.starts_with("<root>/train_32x32.mat: truncated: the data element at byte "), "{msg}");
 
     fs::write(&path, &good[..60]).unwrap();
     assert_eq!(
@@ -224,10 +202,7 @@ fn mat_file_damage_is_reported_with_its_place() {
     }
     fs::write(&path, &bad).unwrap();
     let msg = load_err("svhn", root, Split::Train);
-    assert!(
-        msg.starts_with("<root>/train_32x32.mat: corrupt: the compressed element at byte 128: "),
-        "{msg}"
-    );
+    assert!(msg.starts_with("<root>/train_32x32.mat: corrupt: the compressed element at byte 128: "), "{msg}");
 
     let mut v73 = good.clone();
     v73[..10].copy_from_slice(b"MATLAB 7.3");
@@ -253,13 +228,7 @@ fn svhn_content_errors_name_the_variable() {
     let root = dir.path();
     let path = root.join("test_32x32.mat");
     let mut only_x = fixtures::mat_header();
-    only_x.extend(fixtures::mat_matrix(
-        "X",
-        fixtures::MX_UINT8,
-        &[32, 32, 3, 1],
-        fixtures::MI_UINT8,
-        &[0; 3072],
-    ));
+    only_x.extend(fixtures::mat_matrix("X", fixtures::MX_UINT8, &[32, 32, 3, 1], fixtures::MI_UINT8, &[0; 3072]));
     fs::write(&path, &only_x).unwrap();
     assert_eq!(
         load_err("svhn", root, Split::Test),
@@ -271,13 +240,7 @@ fn svhn_content_errors_name_the_variable() {
         "<root>/test_32x32.mat: corrupt: label 11 of image 1 is not a digit label 1..=10"
     );
     let mut short_x = fixtures::mat_header();
-    short_x.extend(fixtures::mat_matrix(
-        "X",
-        fixtures::MX_UINT8,
-        &[32, 32, 3, 2],
-        fixtures::MI_UINT8,
-        &[0; 3072],
-    ));
+    short_x.extend(fixtures::mat_matrix("X", fixtures::MX_UINT8, &[32, 32, 3, 2], fixtures::MI_UINT8, &[0; 3072]));
     fs::write(&path, &short_x).unwrap();
     assert_eq!(
         load_err("svhn", root, Split::Test),
@@ -299,10 +262,7 @@ fn a_cut_or_undecodable_image_stops_the_load_with_its_path() {
     );
     fs::write(&victim, b"not an image at all").unwrap();
     let msg = load_err("imagefolder:16", root, Split::Train);
-    assert!(
-        msg.starts_with("<root>/train/b/b_1.JPEG: corrupt: cannot decode the image: "),
-        "{msg}"
-    );
+    assert!(msg.starts_with("<root>/train/b/b_1.JPEG: corrupt: cannot decode the image: "), "{msg}");
 
     fs::remove_file(&victim).unwrap();
     fs::create_dir_all(root.join("train/c")).unwrap();
@@ -333,14 +293,7 @@ fn an_image_folder_without_a_test_or_val_folder_says_so() {
 fn imagenette_with_other_class_folders_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    fixtures::write_image_tree(
-        &root.join("imagenette2-320"),
-        "train",
-        &["cats", "dogs"],
-        1,
-        20,
-        20,
-    );
+    fixtures::write_image_tree(&root.join("imagenette2-320"), "train", &["cats", "dogs"], 1, 20, 20);
     assert_eq!(
         load_err("imagenette", root, Split::Train),
         "<root>/imagenette2-320/train: corrupt: class folders are cats, dogs; ImageNette's are n01440764, n02102040, n02979186, n03000684, n03028079, n03394916, n03417042, n03425413, n03445777, n03888257"
@@ -367,11 +320,7 @@ fn celeba_list_problems_name_the_file_and_line() {
         "<root>/list_attr_celeba.txt: truncated: header says 6 images, file holds 3 rows"
     );
 
-    fs::write(
-        root.join("list_eval_partition.txt"),
-        "000001.jpg 0\n000002.jpg three\n",
-    )
-    .unwrap();
+    fs::write(root.join("list_eval_partition.txt"), "000001.jpg 0\n000002.jpg three\n").unwrap();
     assert_eq!(
         load_err("celeba", root, Split::Val),
         "<root>/list_eval_partition.txt: corrupt: line 2: expected `<image> <0|1|2>`, found `000002.jpg three`"
@@ -381,13 +330,7 @@ fn celeba_list_problems_name_the_file_and_line() {
 #[test]
 fn errors_are_values_the_caller_can_match() {
     let dir = tempfile::tempdir().unwrap();
-    let err = load_with(
-        DatasetName::Cifar100,
-        dir.path(),
-        Split::Train,
-        &LoadOptions::default(),
-    )
-    .unwrap_err();
+    let err = load_with(DatasetName::Cifar100, dir.path(), Split::Train, &LoadOptions::default()).unwrap_err();
     assert!(
         matches!(err, DataError::Missing { ref path, .. } if path.ends_with("cifar-100-binary/train.bin")),
         "{err:?}"

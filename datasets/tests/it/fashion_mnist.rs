@@ -16,10 +16,7 @@ fn real_fashion_mnist_has_the_published_counts_classes_and_statistics() {
     );
     // The package's folder is not ours to write in.
     let cache = tempfile::tempdir().unwrap();
-    let opts = LoadOptions {
-        cache_dir: Some(cache.path().to_path_buf()),
-        ..LoadOptions::default()
-    };
+    let opts = LoadOptions { cache_dir: Some(cache.path().to_path_buf()), ..LoadOptions::default() };
 
     let train = load_with(DatasetName::FashionMnist, root, Split::Train, &opts).unwrap();
     let test = load_with(DatasetName::FashionMnist, root, Split::Test, &opts).unwrap();
@@ -32,16 +29,8 @@ fn real_fashion_mnist_has_the_published_counts_classes_and_statistics() {
     // The normalisation constants are the training split's own statistics.
     let (mean, std) = train.pixel_stats();
     let norm = DatasetName::FashionMnist.normalization();
-    assert!(
-        (mean[0] - f64::from(norm.mean[0])).abs() < 5e-4,
-        "mean {}",
-        mean[0]
-    );
-    assert!(
-        (std[0] - f64::from(norm.std[0])).abs() < 5e-4,
-        "std {}",
-        std[0]
-    );
+    assert!((mean[0] - f64::from(norm.mean[0])).abs() < 5e-4, "mean {}", mean[0]);
+    assert!((std[0] - f64::from(norm.std[0])).abs() < 5e-4, "std {}", std[0]);
 
     let again = load_with(DatasetName::FashionMnist, root, Split::Train, &opts).unwrap();
     assert_eq!(again.cache, CacheStatus::Hit);

@@ -55,14 +55,8 @@ pub fn write_mnist(root: &Path, prefix: &str, count: usize, gz: bool) {
     let images: Vec<u8> = (0..count).flat_map(|n| sample(n, 1, 28)).collect();
     let labels: Vec<u8> = (0..count).map(|n| (n % 10) as u8).collect();
     let files = [
-        (
-            format!("{prefix}-images-idx3-ubyte"),
-            idx(&[count as u32, 28, 28], &images),
-        ),
-        (
-            format!("{prefix}-labels-idx1-ubyte"),
-            idx(&[count as u32], &labels),
-        ),
+        (format!("{prefix}-images-idx3-ubyte"), idx(&[count as u32, 28, 28], &images)),
+        (format!("{prefix}-labels-idx1-ubyte"), idx(&[count as u32], &labels)),
     ];
     for (name, data) in files {
         if gz {
@@ -101,11 +95,7 @@ pub fn write_cifar10(root: &Path, per_file: usize) {
     let dir = root.join("cifar-10-batches-bin");
     fs::create_dir_all(&dir).unwrap();
     for i in 0..5 {
-        fs::write(
-            dir.join(format!("data_batch_{}.bin", i + 1)),
-            cifar10_records(i * per_file, per_file),
-        )
-        .unwrap();
+        fs::write(dir.join(format!("data_batch_{}.bin", i + 1)), cifar10_records(i * per_file, per_file)).unwrap();
     }
     fs::write(dir.join("test_batch.bin"), cifar10_records(1000, per_file)).unwrap();
 }
@@ -151,10 +141,7 @@ pub fn mat_matrix(name: &str, class: u8, dims: &[u32], data_type: u32, data: &[u
     flags.extend_from_slice(&u32::from(class).to_le_bytes());
     flags.extend_from_slice(&0u32.to_le_bytes());
     body.extend(element(MI_UINT32, &flags));
-    let dims: Vec<u8> = dims
-        .iter()
-        .flat_map(|d| (*d as i32).to_le_bytes())
-        .collect();
+    let dims: Vec<u8> = dims.iter().flat_map(|d| (*d as i32).to_le_bytes()).collect();
     body.extend(element(MI_INT32, &dims));
     if name.len() <= 4 {
         body.extend_from_slice(&(((name.len() as u32) << 16) | MI_INT8).to_le_bytes());
@@ -180,8 +167,7 @@ pub fn mat_compressed(element: &[u8]) -> Vec<u8> {
 
 /// The 128-byte header of a level-5 MAT-file written on a little-endian machine.
 pub fn mat_header() -> Vec<u8> {
-    let mut text =
-        b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024".to_vec();
+    let mut text = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024".to_vec();
     text.resize(116, b' ');
     text.extend_from_slice(&[0; 8]);
     text.extend_from_slice(&0x0100u16.to_le_bytes());
@@ -211,19 +197,12 @@ pub fn svhn_mat(labels: &[u8], compressed: bool, y_as_uint8: bool) -> Vec<u8> {
     let y = if y_as_uint8 {
         mat_matrix("y", MX_DOUBLE, &[n as u32, 1], MI_UINT8, labels)
     } else {
-        let bytes: Vec<u8> = labels
-            .iter()
-            .flat_map(|&l| f64::from(l).to_le_bytes())
-            .collect();
+        let bytes: Vec<u8> = labels.iter().flat_map(|&l| f64::from(l).to_le_bytes()).collect();
         mat_matrix("y", MX_DOUBLE, &[n as u32, 1], MI_DOUBLE, &bytes)
     };
     let mut out = mat_header();
     for var in [x, y] {
-        out.extend(if compressed {
-            mat_compressed(&var)
-        } else {
-            var
-        });
+        out.extend(if compressed { mat_compressed(&var) } else { var });
     }
     out
 }
@@ -231,12 +210,7 @@ pub fn svhn_mat(labels: &[u8], compressed: bool, y_as_uint8: bool) -> Vec<u8> {
 pub fn jpeg(img: &RgbImage) -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
         .unwrap();
     out
 }
@@ -244,12 +218,7 @@ pub fn jpeg(img: &RgbImage) -> Vec<u8> {
 pub fn png(img: &RgbImage) -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
         .unwrap();
     out
 }
@@ -260,32 +229,17 @@ pub fn solid(w: u32, h: u32, colour: [u8; 3]) -> RgbImage {
 
 /// A colour per class, far apart so JPEG loss cannot blur one into another.
 pub fn class_colour(class: usize) -> [u8; 3] {
-    [
-        (class * 40 % 256) as u8,
-        (255 - class * 25) as u8,
-        ((class * 90 + 30) % 256) as u8,
-    ]
+    [(class * 40 % 256) as u8, (255 - class * 25) as u8, ((class * 90 + 30) % 256) as u8]
 }
 
 /// `root/<split>/<class>/<i>.JPEG`, `per_class` solid images per class of
 /// `w` x `h`, coloured by [`class_colour`].
-pub fn write_image_tree(
-    root: &Path,
-    split: &str,
-    classes: &[&str],
-    per_class: usize,
-    w: u32,
-    h: u32,
-) {
+pub fn write_image_tree(root: &Path, split: &str, classes: &[&str], per_class: usize, w: u32, h: u32) {
     for (c, class) in classes.iter().enumerate() {
         let dir = root.join(split).join(class);
         fs::create_dir_all(&dir).unwrap();
         for i in 0..per_class {
-            fs::write(
-                dir.join(format!("{class}_{i}.JPEG")),
-                jpeg(&solid(w, h, class_colour(c))),
-            )
-            .unwrap();
+            fs::write(dir.join(format!("{class}_{i}.JPEG")), jpeg(&solid(w, h, class_colour(c)))).unwrap();
         }
     }
 }

@@ -19,21 +19,13 @@ fn mnist_idx_reads_the_same_samples_raw_and_gzipped() {
         fixtures::write_mnist(&root, "train", 25, gz);
         fixtures::write_mnist(&root, "t10k", 7, gz);
         let opts = fixture_options(&dir.path().join(format!("cache-{sub}")));
-        let train = load_with(DatasetName::Mnist, &root, Split::Train, &opts)
-            .unwrap()
-            .dataset;
-        let test = load_with(DatasetName::Mnist, &root, Split::Test, &opts)
-            .unwrap()
-            .dataset;
+        let train = load_with(DatasetName::Mnist, &root, Split::Train, &opts).unwrap().dataset;
+        let test = load_with(DatasetName::Mnist, &root, Split::Test, &opts).unwrap().dataset;
         assert_eq!((train.len(), test.len()), (25, 7));
         assert_eq!(train.shape(), [1, 28, 28]);
         assert_eq!(train.classes(), 10);
         for n in [0, 13, 24] {
-            assert_eq!(
-                train.image(n).unwrap(),
-                &sample(n, 1, 28)[..],
-                "{sub} sample {n}"
-            );
+            assert_eq!(train.image(n).unwrap(), &sample(n, 1, 28)[..], "{sub} sample {n}");
             assert_eq!(train.labels()[n], (n % 10) as u16);
         }
     }
@@ -43,14 +35,9 @@ fn mnist_idx_reads_the_same_samples_raw_and_gzipped() {
 fn fashion_mnist_reads_idx_like_mnist_with_its_own_classes() {
     let dir = tmp();
     fixtures::write_mnist(dir.path(), "train", 10, true);
-    let ds = load_with(
-        DatasetName::FashionMnist,
-        dir.path(),
-        Split::Train,
-        &fixture_options(&dir.path().join("c")),
-    )
-    .unwrap()
-    .dataset;
+    let ds = load_with(DatasetName::FashionMnist, dir.path(), Split::Train, &fixture_options(&dir.path().join("c")))
+        .unwrap()
+        .dataset;
     assert_eq!(ds.name(), "fashion-mnist");
     assert_eq!(ds.class_names()[9], "Ankle boot");
     assert_eq!(ds.image(3).unwrap(), &sample(3, 1, 28)[..]);
@@ -61,12 +48,8 @@ fn cifar10_binary_reads_all_five_batches_in_order_and_the_test_batch() {
     let dir = tmp();
     fixtures::write_cifar10(dir.path(), 3);
     let opts = fixture_options(&dir.path().join("c"));
-    let train = load_with(DatasetName::Cifar10, dir.path(), Split::Train, &opts)
-        .unwrap()
-        .dataset;
-    let test = load_with(DatasetName::Cifar10, dir.path(), Split::Test, &opts)
-        .unwrap()
-        .dataset;
+    let train = load_with(DatasetName::Cifar10, dir.path(), Split::Train, &opts).unwrap().dataset;
+    let test = load_with(DatasetName::Cifar10, dir.path(), Split::Test, &opts).unwrap().dataset;
     assert_eq!((train.len(), test.len()), (15, 3));
     assert_eq!(train.shape(), [3, 32, 32]);
     for n in 0..15 {
@@ -82,13 +65,7 @@ fn cifar10_also_reads_batches_placed_directly_in_the_root() {
     fixtures::write_cifar10(dir.path(), 2);
     let root = dir.path().join("flat");
     fs::rename(dir.path().join("cifar-10-batches-bin"), &root).unwrap();
-    let ds = load_with(
-        DatasetName::Cifar10,
-        &root,
-        Split::Test,
-        &fixture_options(&dir.path().join("c")),
-    )
-    .unwrap();
+    let ds = load_with(DatasetName::Cifar10, &root, Split::Test, &fixture_options(&dir.path().join("c"))).unwrap();
     assert_eq!(ds.dataset.len(), 2);
 }
 
@@ -97,9 +74,7 @@ fn cifar100_uses_the_fine_label() {
     let dir = tmp();
     fixtures::write_cifar100(dir.path(), 120, 4);
     let opts = fixture_options(&dir.path().join("c"));
-    let train = load_with(DatasetName::Cifar100, dir.path(), Split::Train, &opts)
-        .unwrap()
-        .dataset;
+    let train = load_with(DatasetName::Cifar100, dir.path(), Split::Train, &opts).unwrap().dataset;
     assert_eq!(train.classes(), 100);
     assert_eq!(train.labels()[57], 57);
     assert_eq!(train.labels()[101], 1);
@@ -112,31 +87,14 @@ fn svhn_mat_reads_compressed_and_plain_elements_and_maps_label_10_to_0() {
     let labels = [10u8, 1, 2, 9, 10, 5];
     for (compressed, y_as_uint8) in [(true, false), (false, false), (true, true)] {
         let dir = tmp();
-        fs::write(
-            dir.path().join("train_32x32.mat"),
-            fixtures::svhn_mat(&labels, compressed, y_as_uint8),
-        )
-        .unwrap();
-        let ds = load_with(
-            DatasetName::Svhn,
-            dir.path(),
-            Split::Train,
-            &fixture_options(&dir.path().join("c")),
-        )
-        .unwrap()
-        .dataset;
-        assert_eq!(
-            ds.labels(),
-            &[0, 1, 2, 9, 0, 5],
-            "compressed={compressed} y_as_uint8={y_as_uint8}"
-        );
+        fs::write(dir.path().join("train_32x32.mat"), fixtures::svhn_mat(&labels, compressed, y_as_uint8)).unwrap();
+        let ds = load_with(DatasetName::Svhn, dir.path(), Split::Train, &fixture_options(&dir.path().join("c")))
+            .unwrap()
+            .dataset;
+        assert_eq!(ds.labels(), &[0, 1, 2, 9, 0, 5], "compressed={compressed} y_as_uint8={y_as_uint8}");
         assert_eq!(ds.shape(), [3, 32, 32]);
         for n in 0..labels.len() {
-            assert_eq!(
-                ds.image(n).unwrap(),
-                &sample(n, 3, 32)[..],
-                "image {n}, compressed={compressed}"
-            );
+            assert_eq!(ds.image(n).unwrap(), &sample(n, 3, 32)[..], "image {n}, compressed={compressed}");
         }
     }
 }
@@ -146,21 +104,9 @@ fn svhn_mat_skips_variables_it_does_not_need() {
     let dir = tmp();
     let mut mat = fixtures::svhn_mat(&[3, 4], true, false);
     // A long-named variable (normal name element) of another class before nothing else.
-    mat.extend(fixtures::mat_matrix(
-        "__comment",
-        4,
-        &[1, 3],
-        4,
-        &[65, 0, 66, 0, 67, 0],
-    ));
+    mat.extend(fixtures::mat_matrix("__comment", 4, &[1, 3], 4, &[65, 0, 66, 0, 67, 0]));
     fs::write(dir.path().join("test_32x32.mat"), mat).unwrap();
-    let ds = load_with(
-        DatasetName::Svhn,
-        dir.path(),
-        Split::Test,
-        &fixture_options(&dir.path().join("c")),
-    )
-    .unwrap();
+    let ds = load_with(DatasetName::Svhn, dir.path(), Split::Test, &fixture_options(&dir.path().join("c"))).unwrap();
     assert_eq!(ds.dataset.labels(), &[3, 4]);
 }
 
@@ -184,27 +130,17 @@ fn imagenette_reads_class_folders_into_64px_squares() {
     fixtures::write_image_tree(&base, "train", &WNIDS, 2, 213, 160);
     fixtures::write_image_tree(&base, "val", &WNIDS, 1, 160, 240);
     let opts = fixture_options(&dir.path().join("c"));
-    let train = load_with(DatasetName::Imagenette, dir.path(), Split::Train, &opts)
-        .unwrap()
-        .dataset;
-    let test = load_with(DatasetName::Imagenette, dir.path(), Split::Test, &opts)
-        .unwrap()
-        .dataset;
+    let train = load_with(DatasetName::Imagenette, dir.path(), Split::Train, &opts).unwrap().dataset;
+    let test = load_with(DatasetName::Imagenette, dir.path(), Split::Test, &opts).unwrap().dataset;
     assert_eq!((train.len(), test.len()), (20, 10));
     assert_eq!(train.shape(), [3, 64, 64]);
     assert_eq!(train.class_names()[0], "tench");
-    assert_eq!(
-        train.labels(),
-        &(0..20).map(|i| (i / 2) as u16).collect::<Vec<_>>()[..]
-    );
+    assert_eq!(train.labels(), &(0..20).map(|i| (i / 2) as u16).collect::<Vec<_>>()[..]);
     for n in [0, 7, 19] {
         let colour = class_colour(n / 2);
         let img = train.image(n).unwrap();
         for (c, plane) in img.chunks(64 * 64).enumerate() {
-            assert!(
-                plane.iter().all(|&p| p.abs_diff(colour[c]) <= 6),
-                "image {n} channel {c}"
-            );
+            assert!(plane.iter().all(|&p| p.abs_diff(colour[c]) <= 6), "image {n} channel {c}");
         }
     }
 }
@@ -225,14 +161,7 @@ fn imagefolder_crops_the_centre_square_before_resizing() {
         fs::write(d.join("a.png"), fixtures::png(&img)).unwrap();
     }
     let name: DatasetName = "imagefolder:8".parse().unwrap();
-    let ds = load_with(
-        name,
-        dir.path(),
-        Split::Train,
-        &fixture_options(&dir.path().join("c")),
-    )
-    .unwrap()
-    .dataset;
+    let ds = load_with(name, dir.path(), Split::Train, &fixture_options(&dir.path().join("c"))).unwrap().dataset;
     assert_eq!(ds.shape(), [3, 8, 8]);
     assert_eq!(ds.class_names(), &["cat".to_string(), "dog".to_string()]);
     assert_eq!(ds.labels(), &[0, 1]);
@@ -247,19 +176,8 @@ fn imagefolder_crops_the_centre_square_before_resizing() {
     assert!(b.iter().all(|&v| v == 7));
 
     // Downscaling a uniform picture keeps it uniform: the filter averages, it does not ring.
-    fs::write(
-        dir.path().join("train/cat/a.png"),
-        fixtures::png(&fixtures::solid(300, 200, [10, 200, 90])),
-    )
-    .unwrap();
-    let ds = load_with(
-        name,
-        dir.path(),
-        Split::Train,
-        &fixture_options(&dir.path().join("c")),
-    )
-    .unwrap()
-    .dataset;
+    fs::write(dir.path().join("train/cat/a.png"), fixtures::png(&fixtures::solid(300, 200, [10, 200, 90]))).unwrap();
+    let ds = load_with(name, dir.path(), Split::Train, &fixture_options(&dir.path().join("c"))).unwrap().dataset;
     let px = ds.image(0).unwrap();
     assert!(
         px[..64].iter().all(|&v| v == 10)
@@ -274,14 +192,10 @@ fn imagefolder_test_split_uses_val_when_there_is_no_test_folder_and_training_lab
     fixtures::write_image_tree(dir.path(), "train", &["a", "b", "c"], 1, 20, 20);
     // Only class c in val: its label must still be 2.
     fixtures::write_image_tree(dir.path(), "val", &["c"], 2, 20, 20);
-    let ds = load_with(
-        "imagefolder:16".parse().unwrap(),
-        dir.path(),
-        Split::Test,
-        &fixture_options(&dir.path().join("k")),
-    )
-    .unwrap()
-    .dataset;
+    let ds =
+        load_with("imagefolder:16".parse().unwrap(), dir.path(), Split::Test, &fixture_options(&dir.path().join("k")))
+            .unwrap()
+            .dataset;
     assert_eq!(ds.labels(), &[2, 2]);
     assert_eq!(ds.classes(), 3);
 }
@@ -291,32 +205,20 @@ fn celeba_takes_the_partition_the_male_attribute_and_the_centre_crop() {
     let dir = tmp();
     fixtures::write_celeba(dir.path(), 9);
     let opts = fixture_options(&dir.path().join("c"));
-    let train = load_with(DatasetName::Celeba, dir.path(), Split::Train, &opts)
-        .unwrap()
-        .dataset;
-    let val = load_with(DatasetName::Celeba, dir.path(), Split::Val, &opts)
-        .unwrap()
-        .dataset;
-    let test = load_with(DatasetName::Celeba, dir.path(), Split::Test, &opts)
-        .unwrap()
-        .dataset;
+    let train = load_with(DatasetName::Celeba, dir.path(), Split::Train, &opts).unwrap().dataset;
+    let val = load_with(DatasetName::Celeba, dir.path(), Split::Val, &opts).unwrap().dataset;
+    let test = load_with(DatasetName::Celeba, dir.path(), Split::Test, &opts).unwrap().dataset;
     // Image i sits in partition i % 3 and is male when i is odd.
     assert_eq!(train.labels(), &[0, 1, 0]); // images 0, 3, 6
     assert_eq!(val.labels(), &[1, 0, 1]); // images 1, 4, 7
     assert_eq!(test.labels(), &[0, 1, 0]); // images 2, 5, 8
     assert_eq!(train.shape(), [3, 64, 64]);
-    assert_eq!(
-        train.class_names(),
-        &["female".to_string(), "male".to_string()]
-    );
+    assert_eq!(train.class_names(), &["female".to_string(), "male".to_string()]);
     // The dark bands at top and bottom are outside the 178x178 centre crop.
     for n in 0..3 {
         let colour = class_colour(usize::from(train.labels()[n]));
         for (c, plane) in train.image(n).unwrap().chunks(64 * 64).enumerate() {
-            assert!(
-                plane.iter().all(|&p| p.abs_diff(colour[c]) <= 8),
-                "image {n} channel {c}"
-            );
+            assert!(plane.iter().all(|&p| p.abs_diff(colour[c]) <= 8), "image {n} channel {c}");
         }
     }
 }
@@ -332,13 +234,7 @@ fn big_endian_svhn(label: f64) -> Vec<u8> {
     }
     fn matrix(name: &str, class: u32, dims: &[i32], ty: u32, data: &[u8]) -> Vec<u8> {
         let mut body = element(6, &[class.to_be_bytes(), 0u32.to_be_bytes()].concat());
-        body.extend(element(
-            5,
-            &dims
-                .iter()
-                .flat_map(|d| d.to_be_bytes())
-                .collect::<Vec<_>>(),
-        ));
+        body.extend(element(5, &dims.iter().flat_map(|d| d.to_be_bytes()).collect::<Vec<_>>()));
         body.extend(element(1, name.as_bytes()));
         body.extend(element(ty, data));
         element(14, &body)
@@ -364,14 +260,8 @@ fn big_endian_svhn(label: f64) -> Vec<u8> {
 fn svhn_mat_reads_big_endian_files() {
     let dir = tmp();
     fs::write(dir.path().join("test_32x32.mat"), big_endian_svhn(7.0)).unwrap();
-    let ds = load_with(
-        DatasetName::Svhn,
-        dir.path(),
-        Split::Test,
-        &fixture_options(&dir.path().join("c")),
-    )
-    .unwrap()
-    .dataset;
+    let ds =
+        load_with(DatasetName::Svhn, dir.path(), Split::Test, &fixture_options(&dir.path().join("c"))).unwrap().dataset;
     assert_eq!(ds.labels(), &[7]);
     assert_eq!(ds.image(0).unwrap(), &sample(0, 3, 32)[..]);
 }

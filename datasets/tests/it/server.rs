@@ -52,13 +52,7 @@ impl Server {
                 }
             })
         };
-        Server {
-            url: format!("http://{addr}"),
-            addr,
-            requests,
-            stop,
-            thread: Some(thread),
-        }
+        Server { url: format!("http://{addr}"), addr, requests, stop, thread: Some(thread) }
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -101,16 +95,10 @@ fn serve(
             }
         }
     }
-    requests.lock().unwrap().push(Request {
-        path: path.clone(),
-        range: range.clone(),
-    });
+    requests.lock().unwrap().push(Request { path: path.clone(), range: range.clone() });
     let content_type = faults.content_type.unwrap_or("application/octet-stream");
     let Some(body) = files.get(path.trim_start_matches('/')) else {
-        write!(
-            stream,
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )?;
+        write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
         return Ok(());
     };
     let start = range
@@ -124,14 +112,9 @@ fn serve(
             write!(stream, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", body.len())?;
             return Ok(());
         }
-        Some(s) => (
-            format!(
-                "206 Partial Content\r\nContent-Range: bytes {s}-{}/{}",
-                body.len() - 1,
-                body.len()
-            ),
-            &body[s..],
-        ),
+        Some(s) => {
+            (format!("206 Partial Content\r\nContent-Range: bytes {s}-{}/{}", body.len() - 1, body.len()), &body[s..])
+        }
         None => ("200 OK".to_string(), &body[..]),
     };
     write!(
