@@ -93,15 +93,16 @@ fn checked(file: &PathBuf, dataset: &str) -> Result<Result<(String, Checked), Ex
     let b = binding::dataset(dataset).ok_or_else(|| {
         UsageError(format!("unknown dataset `{dataset}`; known: {}", binding::dataset_names().join(", ")))
     })?;
-    let src = std::fs::read_to_string(file).map_err(|e| UsageError(format!("cannot read {}: {e}", file.display())))?;
+    let src = super::front::read(file)?;
+    let name = super::front::display_name(file);
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     match check::check_source(&src, b, &Budget::default()) {
         Ok(c) => {
-            eprint!("{}", diag::render(&c.warnings, &file.display().to_string(), &src, color));
+            eprint!("{}", diag::render(&c.warnings, &name, &src, color));
             Ok(Ok((src, c)))
         }
         Err(diags) => {
-            eprint!("{}", diag::render(&diags, &file.display().to_string(), &src, color));
+            eprint!("{}", diag::render(&diags, &name, &src, color));
             Ok(Err(ExitCode::from(1)))
         }
     }
