@@ -9,19 +9,8 @@ use nasc::compile;
 
 type Cpu = Flex;
 
-fn zoo() -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = std::fs::read_dir("zoo")
-        .expect("zoo/ exists")
-        .map(|e| e.expect("readable zoo entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "arch"))
-        .map(|p| {
-            let name = p.file_stem().expect("a file name").to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(&p).expect("readable zoo file"))
-        })
-        .collect();
-    v.sort();
-    v
-}
+mod common;
+use common::zoo;
 
 /// Builds one model under one binding and runs an inference forward pass on two images.
 fn parity(name: &str, src: &str, dataset: &str, b: binding::Binding) -> Option<String> {

@@ -9,20 +9,7 @@ const RESNET18: &str = include_str!("corpus/bases/resnet18.arch");
 const MLP: &str = include_str!("corpus/bases/mlp.arch");
 
 /// A small program of our own, so line numbers in the tests below are easy to read.
-const SMALL: &str = "\
-arch small
-
-net {
-  conv(16, k=3, p=1)
-  bn
-  relu
-  conv(32, k=3, p=1)
-  bn
-  relu
-  gap
-  linear(classes)
-}
-";
+const SMALL: &str = include_str!("corpus/bases/small.arch");
 
 fn opts() -> ApplyOptions {
     ApplyOptions::default()

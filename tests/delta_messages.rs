@@ -6,20 +6,7 @@ use std::path::Path;
 
 use nasc::delta::{apply, apply_reply, extract, ApplyOptions, DeltaError, Limits};
 
-const SMALL: &str = "\
-arch small
-
-net {
-  conv(16, k=3, p=1)
-  bn
-  relu
-  conv(32, k=3, p=1)
-  bn
-  relu
-  gap
-  linear(classes)
-}
-";
+const SMALL: &str = include_str!("corpus/bases/small.arch");
 
 fn snapshot(name: &str, e: &DeltaError) {
     let mut settings = insta::Settings::clone_current();

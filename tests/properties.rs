@@ -232,17 +232,11 @@ fn the_fast_path_reads_every_zoo_program() {
     }
 }
 
+mod common;
+
 fn zoo_sources() -> &'static [String] {
     static ZOO: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    ZOO.get_or_init(|| {
-        let mut v: Vec<_> = std::fs::read_dir("zoo")
-            .expect("zoo exists")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| p.extension().is_some_and(|e| e == "arch"))
-            .collect();
-        v.sort();
-        v.iter().map(|p| std::fs::read_to_string(p).expect("readable")).collect()
-    })
+    ZOO.get_or_init(|| common::zoo().into_iter().map(|(_, src)| src).collect())
 }
 
 #[test]

@@ -6,20 +6,7 @@ use nasc::check::{binding, check_source, Binding, Budget};
 use nasc::delta::{self, judge, unified, verdict, Base, Judgement, Options, Tolerance, Verdict};
 use nasc::novelty::{fingerprint, Archive, NoveltyVerdict};
 
-const SMALL: &str = "\
-arch small
-
-net {
-  conv(16, k=3, p=1)
-  bn
-  relu
-  conv(32, k=3, p=1)
-  bn
-  relu
-  gap
-  linear(classes)
-}
-";
+const SMALL: &str = include_str!("corpus/bases/small.arch");
 
 const RESNET18: &str = include_str!("../zoo/resnet18.arch");
 

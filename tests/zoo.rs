@@ -5,19 +5,8 @@ use nasc::check::{binding, check_source, Budget};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-fn zoo() -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = std::fs::read_dir("zoo")
-        .expect("zoo/ exists")
-        .map(|e| e.expect("readable zoo entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "arch"))
-        .map(|p| {
-            let name = p.file_stem().expect("a file name").to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(&p).expect("readable zoo file"))
-        })
-        .collect();
-    v.sort();
-    v
-}
+mod common;
+use common::zoo;
 
 /// Datasets a model's header says it does not support: a comment line with
 /// "unsupported:" or "not supported:" naming them.
