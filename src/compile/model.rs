@@ -1,6 +1,7 @@
 //! The checked graph as a Burn module: one layer per node, and a forward pass that walks the nodes.
 //! Built at run time from a `Graph`; it decides no shapes (the checker did) and never reads source text.
 
+use super::cpu;
 use super::init::{self, Init};
 use crate::check::{Graph, Op, Shape};
 use burn::module::{Module, Param};
@@ -10,7 +11,8 @@ use burn::nn::{
 };
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, linear, max_pool2d};
+use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, linear};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
 /// The parameters of one node. Nodes without parameters have none (`None`
@@ -77,6 +79,9 @@ pub struct Step {
     /// The last node that reads this node's output (`usize::MAX` for the
     /// network's output, `0` for a value nobody reads, which is never computed).
     pub last_use: usize,
+    /// A convolution whose only reader is a `relu` applies it itself (one pass over the output
+    /// instead of two, forward and backward); that `relu` step then passes its input through.
+    pub relu: bool,
 }
 
 /// A checked graph compiled to a Burn module, generic over the backend.
@@ -177,12 +182,26 @@ pub fn build<B: Backend>(graph: &Graph, seed: u64, device: &B::Device) -> GraphM
         }
     }
     last_use[graph.output] = usize::MAX;
-    let steps = graph
+    let mut steps: Vec<Step> = graph
         .nodes
         .iter()
         .zip(last_use)
-        .map(|(n, last_use)| Step { op: n.op.clone(), inputs: n.inputs.clone(), shape: n.shape, last_use })
+        .map(|(n, last_use)| Step { op: n.op.clone(), inputs: n.inputs.clone(), shape: n.shape, last_use, relu: false })
         .collect();
+    let mut readers = vec![0usize; graph.nodes.len()];
+    for node in &graph.nodes {
+        for &i in &node.inputs {
+            readers[i] += 1;
+        }
+    }
+    for id in 0..steps.len() {
+        if let (Op::Relu, &[conv]) = (&steps[id].op, &steps[id].inputs[..]) {
+            if matches!(steps[conv].op, Op::Conv { .. }) && readers[conv] == 1 && conv != graph.output {
+                steps[conv].relu = true;
+                steps[id].op = Op::Identity;
+            }
+        }
+    }
     GraphModel { layers, steps, output: graph.output }
 }
 
@@ -302,7 +321,10 @@ impl<B: Backend> GraphModel<B> {
         let layer = self.layers[id].as_ref();
         let x = args.remove(0);
         match (&step.op, layer) {
-            (Op::Conv { .. }, Some(Layer::Conv(c))) => Value::Map(c.forward(x.map())),
+            (&Op::Conv { s, p, d, g, .. }, Some(Layer::Conv(c))) => {
+                let options = ConvOptions::new([s as usize; 2], [p as usize; 2], [d as usize; 2], g as usize);
+                Value::Map(cpu::conv2d(x.map(), c.weight.val(), c.bias.as_ref().map(|b| b.val()), options, step.relu))
+            }
             (Op::BatchNorm, Some(Layer::BatchNorm(bn))) => match x {
                 Value::Map(t) => Value::Map(batch_norm(bn, t)),
                 Value::Vector(t) => Value::Vector(batch_norm(bn, t)),
@@ -329,7 +351,7 @@ impl<B: Backend> GraphModel<B> {
             (Op::Dropout { p }, _) => each!(x, |t| dropout(t, *p)),
             (Op::MaxPool { k, s, p, ceil }, _) => {
                 let (k, s, p) = (*k as usize, *s as usize, *p as usize);
-                Value::Map(max_pool2d(x.map(), [k, k], [s, s], [p, p], [1, 1], *ceil))
+                Value::Map(cpu::max_pool2d(x.map(), k, s, p, *ceil))
             }
             (Op::AvgPool { k, s, p, ceil }, _) => {
                 let (k, s, p) = (*k as usize, *s as usize, *p as usize);

@@ -35,6 +35,7 @@ pub fn train(
     config: &TrainConfig,
     progress: &ProgressBar,
 ) -> TrainResult {
+    super::memory::keep_freed_buffers();
     let start = Instant::now();
     let mut result = TrainResult {
         verdict: Verdict::Ok,
