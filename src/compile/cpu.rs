@@ -284,24 +284,31 @@ fn forward(g: &Geometry, x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTenso
     let (xs, ws) = (f32s(x), f32s(w));
     let bias = bias.map(f32s);
     let (k, n) = (g.k(), g.n());
-    let mut y = vec![0.0f32; g.batch * g.cout * n];
-    y.par_chunks_mut(g.cout * n).enumerate().for_each_init(
+    // Each item's output is written once before the product adds into it (the bias, or 0),
+    // while it is in cache; no pass over the whole output beforehand.
+    let total = g.batch * g.cout * n;
+    let mut y: Vec<f32> = Vec::with_capacity(total);
+    y.spare_capacity_mut()[..total].par_chunks_mut(g.cout * n).enumerate().for_each_init(
         || vec![0.0f32; k * n],
         |col, (b, out)| {
-            im2col(g, &xs[b * g.image()..][..g.image()], col);
-            if let Some(bias) = &bias {
-                for (row, &v) in out.chunks_mut(n).zip(bias.iter()) {
-                    row.fill(v);
-                }
+            for (co, row) in out.chunks_mut(n).enumerate() {
+                let v = bias.as_ref().map_or(0.0, |bias| bias[co]);
+                row.iter_mut().for_each(|o| {
+                    o.write(v);
+                });
             }
-            matmul((g.cout, n, k), out, bias.is_some(), &ws, (k, 1), col, (n, 1));
+            // SAFETY: every element of `out` was written just above.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
+            im2col(g, &xs[b * g.image()..][..g.image()], col);
+            matmul((g.cout, n, k), out, true, &ws, (k, 1), col, (n, 1));
             if relu {
-                for v in out.iter_mut() {
-                    *v = v.max(0.0);
-                }
+                // PyTorch's relu: negatives to 0, NaN kept.
+                out.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
             }
         },
     );
+    // SAFETY: the chunks above cover all `total` elements and wrote each of them.
+    unsafe { y.set_len(total) };
     tensor(y, [g.batch, g.cout, g.ho, g.wo])
 }
 
@@ -397,9 +404,7 @@ impl<const N: usize> Backward<Flex, N> for ConvOp<N> {
                 dy = dy.to_contiguous();
             }
             for (d, &v) in dy.storage_mut::<f32>().iter_mut().zip(f32s(y).iter()) {
-                if v <= 0.0 {
-                    *d = 0.0;
-                }
+                *d = if v > 0.0 { *d } else { 0.0 };
             }
         }
         let dy = f32s(&dy);
