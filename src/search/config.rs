@@ -317,6 +317,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_reads_and_states_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/search.toml"));
+        let c = SearchConfig::load(path).unwrap();
+        let d = SearchConfig::default();
+        assert_eq!(c.datasets, ["fashion-mnist"]);
+        assert!(c.baselines[0].ends_with("zoo/lenet5.arch") && c.baselines[0].is_file());
+        let same = SearchConfig {
+            datasets: d.datasets.clone(),
+            baselines: d.baselines.clone(),
+            train: TrainConfig { data_root: d.train.data_root.clone(), ..c.train.clone() },
+            ..c.clone()
+        };
+        assert_eq!(same, d, "examples/search.toml must state the defaults");
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(SearchConfig::parse("datasets = [\"imagenet\"]").unwrap_err().0.contains("imagenet"));
         assert!(SearchConfig::parse("cycles = 0").is_err());
