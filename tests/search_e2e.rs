@@ -59,7 +59,7 @@ fn a_mutate_search_on_fashion_mnist_records_every_candidate_and_reports_them() {
     // LeNet-5 on 2,000 images with Adam: well above chance (0.10).
     let lenet = baselines.iter().find(|b| b.baseline == "lenet5").unwrap();
     assert!(lenet.accuracy.unwrap() > 0.4, "{:?}", lenet.accuracy);
-    for cycle in 0..2 {
+    for cycle in 1..=2 {
         let slots: Vec<i64> = cands.iter().filter(|c| c.cycle == cycle).map(|c| c.slot).collect();
         assert_eq!(slots, [0, 1, 2, 3], "cycle {cycle}");
     }
@@ -81,7 +81,7 @@ fn a_mutate_search_on_fashion_mnist_records_every_candidate_and_reports_them() {
 
     // The corpus: chat messages, prompt → canonical diff, only strict improvements.
     for cycle in 1..=2 {
-        let text = std::fs::read_to_string(run.join(format!("corpus/cycle-{cycle}.jsonl"))).unwrap();
+        let text = std::fs::read_to_string(run.join(format!("corpus/after-cycle-{cycle}.jsonl"))).unwrap();
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(v["messages"][0]["role"], "user");

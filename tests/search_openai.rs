@@ -192,14 +192,18 @@ fn data_root() -> PathBuf {
 }
 
 fn search_config(dir: &std::path::Path, url: &str) -> PathBuf {
+    search_config_with(dir, url, 1, 3, "")
+}
+
+fn search_config_with(dir: &std::path::Path, url: &str, cycles: usize, candidates: usize, extra: &str) -> PathBuf {
     let root = env!("CARGO_MANIFEST_DIR");
     let path = dir.join("run.toml");
     std::fs::write(
         &path,
         format!(
-            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = 1\n\
-             candidates = 3\ngenerator = \"openai\"\n[openai]\nbase_url = \"{url}\"\nmodel = \"base\"\nretries = 0\n\
-             [train]\ndata_root = \"{}\"\nlimit = 1000\neval_batch = 1000\n",
+            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = {cycles}\n\
+             candidates = {candidates}\ngenerator = \"openai\"\n[openai]\nbase_url = \"{url}\"\nmodel = \"base\"\nretries = 0\n\
+             [train]\ndata_root = \"{}\"\nlimit = 1000\neval_batch = 1000\n{extra}",
             data_root().display()
         ),
     )
@@ -265,5 +269,52 @@ fn a_search_against_a_server_that_is_down_stops_with_one_error_naming_the_url() 
     // No candidate was recorded as failed: the run can be resumed once the server is up.
     let all = Store::open(&dir.join("run")).unwrap().all().unwrap();
     assert_eq!(all.iter().filter(|c| c.role == "candidate").count(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn between_cycles_the_finetune_command_gets_the_corpus_and_the_generator_the_new_adapter() {
+    let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    // Each reply widens the first conv of whatever program the prompt shows; a wider one
+    // trains better often enough, and the test needs only the command and the model name.
+    let (url, _, seen) = serve(move |n, _, _| {
+        let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 8 + 2 * n));
+        let (diff, _) = nasc::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+        chat(&format!("```diff\n{diff}```\n"))
+    });
+    let dir = std::env::temp_dir().join(format!("nasc-openai-ft-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A stand-in fine-tuner: it copies the corpus into the adapter folder.
+    let extra = "[finetune]\ncommand = [\"sh\", \"-c\", \"cp \\\"$0\\\" \\\"$1/train.jsonl\\\"\", \"{corpus}\", \"{adapter}\"]\n\
+                 adapter_name = \"search-{cycle}\"\n";
+    let run = dir.join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(search_config_with(&dir, &url, 2, 2, extra))
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let corpus = std::fs::read_to_string(run.join("corpus/after-cycle-1.jsonl")).unwrap();
+    assert_eq!(std::fs::read_to_string(run.join("adapters/cycle-2/train.jsonl")).unwrap(), corpus);
+    assert!(!run.join("adapters/cycle-3").exists(), "no fine-tune after the last cycle");
+    let models: Vec<String> =
+        seen.lock().unwrap().iter().map(|(_, b)| b["model"].as_str().unwrap().to_string()).collect();
+    // Cycle 2 may need retries (its parent may be a widened program the reply does not fit).
+    assert_eq!(models[..2], ["base", "base"]);
+    assert!(models.len() >= 4 && models[2..].iter().all(|m| m == "search-2"), "{models:?}");
+    let all = Store::open(&run).unwrap().all().unwrap();
+    let adapters: Vec<_> = all.iter().filter(|c| c.role == "candidate").map(|c| (c.cycle, c.adapter.clone())).collect();
+    assert_eq!(
+        adapters,
+        [
+            (1, Some("base".into())),
+            (1, Some("base".into())),
+            (2, Some("search-2".into())),
+            (2, Some("search-2".into()))
+        ]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,7 +17,7 @@ pub const DEFAULT_DATASETS: [&str; 7] =
 pub struct SearchConfig {
     /// The dataset pool; candidate slots go round-robin over it so each gets the same share.
     pub datasets: Vec<String>,
-    /// Baseline programs (paths, relative to the config file's folder).
+    /// Baseline programs (paths, relative to the config file's folder); trained first, as cycle 0.
     pub baselines: Vec<PathBuf>,
     pub cycles: usize,
     /// Candidates per cycle, over all datasets together.
@@ -37,7 +37,8 @@ pub struct SearchConfig {
     pub tournament: usize,
     /// Seeds parent choice, mutations and sampling.
     pub seed: u64,
-    /// Local training workers (one per device for GPUs).
+    /// Local training workers. On a GPU, worker i trains on device index (configured index + i):
+    /// one worker per device.
     pub workers: usize,
     pub sampling: Sampling,
     pub mutate: MutateConfig,
@@ -180,15 +181,27 @@ impl Default for Curation {
 }
 
 /// The fine-tuning step between cycles: an external command, since nasc has no fine-tuner of its own yet.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Finetune {
-    /// The command and its arguments; `{corpus}`, `{adapter}`, `{cycle}` and `{base_model}` are
-    /// replaced. Empty: no fine-tuning (logged each cycle).
+    /// The command and its arguments; `{corpus}`, `{adapter}`, `{cycle}`, `{base_model}`,
+    /// `{rank}`, `{alpha}`, `{lr}` and `{epochs}` are replaced. Empty: no fine-tuning (logged
+    /// each cycle).
     pub command: Vec<String>,
     /// After a fine-tune, the generator asks for the model named this (`{cycle}` replaced), e.g.
     /// the name `nasc serve` or vLLM gives the new adapter. Empty: keep the model.
     pub adapter_name: String,
+    /// LoRA settings handed to the command.
+    pub rank: u32,
+    pub alpha: f64,
+    pub lr: f64,
+    pub epochs: u32,
+}
+
+impl Default for Finetune {
+    fn default() -> Self {
+        Finetune { command: Vec::new(), adapter_name: String::new(), rank: 16, alpha: 32.0, lr: 2e-4, epochs: 1 }
+    }
 }
 
 /// A config that cannot be used, with where and why.

@@ -1,7 +1,7 @@
 // Curation: the supervised corpus of a cycle (prompt → canonical diff, from parent → strictly better child on one dataset), and the fine-tune command between cycles.
 // It reads stored candidates and writes one JSONL file; the fine-tuner is an external command, never code of ours pretending to train.
 
-use super::config::Curation;
+use super::config::{Curation, Finetune};
 use super::store::Candidate;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -68,15 +68,21 @@ pub fn write_jsonl(pairs: &[Pair], path: &Path) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// Runs the fine-tune command with `{corpus}`, `{adapter}`, `{cycle}` and `{base_model}` replaced.
-pub fn finetune(command: &[String], corpus: &Path, adapter: &Path, cycle: i64, base_model: &str) -> Result<(), String> {
-    let args: Vec<String> = command
+/// Runs the fine-tune command with `{corpus}`, `{adapter}`, `{cycle}`, `{base_model}` and the LoRA
+/// settings (`{rank}`, `{alpha}`, `{lr}`, `{epochs}`) replaced.
+pub fn finetune(ft: &Finetune, corpus: &Path, adapter: &Path, cycle: i64, base_model: &str) -> Result<(), String> {
+    let args: Vec<String> = ft
+        .command
         .iter()
         .map(|a| {
             a.replace("{corpus}", &corpus.display().to_string())
                 .replace("{adapter}", &adapter.display().to_string())
                 .replace("{cycle}", &cycle.to_string())
                 .replace("{base_model}", base_model)
+                .replace("{rank}", &ft.rank.to_string())
+                .replace("{alpha}", &ft.alpha.to_string())
+                .replace("{lr}", &ft.lr.to_string())
+                .replace("{epochs}", &ft.epochs.to_string())
         })
         .collect();
     std::fs::create_dir_all(adapter).map_err(|e| format!("cannot create {}: {e}", adapter.display()))?;

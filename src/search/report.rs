@@ -42,7 +42,7 @@ pub struct BaselineRow {
 pub struct Report {
     pub baselines: Vec<BaselineRow>,
     pub rows: Vec<Row>,
-    /// The same measures over all cycles, per generator × dataset (cycle -1 in these rows).
+    /// The same measures over all cycles, per generator × dataset (cycle 0 in these rows).
     pub totals: Vec<Row>,
     pub best: Option<Best>,
 }
@@ -115,7 +115,7 @@ pub fn build(all: &[Candidate]) -> Report {
     Report {
         baselines,
         rows: groups.iter().map(|((g, d, cy), cs)| row(g, d, *cy, cs)).collect(),
-        totals: totals.iter().map(|((g, d), cs)| row(g, d, -1, cs)).collect(),
+        totals: totals.iter().map(|((g, d), cs)| row(g, d, 0, cs)).collect(),
         best,
     }
 }
@@ -161,7 +161,7 @@ pub fn text(r: &Report) -> String {
                 "{:<9} {:<14} {:>5} {:>5} {:>6.1}% {:>8} {:>8} {:>7} {:>7}  {}\n",
                 x.generator,
                 x.dataset,
-                if cycles { (x.cycle + 1).to_string() } else { "all".into() },
+                if cycles { x.cycle.to_string() } else { "all".into() },
                 x.candidates,
                 100.0 * x.valid_rate,
                 opt(x.mean_accuracy, 4),
@@ -181,7 +181,7 @@ pub fn text(r: &Report) -> String {
             "\nBest: candidate {} on {} (cycle {}), accuracy {:.4}, {} parameters\n",
             b.id,
             b.dataset,
-            b.cycle + 1,
+            b.cycle,
             b.accuracy,
             b.params.map_or("-".to_string(), |p| p.to_string())
         );
@@ -207,7 +207,7 @@ pub fn csv(r: &Report) -> String {
             "{},{},{},{},{},{:.6},{},{},{},{},{},{}",
             x.generator,
             x.dataset,
-            x.cycle + 1,
+            x.cycle,
             x.candidates,
             x.valid,
             x.valid_rate,
@@ -270,12 +270,12 @@ pub fn plots(r: &Report, all: &[Candidate], dir: &Path) -> Result<Vec<PathBuf>, 
     let mut valid: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut acc: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for x in &r.rows {
-        valid.entry(key(x)).or_default().push(((x.cycle + 1) as f64, x.valid_rate));
+        valid.entry(key(x)).or_default().push((x.cycle as f64, x.valid_rate));
         if let Some(m) = x.mean_accuracy {
-            acc.entry(format!("{} mean", key(x))).or_default().push(((x.cycle + 1) as f64, m));
+            acc.entry(format!("{} mean", key(x))).or_default().push((x.cycle as f64, m));
         }
         if let Some(b) = x.best_accuracy {
-            acc.entry(format!("{} best", key(x))).or_default().push(((x.cycle + 1) as f64, b));
+            acc.entry(format!("{} best", key(x))).or_default().push((x.cycle as f64, b));
         }
     }
     let p = dir.join("valid_rate.svg");

@@ -8,7 +8,7 @@ use super::store::{Candidate, NewCandidate, Store, Trained};
 use crate::check::{self, binding, Binding};
 use crate::delta::{self, judge, Base, Extracted, Judgement, Options, Verdict};
 use crate::novelty::{self, Archive};
-use crate::train::{self, TrainConfig};
+use crate::train::{self, Device, TrainConfig};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nasc_datasets::Dataset;
 use rand_chacha::rand_core::{Rng, SeedableRng};
@@ -182,7 +182,7 @@ fn drive(store: Store, dir: &Path, opts: &RunOptions) -> Result<Summary, SearchE
     };
     d.rebuild_archives()?;
     d.baselines_phase()?;
-    for cycle in 0..d.config.cycles as i64 {
+    for cycle in 1..=d.config.cycles as i64 {
         d.cycle(cycle)?;
     }
     d.bars.summary.finish_and_clear();
@@ -229,9 +229,9 @@ impl Driver {
         self.archives.entry(dataset.to_string()).or_insert_with(|| Archive::in_memory(binding_of(dataset)))
     }
 
-    /// Cycle -1: every baseline on every dataset, checked and trained, so candidates have parents with accuracies.
+    /// Cycle 0: every baseline on every dataset, checked and trained, so candidates have parents with accuracies.
     fn baselines_phase(&mut self) -> Result<(), SearchError> {
-        let done = self.store.slots(-1)?;
+        let done = self.store.slots(0)?;
         let datasets = self.config.datasets.clone();
         let mut slot = 0i64;
         for dataset in &datasets {
@@ -270,7 +270,7 @@ impl Driver {
                         self.bars.log(&format!("baseline {name} does not check on {dataset}; it is left out there"));
                     }
                     let row = NewCandidate {
-                        cycle: -1,
+                        cycle: 0,
                         slot,
                         role: "baseline".into(),
                         dataset: dataset.clone(),
@@ -292,7 +292,7 @@ impl Driver {
                 slot += 1;
             }
         }
-        self.train_claimed(-1, "baselines")
+        self.train_claimed(0, "baselines")
     }
 
     /// The trained programs of `dataset` from cycles before `cycle`, the parents a candidate may have.
@@ -321,7 +321,7 @@ impl Driver {
         if pending.is_empty() && claimed.is_empty() && finetuned {
             return Ok(());
         }
-        self.bars.cycle.set_prefix(format!("cycle {}/{}", cycle + 1, self.config.cycles));
+        self.bars.cycle.set_prefix(format!("cycle {cycle}/{}", self.config.cycles));
         self.bars.cycle.set_length(n as u64);
         self.bars.cycle.set_position((n - pending.len() as i64) as u64);
         self.bars.cycle.set_message("generating");
@@ -488,7 +488,7 @@ impl Driver {
             let data = self.data(&c.dataset)?;
             jobs.push((c, data));
         }
-        if cycle < 0 {
+        if cycle == 0 {
             self.bars.log(&format!("training {} {what}", jobs.len()));
         }
         let queue = Mutex::new(jobs.into_iter().collect::<std::collections::VecDeque<_>>());
@@ -507,16 +507,23 @@ impl Driver {
             })
             .collect();
         let result = std::thread::scope(|s| -> Result<(), SearchError> {
-            for bar in &bars {
+            for (worker, bar) in bars.iter().enumerate() {
                 let tx = tx.clone();
                 let queue = &queue;
-                let base_config = &base_config;
+                // One worker per device: worker i trains on GPU i (counting from the configured one).
+                let device = match base_config.device {
+                    d if worker == 0 => d,
+                    Device::Cpu => Device::Cpu,
+                    Device::Cuda(i) => Device::Cuda(i + worker),
+                    Device::Wgpu(i) => Device::Wgpu(Some(i.unwrap_or(0) + worker)),
+                };
+                let worker_config = TrainConfig { device, ..base_config.clone() };
                 s.spawn(move || loop {
                     let job = queue.lock().expect("no worker panics holding the queue").pop_front();
                     let Some((c, data)) = job else { break };
                     bar.reset();
                     bar.set_prefix(format!("#{}", c.id));
-                    let trained = train_one(&c, &data, base_config, bar);
+                    let trained = train_one(&c, &data, &worker_config, bar);
                     if tx.send((c.id, trained)).is_err() {
                         break;
                     }
@@ -526,7 +533,7 @@ impl Driver {
             for (id, trained) in rx {
                 self.store.finish(id, &trained)?;
                 self.finished_here += 1;
-                if cycle >= 0 {
+                if cycle > 0 {
                     self.bars.cycle.inc(1);
                     self.bars.summary.set_message(self.summary_line(cycle)?);
                 }
@@ -543,26 +550,25 @@ impl Driver {
     fn curate(&mut self, cycle: i64) -> Result<(), SearchError> {
         let all = self.store.all()?;
         let corpus = curate::pairs(&all, &self.config.curation);
-        let path = self.dir.join("corpus").join(format!("cycle-{}.jsonl", cycle + 1));
+        let path = self.dir.join("corpus").join(format!("after-cycle-{cycle}.jsonl"));
         curate::write_jsonl(&corpus, &path).map_err(SearchError)?;
-        self.bars.log(&format!("cycle {}: {} curated pairs in {}", cycle + 1, corpus.len(), path.display()));
-        if cycle + 1 < self.config.cycles as i64 {
+        self.bars.log(&format!("cycle {cycle}: {} curated pairs in {}", corpus.len(), path.display()));
+        if cycle < self.config.cycles as i64 {
             let ft = &self.config.finetune;
             if ft.command.is_empty() {
                 self.bars.log(&format!(
-                    "cycle {}: no fine-tuning ([finetune] command is empty): the next cycle uses the same generator",
-                    cycle + 1
+                    "cycle {cycle}: no fine-tuning ([finetune] command is empty): the next cycle uses the same generator"
                 ));
             } else {
-                let adapter = self.dir.join("adapters").join(format!("cycle-{}", cycle + 2));
+                let adapter = self.dir.join("adapters").join(format!("cycle-{}", cycle + 1));
                 let base_model = self.generator.adapter().unwrap_or_default();
-                curate::finetune(&ft.command, &path, &adapter, cycle + 2, &base_model).map_err(SearchError)?;
+                curate::finetune(ft, &path, &adapter, cycle + 1, &base_model).map_err(SearchError)?;
                 if !ft.adapter_name.is_empty() {
-                    let model = ft.adapter_name.replace("{cycle}", &(cycle + 2).to_string());
+                    let model = ft.adapter_name.replace("{cycle}", &(cycle + 1).to_string());
                     self.generator.set_model(&model);
                     self.store.set_meta("model", &model)?;
                 }
-                self.bars.log(&format!("cycle {}: fine-tuned an adapter into {}", cycle + 1, adapter.display()));
+                self.bars.log(&format!("cycle {cycle}: fine-tuned an adapter into {}", adapter.display()));
             }
         }
         self.store.set_meta(&format!("curated_{cycle}"), "1")?;
@@ -577,8 +583,7 @@ impl Driver {
             cands.iter().filter_map(|c| c.accuracy).fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
         let hours = self.started.elapsed().as_secs_f64() / 3600.0;
         Ok(format!(
-            "cycle {}/{} · valid {:.1}% of {} · best accuracy {} · {:.0} candidates/hour",
-            cycle + 1,
+            "cycle {cycle}/{} · valid {:.1}% of {} · best accuracy {} · {:.0} candidates/hour",
             self.config.cycles,
             if cands.is_empty() { 0.0 } else { 100.0 * valid as f64 / cands.len() as f64 },
             cands.len(),

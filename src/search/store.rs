@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 CREATE TABLE IF NOT EXISTS candidates (
     id BIGINT PRIMARY KEY,
-    -- baselines have cycle -1; candidates 0 .. cycles-1
+    -- baselines have cycle 0; candidates 1 .. cycles
     cycle INTEGER NOT NULL,
     slot INTEGER NOT NULL,
     -- 'baseline' or 'candidate'
