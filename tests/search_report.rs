@@ -64,8 +64,13 @@ fn build_run(dir: &std::path::Path) {
             generator: generator.to_string(),
             prompt: Some("prompt".into()),
             diff: (*front == "ok").then(|| "--- a/program.arch\n+++ b/program.arch\n@@ -1 +1 @@\n-a\n+b\n".into()),
-            attempts: 1,
-            attempt_verdicts: vec![front.to_string()],
+            // Every third candidate needed a retry to get its final verdict.
+            attempts: if i % 3 == 0 { 2 } else { 1 },
+            attempt_verdicts: if i % 3 == 0 {
+                vec!["does_not_apply".into(), front.to_string()]
+            } else {
+                vec![front.to_string()]
+            },
             front_verdict: front.to_string(),
             hash: (*front == "ok" || similarity.is_some()).then(|| format!("{i:02}")),
             similarity: *similarity,

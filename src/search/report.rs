@@ -17,6 +17,8 @@ pub struct Row {
     /// Judged `ok` by the front half (so trained).
     pub valid: usize,
     pub valid_rate: f64,
+    /// Candidates whose first attempt was already `ok` (before any retry), over all candidates.
+    pub first_try_valid_rate: f64,
     /// Every final verdict (front half, or training for the valid ones) and its count.
     pub verdicts: BTreeMap<String, usize>,
     /// Candidates that trained to the end (training verdict `ok`).
@@ -77,6 +79,11 @@ fn row(generator: &str, dataset: &str, cycle: i64, cs: &[&Candidate]) -> Row {
         candidates: cs.len(),
         valid,
         valid_rate: if cs.is_empty() { 0.0 } else { valid as f64 / cs.len() as f64 },
+        first_try_valid_rate: if cs.is_empty() {
+            0.0
+        } else {
+            cs.iter().filter(|c| c.attempt_verdicts.first().is_some_and(|v| v == "ok")).count() as f64 / cs.len() as f64
+        },
         verdicts,
         trained: accs.len(),
         mean_accuracy: mean(accs.iter().copied()),
@@ -144,12 +151,13 @@ pub fn text(r: &Report) -> String {
     }
     let table = |o: &mut String, rows: &[Row], cycles: bool| {
         *o += &format!(
-            "{:<9} {:<14} {:>5} {:>5} {:>7} {:>8} {:>8} {:>7} {:>7}  {}\n",
+            "{:<9} {:<14} {:>5} {:>5} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7}  {}\n",
             "generator",
             "dataset",
             if cycles { "cycle" } else { "" },
             "n",
             "valid",
+            "1st try",
             "mean acc",
             "best acc",
             "lines",
@@ -158,12 +166,13 @@ pub fn text(r: &Report) -> String {
         );
         for x in rows {
             *o += &format!(
-                "{:<9} {:<14} {:>5} {:>5} {:>6.1}% {:>8} {:>8} {:>7} {:>7}  {}\n",
+                "{:<9} {:<14} {:>5} {:>5} {:>6.1}% {:>6.1}% {:>8} {:>8} {:>7} {:>7}  {}\n",
                 x.generator,
                 x.dataset,
                 if cycles { x.cycle.to_string() } else { "all".into() },
                 x.candidates,
                 100.0 * x.valid_rate,
+                100.0 * x.first_try_valid_rate,
                 opt(x.mean_accuracy, 4),
                 opt(x.best_accuracy, 4),
                 opt(x.mean_reply_lines, 1),
@@ -195,7 +204,7 @@ pub fn csv(r: &Report) -> String {
     names.sort();
     names.dedup();
     let mut o = String::from(
-        "generator,dataset,cycle,candidates,valid,valid_rate,trained,mean_accuracy,best_accuracy,mean_reply_lines,mean_reply_tokens,mean_novelty",
+        "generator,dataset,cycle,candidates,valid,valid_rate,first_try_valid_rate,trained,mean_accuracy,best_accuracy,mean_reply_lines,mean_reply_tokens,mean_novelty",
     );
     for n in &names {
         o += &format!(",verdict_{n}");
@@ -204,13 +213,14 @@ pub fn csv(r: &Report) -> String {
     let f = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
     for x in &r.rows {
         o += &format!(
-            "{},{},{},{},{},{:.6},{},{},{},{},{},{}",
+            "{},{},{},{},{},{:.6},{:.6},{},{},{},{},{},{}",
             x.generator,
             x.dataset,
             x.cycle,
             x.candidates,
             x.valid,
             x.valid_rate,
+            x.first_try_valid_rate,
             x.trained,
             f(x.mean_accuracy),
             f(x.best_accuracy),

@@ -143,6 +143,9 @@ pub struct Candidate {
     pub program: Option<String>,
     pub diff: Option<String>,
     pub prompt: Option<String>,
+    pub attempts: i64,
+    /// The verdict of each attempt, in order (the last is `front_verdict`).
+    pub attempt_verdicts: Vec<String>,
     pub front_verdict: String,
     pub verdict: String,
     pub similarity: Option<f64>,
@@ -158,7 +161,7 @@ pub struct Candidate {
 
 const CANDIDATE_COLUMNS: &str = "id, cycle, slot, role, status, dataset, baseline, parent_id, generator, adapter, \
      program, diff, prompt, front_verdict, verdict, similarity, hash, params, macs, accuracy, reply_lines, \
-     reply_tokens, train_s, finished_at";
+     reply_tokens, train_s, finished_at, attempts, attempt_verdicts";
 
 fn candidate(r: &Row<'_>) -> rusqlite::Result<Candidate> {
     Ok(Candidate {
@@ -186,6 +189,8 @@ fn candidate(r: &Row<'_>) -> rusqlite::Result<Candidate> {
         reply_tokens: r.get(21)?,
         train_s: r.get(22)?,
         finished_at: r.get(23)?,
+        attempts: r.get(24)?,
+        attempt_verdicts: serde_json::from_str(&r.get::<_, String>(25)?).unwrap_or_default(),
     })
 }
 
