@@ -233,6 +233,10 @@ impl Driver {
     fn baselines_phase(&mut self) -> Result<(), SearchError> {
         let done = self.store.slots(0)?;
         let datasets = self.config.datasets.clone();
+        let total = (datasets.len() * self.baselines.len()) as u64;
+        self.bars.cycle.set_prefix("baselines");
+        self.bars.cycle.set_length(total);
+        self.bars.cycle.set_message("training");
         let mut slot = 0i64;
         for dataset in &datasets {
             for (name, text) in self.baselines.clone() {
@@ -292,6 +296,7 @@ impl Driver {
                 slot += 1;
             }
         }
+        self.bars.cycle.set_position(total - self.store.claimed(0)?.len().min(total as usize) as u64);
         self.train_claimed(0, "baselines")
     }
 
@@ -533,8 +538,8 @@ impl Driver {
             for (id, trained) in rx {
                 self.store.finish(id, &trained)?;
                 self.finished_here += 1;
+                self.bars.cycle.inc(1);
                 if cycle > 0 {
-                    self.bars.cycle.inc(1);
                     self.bars.summary.set_message(self.summary_line(cycle)?);
                 }
             }
