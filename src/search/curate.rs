@@ -95,3 +95,61 @@ pub fn finetune(ft: &Finetune, corpus: &Path, adapter: &Path, cycle: i64, base_m
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(id: i64, parent: Option<i64>, dataset: &str, accuracy: Option<f64>) -> Candidate {
+        Candidate {
+            id,
+            cycle: i64::from(parent.is_some()),
+            slot: id,
+            role: if parent.is_some() { "candidate" } else { "baseline" }.into(),
+            status: "finished".into(),
+            dataset: dataset.into(),
+            baseline: "b".into(),
+            parent_id: parent,
+            generator: "mutate".into(),
+            adapter: None,
+            program: Some("net {\n  gap\n}\n".into()),
+            diff: Some(format!("--- a/program.arch\n+++ b/program.arch\n@@ -1 +1 @@\n-{id}\n+{id}x\n")),
+            prompt: Some(format!("prompt {id}")),
+            attempts: 1,
+            attempt_verdicts: vec!["ok".into()],
+            front_verdict: "ok".into(),
+            verdict: if accuracy.is_some() { "ok" } else { "diverged" }.into(),
+            similarity: None,
+            hash: None,
+            params: None,
+            macs: None,
+            accuracy,
+            reply_lines: None,
+            reply_tokens: None,
+            train_s: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn pairs_are_strict_improvements_on_one_dataset_largest_gain_first() {
+        let all = vec![
+            cand(1, None, "mnist", Some(0.5)),
+            cand(2, Some(1), "mnist", Some(0.6)),
+            cand(3, Some(1), "mnist", Some(0.5)),   // equal: not better
+            cand(4, Some(2), "mnist", Some(0.9)),   // better than its parent 2
+            cand(5, Some(1), "cifar10", Some(0.9)), // another dataset than its parent
+            cand(6, Some(2), "mnist", None),        // did not train
+            cand(7, Some(1), "mnist", Some(0.55)),
+        ];
+        let got: Vec<(i64, i64)> = pairs(&all, &Curation::default()).iter().map(|p| (p.parent, p.child)).collect();
+        assert_eq!(got, [(2, 4), (1, 2), (1, 7)]);
+        let p = &pairs(&all, &Curation::default())[0];
+        assert_eq!((p.messages[0].role, p.messages[0].content.as_str()), ("user", "prompt 4"));
+        assert!(
+            p.messages[1].content.starts_with("```diff\n--- a/program.arch") && p.messages[1].content.ends_with("```")
+        );
+        let capped = pairs(&all, &Curation { min_gain: 0.06, max_pairs: 1 });
+        assert_eq!(capped.iter().map(|p| p.child).collect::<Vec<_>>(), [4]);
+    }
+}
