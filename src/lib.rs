@@ -7,5 +7,6 @@ pub mod compile;
 pub mod delta;
 pub mod diag;
 pub mod novelty;
+pub mod search;
 pub mod syntax;
 pub mod train;

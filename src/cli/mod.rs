@@ -4,6 +4,7 @@
 mod data;
 mod delta;
 mod front;
+mod search;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,12 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate weights saved by `nasc train --save` on a dataset's test split.
     Eval(train::EvalArgs),
+    /// Run a search: cycles of generate → verdict → train → curate, recorded in a run folder; or resume one.
+    Search(search::SearchArgs),
+    /// Print a run's tables (per generator × dataset × cycle) and write its plots; --json, --csv.
+    Report(search::ReportArgs),
+    /// Retrain a run's best candidates longer; rank correlation of the one-epoch and the long ranking.
+    Reeval(search::ReevalArgs),
 }
 
 /// An error of usage or I/O (exit 2), as opposed to diagnostics about a program (exit 1).
@@ -75,6 +82,9 @@ pub fn main() -> ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
+        Command::Search(a) => search::search(a),
+        Command::Report(a) => search::report(a),
+        Command::Reeval(a) => search::reeval(a),
     };
     match result {
         Ok(code) => code,

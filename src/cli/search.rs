@@ -1,0 +1,189 @@
+//! The search commands: search (start or resume a run), report (tables, JSON, CSV, plots), reeval.
+//! Reads flags and the config, calls `search`, prints; a failed run is an error message and exit 1, bad usage exit 2.
+
+use super::UsageError;
+use crate::search::{self, report, RunOptions, SearchConfig, Store};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// The run's settings (TOML; see examples/search.toml).
+    #[arg(long, value_name = "FILE", conflicts_with = "resume", required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Continue the run in this folder: unfinished candidates are redone, finished ones kept.
+    #[arg(long, value_name = "RUN")]
+    resume: Option<PathBuf>,
+    /// The run folder to create [default: runs/<config file's name>].
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Local training workers (overrides the config's `workers`).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Print the end-of-run summary as JSON, and no progress bars.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The run folder.
+    run: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print the per-cycle table as CSV.
+    #[arg(long)]
+    csv: bool,
+    /// Write the plots (SVG) into this folder [default: RUN/plots].
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
+    /// Write no plots.
+    #[arg(long, conflicts_with = "plots")]
+    no_plots: bool,
+}
+
+#[derive(Args)]
+pub struct ReevalArgs {
+    /// The run folder.
+    run: PathBuf,
+    /// Retrain this many candidates, the best by first-epoch accuracy.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    top: usize,
+    /// Epochs of the long training.
+    #[arg(long, value_name = "E", default_value_t = 50)]
+    epochs: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn failed(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(1)
+}
+
+pub fn search(a: SearchArgs) -> Result<ExitCode, UsageError> {
+    if a.workers == Some(0) {
+        return Err(UsageError("--workers must be at least 1".into()));
+    }
+    let opts = RunOptions { workers: a.workers, progress: !a.json };
+    let result = match (&a.config, &a.resume) {
+        (_, Some(run)) => {
+            if !run.join(search::store::DB_FILE).is_file() {
+                return Err(UsageError(format!(
+                    "{} is not a run folder: it has no {}",
+                    run.display(),
+                    search::store::DB_FILE
+                )));
+            }
+            search::resume(run, &opts)
+        }
+        (Some(path), None) => {
+            let config = SearchConfig::load(path).map_err(|e| UsageError(e.0))?;
+            let out = a.out.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(path.file_stem().map_or_else(|| "search".into(), |s| s.to_os_string()))
+            });
+            if out.join(search::store::DB_FILE).exists() {
+                return Err(UsageError(format!(
+                    "{} already holds a run; continue it with `nasc search --resume {}` or choose another --out",
+                    out.display(),
+                    out.display()
+                )));
+            }
+            search::start(&config, &out, &opts)
+        }
+        (None, None) => return Err(UsageError("give --config FILE or --resume RUN".into())),
+    };
+    match result {
+        Ok(summary) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&summary).expect("the summary serialises"));
+            } else {
+                println!(
+                    "run {}: {} candidates, valid {:.1}%, best accuracy {}, mean {}, {:.0} candidates/hour\nverdicts: {}",
+                    summary.run.display(),
+                    summary.candidates,
+                    100.0 * summary.valid_rate,
+                    summary.best_accuracy.map_or("-".into(), |b| format!("{b:.4}")),
+                    summary.mean_accuracy.map_or("-".into(), |b| format!("{b:.4}")),
+                    summary.candidates_per_hour,
+                    summary.verdicts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(failed(e)),
+    }
+}
+
+pub fn report(a: ReportArgs) -> Result<ExitCode, UsageError> {
+    let store = Store::open(&a.run).map_err(|e| UsageError(e.0))?;
+    let all = store.all().map_err(|e| UsageError(e.0))?;
+    let r = report::build(&all);
+    if !a.no_plots {
+        let dir = a.plots.clone().unwrap_or_else(|| a.run.join("plots"));
+        match report::plots(&r, &all, &dir) {
+            Ok(paths) => {
+                if !a.json && !a.csv {
+                    eprintln!(
+                        "plots: {}",
+                        paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+            Err(e) => return Ok(failed(e)),
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r).expect("the report serialises"));
+    } else if a.csv {
+        print!("{}", report::csv(&r));
+    } else {
+        print!("{}", report::text(&r));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn reeval(a: ReevalArgs) -> Result<ExitCode, UsageError> {
+    if a.top < 2 || a.epochs == 0 {
+        return Err(UsageError("--top must be at least 2 and --epochs at least 1".into()));
+    }
+    if !a.run.join(search::store::DB_FILE).is_file() {
+        return Err(UsageError(format!(
+            "{} is not a run folder: it has no {}",
+            a.run.display(),
+            search::store::DB_FILE
+        )));
+    }
+    match search::reeval(&a.run, a.top, a.epochs, !a.json) {
+        Ok(r) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("the result serialises"));
+            } else {
+                println!(
+                    "{:>6} {:<14} {:>9} {:>9} {}",
+                    "id",
+                    "dataset",
+                    "1 epoch",
+                    format!("{} ep", r.epochs),
+                    "verdict"
+                );
+                for c in &r.candidates {
+                    println!(
+                        "{:>6} {:<14} {:>9.4} {:>9} {}",
+                        c.id,
+                        c.dataset,
+                        c.proxy_accuracy,
+                        c.accuracy.map_or("-".into(), |x| format!("{x:.4}")),
+                        c.verdict
+                    );
+                }
+                let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+                println!("Spearman rho {}  Kendall tau {}", f(r.spearman_rho), f(r.kendall_tau));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(failed(e)),
+    }
+}

@@ -1,0 +1,320 @@
+//! The `openai` generator against OpenAI-compatible servers this test starts on loopback: good
+//! replies (chat and completions), 429 then success, 500, a slow server past the timeout, a server
+//! that is down; and a whole `nasc search` through one, with a retry fed the verdict's diagnostic.
+
+use nasc::search::config::{Api, OpenAiConfig, Sampling};
+use nasc::search::generate::{Generator, OpenAi, Request};
+use nasc::search::Store;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the server answers to its n-th request (0-based), given the request's path and body.
+struct Answer {
+    status: u16,
+    body: String,
+    delay: Duration,
+}
+
+/// A one-thread HTTP/1.1 server on 127.0.0.1; returns its base URL (…/v1), the request count
+/// and the requests seen (path, body).
+fn serve(
+    answer: impl Fn(usize, &str, &serde_json::Value) -> Answer + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<(String, serde_json::Value)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (c, s) = (count.clone(), seen.clone());
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (c, s, answer) = (c.clone(), s.clone(), answer.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut length = 0;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                s.lock().unwrap().push((path.clone(), json.clone()));
+                let a = answer(n, &path, &json);
+                std::thread::sleep(a.delay);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    a.status,
+                    a.body.len(),
+                    a.body
+                );
+            });
+        }
+    });
+    (url, count, seen)
+}
+
+fn chat(content: &str) -> Answer {
+    let body = serde_json::json!({
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 42, "total_tokens": 142}
+    });
+    Answer { status: 200, body: body.to_string(), delay: Duration::ZERO }
+}
+
+fn status(code: u16) -> Answer {
+    Answer { status: code, body: format!("{{\"error\": {{\"message\": \"status {code}\"}}}}"), delay: Duration::ZERO }
+}
+
+fn config(url: &str) -> OpenAiConfig {
+    OpenAiConfig {
+        base_url: url.into(),
+        model: "smol-lora".into(),
+        retries: 2,
+        backoff_ms: 10,
+        timeout_s: 5.0,
+        ..OpenAiConfig::default()
+    }
+}
+
+fn request() -> Request {
+    Request { prompt: "improve this".into(), base: "net {\n  gap\n}\n".into(), seed: 5, feedback: Vec::new() }
+}
+
+#[test]
+fn a_good_chat_reply_is_returned_with_its_token_count_and_the_request_carries_the_sampling() {
+    let (url, count, seen) = serve(|_, _, _| chat("```diff\n@@ -1 +1 @@\n```"));
+    let g = OpenAi::new(&config(&url), &Sampling::default());
+    let r = g.generate(&request()).unwrap();
+    assert_eq!((r.text.as_str(), r.tokens), ("```diff\n@@ -1 +1 @@\n```", Some(42)));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    let (path, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(path, "/v1/chat/completions");
+    assert_eq!(body["model"], "smol-lora");
+    assert_eq!((body["temperature"].as_f64(), body["top_p"].as_f64()), (Some(0.35), Some(0.9)));
+    assert_eq!((body["top_k"].as_u64(), body["max_tokens"].as_u64()), (Some(50), Some(1024)));
+    assert_eq!(body["messages"][0]["content"], "improve this");
+    assert_eq!(g.adapter().as_deref(), Some("smol-lora"));
+}
+
+#[test]
+fn the_completions_api_sends_a_prompt_and_feedback_follows_it() {
+    let (url, _, seen) = serve(|_, _, _| Answer {
+        status: 200,
+        body: serde_json::json!({"choices": [{"text": "a reply"}]}).to_string(),
+        delay: Duration::ZERO,
+    });
+    let g = OpenAi::new(&OpenAiConfig { api: Api::Completions, ..config(&url) }, &Sampling::default());
+    let mut req = request();
+    req.feedback.push(("bad reply".into(), "no_diff: the reply holds no diff".into()));
+    let r = g.generate(&req).unwrap();
+    assert_eq!((r.text.as_str(), r.tokens), ("a reply", None));
+    let (path, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(path, "/v1/completions");
+    let prompt = body["prompt"].as_str().unwrap();
+    assert!(
+        prompt.starts_with("improve this") && prompt.contains("bad reply") && prompt.contains("no_diff"),
+        "{prompt}"
+    );
+}
+
+#[test]
+fn a_429_is_retried_with_backoff_and_then_succeeds() {
+    let (url, count, _) = serve(|n, _, _| if n == 0 { status(429) } else { chat("ok now") });
+    let g = OpenAi::new(&config(&url), &Sampling::default());
+    assert_eq!(g.generate(&request()).unwrap().text, "ok now");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_server_error_is_retried_then_reported_with_its_status_and_url() {
+    let (url, count, _) = serve(|_, _, _| status(500));
+    let g = OpenAi::new(&config(&url), &Sampling::default());
+    let e = g.generate(&request()).unwrap_err().0;
+    assert_eq!(count.load(Ordering::SeqCst), 3, "one try and two retries");
+    assert!(e.contains("500") && e.contains(&url) && e.contains("after 3 tries"), "{e}");
+}
+
+#[test]
+fn a_client_error_is_not_retried() {
+    let (url, count, _) = serve(|_, _, _| status(404));
+    let g = OpenAi::new(&config(&url), &Sampling::default());
+    let e = g.generate(&request()).unwrap_err().0;
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert!(e.contains("404") && e.contains("status 404"), "{e}");
+}
+
+#[test]
+fn a_slow_server_hits_the_timeout() {
+    let (url, count, _) = serve(|_, _, _| Answer { delay: Duration::from_secs(3), ..chat("late") });
+    let g = OpenAi::new(&OpenAiConfig { timeout_s: 0.3, retries: 1, ..config(&url) }, &Sampling::default());
+    let start = std::time::Instant::now();
+    let e = g.generate(&request()).unwrap_err().0;
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(e.contains("did not answer within 0.3 s") && e.contains(&url), "{e}");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+/// A loopback port with nothing listening.
+fn dead_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+#[test]
+fn a_server_that_is_down_is_one_clear_error_naming_the_url() {
+    let url = dead_url();
+    let g = OpenAi::new(&config(&url), &Sampling::default());
+    let e = g.generate(&request()).unwrap_err().0;
+    assert!(e.contains("cannot reach") && e.contains(&format!("{url}/chat/completions")), "{e}");
+}
+
+fn data_root() -> PathBuf {
+    std::env::var_os("NASC_TEST_DATA").map_or_else(|| PathBuf::from("/usr/share/datasets"), PathBuf::from)
+}
+
+fn search_config(dir: &std::path::Path, url: &str) -> PathBuf {
+    search_config_with(dir, url, 1, 3, "")
+}
+
+fn search_config_with(dir: &std::path::Path, url: &str, cycles: usize, candidates: usize, extra: &str) -> PathBuf {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let path = dir.join("run.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = {cycles}\n\
+             candidates = {candidates}\ngenerator = \"openai\"\n[openai]\nbase_url = \"{url}\"\nmodel = \"base\"\nretries = 0\n\
+             [train]\ndata_root = \"{}\"\nlimit = 1000\neval_batch = 1000\n{extra}",
+            data_root().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_search_through_an_openai_server_records_replies_tokens_and_retries() {
+    let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    // The first reply holds no diff; every later one widens the first conv to a new width.
+    let (url, _, seen) = serve(move |n, _, body| {
+        if n == 0 {
+            return chat("I would make it wider.");
+        }
+        assert!(body["messages"][0]["content"].as_str().unwrap().contains(" |   conv(6, k=5)"), "numbered lines");
+        let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 6 + 2 * n));
+        let (diff, _) = nasc::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+        chat(&format!("Widen the first convolution.\n```diff\n{diff}```\n"))
+    });
+    let dir = std::env::temp_dir().join(format!("nasc-openai-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = dir.join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(search_config(&dir, &url))
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let all = Store::open(&run).unwrap().all().unwrap();
+    let cands: Vec<_> = all.iter().filter(|c| c.role == "candidate").collect();
+    assert_eq!(cands.len(), 3);
+    assert!(cands.iter().all(|c| c.generator == "openai" && c.adapter.as_deref() == Some("base")));
+    assert!(cands.iter().all(|c| c.front_verdict == "ok" && c.reply_tokens == Some(42)), "{cands:#?}");
+    // Exactly one candidate needed a retry, and its second request carried the diagnostic.
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 4);
+    let retry = requests.iter().find(|(_, b)| b["messages"].as_array().unwrap().len() == 3).expect("a retry");
+    assert!(retry.1["messages"][2]["content"].as_str().unwrap().contains("no_diff"), "{:?}", retry.1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_search_against_a_server_that_is_down_stops_with_one_error_naming_the_url() {
+    let url = dead_url();
+    let dir = std::env::temp_dir().join(format!("nasc-openai-down-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(search_config(&dir, &url))
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    assert!(err.contains(&url) && err.contains("cannot reach"), "{err}");
+    // No candidate was recorded as failed: the run can be resumed once the server is up.
+    let all = Store::open(&dir.join("run")).unwrap().all().unwrap();
+    assert_eq!(all.iter().filter(|c| c.role == "candidate").count(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn between_cycles_the_finetune_command_gets_the_corpus_and_the_generator_the_new_adapter() {
+    let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    // Each reply widens the first conv of whatever program the prompt shows; a wider one
+    // trains better often enough, and the test needs only the command and the model name.
+    let (url, _, seen) = serve(move |n, _, _| {
+        let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 8 + 2 * n));
+        let (diff, _) = nasc::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+        chat(&format!("```diff\n{diff}```\n"))
+    });
+    let dir = std::env::temp_dir().join(format!("nasc-openai-ft-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A stand-in fine-tuner: it copies the corpus into the adapter folder.
+    let extra = "[finetune]\ncommand = [\"sh\", \"-c\", \"cp \\\"$0\\\" \\\"$1/train.jsonl\\\"\", \"{corpus}\", \"{adapter}\"]\n\
+                 adapter_name = \"search-{cycle}\"\n";
+    let run = dir.join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(search_config_with(&dir, &url, 2, 2, extra))
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let corpus = std::fs::read_to_string(run.join("corpus/after-cycle-1.jsonl")).unwrap();
+    assert_eq!(std::fs::read_to_string(run.join("adapters/cycle-2/train.jsonl")).unwrap(), corpus);
+    assert!(!run.join("adapters/cycle-3").exists(), "no fine-tune after the last cycle");
+    let models: Vec<String> =
+        seen.lock().unwrap().iter().map(|(_, b)| b["model"].as_str().unwrap().to_string()).collect();
+    // Cycle 2 may need retries (its parent may be a widened program the reply does not fit).
+    assert_eq!(models[..2], ["base", "base"]);
+    assert!(models.len() >= 4 && models[2..].iter().all(|m| m == "search-2"), "{models:?}");
+    let all = Store::open(&run).unwrap().all().unwrap();
+    let adapters: Vec<_> = all.iter().filter(|c| c.role == "candidate").map(|c| (c.cycle, c.adapter.clone())).collect();
+    assert_eq!(
+        adapters,
+        [
+            (1, Some("base".into())),
+            (1, Some("base".into())),
+            (2, Some("search-2".into())),
+            (2, Some("search-2".into()))
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,97 @@
+//! Kill and resume: `nasc search` is SIGKILLed while candidates are training, then `--resume`d.
+//! No finished candidate is lost, redone or counted twice; the unfinished ones are redone and the run completes.
+//!
+//! Data: /usr/share/datasets/fashion-mnist (Debian's `dataset-fashion-mnist`) or `$NASC_TEST_DATA`.
+
+use nasc::search::Store;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn data_root() -> PathBuf {
+    std::env::var_os("NASC_TEST_DATA").map_or_else(|| PathBuf::from("/usr/share/datasets"), PathBuf::from)
+}
+
+#[test]
+fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
+    let dir = std::env::temp_dir().join(format!("nasc-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = 2\n\
+             candidates = 4\nseed = 3\n[train]\ndata_root = \"{}\"\nlimit = 2000\neval_batch = 1000\n",
+            data_root().display()
+        ),
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Wait until a candidate of cycle 1 has finished training while others are still claimed.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < deadline, "the search made no progress");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the search ended before it could be killed: {status}");
+        }
+        if let Ok(store) = Store::open(&run) {
+            if let Ok(all) = store.all() {
+                let trained =
+                    all.iter().filter(|c| c.role == "candidate" && c.status == "finished" && c.accuracy.is_some());
+                let claimed = all.iter().filter(|c| c.status == "claimed").count();
+                if trained.count() >= 1 && claimed >= 1 {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+
+    let before = Store::open(&run).unwrap().all().unwrap();
+    let finished: Vec<_> = before.iter().filter(|c| c.status == "finished").cloned().collect();
+    let claimed: Vec<_> = before.iter().filter(|c| c.status == "claimed").cloned().collect();
+    assert!(!claimed.is_empty(), "killed with work unfinished");
+
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_nasc")).args(["search", "--json", "--resume"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["candidates"], 8);
+
+    let after = Store::open(&run).unwrap().all().unwrap();
+    assert!(after.iter().all(|c| c.status == "finished"), "the run completes");
+    assert_eq!(after.iter().filter(|c| c.role == "baseline").count(), 1);
+    let cands: Vec<_> = after.iter().filter(|c| c.role == "candidate").collect();
+    assert_eq!(cands.len(), 8, "no candidate lost or counted twice");
+    let mut slots: Vec<(i64, i64)> = cands.iter().map(|c| (c.cycle, c.slot)).collect();
+    slots.dedup();
+    assert_eq!(slots, [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]);
+    for f in &finished {
+        let now = after.iter().find(|c| c.id == f.id).expect("a finished candidate is kept");
+        assert_eq!(
+            (now.cycle, now.slot, &now.verdict, now.accuracy, now.finished_at),
+            (f.cycle, f.slot, &f.verdict, f.accuracy, f.finished_at),
+            "a finished candidate is never redone"
+        );
+    }
+    for c in &claimed {
+        let now = after.iter().find(|x| x.id == c.id).expect("a claimed candidate keeps its row");
+        assert_eq!((now.cycle, now.slot, &now.program), (c.cycle, c.slot, &c.program), "and its program");
+        assert!(now.finished_at.is_some() && now.verdict != "", "and is trained on resume");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
