@@ -18,7 +18,7 @@
 //! - Other models are refused with an error naming `tokenizer.ggml.model`.
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 
