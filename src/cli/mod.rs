@@ -4,6 +4,7 @@
 mod data;
 mod delta;
 mod front;
+mod lm;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate weights saved by `nasc train --save` on a dataset's test split.
     Eval(train::EvalArgs),
+    /// Run language models (Llama-family, GGUF or Hugging Face checkpoints): generate replies.
+    #[command(subcommand)]
+    Lm(lm::LmCmd),
 }
 
 /// An error of usage or I/O (exit 2), as opposed to diagnostics about a program (exit 1).
@@ -75,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
+        Command::Lm(cmd) => lm::run(cmd),
     };
     match result {
         Ok(code) => code,
