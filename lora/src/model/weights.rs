@@ -351,12 +351,18 @@ pub(crate) fn build<B: Backend>(
     Ok(Llama { embed, blocks, norm, lm_head, config })
 }
 
-/// A row-major `[rows, cols]` matrix as `[cols, rows]`.
+/// A row-major `[rows, cols]` matrix as `[cols, rows]`, in tiles that stay in cache (a plain
+/// double loop took a seventh of SmolLM2's load time).
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for (c, &v) in values[r * cols..(r + 1) * cols].iter().enumerate() {
-            out[c * rows + r] = v;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = values[r * cols + c];
+                }
+            }
         }
     }
     out
