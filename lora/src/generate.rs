@@ -177,7 +177,8 @@ pub fn generate<B: Backend>(
             let stream = &mut streams[s];
             let token = sample(&logits[row], params, &mut stream.rng);
             stream.tokens.push(token);
-            let at_limit = stream.tokens.len() >= params.max_new_tokens || cache.len() + 1 >= context;
+            // The token would be fed at position cache.len(); past the context there is none.
+            let at_limit = stream.tokens.len() >= params.max_new_tokens || cache.len() >= context;
             let stopped_by_token = params.stop_token_ids.contains(&token);
             let body = if stopped_by_token { &stream.tokens[..stream.tokens.len() - 1] } else { &stream.tokens[..] };
             let text = tokenizer.decode(body, true)?;

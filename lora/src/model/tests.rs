@@ -595,3 +595,18 @@ fn bad_sampling_settings_are_refused() {
     let e = generate(&model, &tok, &[], &SamplingParams::default(), |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("no tokens"), "{e}");
 }
+
+#[test]
+fn replies_stop_at_the_end_of_the_context() {
+    let (model, tok) = tiny_checkpoint();
+    let context = model.config.max_position_embeddings;
+    let prompt = vec![40u32; context - 4];
+    let params = SamplingParams { max_new_tokens: 20, n: 2, temperature: 1.0, ..Default::default() };
+    let g = generate(&model, &tok, &prompt, &params, |_, _| {}).unwrap();
+    // Four positions are left: four tokens are fed there, and a fifth is sampled from the last.
+    for c in &g.completions {
+        assert_eq!((c.tokens.len(), c.finish), (5, FinishReason::Length));
+    }
+    let e = generate(&model, &tok, &vec![40u32; context], &params, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("context holds 64"), "{e}");
+}

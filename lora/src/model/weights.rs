@@ -241,11 +241,17 @@ pub fn save_safetensors<B: Backend>(model: &Llama<B>, dir: impl AsRef<Path>) -> 
     let dir = dir.as_ref();
     let io = |path: PathBuf| move |source| ModelError::Io { path: path.clone(), source };
     std::fs::create_dir_all(dir).map_err(io(dir.into()))?;
+    let path = dir.join("model.safetensors");
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut failed = None;
     let mut put = |name: String, t: TensorData| {
         let shape = t.shape.to_vec();
-        let values = t.convert::<f32>().to_vec::<f32>().unwrap_or_default();
-        tensors.insert(name, (shape, values.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        match t.convert::<f32>().to_vec::<f32>() {
+            Ok(values) => {
+                tensors.insert(name, (shape, values.iter().flat_map(|x| x.to_le_bytes()).collect()));
+            }
+            Err(e) => failed = Some(format!("cannot read {name} back from the device: {e:?}")),
+        }
     };
     // Burn keeps linear weights [in, out]; checkpoints keep PyTorch's [out, in].
     let linear = |l: &Linear<B>| l.weight.val().transpose().into_data();
@@ -273,15 +279,17 @@ pub fn save_safetensors<B: Backend>(model: &Llama<B>, dir: impl AsRef<Path>) -> 
             }
         }
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+    if let Some(message) = failed {
+        return Err(ModelError::Safetensors { path, message });
+    }
+    let st_err =
+        |e: safetensors::SafeTensorError| ModelError::Safetensors { path: path.clone(), message: e.to_string() };
+    let views = tensors
         .iter()
         .map(|(n, (shape, bytes))| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .expect("the byte count is the shape's product times four");
-            (n.clone(), view)
+            Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(st_err)?))
         })
-        .collect();
-    let path = dir.join("model.safetensors");
+        .collect::<Result<Vec<_>, ModelError>>()?;
     let bytes = safetensors::serialize(views, None)
         .map_err(|e| ModelError::Safetensors { path: path.clone(), message: e.to_string() })?;
     std::fs::write(&path, bytes).map_err(io(path.clone()))?;
