@@ -228,6 +228,12 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos, eos, add_bos: false, add_eos: false })
     }
 
+    /// Writes the tokenizer as a Hugging Face `tokenizer.json`, which [`Tokenizer::from_hf_json`] reads back.
+    pub fn save_hf_json(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.inner.save(path, true).map_err(|e| TokenizerError::HfJson { path: path.to_owned(), reason: e.to_string() })
+    }
+
     /// The ids of `text`. With `add_special`, the checkpoint's BOS/EOS are
     /// added as it asks; special tokens written in the text are matched whole either way.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {

@@ -610,3 +610,27 @@ fn replies_stop_at_the_end_of_the_context() {
     let e = generate(&model, &tok, &vec![40u32; context], &params, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("context holds 64"), "{e}");
 }
+
+#[test]
+fn a_hugging_face_folder_generates_what_its_gguf_twin_does() {
+    let gguf_dir = tempfile::tempdir().unwrap();
+    let gguf_path = gguf_dir.path().join("tiny.gguf");
+    std::fs::write(&gguf_path, tiny_gguf_checkpoint(8)).unwrap();
+    let from_gguf = Checkpoint::<B>::open(&gguf_path, &Default::default()).unwrap();
+    let hf = tempfile::tempdir().unwrap();
+    save_safetensors(&from_gguf.model, hf.path()).unwrap();
+    from_gguf.tokenizer.save_hf_json(hf.path().join("tokenizer.json")).unwrap();
+    let from_hf = Checkpoint::<B>::open(hf.path(), &Default::default()).unwrap();
+
+    let prompt = "hello world";
+    let ids = from_gguf.tokenizer.encode(prompt, false).unwrap();
+    assert_eq!(from_hf.tokenizer.encode(prompt, false).unwrap(), ids);
+    let params = SamplingParams { max_new_tokens: 12, ..Default::default() };
+    let a = generate(&from_gguf.model, &from_gguf.tokenizer, &ids, &params, |_, _| {}).unwrap();
+    let b = generate(&from_hf.model, &from_hf.tokenizer, &ids, &params, |_, _| {}).unwrap();
+    assert_eq!(a.completions, b.completions);
+
+    std::fs::remove_file(hf.path().join("tokenizer.json")).unwrap();
+    let e = Checkpoint::<B>::open(hf.path(), &Default::default()).err().unwrap().to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
+}
