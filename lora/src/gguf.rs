@@ -16,6 +16,7 @@
 mod dequant;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod write;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,5 +1,6 @@
 //! nasc-lora: runs and LoRA-fine-tunes Llama-family language models for nasc's
-//! search loop. This first piece reads GGUF model files; it knows nothing of Burn.
+//! search loop: GGUF and Hugging Face checkpoints, tokenizers, chat templates, a
+//! Llama-family decoder in Burn, and generation with a KV cache.
 //!
 //! ```no_run
 //! use nasc_lora::gguf::GgufFile;
@@ -11,8 +12,10 @@
 //! ```
 
 // Crate layout: gguf (file format, metadata, dequantisation), tokenizer (text <-> ids
-// from GGUF or tokenizer.json), chat (chat templates). Model, generation and LoRA
-// training come later (issue 7) and build on them.
+// from GGUF or tokenizer.json), chat (chat templates), model (the decoder and its
+// loaders), generate (sampling with a KV cache). LoRA training comes later (issue 7).
 pub mod chat;
+pub mod generate;
 pub mod gguf;
+pub mod model;
 pub mod tokenizer;

@@ -18,7 +18,7 @@
 //! - Other models are refused with an error naming `tokenizer.ggml.model`.
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 
@@ -226,6 +226,12 @@ impl Tokenizer {
         let bos = configured("bos_token").or_else(|| find(&["<|begin_of_text|>", "<s>", "<|endoftext|>"]));
         let eos = configured("eos_token").or_else(|| find(&["<|end_of_text|>", "</s>", "<|im_end|>", "<|endoftext|>"]));
         Ok(Tokenizer { inner, bos, eos, add_bos: false, add_eos: false })
+    }
+
+    /// Writes the tokenizer as a Hugging Face `tokenizer.json`, which [`Tokenizer::from_hf_json`] reads back.
+    pub fn save_hf_json(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.inner.save(path, true).map_err(|e| TokenizerError::HfJson { path: path.to_owned(), reason: e.to_string() })
     }
 
     /// The ids of `text`. With `add_special`, the checkpoint's BOS/EOS are

@@ -4,6 +4,7 @@
 mod data;
 mod delta;
 mod front;
+mod lm;
 mod search;
 mod train;
 
@@ -61,6 +62,9 @@ enum Command {
     Report(search::ReportArgs),
     /// Retrain a run's best candidates longer; rank correlation of the one-epoch and the long ranking.
     Reeval(search::ReevalArgs),
+    /// Run language models (Llama-family, GGUF or Hugging Face checkpoints): generate replies.
+    #[command(subcommand)]
+    Lm(lm::LmCmd),
 }
 
 /// An error of usage or I/O (exit 2), as opposed to diagnostics about a program (exit 1).
@@ -85,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Search(a) => search::search(a),
         Command::Report(a) => search::report(a),
         Command::Reeval(a) => search::reeval(a),
+        Command::Lm(cmd) => lm::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -38,7 +38,7 @@ fn tiny_tokens() -> Vec<String> {
 }
 
 /// A GGUF writer holding a complete tiny gpt2 tokenizer; `skip` leaves one key out.
-fn tiny_gguf(skip: &str) -> Writer {
+pub(crate) fn tiny_gguf(skip: &str) -> Writer {
     let tokens = tiny_tokens();
     let n_special = SPECIALS.len();
     let types: Vec<Value> =

@@ -1,0 +1,290 @@
+// A Llama-family decoder in Burn, generic over the backend: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+// It must not know file formats (weights.rs turns GGUF and safetensors into the tensors it is built from) nor sample tokens.
+
+//! The decoder that Llama 2/3, Mistral, Qwen2, DeepSeek-Coder and SmolLM2
+//! share, chosen in its details by a [`LlamaConfig`].
+//!
+//! Hidden states are kept as `[rows, hidden]` matrices (a row per token of
+//! every sequence in the batch); attention alone reshapes them to
+//! `[batch, heads, tokens, head_dim]`. Rotary embeddings follow Hugging Face's
+//! convention (dimension `i` pairs with `i + head_dim/2`); GGUF files of the
+//! `llama` architecture, whose converter interleaves the pairs, are put back
+//! in that order when loaded.
+
+mod config;
+mod weights;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{LlamaConfig, RopeScaling};
+pub use weights::{load_gguf, load_hf_dir, save_safetensors, Checkpoint, WeightSource};
+
+use crate::chat::ChatError;
+use crate::gguf::GgufError;
+use crate::tokenizer::TokenizerError;
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use std::path::PathBuf;
+
+/// What went wrong loading or running a model. Messages name the file, key or tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error("{}: cannot read: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("config {key}: {message}")]
+    Config { key: String, message: String },
+    #[error("tensor {name} is missing from the checkpoint")]
+    MissingTensor { name: String },
+    #[error("tensor {name} has shape {found:?}, the config needs {expected:?}")]
+    WrongShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("tensor {name} is stored as {dtype}, which this loader does not read (it reads F32, F16 and BF16)")]
+    UnsupportedDtype { name: String, dtype: String },
+    #[error("{}: {message}", path.display())]
+    Safetensors { path: PathBuf, message: String },
+    #[error("not supported: {what}")]
+    Unsupported { what: String },
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("{what}")]
+    Input { what: String },
+}
+
+/// One decoder block: attention then a SwiGLU MLP, each behind an RMSNorm and a residual.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub attn_norm: Param<Tensor<B, 1>>,
+    pub q: Linear<B>,
+    pub k: Linear<B>,
+    pub v: Linear<B>,
+    pub o: Linear<B>,
+    pub mlp_norm: Param<Tensor<B, 1>>,
+    pub gate: Linear<B>,
+    pub up: Linear<B>,
+    pub down: Linear<B>,
+}
+
+/// A Llama-family decoder. Linear weights are stored `[in, out]` (Burn's
+/// layout, the transpose of PyTorch's).
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// `[vocab, hidden]`.
+    pub embed: Param<Tensor<B, 2>>,
+    pub blocks: Vec<Block<B>>,
+    pub norm: Param<Tensor<B, 1>>,
+    /// `[hidden, vocab]`; a copy of the embedding's transpose when the checkpoint ties them.
+    pub lm_head: Param<Tensor<B, 2>>,
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+/// Keys and values of every past position, per block: `[batch, kv_heads, positions, head_dim]`.
+/// Every row of the batch holds the same number of positions.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(config: &LlamaConfig) -> Self {
+        KvCache { layers: vec![None; config.n_layers], len: 0 }
+    }
+
+    /// Positions held per row.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Rows of the batch it holds (0 when empty).
+    pub fn batch(&self) -> usize {
+        self.layers.iter().flatten().next().map_or(0, |(k, _)| k.dims()[0])
+    }
+
+    /// A cache of one row repeated `n` times: the prompt prefilled once, shared by `n` continuations.
+    pub fn repeat_rows(&self, n: usize) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| (k.clone().repeat_dim(0, n), v.clone().repeat_dim(0, n))));
+        KvCache { layers: layers.collect(), len: self.len }
+    }
+
+    /// Keeps only the given rows, in that order (finished streams leave the batch).
+    pub fn select_rows(&self, rows: &[usize]) -> Self {
+        let Some((k0, _)) = self.layers.iter().flatten().next() else { return self.clone() };
+        let device = k0.device();
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| (k.clone().select(0, idx.clone()), v.clone().select(0, idx.clone()))));
+        KvCache { layers: layers.collect(), len: self.len }
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Logits of the last position of each row, `[batch, vocab]`, after running `tokens`
+    /// (`batch` rows of equal length, row-major) through the model on top of `cache`, which
+    /// it extends.
+    pub fn forward_last(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let hidden = self.hidden(tokens, batch, cache)?;
+        let [rows, width] = hidden.dims();
+        let seq = rows / batch;
+        let last = hidden.reshape([batch, seq, width]).narrow(1, seq - 1, 1).reshape([batch, width]);
+        Ok(last.matmul(self.lm_head.val()))
+    }
+
+    /// Logits of every position, `[batch, tokens, vocab]`.
+    pub fn forward_all(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let hidden = self.hidden(tokens, batch, cache)?;
+        let [rows, _] = hidden.dims();
+        Ok(hidden.matmul(self.lm_head.val()).reshape([batch, rows / batch, self.config.vocab_size]))
+    }
+
+    /// Final-norm hidden states, `[batch * tokens, hidden]`.
+    fn hidden(&self, tokens: &[u32], batch: usize, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>, ModelError> {
+        let c = &self.config;
+        if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 {
+            return Err(ModelError::Input {
+                what: format!("{} tokens cannot be split into {batch} rows of equal length", tokens.len()),
+            });
+        }
+        if cache.batch() != 0 && cache.batch() != batch {
+            return Err(ModelError::Input {
+                what: format!("the cache holds {} rows but {batch} were given", cache.batch()),
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
+        }
+        let seq = tokens.len() / batch;
+        let past = cache.len;
+        let device = self.embed.val().device();
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &device);
+        let mut x = self.embed.val().select(0, ids);
+
+        let (cos, sin) = self.rope_tables(past, seq, &device);
+        let mask = (seq > 1).then(|| causal_mask::<B>(seq, past, c.n_heads / c.n_kv_heads, &device));
+        for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let h = rms_norm(x.clone(), block.attn_norm.val(), c.rms_norm_eps);
+            let attn = self.attention(block, h, batch, seq, (&cos, &sin), mask.clone(), layer_cache);
+            x = x + attn;
+            let h = rms_norm(x.clone(), block.mlp_norm.val(), c.rms_norm_eps);
+            let mlp = block.down.forward(silu(block.gate.forward(h.clone())) * block.up.forward(h));
+            x = x + mlp;
+        }
+        cache.len += seq;
+        Ok(rms_norm(x, self.norm.val(), c.rms_norm_eps))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        block: &Block<B>,
+        h: Tensor<B, 2>,
+        batch: usize,
+        seq: usize,
+        (cos, sin): (&Tensor<B, 4>, &Tensor<B, 4>),
+        mask: Option<Tensor<B, 4>>,
+        layer_cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> Tensor<B, 2> {
+        let c = &self.config;
+        let (heads, kv_heads, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
+        let q = rope(split(block.q.forward(h.clone()), heads), cos, sin);
+        let k = rope(split(block.k.forward(h.clone()), kv_heads), cos, sin);
+        let v = split(block.v.forward(h), kv_heads);
+        let (k, v) = match layer_cache.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *layer_cache = Some((k.clone(), v.clone()));
+
+        // Grouped-query attention without copying keys: the `rep` query heads that share a
+        // key/value head are stacked along the token axis and meet it in one matmul.
+        let rep = heads / kv_heads;
+        let q = q.reshape([batch, kv_heads, rep * seq, d]);
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
+        if let Some(mask) = mask {
+            scores = scores + mask;
+        }
+        let out = softmax(scores, 3).matmul(v);
+        let out = out.reshape([batch, heads, seq, d]).swap_dims(1, 2).reshape([batch * seq, heads * d]);
+        block.o.forward(out)
+    }
+
+    /// cos and sin for positions `past..past + seq`, `[1, 1, seq, head_dim]`, each frequency
+    /// repeated over both halves as Hugging Face's rotary embedding lays them out.
+    fn rope_tables(&self, past: usize, seq: usize, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let inv_freq = self.config.inv_freq();
+        let d = self.config.head_dim;
+        let (mut cos, mut sin) = (Vec::with_capacity(seq * d), Vec::with_capacity(seq * d));
+        for p in past..past + seq {
+            for half in 0..2 {
+                let _ = half;
+                for &f in &inv_freq {
+                    // f32 angles, as transformers computes them, so long positions round alike.
+                    let angle = p as f32 * f as f32;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let make = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, seq, d]), device);
+        (make(cos), make(sin))
+    }
+}
+
+/// `x * w / sqrt(mean(x²) + eps)` over the last dimension.
+fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    let scale = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
+    x * scale * weight.unsqueeze::<2>()
+}
+
+/// Rotates pairs `(i, i + d/2)` of every head by the position's angles.
+fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let d = x.dims()[3];
+    let lo = x.clone().narrow(3, 0, d / 2);
+    let hi = x.clone().narrow(3, d / 2, d / 2);
+    let rotated = Tensor::cat(vec![hi.neg(), lo], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// The additive causal mask for `seq` new positions after `past` cached ones, laid out as the
+/// grouped queries are (`rep` heads stacked along the token axis): `[1, 1, rep * seq, past + seq]`.
+fn causal_mask<B: Backend>(seq: usize, past: usize, rep: usize, device: &B::Device) -> Tensor<B, 4> {
+    let total = past + seq;
+    let mut m = Vec::with_capacity(rep * seq * total);
+    for _ in 0..rep {
+        for i in 0..seq {
+            m.extend((0..total).map(|j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }));
+        }
+    }
+    Tensor::from_data(TensorData::new(m, [1, 1, rep * seq, total]), device)
+}

