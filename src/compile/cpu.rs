@@ -284,32 +284,68 @@ fn forward(g: &Geometry, x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTenso
     let (xs, ws) = (f32s(x), f32s(w));
     let bias = bias.map(f32s);
     let (k, n) = (g.k(), g.n());
-    // Each item's output is written once before the product adds into it (the bias, or 0),
-    // while it is in cache; no pass over the whole output beforehand.
-    let total = g.batch * g.cout * n;
-    let mut y: Vec<f32> = Vec::with_capacity(total);
-    y.spare_capacity_mut()[..total].par_chunks_mut(g.cout * n).enumerate().for_each_init(
-        || vec![0.0f32; k * n],
-        |col, (b, out)| {
-            for (co, row) in out.chunks_mut(n).enumerate() {
-                let v = bias.as_ref().map_or(0.0, |bias| bias[co]);
-                row.iter_mut().for_each(|o| {
-                    o.write(v);
-                });
-            }
-            // SAFETY: every element of `out` was written just above.
-            let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
-            im2col(g, &xs[b * g.image()..][..g.image()], col);
-            matmul((g.cout, n, k), out, true, &ws, (k, 1), col, (n, 1));
+    // Each item's output starts as its bias (or 0) and the product adds into it.
+    let y = per_item(
+        g.batch,
+        g.cout * n,
+        n,
+        |co| bias.as_ref().map_or(0.0, |bias| bias[co]),
+        |b, out| {
+            with_scratch(k * n, |col| {
+                im2col(g, &xs[b * g.image()..][..g.image()], col);
+                matmul((g.cout, n, k), out, true, &ws, (k, 1), col, (n, 1));
+            });
             if relu {
                 // PyTorch's relu: negatives to 0, NaN kept.
                 out.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
             }
         },
     );
-    // SAFETY: the chunks above cover all `total` elements and wrote each of them.
-    unsafe { y.set_len(total) };
     tensor(y, [g.batch, g.cout, g.ho, g.wo])
+}
+
+/// `batch` items of `item` floats computed in parallel: each item starts with row `r` (of `row`
+/// floats) holding `start(r)`, written while the item is in cache, then `body(index, item)`
+/// finishes it. No pass over the whole result beforehand.
+fn per_item(
+    batch: usize,
+    item: usize,
+    row: usize,
+    start: impl Fn(usize) -> f32 + Sync,
+    body: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let total = batch * item;
+    let mut v: Vec<f32> = Vec::with_capacity(total);
+    v.spare_capacity_mut()[..total].par_chunks_mut(item.max(1)).enumerate().for_each(|(b, out)| {
+        for (r, part) in out.chunks_mut(row.max(1)).enumerate() {
+            let value = start(r);
+            part.iter_mut().for_each(|o| {
+                o.write(value);
+            });
+        }
+        // SAFETY: every element of `out` was written just above.
+        let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
+        body(b, out);
+    });
+    // SAFETY: the chunks cover all `total` elements, and each was written.
+    unsafe { v.set_len(total) };
+    v
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's scratch buffer of `len` floats, kept between calls (never zeroed: callers write
+/// every element before they read it). `f` must not call back into rayon.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
 }
 
 /// Chunks of the batch, one per thread, for gradients summed over the batch.
@@ -329,28 +365,40 @@ fn backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
     let (k, n) = (g.k(), g.n());
     let dx = want[0].then(|| {
-        let mut dx = vec![0.0f32; g.batch * g.image()];
-        dx.par_chunks_mut(g.image()).enumerate().for_each_init(
-            || vec![0.0f32; k * n],
-            |dcol, (b, dxb)| {
-                // dcol = Wᵀ (k × Cout) · dY_b (Cout × n)
-                matmul((k, n, g.cout), dcol, false, w, (1, k), &dy[b * g.cout * n..][..g.cout * n], (n, 1));
-                col2im(g, dcol, dxb);
+        per_item(
+            g.batch,
+            g.image(),
+            g.image(),
+            |_| 0.0,
+            |b, dxb| {
+                with_scratch(k * n, |dcol| {
+                    // dcol = Wᵀ (k × Cout) · dY_b (Cout × n)
+                    matmul((k, n, g.cout), dcol, false, w, (1, k), &dy[b * g.cout * n..][..g.cout * n], (n, 1));
+                    col2im(g, dcol, dxb);
+                });
             },
-        );
-        dx
+        )
     });
     let dw = want[1].then(|| {
         let partials: Vec<Vec<f32>> = batch_chunks(g.batch)
             .into_par_iter()
             .map(|range| {
                 let mut dw = vec![0.0f32; g.cout * k];
-                let mut col = vec![0.0f32; k * n];
-                for (i, b) in range.enumerate() {
-                    im2col(g, &x[b * g.image()..][..g.image()], &mut col);
-                    // dW += dY_b (Cout × n) · col_bᵀ (n × k)
-                    matmul((g.cout, k, n), &mut dw, i > 0, &dy[b * g.cout * n..][..g.cout * n], (n, 1), &col, (1, n));
-                }
+                with_scratch(k * n, |col| {
+                    for (i, b) in range.enumerate() {
+                        im2col(g, &x[b * g.image()..][..g.image()], col);
+                        // dW += dY_b (Cout × n) · col_bᵀ (n × k)
+                        matmul(
+                            (g.cout, k, n),
+                            &mut dw,
+                            i > 0,
+                            &dy[b * g.cout * n..][..g.cout * n],
+                            (n, 1),
+                            col,
+                            (1, n),
+                        );
+                    }
+                });
                 dw
             })
             .collect();
