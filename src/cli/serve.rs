@@ -39,6 +39,7 @@ pub struct ServeArgs {
     adapter: Vec<String>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// 0 picks a free port; the address is printed on stderr once the model has loaded.
     #[arg(long, default_value_t = 8000)]
     port: u16,
     /// Where to run: cpu, wgpu, wgpu:N, cuda, cuda:N.
@@ -72,7 +73,10 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode, UsageError> {
     let base = match &a.served_model_name {
         Some(n) if n.is_empty() => return Err(UsageError("--served-model-name must not be empty".into())),
         Some(n) => n.clone(),
-        None => a.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
+        // A folder keeps its whole name (`Qwen2.5-Coder-7B`); a file loses its extension.
+        None => if a.model.is_dir() { a.model.file_name() } else { a.model.file_stem() }
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
     };
     let mut adapters = vec![];
     for spec in &a.adapter {
