@@ -221,6 +221,7 @@ fn n_replies_are_seeded_and_streams_match_whole_replies() {
     // Streamed: the pieces of each choice join into the whole reply, and the stream ends with [DONE].
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
     let events = s.stream("/v1/chat/completions", &streamed);
     let (joined, finish, usage) = gather(&events, true, 3);
     assert_eq!(joined, texts);
@@ -235,7 +236,8 @@ fn n_replies_are_seeded_and_streams_match_whole_replies() {
     let (_, whole) = s.post("/v1/completions", &body);
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
-    let (joined, finish, _) = gather(&s.stream("/v1/completions", &streamed), false, 1);
+    let (joined, finish, usage) = gather(&s.stream("/v1/completions", &streamed), false, 1);
+    assert_eq!(usage, Value::Null, "usage is streamed only when stream_options asks for it");
     assert_eq!(joined[0], whole["choices"][0]["text"].as_str().unwrap());
     assert_eq!(finish[0], whole["choices"][0]["finish_reason"].as_str().unwrap());
 }
@@ -292,6 +294,13 @@ fn bad_requests_get_error_objects_and_the_server_stays_up() {
         ("/v1/chat/completions", json!({"messages": hello, "stop": [1]}), 400, Some("stop"), "strings"),
         ("/v1/chat/completions", json!({"messages": hello, "stop": ""}), 400, Some("stop"), "empty"),
         ("/v1/chat/completions", json!({"messages": hello, "stream": "yes"}), 400, Some("stream"), "true or false"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": hello, "stream_options": 1}),
+            400,
+            Some("stream_options"),
+            "object",
+        ),
     ];
     for (path, body, want, param, mention) in cases {
         let (status, v) = s.post(path, &body);

@@ -29,7 +29,7 @@ curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
 Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions. Sampling fields: temperature \
 (default 1), top_p, top_k (0 or -1: all), max_tokens / max_completion_tokens, n (replies decoded in one batch \
 sharing the prompt's cache), stop (a string or a list), seed, stream (server-sent events ending in \
-`data: [DONE]`). A request's `model` names the base model or an adapter; without it the base model answers.")]
+`data: [DONE]`; stream_options.include_usage adds a usage chunk). A request's `model` names the base model or an adapter; without it the base model answers.")]
 pub struct ServeArgs {
     /// A .gguf file, or a folder with config.json, *.safetensors and tokenizer.json.
     #[arg(long, value_name = "PATH")]
@@ -122,6 +122,8 @@ struct Work {
     input: Input,
     params: SamplingParams,
     stream: bool,
+    /// `stream_options.include_usage`: a last chunk with no choices and the usage.
+    include_usage: bool,
     reply: mpsc::Sender<Event>,
 }
 
@@ -569,7 +571,18 @@ fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
         n: n as usize,
     };
     let (reply, _) = mpsc::channel();
-    Ok(Work { model, input, params, stream, reply })
+    let include_usage = match f.get("stream_options") {
+        None => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(HttpError::bad("'include_usage' must be true or false".into(), Some("stream_options")))
+            }
+        },
+        Some(_) => return Err(HttpError::bad("'stream_options' must be an object".into(), Some("stream_options"))),
+    };
+    Ok(Work { model, input, params, stream, include_usage, reply })
 }
 
 fn request_id(chat: bool) -> String {
@@ -582,6 +595,7 @@ fn complete(conn: &mut TcpStream, info: &Info, mut w: Work, chat: bool) {
     let (tx, rx) = mpsc::channel();
     w.reply = tx;
     let stream = w.stream;
+    let include_usage = w.include_usage;
     let n = w.params.n;
     let model = info.models[w.model].clone();
     if info.work.send(w).is_err() {
@@ -671,7 +685,9 @@ fn complete(conn: &mut TcpStream, info: &Info, mut w: Work, chat: bool) {
                 for (i, c) in g.completions.iter().enumerate() {
                     open = open && send(chunk(piece(i, "", json!(c.finish.as_str())), Value::Null));
                 }
-                open = open && send(chunk(json!([]), usage(&g)));
+                if include_usage {
+                    open = open && send(chunk(json!([]), usage(&g)));
+                }
                 break;
             }
             Event::Failed(e) => {
