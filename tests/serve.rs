@@ -377,4 +377,25 @@ fn smollm2_chat_completion_over_http() {
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert_eq!(text, want["completions"][0]["text"].as_str().unwrap());
     assert!(text.contains("Paris"), "{text}");
+
+    // While a long generation runs, the server still answers other requests at once.
+    let s = std::sync::Arc::new(s);
+    let busy = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            s.post("/v1/completions", &json!({"prompt": "Once upon a time", "max_tokens": 128, "temperature": 0}))
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    let (status, _) = s.get("/v1/models");
+    assert_eq!(status, 200);
+    let (status, v) = s.post("/v1/completions", &json!({"prompt": "x", "n": 0}));
+    assert_eq!(status, 400, "{v}");
+    let waited = start.elapsed();
+    assert!(!busy.is_finished(), "the generation should still be running");
+    assert!(waited.as_secs_f64() < 1.0, "answered in {waited:?} while generating");
+    let (status, v) = busy.join().unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
 }
