@@ -6,6 +6,7 @@ mod delta;
 mod front;
 mod lm;
 mod search;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +66,8 @@ enum Command {
     /// Run language models (Llama-family, GGUF or Hugging Face checkpoints): generate replies.
     #[command(subcommand)]
     Lm(lm::LmCmd),
+    /// Serve a language model over the OpenAI HTTP protocol (/v1/models, /v1/chat/completions, /v1/completions).
+    Serve(serve::ServeArgs),
 }
 
 /// An error of usage or I/O (exit 2), as opposed to diagnostics about a program (exit 1).
@@ -90,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Report(a) => search::report(a),
         Command::Reeval(a) => search::reeval(a),
         Command::Lm(cmd) => lm::run(cmd),
+        Command::Serve(a) => serve::serve(a),
     };
     match result {
         Ok(code) => code,

