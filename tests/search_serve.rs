@@ -1,0 +1,96 @@
+//! The `openai` generator against a real OpenAI-compatible server: `nasc serve` with
+//! SmolLM2-135M-Instruct on loopback, driven by `nasc search`. Opt-in on `NASC_SMOLLM2_GGUF`
+//! (the path of the model's GGUF file; `.ci/run` fetches it), skipped with a note otherwise.
+
+use nasc::search::Store;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nasc serve` child on a free loopback port, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(model: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["serve", "--model", model, "--port", "0", "--served-model-name", "smollm2"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nasc serve starts");
+    // The server prints its address on stderr once the model is loaded.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut seen = Vec::new();
+    let address = loop {
+        assert!(Instant::now() < deadline, "nasc serve printed no address: {seen:?}");
+        let Some(Ok(line)) = lines.next() else { panic!("nasc serve ended early: {seen:?}") };
+        if let Some(at) = line.find("http://127.0.0.1:") {
+            let rest = &line[at..];
+            break rest.split_whitespace().next().unwrap().trim_end_matches(['/', '.', ',']).to_string();
+        }
+        seen.push(line);
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let base = address.trim_end_matches("/v1").to_string();
+    Server { child, url: format!("{base}/v1") }
+}
+
+#[test]
+fn a_search_runs_its_candidates_through_nasc_serve_with_smollm2() {
+    let Some(model) = std::env::var_os("NASC_SMOLLM2_GGUF") else {
+        eprintln!("skipped: set NASC_SMOLLM2_GGUF to SmolLM2-135M-Instruct's GGUF file to run this test");
+        return;
+    };
+    let server = start_server(model.to_str().unwrap());
+    let dir = std::env::temp_dir().join(format!("nasc-search-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let data = std::env::var_os("NASC_TEST_DATA").map_or_else(|| PathBuf::from("/usr/share/datasets"), PathBuf::from);
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = 1\ncandidates = 2\n\
+             retries = 0\ngenerator = \"openai\"\n[sampling]\nmax_tokens = 64\n[openai]\nbase_url = \"{}\"\n\
+             model = \"smollm2\"\nconcurrency = 2\ntimeout_s = 600.0\n[train]\ndata_root = \"{}\"\nlimit = 1000\n\
+             eval_batch = 1000\n",
+            server.url,
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let all = Store::open(&run).unwrap().all().unwrap();
+    let candidates: Vec<_> = all.iter().filter(|c| c.role == "candidate").collect();
+    assert_eq!(candidates.len(), 2, "{candidates:#?}");
+    for c in &candidates {
+        assert_eq!(c.generator, "openai");
+        assert_eq!(c.adapter.as_deref(), Some("smollm2"));
+        // A real reply, counted by the server's tokenizer, judged like any other.
+        let tokens = c.reply_tokens.expect("the server reports usage");
+        assert!(tokens > 0 && tokens <= 64, "{tokens} tokens: {c:#?}");
+        assert!(!c.front_verdict.is_empty(), "{c:#?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
