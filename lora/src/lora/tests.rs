@@ -138,7 +138,7 @@ fn saved_adapter() -> (tempfile::TempDir, LoraConfig) {
 
 fn load_error(dir: &Path) -> String {
     let (_d, fresh) = tiny_model::<B>(4);
-    load_peft(fresh, dir).err().expect("the adapter should be refused").to_string()
+    load_peft(fresh, dir).expect_err("the adapter should be refused").to_string()
 }
 
 #[test]
