@@ -1,6 +1,7 @@
 //! `nasc lm generate` as a user runs it: on a tiny random GGUF checkpoint written here, its errors, and (when
 //! NASC_SMOLLM2_GGUF names the file) on the real SmolLM2-135M-Instruct against transformers' stored reply.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 #[path = "common/tiny_lm.rs"]
@@ -124,4 +125,130 @@ fn smollm2_reply_matches_transformers_from_the_command_line() {
     let want: Vec<u64> = case["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(token_ids(c), want);
     assert_eq!(c["text"], case["greedy_text"]);
+}
+
+/// Chat JSONL of short conversations for the tiny model.
+fn corpus(dir: &Path) -> PathBuf {
+    let lines = [("hello", "hello hello"), ("hi", "ll he"), ("hey", "hell")].map(|(u, a)| {
+        serde_json::json!({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]})
+            .to_string()
+    });
+    let path = dir.join("corpus.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn greedy(model: &str, extra: &[&str], prompt: &str) -> Vec<u64> {
+    let mut args = vec!["lm", "generate", "--model", model, "--prompt", prompt, "--max-new-tokens", "8", "--json"];
+    args.extend(extra);
+    token_ids(&json_of(&nasc(&args))["completions"][0])
+}
+
+#[test]
+fn finetune_learns_the_replies_and_writes_peft_and_merged_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let m = model.to_str().unwrap();
+    let data = corpus(dir.path());
+    let out = dir.path().join("adapter");
+    let merged = dir.path().join("merged");
+    let base_args = [
+        "lm",
+        "finetune",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--rank",
+        "8",
+        "--alpha",
+        "16",
+        "--dropout",
+        "0",
+        "--lr",
+        "0.02",
+        "--batch",
+        "3",
+        "--warmup",
+        "2",
+        "--save-every",
+        "5",
+    ];
+    let mut args = base_args.to_vec();
+    args.extend(["--epochs", "200", "--merge", merged.to_str().unwrap(), "--json"]);
+    let v = json_of(&nasc(&args));
+    assert_eq!(v["steps"], 200, "{v}");
+    let losses: Vec<f64> = v["losses"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert!(v["final_loss"].as_f64().unwrap() < 0.3 * losses[0], "loss did not fall: {losses:?}");
+    assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["r"], 8);
+    assert_eq!(config["peft_type"], "LORA");
+    assert!(out.join("adapter_model.safetensors").exists());
+
+    // The adapter and the merged checkpoint give the same greedy reply, and it is the trained one.
+    let with_adapter = greedy(m, &["--adapter", out.to_str().unwrap()], "hello");
+    assert_eq!(greedy(merged.to_str().unwrap(), &[], "hello"), with_adapter);
+    for (p, reply) in [("hello", "hello hello"), ("hi", "ll he"), ("hey", "hell")] {
+        let v = json_of(&nasc(&[
+            "lm",
+            "generate",
+            "--model",
+            m,
+            "--adapter",
+            out.to_str().unwrap(),
+            "--prompt",
+            p,
+            "--json",
+            "--max-new-tokens",
+            "8",
+        ]));
+        assert_eq!(v["completions"][0]["text"], reply, "{p}");
+    }
+
+    // --resume continues from the saved step count: 200 steps done, 205 asked for.
+    let mut args = base_args.to_vec();
+    args.extend(["--epochs", "205", "--resume", "--json"]);
+    let v = json_of(&nasc(&args));
+    assert_eq!(v["steps"], 205, "{v}");
+    assert_eq!(v["losses"].as_array().unwrap().len(), 5, "{v}");
+}
+
+#[test]
+fn finetune_errors_exit_2_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let m = model.to_str().unwrap();
+    let data = corpus(dir.path());
+    let d = data.to_str().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"messages\": []}\n").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = empty.to_str().unwrap();
+    let out = dir.path().join("o");
+    let o = out.to_str().unwrap();
+    for (args, want) in [
+        (vec!["--model", m, "--data", "missing.jsonl", "--out", o], "missing.jsonl"),
+        (vec!["--model", m, "--data", bad.to_str().unwrap(), "--out", o], "bad.jsonl:1"),
+        (vec!["--model", m, "--data", d, "--out", o, "--targets", "q,mlp"], "\"mlp\""),
+        (vec!["--model", m, "--data", d, "--out", o, "--rank", "0"], "rank"),
+        (vec!["--model", m, "--data", d, "--out", e, "--resume"], "trainer_state.json"),
+        (vec!["--model", m, "--data", d, "--out", o, "--batch", "0"], "--batch"),
+    ] {
+        let mut full = vec!["lm", "finetune"];
+        full.extend(args);
+        let out = nasc(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{full:?}: {err}");
+        assert!(err.contains(want), "{full:?}: {err}");
+        assert!(!err.contains("panicked"), "{full:?}: {err}");
+    }
+    let out = nasc(&["lm", "generate", "--model", m, "--prompt", "hi", "--adapter", e]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("adapter_config.json"), "{err}");
 }

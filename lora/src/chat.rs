@@ -58,6 +58,7 @@ pub enum ChatError {
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -75,7 +76,22 @@ impl ChatTemplate {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_template_owned("chat", source.to_owned()).map_err(ChatError::Syntax)?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
+        Ok(ChatTemplate {
+            env,
+            source: source.to_owned(),
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
+    }
+
+    /// The template as a `tokenizer_config.json` holds it (`chat_template`, `bos_token`,
+    /// `eos_token`), so a checkpoint folder written from any checkpoint keeps its template.
+    pub fn tokenizer_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "chat_template": self.source,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        })
     }
 
     /// ChatML, for checkpoints that carry no template.

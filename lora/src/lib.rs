@@ -13,9 +13,12 @@
 
 // Crate layout: gguf (file format, metadata, dequantisation), tokenizer (text <-> ids
 // from GGUF or tokenizer.json), chat (chat templates), model (the decoder and its
-// loaders), generate (sampling with a KV cache). LoRA training comes later (issue 7).
+// loaders), generate (sampling with a KV cache), lora (adapters, PEFT files, merging),
+// finetune (training adapters on chat JSONL).
 pub mod chat;
+pub mod finetune;
 pub mod generate;
 pub mod gguf;
+pub mod lora;
 pub mod model;
 pub mod tokenizer;

@@ -1,12 +1,17 @@
-//! The language-model commands: `nasc lm generate`.
-//! Reads flags, opens the checkpoint through nasc-lora, prints replies as text or JSON; it samples nothing itself.
+//! The language-model commands: `nasc lm generate` and `nasc lm finetune`.
+//! Reads flags, opens the checkpoint through nasc-lora, prints replies or training progress as text or JSON;
+//! it samples and trains nothing itself.
 
 use super::UsageError;
 use crate::train::{self, BackendJob, Device};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use nasc_lora::chat::Message;
+use nasc_lora::finetune::{self, Saving, TrainConfig};
 use nasc_lora::generate::{generate, Generation, SamplingParams};
+use nasc_lora::lora::LoraConfig;
 use nasc_lora::model::Checkpoint;
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +21,66 @@ use std::process::ExitCode;
 pub enum LmCmd {
     /// Generate replies to a prompt with a Llama-family model (a .gguf file or a Hugging Face folder).
     Generate(GenerateArgs),
+    /// Train LoRA adapters on chat JSONL ({"messages": [...]} per line) and save them in PEFT's format.
+    Finetune(FinetuneArgs),
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// The base model: a .gguf file, or a folder with config.json, *.safetensors and tokenizer.json.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// Chat JSONL: one {"messages": [{"role": ..., "content": ...}, ...]} per line; assistant turns are learned.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Where the adapter goes (adapter_config.json, adapter_model.safetensors, trainer_state.json).
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    #[arg(long, default_value_t = 32.0)]
+    alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    dropout: f64,
+    /// Projections that get adapters, comma-separated.
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    targets: String,
+    /// Peak learning rate (AdamW; linear warm-up, then cosine decay).
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Conversations per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Forward passes per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Optimizer steps of linear warm-up.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Tokens kept per conversation.
+    #[arg(long, default_value_t = 1024)]
+    max_len: usize,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Save the adapter every N optimizer steps (0: only at the end).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    save_every: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to run: cpu, wgpu, wgpu:N, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Continue from the adapter and step count saved in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Also write the base with the adapter merged in, as a Hugging Face folder.
+    #[arg(long, value_name = "OUT_DIR")]
+    merge: Option<PathBuf>,
+    /// Print the final loss, steps, tokens/s and losses as JSON instead of a progress bar.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -51,6 +116,9 @@ pub struct GenerateArgs {
     /// End a reply before this text (repeatable).
     #[arg(long, value_name = "TEXT")]
     stop: Vec<String>,
+    /// A LoRA adapter folder in PEFT's format (adapter_config.json, adapter_model.safetensors) to apply.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Where to run: cpu, wgpu, wgpu:N, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -62,6 +130,7 @@ pub struct GenerateArgs {
 pub fn run(cmd: LmCmd) -> Result<ExitCode, UsageError> {
     match cmd {
         LmCmd::Generate(a) => generate_cmd(a),
+        LmCmd::Finetune(a) => finetune_cmd(a),
     }
 }
 
@@ -85,7 +154,12 @@ impl BackendJob for GenerateJob<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
         let fail = |e: nasc_lora::model::ModelError| UsageError(format!("{}: {e}", a.model.display()));
-        let ckpt = Checkpoint::<B::InnerBackend>::open(&a.model, &device).map_err(fail)?;
+        let mut ckpt = Checkpoint::<B::InnerBackend>::open(&a.model, &device).map_err(fail)?;
+        if let Some(dir) = &a.adapter {
+            let (model, _) = nasc_lora::lora::load_peft(ckpt.model, dir)
+                .map_err(|e| UsageError(format!("adapter {}: {e}", dir.display())))?;
+            ckpt.model = model;
+        }
         let text = if a.raw {
             a.prompt.clone()
         } else {
@@ -165,4 +239,115 @@ fn json(model: &std::path::Path, g: &Generation) -> serde_json::Value {
         "decode_seconds": g.decode_seconds,
         "tokens_per_second": g.tokens_per_second(),
     })
+}
+
+fn finetune_cmd(a: FinetuneArgs) -> Result<ExitCode, UsageError> {
+    train::available(a.device).map_err(UsageError)?;
+    for (what, path) in [("--model", &a.model), ("--data", &a.data)] {
+        if !path.exists() {
+            return Err(UsageError(format!("{what} {}: no such file or folder", path.display())));
+        }
+    }
+    let targets = nasc_lora::lora::parse_targets(&a.targets).map_err(|e| UsageError(format!("--targets: {e}")))?;
+    let lora = LoraConfig { rank: a.rank, alpha: a.alpha, dropout: a.dropout, targets };
+    let cfg = TrainConfig {
+        lora,
+        lr: a.lr,
+        epochs: a.epochs,
+        batch: a.batch,
+        grad_accum: a.grad_accum,
+        warmup: a.warmup,
+        max_len: a.max_len,
+        seed: a.seed,
+        weight_decay: a.weight_decay,
+        save_every: a.save_every,
+    };
+    let summary = train::dispatch(a.device, FinetuneJob(&a, cfg)).map_err(UsageError)??;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct FinetuneJob<'a>(&'a FinetuneArgs, TrainConfig);
+
+impl BackendJob for FinetuneJob<'_> {
+    type Output = Result<serde_json::Value, UsageError>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let (a, cfg) = (self.0, self.1);
+        let ckpt =
+            Checkpoint::<B>::open(&a.model, &device).map_err(|e| UsageError(format!("{}: {e}", a.model.display())))?;
+        let conversations = finetune::read_jsonl(&a.data).map_err(|e| UsageError(e.to_string()))?;
+        let examples = conversations
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                finetune::encode_conversation(c, &ckpt.template, &ckpt.tokenizer, cfg.max_len)
+                    .map_err(|e| UsageError(format!("{}: conversation {}: {e}", a.data.display(), i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let adapter_err = |e: nasc_lora::lora::LoraError| UsageError(format!("{}: {e}", a.out.display()));
+        let (model, start) = if a.resume {
+            let step = finetune::saved_step(&a.out)
+                .map_err(|e| UsageError(e.to_string()))?
+                .ok_or_else(|| UsageError(format!("--resume: {} holds no trainer_state.json", a.out.display())))?;
+            let (model, file) = nasc_lora::lora::load_peft(ckpt.model, &a.out).map_err(adapter_err)?;
+            if file.config.rank != cfg.lora.rank || file.config.targets != cfg.lora.targets {
+                return Err(UsageError(format!(
+                    "--resume: the adapter in {} has rank {} on {:?}, not the --rank and --targets given",
+                    a.out.display(),
+                    file.config.rank,
+                    file.config.targets
+                )));
+            }
+            (model, step)
+        } else {
+            (nasc_lora::lora::attach(ckpt.model, &cfg.lora, cfg.seed).map_err(adapter_err)?, 0)
+        };
+        let base_name = a.model.display().to_string();
+        let saving = Saving { dir: &a.out, base_model: &base_name };
+        let bar = if a.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(start as u64);
+        let (model, s) = finetune::train(model, &examples, &cfg, Some(&saving), start, |r| {
+            bar.set_length(r.total_steps as u64);
+            bar.set_position(r.step as u64);
+            bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tokens/s", r.loss, r.lr, r.tokens_per_second));
+        })
+        .map_err(|e| UsageError(e.to_string()))?;
+        bar.finish();
+        if let Some(dir) = &a.merge {
+            let merged = nasc_lora::lora::merge(model.valid());
+            let fail = |e: String| UsageError(format!("--merge {}: {e}", dir.display()));
+            nasc_lora::model::save_safetensors(&merged, dir).map_err(|e| fail(e.to_string()))?;
+            let tok = dir.join("tokenizer.json");
+            ckpt.tokenizer.save_hf_json(&tok).map_err(|e| fail(e.to_string()))?;
+            std::fs::write(dir.join("tokenizer_config.json"), ckpt.template.tokenizer_config().to_string())
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        if !a.json {
+            eprintln!(
+                "{} steps, final loss {:.4}, {} tokens in {:.1} s ({:.1} tokens/s); adapter in {}",
+                s.steps,
+                s.final_loss,
+                s.tokens,
+                s.seconds,
+                s.tokens_per_second,
+                a.out.display()
+            );
+        }
+        Ok(serde_json::json!({
+            "adapter": a.out.display().to_string(),
+            "merged": a.merge.as_ref().map(|d| d.display().to_string()),
+            "steps": s.steps,
+            "final_loss": s.final_loss,
+            "losses": s.losses,
+            "tokens": s.tokens,
+            "seconds": s.seconds,
+            "tokens_per_second": s.tokens_per_second,
+        }))
+    }
 }

@@ -15,7 +15,7 @@ mod config;
 mod weights;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use weights::{load_gguf, load_hf_dir, save_safetensors, Checkpoint, WeightSource};
@@ -71,6 +71,28 @@ pub struct Block<B: Backend> {
     pub gate: Linear<B>,
     pub up: Linear<B>,
     pub down: Linear<B>,
+    /// LoRA adapters on some of the projections; empty for a plain model.
+    pub lora: crate::lora::BlockLora<B>,
+}
+
+impl<B: Backend> Block<B> {
+    /// A projection of `x` through `target`'s base weights plus its adapter, when it has one.
+    fn proj(&self, target: crate::lora::Target, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        use crate::lora::Target::*;
+        let base = match target {
+            Q => &self.q,
+            K => &self.k,
+            V => &self.v,
+            O => &self.o,
+            Gate => &self.gate,
+            Up => &self.up,
+            Down => &self.down,
+        };
+        match self.lora.get(target) {
+            Some(adapter) => adapter.forward(base, x),
+            None => base.forward(x),
+        }
+    }
 }
 
 /// A Llama-family decoder. Linear weights are stored `[in, out]` (Burn's
@@ -196,7 +218,8 @@ impl<B: Backend> Llama<B> {
             let attn = self.attention(block, h, batch, seq, (&cos, &sin), mask.clone(), layer_cache);
             x = x + attn;
             let h = rms_norm(x.clone(), block.mlp_norm.val(), c.rms_norm_eps);
-            let mlp = block.down.forward(silu(block.gate.forward(h.clone())) * block.up.forward(h));
+            use crate::lora::Target;
+            let mlp = block.proj(Target::Down, silu(block.proj(Target::Gate, h.clone())) * block.proj(Target::Up, h));
             x = x + mlp;
         }
         cache.len += seq;
@@ -217,9 +240,9 @@ impl<B: Backend> Llama<B> {
         let c = &self.config;
         let (heads, kv_heads, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
-        let q = rope(split(block.q.forward(h.clone()), heads), cos, sin);
-        let k = rope(split(block.k.forward(h.clone()), kv_heads), cos, sin);
-        let v = split(block.v.forward(h), kv_heads);
+        let q = rope(split(block.proj(crate::lora::Target::Q, h.clone()), heads), cos, sin);
+        let k = rope(split(block.proj(crate::lora::Target::K, h.clone()), kv_heads), cos, sin);
+        let v = split(block.proj(crate::lora::Target::V, h), kv_heads);
         let (k, v) = match layer_cache.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
@@ -236,7 +259,7 @@ impl<B: Backend> Llama<B> {
         }
         let out = softmax(scores, 3).matmul(v);
         let out = out.reshape([batch, heads, seq, d]).swap_dims(1, 2).reshape([batch * seq, heads * d]);
-        block.o.forward(out)
+        block.proj(crate::lora::Target::O, out)
     }
 
     /// cos and sin for positions `past..past + seq`, `[1, 1, seq, head_dim]`, each frequency

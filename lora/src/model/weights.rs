@@ -353,6 +353,7 @@ pub(crate) fn build<B: Backend>(
             gate: linear(&format!("{p}.mlp.gate_proj"), h, ff, false)?,
             up: linear(&format!("{p}.mlp.up_proj"), h, ff, false)?,
             down: linear(&format!("{p}.mlp.down_proj"), ff, h, false)?,
+            lora: crate::lora::BlockLora::default(),
         });
     }
     let norm = vector("model.norm.weight", h)?;
