@@ -342,7 +342,7 @@ fn bad_command_lines_exit_2() {
     let adapter_dir = dir.path().to_str().unwrap();
     let adapter = format!("coder={adapter_dir}");
     for (args, want) in [
-        (vec!["--model", m, "--adapter", &adapter], "LoRA adapters are not supported by this build yet"),
+        (vec!["--model", m, "--adapter", &adapter], "adapter_config.json"),
         (vec!["--model", m, "--adapter", "coder"], "NAME=DIR"),
         (vec!["--model", "/nonexistent/model.gguf"], "no such file"),
         (vec!["--model", m, "--max-batch", "0"], "--max-batch"),
@@ -398,4 +398,58 @@ fn smollm2_chat_completion_over_http() {
     let (status, v) = busy.join().unwrap();
     assert_eq!(status, 200, "{v}");
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn an_adapter_is_served_under_its_name_and_answers_as_lm_generate_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let m = model.to_str().unwrap();
+    let data = dir.path().join("corpus.jsonl");
+    let line = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ll he"}]});
+    std::fs::write(&data, format!("{line}\n")).unwrap();
+    let adapter = dir.path().join("adapter");
+    let a = adapter.to_str().unwrap();
+    let out = nasc(&[
+        "lm",
+        "finetune",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        a,
+        "--rank",
+        "4",
+        "--dropout",
+        "0",
+        "--lr",
+        "0.02",
+        "--epochs",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let server = Server::start(&model, &["--adapter", &format!("coder={a}")]);
+    let (status, models) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{models}");
+    assert_eq!(ids[1], "coder");
+    let ask = |name: &str| {
+        let body =
+            json!({"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0});
+        let (status, v) = server.post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    };
+    let (base, tuned) = (ask(ids[0]), ask("coder"));
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["--model", m, "--prompt", "hi", "--max-new-tokens", "6"];
+        args.extend(extra);
+        lm_json(&args)["completions"][0]["text"].as_str().unwrap().to_string()
+    };
+    assert_eq!(tuned, generate(&["--adapter", a]), "the adapter's reply");
+    assert_eq!(base, generate(&[]), "the base model's reply");
+    assert_ne!(base, tuned, "the adapter changes the reply");
 }

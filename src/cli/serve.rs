@@ -12,7 +12,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use nasc_lora::chat::Message;
 use nasc_lora::generate::{generate, Generation, SamplingParams};
-use nasc_lora::model::{Checkpoint, ModelError};
+use nasc_lora::model::{Checkpoint, Llama, ModelError};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -53,16 +53,16 @@ pub struct ServeArgs {
     max_batch: usize,
 }
 
-/// A LoRA adapter served under a name. Loading one is [`load_adapter`]'s job.
+/// A LoRA adapter (a PEFT folder) served under a name; its weights load beside the base model's.
 struct Adapter {
     name: String,
+    dir: PathBuf,
 }
 
-/// Reads an adapter folder. The lora crate cannot load PEFT adapters yet, so this refuses clearly; when it
-/// can, this function loads the weights and `Job::run` applies them to the request that names the adapter.
+/// Checks an adapter folder's config before the model loads, so a wrong path fails at once.
 fn load_adapter(name: &str, dir: &Path) -> Result<Adapter, String> {
-    let _ = (name, dir);
-    Err("LoRA adapters are not supported by this build yet".into())
+    nasc_lora::lora::read_peft_config(dir).map_err(|e| e.to_string())?;
+    Ok(Adapter { name: name.to_string(), dir: dir.to_path_buf() })
 }
 
 pub fn serve(a: ServeArgs) -> Result<ExitCode, UsageError> {
@@ -146,6 +146,14 @@ impl BackendJob for Job<'_> {
         let a = self.args;
         let ckpt = Checkpoint::<B::InnerBackend>::open(&a.model, &device)
             .map_err(|e| UsageError(format!("{}: {e}", a.model.display())))?;
+        // One model per served name: the base, then each adapter on a clone of it (the base's
+        // tensors are shared, not copied).
+        let mut weights = vec![ckpt.model.clone()];
+        for adapter in &self.adapters {
+            let (model, _) = nasc_lora::lora::load_peft(ckpt.model.clone(), &adapter.dir)
+                .map_err(|e| UsageError(format!("--adapter {}={}: {e}", adapter.name, adapter.dir.display())))?;
+            weights.push(model);
+        }
         let (tx, rx) = mpsc::channel::<Work>();
         let mut models = vec![self.base.clone()];
         models.extend(self.adapters.iter().map(|x| x.name.clone()));
@@ -167,7 +175,8 @@ impl BackendJob for Job<'_> {
         eprintln!("nasc serve: {} on http://{addr}/v1 (model {})", a.model.display(), self.base);
         let end_of_turn = end_of_turn_ids(&ckpt);
         for w in rx {
-            run_work(&ckpt, &end_of_turn, w);
+            let model = &weights[w.model];
+            run_work(&ckpt, model, &end_of_turn, w);
         }
         Ok(())
     }
@@ -182,9 +191,8 @@ fn end_of_turn_ids<B: Backend>(ckpt: &Checkpoint<B>) -> Vec<u32> {
     ids
 }
 
-fn run_work<B: Backend>(ckpt: &Checkpoint<B>, end_of_turn: &[u32], mut w: Work) {
-    // The adapter named by `w.model` (index >= 1) would be applied here once adapters load.
-    let _ = w.model;
+/// Runs one request on `model` (the base or an adapter's), with the checkpoint's tokenizer and template.
+fn run_work<B: Backend>(ckpt: &Checkpoint<B>, model: &Llama<B>, end_of_turn: &[u32], mut w: Work) {
     let fail = |w: &Work, e: HttpError| {
         let _ = w.reply.send(Event::Failed(e));
     };
@@ -228,7 +236,7 @@ fn run_work<B: Backend>(ckpt: &Checkpoint<B>, end_of_turn: &[u32], mut w: Work) 
     }
     let reply = w.reply.clone();
     let stream = w.stream;
-    let result = generate(&ckpt.model, &ckpt.tokenizer, &ids, &w.params, |i, piece| {
+    let result = generate(model, &ckpt.tokenizer, &ids, &w.params, |i, piece| {
         if stream && !piece.is_empty() {
             let _ = reply.send(Event::Piece(i, piece.to_string()));
         }
