@@ -3,15 +3,11 @@
 
 use nasc::delta::{apply, apply_reply, unified, ApplyOptions};
 
+mod common;
+
+/// The zoo (`tests/common`), which must be whole for these pairs to mean anything.
 fn zoo() -> Vec<(String, String)> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/zoo");
-    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "arch"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
-        .collect();
-    v.sort();
+    let v = common::zoo();
     assert!(v.len() >= 17);
     v
 }
