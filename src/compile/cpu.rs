@@ -40,30 +40,15 @@ pub fn conv2d<B: Backend>(
     options: ConvOptions<2>,
     relu: bool,
 ) -> Tensor<B, 4> {
-    if options.groups == 1 && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
-        let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
-        let (x, weight, bias) = (prim(x), prim(weight), bias.map(|b| b.into_primitive().tensor()));
-        // The same values, seen as the CPU backend's types when `B` is one of them.
-        let (x, weight, bias) = match (cast::<_, AdTensor>(x), cast::<_, AdTensor>(weight)) {
-            (Ok(x), Ok(w)) => {
-                let b = bias.map(|b| cast::<_, AdTensor>(b).unwrap_or_else(|_| unreachable!("one backend")));
-                return wrap::<B, _>(autodiff_forward(x, w, b, &options, relu));
-            }
-            (Err(x), Err(w)) => (x, w, bias),
-            _ => unreachable!("tensors of one backend"),
-        };
-        let (x, weight, bias) = match (cast::<_, FlexTensor>(x), cast::<_, FlexTensor>(weight)) {
-            (Ok(x), Ok(w)) => {
-                let b = bias.map(|b| cast::<_, FlexTensor>(b).unwrap_or_else(|_| unreachable!("one backend")));
-                let geo = Geometry::new(&x, &w, &options);
-                return wrap::<B, _>(forward(&geo, &x, &w, b.as_ref(), relu));
-            }
-            (Err(x), Err(w)) => (x, w, bias),
-            _ => unreachable!("tensors of one backend"),
-        };
-        let float = |p| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(p));
-        let bias = bias.map(|b| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(b)));
-        return burn_conv(float(x), float(weight), bias, options, relu);
+    let cpu = options.groups == 1 && x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    if cpu && is::<B, Ad>() {
+        let (x, w, b) = (prim::<B, AdTensor, 4>(x), prim(weight), bias.map(prim));
+        return wrap::<B, _>(autodiff_forward(x, w, b, &options, relu));
+    }
+    if cpu && is::<B, Flex>() {
+        let (x, w, b) = (prim::<B, FlexTensor, 4>(x), prim(weight), bias.map(prim::<B, FlexTensor, 1>));
+        let geometry = Geometry::new(&x, &w, &options);
+        return wrap::<B, _>(forward(&geometry, &x, &w, b.as_ref(), relu));
     }
     burn_conv(x, weight, bias, options, relu)
 }
@@ -83,7 +68,17 @@ fn burn_conv<B: Backend>(
     }
 }
 
-/// `a` as a `T` when `A` is `T`: the run-time face of specialisation.
+/// Whether the backend `B` is `T`: the run-time face of specialisation.
+fn is<B: 'static, T: 'static>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<T>()
+}
+
+/// `t`'s float primitive as `P`, which the caller knows `B`'s to be (see [`is`]).
+fn prim<B: Backend, P: 'static, const D: usize>(t: Tensor<B, D>) -> P {
+    cast::<_, P>(t.into_primitive().tensor()).unwrap_or_else(|_| unreachable!("B's float primitive is P"))
+}
+
+/// `a` as a `T` when `A` is `T`.
 fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
     let mut slot = Some(a);
     match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
@@ -511,25 +506,14 @@ fn autodiff_forward(
 /// the CPU backend (f32) it runs the kernels below, remembering each window's winner for the
 /// backward pass; elsewhere Burn's pooling.
 pub fn max_pool2d<B: Backend>(x: Tensor<B, 4>, k: usize, s: usize, p: usize, ceil: bool) -> Tensor<B, 4> {
-    if x.dtype() != DType::F32 {
-        return burn::tensor::module::max_pool2d(x, [k, k], [s, s], [p, p], [1, 1], ceil);
+    let pool = Pool::new(k, s, p, ceil);
+    if x.dtype() == DType::F32 && is::<B, Ad>() {
+        return wrap::<B, _>(autodiff_max_pool(prim::<B, AdTensor, 4>(x), pool));
     }
-    let x = x.into_primitive().tensor();
-    let x = match cast::<_, AdTensor>(x) {
-        Ok(x) => return wrap::<B, _>(autodiff_max_pool(x, Pool::new(k, s, p, ceil))),
-        Err(x) => x,
-    };
-    match cast::<_, FlexTensor>(x) {
-        Ok(x) => {
-            let pool = Pool::new(k, s, p, ceil);
-            let (y, _) = pool_forward(&pool, &x, false);
-            wrap::<B, _>(y)
-        }
-        Err(x) => {
-            let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-            burn::tensor::module::max_pool2d(x, [k, k], [s, s], [p, p], [1, 1], ceil)
-        }
+    if x.dtype() == DType::F32 && is::<B, Flex>() {
+        return wrap::<B, _>(pool_forward(&pool, &prim::<B, FlexTensor, 4>(x), false).0);
     }
+    burn::tensor::module::max_pool2d(x, [k, k], [s, s], [p, p], [1, 1], ceil)
 }
 
 /// A square pooling window.
