@@ -215,6 +215,23 @@ fn finetune_learns_the_replies_and_writes_peft_and_merged_checkpoints() {
     let v = json_of(&nasc(&args));
     assert_eq!(v["steps"], 205, "{v}");
     assert_eq!(v["losses"].as_array().unwrap().len(), 5, "{v}");
+
+    // --init-adapter starts from the trained adapter, with its rank: the first loss is already
+    // the trained one's, where a fresh adapter starts at the base model's loss.
+    let cont = dir.path().join("continued");
+    let first_loss = |extra: &[&str], out: &Path| {
+        let mut args = vec!["lm", "finetune", "--model", m, "--data", data.to_str().unwrap(), "--dropout", "0"];
+        args.extend(["--lr", "1e-6", "--batch", "3", "--epochs", "1", "--json", "--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        let v = json_of(&nasc(&args));
+        v["losses"][0].as_f64().unwrap()
+    };
+    let continued = first_loss(&["--init-adapter", out.to_str().unwrap(), "--rank", "2"], &cont);
+    let fresh = first_loss(&["--rank", "2"], &dir.path().join("fresh"));
+    assert!(continued < 0.3 * fresh, "continued {continued}, fresh {fresh}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cont.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(8), Some(16.0)), "{config}");
 }
 
 #[test]
@@ -238,6 +255,8 @@ fn finetune_errors_exit_2_with_a_message() {
         (vec!["--model", m, "--data", d, "--out", o, "--rank", "0"], "rank"),
         (vec!["--model", m, "--data", d, "--out", e, "--resume"], "trainer_state.json"),
         (vec!["--model", m, "--data", d, "--out", o, "--batch", "0"], "--batch"),
+        (vec!["--model", m, "--data", d, "--out", o, "--init-adapter", e], "--init-adapter"),
+        (vec!["--model", m, "--data", d, "--out", o, "--init-adapter", e, "--resume"], "cannot be used with"),
     ] {
         let mut full = vec!["lm", "finetune"];
         full.extend(args);

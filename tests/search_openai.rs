@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[path = "common/tiny_lm.rs"]
+mod tiny_lm;
+
 /// What the server answers to its n-th request (0-based), given the request's path and body.
 struct Answer {
     status: u16,
@@ -300,8 +303,20 @@ fn between_cycles_the_finetune_command_gets_the_corpus_and_the_generator_the_new
     let corpus = std::fs::read_to_string(run.join("corpus/after-cycle-1.jsonl")).unwrap();
     assert_eq!(std::fs::read_to_string(run.join("adapters/cycle-2/train.jsonl")).unwrap(), corpus);
     assert!(!run.join("adapters/cycle-3").exists(), "no fine-tune after the last cycle");
-    let models: Vec<String> =
-        seen.lock().unwrap().iter().map(|(_, b)| b["model"].as_str().unwrap().to_string()).collect();
+    let seen = seen.lock().unwrap().clone();
+    // The server was asked to load the new adapter under its name, before any request used it.
+    let loads: Vec<&(String, serde_json::Value)> = seen.iter().filter(|(p, _)| p == "/v1/load_lora_adapter").collect();
+    assert_eq!(loads.len(), 1, "{seen:?}");
+    assert_eq!(loads[0].1["lora_name"], "search-2");
+    let adapter = std::path::absolute(run.join("adapters/cycle-2")).unwrap();
+    assert_eq!(loads[0].1["lora_path"].as_str().unwrap(), adapter.to_str().unwrap());
+    let load_at = seen.iter().position(|(p, _)| p == "/v1/load_lora_adapter").unwrap();
+    assert!(seen[load_at + 1..].iter().all(|(_, b)| b["model"] == "search-2"));
+    let models: Vec<String> = seen
+        .iter()
+        .filter(|(p, _)| p == "/v1/chat/completions")
+        .map(|(_, b)| b["model"].as_str().unwrap().to_string())
+        .collect();
     // Cycle 2 may need retries (its parent may be a widened program the reply does not fit).
     assert_eq!(models[..2], ["base", "base"]);
     assert!(models.len() >= 4 && models[2..].iter().all(|m| m == "search-2"), "{models:?}");
@@ -317,4 +332,127 @@ fn between_cycles_the_finetune_command_gets_the_corpus_and_the_generator_the_new
         ]
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A chat answer with one choice per reply, each with its own token count.
+fn chat_n(contents: &[String]) -> Answer {
+    let choices: Vec<serde_json::Value> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            serde_json::json!({"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop",
+                               "completion_tokens": 10 + i})
+        })
+        .collect();
+    let body = serde_json::json!({"choices": choices, "usage": {"prompt_tokens": 100, "completion_tokens": 99}});
+    Answer { status: 200, body: body.to_string(), delay: Duration::ZERO }
+}
+
+#[test]
+fn with_n_replies_per_request_a_group_of_candidates_shares_one_parent_and_one_request() {
+    let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    // Four replies per request: the second holds no diff, so its candidate is retried alone.
+    let (url, _, seen) = serve(move |r, _, body| {
+        let n = body["n"].as_u64().unwrap() as usize;
+        let replies: Vec<String> = (0..n)
+            .map(|i| {
+                if n > 1 && i == 1 {
+                    return "No change needed.".to_string();
+                }
+                let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 7 + i + 10 * r));
+                let (diff, _) = nasc::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+                format!("```diff\n{diff}```\n")
+            })
+            .collect();
+        chat_n(&replies)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let extra = "retries = 1\n[sampling]\nn = 4\n";
+    let config = search_config_with(dir.path(), &url, 1, 6, "");
+    // `retries` and [sampling] are top-level keys: put them before [openai].
+    let text = std::fs::read_to_string(&config).unwrap().replace("[openai]", &format!("{extra}[openai]"));
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ns: Vec<u64> = seen.lock().unwrap().iter().map(|(_, b)| b["n"].as_u64().unwrap()).collect();
+    // Six slots in groups of four: one request for four, one for two, then one retry for each
+    // group's second reply, with its diagnostic.
+    assert_eq!(ns, [4, 2, 1, 1], "{ns:?}");
+    let all = Store::open(&run).unwrap().all().unwrap();
+    let cands: Vec<_> = all.iter().filter(|c| c.role == "candidate").collect();
+    assert_eq!(cands.len(), 6);
+    assert!(cands.iter().all(|c| c.front_verdict == "ok"), "{cands:#?}");
+    let mut groups: Vec<(i64, Option<i64>)> = cands.iter().map(|c| (c.slot / 4, c.parent_id)).collect();
+    groups.dedup();
+    assert_eq!(groups.len(), 2, "each group has one parent: {groups:?}");
+    // Each reply keeps the token count the server gave its choice; the retried ones answered alone.
+    let tokens: Vec<(i64, i64, Option<i64>)> = cands.iter().map(|c| (c.slot, c.attempts, c.reply_tokens)).collect();
+    assert_eq!(
+        tokens,
+        [(0, 1, Some(10)), (1, 2, Some(10)), (2, 1, Some(12)), (3, 1, Some(13)), (4, 1, Some(10)), (5, 2, Some(10))]
+    );
+}
+
+#[test]
+fn nasc_lm_finetune_is_the_default_step_each_cycle_continues_the_last_adapter_and_the_server_loads_it() {
+    let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    let (url, _, seen) = serve(move |n, _, _| {
+        let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 7 + n));
+        let (diff, _) = nasc::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+        chat(&format!("```diff\n{diff}```\n"))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_lm::tiny_gguf(dir.path());
+    // A short prompt, so that the tiny model's 128-token context holds part of each diff; every
+    // trained child enters the corpus (min_gain below any loss).
+    std::fs::write(dir.path().join("prompt.md"), "{dataset}\n").unwrap();
+    let extra = format!(
+        "[curation]\nmin_gain = -1.0\n[finetune]\nmodel = \"{}\"\nargs = [\"--max-len\", \"128\", \"--dropout\", \"0\"]\nrank = 4\n",
+        model.display()
+    );
+    let config = search_config_with(dir.path(), &url, 3, 2, &extra);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("prompt_template = \"prompt.md\"\n{text}")).unwrap();
+    let run = dir.path().join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for cycle in [2, 3] {
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join(format!("adapters/cycle-{cycle}/adapter_config.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["r"], 4, "{cfg}");
+        assert!(run.join(format!("adapters/cycle-{cycle}/adapter_model.safetensors")).exists());
+    }
+    assert!(err.contains("fine-tuned") && err.contains("tokens/s"), "{err}");
+    let seen = seen.lock().unwrap().clone();
+    let loads: Vec<(String, String)> = seen
+        .iter()
+        .filter(|(p, _)| p == "/v1/load_lora_adapter")
+        .map(|(_, b)| (b["lora_name"].as_str().unwrap().into(), b["lora_path"].as_str().unwrap().into()))
+        .collect();
+    let abs = |c: u32| std::path::absolute(run.join(format!("adapters/cycle-{c}"))).unwrap().display().to_string();
+    assert_eq!(loads, [("search-2".to_string(), abs(2)), ("search-3".to_string(), abs(3))]);
+    let all = Store::open(&run).unwrap().all().unwrap();
+    let adapters: Vec<(i64, String)> =
+        all.iter().filter(|c| c.role == "candidate").map(|c| (c.cycle, c.adapter.clone().unwrap())).collect();
+    assert_eq!(
+        adapters,
+        [(1, "base"), (1, "base"), (2, "search-2"), (2, "search-2"), (3, "search-3"), (3, "search-3")]
+            .map(|(c, m)| (c, m.to_string()))
+    );
 }

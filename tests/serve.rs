@@ -453,3 +453,82 @@ fn an_adapter_is_served_under_its_name_and_answers_as_lm_generate_with_it() {
     assert_eq!(base, generate(&[]), "the base model's reply");
     assert_ne!(base, tuned, "the adapter changes the reply");
 }
+
+#[test]
+fn adapters_load_replace_and_unload_while_serving_as_vllm_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let m = model.to_str().unwrap();
+    let data = dir.path().join("corpus.jsonl");
+    let line = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ll he"}]});
+    std::fs::write(&data, format!("{line}\n")).unwrap();
+    let adapter = dir.path().join("adapter");
+    let a = adapter.to_str().unwrap();
+    let out = nasc(&[
+        "lm",
+        "finetune",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        a,
+        "--rank",
+        "4",
+        "--dropout",
+        "0",
+        "--lr",
+        "0.02",
+        "--epochs",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let server = Server::start(&model, &[]);
+    let ask = |name: &str| {
+        let body =
+            json!({"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0});
+        server.post("/v1/chat/completions", &body)
+    };
+    let (status, v) = ask("coder");
+    assert_error(status, &v, 404, Some("model"), "coder");
+    let (status, v) = server.post("/v1/load_lora_adapter", &json!({"lora_name": "coder", "lora_path": a}));
+    assert_eq!(status, 200, "{v}");
+    assert!(v.as_str().unwrap().contains("coder"), "{v}");
+    let (_, models) = server.get("/v1/models");
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+    assert_eq!(ids[1..], ["coder"], "{models}");
+    // The loaded adapter answers as `lm generate --adapter` does.
+    let (status, v) = ask("coder");
+    assert_eq!(status, 200, "{v}");
+    let tuned = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let args = ["--model", m, "--prompt", "hi", "--max-new-tokens", "6", "--adapter", a];
+    assert_eq!(tuned, lm_json(&args)["completions"][0]["text"].as_str().unwrap());
+
+    // Loading the name again needs load_inplace; bad requests name their field.
+    let (status, v) = server.post("/v1/load_lora_adapter", &json!({"lora_name": "coder", "lora_path": a}));
+    assert_error(status, &v, 400, Some("lora_name"), "already been loaded");
+    let (status, v) =
+        server.post("/v1/load_lora_adapter", &json!({"lora_name": "coder", "lora_path": a, "load_inplace": true}));
+    assert_eq!(status, 200, "{v}");
+    let missing = dir.path().join("missing");
+    let (status, v) =
+        server.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": missing.to_str().unwrap()}));
+    assert_error(status, &v, 400, Some("lora_path"), "adapter_config.json");
+    let (status, v) = server.post("/v1/load_lora_adapter", &json!({"lora_path": a}));
+    assert_error(status, &v, 400, Some("lora_name"), "lora_name");
+    let base = ids[0].to_string();
+    let (status, v) = server.post("/v1/load_lora_adapter", &json!({"lora_name": base, "lora_path": a}));
+    assert_error(status, &v, 400, None, "base model");
+    let (status, v) = server.post("/v1/unload_lora_adapter", &json!({"lora_name": base}));
+    assert_error(status, &v, 400, None, "base model");
+
+    let (status, v) = server.post("/v1/unload_lora_adapter", &json!({"lora_name": "coder"}));
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = ask("coder");
+    assert_error(status, &v, 404, Some("model"), "coder");
+    let (status, v) = server.post("/v1/unload_lora_adapter", &json!({"lora_name": "coder"}));
+    assert_error(status, &v, 404, Some("model"), "coder");
+    let (_, models) = server.get("/v1/models");
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
+}

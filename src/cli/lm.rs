@@ -73,8 +73,12 @@ pub struct FinetuneArgs {
     #[arg(long, default_value = "cpu")]
     device: Device,
     /// Continue from the adapter and step count saved in --out.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init_adapter")]
     resume: bool,
+    /// Start from this adapter (a PEFT folder, e.g. the previous search cycle's) instead of a fresh one;
+    /// its rank, alpha, dropout and targets replace --rank, --alpha, --dropout and --targets.
+    #[arg(long, value_name = "DIR")]
+    init_adapter: Option<PathBuf>,
     /// Also write the base with the adapter merged in, as a Hugging Face folder.
     #[arg(long, value_name = "OUT_DIR")]
     merge: Option<PathBuf>,
@@ -274,7 +278,7 @@ struct FinetuneJob<'a>(&'a FinetuneArgs, TrainConfig);
 impl BackendJob for FinetuneJob<'_> {
     type Output = Result<serde_json::Value, UsageError>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let (a, cfg) = (self.0, self.1);
+        let (a, mut cfg) = (self.0, self.1);
         let ckpt =
             Checkpoint::<B>::open(&a.model, &device).map_err(|e| UsageError(format!("{}: {e}", a.model.display())))?;
         let conversations = finetune::read_jsonl(&a.data).map_err(|e| UsageError(e.to_string()))?;
@@ -301,6 +305,11 @@ impl BackendJob for FinetuneJob<'_> {
                 )));
             }
             (model, step)
+        } else if let Some(dir) = &a.init_adapter {
+            let (model, file) = nasc_lora::lora::load_peft(ckpt.model, dir)
+                .map_err(|e| UsageError(format!("--init-adapter {}: {e}", dir.display())))?;
+            cfg.lora = file.config;
+            (model, 0)
         } else {
             (nasc_lora::lora::attach(ckpt.model, &cfg.lora, cfg.seed).map_err(adapter_err)?, 0)
         };

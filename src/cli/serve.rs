@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Args)]
@@ -26,7 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n    \
 -d '{\"model\": \"SmolLM2-135M-Instruct.Q4_1\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}],\n         \
 \"temperature\": 0.7, \"n\": 4, \"seed\": 1, \"max_tokens\": 64}'\n\n\
-Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions. Sampling fields: temperature \
+Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, and, as vLLM names them, \
+POST /v1/load_lora_adapter {\"lora_name\", \"lora_path\", \"load_inplace\"} and POST /v1/unload_lora_adapter \
+{\"lora_name\"} to add, replace or drop an adapter while serving. Sampling fields: temperature \
 (default 1), top_p, top_k (0 or -1: all), max_tokens / max_completion_tokens, n (replies decoded in one batch \
 sharing the prompt's cache), stop (a string or a list), seed, stream (server-sent events ending in \
 `data: [DONE]`; stream_options.include_usage adds a usage chunk). A request's `model` names the base model or an adapter; without it the base model answers.")]
@@ -108,17 +110,42 @@ struct Job<'a> {
 /// What the model thread knows that connection threads need to check requests.
 #[derive(Clone)]
 struct Info {
-    models: Vec<String>,
+    /// The served names: the base model first, then the adapters. The model thread changes it
+    /// when an adapter is loaded or unloaded.
+    models: Arc<RwLock<Vec<String>>>,
     context: usize,
     max_batch: usize,
     created: u64,
-    work: mpsc::Sender<Work>,
+    work: mpsc::Sender<Msg>,
+}
+
+impl Info {
+    fn names(&self) -> Vec<String> {
+        self.models.read().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// What connection threads ask of the model thread.
+enum Msg {
+    Generate(Work),
+    /// Read a PEFT adapter onto a clone of the base and serve it as `name` (replacing one of that
+    /// name when `inplace`).
+    Load {
+        name: String,
+        dir: PathBuf,
+        inplace: bool,
+        reply: mpsc::Sender<Result<String, HttpError>>,
+    },
+    Unload {
+        name: String,
+        reply: mpsc::Sender<Result<String, HttpError>>,
+    },
 }
 
 /// A checked generation request on its way to the model thread.
 struct Work {
-    /// Index into `Info::models`: 0 is the base model.
-    model: usize,
+    /// The served name asked for: the base model or an adapter.
+    model: String,
     input: Input,
     params: SamplingParams,
     stream: bool,
@@ -148,17 +175,16 @@ impl BackendJob for Job<'_> {
             .map_err(|e| UsageError(format!("{}: {e}", a.model.display())))?;
         // One model per served name: the base, then each adapter on a clone of it (the base's
         // tensors are shared, not copied).
-        let mut weights = vec![ckpt.model.clone()];
+        let mut weights = vec![(self.base.clone(), ckpt.model.clone())];
         for adapter in &self.adapters {
             let (model, _) = nasc_lora::lora::load_peft(ckpt.model.clone(), &adapter.dir)
                 .map_err(|e| UsageError(format!("--adapter {}={}: {e}", adapter.name, adapter.dir.display())))?;
-            weights.push(model);
+            weights.push((adapter.name.clone(), model));
         }
-        let (tx, rx) = mpsc::channel::<Work>();
-        let mut models = vec![self.base.clone()];
-        models.extend(self.adapters.iter().map(|x| x.name.clone()));
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let models = Arc::new(RwLock::new(weights.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()));
         let info = Info {
-            models,
+            models: models.clone(),
             context: ckpt.model.config.max_position_embeddings,
             max_batch: a.max_batch,
             created: now(),
@@ -174,12 +200,77 @@ impl BackendJob for Job<'_> {
         });
         eprintln!("nasc serve: {} on http://{addr}/v1 (model {})", a.model.display(), self.base);
         let end_of_turn = end_of_turn_ids(&ckpt);
-        for w in rx {
-            let model = &weights[w.model];
-            run_work(&ckpt, model, &end_of_turn, w);
+        for msg in rx {
+            match msg {
+                Msg::Generate(w) => match weights.iter().find(|(n, _)| *n == w.model) {
+                    Some((_, model)) => run_work(&ckpt, model, &end_of_turn, w),
+                    // Unloaded after the request was checked.
+                    None => {
+                        let _ = w.reply.send(Event::Failed(not_served(&w.model, &names(&weights))));
+                    }
+                },
+                Msg::Load { name, dir, inplace, reply } => {
+                    let _ = reply.send(load_runtime(&ckpt.model, &mut weights, name, &dir, inplace));
+                }
+                Msg::Unload { name, reply } => {
+                    let result = if name == weights[0].0 {
+                        Err(HttpError::bad(format!("`{name}` is the base model; only adapters can be unloaded"), None))
+                    } else if let Some(i) = weights.iter().position(|(n, _)| *n == name) {
+                        weights.remove(i);
+                        Ok(format!("Success: LoRA adapter '{name}' removed successfully."))
+                    } else {
+                        Err(not_served(&name, &names(&weights)))
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            if let Ok(mut m) = models.write() {
+                *m = names(&weights);
+            }
         }
         Ok(())
     }
+}
+
+fn names<B: Backend>(weights: &[(String, Llama<B>)]) -> Vec<String> {
+    weights.iter().map(|(n, _)| n.clone()).collect()
+}
+
+fn not_served(name: &str, served: &[String]) -> HttpError {
+    HttpError {
+        status: 404,
+        code: Some("model_not_found"),
+        ..HttpError::bad(format!("The model `{name}` does not exist. Served: {}", served.join(", ")), Some("model"))
+    }
+}
+
+/// Loads the PEFT adapter in `dir` onto a clone of `base` as `name`: new, or replacing the adapter
+/// of that name when `inplace`. The base's name cannot be taken.
+fn load_runtime<B: Backend>(
+    base: &Llama<B>,
+    weights: &mut Vec<(String, Llama<B>)>,
+    name: String,
+    dir: &Path,
+    inplace: bool,
+) -> Result<String, HttpError> {
+    if name == weights[0].0 {
+        return Err(HttpError::bad(format!("`{name}` is the base model's name; pick another lora_name"), None));
+    }
+    let existing = weights.iter().position(|(n, _)| *n == name);
+    if existing.is_some() && !inplace {
+        return Err(HttpError::bad(
+            format!("The lora adapter '{name}' has already been loaded; send \"load_inplace\": true to replace it."),
+            Some("lora_name"),
+        ));
+    }
+    let (model, _) = nasc_lora::lora::load_peft(base.clone(), dir).map_err(|e| {
+        HttpError::bad(format!("cannot load the adapter from {}: {e}", dir.display()), Some("lora_path"))
+    })?;
+    match existing {
+        Some(i) => weights[i].1 = model,
+        None => weights.push((name.clone(), model)),
+    }
+    Ok(format!("Success: LoRA adapter '{name}' added successfully."))
 }
 
 /// Token ids that end a chat turn: the EOS token and the chat models' own end-of-turn tokens.
@@ -384,6 +475,15 @@ fn handle(conn: TcpStream, info: &Info) {
         "/v1/models" if req.method == "GET" => respond(&mut writer, 200, &models(info)),
         "/v1/models" => respond_error(&mut writer, &not_allowed("GET")),
         "/health" => respond(&mut writer, 200, &json!({})),
+        p @ ("/v1/load_lora_adapter" | "/v1/unload_lora_adapter") => {
+            if req.method != "POST" {
+                return respond_error(&mut writer, &not_allowed("POST"));
+            }
+            match adapter_request(&req.body, p == "/v1/load_lora_adapter", info) {
+                Ok(message) => respond(&mut writer, 200, &json!(message)),
+                Err(e) => respond_error(&mut writer, &e),
+            }
+        }
         p @ ("/v1/chat/completions" | "/v1/completions") => {
             if req.method != "POST" {
                 return respond_error(&mut writer, &not_allowed("POST"));
@@ -405,14 +505,42 @@ fn handle(conn: TcpStream, info: &Info) {
     }
 }
 
+/// Checks a load or unload request and has the model thread carry it out.
+fn adapter_request(body: &[u8], load: bool, info: &Info) -> Result<String, HttpError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| HttpError::bad(format!("the body is not valid JSON: {e}"), None))?;
+    let field = |key: &'static str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| HttpError::bad(format!("'{key}' is required and must be a non-empty string"), Some(key)))
+    };
+    let name = field("lora_name")?;
+    let (tx, rx) = mpsc::channel();
+    let msg = if load {
+        let dir = PathBuf::from(field("lora_path")?);
+        let inplace = match v.get("load_inplace") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(HttpError::bad("'load_inplace' must be a boolean".into(), Some("load_inplace"))),
+        };
+        Msg::Load { name, dir, inplace, reply: tx }
+    } else {
+        Msg::Unload { name, reply: tx }
+    };
+    info.work.send(msg).map_err(|_| HttpError::server("the model thread has stopped".into()))?;
+    rx.recv().map_err(|_| HttpError::server("the model thread has stopped".into()))?
+}
+
 fn models(info: &Info) -> Value {
-    let data: Vec<Value> = info
-        .models
+    let names = info.names();
+    let data: Vec<Value> = names
         .iter()
         .enumerate()
         .map(|(i, m)| {
             json!({"id": m, "object": "model", "created": info.created, "owned_by": "nasc",
-                   "root": info.models[0], "parent": if i == 0 { Value::Null } else { json!(info.models[0]) },
+                   "root": names[0], "parent": if i == 0 { Value::Null } else { json!(names[0]) },
                    "max_model_len": info.context})
         })
         .collect();
@@ -467,16 +595,11 @@ fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
         return Err(HttpError::bad("the body must be a JSON object".into(), None));
     };
     let f = Fields(obj);
+    let served = info.names();
     let model = match f.get("model") {
-        None => 0,
-        Some(Value::String(name)) => info.models.iter().position(|m| m == name).ok_or_else(|| HttpError {
-            status: 404,
-            code: Some("model_not_found"),
-            ..HttpError::bad(
-                format!("The model `{name}` does not exist. Served: {}", info.models.join(", ")),
-                Some("model"),
-            )
-        })?,
+        None => served[0].clone(),
+        Some(Value::String(name)) if served.contains(name) => name.clone(),
+        Some(Value::String(name)) => return Err(not_served(name, &served)),
         Some(_) => return Err(HttpError::bad("'model' must be a string".into(), Some("model"))),
     };
     let input = if chat {
@@ -605,8 +728,8 @@ fn complete(conn: &mut TcpStream, info: &Info, mut w: Work, chat: bool) {
     let stream = w.stream;
     let include_usage = w.include_usage;
     let n = w.params.n;
-    let model = info.models[w.model].clone();
-    if info.work.send(w).is_err() {
+    let model = w.model.clone();
+    if info.work.send(Msg::Generate(w)).is_err() {
         return respond_error(conn, &HttpError::server("the model thread has stopped".into()));
     }
     let id = request_id(chat);
@@ -634,7 +757,9 @@ fn complete(conn: &mut TcpStream, info: &Info, mut w: Work, chat: bool) {
                         } else {
                             ("text", json!(c.text))
                         };
-                        let mut choice = json!({"index": i, "finish_reason": c.finish.as_str(), "logprobs": null});
+                        // `completion_tokens` per choice is ours: the usage only counts all choices together.
+                        let mut choice = json!({"index": i, "finish_reason": c.finish.as_str(), "logprobs": null,
+                                                "completion_tokens": c.tokens.len()});
                         choice[body.0] = body.1;
                         choice
                     })

@@ -98,11 +98,17 @@ pub struct Sampling {
     pub top_k: u32,
     pub top_p: f64,
     pub max_tokens: u32,
+    /// Replies per request: up to this many candidates of a cycle share a parent (and so a
+    /// prompt), and one request asks the server for all their replies (`n`), which a server
+    /// such as `nasc serve` or vLLM decodes as one batch sharing the prompt's cache. 1: one
+    /// parent and one request per candidate. Retries, which carry their own diagnostic, are
+    /// asked one by one.
+    pub n: usize,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 0.35, top_k: 50, top_p: 0.9, max_tokens: 1024 }
+        Sampling { temperature: 0.35, top_k: 50, top_p: 0.9, max_tokens: 1024, n: 1 }
     }
 }
 
@@ -180,18 +186,30 @@ impl Default for Curation {
     }
 }
 
-/// The fine-tuning step between cycles: an external command, since nasc has no fine-tuner of its own yet.
+/// The fine-tuning step between cycles: `nasc lm finetune` on the base model `model` (the
+/// default), or any external `command`. With neither, no fine-tuning (logged each cycle).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Finetune {
-    /// The command and its arguments; `{corpus}`, `{adapter}`, `{cycle}`, `{base_model}`,
-    /// `{rank}`, `{alpha}`, `{lr}` and `{epochs}` are replaced. Empty: no fine-tuning (logged
-    /// each cycle).
+    /// The base model `nasc lm finetune` trains adapters for (a .gguf file or a Hugging Face
+    /// folder; relative to the config file's folder), the one the server serves.
+    pub model: Option<PathBuf>,
+    /// Further arguments for `nasc lm finetune`, e.g. ["--max-len", "768", "--grad-accum", "4"].
+    pub args: Vec<String>,
+    /// The adapter the first fine-tune continues from (e.g. one trained on a `mutate` run's
+    /// corpus and served as `[openai] model`); later fine-tunes continue from the previous
+    /// cycle's adapter. None: the first starts from a fresh adapter.
+    pub init_adapter: Option<PathBuf>,
+    /// An external command instead of `nasc lm finetune`; `{corpus}`, `{adapter}`, `{cycle}`,
+    /// `{base_model}`, `{init_adapter}`, `{rank}`, `{alpha}`, `{lr}` and `{epochs}` are replaced.
     pub command: Vec<String>,
-    /// After a fine-tune, the generator asks for the model named this (`{cycle}` replaced), e.g.
-    /// the name `nasc serve` or vLLM gives the new adapter. Empty: keep the model.
+    /// After a fine-tune, the generator asks for the model named this (`{cycle}` replaced).
     pub adapter_name: String,
-    /// LoRA settings handed to the command.
+    /// Ask the `openai` server to load each new adapter under `adapter_name` through
+    /// `POST {base_url}/load_lora_adapter` (as `nasc serve` and vLLM with
+    /// VLLM_ALLOW_RUNTIME_LORA_UPDATING=True do). False: the command makes the server serve it.
+    pub load_adapter: bool,
+    /// LoRA settings.
     pub rank: u32,
     pub alpha: f64,
     pub lr: f64,
@@ -200,7 +218,25 @@ pub struct Finetune {
 
 impl Default for Finetune {
     fn default() -> Self {
-        Finetune { command: Vec::new(), adapter_name: String::new(), rank: 16, alpha: 32.0, lr: 2e-4, epochs: 1 }
+        Finetune {
+            model: None,
+            args: Vec::new(),
+            init_adapter: None,
+            command: Vec::new(),
+            adapter_name: "search-{cycle}".into(),
+            load_adapter: true,
+            rank: 16,
+            alpha: 32.0,
+            lr: 2e-4,
+            epochs: 1,
+        }
+    }
+}
+
+impl Finetune {
+    /// Whether a fine-tuning step runs between cycles.
+    pub fn enabled(&self) -> bool {
+        self.model.is_some() || !self.command.is_empty()
     }
 }
 
@@ -229,6 +265,11 @@ impl SearchConfig {
         if let Some(t) = &mut config.prompt_template {
             if t.is_relative() {
                 *t = dir.join(&*t);
+            }
+        }
+        for p in [&mut config.finetune.model, &mut config.finetune.init_adapter].into_iter().flatten() {
+            if p.is_relative() {
+                *p = dir.join(&*p);
             }
         }
         if config.train.data_root.is_relative() && config.train.data_root != crate::train::default_data_root() {
@@ -288,8 +329,17 @@ impl SearchConfig {
             return bad(format!("`novelty_threshold` must be in (0, 1], got {}", self.novelty_threshold));
         }
         let s = &self.sampling;
-        if !(s.temperature >= 0.0) || !(s.top_p > 0.0 && s.top_p <= 1.0) || s.max_tokens == 0 {
-            return bad("[sampling]: temperature must be ≥ 0, top_p in (0, 1], max_tokens ≥ 1".into());
+        if !(s.temperature >= 0.0) || !(s.top_p > 0.0 && s.top_p <= 1.0) || s.max_tokens == 0 || s.n == 0 {
+            return bad("[sampling]: temperature must be ≥ 0, top_p in (0, 1], max_tokens and n ≥ 1".into());
+        }
+        let f = &self.finetune;
+        if f.model.is_some() && !f.command.is_empty() {
+            return bad(
+                "[finetune]: give `model` (nasc lm finetune) or `command` (an external fine-tuner), not both".into()
+            );
+        }
+        if f.enabled() && f.adapter_name.is_empty() {
+            return bad("[finetune] adapter_name is empty: the generator needs a name for each new adapter".into());
         }
         if self.train.batch == 0 || self.train.epochs == 0 || self.train.eval_batch == 0 {
             return bad("[train]: batch, eval_batch and epochs must be at least 1".into());
@@ -315,7 +365,7 @@ mod tests {
     fn an_empty_config_is_the_papers_protocol() {
         let c = SearchConfig::parse("").unwrap();
         assert_eq!((c.cycles, c.candidates, c.retries), (22, 50, 2));
-        assert_eq!(c.sampling, Sampling { temperature: 0.35, top_k: 50, top_p: 0.9, max_tokens: 1024 });
+        assert_eq!(c.sampling, Sampling { temperature: 0.35, top_k: 50, top_p: 0.9, max_tokens: 1024, n: 1 });
         assert_eq!(c.datasets.len(), 7);
     }
 
@@ -353,5 +403,10 @@ mod tests {
         assert!(SearchConfig::parse("generator = \"gpt\"").is_err());
         let c = SearchConfig::parse("generator = \"openai\"\n[openai]\nbase_url = \"ftp://x\"").unwrap_err();
         assert!(c.0.contains("base_url"), "{}", c.0);
+        assert!(SearchConfig::parse("[sampling]\nn = 0").unwrap_err().0.contains("n ≥ 1"));
+        let both = SearchConfig::parse("[finetune]\nmodel = \"m.gguf\"\ncommand = [\"x\"]").unwrap_err().0;
+        assert!(both.contains("not both"), "{both}");
+        let unnamed = SearchConfig::parse("[finetune]\nmodel = \"m.gguf\"\nadapter_name = \"\"").unwrap_err().0;
+        assert!(unnamed.contains("adapter_name"), "{unnamed}");
     }
 }

@@ -1,5 +1,5 @@
 // Curation: the supervised corpus of a cycle (prompt → canonical diff, from parent → strictly better child on one dataset), and the fine-tune command between cycles.
-// It reads stored candidates and writes one JSONL file; the fine-tuner is an external command, never code of ours pretending to train.
+// It reads stored candidates and writes one JSONL file; fine-tuning runs as a child process (`nasc lm finetune` or the user's command), so a crash there never takes the search down.
 
 use super::config::{Curation, Finetune};
 use super::store::Candidate;
@@ -68,32 +68,91 @@ pub fn write_jsonl(pairs: &[Pair], path: &Path) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// Runs the fine-tune command with `{corpus}`, `{adapter}`, `{cycle}`, `{base_model}` and the LoRA
-/// settings (`{rank}`, `{alpha}`, `{lr}`, `{epochs}`) replaced.
-pub fn finetune(ft: &Finetune, corpus: &Path, adapter: &Path, cycle: i64, base_model: &str) -> Result<(), String> {
-    let args: Vec<String> = ft
+/// One fine-tuning step: what to train from and where the adapter goes.
+pub struct FinetuneJob<'a> {
+    pub corpus: &'a Path,
+    pub adapter: &'a Path,
+    pub cycle: i64,
+    /// The model the generator asked for so far (the base's or an adapter's served name).
+    pub served_model: &'a str,
+    /// The adapter to continue from, if any.
+    pub init: Option<&'a Path>,
+}
+
+/// The command line of a fine-tuning step: `nasc lm finetune` (this executable) on
+/// `[finetune] model`, or the configured command with its placeholders replaced.
+pub fn finetune_command(ft: &Finetune, job: &FinetuneJob) -> Result<Vec<String>, String> {
+    let path = |p: &Path| p.display().to_string();
+    if let Some(model) = &ft.model {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find the nasc executable: {e}"))?;
+        let mut args = vec![path(&exe), "lm".into(), "finetune".into(), "--model".into(), path(model)];
+        args.extend(["--data".into(), path(job.corpus), "--out".into(), path(job.adapter)]);
+        match job.init {
+            // A continued adapter keeps its own rank, alpha and targets.
+            Some(init) => args.extend(["--init-adapter".into(), path(init)]),
+            None => args.extend(["--rank".into(), ft.rank.to_string(), "--alpha".into(), ft.alpha.to_string()]),
+        }
+        args.extend(["--lr".into(), ft.lr.to_string(), "--epochs".into(), ft.epochs.to_string(), "--json".into()]);
+        args.extend(ft.args.iter().cloned());
+        return Ok(args);
+    }
+    Ok(ft
         .command
         .iter()
         .map(|a| {
-            a.replace("{corpus}", &corpus.display().to_string())
-                .replace("{adapter}", &adapter.display().to_string())
-                .replace("{cycle}", &cycle.to_string())
-                .replace("{base_model}", base_model)
+            a.replace("{corpus}", &path(job.corpus))
+                .replace("{adapter}", &path(job.adapter))
+                .replace("{cycle}", &job.cycle.to_string())
+                .replace("{base_model}", job.served_model)
+                .replace("{init_adapter}", &job.init.map(path).unwrap_or_default())
                 .replace("{rank}", &ft.rank.to_string())
                 .replace("{alpha}", &ft.alpha.to_string())
                 .replace("{lr}", &ft.lr.to_string())
                 .replace("{epochs}", &ft.epochs.to_string())
         })
-        .collect();
-    std::fs::create_dir_all(adapter).map_err(|e| format!("cannot create {}: {e}", adapter.display()))?;
-    let status = std::process::Command::new(&args[0])
-        .args(&args[1..])
-        .status()
-        .map_err(|e| format!("cannot run the fine-tune command `{}`: {e}", args.join(" ")))?;
-    if !status.success() {
-        return Err(format!("the fine-tune command `{}` failed ({status})", args.join(" ")));
+        .collect())
+}
+
+/// Runs a fine-tuning step into a fresh `job.adapter` folder. Returns a line for the log (for
+/// `nasc lm finetune`: its final loss, steps and tokens/s); a failure carries the command and
+/// the end of what it printed.
+pub fn finetune(ft: &Finetune, job: &FinetuneJob) -> Result<String, String> {
+    let args = finetune_command(ft, job)?;
+    let Some((program, rest)) = args.split_first() else {
+        return Err("[finetune] command is empty".into());
+    };
+    // A step killed halfway left a partial adapter: start it again from nothing.
+    if job.adapter.exists() {
+        std::fs::remove_dir_all(job.adapter).map_err(|e| format!("cannot clear {}: {e}", job.adapter.display()))?;
     }
-    Ok(())
+    std::fs::create_dir_all(job.adapter).map_err(|e| format!("cannot create {}: {e}", job.adapter.display()))?;
+    let out = std::process::Command::new(program)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run the fine-tune command `{}`: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(8).collect();
+        return Err(format!(
+            "the fine-tune command `{}` failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if ft.model.is_some() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&stdout) {
+            return Ok(format!(
+                "{} steps, final loss {:.4}, {:.0} tokens/s",
+                v["steps"].as_u64().unwrap_or(0),
+                v["final_loss"].as_f64().unwrap_or(f64::NAN),
+                v["tokens_per_second"].as_f64().unwrap_or(0.0)
+            ));
+        }
+    }
+    Ok(format!("`{program}` finished"))
 }
 
 #[cfg(test)]
@@ -151,5 +210,37 @@ mod tests {
         );
         let capped = pairs(&all, &Curation { min_gain: 0.06, max_pairs: 1 });
         assert_eq!(capped.iter().map(|p| p.child).collect::<Vec<_>>(), [4]);
+    }
+
+    #[test]
+    fn the_default_step_is_nasc_lm_finetune_continuing_the_adapter_it_is_given() {
+        let ft = Finetune {
+            model: Some("m.gguf".into()),
+            args: vec!["--max-len".into(), "64".into()],
+            ..Finetune::default()
+        };
+        let job = FinetuneJob {
+            corpus: Path::new("c.jsonl"),
+            adapter: Path::new("a"),
+            cycle: 2,
+            served_model: "base",
+            init: None,
+        };
+        let args = finetune_command(&ft, &job).unwrap();
+        assert_eq!(args[1..5], ["lm", "finetune", "--model", "m.gguf"]);
+        let tail = "--data c.jsonl --out a --rank 16 --alpha 32 --lr 0.0002 --epochs 1 --json --max-len 64";
+        assert_eq!(args[5..].join(" "), tail);
+        let args = finetune_command(&ft, &FinetuneJob { init: Some(Path::new("prev")), ..job }).unwrap();
+        let tail = "--data c.jsonl --out a --init-adapter prev --lr 0.0002 --epochs 1 --json --max-len 64";
+        assert_eq!(args[5..].join(" "), tail);
+
+        let ft = Finetune {
+            command: ["train", "{corpus}", "{adapter}", "{cycle}", "{base_model}", "{init_adapter}", "{rank}"]
+                .map(String::from)
+                .to_vec(),
+            ..Finetune::default()
+        };
+        let job = FinetuneJob { init: Some(Path::new("prev")), ..job };
+        assert_eq!(finetune_command(&ft, &job).unwrap().join(" "), "train c.jsonl a 2 base prev 16");
     }
 }

@@ -46,8 +46,17 @@ pub trait Generator: Send + Sync {
     /// The model or adapter asked, for a language model.
     fn adapter(&self) -> Option<String>;
     fn generate(&self, req: &Request) -> Result<Reply, GenError>;
+    /// `n` replies to one request. Each reply's `elapsed` is its share of the request's time.
+    fn generate_n(&self, req: &Request, n: usize) -> Result<Vec<Reply>, GenError> {
+        (0..n as u64).map(|i| self.generate(&Request { seed: req.seed.wrapping_add(i), ..req.clone() })).collect()
+    }
     /// Asks for another model (a new adapter) from now on.
     fn set_model(&self, _model: &str) {}
+    /// Has the server load the adapter in `dir` as `name` (replacing one of that name). A
+    /// generator without a server has nothing to load.
+    fn load_adapter(&self, _name: &str, _dir: &std::path::Path) -> Result<(), GenError> {
+        Ok(())
+    }
 }
 
 /// Renders `template`: `{program}` (numbered lines), `{dataset}`, `{accuracy}`, `{goal}`.
@@ -132,11 +141,12 @@ impl OpenAi {
         }
     }
 
-    fn body(&self, req: &Request) -> serde_json::Value {
+    fn body(&self, req: &Request, n: usize) -> serde_json::Value {
         let model = self.model.lock().map(|m| m.clone()).unwrap_or_default();
         let s = &self.sampling;
         let mut body = serde_json::json!({
             "model": model,
+            "n": n,
             "temperature": s.temperature,
             "top_p": s.top_p,
             "top_k": s.top_k,
@@ -164,9 +174,18 @@ impl OpenAi {
         body
     }
 
-    /// One request, with retries and exponential backoff on 429, 5xx and timeouts.
+    /// One request to the completion endpoint, with retries and exponential backoff on 429, 5xx
+    /// and timeouts.
     fn post(&self, body: &serde_json::Value) -> Result<serde_json::Value, GenError> {
         let url = self.url();
+        let body = self.post_to(&url, body)?;
+        serde_json::from_str(&body)
+            .map_err(|e| GenError(format!("{url} answered 200 with a body that is not JSON ({e}): {}", clip(&body))))
+    }
+
+    /// POSTs `body` to `url`; the body of a 200 answer.
+    fn post_to(&self, url: &str, body: &serde_json::Value) -> Result<String, GenError> {
+        let url = url.to_string();
         let text = body.to_string();
         let mut backoff = Duration::from_millis(self.config.backoff_ms);
         let mut last = String::new();
@@ -184,9 +203,7 @@ impl OpenAi {
                     let status = resp.status().as_u16();
                     let body = resp.body_mut().read_to_string().unwrap_or_default();
                     if status == 200 {
-                        return serde_json::from_str(&body).map_err(|e| {
-                            GenError(format!("{url} answered 200 with a body that is not JSON ({e}): {}", clip(&body)))
-                        });
+                        return Ok(body);
                     }
                     last = format!("{url} answered {status}: {}", clip(&body));
                     if status != 429 && status < 500 {
@@ -230,18 +247,56 @@ impl Generator for OpenAi {
         }
     }
     fn generate(&self, req: &Request) -> Result<Reply, GenError> {
+        let mut replies = self.generate_n(req, 1)?;
+        Ok(replies.remove(0))
+    }
+
+    fn generate_n(&self, req: &Request, n: usize) -> Result<Vec<Reply>, GenError> {
         let start = Instant::now();
-        let json = self.post(&self.body(req))?;
-        let choice = &json["choices"][0];
-        let text = match self.config.api {
-            Api::Chat => choice["message"]["content"].as_str(),
-            Api::Completions => choice["text"].as_str(),
-        };
-        let Some(text) = text else {
-            return Err(GenError(format!("{} answered without a completion: {}", self.url(), clip(&json.to_string()))));
-        };
-        let tokens = json["usage"]["completion_tokens"].as_i64();
-        Ok(Reply { text: text.to_string(), tokens, elapsed: start.elapsed() })
+        let json = self.post(&self.body(req, n))?;
+        let choices = json["choices"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if choices.len() != n {
+            return Err(GenError(format!(
+                "{} answered {} choices to a request for n = {n}: {}",
+                self.url(),
+                choices.len(),
+                clip(&json.to_string())
+            )));
+        }
+        let elapsed = start.elapsed() / n as u32;
+        // The usage counts every reply's tokens together; a reply's own count is known only when
+        // there is one reply (or when the server reports it per choice, as `nasc serve` does).
+        let total = json["usage"]["completion_tokens"].as_i64();
+        let mut replies = Vec::with_capacity(n);
+        for choice in choices {
+            let text = match self.config.api {
+                Api::Chat => choice["message"]["content"].as_str(),
+                Api::Completions => choice["text"].as_str(),
+            };
+            let Some(text) = text else {
+                return Err(GenError(format!(
+                    "{} answered without a completion: {}",
+                    self.url(),
+                    clip(&json.to_string())
+                )));
+            };
+            let tokens = choice["completion_tokens"].as_i64().or(if n == 1 { total } else { None });
+            replies.push(Reply { text: text.to_string(), tokens, elapsed });
+        }
+        Ok(replies)
+    }
+
+    fn load_adapter(&self, name: &str, dir: &std::path::Path) -> Result<(), GenError> {
+        let url = format!("{}/load_lora_adapter", self.config.base_url.trim_end_matches('/'));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let body = serde_json::json!({"lora_name": name, "lora_path": dir.display().to_string(), "load_inplace": true});
+        self.post_to(&url, &body).map(|_| ()).map_err(|e| {
+            GenError(format!(
+                "cannot load the adapter {name} from {}: {e} (the server must load LoRA adapters at run time: \
+                 `nasc serve` does; vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; or set [finetune] load_adapter = false)",
+                dir.display()
+            ))
+        })
     }
 }
 

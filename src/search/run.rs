@@ -163,6 +163,12 @@ fn drive(store: Store, dir: &Path, opts: &RunOptions) -> Result<Summary, SearchE
         GeneratorKind::Openai => Box::new(generate::OpenAi::new(&config.openai, &config.sampling)),
     };
     if let Some(model) = store.meta("model")? {
+        // A resumed run's server may have restarted since it loaded the run's last adapter.
+        if let Some(dir) = store.meta("adapter_dir")? {
+            if config.generator == GeneratorKind::Openai && config.finetune.load_adapter {
+                generator.load_adapter(&model, Path::new(&dir))?;
+            }
+        }
         generator.set_model(&model);
     }
     let visible = opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -347,6 +353,8 @@ impl Driver {
         let all = self.store.all()?;
         struct Work {
             slot: i64,
+            /// The first slot of this slot's group: the group shares its parent and prompt.
+            lead: i64,
             dataset: String,
             parent: Candidate,
             base: Base,
@@ -356,13 +364,20 @@ impl Driver {
             generate_ns: i64,
         }
         let mut work = Vec::new();
+        // A language model answers `n` candidates of one dataset with one request: slots
+        // d, d + D, d + 2D, ... (D datasets) form groups of n that share a parent.
+        let openai = self.config.generator == GeneratorKind::Openai;
+        let group = if openai { self.config.sampling.n.max(1) as i64 } else { 1 };
+        let datasets = self.config.datasets.len() as i64;
         for &slot in slots {
             let dataset = self.config.datasets[slot as usize % self.config.datasets.len()].clone();
             let pool = self.pool(&all, &dataset, cycle);
             if pool.is_empty() {
                 return Err(SearchError(format!("no baseline checks on {dataset}: nothing to search from")));
             }
-            let seed = slot_seed(self.config.seed, cycle, slot);
+            let k = slot / datasets;
+            let lead = (k - k % group) * datasets + slot % datasets;
+            let seed = slot_seed(self.config.seed, cycle, lead);
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let parent = (0..self.config.tournament)
                 .map(|_| &pool[(rng.next_u64() % pool.len() as u64) as usize])
@@ -374,6 +389,7 @@ impl Driver {
             let base = Base::new(&program, &self.options(&dataset));
             work.push(Work {
                 slot,
+                lead,
                 dataset,
                 parent,
                 base,
@@ -392,11 +408,35 @@ impl Driver {
             if open.is_empty() {
                 break;
             }
-            let requests: Vec<Request> = open.iter().map(|i| work[*i].request.clone()).collect();
+            // Slots of one group still on their first prompt go in one request; a retry, which
+            // carries its own diagnostic, goes alone.
+            let mut batches: Vec<Vec<usize>> = Vec::new();
+            let mut by_lead: HashMap<i64, usize> = HashMap::new();
+            for i in open {
+                if work[i].request.feedback.is_empty() && group > 1 {
+                    if let Some(&b) = by_lead.get(&work[i].lead) {
+                        batches[b].push(i);
+                        continue;
+                    }
+                    by_lead.insert(work[i].lead, batches.len());
+                }
+                batches.push(vec![i]);
+            }
+            let requests: Vec<(Request, usize)> =
+                batches.iter().map(|b| (work[b[0]].request.clone(), b.len())).collect();
             let generator = &*self.generator;
-            let replies = generate::parallel(&requests, concurrency, |r| generator.generate(r));
-            for (i, reply) in open.into_iter().zip(replies) {
-                let reply = reply?;
+            let answers = generate::parallel(&requests, concurrency, |(r, n)| {
+                if *n == 1 {
+                    generator.generate(r).map(|reply| vec![reply])
+                } else {
+                    generator.generate_n(r, *n)
+                }
+            });
+            let mut replies = Vec::new();
+            for (batch, answer) in batches.into_iter().zip(answers) {
+                replies.extend(batch.into_iter().zip(answer?));
+            }
+            for (i, reply) in replies {
                 let w = &mut work[i];
                 w.generate_ns += reply.elapsed.as_nanos() as i64;
                 let opts = self.options(&w.dataset);
@@ -560,20 +600,44 @@ impl Driver {
         self.bars.log(&format!("cycle {cycle}: {} curated pairs in {}", corpus.len(), path.display()));
         if cycle < self.config.cycles as i64 {
             let ft = &self.config.finetune;
-            if ft.command.is_empty() {
+            if !ft.enabled() {
                 self.bars.log(&format!(
-                    "cycle {cycle}: no fine-tuning ([finetune] command is empty): the next cycle uses the same generator"
+                    "cycle {cycle}: no fine-tuning ([finetune] has no model and no command): the next cycle uses the same generator"
+                ));
+            } else if corpus.is_empty() {
+                self.bars.log(&format!(
+                    "cycle {cycle}: no fine-tuning: no candidate beat its parent yet, so the corpus is empty"
                 ));
             } else {
                 let adapter = self.dir.join("adapters").join(format!("cycle-{}", cycle + 1));
-                let base_model = self.generator.adapter().unwrap_or_default();
-                curate::finetune(ft, &path, &adapter, cycle + 1, &base_model).map_err(SearchError)?;
-                if !ft.adapter_name.is_empty() {
-                    let model = ft.adapter_name.replace("{cycle}", &(cycle + 1).to_string());
-                    self.generator.set_model(&model);
-                    self.store.set_meta("model", &model)?;
+                // Continue from the adapter the generator uses now: the last one fine-tuned here,
+                // else the configured starting adapter.
+                let init = self.store.meta("adapter_dir")?.map(PathBuf::from).or_else(|| ft.init_adapter.clone());
+                let served = self.generator.adapter().unwrap_or_default();
+                let job = curate::FinetuneJob {
+                    corpus: &path,
+                    adapter: &adapter,
+                    cycle: cycle + 1,
+                    served_model: &served,
+                    init: init.as_deref(),
+                };
+                self.bars.cycle.set_message("fine-tuning");
+                let started = Instant::now();
+                let done = self.bars.multi.suspend(|| curate::finetune(ft, &job)).map_err(SearchError)?;
+                let model = ft.adapter_name.replace("{cycle}", &(cycle + 1).to_string());
+                if self.config.generator == GeneratorKind::Openai && ft.load_adapter {
+                    self.generator.load_adapter(&model, &adapter)?;
                 }
-                self.bars.log(&format!("cycle {cycle}: fine-tuned an adapter into {}", adapter.display()));
+                self.generator.set_model(&model);
+                self.store.set_meta("model", &model)?;
+                let absolute = std::path::absolute(&adapter).unwrap_or_else(|_| adapter.clone());
+                self.store.set_meta("adapter_dir", &absolute.display().to_string())?;
+                self.bars.log(&format!(
+                    "cycle {cycle}: fine-tuned {} on {} pairs in {:.0} s ({done}); the generator now asks for {model}",
+                    adapter.display(),
+                    corpus.len(),
+                    started.elapsed().as_secs_f64()
+                ));
             }
         }
         self.store.set_meta(&format!("curated_{cycle}"), "1")?;
