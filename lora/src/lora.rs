@@ -416,9 +416,21 @@ pub fn read_peft_config(dir: impl AsRef<Path>) -> Result<AdapterFile, LoraError>
             return Err(bad("bias", format!("{b} is not supported (only \"none\")")));
         }
     }
-    for key in ["use_rslora", "use_dora", "fan_in_fan_out"] {
+    for key in ["use_rslora", "use_dora", "fan_in_fan_out", "lora_bias"] {
         if get(key).and_then(|v| v.as_bool()) == Some(true) {
             return Err(bad(key, "true is not supported".into()));
+        }
+    }
+    // Settings that change which layers carry adapters, or their rank or scale, per module: an
+    // adapter using them would load with the wrong shapes or scale, so it is refused.
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if get(key).and_then(|v| v.as_object()).is_some_and(|o| !o.is_empty()) {
+            return Err(bad(key, "per-module ranks or alphas are not supported".into()));
+        }
+    }
+    for key in ["layers_to_transform", "layers_pattern", "modules_to_save", "layer_replication"] {
+        if get(key).is_some_and(|v| !(v.as_array().is_some_and(|a| a.is_empty()))) {
+            return Err(bad(key, "is not supported (adapters on every layer, nothing else saved)".into()));
         }
     }
     let config = LoraConfig { rank: rank as usize, alpha, dropout, targets };

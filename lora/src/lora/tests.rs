@@ -208,4 +208,26 @@ fn bad_configs_are_refused() {
     let (_d, base) = tiny_model::<B>(1);
     let e = attach(base, &LoraConfig { rank: 0, ..Default::default() }, 0).err().unwrap().to_string();
     assert!(e.contains("rank"), "{e}");
+    // PEFT settings that would change shapes or scales per layer are refused, naming the key;
+    // their empty defaults (as PEFT writes them) are fine.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |extra: &str| {
+        let text = format!(
+            "{{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"q_proj\"], \
+             \"rank_pattern\": {{}}, \"alpha_pattern\": {{}}, \"layers_to_transform\": null, \"modules_to_save\": null{extra}}}"
+        );
+        std::fs::write(dir.path().join("adapter_config.json"), text).unwrap();
+        read_peft_config(dir.path())
+    };
+    assert_eq!(write("").unwrap().config.rank, 2);
+    for (extra, key) in [
+        (", \"layers_to_transform\": [0]", "layers_to_transform"),
+        (", \"rank_pattern\": {\"q_proj\": 4}", "rank_pattern"),
+        (", \"alpha_pattern\": {\"q_proj\": 4}", "alpha_pattern"),
+        (", \"modules_to_save\": [\"lm_head\"]", "modules_to_save"),
+        (", \"use_dora\": true", "use_dora"),
+    ] {
+        let e = write(extra).unwrap_err().to_string();
+        assert!(e.contains(key), "{extra}: {e}");
+    }
 }
