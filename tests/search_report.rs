@@ -1,6 +1,6 @@
 //! `nasc report` on a small run built deterministically through the run store (two generators,
 //! two datasets, two cycles, verdicts of every stage), pinned by snapshots: the tables, the CSV
-//! and the JSON; and the plots it writes.
+//! and the JSON; and the plots it writes, as SVG and PNG, or as SVG alone when no font can be had.
 
 use nasc::search::store::{NewCandidate, Trained};
 use nasc::search::Store;
@@ -117,14 +117,77 @@ fn the_report_tables_of_a_small_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn the_report_writes_its_plots_as_svg() {
-    let dir = run_dir("plots");
-    let plots = dir.join("elsewhere");
-    report(&dir, &["--plots", plots.to_str().unwrap()]);
-    for name in ["valid_rate", "accuracy", "accuracy_distribution", "best_so_far"] {
+/// `nasc report --plots DIR` with `NASC_FONT` set to `font`, or unset (the system fonts) when `None`.
+fn report_plots(
+    dir: &std::path::Path,
+    plots: &std::path::Path,
+    font: Option<&std::path::Path>,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"));
+    cmd.arg("report").arg("--plots").arg(plots).arg(dir);
+    match font {
+        Some(f) => cmd.env("NASC_FONT", f),
+        None => cmd.env_remove("NASC_FONT"),
+    };
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+const PLOTS: [&str; 4] = ["valid_rate", "accuracy", "accuracy_distribution", "best_so_far"];
+
+fn assert_svgs(plots: &std::path::Path) {
+    for name in PLOTS {
         let svg = std::fs::read_to_string(plots.join(format!("{name}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<polyline") && svg.contains("fashion-mnist"), "{name}");
+    }
+}
+
+#[test]
+fn the_report_writes_each_plot_as_svg_and_png() {
+    let dir = run_dir("plots");
+    let plots = dir.join("elsewhere");
+    // The system's fonts, as a user gets them; CI installs fonts-dejavu-core (.ci/run).
+    let out = report_plots(&dir, &plots, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("PNG plots skipped"), "no font for the PNGs on this machine: {stderr}");
+    assert_svgs(&plots);
+    for name in PLOTS {
+        let bytes = std::fs::read(plots.join(format!("{name}.png"))).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{name}.png lacks the PNG signature");
+        let mut reader = png::Decoder::new(std::io::Cursor::new(&bytes)).read_info().unwrap();
+        let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut rgb).unwrap();
+        assert_eq!((info.width, info.height), nasc::search::report::PLOT_SIZE, "{name}.png");
+        assert_eq!((info.color_type, info.bit_depth), (png::ColorType::Rgb, png::BitDepth::Eight), "{name}.png");
+        let pixels: Vec<&[u8]> = rgb.chunks(3).collect();
+        let colours: std::collections::HashSet<&[u8]> = pixels.iter().copied().collect();
+        assert!(colours.len() > 1, "{name}.png is one colour");
+        // The title is the only thing drawn in the top 36 rows: dark pixels there are rendered text.
+        let title_ink = pixels[..36 * info.width as usize].iter().filter(|p| p.iter().all(|c| *c < 100)).count();
+        assert!(title_ink > 50, "{name}.png has no title text ({title_ink} dark pixels above the chart)");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_a_usable_font_the_report_writes_the_svgs_and_says_why_pngs_were_skipped() {
+    let dir = run_dir("nofont");
+    let not_a_font = dir.join("not-a-font.ttf");
+    std::fs::write(&not_a_font, "this is text, not a font").unwrap();
+    for (font, why) in [(dir.join("missing.ttf"), "cannot be read"), (not_a_font, "is not a TrueType or OpenType font")]
+    {
+        let plots = dir.join("plots");
+        let _ = std::fs::remove_dir_all(&plots);
+        let out = report_plots(&dir, &plots, Some(&font));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let said = format!("PNG plots skipped: NASC_FONT={} {why}", font.display());
+        assert!(stderr.contains(&said), "expected {said:?} in: {stderr}");
+        assert!(stderr.contains("fonts-dejavu-core") && stderr.contains("The SVG plots were written"), "{stderr}");
+        assert_svgs(&plots);
+        for name in PLOTS {
+            assert!(!plots.join(format!("{name}.png")).exists(), "{name}.png");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -36,7 +36,7 @@ pub struct ReportArgs {
     /// Print the per-cycle table as CSV.
     #[arg(long)]
     csv: bool,
-    /// Write the plots (SVG) into this folder [default: RUN/plots].
+    /// Write the plots (SVG, and PNG when a font is found) into this folder [default: RUN/plots].
     #[arg(long, value_name = "DIR")]
     plots: Option<PathBuf>,
     /// Write no plots.
@@ -124,12 +124,16 @@ pub fn report(a: ReportArgs) -> Result<ExitCode, UsageError> {
     if !a.no_plots {
         let dir = a.plots.clone().unwrap_or_else(|| a.run.join("plots"));
         match report::plots(&r, &all, &dir) {
-            Ok(paths) => {
+            Ok(plots) => {
                 if !a.json && !a.csv {
                     eprintln!(
                         "plots: {}",
-                        paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                        plots.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
                     );
+                }
+                // Said even with --json or --csv (it goes to stderr): a missing PNG is worth knowing.
+                if let Some(why) = &plots.png_skipped {
+                    eprintln!("{why}");
                 }
             }
             Err(e) => return Ok(failed(e)),
