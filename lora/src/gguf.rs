@@ -25,7 +25,7 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-pub use dequant::dequantize;
+pub use dequant::{block_decoder, dequantize};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;

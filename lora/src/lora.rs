@@ -185,8 +185,12 @@ impl<B: Backend> LoraLinear<B> {
 
     /// `base(x) + scale · dropout(x) A B`. Dropout acts only while training (on an autodiff backend).
     pub fn forward(&self, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let low = self.dropout.forward(x.clone()).matmul(self.a.val()).matmul(self.b.val());
-        base.forward(x) + low.mul_scalar(self.scale)
+        base.forward(x.clone()) + self.low_rank(x)
+    }
+
+    /// The adapter's own term, `scale · dropout(x) A B`.
+    pub fn low_rank(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.dropout.forward(x).matmul(self.a.val()).matmul(self.b.val()).mul_scalar(self.scale)
     }
 
     /// `scale · A B`, `[in, out]`: what merging adds to the base weight.
@@ -294,8 +298,12 @@ pub fn merge<B: Backend>(mut model: Llama<B>) -> Llama<B> {
                 Target::Up => &mut block.up,
                 Target::Down => &mut block.down,
             };
-            let merged = base.weight.val() + adapter.delta();
-            base.weight = Param::from_tensor(merged.detach());
+            // A quantised base weight is dequantised first: the merged weight is f32.
+            let weight = match block.quantised.weights[t as usize].take() {
+                Some(q) => Tensor::from_data(TensorData::new(q.to_in_out(), [q.cols(), q.rows()]), &adapter.a.device()),
+                None => base.weight.val(),
+            };
+            base.weight = Param::from_tensor((weight + adapter.delta()).detach());
         }
     }
     model

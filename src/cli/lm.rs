@@ -12,7 +12,7 @@ use nasc_lora::chat::Message;
 use nasc_lora::finetune::{self, Saving, TrainConfig};
 use nasc_lora::generate::{generate, Generation, SamplingParams};
 use nasc_lora::lora::LoraConfig;
-use nasc_lora::model::Checkpoint;
+use nasc_lora::model::{Checkpoint, LoadOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +72,10 @@ pub struct FinetuneArgs {
     /// Where to run: cpu, wgpu, wgpu:N, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
+    /// Q4_0, Q4_1, Q4_K, Q6_K) and dequantise them on the fly: QLoRA's frozen base. CPU only.
+    #[arg(long)]
+    quantized_base: bool,
     /// Continue from the adapter and step count saved in --out.
     #[arg(long, conflicts_with = "init_adapter")]
     resume: bool,
@@ -126,9 +130,18 @@ pub struct GenerateArgs {
     /// Where to run: cpu, wgpu, wgpu:N, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
+    /// Q4_0, Q4_1, Q4_K, Q6_K) and dequantise them on the fly: QLoRA's frozen base. CPU only.
+    #[arg(long)]
+    quantized_base: bool,
     /// Print the replies as JSON (text, token ids, finish reason, tokens/s) instead of streaming text.
     #[arg(long)]
     json: bool,
+}
+
+/// How `--quantized-base` loads a checkpoint.
+pub(crate) fn load_options(quantized_base: bool) -> LoadOptions {
+    LoadOptions { quantised_base: quantized_base }
 }
 
 pub fn run(cmd: LmCmd) -> Result<ExitCode, UsageError> {
@@ -158,7 +171,8 @@ impl BackendJob for GenerateJob<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
         let fail = |e: nasc_lora::model::ModelError| UsageError(format!("{}: {e}", a.model.display()));
-        let mut ckpt = Checkpoint::<B::InnerBackend>::open(&a.model, &device).map_err(fail)?;
+        let mut ckpt = Checkpoint::<B::InnerBackend>::open_with(&a.model, &device, &load_options(a.quantized_base))
+            .map_err(fail)?;
         if let Some(dir) = &a.adapter {
             let (model, _) = nasc_lora::lora::load_peft(ckpt.model, dir)
                 .map_err(|e| UsageError(format!("adapter {}: {e}", dir.display())))?;
@@ -279,8 +293,8 @@ impl BackendJob for FinetuneJob<'_> {
     type Output = Result<serde_json::Value, UsageError>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let (a, mut cfg) = (self.0, self.1);
-        let ckpt =
-            Checkpoint::<B>::open(&a.model, &device).map_err(|e| UsageError(format!("{}: {e}", a.model.display())))?;
+        let ckpt = Checkpoint::<B>::open_with(&a.model, &device, &load_options(a.quantized_base))
+            .map_err(|e| UsageError(format!("{}: {e}", a.model.display())))?;
         let conversations = finetune::read_jsonl(&a.data).map_err(|e| UsageError(e.to_string()))?;
         let examples = conversations
             .iter()

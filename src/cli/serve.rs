@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// The most replies one request may ask for (`n`); they decode together in one batch.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_batch: usize,
+    /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
+    /// Q4_0, Q4_1, Q4_K, Q6_K) and dequantise them on the fly: QLoRA's frozen base. CPU only.
+    #[arg(long)]
+    quantized_base: bool,
 }
 
 /// A LoRA adapter (a PEFT folder) served under a name; its weights load beside the base model's.
@@ -171,8 +175,9 @@ impl BackendJob for Job<'_> {
     type Output = Result<(), UsageError>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
-        let ckpt = Checkpoint::<B::InnerBackend>::open(&a.model, &device)
-            .map_err(|e| UsageError(format!("{}: {e}", a.model.display())))?;
+        let ckpt =
+            Checkpoint::<B::InnerBackend>::open_with(&a.model, &device, &super::lm::load_options(a.quantized_base))
+                .map_err(|e| UsageError(format!("{}: {e}", a.model.display())))?;
         // One model per served name: the base, then each adapter on a clone of it (the base's
         // tensors are shared, not copied).
         let mut weights = vec![(self.base.clone(), ckpt.model.clone())];

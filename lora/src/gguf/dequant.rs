@@ -14,7 +14,19 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
     if !bytes.len().is_multiple_of(block_bytes) {
         return None;
     }
-    let decode: fn(&[u8], &mut [f32]) = match ty {
+    let decode = block_decoder(ty)?;
+    let block_len = ty.block_len() as usize;
+    let mut out = vec![0f32; bytes.len() / block_bytes * block_len];
+    for (block, y) in bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(block_len)) {
+        decode(block, y);
+    }
+    Some(out)
+}
+
+/// The function that dequantises one block of `ty` (`ty.block_bytes()` bytes into
+/// `ty.block_len()` values); `None` when the type is not one of [`SUPPORTED`].
+pub fn block_decoder(ty: GgmlType) -> Option<fn(&[u8], &mut [f32])> {
+    Some(match ty {
         GgmlType::F32 => |b, y| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         GgmlType::F16 => |b, y| y[0] = half(b, 0),
         GgmlType::BF16 => |b, y| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32(),
@@ -24,13 +36,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
         GgmlType::Q4_K => q4_k,
         GgmlType::Q6_K => q6_k,
         _ => return None,
-    };
-    let block_len = ty.block_len() as usize;
-    let mut out = vec![0f32; bytes.len() / block_bytes * block_len];
-    for (block, y) in bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(block_len)) {
-        decode(block, y);
-    }
-    Some(out)
+    })
 }
 
 fn half(b: &[u8], at: usize) -> f32 {

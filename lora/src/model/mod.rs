@@ -12,13 +12,19 @@
 //! in that order when loaded.
 
 mod config;
+mod cpu;
+pub mod quant;
 mod weights;
 
+#[cfg(test)]
+mod kernel_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use config::{LlamaConfig, RopeScaling};
-pub use weights::{load_gguf, load_hf_dir, save_safetensors, Checkpoint, WeightSource};
+pub use cpu::{cpu_kernels, set_cpu_kernels, with_cpu_kernels};
+pub use quant::QuantMatrix;
+pub use weights::{load_gguf, load_gguf_with, load_hf_dir, save_safetensors, Checkpoint, LoadOptions, WeightSource};
 
 use crate::chat::ChatError;
 use crate::gguf::GgufError;
@@ -29,6 +35,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What went wrong loading or running a model. Messages name the file, key or tensor.
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +80,51 @@ pub struct Block<B: Backend> {
     pub down: Linear<B>,
     /// LoRA adapters on some of the projections; empty for a plain model.
     pub lora: crate::lora::BlockLora<B>,
+    /// Projections whose frozen weights stay block-quantised (QLoRA); their `Linear`'s weight is
+    /// then an empty placeholder and only its bias is used.
+    #[module(skip)]
+    pub quantised: QuantisedBase,
+}
+
+/// The quantised weights of a block's projections, by [`crate::lora::Target`] (none for an f32 model).
+#[derive(Debug, Clone, Default)]
+pub struct QuantisedBase {
+    pub weights: [Option<Arc<QuantMatrix>>; 7],
+}
+
+impl QuantisedBase {
+    pub fn get(&self, target: crate::lora::Target) -> Option<&Arc<QuantMatrix>> {
+        self.weights[target as usize].as_ref()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.weights.iter().all(Option::is_none)
+    }
 }
 
 impl<B: Backend> Block<B> {
     /// A projection of `x` through `target`'s base weights plus its adapter, when it has one.
     fn proj(&self, target: crate::lora::Target, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let (linear, quantised) = self.base(target);
+        let Some(q) = quantised else {
+            return match self.lora.get(target) {
+                Some(adapter) => adapter.forward(linear, x),
+                None => linear.forward(x),
+            };
+        };
+        let mut y = cpu::quantised_product(q, x.clone());
+        if let Some(bias) = &linear.bias {
+            y = y + bias.val().unsqueeze::<2>();
+        }
+        match self.lora.get(target) {
+            Some(adapter) => y + adapter.low_rank(x),
+            None => y,
+        }
+    }
+
+    /// `target`'s base projection, with its quantised weight when it keeps one.
+    pub fn base(&self, target: crate::lora::Target) -> (&Linear<B>, Option<&Arc<QuantMatrix>>) {
         use crate::lora::Target::*;
-        let base = match target {
+        let linear = match target {
             Q => &self.q,
             K => &self.k,
             V => &self.v,
@@ -88,10 +133,7 @@ impl<B: Backend> Block<B> {
             Up => &self.up,
             Down => &self.down,
         };
-        match self.lora.get(target) {
-            Some(adapter) => adapter.forward(base, x),
-            None => base.forward(x),
-        }
+        (linear, self.quantised.get(target))
     }
 }
 
@@ -107,6 +149,10 @@ pub struct Llama<B: Backend> {
     pub lm_head: Param<Tensor<B, 2>>,
     #[module(skip)]
     pub config: LlamaConfig,
+    /// The output projection kept block-quantised (`[vocab, hidden]`), used by the CPU kernels
+    /// instead of `lm_head` when the base is quantised.
+    #[module(skip)]
+    pub quantised_head: Option<Arc<QuantMatrix>>,
 }
 
 /// Keys and values of every past position, per block: `[batch, kv_heads, positions, head_dim]`.
@@ -114,12 +160,14 @@ pub struct Llama<B: Backend> {
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// The CPU kernels' cache, preallocated and written in place; `layers` stay empty then.
+    flat: Option<cpu::FlatKv>,
     len: usize,
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn new(config: &LlamaConfig) -> Self {
-        KvCache { layers: vec![None; config.n_layers], len: 0 }
+        KvCache { layers: vec![None; config.n_layers], flat: None, len: 0 }
     }
 
     /// Positions held per row.
@@ -133,20 +181,38 @@ impl<B: Backend> KvCache<B> {
 
     /// Rows of the batch it holds (0 when empty).
     pub fn batch(&self) -> usize {
+        if let Some(flat) = &self.flat {
+            return flat.batch();
+        }
         self.layers.iter().flatten().next().map_or(0, |(k, _)| k.dims()[0])
     }
 
     /// A cache of one row repeated `n` times: the prompt prefilled once, shared by `n` continuations.
     pub fn repeat_rows(&self, n: usize) -> Self {
+        if let Some(flat) = &self.flat {
+            let rows: Vec<usize> = (0..n).flat_map(|_| 0..flat.batch()).collect();
+            return KvCache {
+                layers: self.layers.clone(),
+                flat: Some(flat.gather_rows(&rows, self.len)),
+                len: self.len,
+            };
+        }
         let layers = self
             .layers
             .iter()
             .map(|l| l.as_ref().map(|(k, v)| (k.clone().repeat_dim(0, n), v.clone().repeat_dim(0, n))));
-        KvCache { layers: layers.collect(), len: self.len }
+        KvCache { layers: layers.collect(), flat: None, len: self.len }
     }
 
     /// Keeps only the given rows, in that order (finished streams leave the batch).
     pub fn select_rows(&self, rows: &[usize]) -> Self {
+        if let Some(flat) = &self.flat {
+            return KvCache {
+                layers: self.layers.clone(),
+                flat: Some(flat.gather_rows(rows, self.len)),
+                len: self.len,
+            };
+        }
         let Some((k0, _)) = self.layers.iter().flatten().next() else { return self.clone() };
         let device = k0.device();
         let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
@@ -155,7 +221,7 @@ impl<B: Backend> KvCache<B> {
             .layers
             .iter()
             .map(|l| l.as_ref().map(|(k, v)| (k.clone().select(0, idx.clone()), v.clone().select(0, idx.clone()))));
-        KvCache { layers: layers.collect(), len: self.len }
+        KvCache { layers: layers.collect(), flat: None, len: self.len }
     }
 }
 
@@ -169,11 +235,15 @@ impl<B: Backend> Llama<B> {
         batch: usize,
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 2>, ModelError> {
+        self.check_input(tokens, batch, cache)?;
+        if cpu::runs(self, cache) {
+            return Ok(cpu::logits(self, tokens, batch, cache, true));
+        }
         let hidden = self.hidden(tokens, batch, cache)?;
         let [rows, width] = hidden.dims();
         let seq = rows / batch;
         let last = hidden.reshape([batch, seq, width]).narrow(1, seq - 1, 1).reshape([batch, width]);
-        Ok(last.matmul(self.lm_head.val()))
+        Ok(self.output(last))
     }
 
     /// Logits of every position, `[batch, tokens, vocab]`.
@@ -183,13 +253,30 @@ impl<B: Backend> Llama<B> {
         batch: usize,
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
+        self.check_input(tokens, batch, cache)?;
+        if cpu::runs(self, cache) {
+            let logits = cpu::logits(self, tokens, batch, cache, false);
+            return Ok(logits.reshape([batch, tokens.len() / batch, self.config.vocab_size]));
+        }
         let hidden = self.hidden(tokens, batch, cache)?;
         let [rows, _] = hidden.dims();
-        Ok(hidden.matmul(self.lm_head.val()).reshape([batch, rows / batch, self.config.vocab_size]))
+        Ok(self.output(hidden).reshape([batch, rows / batch, self.config.vocab_size]))
     }
 
-    /// Final-norm hidden states, `[batch * tokens, hidden]`.
-    fn hidden(&self, tokens: &[u32], batch: usize, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>, ModelError> {
+    /// Logits of final-norm hidden states `[rows, hidden]`.
+    fn output(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.quantised_head {
+            Some(q) => cpu::quantised_product(q, hidden),
+            None => hidden.matmul(self.lm_head.val()),
+        }
+    }
+
+    /// Whether some projection keeps a quantised weight.
+    pub fn has_quantised_base(&self) -> bool {
+        self.blocks.iter().any(|b| !b.quantised.is_empty())
+    }
+
+    fn check_input(&self, tokens: &[u32], batch: usize, cache: &KvCache<B>) -> Result<(), ModelError> {
         let c = &self.config;
         if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 {
             return Err(ModelError::Input {
@@ -204,6 +291,12 @@ impl<B: Backend> Llama<B> {
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
         }
+        Ok(())
+    }
+
+    /// Final-norm hidden states, `[batch * tokens, hidden]`.
+    fn hidden(&self, tokens: &[u32], batch: usize, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>, ModelError> {
+        let c = &self.config;
         let seq = tokens.len() / batch;
         let past = cache.len;
         let device = self.embed.val().device();

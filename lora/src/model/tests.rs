@@ -106,7 +106,18 @@ fn permute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
 
 /// The GGUF form of the same checkpoint, as llama.cpp's converter writes it (q/k permuted
 /// for `llama`), added to `w` (which may already hold a tokenizer).
-pub(crate) fn write_gguf(mut w: GgufWriter, c: &LlamaConfig, tensors: &Tensors) -> GgufWriter {
+pub(crate) fn write_gguf(w: GgufWriter, c: &LlamaConfig, tensors: &Tensors) -> GgufWriter {
+    write_gguf_as(w, c, tensors, |_, _| None)
+}
+
+/// [`write_gguf`], storing a tensor as the bytes `quantise(name, values)` returns (with their
+/// type) where it returns some.
+pub(crate) fn write_gguf_as(
+    mut w: GgufWriter,
+    c: &LlamaConfig,
+    tensors: &Tensors,
+    quantise: impl Fn(&str, &[f32]) -> Option<(crate::gguf::GgmlType, Vec<u8>)>,
+) -> GgufWriter {
     let a = &c.architecture;
     w = w
         .kv("general.architecture", Value::String(a.clone()))
@@ -133,7 +144,13 @@ pub(crate) fn write_gguf(mut w: GgufWriter, c: &LlamaConfig, tensors: &Tensors) 
             0
         };
         let values = if heads > 0 && a == "llama" { permute_rows(values, shape[0], heads) } else { values.clone() };
-        w = w.tensor_f32(&g, shape, &values);
+        w = match quantise(name, &values) {
+            Some((ty, bytes)) => {
+                let dims: Vec<u64> = shape.iter().rev().map(|&n| n as u64).collect();
+                w.tensor(&g, &dims, ty, &bytes)
+            }
+            None => w.tensor_f32(&g, shape, &values),
+        };
     }
     w
 }
@@ -266,7 +283,7 @@ fn decoder_matches_a_plain_f64_implementation() {
         c.attention_bias = bias;
         c.rope_scaling = scaling.clone();
         let t = random_tensors(&c, 7);
-        let model = build::<B>(c.clone(), &t, &Default::default()).unwrap();
+        let model = build::<B>(c.clone(), &t, &Default::default(), false).unwrap();
         let delta = max_delta(&burn_logits(&model, &TOKENS), &reference_logits(&c, &t, &TOKENS));
         assert!(delta < 1e-4, "tie={tie} bias={bias} {scaling:?}: logits differ by {delta}");
     }
@@ -343,7 +360,7 @@ fn saved_safetensors_reload_to_the_same_model() {
     let mut c = tiny_config(268);
     c.tie_word_embeddings = true;
     let t = random_tensors(&c, 3);
-    let model = build::<B>(c.clone(), &t, &Default::default()).unwrap();
+    let model = build::<B>(c.clone(), &t, &Default::default(), false).unwrap();
     let dir = tempfile::tempdir().unwrap();
     save_safetensors(&model, dir.path()).unwrap();
     let back = load_hf_dir::<B>(dir.path(), &Default::default()).unwrap();
@@ -354,7 +371,7 @@ fn saved_safetensors_reload_to_the_same_model() {
 #[test]
 fn cached_decoding_gives_the_logits_of_a_full_forward() {
     let c = tiny_config(268);
-    let model = build::<B>(c.clone(), &random_tensors(&c, 1), &Default::default()).unwrap();
+    let model = build::<B>(c.clone(), &random_tensors(&c, 1), &Default::default(), false).unwrap();
     let full = burn_logits(&model, &TOKENS);
     let mut cache = KvCache::new(&c);
     // Prefill three tokens, then one at a time.
@@ -479,7 +496,7 @@ fn gguf_errors_name_the_key_or_tensor() {
 #[test]
 fn a_token_outside_the_vocabulary_is_an_error() {
     let c = tiny_config(268);
-    let model = build::<B>(c.clone(), &random_tensors(&c, 1), &Default::default()).unwrap();
+    let model = build::<B>(c.clone(), &random_tensors(&c, 1), &Default::default(), false).unwrap();
     let e = model.forward_last(&[1, 268], 1, &mut KvCache::new(&c)).unwrap_err().to_string();
     assert_eq!(e, "token id 268 is outside the vocabulary of 268 tokens");
 }

@@ -1,7 +1,8 @@
 // Builds a Llama from a checkpoint: a GGUF file, or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
 // It must check every tensor's presence and shape against the config and name the tensor when one is wrong; no panics.
 
-use super::{Block, Llama, LlamaConfig, ModelError};
+use super::quant::{keeps_quantised, QuantMatrix};
+use super::{Block, Llama, LlamaConfig, ModelError, QuantisedBase};
 use crate::chat::ChatTemplate;
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
@@ -14,11 +15,27 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where tensors come from, by their Hugging Face names (`model.layers.0.self_attn.q_proj.weight`).
 pub trait WeightSource {
     /// The tensor's row-major shape and values, or `None` if the checkpoint has no such tensor.
     fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError>;
+
+    /// A linear weight (`[out, in]`) in its block-quantised form, or `None` when the checkpoint
+    /// does not hold it quantised (then [`WeightSource::get`] gives its values).
+    fn get_quantised(&self, _name: &str) -> Result<Option<QuantMatrix>, ModelError> {
+        Ok(None)
+    }
+}
+
+/// How to load a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadOptions {
+    /// Keep the decoder blocks' projection weights in the GGUF file's block-quantised form
+    /// (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) and dequantise them on the fly (QLoRA's frozen base).
+    /// CPU backend only; embeddings, norms and the output projection stay f32.
+    pub quantised_base: bool,
 }
 
 /// A model with the tokenizer and chat template of its checkpoint.
@@ -31,8 +48,21 @@ pub struct Checkpoint<B: Backend> {
 impl<B: Backend> Checkpoint<B> {
     /// Opens a `.gguf` file or a Hugging Face checkpoint folder.
     pub fn open(path: impl AsRef<Path>, device: &B::Device) -> Result<Self, ModelError> {
+        Self::open_with(path, device, &LoadOptions::default())
+    }
+
+    /// [`Checkpoint::open`] with options.
+    pub fn open_with(path: impl AsRef<Path>, device: &B::Device, options: &LoadOptions) -> Result<Self, ModelError> {
         let path = path.as_ref();
         if path.is_dir() {
+            if options.quantised_base {
+                return Err(ModelError::Unsupported {
+                    what: format!(
+                        "{}: a quantised base needs a GGUF file with block-quantised weights, not a Hugging Face folder",
+                        path.display()
+                    ),
+                });
+            }
             let model = load_hf_dir(path, device)?;
             let tokenizer = Tokenizer::from_hf_json(path.join("tokenizer.json"))?;
             let config = path.join("tokenizer_config.json");
@@ -41,7 +71,7 @@ impl<B: Backend> Checkpoint<B> {
             Ok(Checkpoint { model, tokenizer, template })
         } else {
             let file = GgufFile::open(path)?;
-            let model = load_gguf(&file, device)?;
+            let model = load_gguf_with(&file, device, options)?;
             let tokenizer = Tokenizer::from_gguf(&file)?;
             let template = ChatTemplate::from_gguf(&file)?;
             Ok(Checkpoint { model, tokenizer, template })
@@ -91,21 +121,64 @@ pub(crate) fn gguf_name(name: &str) -> Option<String> {
 /// Undoes llama.cpp's reordering of q/k rows: within each head, its row `2i + j` is Hugging
 /// Face's row `j * d/2 + i` (the converter pairs adjacent dimensions for ggml's rope).
 fn unpermute_rows(values: &[f32], rows: usize, row_len: usize, heads: usize) -> Vec<f32> {
-    let d = rows / heads;
-    let mut out = vec![0.0; values.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let src = h * d + 2 * i + j;
-                let dst = h * d + j * (d / 2) + i;
-                out[dst * row_len..(dst + 1) * row_len].copy_from_slice(&values[src * row_len..(src + 1) * row_len]);
-            }
-        }
+    let mut out = Vec::with_capacity(values.len());
+    for src in unpermute_order(rows, heads) {
+        out.extend_from_slice(&values[src * row_len..(src + 1) * row_len]);
     }
     out
 }
 
+/// For each Hugging Face row of a q/k weight, the GGUF row it comes from.
+fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
+    let d = rows / heads;
+    let mut order = vec![0; rows];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                order[h * d + j * (d / 2) + i] = h * d + 2 * i + j;
+            }
+        }
+    }
+    order
+}
+
+impl GgufSource<'_> {
+    /// The head count of q or k weights (and biases) that the converter permuted.
+    fn permuted_heads(&self, g: &str) -> Option<usize> {
+        if !self.permuted {
+            None
+        } else if g.ends_with("attn_q.weight") || g.ends_with("attn_q.bias") {
+            Some(self.n_heads)
+        } else if g.ends_with("attn_k.weight") || g.ends_with("attn_k.bias") {
+            Some(self.n_kv_heads)
+        } else {
+            None
+        }
+    }
+}
+
 impl WeightSource for GgufSource<'_> {
+    fn get_quantised(&self, name: &str) -> Result<Option<QuantMatrix>, ModelError> {
+        let Some(g) = gguf_name(name) else { return Ok(None) };
+        let Ok(info) = self.file.tensor(&g) else { return Ok(None) };
+        if !keeps_quantised(info.ty) || info.dims.len() != 2 {
+            return Ok(None);
+        }
+        let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
+        let bytes = self.file.tensor_bytes(&g)?.to_vec();
+        let q = QuantMatrix::new(info.ty, rows, cols, bytes)
+            .map_err(|message| ModelError::Unsupported { what: format!("tensor {g}: {message}") })?;
+        Ok(Some(match self.permuted_heads(&g) {
+            Some(heads) => {
+                if rows % heads != 0 || (rows / heads) % 2 != 0 {
+                    return Err(ModelError::WrongShape { name: g, expected: vec![heads * 2], found: vec![rows, cols] });
+                }
+                q.permute_rows(&unpermute_order(rows, heads))
+            }
+            None => q,
+        }))
+    }
+
     fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
         let Some(g) = gguf_name(name) else { return Ok(None) };
         let Ok(info) = self.file.tensor(&g) else { return Ok(None) };
@@ -135,6 +208,15 @@ impl WeightSource for GgufSource<'_> {
 
 /// The model in a GGUF file, dequantised to f32.
 pub fn load_gguf<B: Backend>(file: &GgufFile, device: &B::Device) -> Result<Llama<B>, ModelError> {
+    load_gguf_with(file, device, &LoadOptions::default())
+}
+
+/// [`load_gguf`] with options.
+pub fn load_gguf_with<B: Backend>(
+    file: &GgufFile,
+    device: &B::Device,
+    options: &LoadOptions,
+) -> Result<Llama<B>, ModelError> {
     let config = LlamaConfig::from_gguf(file)?;
     // llama.cpp's LlamaModel converter (llama, and Mistral written as llama) permutes q/k;
     // Qwen2's converter keeps Hugging Face's order, as ggml's NeoX rope uses it.
@@ -148,7 +230,20 @@ pub fn load_gguf<B: Backend>(file: &GgufFile, device: &B::Device) -> Result<Llam
         }
     };
     let source = GgufSource { file, permuted, n_heads: config.n_heads, n_kv_heads: config.n_kv_heads };
-    build(config, &source, device)
+    if options.quantised_base {
+        use super::cpu::is;
+        use burn::backend::{Autodiff, Flex};
+        if !(is::<B, Flex>() || is::<B, Autodiff<Flex>>()) {
+            return Err(ModelError::Unsupported { what: "a quantised base runs on the CPU backend only".into() });
+        }
+    }
+    let model = build(config, &source, device, options.quantised_base)?;
+    if options.quantised_base && !model.has_quantised_base() {
+        return Err(ModelError::Unsupported {
+            what: "the file holds no block-quantised projection weights (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) to keep".into(),
+        });
+    }
+    Ok(model)
 }
 
 // ---- Hugging Face safetensors ----
@@ -233,7 +328,7 @@ pub fn load_hf_dir<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Res
     let dir = dir.as_ref();
     let config = LlamaConfig::from_hf_json(dir.join("config.json"))?;
     let source = SafetensorsSource::open(dir)?;
-    build(config, &source, device)
+    build(config, &source, device, false)
 }
 
 /// Writes `model`'s weights as one `model.safetensors` (F32, Hugging Face names) and its `config.json` into `dir`.
@@ -254,26 +349,27 @@ pub fn save_safetensors<B: Backend>(model: &Llama<B>, dir: impl AsRef<Path>) -> 
         }
     };
     // Burn keeps linear weights [in, out]; checkpoints keep PyTorch's [out, in].
-    let linear = |l: &Linear<B>| l.weight.val().transpose().into_data();
+    let linear = |l: &Linear<B>, q: Option<&Arc<QuantMatrix>>| match q {
+        Some(q) => TensorData::new(q.to_out_in(), [q.rows(), q.cols()]),
+        None => l.weight.val().transpose().into_data(),
+    };
     put("model.embed_tokens.weight".into(), model.embed.val().into_data());
     put("model.norm.weight".into(), model.norm.val().into_data());
     if !model.config.tie_word_embeddings {
-        put("lm_head.weight".into(), model.lm_head.val().transpose().into_data());
+        let head = match &model.quantised_head {
+            Some(q) => TensorData::new(q.to_out_in(), [q.rows(), q.cols()]),
+            None => model.lm_head.val().transpose().into_data(),
+        };
+        put("lm_head.weight".into(), head);
     }
     for (i, b) in model.blocks.iter().enumerate() {
         let p = format!("model.layers.{i}");
         put(format!("{p}.input_layernorm.weight"), b.attn_norm.val().into_data());
         put(format!("{p}.post_attention_layernorm.weight"), b.mlp_norm.val().into_data());
-        for (name, l) in [
-            ("self_attn.q_proj", &b.q),
-            ("self_attn.k_proj", &b.k),
-            ("self_attn.v_proj", &b.v),
-            ("self_attn.o_proj", &b.o),
-            ("mlp.gate_proj", &b.gate),
-            ("mlp.up_proj", &b.up),
-            ("mlp.down_proj", &b.down),
-        ] {
-            put(format!("{p}.{name}.weight"), linear(l));
+        for t in crate::lora::Target::ALL {
+            let (l, q) = b.base(t);
+            let name = t.path();
+            put(format!("{p}.{name}.weight"), linear(l, q));
             if let Some(bias) = &l.bias {
                 put(format!("{p}.{name}.bias"), bias.val().into_data());
             }
@@ -306,6 +402,7 @@ pub(crate) fn build<B: Backend>(
     config: LlamaConfig,
     source: &dyn WeightSource,
     device: &B::Device,
+    quantised_base: bool,
 ) -> Result<Llama<B>, ModelError> {
     let c = &config;
     let fetch = |name: &str, expected: &[usize]| -> Result<Option<Vec<f32>>, ModelError> {
@@ -322,11 +419,30 @@ pub(crate) fn build<B: Backend>(
         Ok(Param::from_data(TensorData::new(need(name, &[n])?, [n]), device))
     };
     // A PyTorch [out, in] weight becomes Burn's [in, out].
-    let linear = |prefix: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear<B>, ModelError> {
-        let w = need(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let weight = Param::from_data(TensorData::new(transpose(&w, d_out, d_in), [d_in, d_out]), device);
+    // With a quantised base, a projection whose weight the file holds quantised keeps it so and
+    // gets an empty placeholder weight.
+    let linear = |prefix: &str, d_in: usize, d_out: usize, bias: bool, quantised: &mut Option<Arc<QuantMatrix>>| {
+        let name = format!("{prefix}.weight");
+        let kept = if quantised_base { source.get_quantised(&name)? } else { None };
+        let weight = match kept {
+            Some(q) => {
+                if (q.rows(), q.cols()) != (d_out, d_in) {
+                    return Err(ModelError::WrongShape {
+                        name,
+                        expected: vec![d_out, d_in],
+                        found: vec![q.rows(), q.cols()],
+                    });
+                }
+                *quantised = Some(Arc::new(q));
+                Param::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]), device)
+            }
+            None => {
+                let w = need(&name, &[d_out, d_in])?;
+                Param::from_data(TensorData::new(transpose(&w, d_out, d_in), [d_in, d_out]), device)
+            }
+        };
         let bias = if bias { Some(vector(&format!("{prefix}.bias"), d_out)?) } else { None };
-        Ok(Linear { weight, bias })
+        Ok::<_, ModelError>(Linear { weight, bias })
     };
     let (h, qd, kvd, ff) = (c.hidden_size, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.intermediate_size);
     let embed_values = need("model.embed_tokens.weight", &[c.vocab_size, h])?;
@@ -338,26 +454,40 @@ pub(crate) fn build<B: Backend>(
             None => return Err(ModelError::MissingTensor { name: "lm_head.weight".into() }),
         }
     };
-    let lm_head = Param::from_data(TensorData::new(head, [h, c.vocab_size]), device);
+    // A quantised base keeps the output projection quantised too when the file does: per decoded
+    // token it is the largest single read of weights (the vocabulary times the width).
+    let quantised_head = if quantised_base {
+        let name = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        source.get_quantised(name)?.filter(|q| (q.rows(), q.cols()) == (c.vocab_size, h)).map(Arc::new)
+    } else {
+        None
+    };
+    let lm_head = match quantised_head {
+        Some(_) => Param::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]), device),
+        None => Param::from_data(TensorData::new(head, [h, c.vocab_size]), device),
+    };
     let embed = Param::from_data(TensorData::new(embed_values, [c.vocab_size, h]), device);
     let mut blocks = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let p = format!("model.layers.{i}");
+        let mut quantised = QuantisedBase::default();
+        let [wq, wk, wv, wo, wg, wu, wd] = &mut quantised.weights;
         blocks.push(Block {
             attn_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
-            q: linear(&format!("{p}.self_attn.q_proj"), h, qd, c.attention_bias)?,
-            k: linear(&format!("{p}.self_attn.k_proj"), h, kvd, c.attention_bias)?,
-            v: linear(&format!("{p}.self_attn.v_proj"), h, kvd, c.attention_bias)?,
-            o: linear(&format!("{p}.self_attn.o_proj"), qd, h, false)?,
+            q: linear(&format!("{p}.self_attn.q_proj"), h, qd, c.attention_bias, wq)?,
+            k: linear(&format!("{p}.self_attn.k_proj"), h, kvd, c.attention_bias, wk)?,
+            v: linear(&format!("{p}.self_attn.v_proj"), h, kvd, c.attention_bias, wv)?,
+            o: linear(&format!("{p}.self_attn.o_proj"), qd, h, false, wo)?,
             mlp_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            gate: linear(&format!("{p}.mlp.gate_proj"), h, ff, false)?,
-            up: linear(&format!("{p}.mlp.up_proj"), h, ff, false)?,
-            down: linear(&format!("{p}.mlp.down_proj"), ff, h, false)?,
+            gate: linear(&format!("{p}.mlp.gate_proj"), h, ff, false, wg)?,
+            up: linear(&format!("{p}.mlp.up_proj"), h, ff, false, wu)?,
+            down: linear(&format!("{p}.mlp.down_proj"), ff, h, false, wd)?,
             lora: crate::lora::BlockLora::default(),
+            quantised,
         });
     }
     let norm = vector("model.norm.weight", h)?;
-    Ok(Llama { embed, blocks, norm, lm_head, config })
+    Ok(Llama { embed, blocks, norm, lm_head, config, quantised_head })
 }
 
 /// A row-major `[rows, cols]` matrix as `[cols, rows]`, in tiles that stay in cache (a plain

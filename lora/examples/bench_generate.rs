@@ -1,0 +1,125 @@
+// Throughput of generation (one greedy stream; 50 sampled replies to one prompt) and of LoRA training on the CPU.
+// It must not change what it measures between runs: fixed prompt, seed, lengths; it only reads the model file.
+
+//! `cargo run --release -p nasc-lora --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--quantized-base]`
+//!
+//! The model defaults to `$NASC_SMOLLM2_GGUF`. `--burn-too` runs every measurement twice per
+//! round, once with nasc-lora's CPU kernels and once through Burn's generic ops, interleaved, and
+//! prints the ratio: on a shared machine only ratios measured side by side mean anything.
+
+use burn::backend::{Autodiff, Flex};
+use nasc_lora::chat::Message;
+use nasc_lora::finetune::{encode_conversation, train, TrainConfig};
+use nasc_lora::generate::{generate, SamplingParams};
+use nasc_lora::lora::{attach, LoraConfig};
+use nasc_lora::model::{set_cpu_kernels, Checkpoint, LoadOptions};
+use std::time::Instant;
+
+struct Args {
+    model: String,
+    rounds: usize,
+    burn_too: bool,
+    quantized: bool,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        model: std::env::var("NASC_SMOLLM2_GGUF").unwrap_or_default(),
+        rounds: 1,
+        burn_too: false,
+        quantized: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--rounds" => {
+                a.rounds = it.next().and_then(|n| n.parse().ok()).ok_or("--rounds needs a whole number")?;
+            }
+            "--burn-too" => a.burn_too = true,
+            "--quantized-base" => a.quantized = true,
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            s => a.model = s.to_string(),
+        }
+    }
+    if a.model.is_empty() {
+        return Err("give the model's path (or set NASC_SMOLLM2_GGUF)".into());
+    }
+    Ok(a)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let a = args()?;
+    let device = Default::default();
+    let options = LoadOptions { quantised_base: a.quantized };
+    let ckpt = Checkpoint::<Flex>::open_with(&a.model, &device, &options)?;
+    let messages = [Message::new("user", "Write a Python function that returns the n-th Fibonacci number.")];
+    let prompt = ckpt.tokenizer.encode(&ckpt.template.render(&messages, true)?, false)?;
+    println!(
+        "model {} ({} prompt tokens, {} threads{})",
+        a.model,
+        prompt.len(),
+        rayon::current_num_threads(),
+        if a.quantized { ", quantised base" } else { "" }
+    );
+
+    let one = SamplingParams { max_new_tokens: 64, ..Default::default() };
+    let many =
+        SamplingParams { max_new_tokens: 32, temperature: 0.8, top_p: 0.95, n: 50, seed: 7, ..Default::default() };
+    let modes: &[bool] = if a.burn_too { &[true, false] } else { &[true] };
+    for round in 0..a.rounds {
+        for &kernels in modes {
+            set_cpu_kernels(kernels);
+            let label = if kernels { "kernels" } else { "burn   " };
+            let g1 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &one, |_, _| {})?;
+            let d1 = g1.generated_tokens() as f64 / g1.decode_seconds.max(1e-9);
+            let g50 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &many, |_, _| {})?;
+            println!(
+                "round {round} {label}: one stream {:.1} tok/s (decode only {:.1}, prefill {:.0} ms); n=50 {:.1} tok/s aggregate ({} tokens)",
+                g1.tokens_per_second(),
+                d1,
+                g1.prefill_seconds * 1e3,
+                g50.tokens_per_second(),
+                g50.generated_tokens()
+            );
+        }
+    }
+    set_cpu_kernels(true);
+
+    // LoRA training: the paper's adapter (all seven projections, r 32) on a few chat examples.
+    let ad = Checkpoint::<Autodiff<Flex>>::open_with(&a.model, &device, &options)?;
+    let body =
+        "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n".repeat(3);
+    let examples = (0..4)
+        .map(|i| {
+            let convo = [
+                Message::new("user", format!("Example {i}: write fib in Python.")),
+                Message::new("assistant", format!("```python\n{body}```")),
+            ];
+            encode_conversation(&convo, &ad.template, &ad.tokenizer, 256)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for &kernels in modes {
+        set_cpu_kernels(kernels);
+        let model = attach(ad.model.clone(), &LoraConfig::default(), 0)?;
+        let cfg = TrainConfig { epochs: 1, batch: 2, ..Default::default() };
+        let started = Instant::now();
+        let (_, summary) = train(model, &examples, &cfg, None, 0, |_| {})?;
+        println!(
+            "training {}: {:.1} tok/s ({} tokens in {:.1} s, loss {:.3})",
+            if kernels { "kernels" } else { "burn   " },
+            summary.tokens_per_second,
+            summary.tokens,
+            started.elapsed().as_secs_f64(),
+            summary.final_loss
+        );
+    }
+    set_cpu_kernels(true);
+    Ok(())
+}

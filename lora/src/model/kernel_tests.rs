@@ -1,0 +1,324 @@
+// Pins the CPU kernels (model/cpu.rs, model/quant.rs) to the Burn path and to f32 arithmetic: values and LoRA gradients.
+// It must compare against independent computations (Burn's ops, plain f64 loops), never against the kernels themselves.
+
+use super::tests::{random_tensors, tiny_config, write_gguf, write_gguf_as, Tensors};
+use super::*;
+use crate::gguf::{dequantize, GgmlType, GgufFile};
+use crate::lora::{attach, LoraConfig, Target};
+use burn::backend::{Autodiff, Flex};
+use burn::module::Param;
+use half::f16;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const TOKENS: [u32; 7] = [3, 17, 250, 9, 9, 101, 0];
+
+fn uniform(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| scale * ((rng.next_u32() >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0)).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn values<const D: usize, B: burn::tensor::backend::Backend>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// Adapters of rank 4 on every projection with random (non-zero) `B`, so they change the output.
+fn with_adapters<B: burn::tensor::backend::Backend>(model: Llama<B>, seed: u64) -> Llama<B> {
+    let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Target::ALL.to_vec() };
+    let mut model = attach(model, &cfg, seed).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
+    let device = model.embed.val().device();
+    for block in &mut model.blocks {
+        let l = &mut block.lora;
+        for slot in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down] {
+            let adapter = slot.as_mut().unwrap();
+            let [r, out] = adapter.b.dims();
+            let b = burn::tensor::TensorData::new(uniform(&mut rng, r * out, 0.3), [r, out]);
+            adapter.b = Param::from_data(b, &device);
+        }
+    }
+    model
+}
+
+/// Logits of a prefill, a step of three rows repeated from it, two rows selected from those,
+/// and a two-token step of the pair: everything the generator does with a cache.
+fn cache_walk(model: &Llama<Flex>, kernels: bool) -> Vec<f32> {
+    with_cpu_kernels(kernels, || {
+        let mut cache = KvCache::new(&model.config);
+        let mut out = values(model.forward_all(&TOKENS[..4], 1, &mut cache).unwrap());
+        assert_eq!(cache.flat.is_some(), kernels, "the kernels ran iff they were on");
+        let mut three = cache.repeat_rows(3);
+        out.extend(values(model.forward_last(&[5, 6, 7], 3, &mut three).unwrap()));
+        let mut two = three.select_rows(&[2, 0]);
+        assert_eq!(two.batch(), 2);
+        out.extend(values(model.forward_last(&[8, 9], 2, &mut two).unwrap()));
+        out.extend(values(model.forward_all(&[1, 2, 3, 4], 2, &mut two).unwrap()));
+        assert_eq!(two.len(), 8);
+        out
+    })
+}
+
+#[test]
+fn cpu_kernels_give_the_burn_path_s_logits_through_a_cache() {
+    for (tie, bias, adapters) in [(false, false, false), (true, true, false), (false, true, true)] {
+        let mut c = tiny_config(268);
+        c.tie_word_embeddings = tie;
+        c.attention_bias = bias;
+        let model = weights::build::<Flex>(c.clone(), &random_tensors(&c, 11), &Default::default(), false).unwrap();
+        let model = if adapters { with_adapters(model, 5) } else { model };
+        let (ours, burn) = (cache_walk(&model, true), cache_walk(&model, false));
+        let d = max_diff(&ours, &burn);
+        assert!(d < 1e-4, "tie={tie} bias={bias} adapters={adapters}: kernels differ from Burn by {d}");
+    }
+}
+
+#[test]
+fn the_kernel_cache_grows_past_its_first_allocation() {
+    // 64 positions are allocated first; decode past them one token at a time.
+    let mut c = tiny_config(268);
+    c.max_position_embeddings = 200;
+    let model = weights::build::<Flex>(c.clone(), &random_tensors(&c, 2), &Default::default(), false).unwrap();
+    let tokens: Vec<u32> = (0..80).map(|i| (i * 37 % 268) as u32).collect();
+    let step = |kernels: bool| {
+        with_cpu_kernels(kernels, || {
+            let mut cache = KvCache::new(&c);
+            let mut out = values(model.forward_last(&tokens[..60], 1, &mut cache).unwrap());
+            for &t in &tokens[60..] {
+                out.extend(values(model.forward_last(&[t], 1, &mut cache).unwrap()));
+            }
+            out
+        })
+    };
+    let d = max_diff(&step(true), &step(false));
+    assert!(d < 1e-4, "kernels differ from Burn by {d} after growing the cache");
+}
+
+// ---- quantised weights ----
+
+fn f16_bytes(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_le_bytes()
+}
+
+/// Random blocks of `ty` for a `[rows, cols]` matrix, with sane scales (random f16 bytes could be NaN).
+fn random_blocks(ty: GgmlType, rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let (bl, bb) = (ty.block_len() as usize, ty.block_bytes() as usize);
+    let mut out = vec![];
+    for _ in 0..rows * cols / bl {
+        let mut b: Vec<u8> = (0..bb).map(|_| rng.next_u32() as u8).collect();
+        let mut scale = |at: usize, x: f32| b[at..at + 2].copy_from_slice(&f16_bytes(x));
+        match ty {
+            GgmlType::Q8_0 | GgmlType::Q4_0 => scale(0, 0.01),
+            GgmlType::Q4_1 => {
+                scale(0, 0.02);
+                scale(2, -0.1)
+            }
+            GgmlType::Q4_K => {
+                scale(0, 0.003);
+                scale(2, 0.002)
+            }
+            GgmlType::Q6_K => scale(208, 0.001),
+            _ => unreachable!("a quantised type"),
+        }
+        out.extend(b);
+    }
+    out
+}
+
+#[test]
+fn quantised_products_equal_products_with_the_dequantised_matrix() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K] {
+        // 70 rows: a whole tile of 64 and a partial one.
+        let (rows, cols) = (70, 2 * ty.block_len() as usize);
+        let bytes = random_blocks(ty, rows, cols, &mut rng);
+        let w = dequantize(ty, &bytes).unwrap();
+        let q = QuantMatrix::new(ty, rows, cols, bytes).unwrap();
+        assert_eq!(q.to_out_in(), w);
+        for m in [1, 3] {
+            let x = uniform(&mut rng, m * cols, 1.0);
+            let mut y = vec![0.0; m * rows];
+            q.matmul(m, &x, &mut y);
+            let want: Vec<f32> = (0..m * rows)
+                .map(|i| {
+                    let (a, r) = (i / rows, i % rows);
+                    (0..cols).map(|c| x[a * cols + c] as f64 * w[r * cols + c] as f64).sum::<f64>() as f32
+                })
+                .collect();
+            let scale = want.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
+            let d = max_diff(&y, &want);
+            assert!(d < 1e-5 * scale * 10.0, "{ty} m={m}: product differs by {d} (values up to {scale})");
+
+            let dy = uniform(&mut rng, m * rows, 1.0);
+            let dx = q.matmul_transposed(m, &dy);
+            let want: Vec<f32> = (0..m * cols)
+                .map(|i| {
+                    let (a, c) = (i / cols, i % cols);
+                    (0..rows).map(|r| dy[a * rows + r] as f64 * w[r * cols + c] as f64).sum::<f64>() as f32
+                })
+                .collect();
+            let scale = want.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
+            let d = max_diff(&dx, &want);
+            assert!(d < 1e-5 * scale * 10.0, "{ty} m={m}: input gradient differs by {d} (values up to {scale})");
+        }
+    }
+}
+
+#[test]
+fn a_malformed_quantised_matrix_is_refused() {
+    let e = QuantMatrix::new(GgmlType::Q8_0, 2, 48, vec![0; 2 * 34]).unwrap_err();
+    assert!(e.contains("not whole Q8_0 blocks"), "{e}");
+    let e = QuantMatrix::new(GgmlType::Q8_0, 2, 32, vec![0; 34]).unwrap_err();
+    assert!(e.contains("which needs 68"), "{e}");
+    let e = QuantMatrix::new(GgmlType::F16, 2, 32, vec![0; 128]).unwrap_err();
+    assert!(e.contains("not a block-quantised type"), "{e}");
+}
+
+/// Rounds `values` (a whole number of blocks of 32) to Q8_0, Q4_0 or Q4_1 blocks.
+fn quantise(ty: GgmlType, values: &[f32]) -> Vec<u8> {
+    let mut out = vec![];
+    for block in values.chunks_exact(32) {
+        let (lo, hi) = block.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        let amax = lo.abs().max(hi.abs()).max(1e-6);
+        match ty {
+            GgmlType::Q8_0 => {
+                let d = amax / 127.0;
+                out.extend(f16_bytes(d));
+                out.extend(block.iter().map(|&v| (v / d).round().clamp(-127.0, 127.0) as i8 as u8));
+            }
+            GgmlType::Q4_0 => {
+                let d = amax / 7.0;
+                out.extend(f16_bytes(d));
+                let q = |v: f32| ((v / d).round() + 8.0).clamp(0.0, 15.0) as u8;
+                out.extend((0..16).map(|j| q(block[j]) | (q(block[j + 16]) << 4)));
+            }
+            GgmlType::Q4_1 => {
+                let d = ((hi - lo) / 15.0).max(1e-6);
+                out.extend(f16_bytes(d));
+                out.extend(f16_bytes(lo));
+                let q = |v: f32| ((v - lo) / d).round().clamp(0.0, 15.0) as u8;
+                out.extend((0..16).map(|j| q(block[j]) | (q(block[j + 16]) << 4)));
+            }
+            _ => unreachable!("a type this test writes"),
+        }
+    }
+    out
+}
+
+/// A tiny checkpoint whose projections are Q4_0 (q), Q4_1 (k) and Q8_0 (the others and the
+/// output), the rest f32. Its intermediate size is a whole number of blocks.
+fn quantised_gguf(seed: u64) -> (LlamaConfig, Vec<u8>) {
+    let mut c = tiny_config(268);
+    c.intermediate_size = 64;
+    let t: Tensors = random_tensors(&c, seed);
+    let bytes = write_gguf_as(crate::gguf::write::GgufWriter::new(), &c, &t, |name, values| {
+        let ty = if name.contains("q_proj") {
+            GgmlType::Q4_0
+        } else if name.contains("k_proj") {
+            GgmlType::Q4_1
+        } else if name.ends_with("_proj.weight") || name == "lm_head.weight" {
+            GgmlType::Q8_0
+        } else {
+            return None;
+        };
+        Some((ty, quantise(ty, values)))
+    })
+    .finish();
+    (c, bytes)
+}
+
+fn loaded<B: burn::tensor::backend::Backend>(bytes: &[u8], quantised_base: bool) -> Llama<B> {
+    let file = GgufFile::from_bytes(bytes.to_vec()).unwrap();
+    load_gguf_with::<B>(&file, &Default::default(), &LoadOptions { quantised_base }).unwrap()
+}
+
+#[test]
+fn a_quantised_base_gives_the_logits_of_its_dequantised_twin() {
+    let (_, bytes) = quantised_gguf(9);
+    let (f32_model, q_model) = (loaded::<Flex>(&bytes, false), loaded::<Flex>(&bytes, true));
+    assert!(q_model.has_quantised_base() && !f32_model.has_quantised_base());
+    assert!(q_model.quantised_head.is_some() && f32_model.quantised_head.is_none());
+    assert!(q_model.blocks.iter().all(|b| Target::ALL.iter().all(|&t| b.base(t).1.is_some())));
+    let reference = cache_walk(&f32_model, false);
+    for kernels in [true, false] {
+        // The Burn path of a quantised base still multiplies by the quantised weights.
+        let got = with_cpu_kernels(kernels, || {
+            let mut cache = KvCache::new(&q_model.config);
+            values(q_model.forward_all(&TOKENS, 1, &mut cache).unwrap())
+        });
+        let want = {
+            let mut cache = KvCache::new(&f32_model.config);
+            with_cpu_kernels(false, || values(f32_model.forward_all(&TOKENS, 1, &mut cache).unwrap()))
+        };
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-4, "kernels={kernels}: quantised base differs from its f32 twin by {d}");
+    }
+    // A quantised base always decodes through the kernels, with adapters too.
+    let q_adapted = with_adapters(q_model, 4);
+    let f_adapted = with_adapters(f32_model, 4);
+    let d = max_diff(&cache_walk(&q_adapted, true), &cache_walk(&f_adapted, false));
+    assert!(d < 1e-4, "adapted quantised base differs from its f32 twin by {d}");
+    assert!(reference.len() > 100);
+}
+
+#[test]
+fn lora_gradients_on_a_quantised_base_equal_those_on_the_f32_base() {
+    type Ad = Autodiff<Flex>;
+    let (c, bytes) = quantised_gguf(10);
+    let weights = uniform(&mut ChaCha8Rng::seed_from_u64(1), TOKENS.len() * c.vocab_size, 1.0);
+    let grads = |quantised: bool| -> Vec<Vec<f32>> {
+        let model = with_adapters(loaded::<Ad>(&bytes, quantised), 6);
+        let mut cache = KvCache::new(&model.config);
+        let logits = model.forward_all(&TOKENS, 1, &mut cache).unwrap();
+        let w = burn::tensor::Tensor::<Ad, 3>::from_data(
+            burn::tensor::TensorData::new(weights.clone(), [1, TOKENS.len(), c.vocab_size]),
+            &Default::default(),
+        );
+        let g = (logits * w).sum().backward();
+        let mut out = vec![];
+        for block in &model.blocks {
+            for t in Target::ALL {
+                let a = block.lora.get(t).unwrap();
+                out.push(values(a.a.val().grad(&g).expect("A has a gradient")));
+                out.push(values(a.b.val().grad(&g).expect("B has a gradient")));
+            }
+        }
+        out
+    };
+    let (q, f) = (grads(true), grads(false));
+    for (i, (q, f)) in q.iter().zip(&f).enumerate() {
+        let scale = f.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
+        let d = max_diff(q, f);
+        assert!(d < 1e-4 * scale, "gradient {i}: quantised base differs by {d} (values up to {scale})");
+    }
+}
+
+#[test]
+fn a_quantised_base_needs_quantised_weights() {
+    let c = tiny_config(268);
+    let bytes = write_gguf(crate::gguf::write::GgufWriter::new(), &c, &random_tensors(&c, 1)).finish();
+    let file = GgufFile::from_bytes(bytes).unwrap();
+    let e = load_gguf_with::<Flex>(&file, &Default::default(), &LoadOptions { quantised_base: true }).unwrap_err();
+    assert!(e.to_string().contains("no block-quantised projection weights"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let e = Checkpoint::<Flex>::open_with(dir.path(), &Default::default(), &LoadOptions { quantised_base: true })
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("needs a GGUF file"), "{e}");
+}
+
+#[test]
+fn merging_onto_a_quantised_base_gives_the_f32_merge() {
+    let (_, bytes) = quantised_gguf(12);
+    let q = crate::lora::merge(with_adapters(loaded::<Flex>(&bytes, true), 8));
+    let f = crate::lora::merge(with_adapters(loaded::<Flex>(&bytes, false), 8));
+    let run = |m: &Llama<Flex>| {
+        let mut cache = KvCache::new(&m.config);
+        values(m.forward_all(&TOKENS, 1, &mut cache).unwrap())
+    };
+    let d = max_diff(&run(&q), &run(&f));
+    assert!(d < 1e-4, "merged quantised base differs by {d}");
+}
