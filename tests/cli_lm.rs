@@ -271,3 +271,28 @@ fn finetune_errors_exit_2_with_a_message() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("adapter_config.json"), "{err}");
 }
+
+#[test]
+fn conversations_cut_before_the_reply_are_skipped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let data = corpus(dir.path());
+    // One more conversation whose prompt alone is longer than --max-len.
+    let long = serde_json::json!({"messages": [{"role": "user", "content": "hello ".repeat(40)},
+                                               {"role": "assistant", "content": "hell"}]});
+    let text = std::fs::read_to_string(&data).unwrap() + &long.to_string() + "\n";
+    std::fs::write(&data, text).unwrap();
+    let out = dir.path().join("adapter");
+    let args = ["lm", "finetune", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()];
+    let mut full = args.to_vec();
+    full.extend(["--out", out.to_str().unwrap(), "--max-len", "48", "--rank", "2", "--json"]);
+    let o = nasc(&full);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("1 of 4 conversations") && err.contains("--max-len 48"), "{err}");
+    let v = json_of(&o);
+    // Three conversations, batch 1: three steps, each with a loss from real tokens.
+    let losses: Vec<f64> = v["losses"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 3, "{v}");
+    assert!(losses.iter().all(|l| *l > 0.0), "{losses:?}");
+}

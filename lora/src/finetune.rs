@@ -274,7 +274,9 @@ pub fn train<B: AutodiffBackend>(
         return Err(FinetuneError::Input(format!("learning rate {} is not a positive number", cfg.lr)));
     }
     if examples.iter().all(|e| e.labels.iter().all(|&l| l == IGNORE)) {
-        return Err(FinetuneError::Input("no example has an assistant token to learn from".into()));
+        return Err(FinetuneError::Input(
+            "no example keeps an assistant token to learn from (a prompt as long as max_len leaves none)".into(),
+        ));
     }
     let micro_per_epoch = examples.len().div_ceil(cfg.batch);
     let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);

@@ -304,6 +304,20 @@ impl BackendJob for FinetuneJob<'_> {
                     .map_err(|e| UsageError(format!("{}: conversation {}: {e}", a.data.display(), i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // A conversation whose prompt alone fills --max-len keeps no assistant token: it would cost a
+        // forward pass per epoch and teach nothing.
+        let total = examples.len();
+        let examples: Vec<_> =
+            examples.into_iter().filter(|e| e.labels.iter().any(|&l| l != finetune::IGNORE)).collect();
+        if examples.len() < total && !examples.is_empty() {
+            eprintln!(
+                "warning: {} of {total} conversations in {} keep no assistant token within --max-len {} and are skipped; \
+                 raise --max-len to learn from them",
+                total - examples.len(),
+                a.data.display(),
+                cfg.max_len
+            );
+        }
         let adapter_err = |e: nasc_lora::lora::LoraError| UsageError(format!("{}: {e}", a.out.display()));
         let (model, start) = if a.resume {
             let step = finetune::saved_step(&a.out)
