@@ -190,6 +190,17 @@ fn a_server_that_is_down_is_one_clear_error_naming_the_url() {
     assert!(e.contains("cannot reach") && e.contains(&format!("{url}/chat/completions")), "{e}");
 }
 
+/// `nasc search --json --config CONFIG --out RUN`.
+fn nasc_search(config: impl AsRef<std::path::Path>, run: impl AsRef<std::path::Path>) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(config.as_ref())
+        .arg("--out")
+        .arg(run.as_ref())
+        .output()
+        .unwrap()
+}
+
 fn data_root() -> PathBuf {
     std::env::var_os("NASC_TEST_DATA").map_or_else(|| PathBuf::from("/usr/share/datasets"), PathBuf::from)
 }
@@ -231,13 +242,7 @@ fn a_search_through_an_openai_server_records_replies_tokens_and_retries() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let run = dir.join("run");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
-        .args(["search", "--json", "--config"])
-        .arg(search_config(&dir, &url))
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = nasc_search(search_config(&dir, &url), &run);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let all = Store::open(&run).unwrap().all().unwrap();
     let cands: Vec<_> = all.iter().filter(|c| c.role == "candidate").collect();
@@ -258,13 +263,7 @@ fn a_search_against_a_server_that_is_down_stops_with_one_error_naming_the_url() 
     let dir = std::env::temp_dir().join(format!("nasc-openai-down-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
-        .args(["search", "--json", "--config"])
-        .arg(search_config(&dir, &url))
-        .arg("--out")
-        .arg(dir.join("run"))
-        .output()
-        .unwrap();
+    let out = nasc_search(search_config(&dir, &url), dir.join("run"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.matches("error:").count(), 1, "{err}");
@@ -292,13 +291,7 @@ fn between_cycles_the_finetune_command_gets_the_corpus_and_the_generator_the_new
     let extra = "[finetune]\ncommand = [\"sh\", \"-c\", \"cp \\\"$0\\\" \\\"$1/train.jsonl\\\"\", \"{corpus}\", \"{adapter}\"]\n\
                  adapter_name = \"search-{cycle}\"\n";
     let run = dir.join("run");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
-        .args(["search", "--json", "--config"])
-        .arg(search_config_with(&dir, &url, 2, 2, extra))
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = nasc_search(search_config_with(&dir, &url, 2, 2, extra), &run);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let corpus = std::fs::read_to_string(run.join("corpus/after-cycle-1.jsonl")).unwrap();
     assert_eq!(std::fs::read_to_string(run.join("adapters/cycle-2/train.jsonl")).unwrap(), corpus);
@@ -373,13 +366,7 @@ fn with_n_replies_per_request_a_group_of_candidates_shares_one_parent_and_one_re
     // `retries` and [sampling] are top-level keys: put them before [openai].
     let text = std::fs::read_to_string(&config).unwrap().replace("[openai]", &format!("{extra}[openai]"));
     std::fs::write(&config, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
-        .args(["search", "--json", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = nasc_search(&config, &run);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ns: Vec<u64> = seen.lock().unwrap().iter().map(|(_, b)| b["n"].as_u64().unwrap()).collect();
     // Six slots in groups of four: one request for four, one for two, then one retry for each
@@ -421,13 +408,7 @@ fn nasc_lm_finetune_is_the_default_step_each_cycle_continues_the_last_adapter_an
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("prompt_template = \"prompt.md\"\n{text}")).unwrap();
     let run = dir.path().join("run");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
-        .args(["search", "--json", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = nasc_search(&config, &run);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     for cycle in [2, 3] {

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 #[path = "common/tiny_lm.rs"]
@@ -400,35 +400,28 @@ fn smollm2_chat_completion_over_http() {
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
 }
 
+/// An adapter for the tiny model in `dir`, trained until it answers "hi" with "ll he".
+fn trained_adapter(dir: &Path, model: &str) -> PathBuf {
+    let data = dir.join("corpus.jsonl");
+    let line = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ll he"}]});
+    std::fs::write(&data, format!("{line}\n")).unwrap();
+    let adapter = dir.join("adapter");
+    let (d, a) = (data.to_str().unwrap(), adapter.to_str().unwrap());
+    let args = ["--model", model, "--data", d, "--out", a, "--rank", "4", "--dropout", "0", "--lr", "0.02"];
+    let mut full = vec!["lm", "finetune", "--epochs", "30"];
+    full.extend(args);
+    let out = nasc(&full);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    adapter
+}
+
 #[test]
 fn an_adapter_is_served_under_its_name_and_answers_as_lm_generate_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_gguf(dir.path());
     let m = model.to_str().unwrap();
-    let data = dir.path().join("corpus.jsonl");
-    let line = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ll he"}]});
-    std::fs::write(&data, format!("{line}\n")).unwrap();
-    let adapter = dir.path().join("adapter");
+    let adapter = trained_adapter(dir.path(), m);
     let a = adapter.to_str().unwrap();
-    let out = nasc(&[
-        "lm",
-        "finetune",
-        "--model",
-        m,
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        a,
-        "--rank",
-        "4",
-        "--dropout",
-        "0",
-        "--lr",
-        "0.02",
-        "--epochs",
-        "30",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let server = Server::start(&model, &["--adapter", &format!("coder={a}")]);
     let (status, models) = server.get("/v1/models");
@@ -459,30 +452,8 @@ fn adapters_load_replace_and_unload_while_serving_as_vllm_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_gguf(dir.path());
     let m = model.to_str().unwrap();
-    let data = dir.path().join("corpus.jsonl");
-    let line = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ll he"}]});
-    std::fs::write(&data, format!("{line}\n")).unwrap();
-    let adapter = dir.path().join("adapter");
+    let adapter = trained_adapter(dir.path(), m);
     let a = adapter.to_str().unwrap();
-    let out = nasc(&[
-        "lm",
-        "finetune",
-        "--model",
-        m,
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        a,
-        "--rank",
-        "4",
-        "--dropout",
-        "0",
-        "--lr",
-        "0.02",
-        "--epochs",
-        "30",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let server = Server::start(&model, &[]);
     let ask = |name: &str| {
