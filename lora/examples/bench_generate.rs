@@ -76,7 +76,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..a.rounds {
         for &kernels in modes {
             set_cpu_kernels(kernels);
-            let label = if kernels { "kernels" } else { "burn   " };
+            let label = if kernels { "default" } else { "burn   " };
             let g1 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &one, |_, _| {})?;
             let d1 = g1.generated_tokens() as f64 / g1.decode_seconds.max(1e-9);
             let g50 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &many, |_, _| {})?;

@@ -138,6 +138,21 @@ pub fn generate<B: Backend>(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     params: &SamplingParams,
+    on_text: impl FnMut(usize, &str),
+) -> Result<Generation, ModelError> {
+    // On the CPU, one stream decodes faster through Burn's ops than through the model's CPU
+    // kernels, and many streams faster through the kernels: SmolLM2-135M, 2 threads, measured
+    // side by side, 17.5 against 12-13 tokens/s for one stream, 135-139 against 172-199 for 50.
+    // (A quantised base always runs on the kernels.)
+    let kernels = crate::model::cpu_kernels() && params.n > 1;
+    crate::model::with_cpu_kernels(kernels, || generate_on(model, tokenizer, prompt, params, on_text))
+}
+
+fn generate_on<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &SamplingParams,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Generation, ModelError> {
     params.validate()?;
