@@ -369,9 +369,11 @@ fn with_n_replies_per_request_a_group_of_candidates_shares_one_parent_and_one_re
     let out = nasc_search(&config, &run);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ns: Vec<u64> = seen.lock().unwrap().iter().map(|(_, b)| b["n"].as_u64().unwrap()).collect();
-    // Six slots in groups of four: one request for four, one for two, then one retry for each
-    // group's second reply, with its diagnostic.
-    assert_eq!(ns, [4, 2, 1, 1], "{ns:?}");
+    // Six slots in groups of four: one request for four and one for two (in flight together, so
+    // in either order), then one retry for each group's second reply, with its diagnostic.
+    let mut first = ns[..2.min(ns.len())].to_vec();
+    first.sort_unstable();
+    assert_eq!((first.as_slice(), &ns[2..]), ([2, 4].as_slice(), [1, 1].as_slice()), "{ns:?}");
     let all = Store::open(&run).unwrap().all().unwrap();
     let cands: Vec<_> = all.iter().filter(|c| c.role == "candidate").collect();
     assert_eq!(cands.len(), 6);
