@@ -215,7 +215,10 @@ impl BackendJob for Job<'_> {
                     }
                 },
                 Msg::Load { name, dir, inplace, reply } => {
-                    let _ = reply.send(load_runtime(&ckpt.model, &mut weights, name, &dir, inplace));
+                    let result = load_runtime(&ckpt.model, &mut weights, name, &dir, inplace);
+                    // The served names change before the answer, so a client that heard 200 finds them.
+                    publish(&models, &weights);
+                    let _ = reply.send(result);
                 }
                 Msg::Unload { name, reply } => {
                     let result = if name == weights[0].0 {
@@ -226,14 +229,19 @@ impl BackendJob for Job<'_> {
                     } else {
                         Err(not_served(&name, &names(&weights)))
                     };
+                    publish(&models, &weights);
                     let _ = reply.send(result);
                 }
             }
-            if let Ok(mut m) = models.write() {
-                *m = names(&weights);
-            }
         }
         Ok(())
+    }
+}
+
+/// Makes the served names those of `weights`, for connection threads to check requests against.
+fn publish<B: Backend>(models: &RwLock<Vec<String>>, weights: &[(String, Llama<B>)]) {
+    if let Ok(mut m) = models.write() {
+        *m = names(weights);
     }
 }
 
