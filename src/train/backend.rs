@@ -26,10 +26,27 @@ pub fn available(device: Device) -> Result<(), String> {
     match device {
         Device::Cpu => Ok(()),
         Device::Wgpu(_) if cfg!(feature = "wgpu") => Ok(()),
-        Device::Cuda(_) if cfg!(feature = "cuda") => Ok(()),
+        Device::Cuda(_) if cfg!(feature = "cuda") => cuda_driver(),
         Device::Wgpu(_) => Err(missing("wgpu", "wgpu")),
         Device::Cuda(_) => Err(missing("CUDA", "cuda")),
     }
+}
+
+/// Whether the NVIDIA driver's library loads: without it the CUDA back end panics on first use
+/// (cudarc loads it lazily), so its absence is found here and reported as an error.
+fn cuda_driver() -> Result<(), String> {
+    for name in [c"libcuda.so.1", c"libcuda.so"] {
+        // SAFETY: dlopen with a valid C string; the handle is released at once.
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+        if !handle.is_null() {
+            // SAFETY: a handle dlopen returned, closed once.
+            unsafe { libc::dlclose(handle) };
+            return Ok(());
+        }
+    }
+    Err("--device cuda: the NVIDIA driver library (libcuda.so.1) cannot be loaded: no NVIDIA driver on this \
+         machine, or its folder is missing from LD_LIBRARY_PATH"
+        .into())
 }
 
 fn missing(what: &str, feature: &str) -> String {
