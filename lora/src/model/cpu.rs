@@ -316,13 +316,18 @@ pub(crate) fn matmul((m, k, n): (usize, usize, usize), a: &[f32], b: &[f32], dst
     }
 }
 
+/// A raw output pointer shared by threads that write disjoint elements through it (here and
+/// in `quant.rs`).
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(*mut f32);
 // SAFETY: shared only by threads that write disjoint elements through it.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn new(p: *mut f32) -> Self {
+        SendPtr(p)
+    }
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -7,6 +7,7 @@
 //! dequantise a tile of the weight into a per-thread scratch buffer and run
 //! `gemm` on it, so the f32 matrix never exists whole.
 
+use super::cpu::SendPtr;
 use crate::gguf::{block_decoder, GgmlType};
 use half::f16;
 use rayon::prelude::*;
@@ -125,15 +126,13 @@ impl QuantMatrix {
             });
             return;
         }
-        let out = SendPtr(y.as_mut_ptr());
+        let out = SendPtr::new(y.as_mut_ptr());
         let tiles = self.rows.div_ceil(TILE);
         (0..tiles).into_par_iter().for_each(|t| {
             let r0 = t * TILE;
             let n = TILE.min(self.rows - r0);
             with_scratch(n * self.cols, |w| {
-                for (i, row) in w.chunks_exact_mut(self.cols).enumerate() {
-                    self.dequant_row(r0 + i, row);
-                }
+                self.dequant_rows(r0, w);
                 // SAFETY: tile t writes only columns r0..r0+n of every row of y, which no
                 // other tile touches; the strides stay inside y (m rows of self.rows).
                 unsafe {
@@ -163,6 +162,13 @@ impl QuantMatrix {
         });
     }
 
+    /// Rows `r0..` of the matrix, dequantised into `w` (as many rows as it holds).
+    fn dequant_rows(&self, r0: usize, w: &mut [f32]) {
+        for (i, row) in w.chunks_exact_mut(self.cols).enumerate() {
+            self.dequant_row(r0 + i, row);
+        }
+    }
+
     /// `dx = dy W` for `m` rows of `dy` (`[m, rows]`), `dx` `[m, cols]`: the gradient of
     /// [`Self::matmul`]'s input.
     pub fn matmul_transposed(&self, m: usize, dy: &[f32]) -> Vec<f32> {
@@ -177,9 +183,7 @@ impl QuantMatrix {
                     let r0 = t * TILE;
                     let n = TILE.min(self.rows - r0);
                     with_scratch(n * self.cols, |w| {
-                        for (i, row) in w.chunks_exact_mut(self.cols).enumerate() {
-                            self.dequant_row(r0 + i, row);
-                        }
+                        self.dequant_rows(r0, w);
                         // SAFETY: dx is [m, cols], dy's columns r0..r0+n are read with its row
                         // stride, w is [n, cols]; nothing aliases.
                         unsafe {
@@ -296,17 +300,6 @@ fn dot_row_portable(m: &QuantMatrix, r: usize, x: &[f32]) -> f32 {
         }
     }
     total
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only written through at disjoint places by the threads that share it.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 thread_local! {
