@@ -481,7 +481,8 @@ fn autodiff_quantised(q: &std::sync::Arc<QuantMatrix>, x: AdTensor) -> AdTensor 
     use burn::backend::autodiff::ops::{Backward, OpsKind};
     use burn::tensor::TensorMetadata;
     let [rows, _] = x.primitive.shape().dims();
-    let y = quantised_linear(q, x.primitive.clone());
+    // Training differentiates the exact product, so one row is not rounded to 8 bits here.
+    let y = crate::model::quant::with_int8_activations(false, || quantised_linear(q, x.primitive.clone()));
     match QuantisedOp.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish((q.clone(), rows), y),
         OpsKind::UnTracked(prep) => prep.finish(y),

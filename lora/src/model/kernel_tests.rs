@@ -141,7 +141,7 @@ fn quantised_products_equal_products_with_the_dequantised_matrix() {
         for m in [1, 3] {
             let x = uniform(&mut rng, m * cols, 1.0);
             let mut y = vec![0.0; m * rows];
-            q.matmul(m, &x, &mut y);
+            with_int8_activations(false, || q.matmul(m, &x, &mut y));
             let want: Vec<f32> = (0..m * rows)
                 .map(|i| {
                     let (a, r) = (i / rows, i % rows);
@@ -164,6 +164,57 @@ fn quantised_products_equal_products_with_the_dequantised_matrix() {
             let d = max_diff(&dx, &want);
             assert!(d < 1e-5 * scale * 10.0, "{ty} m={m}: input gradient differs by {d} (values up to {scale})");
         }
+    }
+}
+
+#[test]
+fn one_row_products_with_8_bit_inputs_stay_within_half_a_step_of_the_input_scale() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        let (rows, cols) = (70, 8 * 32);
+        let bytes = random_blocks(ty, rows, cols, &mut rng);
+        let w = dequantize(ty, &bytes).unwrap();
+        let q = QuantMatrix::new(ty, rows, cols, bytes.clone()).unwrap();
+        // Inputs of very different sizes per block, one block all zeros, one value alone.
+        let mut x: Vec<f32> =
+            (0..cols).map(|c| (rng.next_u32() as f32 / u32::MAX as f32 - 0.5) * (1 + c / 32) as f32).collect();
+        x[64..96].fill(0.0);
+        x[96..128].fill(0.0);
+        x[100] = -3.0;
+        let xq = crate::model::quant::Q8Input::new(&x);
+        let rounded = xq.dequantised();
+        let mut y = vec![0.0; rows];
+        with_int8_activations(true, || q.matmul(1, &x, &mut y));
+        let mut exact = vec![0.0; rows];
+        with_int8_activations(false, || q.matmul(1, &x, &mut exact));
+        let bb = ty.block_bytes() as usize;
+        for r in 0..rows {
+            let row = &w[r * cols..][..cols];
+            // What the integer product computes: the weight times the rounded input, except that
+            // Q4_1's minimum multiplies the exact input.
+            let want: f64 = (0..cols)
+                .map(|c| {
+                    let block = &bytes[(r * cols / 32 + c / 32) * bb..][..bb];
+                    let min =
+                        if ty == GgmlType::Q4_1 { f16::from_le_bytes([block[2], block[3]]).to_f32() } else { 0.0 };
+                    (row[c] - min) as f64 * rounded[c] as f64 + min as f64 * x[c] as f64
+                })
+                .sum();
+            let scale = row.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum::<f32>().max(1e-3);
+            assert!(((y[r] as f64 - want).abs() as f32) < 1e-5 * scale, "{ty} row {r}: {} against {want}", y[r]);
+            // And the rounding's error bound: half a step of each block's scale per value.
+            let bound: f32 = (0..cols)
+                .map(|c| {
+                    let block = &bytes[(r * cols / 32 + c / 32) * bb..][..bb];
+                    let min =
+                        if ty == GgmlType::Q4_1 { f16::from_le_bytes([block[2], block[3]]).to_f32() } else { 0.0 };
+                    (row[c] - min).abs() * x[c / 32 * 32..][..32].iter().fold(0f32, |m, v| m.max(v.abs())) / 254.0
+                })
+                .sum();
+            let err = (y[r] - exact[r]).abs();
+            assert!(err <= bound * 1.001 + 1e-5 * scale, "{ty} row {r}: off the exact product by {err}, bound {bound}");
+        }
+        assert!(y != exact, "{ty}: the 8-bit path did not run");
     }
 }
 
@@ -262,6 +313,31 @@ fn a_quantised_base_gives_the_logits_of_its_dequantised_twin() {
     let d = max_diff(&cache_walk(&q_adapted, true), &cache_walk(&f_adapted, false));
     assert!(d < 1e-4, "adapted quantised base differs from its f32 twin by {d}");
     assert!(reference.len() > 100);
+}
+
+/// Logits of a prefill and then of single-token steps: one decoding stream, whose products have
+/// one input row.
+fn one_stream(model: &Llama<Flex>) -> Vec<f32> {
+    let mut cache = KvCache::new(&model.config);
+    let mut out = values(model.forward_last(&TOKENS[..3], 1, &mut cache).unwrap());
+    for &t in &TOKENS[3..] {
+        out.extend(values(model.forward_last(&[t], 1, &mut cache).unwrap()));
+    }
+    out
+}
+
+#[test]
+fn one_decoding_stream_on_a_quantised_base_is_exact_or_close_with_8_bit_inputs() {
+    let (_, bytes) = quantised_gguf(11);
+    let (f32_model, q_model) = (loaded::<Flex>(&bytes, false), loaded::<Flex>(&bytes, true));
+    let want = with_cpu_kernels(false, || one_stream(&f32_model));
+    let exact = with_int8_activations(false, || one_stream(&q_model));
+    let d = max_diff(&exact, &want);
+    assert!(d < 1e-4, "one stream on the quantised base without 8-bit inputs differs by {d}");
+    let rounded = with_int8_activations(true, || one_stream(&q_model));
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = max_diff(&rounded, &want);
+    assert!(d > 0.0 && d < 0.03 * scale, "8-bit inputs move the logits by {d} (values up to {scale})");
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub(crate) mod tests;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use cpu::{cpu_kernels, set_cpu_kernels, with_cpu_kernels};
-pub use quant::QuantMatrix;
+pub use quant::{int8_activations, set_int8_activations, with_int8_activations, QuantMatrix};
 pub use weights::{load_gguf, load_gguf_with, load_hf_dir, save_safetensors, Checkpoint, LoadOptions, WeightSource};
 
 use crate::chat::ChatError;

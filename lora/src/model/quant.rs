@@ -11,6 +11,7 @@ use super::cpu::SendPtr;
 use crate::gguf::{block_decoder, GgmlType};
 use half::f16;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Output rows dequantised at a time for a product of several input rows.
 const TILE: usize = 64;
@@ -119,6 +120,15 @@ impl QuantMatrix {
         assert_eq!(y.len(), m * self.rows, "output of the quantised product");
         if m == 1 {
             let chunk = self.rows.div_ceil(rayon::current_num_threads().max(1) * 4).max(16);
+            if int8_activations() && self.takes_int8() {
+                let xq = Q8Input::new(x);
+                y.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| {
+                    for (j, out) in ys.iter_mut().enumerate() {
+                        *out = self.dot_row_int8(i * chunk + j, &xq);
+                    }
+                });
+                return;
+            }
             y.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| {
                 for (j, out) in ys.iter_mut().enumerate() {
                     *out = self.dot_row(i * chunk + j, x);
@@ -222,6 +232,23 @@ impl QuantMatrix {
         dx
     }
 
+    /// Whether a product with one input row may take integer dot products ([`int8_activations`]).
+    fn takes_int8(&self) -> bool {
+        matches!(self.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+    }
+
+    /// Row `r` dotted with the 8-bit input `x` (a [`Self::takes_int8`] type).
+    fn dot_row_int8(&self, r: usize, x: &Q8Input) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2() {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { dot_row_int8_avx2(self.ty, self.row(r), x) };
+            }
+        }
+        dot_row_int8_portable(self.ty, self.row(r), x)
+    }
+
     /// Row `r` of the matrix dotted with `x`.
     fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
@@ -233,6 +260,171 @@ impl QuantMatrix {
         }
         dot_row_portable(self, r, x)
     }
+}
+
+// ---- one input row in 8 bits: integer dot products, as llama.cpp decodes ----
+
+static INT8: AtomicBool = AtomicBool::new(true);
+
+thread_local! {
+    static INT8_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Turns on or off (for the whole process) the 8-bit input of products with one input row
+/// through a Q8_0, Q4_0 or Q4_1 base: on by default. On, a decoding stream's input is rounded
+/// to 8 bits per block of 32 (scale `max|x| / 127`) and each block's product is an integer dot
+/// product, as llama.cpp decodes: several times faster than dequantising to f32, at an error of
+/// at most half a step of the input's scale per value (pinned by a test). Off, the product is
+/// the dequantised weight's to float rounding. Products of several rows (prefill, batches,
+/// training) always dequantise.
+pub fn set_int8_activations(on: bool) {
+    INT8.store(on, Ordering::Relaxed);
+}
+
+/// Whether one-row products take 8-bit inputs on this thread ([`set_int8_activations`],
+/// [`with_int8_activations`]).
+pub fn int8_activations() -> bool {
+    INT8_OVERRIDE.with(|o| o.get()).unwrap_or_else(|| INT8.load(Ordering::Relaxed))
+}
+
+/// Runs `f` with 8-bit inputs on or off on this thread only.
+pub fn with_int8_activations<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let before = INT8_OVERRIDE.with(|o| o.replace(Some(on)));
+    let out = f();
+    INT8_OVERRIDE.with(|o| o.set(before));
+    out
+}
+
+/// One input row rounded to 8 bits per block of 32 values.
+pub struct Q8Input {
+    /// The rounded values, `round(x / scale)` in -127..=127.
+    q: Vec<i8>,
+    /// Each block's scale, `max|x| / 127` (0 for a block of zeros).
+    scale: Vec<f32>,
+    /// Each block's sum of rounded values (Q4_0's offset of 8 is applied through it).
+    qsum: Vec<i32>,
+    /// Each block's exact sum of `x` (Q4_1's minimum multiplies it, so that term is exact).
+    sum: Vec<f32>,
+}
+
+impl Q8Input {
+    /// `x` rounded; its length is a multiple of 32 (every type that takes it has blocks of 32).
+    pub fn new(x: &[f32]) -> Self {
+        let blocks = x.len() / 32;
+        let mut out = Q8Input {
+            q: vec![0; blocks * 32],
+            scale: vec![0.0; blocks],
+            qsum: vec![0; blocks],
+            sum: vec![0.0; blocks],
+        };
+        for (b, xs) in x.chunks_exact(32).enumerate() {
+            let max = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = max / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let q = &mut out.q[b * 32..][..32];
+            for (q, &v) in q.iter_mut().zip(xs) {
+                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+            out.scale[b] = scale;
+            out.qsum[b] = q.iter().map(|&v| i32::from(v)).sum();
+            out.sum[b] = xs.iter().sum();
+        }
+        out
+    }
+
+    /// The rounded values as floats (`q · scale`): what the integer product multiplies by.
+    pub fn dequantised(&self) -> Vec<f32> {
+        self.q.iter().enumerate().map(|(i, &q)| f32::from(q) * self.scale[i / 32]).collect()
+    }
+}
+
+fn half_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The integer dot product of one row of `ty` blocks with `x`, in plain Rust.
+fn dot_row_int8_portable(ty: GgmlType, row: &[u8], x: &Q8Input) -> f32 {
+    let mut total = 0.0;
+    let bb = ty.block_bytes() as usize;
+    for (b, block) in row.chunks_exact(bb).enumerate() {
+        let q = &x.q[b * 32..][..32];
+        let d = half_at(block, 0) * x.scale[b];
+        total += match ty {
+            GgmlType::Q8_0 => {
+                d * block[2..34].iter().zip(q).map(|(&w, &a)| i32::from(w as i8) * i32::from(a)).sum::<i32>() as f32
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let qs = if ty == GgmlType::Q4_0 { &block[2..18] } else { &block[4..20] };
+                let dot: i32 = qs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &w)| i32::from(w & 0xF) * i32::from(q[j]) + i32::from(w >> 4) * i32::from(q[j + 16]))
+                    .sum();
+                if ty == GgmlType::Q4_0 {
+                    d * (dot - 8 * x.qsum[b]) as f32
+                } else {
+                    d * dot as f32 + half_at(block, 2) * x.sum[b]
+                }
+            }
+            _ => unreachable!("takes_int8 admits Q8_0, Q4_0 and Q4_1"),
+        };
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// [`dot_row_int8_portable`] with AVX2: per block of 32, `maddubs` multiplies unsigned weights
+/// (Q8_0's made unsigned by moving their sign onto the input) by the signed input into pairs,
+/// `madd` sums the pairs to eight lanes, and the block's scale multiplies them into the float sum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_int8_avx2(ty: GgmlType, row: &[u8], x: &Q8Input) -> f32 {
+    use std::arch::x86_64::*;
+    let half = |b: &[u8], at: usize| -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[at], b[at + 1]])))))
+    };
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm_set1_epi8(0xF);
+    let mut acc = _mm256_setzero_ps();
+    let mut extra = 0.0;
+    let bb = ty.block_bytes() as usize;
+    let blocks = row.len() / bb;
+    assert!(x.q.len() >= blocks * 32, "input shorter than the row");
+    for b in 0..blocks {
+        let block = &row[b * bb..][..bb];
+        // SAFETY: 32 input bytes at b·32 (asserted above) and the block's own bytes are read.
+        let a = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * 32).cast()) };
+        let d = half(block, 0) * *x.scale.get_unchecked(b);
+        let pairs = match ty {
+            GgmlType::Q8_0 => {
+                let w = unsafe { _mm256_loadu_si256(block.as_ptr().add(2).cast()) };
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+            }
+            _ => {
+                let at = if ty == GgmlType::Q4_0 { 2 } else { 4 };
+                let qs = unsafe { _mm_loadu_si128(block.as_ptr().add(at).cast()) };
+                let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low));
+                if ty == GgmlType::Q4_0 {
+                    extra -= d * (8 * *x.qsum.get_unchecked(b)) as f32;
+                } else {
+                    extra += half(block, 2) * *x.sum.get_unchecked(b);
+                }
+                _mm256_maddubs_epi16(w, a)
+            }
+        };
+        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+        acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d), acc);
+    }
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s) + extra
 }
 
 #[cfg(target_arch = "x86_64")]
