@@ -7,12 +7,18 @@ use crate::chat::{ChatTemplate, Message};
 use crate::lora::{save_peft, LoraConfig, LoraError};
 use crate::model::{KvCache, Llama, ModelError};
 use crate::tokenizer::Tokenizer;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::module::ParamId;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::record::AdaptorRecord;
+use burn::optim::{
+    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsAccumulator, GradientsParams, Optimizer,
+};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -215,15 +221,118 @@ pub struct TrainSummary {
     pub tokens: usize,
     pub tokens_per_second: f64,
     pub seconds: f64,
+    /// A resumed run read AdamW's moments back from its checkpoint (false: they started afresh).
+    pub restored_moments: bool,
 }
 
-/// Where checkpoints go: the adapter in PEFT's format and `trainer_state.json` (steps done).
+/// Where checkpoints go: the adapter in PEFT's format, AdamW's moments (`optimizer.safetensors`)
+/// and `trainer_state.json` (steps done), written in that order, each by a rename.
 pub struct Saving<'a> {
     pub dir: &'a Path,
     pub base_model: &'a str,
 }
 
 const STATE: &str = "trainer_state.json";
+/// AdamW's first and second moments of every adapter tensor, named after PEFT's tensor with
+/// `.exp_avg` and `.exp_avg_sq` appended (PyTorch's names for them), in PEFT's layout; the
+/// metadata holds each tensor's step count under its name.
+pub const MOMENTS: &str = "optimizer.safetensors";
+
+type Adam<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
+type Moments<B> = <Adam<B> as Optimizer<Llama<B>, B>>::Record;
+
+/// Every adapter tensor of `model`: PEFT's name, the parameter's id, and its value.
+fn adapter_tensors<B: Backend>(model: &Llama<B>) -> Vec<(String, ParamId, Tensor<B, 2>)> {
+    let mut out = vec![];
+    for (i, block) in model.blocks.iter().enumerate() {
+        for &t in crate::lora::Target::ALL.iter() {
+            if let Some(adapter) = block.lora.get(t) {
+                for (which, p) in [("A", &adapter.a), ("B", &adapter.b)] {
+                    out.push((crate::lora::tensor_name(i, t, which), p.id, p.val()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> FinetuneError {
+    FinetuneError::Io { path: path.into(), message: e.to_string() }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a kill leaves the old file or the new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FinetuneError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+fn save_moments<B: AutodiffBackend>(model: &Llama<B>, moments: &Moments<B>, dir: &Path) -> Result<(), FinetuneError> {
+    let path = dir.join(MOMENTS);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    let mut times = HashMap::new();
+    for (name, id, _) in adapter_tensors(model) {
+        let Some(record) = moments.get(&id) else { continue };
+        let state: AdamWState<B::InnerBackend, 2> = record.clone().into_state::<2>();
+        let m = state.momentum;
+        times.insert(name.clone(), m.time.to_string());
+        for (suffix, t) in [("exp_avg", m.moment_1), ("exp_avg_sq", m.moment_2)] {
+            // Burn's [in, r] / [r, out] transposed to PEFT's [r, in] / [out, r].
+            let data = t.transpose().into_data();
+            let shape = data.shape.to_vec();
+            let values = data.convert::<f32>().to_vec::<f32>().map_err(|e| io_err(&path, format!("{name}: {e:?}")))?;
+            tensors.push((format!("{name}.{suffix}"), shape, values.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, shape, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| io_err(&path, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(views, Some(times)).map_err(|e| io_err(&path, e))?;
+    write_atomic(&path, &bytes)
+}
+
+/// AdamW's moments saved in `dir` for `model`'s adapters, keyed by the adapters' parameter ids:
+/// `None` when `dir` holds no moments (a checkpoint written before they were saved).
+fn load_moments<B: AutodiffBackend>(model: &Llama<B>, dir: &Path) -> Result<Option<Moments<B>>, FinetuneError> {
+    let path = dir.join(MOMENTS);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io_err(&path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io_err(&path, e))?;
+    let times = header.metadata().clone().unwrap_or_default();
+    let mut out = Moments::<B>::default();
+    for (name, id, value) in adapter_tensors(model) {
+        let [rows, cols] = value.dims();
+        let device = value.device();
+        let time: usize = times
+            .get(&name)
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| io_err(&path, format!("no step count for {name} in the metadata")))?;
+        let read = |suffix: &str| -> Result<Tensor<B::InnerBackend, 2>, FinetuneError> {
+            let key = format!("{name}.{suffix}");
+            let view = st.tensor(&key).map_err(|_| io_err(&path, format!("{key} is missing")))?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != [cols, rows] {
+                return Err(io_err(
+                    &path,
+                    format!("{key} is {:?} {:?}, the adapter needs F32 [{cols}, {rows}]", view.dtype(), view.shape()),
+                ));
+            }
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            Ok(Tensor::from_data(TensorData::new(values, [cols, rows]), &device).transpose())
+        };
+        let state = AdamWState::new(AdaptiveMomentumState::new(time, read("exp_avg")?, read("exp_avg_sq")?));
+        out.insert(id, AdaptorRecord::from_state::<2>(state));
+    }
+    Ok(Some(out))
+}
 
 /// The optimizer steps a checkpoint in `dir` has done, if it holds one.
 pub fn saved_step(dir: &Path) -> Result<Option<usize>, FinetuneError> {
@@ -242,23 +351,25 @@ pub fn saved_step(dir: &Path) -> Result<Option<usize>, FinetuneError> {
     Ok(Some(step as usize))
 }
 
-fn save<B: Backend>(
+fn save<B: AutodiffBackend>(
     model: &Llama<B>,
+    optim: &Adam<B>,
     cfg: &TrainConfig,
     to: &Saving,
     step: usize,
     total: usize,
 ) -> Result<(), FinetuneError> {
     save_peft(model, &cfg.lora, to.base_model, to.dir)?;
+    save_moments(model, &optim.to_record(), to.dir)?;
     let path = to.dir.join(STATE);
     let state = serde_json::json!({ "step": step, "total_steps": total, "seed": cfg.seed });
-    std::fs::write(&path, serde_json::to_string_pretty(&state).unwrap_or_default())
-        .map_err(|e| FinetuneError::Io { path, message: e.to_string() })
+    write_atomic(&path, serde_json::to_string_pretty(&state).unwrap_or_default().as_bytes())
 }
 
 /// Trains `model`'s adapters (attach them first, or load them to resume) on `examples`.
 /// `start_step` optimizer steps are skipped (a resumed run: the same seed gives the same batch
-/// order; AdamW's moments start afresh). `on_step` sees every optimizer step.
+/// order, and AdamW's moments are read back from `saving`'s folder when it holds them, so the
+/// run continues as if never stopped). `on_step` sees every optimizer step.
 pub fn train<B: AutodiffBackend>(
     mut model: Llama<B>,
     examples: &[Example],
@@ -281,7 +392,14 @@ pub fn train<B: AutodiffBackend>(
     let micro_per_epoch = examples.len().div_ceil(cfg.batch);
     let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
     let total = steps_per_epoch * cfg.epochs;
-    let mut optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay).init::<B, Llama<B>>();
+    let mut optim: Adam<B> = AdamWConfig::new().with_weight_decay(cfg.weight_decay).init::<B, Llama<B>>();
+    let mut restored_moments = false;
+    if let (true, Some(to)) = (start_step > 0, saving) {
+        if let Some(moments) = load_moments(&model, to.dir)? {
+            optim = optim.load_record(moments);
+            restored_moments = true;
+        }
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let started = Instant::now();
     let (mut tokens, mut losses) = (0usize, vec![]);
@@ -297,6 +415,7 @@ pub fn train<B: AutodiffBackend>(
                 step += 1;
                 continue;
             }
+            crate::lora::seed_dropout(cfg.seed, step as u64);
             let mut acc = GradientsAccumulator::<Llama<B>>::new();
             let counted_total: usize = group
                 .iter()
@@ -337,13 +456,13 @@ pub fn train<B: AutodiffBackend>(
             });
             if let Some(to) = saving {
                 if cfg.save_every > 0 && step % cfg.save_every == 0 && step < total {
-                    save(&model, cfg, to, step, total)?;
+                    save(&model, &optim, cfg, to, step, total)?;
                 }
             }
         }
     }
     if let Some(to) = saving {
-        save(&model, cfg, to, step, total)?;
+        save(&model, &optim, cfg, to, step, total)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     let summary = TrainSummary {
@@ -353,6 +472,7 @@ pub fn train<B: AutodiffBackend>(
         tokens,
         tokens_per_second: tokens as f64 / seconds.max(1e-9),
         seconds,
+        restored_moments,
     };
     Ok((model, summary))
 }

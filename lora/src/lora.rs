@@ -17,7 +17,7 @@
 
 use crate::model::{Llama, ModelError};
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use half::{bf16, f16};
@@ -105,6 +105,54 @@ pub fn parse_targets(list: &str) -> Result<Vec<Target>, LoraError> {
     Ok(out.into_iter().collect())
 }
 
+thread_local! {
+    static DROPOUT_KEY: std::cell::Cell<u64> = const { std::cell::Cell::new(0x5EED) };
+}
+
+/// SplitMix64's output function: a bijective mix of 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Seeds the dropout masks that adapters draw on this thread from now on. Training calls it
+/// before every optimizer step with its seed and the step's number, so a run resumed at a step
+/// draws the masks an unbroken run draws there.
+pub fn seed_dropout(seed: u64, step: u64) {
+    DROPOUT_KEY.with(|k| k.set(mix(seed ^ mix(step.wrapping_add(0x9E37_79B9_7F4A_7C15)))));
+}
+
+/// `x` with each value zeroed with probability `p` and the rest scaled by `1 / (1 - p)`, as
+/// PyTorch's dropout, on an autodiff backend only (elsewhere `x`). The mask is SplitMix64 over
+/// a per-call key, two 32-bit draws per output: Burn's Bernoulli sampler took a fifth of a
+/// LoRA training step on SmolLM2.
+pub fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64) -> Tensor<B, 2> {
+    if p <= 0.0 || !B::ad_enabled(&x.device()) {
+        return x;
+    }
+    let key = DROPOUT_KEY.with(|k| {
+        let key = k.get();
+        k.set(mix(key));
+        key
+    });
+    let [rows, cols] = x.dims();
+    let n = rows * cols;
+    // A value is dropped when its 32-bit draw is below p · 2³².
+    let threshold = (p * 4_294_967_296.0) as u64;
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let pick = |draw: u64| if draw < threshold { 0.0 } else { keep };
+    let mut mask = Vec::with_capacity(n + 1);
+    for i in 0..n.div_ceil(2) as u64 {
+        let r = mix(key.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        mask.push(pick(r & 0xFFFF_FFFF));
+        mask.push(pick(r >> 32));
+    }
+    mask.truncate(n);
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [rows, cols]), &x.device());
+    x * mask
+}
+
 /// Rank, scale, dropout and the projections that carry adapters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
@@ -165,7 +213,9 @@ pub struct LoraLinear<B: Backend> {
     pub a: Param<Tensor<B, 2>>,
     /// `[r, out]`.
     pub b: Param<Tensor<B, 2>>,
-    pub dropout: Dropout,
+    /// The probability that dropout zeroes an input value while training.
+    #[module(skip)]
+    pub dropout: f64,
     /// `alpha / r`.
     #[module(skip)]
     pub scale: f64,
@@ -180,7 +230,7 @@ impl<B: Backend> LoraLinear<B> {
             (0..d_in * r).map(|_| bound * ((rng.next_u32() >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0)).collect();
         let a = Param::from_data(TensorData::new(a, [d_in, r]), device);
         let b = Param::from_data(TensorData::new(vec![0f32; r * d_out], [r, d_out]), device);
-        LoraLinear { a, b, dropout: DropoutConfig::new(config.dropout).init(), scale: config.scale() }
+        LoraLinear { a, b, dropout: config.dropout, scale: config.scale() }
     }
 
     /// `base(x) + scale · dropout(x) A B`. Dropout acts only while training (on an autodiff backend).
@@ -190,7 +240,7 @@ impl<B: Backend> LoraLinear<B> {
 
     /// The adapter's own term, `scale · dropout(x) A B`.
     pub fn low_rank(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.dropout.forward(x).matmul(self.a.val()).matmul(self.b.val()).mul_scalar(self.scale)
+        dropout(x, self.dropout).matmul(self.a.val()).matmul(self.b.val()).mul_scalar(self.scale)
     }
 
     /// `scale · A B`, `[in, out]`: what merging adds to the base weight.
@@ -316,7 +366,7 @@ pub struct AdapterFile {
     pub base_model: String,
 }
 
-fn tensor_name(layer: usize, t: Target, which: &str) -> String {
+pub(crate) fn tensor_name(layer: usize, t: Target, which: &str) -> String {
     format!("base_model.model.model.layers.{layer}.{}.lora_{which}.weight", t.path())
 }
 

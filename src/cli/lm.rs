@@ -365,6 +365,13 @@ impl BackendJob for FinetuneJob<'_> {
             std::fs::write(dir.join("tokenizer_config.json"), ckpt.template.tokenizer_config().to_string())
                 .map_err(|e| fail(e.to_string()))?;
         }
+        if a.resume && start > 0 && !s.restored_moments {
+            eprintln!(
+                "warning: {} holds no {} (written by an older nasc); AdamW's moments started afresh at step {start}",
+                a.out.display(),
+                finetune::MOMENTS
+            );
+        }
         if !a.json {
             eprintln!(
                 "{} steps, final loss {:.4}, {} tokens in {:.1} s ({:.1} tokens/s); adapter in {}",
@@ -385,6 +392,8 @@ impl BackendJob for FinetuneJob<'_> {
             "tokens": s.tokens,
             "seconds": s.seconds,
             "tokens_per_second": s.tokens_per_second,
+            "resumed_from_step": start,
+            "restored_moments": s.restored_moments,
         }))
     }
 }

@@ -148,3 +148,81 @@ fn checkpoints_hold_the_step_and_a_resumed_run_continues() {
     std::fs::write(&state, "{}").unwrap();
     assert!(saved_step(out.path()).unwrap_err().to_string().contains("trainer_state.json"));
 }
+
+/// The adapter tensors of `model`, in PEFT's names.
+fn adapter_values(model: &Llama<AD>) -> Vec<(String, Vec<f32>)> {
+    adapter_tensors(model).into_iter().map(|(n, _, t)| (n, t.into_data().to_vec::<f32>().unwrap())).collect()
+}
+
+#[test]
+fn a_run_killed_after_a_checkpoint_and_resumed_ends_where_an_unbroken_run_ends() {
+    let (model, tok, template) = tiny();
+    let data = examples(&tok, &template);
+    // Dropout's masks are drawn from the seed and the step, so a resumed run draws the same.
+    let cfg = TrainConfig {
+        lora: LoraConfig { rank: 4, alpha: 8.0, dropout: 0.1, targets: vec![Target::Q, Target::V, Target::Down] },
+        lr: 2e-2,
+        epochs: 3,
+        batch: 2,
+        grad_accum: 1,
+        save_every: 2,
+        ..Default::default()
+    };
+    // The unbroken run; while it runs step 5, its folder holds step 4's checkpoint: a copy of that
+    // is what a run killed during step 5 leaves behind.
+    let whole = tempfile::tempdir().unwrap();
+    let killed = tempfile::tempdir().unwrap();
+    let copy_checkpoint = |to: &Path| {
+        for f in ["adapter_config.json", "adapter_model.safetensors", MOMENTS, "trainer_state.json"] {
+            std::fs::copy(whole.path().join(f), to.join(f)).unwrap();
+        }
+    };
+    let saving = Saving { dir: whole.path(), base_model: "tiny" };
+    let (unbroken, s) = train(attach(model, &cfg.lora, 0).unwrap(), &data, &cfg, Some(&saving), 0, |r| {
+        if r.step == 5 {
+            copy_checkpoint(killed.path());
+        }
+    })
+    .unwrap();
+    assert_eq!(s.steps, 6);
+    assert!(!s.restored_moments);
+    assert_eq!(saved_step(killed.path()).unwrap(), Some(4));
+    let want = adapter_values(&unbroken);
+    assert_eq!(want.len(), 2 * 2 * 3);
+    let distance = |got: &[(String, Vec<f32>)]| {
+        got.iter()
+            .zip(&want)
+            .map(|((_, a), (_, b))| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())))
+            .fold(0f32, f32::max)
+    };
+    let resume = |dir: &Path| {
+        let (fresh, _, _) = tiny();
+        let (model, _) = load_peft(fresh, dir).unwrap();
+        train(model, &data, &cfg, Some(&Saving { dir, base_model: "tiny" }), 4, |_| {})
+    };
+
+    // Keep a second copy of the checkpoint before resuming writes over the first.
+    let again = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(killed.path()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), again.path().join(f.file_name())).unwrap();
+    }
+    let (resumed, s) = resume(killed.path()).unwrap();
+    assert!(s.restored_moments);
+    let d = distance(&adapter_values(&resumed));
+    assert!(d < 1e-6, "the resumed run ends {d} away from the unbroken one");
+
+    // A damaged moments file is an error naming it, not a silent fresh start.
+    let moments = again.path().join(MOMENTS);
+    std::fs::write(&moments, b"not safetensors").unwrap();
+    let e = resume(again.path()).unwrap_err().to_string();
+    assert!(e.contains(MOMENTS), "{e}");
+
+    // Without the moments (a checkpoint of an older nasc) the run starts them afresh and lands
+    // elsewhere: they matter.
+    std::fs::remove_file(&moments).unwrap();
+    let (afresh, s) = resume(again.path()).unwrap();
+    assert!(!s.restored_moments);
+    let far = distance(&adapter_values(&afresh));
+    assert!(far > 1e-4, "fresh moments should change the end point, yet it moved by {far}");
+}

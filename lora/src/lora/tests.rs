@@ -231,3 +231,32 @@ fn bad_configs_are_refused() {
         assert!(e.contains(key), "{extra}: {e}");
     }
 }
+
+#[test]
+fn dropout_drops_its_share_scales_the_rest_and_repeats_from_its_seed() {
+    let device = Default::default();
+    let ones = || Tensor::<AD, 2>::ones([300, 333], &device);
+    let draw = |seed: u64, step: u64| -> Vec<f32> {
+        seed_dropout(seed, step);
+        dropout(ones(), 0.25).into_data().to_vec::<f32>().unwrap()
+    };
+    let mask = draw(7, 3);
+    let dropped = mask.iter().filter(|&&v| v == 0.0).count() as f64 / mask.len() as f64;
+    assert!((dropped - 0.25).abs() < 0.01, "dropped {dropped} of the values, not a quarter");
+    assert!(mask.iter().all(|&v| v == 0.0 || v == 1.0 / 0.75), "kept values are scaled by 1 / (1 - p)");
+    // Both halves of each 64-bit draw are used, and independently: pairs are not all alike.
+    let alike = mask.chunks(2).filter(|p| p[0] == p[1]).count() as f64 / (mask.len() / 2) as f64;
+    assert!((alike - (0.25 * 0.25 + 0.75 * 0.75)).abs() < 0.02, "{alike} of the pairs agree");
+    assert_eq!(draw(7, 3), mask, "the same seed and step draw the same mask");
+    assert_ne!(draw(7, 4), mask);
+    assert_ne!(draw(8, 3), mask);
+    // Two draws in a row differ; inference (no autodiff) and p = 0 leave the input alone.
+    seed_dropout(7, 3);
+    let first = dropout(ones(), 0.25).into_data().to_vec::<f32>().unwrap();
+    let second = dropout(ones(), 0.25).into_data().to_vec::<f32>().unwrap();
+    assert_eq!(first, mask);
+    assert_ne!(first, second);
+    let plain = dropout(Tensor::<Flex, 2>::ones([4, 5], &device), 0.5).into_data().to_vec::<f32>().unwrap();
+    assert!(plain.iter().all(|&v| v == 1.0));
+    assert!(dropout(ones(), 0.0).into_data().to_vec::<f32>().unwrap().iter().all(|&v| v == 1.0));
+}
