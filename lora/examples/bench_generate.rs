@@ -1,7 +1,7 @@
 // Throughput of generation (one greedy stream; 50 sampled replies to one prompt) and of LoRA training on the CPU.
 // It must not change what it measures between runs: fixed prompt, seed, lengths; it only reads the model file.
 
-//! `cargo run --release -p nasc-lora --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--quantized-base] [--train-only]`
+//! `cargo run --release -p nasc-lora --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--quantized-base] [--only generate|train]`
 //!
 //! The model defaults to `$NASC_SMOLLM2_GGUF`. `--burn-too` runs every measurement twice per
 //! round, once with nasc-lora's CPU kernels and once through Burn's generic ops, interleaved, and
@@ -20,7 +20,8 @@ struct Args {
     rounds: usize,
     burn_too: bool,
     quantized: bool,
-    train_only: bool,
+    /// `Some("generate")` or `Some("train")`: run that part alone.
+    only: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
@@ -29,7 +30,7 @@ fn args() -> Result<Args, String> {
         rounds: 1,
         burn_too: false,
         quantized: false,
-        train_only: false,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -39,7 +40,13 @@ fn args() -> Result<Args, String> {
             }
             "--burn-too" => a.burn_too = true,
             "--quantized-base" => a.quantized = true,
-            "--train-only" => a.train_only = true,
+            "--only" => {
+                let part = it.next().unwrap_or_default();
+                if part != "generate" && part != "train" {
+                    return Err(format!("--only takes generate or train, not {part:?}"));
+                }
+                a.only = Some(part);
+            }
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s => a.model = s.to_string(),
         }
@@ -76,7 +83,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let many =
         SamplingParams { max_new_tokens: 32, temperature: 0.8, top_p: 0.95, n: 50, seed: 7, ..Default::default() };
     let modes: &[bool] = if a.burn_too { &[true, false] } else { &[true] };
-    for round in 0..if a.train_only { 0 } else { a.rounds } {
+    let only = |part: &str| a.only.as_deref().is_none_or(|o| o == part);
+    for round in 0..if only("generate") { a.rounds } else { 0 } {
         for &kernels in modes {
             set_cpu_kernels(kernels);
             let label = if kernels { "default" } else { "burn   " };
@@ -94,6 +102,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     set_cpu_kernels(true);
+    if !only("train") {
+        return Ok(());
+    }
 
     // LoRA training: the paper's adapter (all seven projections, r 32) on a few chat examples.
     let ad = Checkpoint::<Autodiff<Flex>>::open_with(&a.model, &device, &options)?;

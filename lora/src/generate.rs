@@ -140,11 +140,10 @@ pub fn generate<B: Backend>(
     params: &SamplingParams,
     on_text: impl FnMut(usize, &str),
 ) -> Result<Generation, ModelError> {
-    // On the CPU, one stream decodes faster through Burn's ops than through the model's CPU
-    // kernels, and many streams faster through the kernels: SmolLM2-135M, 2 threads, measured
-    // side by side, 17.5 against 12-13 tokens/s for one stream, 135-139 against 172-199 for 50.
-    // (A quantised base always runs on the kernels.)
-    let kernels = crate::model::cpu_kernels() && params.n > 1;
+    // On the CPU the model's kernels decode faster than Burn's ops, one stream (its own gemv)
+    // and many: SmolLM2-135M, 2 threads, measured side by side, 19-29 against 15-19 tokens/s for
+    // one stream, 262-303 against 156-175 for 50. `set_cpu_kernels(false)` picks Burn's ops.
+    let kernels = crate::model::cpu_kernels();
     crate::model::with_cpu_kernels(kernels, || generate_on(model, tokenizer, prompt, params, on_text))
 }
 

@@ -76,7 +76,7 @@ pub struct FinetuneArgs {
     /// Q4_0, Q4_1, Q4_K, Q6_K) and dequantise them on the fly: QLoRA's frozen base. CPU only.
     #[arg(long)]
     quantized_base: bool,
-    /// Continue from the adapter and step count saved in --out.
+    /// Continue from the checkpoint in --out: the adapter, AdamW's moments and the step count.
     #[arg(long, conflicts_with = "init_adapter")]
     resume: bool,
     /// Start from this adapter (a PEFT folder, e.g. the previous search cycle's) instead of a fresh one;
@@ -131,7 +131,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "cpu")]
     device: Device,
     /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
-    /// Q4_0, Q4_1, Q4_K, Q6_K) and dequantise them on the fly: QLoRA's frozen base. CPU only.
+    /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: a lone decoding
+    /// stream rounds its input to 8 bits and takes integer dot products (Q8_0, Q4_0, Q4_1),
+    /// several times faster than f32 weights; batches dequantise on the fly. CPU only.
     #[arg(long)]
     quantized_base: bool,
     /// Print the replies as JSON (text, token ids, finish reason, tokens/s) instead of streaming text.

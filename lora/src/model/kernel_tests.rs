@@ -97,6 +97,28 @@ fn the_kernel_cache_grows_past_its_first_allocation() {
     assert!(d < 1e-4, "kernels differ from Burn by {d} after growing the cache");
 }
 
+#[test]
+fn one_row_products_equal_plain_sums() {
+    // Wide enough to take the one-row kernel (k·n ≥ 2¹⁶), with a last block of columns cut short.
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for (k, n) in [(300, 333), (64, 1024 + 17), (576, 128)] {
+        let x = uniform(&mut rng, k, 1.0);
+        let b = uniform(&mut rng, k * n, 1.0);
+        let want: Vec<f32> =
+            (0..n).map(|c| (0..k).map(|r| x[r] as f64 * b[r * n + c] as f64).sum::<f64>() as f32).collect();
+        let mut y = vec![f32::NAN; n];
+        super::cpu::matmul((1, k, n), &x, &b, &mut y, None);
+        let d = max_diff(&y, &want);
+        assert!(d < 1e-4, "[1, {k}] x [{k}, {n}]: differs by {d}");
+        let start = uniform(&mut rng, n, 1.0);
+        let mut y = start.clone();
+        super::cpu::matmul((1, k, n), &x, &b, &mut y, Some(0.5));
+        let want: Vec<f32> = start.iter().zip(&want).map(|(s, w)| s + 0.5 * w).collect();
+        let d = max_diff(&y, &want);
+        assert!(d < 1e-4, "[1, {k}] x [{k}, {n}] added at 0.5: differs by {d}");
+    }
+}
+
 // ---- quantised weights ----
 
 fn f16_bytes(x: f32) -> [u8; 2] {

@@ -86,6 +86,15 @@ impl QuantMatrix {
 
     /// Row `r` dequantised into `out` (`cols` values).
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.takes_int8() && has_avx2() {
+                assert_eq!(out.len(), self.cols, "row of the quantised matrix");
+                // SAFETY: the CPU has the features the function is compiled for; `out` holds the row.
+                unsafe { dequant_row_avx2(self.ty, self.row(r), out) };
+                return;
+            }
+        }
         let (bl, bb) = (self.ty.block_len() as usize, self.ty.block_bytes() as usize);
         for (block, y) in self.row(r).chunks_exact(bb).zip(out.chunks_exact_mut(bl)) {
             (self.decode)(block, y);
@@ -425,6 +434,53 @@ unsafe fn dot_row_int8_avx2(ty: GgmlType, row: &[u8], x: &Q8Input) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     _mm_cvtss_f32(s) + extra
+}
+
+/// [`crate::gguf::dequantize`] of one row of Q8_0, Q4_0 or Q4_1 blocks, eight values at a time
+/// and bit for bit the same (a multiply and then an add, as the scalar code rounds, not a fused
+/// multiply-add). A product of several rows dequantises the whole matrix per call, so this ran a
+/// quarter of the time of 50 decoding streams in its scalar form.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequant_row_avx2(ty: GgmlType, row: &[u8], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let half = |b: &[u8], at: usize| -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[at], b[at + 1]])))))
+    };
+    let bb = ty.block_bytes() as usize;
+    assert!(out.len() >= row.len() / bb * 32, "output shorter than the row");
+    let low = _mm_set1_epi8(0xF);
+    let eight = _mm256_set1_ps(8.0);
+    for (b, block) in row.chunks_exact(bb).enumerate() {
+        // SAFETY (every load and store below): 32 outputs at b·32 (asserted above) and the
+        // block's own bytes.
+        let y = unsafe { out.as_mut_ptr().add(b * 32) };
+        let d = _mm256_set1_ps(half(block, 0));
+        if ty == GgmlType::Q8_0 {
+            for c in 0..4 {
+                let q = unsafe { _mm_loadl_epi64(block.as_ptr().add(2 + 8 * c).cast()) };
+                let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                unsafe { _mm256_storeu_ps(y.add(8 * c), _mm256_mul_ps(d, v)) };
+            }
+            continue;
+        }
+        let at = if ty == GgmlType::Q4_0 { 2 } else { 4 };
+        let m = _mm256_set1_ps(if ty == GgmlType::Q4_1 { half(block, 2) } else { 0.0 });
+        let qs = unsafe { _mm_loadu_si128(block.as_ptr().add(at).cast()) };
+        // Values 0..16 are the low nibbles of the 16 bytes, values 16..32 the high ones.
+        let nibbles = [_mm_and_si128(qs, low), _mm_and_si128(_mm_srli_epi16(qs, 4), low)];
+        for (h, v) in nibbles.into_iter().enumerate() {
+            for (c, part) in [v, _mm_srli_si128(v, 8)].into_iter().enumerate() {
+                let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part));
+                let x = if ty == GgmlType::Q4_0 {
+                    _mm256_mul_ps(d, _mm256_sub_ps(q, eight))
+                } else {
+                    _mm256_add_ps(_mm256_mul_ps(d, q), m)
+                };
+                unsafe { _mm256_storeu_ps(y.add(16 * h + 8 * c), x) };
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
