@@ -381,6 +381,15 @@ fn dot_row_int8_portable(ty: GgmlType, row: &[u8], x: &Q8Input) -> f32 {
     total
 }
 
+/// The f16 at `b[at..at + 2]` as f32, converted by the CPU (F16C).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "f16c")]
+#[inline]
+fn half_f16c(b: &[u8], at: usize) -> f32 {
+    use std::arch::x86_64::*;
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[at], b[at + 1]])))))
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
@@ -395,9 +404,7 @@ fn has_avx2() -> bool {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_int8_avx2(ty: GgmlType, row: &[u8], x: &Q8Input) -> f32 {
     use std::arch::x86_64::*;
-    let half = |b: &[u8], at: usize| -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[at], b[at + 1]])))))
-    };
+    let half = half_f16c;
     let ones = _mm256_set1_epi16(1);
     let low = _mm_set1_epi8(0xF);
     let mut acc = _mm256_setzero_ps();
@@ -444,9 +451,7 @@ unsafe fn dot_row_int8_avx2(ty: GgmlType, row: &[u8], x: &Q8Input) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dequant_row_avx2(ty: GgmlType, row: &[u8], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let half = |b: &[u8], at: usize| -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[at], b[at + 1]])))))
-    };
+    let half = half_f16c;
     let bb = ty.block_bytes() as usize;
     assert!(out.len() >= row.len() / bb * 32, "output shorter than the row");
     let low = _mm_set1_epi8(0xF);
