@@ -838,6 +838,8 @@ mod tests {
             (9, 9, 3, 2, 0, true),
             (6, 5, 2, 1, 0, false),
             (7, 7, 2, 2, 0, true),
+            // Wide rows (19 windows).
+            (6, 38, 2, 2, 0, false),
         ];
         for (n, &(h, w, k, s, p, ceil)) in cases.iter().enumerate() {
             let x = random([2, 3, h, w], 100 + n as u64).require_grad();
@@ -851,6 +853,32 @@ mod tests {
             let inner = max_pool2d(x.clone().inner(), k, s, p, ceil);
             let reference = burn::tensor::module::max_pool2d(x.inner(), [k, k], [s, s], [p, p], [1, 1], ceil);
             close(inner, reference, &format!("{case} inference"));
+        }
+    }
+
+    #[test]
+    fn a_nan_wins_its_window_while_training_too() {
+        // A row of 20 windows; NaNs in windows 3 (bottom right), 12 (top right) and 17 (bottom left).
+        let (h, w) = (2, 40);
+        let mut values: Vec<f32> = (0..h * w).map(|v| (v % 7) as f32).collect();
+        for at in [w + 7, 25, w + 34] {
+            values[at] = f32::NAN;
+        }
+        let x = Tensor::<Ad, 4>::from_data(TensorData::new(values, [1, 1, h, w]), &Default::default()).require_grad();
+        let y = max_pool2d(x.clone(), 2, 2, 0, false);
+        let out: Vec<f32> = y.clone().inner().into_data().to_vec().unwrap();
+        let nan: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_nan()).collect();
+        assert_eq!(nan, [3, 12, 17], "{out:?}");
+        // The gradient goes to the NaN of each of those windows (ones elsewhere are numbers).
+        let g = x.grad(&y.sum().backward()).unwrap();
+        let g: Vec<f32> = g.into_data().to_vec().unwrap();
+        for at in [w + 7, 25, w + 34] {
+            assert!(g[at] == 1.0 || g[at].is_nan(), "the gradient reaches the NaN at {at}: {}", g[at]);
+        }
+        for window in [3, 12, 17] {
+            let others = [2 * window, 2 * window + 1, w + 2 * window, w + 2 * window + 1];
+            let reached = others.iter().filter(|&&at| g[at] != 0.0).count();
+            assert_eq!(reached, 1, "window {window}: one winner, {:?}", others.map(|a| g[a]));
         }
     }
 
