@@ -209,12 +209,22 @@ fn finetune_learns_the_replies_and_writes_peft_and_merged_checkpoints() {
         assert_eq!(v["completions"][0]["text"], reply, "{p}");
     }
 
-    // --resume continues from the saved step count: 200 steps done, 205 asked for.
+    // --resume continues from the saved checkpoint: 200 steps done, 205 asked for, AdamW's
+    // moments read back with the adapter.
+    assert!(out.join("optimizer.safetensors").exists());
     let mut args = base_args.to_vec();
     args.extend(["--epochs", "205", "--resume", "--json"]);
     let v = json_of(&nasc(&args));
     assert_eq!(v["steps"], 205, "{v}");
     assert_eq!(v["losses"].as_array().unwrap().len(), 5, "{v}");
+    assert_eq!((v["resumed_from_step"].as_u64(), v["restored_moments"].as_bool()), (Some(200), Some(true)), "{v}");
+    // A checkpoint without moments (an older nasc's) resumes with fresh ones, and says so.
+    std::fs::remove_file(out.join("optimizer.safetensors")).unwrap();
+    let mut args = base_args.to_vec();
+    args.extend(["--epochs", "206", "--resume"]);
+    let o = nasc(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("AdamW's moments started afresh at step 205"), "{err}");
 
     // --init-adapter starts from the trained adapter, with its rank: the first loss is already
     // the trained one's, where a fresh adapter starts at the base model's loss.
