@@ -4,7 +4,7 @@
 //! Training LoRA adapters on conversations.
 
 use crate::chat::{ChatTemplate, Message};
-use crate::lora::{save_peft, LoraConfig, LoraError};
+use crate::lora::{peft_layout, read_burn_layout, save_peft, serialize_f32, LoraConfig, LoraError};
 use crate::model::{KvCache, Llama, ModelError};
 use crate::tokenizer::Tokenizer;
 use burn::module::ParamId;
@@ -18,7 +18,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -269,7 +269,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FinetuneError> {
 
 fn save_moments<B: AutodiffBackend>(model: &Llama<B>, moments: &Moments<B>, dir: &Path) -> Result<(), FinetuneError> {
     let path = dir.join(MOMENTS);
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    let mut tensors = BTreeMap::new();
     let mut times = HashMap::new();
     for (name, id, _) in adapter_tensors(model) {
         let Some(record) = moments.get(&id) else { continue };
@@ -277,23 +277,11 @@ fn save_moments<B: AutodiffBackend>(model: &Llama<B>, moments: &Moments<B>, dir:
         let m = state.momentum;
         times.insert(name.clone(), m.time.to_string());
         for (suffix, t) in [("exp_avg", m.moment_1), ("exp_avg_sq", m.moment_2)] {
-            // Burn's [in, r] / [r, out] transposed to PEFT's [r, in] / [out, r].
-            let data = t.transpose().into_data();
-            let shape = data.shape.to_vec();
-            let values = data.convert::<f32>().to_vec::<f32>().map_err(|e| io_err(&path, format!("{name}: {e:?}")))?;
-            tensors.push((format!("{name}.{suffix}"), shape, values.iter().flat_map(|x| x.to_le_bytes()).collect()));
+            let key = format!("{name}.{suffix}");
+            tensors.insert(key.clone(), peft_layout(t, &key)?);
         }
     }
-    let views = tensors
-        .iter()
-        .map(|(n, shape, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| io_err(&path, e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let bytes = safetensors::serialize(views, Some(times)).map_err(|e| io_err(&path, e))?;
-    write_atomic(&path, &bytes)
+    write_atomic(&path, &serialize_f32(&path, &tensors, Some(times))?)
 }
 
 /// AdamW's moments saved in `dir` for `model`'s adapters, keyed by the adapters' parameter ids:
@@ -310,23 +298,14 @@ fn load_moments<B: AutodiffBackend>(model: &Llama<B>, dir: &Path) -> Result<Opti
     let mut out = Moments::<B>::default();
     for (name, id, value) in adapter_tensors(model) {
         let [rows, cols] = value.dims();
-        let device = value.device();
         let time: usize = times
             .get(&name)
             .and_then(|t| t.parse().ok())
             .ok_or_else(|| io_err(&path, format!("no step count for {name} in the metadata")))?;
+        // Stored in PEFT's layout, [cols, rows] of Burn's.
         let read = |suffix: &str| -> Result<Tensor<B::InnerBackend, 2>, FinetuneError> {
-            let key = format!("{name}.{suffix}");
-            let view = st.tensor(&key).map_err(|_| io_err(&path, format!("{key} is missing")))?;
-            if view.dtype() != safetensors::Dtype::F32 || view.shape() != [cols, rows] {
-                return Err(io_err(
-                    &path,
-                    format!("{key} is {:?} {:?}, the adapter needs F32 [{cols}, {rows}]", view.dtype(), view.shape()),
-                ));
-            }
-            let values: Vec<f32> =
-                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            Ok(Tensor::from_data(TensorData::new(values, [cols, rows]), &device).transpose())
+            let data = read_burn_layout(&st, MOMENTS, &format!("{name}.{suffix}"), cols, rows)?;
+            Ok(Tensor::from_data(data, &value.device()))
         };
         let state = AdamWState::new(AdaptiveMomentumState::new(time, read("exp_avg")?, read("exp_avg_sq")?));
         out.insert(id, AdaptorRecord::from_state::<2>(state));

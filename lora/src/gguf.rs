@@ -25,6 +25,7 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
+pub(crate) use dequant::half;
 pub use dequant::{block_decoder, dequantize};
 
 const MAGIC: &[u8; 4] = b"GGUF";

@@ -393,23 +393,12 @@ pub fn save_peft<B: Backend>(
             // Burn's [in, r] and [r, out] are PyTorch's lora_A [r, in] and lora_B [out, r] transposed.
             for (which, p) in [("A", &adapter.a), ("B", &adapter.b)] {
                 let name = tensor_name(i, t, which);
-                let data = p.val().transpose().into_data();
-                let shape = data.shape.to_vec();
-                let values = data
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .map_err(|e| LoraError::Tensor { name: name.clone(), message: format!("cannot read: {e:?}") })?;
-                tensors.insert(name, (shape, values.iter().flat_map(|x| x.to_le_bytes()).collect()));
+                tensors.insert(name.clone(), peft_layout(p.val(), &name)?);
             }
         }
     }
     let path = dir.join("adapter_model.safetensors");
-    let st = |e: safetensors::SafeTensorError| LoraError::File { path: path.clone(), message: e.to_string() };
-    let views = tensors
-        .iter()
-        .map(|(n, (s, b))| Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map_err(st)?)))
-        .collect::<Result<Vec<_>, LoraError>>()?;
-    let bytes = safetensors::serialize(views, None).map_err(st)?;
+    let bytes = serialize_f32(&path, &tensors, None)?;
     std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
 
     let modules: Vec<&str> = config.targets.iter().map(|t| t.module_name()).collect();
@@ -434,6 +423,45 @@ pub fn save_peft<B: Backend>(
     let text = serde_json::to_string_pretty(&json).unwrap_or_default();
     std::fs::write(&path, text).map_err(|e| io(&path, e))?;
     Ok(())
+}
+
+/// Shape and little-endian f32 bytes of `t` in PEFT's layout: Burn's `[in, r]` and `[r, out]`
+/// transposed to `lora_A`'s `[r, in]` and `lora_B`'s `[out, r]` (AdamW's moments alike).
+pub(crate) fn peft_layout<B: Backend>(t: Tensor<B, 2>, name: &str) -> Result<(Vec<usize>, Vec<u8>), LoraError> {
+    let data = t.transpose().into_data();
+    let shape = data.shape.to_vec();
+    let values = data
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| LoraError::Tensor { name: name.into(), message: format!("cannot read: {e:?}") })?;
+    Ok((shape, values.iter().flat_map(|x| x.to_le_bytes()).collect()))
+}
+
+/// The bytes of a safetensors file holding `tensors` (F32, by name) and `metadata`, for `path`.
+pub(crate) fn serialize_f32(
+    path: &Path,
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<u8>)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, LoraError> {
+    let st = |e: safetensors::SafeTensorError| LoraError::File { path: path.into(), message: e.to_string() };
+    let views = tensors
+        .iter()
+        .map(|(n, (s, b))| Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map_err(st)?)))
+        .collect::<Result<Vec<_>, LoraError>>()?;
+    safetensors::serialize(views, metadata).map_err(st)
+}
+
+/// Tensor `name` of `st` (the file `file`), stored in PEFT's layout as `[rows, cols]`, back in
+/// Burn's layout `[cols, rows]`.
+pub(crate) fn read_burn_layout(
+    st: &SafeTensors,
+    file: &str,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<TensorData, LoraError> {
+    let values = read_tensor(st, file, name, &[rows, cols])?;
+    Ok(TensorData::new(transpose(&values, rows, cols), [cols, rows]))
 }
 
 /// Reads `adapter_config.json`, checking the keys this crate honours.
@@ -518,8 +546,8 @@ pub fn load_peft<B: Backend>(model: Llama<B>, dir: impl AsRef<Path>) -> Result<(
             // lora_A [r, in] becomes Burn's [in, r]; lora_B [out, r] becomes [r, out].
             for (which, rows, cols) in [("A", r, d_in), ("B", d_out, r)] {
                 let name = tensor_name(i, t, which);
-                let values = read_tensor(&st, &name, &[rows, cols])?;
-                let p = Param::from_data(TensorData::new(transpose(&values, rows, cols), [cols, rows]), &device);
+                let p =
+                    Param::from_data(read_burn_layout(&st, "adapter_model.safetensors", &name, rows, cols)?, &device);
                 if which == "A" {
                     adapter.a = p;
                 } else {
@@ -544,9 +572,9 @@ pub fn load_peft<B: Backend>(model: Llama<B>, dir: impl AsRef<Path>) -> Result<(
     Ok((model, file))
 }
 
-fn read_tensor(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoraError> {
+fn read_tensor(st: &SafeTensors, file: &str, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoraError> {
     let err = |message: String| LoraError::Tensor { name: name.into(), message };
-    let view = st.tensor(name).map_err(|_| err("missing from adapter_model.safetensors".into()))?;
+    let view = st.tensor(name).map_err(|_| err(format!("missing from {file}")))?;
     if view.shape() != shape {
         return Err(err(format!("has shape {:?}, the config and model need {shape:?}", view.shape())));
     }

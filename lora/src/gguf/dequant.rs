@@ -39,7 +39,8 @@ pub fn block_decoder(ty: GgmlType) -> Option<fn(&[u8], &mut [f32])> {
     })
 }
 
-fn half(b: &[u8], at: usize) -> f32 {
+/// The little-endian f16 at `b[at..at + 2]`, as f32.
+pub(crate) fn half(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 

@@ -26,30 +26,54 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
+/// A process-wide on/off setting (on at first) that one thread can override for the length of a
+/// call, in its own thread-local slot: tests run side by side and must not flip each other's path.
+pub(crate) struct Switch {
+    global: AtomicBool,
+    local: &'static std::thread::LocalKey<std::cell::Cell<Option<bool>>>,
+}
+
+impl Switch {
+    pub(crate) const fn new(local: &'static std::thread::LocalKey<std::cell::Cell<Option<bool>>>) -> Self {
+        Switch { global: AtomicBool::new(true), local }
+    }
+    pub(crate) fn set(&self, on: bool) {
+        self.global.store(on, Ordering::Relaxed);
+    }
+    /// This thread's override, else the global setting.
+    pub(crate) fn get(&self) -> bool {
+        self.local.with(|o| o.get()).unwrap_or_else(|| self.global.load(Ordering::Relaxed))
+    }
+    /// Runs `f` with the switch `on` on this thread only.
+    pub(crate) fn with<R>(&self, on: bool, f: impl FnOnce() -> R) -> R {
+        let before = self.local.with(|o| o.replace(Some(on)));
+        let out = f();
+        self.local.with(|o| o.set(before));
+        out
+    }
+}
+
+thread_local! {
+    static KERNELS_HERE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+static ENABLED: Switch = Switch::new(&KERNELS_HERE);
 
 /// Turns the CPU kernels on or off for inference on the `Flex` backend (on by default). Off,
 /// the model runs through Burn's generic ops: for benchmarks and for tests that compare the two.
 pub fn set_cpu_kernels(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
+    ENABLED.set(on);
 }
 
 /// Whether the CPU kernels are on (for this thread: see [`with_cpu_kernels`]).
 pub fn cpu_kernels() -> bool {
-    OVERRIDE.with(|o| o.get()).unwrap_or_else(|| ENABLED.load(Ordering::Relaxed))
-}
-
-thread_local! {
-    static OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    ENABLED.get()
 }
 
 /// Runs `f` with the kernels on or off on this thread only, whatever the global switch says
 /// (tests run side by side and must not flip each other's path).
 pub fn with_cpu_kernels<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let before = OVERRIDE.with(|o| o.replace(Some(on)));
-    let out = f();
-    OVERRIDE.with(|o| o.set(before));
-    out
+    ENABLED.with(on, f)
 }
 
 /// Whether the backend `B` is `T`.

@@ -7,11 +7,9 @@
 //! dequantise a tile of the weight into a per-thread scratch buffer and run
 //! `gemm` on it, so the f32 matrix never exists whole.
 
-use super::cpu::SendPtr;
-use crate::gguf::{block_decoder, GgmlType};
-use half::f16;
+use super::cpu::{SendPtr, Switch};
+use crate::gguf::{block_decoder, half, GgmlType};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Output rows dequantised at a time for a product of several input rows.
 const TILE: usize = 64;
@@ -129,18 +127,13 @@ impl QuantMatrix {
         assert_eq!(y.len(), m * self.rows, "output of the quantised product");
         if m == 1 {
             let chunk = self.rows.div_ceil(rayon::current_num_threads().max(1) * 4).max(16);
-            if int8_activations() && self.takes_int8() {
-                let xq = Q8Input::new(x);
-                y.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| {
-                    for (j, out) in ys.iter_mut().enumerate() {
-                        *out = self.dot_row_int8(i * chunk + j, &xq);
-                    }
-                });
-                return;
-            }
+            let xq = (int8_activations() && self.takes_int8()).then(|| Q8Input::new(x));
             y.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| {
                 for (j, out) in ys.iter_mut().enumerate() {
-                    *out = self.dot_row(i * chunk + j, x);
+                    *out = match &xq {
+                        Some(xq) => self.dot_row_int8(i * chunk + j, xq),
+                        None => self.dot_row(i * chunk + j, x),
+                    };
                 }
             });
             return;
@@ -273,11 +266,11 @@ impl QuantMatrix {
 
 // ---- one input row in 8 bits: integer dot products, as llama.cpp decodes ----
 
-static INT8: AtomicBool = AtomicBool::new(true);
-
 thread_local! {
-    static INT8_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    static INT8_HERE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
+
+static INT8: Switch = Switch::new(&INT8_HERE);
 
 /// Turns on or off (for the whole process) the 8-bit input of products with one input row
 /// through a Q8_0, Q4_0 or Q4_1 base: on by default. On, a decoding stream's input is rounded
@@ -287,21 +280,18 @@ thread_local! {
 /// the dequantised weight's to float rounding. Products of several rows (prefill, batches,
 /// training) always dequantise.
 pub fn set_int8_activations(on: bool) {
-    INT8.store(on, Ordering::Relaxed);
+    INT8.set(on);
 }
 
 /// Whether one-row products take 8-bit inputs on this thread ([`set_int8_activations`],
 /// [`with_int8_activations`]).
 pub fn int8_activations() -> bool {
-    INT8_OVERRIDE.with(|o| o.get()).unwrap_or_else(|| INT8.load(Ordering::Relaxed))
+    INT8.get()
 }
 
 /// Runs `f` with 8-bit inputs on or off on this thread only.
 pub fn with_int8_activations<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let before = INT8_OVERRIDE.with(|o| o.replace(Some(on)));
-    let out = f();
-    INT8_OVERRIDE.with(|o| o.set(before));
-    out
+    INT8.with(on, f)
 }
 
 /// One input row rounded to 8 bits per block of 32 values.
@@ -347,17 +337,13 @@ impl Q8Input {
     }
 }
 
-fn half_at(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
 /// The integer dot product of one row of `ty` blocks with `x`, in plain Rust.
 fn dot_row_int8_portable(ty: GgmlType, row: &[u8], x: &Q8Input) -> f32 {
     let mut total = 0.0;
     let bb = ty.block_bytes() as usize;
     for (b, block) in row.chunks_exact(bb).enumerate() {
         let q = &x.q[b * 32..][..32];
-        let d = half_at(block, 0) * x.scale[b];
+        let d = half(block, 0) * x.scale[b];
         total += match ty {
             GgmlType::Q8_0 => {
                 d * block[2..34].iter().zip(q).map(|(&w, &a)| i32::from(w as i8) * i32::from(a)).sum::<i32>() as f32
@@ -372,7 +358,7 @@ fn dot_row_int8_portable(ty: GgmlType, row: &[u8], x: &Q8Input) -> f32 {
                 if ty == GgmlType::Q4_0 {
                     d * (dot - 8 * x.qsum[b]) as f32
                 } else {
-                    d * dot as f32 + half_at(block, 2) * x.sum[b]
+                    d * dot as f32 + half(block, 2) * x.sum[b]
                 }
             }
             _ => unreachable!("takes_int8 admits Q8_0, Q4_0 and Q4_1"),
@@ -509,7 +495,6 @@ fn dot32(values: &[f32; 32], x: &[f32]) -> f32 {
 #[inline(always)]
 fn dot_row_portable(m: &QuantMatrix, r: usize, x: &[f32]) -> f32 {
     let row = m.row(r);
-    let half = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
     let mut v = [0f32; 32];
     let mut total = 0.0;
     match m.ty {
