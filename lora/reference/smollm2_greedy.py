@@ -26,37 +26,47 @@ PROMPTS = [
 ]
 
 
-def main():
-    path = sys.argv[1]
+def load(path):
+    """The tokenizer and float32 model transformers builds from the GGUF file, and its name."""
     folder, name = os.path.split(os.path.abspath(path))
-    torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
     model.eval()
+    return tok, model, name
+
+
+def greedy(tok, model, prompt, max_new_tokens):
+    """The templated prompt, its ids, the first step's top-5 logits and the greedy reply."""
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits[0, -1]
+        top = torch.topk(logits, 5)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.eos_token_id,
+        )
+    new = out[0, ids.shape[1]:].tolist()
+    return {
+        "prompt": prompt,
+        "prompt_text": text,
+        "prompt_ids": ids[0].tolist(),
+        "top5_first_step": [[int(i), float(v)] for v, i in zip(top.values.tolist(), top.indices.tolist())],
+        "greedy_ids": new,
+        "greedy_text": tok.decode(new, skip_special_tokens=True),
+    }
+
+
+def main():
+    torch.manual_seed(0)
+    tok, model, name = load(sys.argv[1])
     cases = []
     for prompt in PROMPTS:
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
-        with torch.no_grad():
-            logits = model(ids).logits[0, -1]
-            top = torch.topk(logits, 5)
-            out = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=MAX_NEW_TOKENS,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.eos_token_id,
-            )
-        new = out[0, ids.shape[1]:].tolist()
-        cases.append({
-            "prompt": prompt,
-            "prompt_text": text,
-            "prompt_ids": ids[0].tolist(),
-            "top5_first_step": [[int(i), float(v)] for v, i in zip(top.values.tolist(), top.indices.tolist())],
-            "greedy_ids": new,
-            "greedy_text": tok.decode(new, skip_special_tokens=True),
-        })
+        cases.append(greedy(tok, model, prompt, MAX_NEW_TOKENS))
         print(json.dumps(cases[-1]["greedy_text"]))
     import transformers
     result = {

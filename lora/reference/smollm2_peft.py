@@ -14,14 +14,15 @@
 #   python -m venv venv && venv/bin/pip install torch numpy transformers gguf accelerate peft
 #   venv/bin/python lora/reference/smollm2_peft.py /path/to/SmolLM2-135M-Instruct.Q4_1.gguf
 #
-# writes lora/reference/smollm2_peft_adapter/ and lora/reference/smollm2_peft.json.
+# writes lora/reference/smollm2_peft_adapter/ and lora/reference/smollm2_peft.json. Loading the model
+# and greedy decoding are smollm2_greedy.py's, imported from beside this file.
 import argparse
 import json
 import os
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from smollm2_greedy import greedy, load
 
 MAX_NEW_TOKENS = 32
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -35,38 +36,6 @@ PROMPTS = [
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def load(path):
-    folder, name = os.path.split(os.path.abspath(path))
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
-    model.eval()
-    return tok, model, name
-
-
-def greedy(tok, model, prompt):
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
-    with torch.no_grad():
-        logits = model(ids).logits[0, -1]
-        top = torch.topk(logits, 5)
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=MAX_NEW_TOKENS,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.eos_token_id,
-        )
-    new = out[0, ids.shape[1]:].tolist()
-    return {
-        "prompt": prompt,
-        "prompt_ids": ids[0].tolist(),
-        "top5_first_step": [[int(i), float(v)] for v, i in zip(top.values.tolist(), top.indices.tolist())],
-        "greedy_ids": new,
-        "greedy_text": tok.decode(new, skip_special_tokens=True),
-    }
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("gguf")
@@ -77,7 +46,7 @@ def main():
     if args.check_nasc:
         tuned = PeftModel.from_pretrained(model, args.check_nasc)
         tuned.eval()
-        case = greedy(tok, tuned, PROMPTS[0])
+        case = greedy(tok, tuned, PROMPTS[0], MAX_NEW_TOKENS)
         print("PEFT with", args.check_nasc, "->", json.dumps(case["greedy_text"]))
         print("greedy ids", case["greedy_ids"])
         return
@@ -95,7 +64,7 @@ def main():
                 b.copy_((torch.randn(b.shape, generator=gen) * 0.02).half().float())
     tuned.eval()
     adapter_dir = os.path.join(HERE, "smollm2_peft_adapter")
-    cases = [greedy(tok, tuned, p) for p in PROMPTS]
+    cases = [greedy(tok, tuned, p, MAX_NEW_TOKENS) for p in PROMPTS]
     for c in cases:
         print(json.dumps(c["greedy_text"]))
     # Saved in float16: PEFT writes the dtype of the weights it holds.

