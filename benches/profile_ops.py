@@ -15,7 +15,7 @@ import re
 import sys
 
 OPERATIONS = [
-    ("conv: forward (nasc, im2col + gemm, fused bias/relu)", r"nasc::compile::cpu::forward"),
+    ("conv: forward (nasc, im2col + gemm, fused bias/relu/2x2 max pool)", r"nasc::compile::cpu::forward"),
     ("conv: weight + input gradients (nasc)", r"nasc::compile::cpu::backward|ConvOp"),
     ("max pool: forward (nasc)", r"nasc::compile::cpu::pool_forward"),
     ("max pool: backward (nasc)", r"MaxPoolOp"),

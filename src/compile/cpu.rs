@@ -30,27 +30,57 @@ use std::any::Any;
 type Ad = Autodiff<Flex>;
 type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;
 
+/// What a convolution applies to its output before anything else reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Epilogue {
+    /// ReLU, PyTorch's (negatives to 0, NaN kept).
+    pub relu: bool,
+    /// Then 2x2 max pooling at stride 2 without padding, `Some(ceil)`, as [`max_pool2d`].
+    pub pool: Option<bool>,
+}
+
 /// A 2-D convolution of `[B, Cin, H, W]` by `[Cout, Cin/groups, kh, kw]` with optional bias, then
-/// ReLU if `relu`. On the CPU backend (groups 1, f32) it runs the kernels of this module; elsewhere
-/// Burn's convolution and activation.
+/// the epilogue. On the CPU backend (groups 1, f32) it runs the kernels of this module; elsewhere
+/// Burn's convolution, activation and pooling.
+///
+/// With pooling fused, the convolution's full output is never stored: each batch item's is
+/// computed into a scratch buffer that stays in cache, pooled there, and only the pooled maps and
+/// each window's winner (2 bits of a byte) are kept for the backward pass.
 pub fn conv2d<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
     options: ConvOptions<2>,
-    relu: bool,
+    epilogue: Epilogue,
 ) -> Tensor<B, 4> {
+    let Epilogue { relu, pool } = epilogue;
     let cpu = options.groups == 1 && x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    let fused_pool = |g: &Geometry| pool.is_some_and(|ceil| g.pools(ceil));
     if cpu && is::<B, Ad>() {
-        let (x, w, b) = (prim::<B, AdTensor, 4>(x), prim(weight), bias.map(prim));
-        return wrap::<B, _>(autodiff_forward(x, w, b, &options, relu));
+        let (x, w, b) = (prim::<B, AdTensor, 4>(x), prim::<B, AdTensor, 4>(weight), bias.map(prim::<B, AdTensor, 1>));
+        let geometry = Geometry::new(&x.primitive, &w.primitive, &options);
+        if fused_pool(&geometry) {
+            return wrap::<B, _>(autodiff_forward_pooled(geometry, x, w, b, relu));
+        }
+        return then_pool(wrap::<B, _>(autodiff_forward(geometry, x, w, b, relu)), pool);
     }
     if cpu && is::<B, Flex>() {
         let (x, w, b) = (prim::<B, FlexTensor, 4>(x), prim(weight), bias.map(prim::<B, FlexTensor, 1>));
         let geometry = Geometry::new(&x, &w, &options);
-        return wrap::<B, _>(forward(&geometry, &x, &w, b.as_ref(), relu));
+        if fused_pool(&geometry) {
+            return wrap::<B, _>(forward_pooled(&geometry, &x, &w, b.as_ref(), relu, false).0);
+        }
+        return then_pool(wrap::<B, _>(forward(&geometry, &x, &w, b.as_ref(), relu)), pool);
     }
-    burn_conv(x, weight, bias, options, relu)
+    then_pool(burn_conv(x, weight, bias, options, relu), pool)
+}
+
+/// `y`, max-pooled 2x2 at stride 2 when `pool` is `Some(ceil)`: the epilogue, unfused.
+fn then_pool<B: Backend>(y: Tensor<B, 4>, pool: Option<bool>) -> Tensor<B, 4> {
+    match pool {
+        Some(ceil) => max_pool2d(y, 2, 2, 0, ceil),
+        None => y,
+    }
 }
 
 fn burn_conv<B: Backend>(
@@ -141,6 +171,11 @@ impl Geometry {
     }
     fn image(&self) -> usize {
         self.cin * self.h * self.w
+    }
+    /// Whether a 2x2 stride-2 max pool (`ceil` as PyTorch's) of the output has only whole
+    /// windows, `⌊Ho/2⌋ × ⌊Wo/2⌋` of them: what the fused pooling computes.
+    fn pools(&self, ceil: bool) -> bool {
+        self.ho >= 2 && self.wo >= 2 && !(ceil && (self.ho % 2 == 1 || self.wo % 2 == 1))
     }
 }
 
@@ -351,6 +386,61 @@ fn forward(g: &Geometry, x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTenso
     tensor(y, [g.batch, g.cout, g.ho, g.wo])
 }
 
+/// The forward pass with ReLU (if `relu`) and 2x2 stride-2 max pooling fused: the pooled maps
+/// `[B, Cout, ⌊Ho/2⌋, ⌊Wo/2⌋]` and, if `remember`, each window's winning corner (0 top left,
+/// 1 top right, 2 bottom left, 3 bottom right) in the same order.
+fn forward_pooled(
+    g: &Geometry,
+    x: &FlexTensor,
+    w: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    relu: bool,
+    remember: bool,
+) -> (FlexTensor, Vec<u8>) {
+    let (xs, ws) = (f32s(x), f32s(w));
+    let bias = bias.map(f32s);
+    let (k, n) = (g.k(), g.n());
+    let (hp, wp) = (g.ho / 2, g.wo / 2);
+    let item = g.cout * hp * wp;
+    let mut y = vec![0.0f32; g.batch * item];
+    let mut codes = vec![0u8; if remember { g.batch * item } else { 0 }];
+    let body = |b: usize, out: &mut [f32], codes: Option<&mut [u8]>| {
+        // The output, then 16 values of slack for the pooling kernel to read past its last row.
+        with_scratch(k * n + g.cout * n + 16, |scratch| {
+            let (col, padded) = scratch.split_at_mut(k * n);
+            let full = &mut padded[..g.cout * n];
+            for (co, row) in full.chunks_mut(n).enumerate() {
+                row.fill(bias.as_ref().map_or(0.0, |bias| bias[co]));
+            }
+            im2col(g, &xs[b * g.image()..][..g.image()], col);
+            matmul((g.cout, n, k), full, true, &ws, (k, 1), col, (n, 1));
+            // Inference keeps no winners: one row's are written and dropped.
+            let mut discard = vec![0u8; if codes.is_some() { 0 } else { wp }];
+            let mut codes = codes;
+            for co in 0..g.cout {
+                for oh in 0..hp {
+                    let (top, bottom) = (&padded[co * n + 2 * oh * g.wo..], &padded[co * n + (2 * oh + 1) * g.wo..]);
+                    let at = (co * hp + oh) * wp;
+                    let out = &mut out[at..][..wp];
+                    match codes.as_deref_mut() {
+                        Some(codes) => pool_row_codes(top, bottom, relu, out, &mut codes[at..][..wp]),
+                        None => pool_row_codes(top, bottom, relu, out, &mut discard),
+                    }
+                }
+            }
+        });
+    };
+    if remember {
+        y.par_chunks_mut(item.max(1))
+            .zip(codes.par_chunks_mut(item.max(1)))
+            .enumerate()
+            .for_each(|(b, (out, codes))| body(b, out, Some(codes)));
+    } else {
+        y.par_chunks_mut(item.max(1)).enumerate().for_each(|(b, out)| body(b, out, None));
+    }
+    (tensor(y, [g.batch, g.cout, hp, wp]), codes)
+}
+
 /// `batch` items of `item` floats computed in parallel: each item starts with row `r` (of `row`
 /// floats) holding `start(r)`, written while the item is in cache, then `body(index, item)`
 /// finishes it. No pass over the whole result beforehand.
@@ -463,6 +553,78 @@ fn backward(
     (dx, dw, db)
 }
 
+/// Gradients of the input, weight and bias of a convolution with fused pooling, from the pooled
+/// maps' gradient `dp`, the winners `codes` and, when ReLU was fused, the pooled maps (`relu`:
+/// their values that are not above 0 passed no gradient). Each thread takes a run of batch items
+/// and rebuilds each item's output gradient in cache: zero but at each window's winner.
+fn backward_pooled(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    dp: &[f32],
+    relu: Option<&[f32]>,
+    codes: &[u8],
+    want: [bool; 3],
+) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
+    let (k, n) = (g.k(), g.n());
+    let (hp, wp) = (g.ho / 2, g.wo / 2);
+    let chunks = batch_chunks(g.batch);
+    let mut dx = vec![0.0f32; if want[0] { g.batch * g.image() } else { 0 }];
+    let mut parts: Vec<&mut [f32]> = Vec::with_capacity(chunks.len());
+    let mut rest = dx.as_mut_slice();
+    for range in &chunks {
+        let (part, tail) = rest.split_at_mut(if want[0] { range.len() * g.image() } else { 0 });
+        parts.push(part);
+        rest = tail;
+    }
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = chunks
+        .into_par_iter()
+        .zip(parts)
+        .map(|(range, dx)| {
+            let mut dw = vec![0.0f32; if want[1] { g.cout * k } else { 0 }];
+            let mut db = vec![0.0f32; g.cout];
+            with_scratch(k * n + g.cout * n, |scratch| {
+                let (col, dy) = scratch.split_at_mut(k * n);
+                for (i, b) in range.enumerate() {
+                    dy.fill(0.0);
+                    for (co, (plane, db)) in dy.chunks_mut(n).zip(db.iter_mut()).enumerate() {
+                        let at = (b * g.cout + co) * hp * wp;
+                        let (grad, code) = (&dp[at..][..hp * wp], &codes[at..][..hp * wp]);
+                        let mut sum = 0.0f32;
+                        for oh in 0..hp {
+                            for ow in 0..wp {
+                                let j = oh * wp + ow;
+                                // A select: about half the windows of a ReLU layer are 0.
+                                let v = match relu {
+                                    Some(pooled) => select(pooled[at + j] > 0.0, grad[j], 0.0),
+                                    None => grad[j],
+                                };
+                                let c = code[j] as usize;
+                                plane[(2 * oh + (c >> 1)) * g.wo + 2 * ow + (c & 1)] = v;
+                                sum += v;
+                            }
+                        }
+                        *db += sum;
+                    }
+                    if want[1] {
+                        im2col(g, &x[b * g.image()..][..g.image()], col);
+                        // dW += dY_b (Cout × n) · col_bᵀ (n × k)
+                        matmul((g.cout, k, n), &mut dw, true, dy, (n, 1), col, (1, n));
+                    }
+                    if want[0] {
+                        // dcol = Wᵀ (k × Cout) · dY_b (Cout × n), added back onto the image.
+                        matmul((k, n, g.cout), col, false, w, (1, k), dy, (n, 1));
+                        col2im(g, col, &mut dx[i * g.image()..][..g.image()]);
+                    }
+                }
+            });
+            (dw, db)
+        })
+        .collect();
+    let (dws, dbs): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
+    (want[0].then_some(dx), want[1].then(|| sum(dws)), want[2].then(|| sum(dbs)))
+}
+
 fn sum(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
     let mut total = parts.swap_remove(0);
     for p in parts {
@@ -518,14 +680,7 @@ impl<const N: usize> Backward<Flex, N> for ConvOp<N> {
     }
 }
 
-fn autodiff_forward(
-    x: AdTensor,
-    w: AdTensor,
-    bias: Option<AdTensor>,
-    options: &ConvOptions<2>,
-    relu: bool,
-) -> AdTensor {
-    let geometry = Geometry::new(&x.primitive, &w.primitive, options);
+fn autodiff_forward(geometry: Geometry, x: AdTensor, w: AdTensor, bias: Option<AdTensor>, relu: bool) -> AdTensor {
     let y = forward(&geometry, &x.primitive, &w.primitive, bias.as_ref().map(|b| &b.primitive), relu);
     let state = |y: &FlexTensor| ConvState {
         geometry,
@@ -548,6 +703,89 @@ fn autodiff_forward(
             match ConvOp::<2>.prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => prep.finish(state(&y), y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
+            }
+        }
+    }
+}
+
+/// A convolution with fused pooling in the autodiff graph. `N` is 2 without a bias, 3 with one.
+#[derive(Debug)]
+struct ConvPoolOp<const N: usize>;
+
+#[derive(Clone, Debug)]
+struct ConvPoolState {
+    geometry: Geometry,
+    x: FlexTensor,
+    w: FlexTensor,
+    /// The pooled output, kept when ReLU was fused: where it is not above 0 no gradient passes.
+    pooled: Option<FlexTensor>,
+    codes: std::sync::Arc<Vec<u8>>,
+}
+
+impl<const N: usize> Backward<Flex, N> for ConvPoolOp<N> {
+    type State = ConvPoolState;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let s = ops.state;
+        let dp = grads.consume::<Flex>(&ops.node);
+        let want = [0, 1, 2].map(|i| ops.parents.get(i).is_some_and(Option::is_some));
+        let g = &s.geometry;
+        let pooled = s.pooled.as_ref().map(f32s);
+        let (dx, dw, db) = backward_pooled(g, &f32s(&s.x), &f32s(&s.w), &f32s(&dp), pooled.as_deref(), &s.codes, want);
+        if let (Some(node), Some(dx)) = (&ops.parents[0], dx) {
+            grads.register::<Flex>(node.id, tensor(dx, [g.batch, g.cin, g.h, g.w]));
+        }
+        if let (Some(node), Some(dw)) = (&ops.parents[1], dw) {
+            grads.register::<Flex>(node.id, tensor(dw, [g.cout, g.cin, g.kh, g.kw]));
+        }
+        if let (Some(Some(node)), Some(db)) = (ops.parents.get(2), db) {
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(db, [g.cout])));
+        }
+    }
+}
+
+fn autodiff_forward_pooled(
+    geometry: Geometry,
+    x: AdTensor,
+    w: AdTensor,
+    bias: Option<AdTensor>,
+    relu: bool,
+) -> AdTensor {
+    let run = |remember: bool| {
+        forward_pooled(&geometry, &x.primitive, &w.primitive, bias.as_ref().map(|b| &b.primitive), relu, remember)
+    };
+    let state = |y: &FlexTensor, codes: Vec<u8>| ConvPoolState {
+        geometry,
+        x: x.primitive.clone(),
+        w: w.primitive.clone(),
+        pooled: relu.then(|| y.clone()),
+        codes: std::sync::Arc::new(codes),
+    };
+    match &bias {
+        Some(b) => {
+            match ConvPoolOp::<3>
+                .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (y, codes) = run(true);
+                    prep.finish(state(&y, codes), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(run(false).0),
+            }
+        }
+        None => {
+            match ConvPoolOp::<2>
+                .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (y, codes) = run(true);
+                    prep.finish(state(&y, codes), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(run(false).0),
             }
         }
     }
@@ -579,29 +817,142 @@ fn pool_row_2x2(top: &[f32], bottom: &[f32], i: u32, w: u32, out: &mut [f32], wi
             return;
         }
     }
-    pool_row_2x2_portable(top, bottom, i, w, out, winners);
+    pool_row(top, bottom, false, out, winners, |ow, corner| i + 2 * ow as u32 + (corner & 1) + (corner >> 1) * w);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pool_row_2x2_avx2(top: &[f32], bottom: &[f32], i: u32, w: u32, out: &mut [f32], winners: &mut [u32]) {
-    pool_row_2x2_portable(top, bottom, i, w, out, winners);
+    use std::arch::x86_64::*;
+    let whole = out.len() / 8 * 8;
+    let (top, bottom) = (&top[..2 * out.len()], &bottom[..2 * out.len()]);
+    let lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    for ow in (0..whole).step_by(8) {
+        // SAFETY: windows ow..ow + 8 read 16 values of each row, within the slices cut above.
+        let (best, corner) = unsafe { pool8(top.as_ptr().add(2 * ow), bottom.as_ptr().add(2 * ow), false) };
+        // The offset of corner c of window ow: i + 2·ow + (c & 1) + (c >> 1)·w.
+        let base = _mm256_add_epi32(_mm256_set1_epi32((i + 2 * ow as u32) as i32), lanes);
+        let col = _mm256_and_si256(corner, _mm256_set1_epi32(1));
+        let row = _mm256_mullo_epi32(_mm256_srli_epi32(corner, 1), _mm256_set1_epi32(w as i32));
+        let at = _mm256_add_epi32(base, _mm256_add_epi32(col, row));
+        // SAFETY: ow + 8 <= out.len() == winners.len() (checked by the caller's slicing).
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr().add(ow), best);
+            _mm256_storeu_si256(winners[ow..ow + 8].as_mut_ptr().cast(), at);
+        }
+    }
+    pool_row(&top[2 * whole..], &bottom[2 * whole..], false, &mut out[whole..], &mut winners[whole..], |ow, c| {
+        i + 2 * (whole + ow) as u32 + (c & 1) + (c >> 1) * w
+    });
 }
 
+/// Eight 2x2 windows from 16 values of a top and a bottom row: each window's maximum (through
+/// ReLU if `relu`) and its winning corner, exactly as [`pool_row`] picks them.
+///
+/// # Safety
+/// `top` and `bottom` must each point at 16 readable floats; the CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pool8(
+    top: *const f32,
+    bottom: *const f32,
+    relu: bool,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    // Left (even) and right (odd) values of eight windows, in window order: shuffle within the
+    // 128-bit halves, then put the 64-bit pairs in order.
+    let split = |row: *const f32| {
+        // SAFETY: the caller's promise.
+        let (a, b) = unsafe { (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))) };
+        let even = _mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+        let odd = _mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+        (
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(even)),
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(odd)),
+        )
+    };
+    let ((tl, tr), (bl, br)) = (split(top), split(bottom));
+    let (mut best, mut corner) = (tl, _mm256_setzero_ps());
+    for (v, c) in [(tr, 1.0f32), (bl, 2.0), (br, 3.0)] {
+        // Strictly larger, or a NaN where the best so far is a number.
+        let nan_beats = _mm256_and_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v), _mm256_cmp_ps::<_CMP_ORD_Q>(best, best));
+        let better = _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, best), nan_beats);
+        best = _mm256_blendv_ps(best, v, better);
+        corner = _mm256_blendv_ps(corner, _mm256_set1_ps(c), better);
+    }
+    if relu {
+        // Negatives to 0; a NaN compares false and stays.
+        best = _mm256_blendv_ps(best, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_LT_OQ>(best, _mm256_setzero_ps()));
+    }
+    (best, _mm256_cvttps_epi32(corner))
+}
+
+/// One row of 2x2 windows at stride 2, through ReLU if `relu`, with each window's winning corner
+/// (0..4, row-major within the window). `top` and `bottom` start at the rows' first values and
+/// run on past them, at least to `2·⌈out.len()/8⌉·8` values (the vector kernel reads whole runs
+/// of eight windows and keeps only the ones that exist).
+fn pool_row_codes(top: &[f32], bottom: &[f32], relu: bool, out: &mut [f32], codes: &mut [u8]) {
+    let span = 2 * out.len().next_multiple_of(8);
+    assert!(top.len() >= span && bottom.len() >= span && codes.len() >= out.len(), "pooling rows too short");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the features the function is compiled for; lengths checked above.
+            unsafe { pool_row_codes_avx2(top, bottom, relu, out, codes) };
+            return;
+        }
+    }
+    pool_row(top, bottom, relu, out, codes, |_, corner| corner as u8);
+}
+
+/// # Safety
+/// The CPU must have AVX2, and `top`, `bottom` and `codes` must be as [`pool_row_codes`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool_row_codes_avx2(top: &[f32], bottom: &[f32], relu: bool, out: &mut [f32], codes: &mut [u8]) {
+    use std::arch::x86_64::*;
+    for ow in (0..out.len()).step_by(8) {
+        // SAFETY: windows ow..ow + 8 read 16 values of each row, within the promised span.
+        let (best, corner) = unsafe { pool8(top.as_ptr().add(2 * ow), bottom.as_ptr().add(2 * ow), relu) };
+        // Eight 32-bit corners (0..4) to eight bytes.
+        let words = _mm_packus_epi32(_mm256_castsi256_si128(corner), _mm256_extracti128_si256::<1>(corner));
+        let bytes = _mm_packus_epi16(words, words);
+        let (mut values, mut corners) = ([0.0f32; 8], [0u8; 16]);
+        // SAFETY: stores into local arrays of the stored sizes.
+        unsafe {
+            _mm256_storeu_ps(values.as_mut_ptr(), best);
+            _mm_storeu_si128(corners.as_mut_ptr().cast(), bytes);
+        }
+        let m = (out.len() - ow).min(8);
+        out[ow..ow + m].copy_from_slice(&values[..m]);
+        codes[ow..ow + m].copy_from_slice(&corners[..m]);
+    }
+}
+
+/// The windows of one row pair: the maximum by PyTorch's rule (the first strict maximum; a NaN
+/// wins), through ReLU if `relu`, and `winner(window, corner)`.
 #[inline(always)]
-fn pool_row_2x2_portable(top: &[f32], bottom: &[f32], i: u32, w: u32, out: &mut [f32], winners: &mut [u32]) {
+fn pool_row<W: Copy>(
+    top: &[f32],
+    bottom: &[f32],
+    relu: bool,
+    out: &mut [f32],
+    winners: &mut [W],
+    winner: impl Fn(usize, u32) -> W,
+) {
     let (top, bottom) = (&top[..2 * out.len()], &bottom[..2 * out.len()]);
     for (ow, (o, at)) in out.iter_mut().zip(winners.iter_mut()).enumerate() {
-        let (i, j) = (i + 2 * ow as u32, i + w + 2 * ow as u32);
-        let (mut best, mut arg) = (top[2 * ow], i);
+        let (mut best, mut corner) = (top[2 * ow], 0u32);
         // Selects, not branches: which of four random values wins is unpredictable, and
         // mispredictions made this loop a tenth of a small CNN's training step.
-        for (v, a) in [(top[2 * ow + 1], i + 1), (bottom[2 * ow], j), (bottom[2 * ow + 1], j + 1)] {
+        for (v, c) in [(top[2 * ow + 1], 1), (bottom[2 * ow], 2), (bottom[2 * ow + 1], 3)] {
             let better = (v > best) | (v.is_nan() & !best.is_nan());
             best = select(better, v, best);
-            arg = select(better, a, arg);
+            corner = select(better, c, corner);
         }
-        (*o, *at) = (best, arg);
+        *o = if relu { select(best < 0.0, 0.0, best) } else { best };
+        *at = winner(ow, corner);
     }
 }
 
@@ -799,7 +1150,7 @@ mod tests {
             let wt = random([cout, cin, k, k], seed + 1).require_grad();
             let b = bias.then(|| random([cout], seed + 2).require_grad());
             let options = ConvOptions::new([s, s], [p, p], [d, d], 1);
-            let ours = conv2d(x.clone(), wt.clone(), b.clone(), options.clone(), relu);
+            let ours = conv2d(x.clone(), wt.clone(), b.clone(), options.clone(), Epilogue { relu, pool: None });
             let theirs = burn_conv(x.clone(), wt.clone(), b.clone(), options.clone(), relu);
             let case = format!("case {n}");
             close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
@@ -811,11 +1162,69 @@ mod tests {
                 close(b.grad(&g1).unwrap(), b.grad(&g2).unwrap(), &format!("{case} bias gradient"));
             }
             // Inference, on the backend without autodiff.
+            let epilogue = Epilogue { relu, pool: None };
             let inner =
-                conv2d(x.clone().inner(), wt.clone().inner(), b.clone().map(|b| b.inner()), options.clone(), relu);
+                conv2d(x.clone().inner(), wt.clone().inner(), b.clone().map(|b| b.inner()), options.clone(), epilogue);
             let reference = burn_conv(x.inner(), wt.inner(), b.map(|b| b.inner()), options, relu);
             close(inner, reference, &format!("{case} inference"));
         }
+    }
+
+    #[test]
+    fn fused_pooling_matches_burn_convolution_then_pooling() {
+        // (cin, cout, h, w, k, stride, padding, bias, relu, ceil)
+        let cases = [
+            (1, 4, 8, 8, 3, 1, 1, true, true, false),
+            (3, 5, 9, 7, 3, 1, 1, false, true, false), // odd maps: the last row and column unread
+            (2, 3, 10, 12, 3, 2, 1, true, false, false),
+            (2, 6, 6, 10, 5, 1, 2, true, true, true), // ceil with even maps: the same windows
+            (3, 2, 7, 7, 3, 1, 1, true, true, true),  // ceil with odd maps: a partial window, unfused
+            (2, 3, 4, 40, 1, 1, 0, false, true, false),
+        ];
+        for (n, &(cin, cout, h, w, k, s, p, bias, relu, ceil)) in cases.iter().enumerate() {
+            let seed = 300 + 10 * n as u64;
+            let x = random([3, cin, h, w], seed).require_grad();
+            let wt = random([cout, cin, k, k], seed + 1).require_grad();
+            let b = bias.then(|| random([cout], seed + 2).require_grad());
+            let options = ConvOptions::new([s, s], [p, p], [1, 1], 1);
+            let epilogue = Epilogue { relu, pool: Some(ceil) };
+            let ours = conv2d(x.clone(), wt.clone(), b.clone(), options.clone(), epilogue);
+            let pool = |y| burn::tensor::module::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], ceil);
+            let theirs = pool(burn_conv(x.clone(), wt.clone(), b.clone(), options.clone(), relu));
+            let case = format!("case {n}");
+            close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
+            let r = random(ours.dims(), seed + 3).detach();
+            let (g1, g2) = ((ours * r.clone()).sum().backward(), (theirs * r).sum().backward());
+            close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), &format!("{case} input gradient"));
+            close(wt.grad(&g1).unwrap(), wt.grad(&g2).unwrap(), &format!("{case} weight gradient"));
+            if let Some(b) = &b {
+                close(b.grad(&g1).unwrap(), b.grad(&g2).unwrap(), &format!("{case} bias gradient"));
+            }
+            let inner =
+                conv2d(x.clone().inner(), wt.clone().inner(), b.clone().map(|b| b.inner()), options.clone(), epilogue);
+            let reference = burn::tensor::module::max_pool2d(
+                burn_conv(x.inner(), wt.inner(), b.map(|b| b.inner()), options, relu),
+                [2, 2],
+                [2, 2],
+                [0, 0],
+                [1, 1],
+                ceil,
+            );
+            close(inner, reference, &format!("{case} inference"));
+        }
+    }
+
+    #[test]
+    fn fused_pooling_passes_no_gradient_through_a_window_relu_zeroed() {
+        // Every value of the second window is negative: ReLU makes it 0 and nothing flows back.
+        let values = vec![1.0, 2.0, -1.0, -2.0, 3.0, 0.5, -3.0, -0.5];
+        let x = Tensor::<Ad, 4>::from_data(TensorData::new(values, [1, 1, 2, 4]), &Default::default()).require_grad();
+        let one = Tensor::<Ad, 4>::from_data(TensorData::new(vec![1.0f32], [1, 1, 1, 1]), &Default::default());
+        let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let y = conv2d(x.clone(), one, None, options, Epilogue { relu: true, pool: Some(false) });
+        assert_eq!(y.clone().inner().into_data().to_vec::<f32>().unwrap(), [3.0, 0.0]);
+        let g: Vec<f32> = x.grad(&y.sum().backward()).unwrap().into_data().to_vec().unwrap();
+        assert_eq!(g, [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]
@@ -823,7 +1232,8 @@ mod tests {
         let x = random([2, 1, 6, 6], 1);
         let wt = random([3, 1, 3, 3], 2).require_grad();
         let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-        let ours = conv2d(x.clone(), wt.clone(), None, options.clone(), true).sum().backward();
+        let ours =
+            conv2d(x.clone(), wt.clone(), None, options.clone(), Epilogue { relu: true, pool: None }).sum().backward();
         let theirs = burn_conv(x.clone(), wt.clone(), None, options, true).sum().backward();
         close(wt.grad(&ours).unwrap(), wt.grad(&theirs).unwrap(), "weight gradient");
         assert!(x.grad(&ours).is_none());

@@ -1,7 +1,7 @@
 //! The checked graph as a Burn module: one layer per node, and a forward pass that walks the nodes.
 //! Built at run time from a `Graph`; it decides no shapes (the checker did) and never reads source text.
 
-use super::cpu;
+use super::cpu::{self, Epilogue};
 use super::init::{self, Init};
 use crate::check::{Graph, Op, Shape};
 use burn::module::{Module, Param};
@@ -81,7 +81,9 @@ pub struct Step {
     pub last_use: usize,
     /// A convolution whose only reader is a `relu` applies it itself (one pass over the output
     /// instead of two, forward and backward); that `relu` step then passes its input through.
-    pub relu: bool,
+    /// Likewise a 2x2 stride-2 max pool that is the only reader of a convolution (or of its fused
+    /// ReLU): the convolution pools each item's output while it is in cache.
+    pub epilogue: Epilogue,
 }
 
 /// A checked graph compiled to a Burn module, generic over the backend.
@@ -186,7 +188,13 @@ pub fn build<B: Backend>(graph: &Graph, seed: u64, device: &B::Device) -> GraphM
         .nodes
         .iter()
         .zip(last_use)
-        .map(|(n, last_use)| Step { op: n.op.clone(), inputs: n.inputs.clone(), shape: n.shape, last_use, relu: false })
+        .map(|(n, last_use)| Step {
+            op: n.op.clone(),
+            inputs: n.inputs.clone(),
+            shape: n.shape,
+            last_use,
+            epilogue: Epilogue::default(),
+        })
         .collect();
     let mut readers = vec![0usize; graph.nodes.len()];
     for node in &graph.nodes {
@@ -197,7 +205,21 @@ pub fn build<B: Backend>(graph: &Graph, seed: u64, device: &B::Device) -> GraphM
     for id in 0..steps.len() {
         if let (Op::Relu, &[conv]) = (&steps[id].op, &steps[id].inputs[..]) {
             if matches!(steps[conv].op, Op::Conv { .. }) && readers[conv] == 1 && conv != graph.output {
-                steps[conv].relu = true;
+                steps[conv].epilogue.relu = true;
+                steps[id].op = Op::Identity;
+            }
+        }
+    }
+    for id in 0..steps.len() {
+        if let (&Op::MaxPool { k: 2, s: 2, p: 0, ceil }, &[input]) = (&steps[id].op, &steps[id].inputs[..]) {
+            // The convolution itself, or the identity its fused ReLU left behind.
+            let conv = match (&steps[input].op, &steps[input].inputs[..]) {
+                (Op::Identity, &[conv]) if steps[conv].epilogue.relu => conv,
+                _ => input,
+            };
+            let alone = readers[input] == 1 && readers[conv] == 1 && input != graph.output && conv != graph.output;
+            if matches!(steps[conv].op, Op::Conv { .. }) && alone && steps[conv].epilogue.pool.is_none() {
+                steps[conv].epilogue.pool = Some(ceil);
                 steps[id].op = Op::Identity;
             }
         }
@@ -323,7 +345,13 @@ impl<B: Backend> GraphModel<B> {
         match (&step.op, layer) {
             (&Op::Conv { s, p, d, g, .. }, Some(Layer::Conv(c))) => {
                 let options = ConvOptions::new([s as usize; 2], [p as usize; 2], [d as usize; 2], g as usize);
-                Value::Map(cpu::conv2d(x.map(), c.weight.val(), c.bias.as_ref().map(|b| b.val()), options, step.relu))
+                Value::Map(cpu::conv2d(
+                    x.map(),
+                    c.weight.val(),
+                    c.bias.as_ref().map(|b| b.val()),
+                    options,
+                    step.epilogue,
+                ))
             }
             (Op::BatchNorm, Some(Layer::BatchNorm(bn))) => match x {
                 Value::Map(t) => Value::Map(batch_norm(bn, t)),
