@@ -1,7 +1,7 @@
 // Throughput of generation (one greedy stream; 50 sampled replies to one prompt) and of LoRA training on the CPU.
 // It must not change what it measures between runs: fixed prompt, seed, lengths; it only reads the model file.
 
-//! `cargo run --release -p nasc-lora --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--quantized-base] [--only generate|train]`
+//! `cargo run --release -p nasc-lora --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--quantized-base] [--only generate|train] [--epochs N]`
 //!
 //! The model defaults to `$NASC_SMOLLM2_GGUF`. `--burn-too` runs every measurement twice per
 //! round, once with nasc-lora's CPU kernels and once through Burn's generic ops, interleaved, and
@@ -22,6 +22,8 @@ struct Args {
     quantized: bool,
     /// `Some("generate")` or `Some("train")`: run that part alone.
     only: Option<String>,
+    /// Training epochs (of two steps each); the rate leaves out the first.
+    epochs: usize,
 }
 
 fn args() -> Result<Args, String> {
@@ -31,12 +33,17 @@ fn args() -> Result<Args, String> {
         burn_too: false,
         quantized: false,
         only: None,
+        epochs: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--rounds" => {
                 a.rounds = it.next().and_then(|n| n.parse().ok()).ok_or("--rounds needs a whole number")?;
+            }
+            "--epochs" => {
+                a.epochs =
+                    it.next().and_then(|n| n.parse().ok()).filter(|&n| n >= 2).ok_or("--epochs needs 2 or more")?;
             }
             "--burn-too" => a.burn_too = true,
             "--quantized-base" => a.quantized = true,
@@ -122,9 +129,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for &kernels in modes {
         set_cpu_kernels(kernels);
         let model = attach(ad.model.clone(), &LoraConfig::default(), 0)?;
-        // Three epochs of two steps; the rate after the first epoch leaves out the first
-        // allocations, as the PyTorch reference's later epochs do.
-        let cfg = TrainConfig { epochs: 3, batch: 2, ..Default::default() };
+        // Epochs of two steps (three unless --epochs); the rate after the first epoch leaves out
+        // the first allocations, as the PyTorch reference's later epochs do.
+        let cfg = TrainConfig { epochs: a.epochs, batch: 2, ..Default::default() };
         let started = Instant::now();
         let mut marks = vec![];
         let (_, summary) = train(model, &examples, &cfg, None, 0, |r| marks.push((Instant::now(), r.tokens)))?;

@@ -5,7 +5,7 @@
 
 use crate::chat::{ChatTemplate, Message};
 use crate::lora::{peft_layout, read_burn_layout, save_peft, serialize_f32, LoraConfig, LoraError};
-use crate::model::{KvCache, Llama, ModelError};
+use crate::model::{Llama, ModelError};
 use crate::tokenizer::Tokenizer;
 use burn::module::ParamId;
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -360,6 +360,7 @@ pub fn train<B: AutodiffBackend>(
     if cfg.batch == 0 || cfg.grad_accum == 0 || cfg.epochs == 0 {
         return Err(FinetuneError::Input("--batch, --grad-accum and --epochs must be at least 1".into()));
     }
+    crate::keep_freed_buffers();
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(FinetuneError::Input(format!("learning rate {} is not a positive number", cfg.lr)));
     }
@@ -404,9 +405,7 @@ pub fn train<B: AutodiffBackend>(
             let mut loss_sum = 0.0;
             for batch in group {
                 let (ids, labels) = pad(examples, batch);
-                let mut cache = KvCache::new(&model.config);
-                let logits = model.forward_all(&ids, batch.len(), &mut cache)?;
-                let (loss, counted) = causal_lm_loss(logits, &labels);
+                let (loss, counted) = model.loss(&ids, batch.len(), &labels)?;
                 tokens += ids.len();
                 if counted == 0 {
                     continue;

@@ -23,6 +23,7 @@ use burn::tensor::{Tensor, TensorData};
 use half::{bf16, f16};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -124,33 +125,43 @@ pub fn seed_dropout(seed: u64, step: u64) {
 }
 
 /// `x` with each value zeroed with probability `p` and the rest scaled by `1 / (1 - p)`, as
-/// PyTorch's dropout, on an autodiff backend only (elsewhere `x`). The mask is SplitMix64 over
-/// a per-call key, two 32-bit draws per output: Burn's Bernoulli sampler took a fifth of a
-/// LoRA training step on SmolLM2.
+/// PyTorch's dropout, on an autodiff backend only (elsewhere `x`); the mask is
+/// [`dropout_mask`]'s next.
 pub fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64) -> Tensor<B, 2> {
     if p <= 0.0 || !B::ad_enabled(&x.device()) {
         return x;
     }
+    let [rows, cols] = x.dims();
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(dropout_mask(rows * cols, p), [rows, cols]), &x.device());
+    x * mask
+}
+
+/// This thread's next dropout mask of `n` values: 0 with probability `p`, else `1 / (1 - p)`.
+/// SplitMix64 over a per-call key, two 32-bit draws per 64-bit output: Burn's Bernoulli sampler
+/// took a fifth of a LoRA training step on SmolLM2.
+pub(crate) fn dropout_mask(n: usize, p: f64) -> Vec<f32> {
     let key = DROPOUT_KEY.with(|k| {
         let key = k.get();
         k.set(mix(key));
         key
     });
-    let [rows, cols] = x.dims();
-    let n = rows * cols;
     // A value is dropped when its 32-bit draw is below p · 2³².
     let threshold = (p * 4_294_967_296.0) as u64;
     let keep = (1.0 / (1.0 - p)) as f32;
     let pick = |draw: u64| if draw < threshold { 0.0 } else { keep };
-    let mut mask = Vec::with_capacity(n + 1);
-    for i in 0..n.div_ceil(2) as u64 {
-        let r = mix(key.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-        mask.push(pick(r & 0xFFFF_FFFF));
-        mask.push(pick(r >> 32));
-    }
+    let mut mask = vec![0.0f32; n.next_multiple_of(2)];
+    // Draw i fills values 2i and 2i + 1 wherever it runs: the same mask on any number of threads.
+    const CHUNK: usize = 1 << 14;
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, part)| {
+        for (i, pair) in part.chunks_exact_mut(2).enumerate() {
+            let draw = (c * CHUNK / 2 + i) as u64;
+            let r = mix(key.wrapping_add(draw.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            pair[0] = pick(r & 0xFFFF_FFFF);
+            pair[1] = pick(r >> 32);
+        }
+    });
     mask.truncate(n);
-    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [rows, cols]), &x.device());
-    x * mask
+    mask
 }
 
 /// Rank, scale, dropout and the projections that carry adapters.
@@ -288,7 +299,7 @@ impl<B: Backend> BlockLora<B> {
         }
     }
 
-    fn slot(&mut self, t: Target) -> &mut Option<LoraLinear<B>> {
+    pub(crate) fn slot(&mut self, t: Target) -> &mut Option<LoraLinear<B>> {
         match t {
             Target::Q => &mut self.q,
             Target::K => &mut self.k,

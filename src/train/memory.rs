@@ -30,22 +30,5 @@ fn proc_kib(file: &str, key: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Has the C allocator keep freed memory for reuse instead of returning it to the system at once.
-/// Training frees and reallocates the same large buffers every step; by default glibc maps each
-/// one afresh and unmaps it when freed, and the page faults that follow cost a quarter of the
-/// time of a small CNN's step on the CPU (measured: 650 → 830 images/s). Process-wide, set once.
-pub fn keep_freed_buffers() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: mallopt only changes allocator tunables; called once, before the buffers
-            // it concerns are allocated. A refused value leaves glibc's default in place.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-                libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-            }
-        });
-    }
-}
+/// Has the C allocator keep freed memory for reuse (the language model's training needs it too).
+pub use nasc_lora::keep_freed_buffers;

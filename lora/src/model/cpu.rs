@@ -434,14 +434,14 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 /// cos and sin of positions `past..past + seq` at each frequency, `[seq, d/2]` (f32 angles, as
 /// the Burn path and transformers compute them).
-fn rope_tables(inv_freq: &[f64], past: usize, seq: usize) -> (Vec<f32>, Vec<f32>) {
+pub(super) fn rope_tables(inv_freq: &[f64], past: usize, seq: usize) -> (Vec<f32>, Vec<f32>) {
     let angles: Vec<f32> =
         (past..past + seq).flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f as f32)).collect();
     (angles.iter().map(|a| a.cos()).collect(), angles.iter().map(|a| a.sin()).collect())
 }
 
 /// Rotates pairs `(i, i + d/2)` of every head of every row (row `r` is position `r % seq`).
-fn rope(x: &mut [f32], seq: usize, heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
+pub(super) fn rope(x: &mut [f32], seq: usize, heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
     let half = d / 2;
     for (r, row) in x.chunks_exact_mut(heads * d).enumerate() {
         let (cos, sin) = (&cos[(r % seq) * half..][..half], &sin[(r % seq) * half..][..half]);

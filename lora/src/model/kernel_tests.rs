@@ -420,3 +420,73 @@ fn merging_onto_a_quantised_base_gives_the_f32_merge() {
     let d = max_diff(&run(&q), &run(&f));
     assert!(d < 1e-4, "merged quantised base differs by {d}");
 }
+
+/// The loss of `model` over two rows of [`TOKENS`] with some positions ignored, scaled by 0.3
+/// (so the backward pass starts from a gradient other than 1), and its LoRA gradients: through
+/// `Llama::loss` with the fused training operations (`fused`), or through the logits, Burn's
+/// log-softmax and Burn's ops everywhere. Dropout draws from the same seed either way.
+fn loss_and_lora_grads(model: &Llama<Autodiff<Flex>>, fused: bool) -> (f32, Vec<Vec<f32>>) {
+    crate::lora::seed_dropout(5, 1);
+    if !fused {
+        return with_cpu_kernels(false, || burn_loss_and_lora_grads(model));
+    }
+    loss_and_lora_grads_by(model, true)
+}
+
+fn burn_loss_and_lora_grads(model: &Llama<Autodiff<Flex>>) -> (f32, Vec<Vec<f32>>) {
+    loss_and_lora_grads_by(model, false)
+}
+
+fn loss_and_lora_grads_by(model: &Llama<Autodiff<Flex>>, fused: bool) -> (f32, Vec<Vec<f32>>) {
+    use crate::finetune::{causal_lm_loss, IGNORE};
+    let tokens: Vec<u32> = TOKENS.iter().chain(TOKENS.iter().rev()).copied().collect();
+    let mut labels: Vec<i64> = tokens.iter().skip(1).map(|&t| t as i64).chain([IGNORE]).collect();
+    for at in [0, 1, 8] {
+        labels[at] = IGNORE;
+    }
+    let (loss, counted) = if fused {
+        model.loss(&tokens, 2, &labels).unwrap()
+    } else {
+        let logits = model.forward_all(&tokens, 2, &mut KvCache::new(&model.config)).unwrap();
+        causal_lm_loss(logits, &labels)
+    };
+    assert_eq!(counted, labels.iter().filter(|&&l| l != IGNORE).count());
+    let value = values(loss.clone())[0];
+    let g = loss.mul_scalar(0.3).backward();
+    let mut out = vec![];
+    for block in &model.blocks {
+        for t in Target::ALL {
+            let a = block.lora.get(t).unwrap();
+            out.push(values(a.a.val().grad(&g).expect("A has a gradient")));
+            out.push(values(a.b.val().grad(&g).expect("B has a gradient")));
+        }
+    }
+    (value, out)
+}
+
+#[test]
+fn the_training_loss_equals_burn_s_log_softmax_with_its_lora_gradients() {
+    let (_, bytes) = quantised_gguf(12);
+    for (quantised, dropout) in [(false, 0.0), (true, 0.0), (false, 0.2), (true, 0.2)] {
+        let mut model = with_adapters(loaded::<Autodiff<Flex>>(&bytes, quantised), 7);
+        for block in &mut model.blocks {
+            for t in Target::ALL {
+                block.lora.slot(t).as_mut().unwrap().dropout = dropout;
+            }
+        }
+        let (fused, fused_grads) = loss_and_lora_grads(&model, true);
+        let (burn, burn_grads) = loss_and_lora_grads(&model, false);
+        assert!(
+            (fused - burn).abs() < 1e-5 * burn.abs().max(1.0),
+            "quantised {quantised}, dropout {dropout}: loss {fused} vs {burn}"
+        );
+        for (i, (a, b)) in fused_grads.iter().zip(&burn_grads).enumerate() {
+            let scale = b.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
+            let d = max_diff(a, b);
+            assert!(
+                d < 1e-4 * scale,
+                "quantised {quantised}, dropout {dropout}, gradient {i}: differs by {d} (values up to {scale})"
+            );
+        }
+    }
+}

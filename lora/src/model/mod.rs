@@ -14,6 +14,7 @@
 mod config;
 mod cpu;
 pub mod quant;
+mod train_ops;
 mod weights;
 
 #[cfg(test)]
@@ -105,6 +106,11 @@ impl<B: Backend> Block<B> {
     /// A projection of `x` through `target`'s base weights plus its adapter, when it has one.
     fn proj(&self, target: crate::lora::Target, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let (linear, quantised) = self.base(target);
+        if let Some(adapter) = self.lora.get(target) {
+            if train_ops::runs::<B>() {
+                return train_ops::lora_linear(x, linear, quantised, adapter);
+            }
+        }
         let Some(q) = quantised else {
             return match self.lora.get(target) {
                 Some(adapter) => adapter.forward(linear, x),
@@ -239,7 +245,7 @@ impl<B: Backend> Llama<B> {
         if cpu::runs(self, cache) {
             return Ok(cpu::logits(self, tokens, batch, cache, true));
         }
-        let hidden = self.hidden(tokens, batch, cache)?;
+        let hidden = self.hidden(tokens, batch, cache, false)?;
         let [rows, width] = hidden.dims();
         let seq = rows / batch;
         let last = hidden.reshape([batch, seq, width]).narrow(1, seq - 1, 1).reshape([batch, width]);
@@ -258,9 +264,36 @@ impl<B: Backend> Llama<B> {
             let logits = cpu::logits(self, tokens, batch, cache, false);
             return Ok(logits.reshape([batch, tokens.len() / batch, self.config.vocab_size]));
         }
-        let hidden = self.hidden(tokens, batch, cache)?;
+        let hidden = self.hidden(tokens, batch, cache, false)?;
         let [rows, _] = hidden.dims();
         Ok(self.output(hidden).reshape([batch, rows / batch, self.config.vocab_size]))
+    }
+
+    /// The mean cross-entropy of the model's next-token predictions over `tokens` (`batch` rows
+    /// of equal length, row-major) against `labels` (one per token: the token that position
+    /// should predict, or [`crate::finetune::IGNORE`]), and the number of positions counted; with
+    /// none counted the loss is zero. What training differentiates: on the CPU backend with
+    /// autodiff the output projection and the loss are one operation over the labelled
+    /// positions alone ([`train_ops::head_loss`]).
+    pub fn loss(&self, tokens: &[u32], batch: usize, labels: &[i64]) -> Result<(Tensor<B, 1>, usize), ModelError> {
+        if labels.len() != tokens.len() {
+            return Err(ModelError::Input {
+                what: format!("{} labels for {} tokens: one label per token", labels.len(), tokens.len()),
+            });
+        }
+        let mut cache = KvCache::new(&self.config);
+        self.check_input(tokens, batch, &cache)?;
+        if cpu::runs(self, &cache) {
+            let logits = self.forward_all(tokens, batch, &mut cache)?;
+            return Ok(crate::finetune::causal_lm_loss(logits, labels));
+        }
+        let hidden = self.hidden(tokens, batch, &mut cache, true)?;
+        if let Some(fused) = train_ops::head_loss(&hidden, &self.lm_head.val(), self.quantised_head.as_ref(), labels) {
+            return Ok(fused);
+        }
+        let rows = hidden.dims()[0];
+        let logits = self.output(hidden).reshape([batch, rows / batch, self.config.vocab_size]);
+        Ok(crate::finetune::causal_lm_loss(logits, labels))
     }
 
     /// Logits of final-norm hidden states `[rows, hidden]`.
@@ -294,8 +327,16 @@ impl<B: Backend> Llama<B> {
         Ok(())
     }
 
-    /// Final-norm hidden states, `[batch * tokens, hidden]`.
-    fn hidden(&self, tokens: &[u32], batch: usize, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>, ModelError> {
+    /// Final-norm hidden states, `[batch * tokens, hidden]`. `training`: the caller only
+    /// differentiates them and drops `cache`, which then stays empty, so that attention may take
+    /// the fused operation of [`train_ops::attention`] on `Autodiff<Flex>`.
+    fn hidden(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut KvCache<B>,
+        training: bool,
+    ) -> Result<Tensor<B, 2>, ModelError> {
         let c = &self.config;
         let seq = tokens.len() / batch;
         let past = cache.len;
@@ -308,11 +349,23 @@ impl<B: Backend> Llama<B> {
         let mask = (seq > 1).then(|| causal_mask::<B>(seq, past, c.n_heads / c.n_kv_heads, &device));
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let h = rms_norm(x.clone(), block.attn_norm.val(), c.rms_norm_eps);
-            let attn = self.attention(block, h, batch, seq, (&cos, &sin), mask.clone(), layer_cache);
+            let fused = (training && train_ops::runs::<B>()).then(|| {
+                use crate::lora::Target::{K, Q, V};
+                let shape =
+                    train_ops::AttentionShape { batch, seq, heads: c.n_heads, kv_heads: c.n_kv_heads, d: c.head_dim };
+                let (q, k, v) = (block.proj(Q, h.clone()), block.proj(K, h.clone()), block.proj(V, h.clone()));
+                train_ops::attention(q, k, v, shape, &c.inv_freq())
+            });
+            let attn = match fused.flatten() {
+                Some(heads) => block.proj(crate::lora::Target::O, heads),
+                None => self.attention(block, h, batch, seq, (&cos, &sin), mask.clone(), layer_cache),
+            };
             x = x + attn;
             let h = rms_norm(x.clone(), block.mlp_norm.val(), c.rms_norm_eps);
             use crate::lora::Target;
-            let mlp = block.proj(Target::Down, silu(block.proj(Target::Gate, h.clone())) * block.proj(Target::Up, h));
+            let (gate, up) = (block.proj(Target::Gate, h.clone()), block.proj(Target::Up, h));
+            let gated = if train_ops::runs::<B>() { train_ops::swiglu(gate, up) } else { silu(gate) * up };
+            let mlp = block.proj(Target::Down, gated);
             x = x + mlp;
         }
         cache.len += seq;
@@ -379,6 +432,9 @@ impl<B: Backend> Llama<B> {
 
 /// `x * w / sqrt(mean(x²) + eps)` over the last dimension.
 fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    if train_ops::runs::<B>() {
+        return train_ops::rms_norm(x, weight, eps);
+    }
     let scale = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
     x * scale * weight.unsqueeze::<2>()
 }
