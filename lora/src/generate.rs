@@ -15,6 +15,7 @@ use crate::tokenizer::Tokenizer;
 use burn::tensor::backend::Backend;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use std::time::Instant;
 
 /// How tokens are chosen and when a reply ends.
@@ -176,10 +177,18 @@ pub fn generate<B: Backend>(
     let hold = params.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
 
     while !active.is_empty() && params.max_new_tokens > 0 {
+        // Each row's next token from its own stream's generator, rows in parallel (a softmax
+        // over the vocabulary each): the same draws whatever the order.
+        let mut rngs: Vec<ChaCha8Rng> = active.iter().map(|&s| streams[s].rng.clone()).collect();
+        let drawn: Vec<u32> =
+            rngs.par_iter_mut().zip(logits.par_iter()).map(|(rng, row)| sample(row, params, rng)).collect();
+        for (&s, rng) in active.iter().zip(rngs) {
+            streams[s].rng = rng;
+        }
         let mut next = Vec::with_capacity(active.len());
         for (row, &s) in active.iter().enumerate() {
             let stream = &mut streams[s];
-            let token = sample(&logits[row], params, &mut stream.rng);
+            let token = drawn[row];
             stream.tokens.push(token);
             // The token would be fed at position cache.len(); past the context there is none.
             let at_limit = stream.tokens.len() >= params.max_new_tokens || cache.len() >= context;
