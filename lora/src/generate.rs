@@ -295,21 +295,27 @@ fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 
         return argmax(logits);
     }
     let t = params.temperature;
-    let vocab = logits.len();
-    let limit = if params.top_k == 0 { vocab } else { params.top_k.min(vocab) };
-    // Candidates, most likely first: grow the set until it holds top_p of the mass (or top_k).
+    let limit = if params.top_k == 0 { logits.len() } else { params.top_k.min(logits.len()) };
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let total: f64 = logits.iter().map(|&l| (((l - max) / t) as f64).exp()).sum();
-    let mut k = limit.min(64);
-    let (candidates, probs) = loop {
-        let idx = top_indices(logits, k);
-        let probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / t) as f64).exp() / total).collect();
-        let mass: f64 = probs.iter().sum();
-        if k >= limit || mass >= params.top_p as f64 {
-            break (idx, probs);
+    let weights: Vec<f64> = logits.iter().map(|&l| (((l - max) / t) as f64).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    // Candidates, most likely first: the tokens whose weight reaches a floor, the floor lowered
+    // until they hold top_p of the mass (or top_k of them). A weight grows with its logit, so
+    // the tokens at or above any floor are a prefix of the ranking and hold the nucleus once
+    // their mass reaches top_p; with top_p 1 every token (up to top_k) takes part, as it must.
+    let desc = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    let mut floor = total * 1e-3;
+    let candidates = loop {
+        let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| weights[i] >= floor).collect();
+        let mass = idx.iter().map(|&i| weights[i]).sum::<f64>() / total;
+        if idx.len() >= limit || (params.top_p < 1.0 && mass >= params.top_p as f64) || floor == 0.0 {
+            idx.sort_unstable_by(desc);
+            idx.truncate(limit);
+            break idx;
         }
-        k = (k * 4).min(limit);
+        floor = if floor < total * 1e-12 { 0.0 } else { floor / 64.0 };
     };
+    let probs: Vec<f64> = candidates.iter().map(|&i| weights[i] / total).collect();
     // Nucleus: the shortest prefix whose mass reaches top_p (at least one token).
     let mut keep = candidates.len();
     if params.top_p < 1.0 {
@@ -333,4 +339,77 @@ fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 
         }
     }
     candidates[keep - 1] as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sampler as it was first written (top-k candidates grown by fours until they hold
+    /// top_p of the mass): `sample` must draw exactly what it drew.
+    fn reference(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
+        let t = params.temperature;
+        let limit = if params.top_k == 0 { logits.len() } else { params.top_k.min(logits.len()) };
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let total: f64 = logits.iter().map(|&l| (((l - max) / t) as f64).exp()).sum();
+        let mut k = limit.min(64);
+        let (candidates, probs) = loop {
+            let idx = top_indices(logits, k);
+            let probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / t) as f64).exp() / total).collect();
+            if k >= limit || probs.iter().sum::<f64>() >= params.top_p as f64 {
+                break (idx, probs);
+            }
+            k = (k * 4).min(limit);
+        };
+        let mut keep = candidates.len();
+        if params.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (j, p) in probs.iter().enumerate() {
+                acc += p;
+                if acc >= params.top_p as f64 {
+                    keep = j + 1;
+                    break;
+                }
+            }
+        }
+        let sum: f64 = probs[..keep].iter().sum();
+        let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) * sum;
+        let mut acc = 0.0;
+        for (j, p) in probs[..keep].iter().enumerate() {
+            acc += p;
+            if u < acc {
+                return candidates[j] as u32;
+            }
+        }
+        candidates[keep - 1] as u32
+    }
+
+    #[test]
+    fn sampling_draws_what_the_top_k_growing_sampler_drew() {
+        let mut gen = ChaCha8Rng::seed_from_u64(1);
+        let mut uniform = || (gen.next_u32() >> 8) as f32 / (1 << 24) as f32 - 0.5;
+        // Peaked, flat, and coarse (many ties) rows of a 3,000-token vocabulary.
+        let rows: Vec<Vec<f32>> = vec![
+            (0..3000).map(|_| 16.0 * uniform()).collect(),
+            (0..3000).map(|_| 0.2 * uniform()).collect(),
+            (0..3000).map(|_| (8.0 * uniform()).round()).collect(),
+        ];
+        for (r, row) in rows.iter().enumerate() {
+            for temperature in [0.5, 0.8, 1.3] {
+                for top_p in [0.3, 0.9, 0.95, 1.0] {
+                    for top_k in [0, 1, 5, 100, 5000] {
+                        let params = SamplingParams { temperature, top_p, top_k, ..Default::default() };
+                        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+                        for draw in 0..40 {
+                            assert_eq!(
+                                sample(row, &params, &mut a),
+                                reference(row, &params, &mut b),
+                                "row {r}, t {temperature}, top_p {top_p}, top_k {top_k}, draw {draw}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
