@@ -316,13 +316,18 @@ fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 
         floor = if floor < total * 1e-12 { 0.0 } else { floor / 64.0 };
     };
     let probs: Vec<f64> = candidates.iter().map(|&i| weights[i] / total).collect();
-    // Nucleus: the shortest prefix whose mass reaches top_p (at least one token).
+    draw(&candidates, &probs, params.top_p, rng)
+}
+
+/// A token from `candidates` (most likely first, with their probabilities `probs`): from the
+/// shortest prefix whose mass reaches `top_p` (at least one token), by one uniform draw.
+fn draw(candidates: &[usize], probs: &[f64], top_p: f32, rng: &mut ChaCha8Rng) -> u32 {
     let mut keep = candidates.len();
-    if params.top_p < 1.0 {
+    if top_p < 1.0 {
         let mut acc = 0.0;
         for (j, p) in probs.iter().enumerate() {
             acc += p;
-            if acc >= params.top_p as f64 {
+            if acc >= top_p as f64 {
                 keep = j + 1;
                 break;
             }
@@ -345,8 +350,8 @@ fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 
 mod tests {
     use super::*;
 
-    /// The sampler as it was first written (top-k candidates grown by fours until they hold
-    /// top_p of the mass): `sample` must draw exactly what it drew.
+    /// The sampler's candidates as it first chose them (the top k, k grown by fours until they
+    /// hold top_p of the mass): `sample` must draw exactly what it drew.
     fn reference(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         let t = params.temperature;
         let limit = if params.top_k == 0 { logits.len() } else { params.top_k.min(logits.len()) };
@@ -361,27 +366,7 @@ mod tests {
             }
             k = (k * 4).min(limit);
         };
-        let mut keep = candidates.len();
-        if params.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (j, p) in probs.iter().enumerate() {
-                acc += p;
-                if acc >= params.top_p as f64 {
-                    keep = j + 1;
-                    break;
-                }
-            }
-        }
-        let sum: f64 = probs[..keep].iter().sum();
-        let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) * sum;
-        let mut acc = 0.0;
-        for (j, p) in probs[..keep].iter().enumerate() {
-            acc += p;
-            if u < acc {
-                return candidates[j] as u32;
-            }
-        }
-        candidates[keep - 1] as u32
+        draw(&candidates, &probs, params.top_p, rng)
     }
 
     #[test]

@@ -19,6 +19,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::{Backend, BackendTypes};
@@ -493,13 +494,7 @@ fn batch_chunks(batch: usize) -> Vec<std::ops::Range<usize>> {
 
 /// Gradients of the input, weight and bias from the output's gradient `dy` (already through
 /// the ReLU's mask when it was fused).
-fn backward(
-    g: &Geometry,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    want: [bool; 3],
-) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
+fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bool; 3]) -> ConvGradients {
     let (k, n) = (g.k(), g.n());
     let dx = want[0].then(|| {
         per_item(
@@ -565,7 +560,7 @@ fn backward_pooled(
     relu: Option<&[f32]>,
     codes: &[u8],
     want: [bool; 3],
-) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
+) -> ConvGradients {
     let (k, n) = (g.k(), g.n());
     let (hp, wp) = (g.ho / 2, g.wo / 2);
     let chunks = batch_chunks(g.batch);
@@ -667,15 +662,21 @@ impl<const N: usize> Backward<Flex, N> for ConvOp<N> {
         let dy = f32s(&dy);
         let want = [0, 1, 2].map(|i| ops.parents.get(i).is_some_and(Option::is_some));
         let g = &s.geometry;
-        let (dx, dw, db) = backward(g, &f32s(&s.x), &f32s(&s.w), &dy, want);
-        if let (Some(node), Some(dx)) = (&ops.parents[0], dx) {
-            grads.register::<Flex>(node.id, tensor(dx, [g.batch, g.cin, g.h, g.w]));
-        }
-        if let (Some(node), Some(dw)) = (&ops.parents[1], dw) {
-            grads.register::<Flex>(node.id, tensor(dw, [g.cout, g.cin, g.kh, g.kw]));
-        }
-        if let (Some(Some(node)), Some(db)) = (ops.parents.get(2), db) {
-            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(db, [g.cout])));
+        let gradients = backward(g, &f32s(&s.x), &f32s(&s.w), &dy, want);
+        register(grads, &ops.parents.each_ref().map(|p| p.as_ref().map(|n| n.id)), g, gradients);
+    }
+}
+
+/// A convolution's gradients of input, weight and bias, for the parents that want them.
+type ConvGradients = (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>);
+
+/// Registers `dx`, `dw` and `db` for the input, weight and (when there is one) bias among
+/// `parents`.
+fn register(grads: &mut Gradients, parents: &[Option<NodeId>], g: &Geometry, (dx, dw, db): ConvGradients) {
+    let shapes = [vec![g.batch, g.cin, g.h, g.w], vec![g.cout, g.cin, g.kh, g.kw], vec![g.cout]];
+    for ((parent, values), shape) in parents.iter().zip([dx, dw, db]).zip(shapes) {
+        if let (Some(id), Some(values)) = (parent, values) {
+            grads.register::<Flex>(*id, FlexTensor::from_data(TensorData::new(values, shape)));
         }
     }
 }
@@ -731,16 +732,8 @@ impl<const N: usize> Backward<Flex, N> for ConvPoolOp<N> {
         let want = [0, 1, 2].map(|i| ops.parents.get(i).is_some_and(Option::is_some));
         let g = &s.geometry;
         let pooled = s.pooled.as_ref().map(f32s);
-        let (dx, dw, db) = backward_pooled(g, &f32s(&s.x), &f32s(&s.w), &f32s(&dp), pooled.as_deref(), &s.codes, want);
-        if let (Some(node), Some(dx)) = (&ops.parents[0], dx) {
-            grads.register::<Flex>(node.id, tensor(dx, [g.batch, g.cin, g.h, g.w]));
-        }
-        if let (Some(node), Some(dw)) = (&ops.parents[1], dw) {
-            grads.register::<Flex>(node.id, tensor(dw, [g.cout, g.cin, g.kh, g.kw]));
-        }
-        if let (Some(Some(node)), Some(db)) = (ops.parents.get(2), db) {
-            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(db, [g.cout])));
-        }
+        let gradients = backward_pooled(g, &f32s(&s.x), &f32s(&s.w), &f32s(&dp), pooled.as_deref(), &s.codes, want);
+        register(grads, &ops.parents.each_ref().map(|p| p.as_ref().map(|n| n.id)), g, gradients);
     }
 }
 

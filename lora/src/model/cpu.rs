@@ -301,46 +301,99 @@ pub(crate) fn matmul((m, k, n): (usize, usize, usize), a: &[f32], b: &[f32], dst
         a.len() >= m * k && b.len() >= k * n && dst.len() >= m * n,
         "operands of a [{m}, {k}] x [{k}, {n}] product"
     );
-    let threads = rayon::current_num_threads().max(1);
     if m == 1 && k * n >= 1 << 16 {
         gemv(k, n, a, b, dst, add);
         return;
     }
-    let parts = if m * k * n < 1 << 16 { 1 } else { threads };
-    let chunk = n.div_ceil(parts).next_multiple_of(16).min(n).max(1);
-    let dst = SendPtr(dst.as_mut_ptr());
+    product((m, n, k), dst, add.is_some(), add.unwrap_or(1.0), a, (k, 1), b, (n, 1));
+}
+
+/// `dst (m×n, row-major) = beta · a (m×k) · b (k×n)`, `+=` when `accumulate`, each operand given
+/// by its row and column strides; split by columns of `dst` over rayon's threads when large.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    beta: f32,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n, "product's destination");
+    assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "product's left operand");
+    assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "product's right operand");
+    let parts = if m * k * n < 1 << 16 { 1 } else { rayon::current_num_threads().max(1) };
+    let chunk = n.div_ceil(parts).next_multiple_of(16).min(n);
+    let out = SendPtr(dst.as_mut_ptr());
     let run = |c0: usize| {
-        let cn = chunk.min(n - c0);
-        // SAFETY: the asserts above bound every element read and written; column blocks of
-        // `dst` are disjoint between calls.
+        // SAFETY: the asserts above bound every element read and written; the column blocks of
+        // `dst` are disjoint between calls, and `dst` does not alias `a` or `b`.
         unsafe {
-            gemm::gemm(
-                m,
-                cn,
-                k,
-                dst.get().add(c0),
-                1,
-                n as isize,
-                add.is_some(),
+            gemm_at(
+                (m, chunk.min(n - c0), k),
+                out.get().add(c0),
+                n,
+                accumulate,
+                beta,
                 a.as_ptr(),
-                1,
-                k as isize,
-                b.as_ptr().add(c0),
-                1,
-                n as isize,
-                if add.is_some() { 1.0 } else { 0.0 },
-                add.unwrap_or(1.0),
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+                (a_rs, a_cs),
+                b.as_ptr().add(c0 * b_cs),
+                (b_rs, b_cs),
+            )
+        };
     };
     if n <= chunk {
         run(0);
     } else {
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|i| run(i * chunk));
+    }
+}
+
+/// `dst (m×n, row stride dst_rs) = beta · a (m×k) · b (k×n)` (`+=` when `accumulate`), operands
+/// by their row and column strides, on this thread: the one call into `gemm`.
+///
+/// # Safety
+/// Every element the strides address must lie in its buffer, and `dst` must not alias `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_at(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    beta: f32,
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }
 

@@ -376,15 +376,7 @@ fn lora_gradients_on_a_quantised_base_equal_those_on_the_f32_base() {
             &Default::default(),
         );
         let g = (logits * w).sum().backward();
-        let mut out = vec![];
-        for block in &model.blocks {
-            for t in Target::ALL {
-                let a = block.lora.get(t).unwrap();
-                out.push(values(a.a.val().grad(&g).expect("A has a gradient")));
-                out.push(values(a.b.val().grad(&g).expect("B has a gradient")));
-            }
-        }
-        out
+        lora_grads(&model, &g)
     };
     let (q, f) = (grads(true), grads(false));
     for (i, (q, f)) in q.iter().zip(&f).enumerate() {
@@ -421,6 +413,22 @@ fn merging_onto_a_quantised_base_gives_the_f32_merge() {
     assert!(d < 1e-4, "merged quantised base differs by {d}");
 }
 
+/// Every adapter's `A` and `B` gradients in `g`, block by block, projection by projection.
+fn lora_grads(
+    model: &Llama<Autodiff<Flex>>,
+    g: &<Autodiff<Flex> as burn::tensor::backend::AutodiffBackend>::Gradients,
+) -> Vec<Vec<f32>> {
+    let mut out = vec![];
+    for block in &model.blocks {
+        for t in Target::ALL {
+            let a = block.lora.get(t).unwrap();
+            out.push(values(a.a.val().grad(g).expect("A has a gradient")));
+            out.push(values(a.b.val().grad(g).expect("B has a gradient")));
+        }
+    }
+    out
+}
+
 /// The loss of `model` over two rows of [`TOKENS`] with some positions ignored, scaled by 0.3
 /// (so the backward pass starts from a gradient other than 1), and its LoRA gradients: through
 /// `Llama::loss` with the fused training operations (`fused`), or through the logits, Burn's
@@ -453,15 +461,7 @@ fn loss_and_lora_grads_by(model: &Llama<Autodiff<Flex>>, fused: bool) -> (f32, V
     assert_eq!(counted, labels.iter().filter(|&&l| l != IGNORE).count());
     let value = values(loss.clone())[0];
     let g = loss.mul_scalar(0.3).backward();
-    let mut out = vec![];
-    for block in &model.blocks {
-        for t in Target::ALL {
-            let a = block.lora.get(t).unwrap();
-            out.push(values(a.a.val().grad(&g).expect("A has a gradient")));
-            out.push(values(a.b.val().grad(&g).expect("B has a gradient")));
-        }
-    }
-    (value, out)
+    (value, lora_grads(model, &g))
 }
 
 #[test]

@@ -148,26 +148,16 @@ impl QuantMatrix {
                 // SAFETY: tile t writes only columns r0..r0+n of every row of y, which no
                 // other tile touches; the strides stay inside y (m rows of self.rows).
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        self.cols,
+                    super::cpu::gemm_at(
+                        (m, n, self.cols),
                         out.get().add(r0),
-                        1,
-                        self.rows as isize,
+                        self.rows,
                         false,
-                        x.as_ptr(),
-                        1,
-                        self.cols as isize,
-                        w.as_ptr(),
-                        self.cols as isize,
-                        1,
-                        0.0,
                         1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        x.as_ptr(),
+                        (self.cols, 1),
+                        w.as_ptr(),
+                        (1, self.cols),
                     );
                 }
             });
@@ -199,26 +189,16 @@ impl QuantMatrix {
                         // SAFETY: dx is [m, cols], dy's columns r0..r0+n are read with its row
                         // stride, w is [n, cols]; nothing aliases.
                         unsafe {
-                            gemm::gemm(
-                                m,
-                                self.cols,
-                                n,
+                            super::cpu::gemm_at(
+                                (m, self.cols, n),
                                 dx.as_mut_ptr(),
-                                1,
-                                self.cols as isize,
+                                self.cols,
                                 true,
+                                1.0,
                                 dy.as_ptr().add(r0),
-                                1,
-                                self.rows as isize,
+                                (self.rows, 1),
                                 w.as_ptr(),
-                                1,
-                                self.cols as isize,
-                                1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
+                                (self.cols, 1),
                             );
                         }
                     });

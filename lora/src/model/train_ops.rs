@@ -14,7 +14,7 @@
 //!
 //! Each is tested against the Burn ops it replaces, values and gradients.
 
-use super::cpu::{f32s, is, prim, wrap};
+use super::cpu::{f32s, gemm_at, is, prim, product, wrap};
 use super::quant::QuantMatrix;
 use crate::finetune::IGNORE;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -37,73 +37,6 @@ pub(crate) fn runs<B: Backend>() -> bool {
     is::<B, Ad>() && super::cpu::cpu_kernels()
 }
 
-/// `dst (m×n) = a (m×k) · b (k×n)` (`+=` when `accumulate`), each operand given by its row and
-/// column strides, split by columns of `dst` over rayon's threads.
-#[allow(clippy::too_many_arguments)]
-fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
-) {
-    scaled_product((m, n, k), dst, accumulate, 1.0, a, (a_rs, a_cs), b, (b_rs, b_cs));
-}
-
-/// [`product`] with the product scaled by `beta`: `dst [+]= beta · a b`.
-#[allow(clippy::too_many_arguments)]
-fn scaled_product(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    beta: f32,
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= m * n, "product's destination");
-    assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "product's left operand");
-    assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "product's right operand");
-    let parts = if m * n * k < 1 << 16 { 1 } else { rayon::current_num_threads().max(1) };
-    let chunk = n.div_ceil(parts).next_multiple_of(16).min(n);
-    let out = super::cpu::SendPtr::new(dst.as_mut_ptr());
-    let run = |c0: usize| {
-        let cn = chunk.min(n - c0);
-        // SAFETY: the asserts above bound every element read and written; the column blocks of
-        // `dst` are disjoint between calls, and `dst` does not alias `a` or `b`.
-        unsafe {
-            gemm::gemm(
-                m,
-                cn,
-                k,
-                out.get().add(c0),
-                1,
-                n as isize,
-                accumulate,
-                a.as_ptr(),
-                a_cs as isize,
-                a_rs as isize,
-                b.as_ptr().add(c0 * b_cs),
-                b_cs as isize,
-                b_rs as isize,
-                1.0,
-                beta,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    };
-    (0..n.div_ceil(chunk)).into_par_iter().for_each(|i| run(i * chunk));
-}
-
 /// A frozen projection's weight: dense `[in, out]` (Burn's layout) or quantised `[out, in]`.
 #[derive(Clone, Debug)]
 enum Weight {
@@ -116,7 +49,7 @@ impl Weight {
     fn forward(&self, rows: usize, d_in: usize, d_out: usize, x: &[f32]) -> Vec<f32> {
         let mut y = vec![0.0f32; rows * d_out];
         match self {
-            Weight::Dense(w) => product((rows, d_out, d_in), &mut y, false, x, (d_in, 1), &f32s(w), (d_out, 1)),
+            Weight::Dense(w) => product((rows, d_out, d_in), &mut y, false, 1.0, x, (d_in, 1), &f32s(w), (d_out, 1)),
             // Training differentiates the exact product: no 8-bit rounding of the inputs.
             Weight::Quantised(q) => crate::model::quant::with_int8_activations(false, || q.matmul(rows, x, &mut y)),
         }
@@ -127,7 +60,7 @@ impl Weight {
         match self {
             Weight::Dense(w) => {
                 let mut dx = vec![0.0f32; rows * d_in];
-                product((rows, d_in, d_out), &mut dx, false, dy, (d_out, 1), &f32s(w), (1, d_out));
+                product((rows, d_in, d_out), &mut dx, false, 1.0, dy, (d_out, 1), &f32s(w), (1, d_out));
                 dx
             }
             Weight::Quantised(q) => q.matmul_transposed(rows, dy),
@@ -182,7 +115,7 @@ impl<const N: usize> Backward<Flex, N> for HeadLossOp<N> {
             let mut dw = vec![0.0f32; s.hidden * s.vocab];
             for (i, block) in s.dlogits.iter().enumerate() {
                 let (x, n) = (&s.x[i * HEAD_ROWS * s.hidden..], block.len() / s.vocab);
-                product((s.hidden, s.vocab, n), &mut dw, i > 0, x, (1, s.hidden), block, (s.vocab, 1));
+                product((s.hidden, s.vocab, n), &mut dw, i > 0, 1.0, x, (1, s.hidden), block, (s.vocab, 1));
             }
             dw.iter_mut().for_each(|v| *v *= g);
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dw, [s.hidden, s.vocab])));
@@ -330,14 +263,14 @@ impl<const N: usize> Backward<Flex, N> for LoraOp<N> {
         let (a, b) = (f32s(&s.a), f32s(&s.b));
         // g = dY Bᵀ, [rows, r]: the gradient reaching `dropout(x) A`, before the scale.
         let mut g = vec![0.0f32; rows * r];
-        product((rows, r, d_out), &mut g, false, &dy, (d_out, 1), &b, (1, d_out));
+        product((rows, r, d_out), &mut g, false, 1.0, &dy, (d_out, 1), &b, (1, d_out));
         if let Some(node) = &ops.parents[0] {
             // dX = dY Wᵀ + scale · mask ∘ (g Aᵀ)
             let mut dx = s.weight.back(rows, d_in, d_out, &dy);
             match &s.mask {
                 Some(m) => {
                     let mut low = vec![0.0f32; rows * d_in];
-                    product((rows, d_in, r), &mut low, false, &g, (r, 1), &a, (1, r));
+                    product((rows, d_in, r), &mut low, false, 1.0, &g, (r, 1), &a, (1, r));
                     const CHUNK: usize = 1 << 14;
                     dx.par_chunks_mut(CHUNK).zip(low.par_chunks(CHUNK).zip(m.par_chunks(CHUNK))).for_each(
                         |(dx, (low, m))| {
@@ -347,7 +280,7 @@ impl<const N: usize> Backward<Flex, N> for LoraOp<N> {
                         },
                     );
                 }
-                None => scaled_product((rows, d_in, r), &mut dx, true, s.scale, &g, (r, 1), &a, (1, r)),
+                None => product((rows, d_in, r), &mut dx, true, s.scale, &g, (r, 1), &a, (1, r)),
             }
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [rows, d_in])));
         }
@@ -355,14 +288,14 @@ impl<const N: usize> Backward<Flex, N> for LoraOp<N> {
             // dA = scale · dropout(x)ᵀ g, [in, r]
             let xd = s.dropped();
             let mut da = vec![0.0f32; d_in * r];
-            product((d_in, r, rows), &mut da, false, &xd, (1, d_in), &g, (r, 1));
+            product((d_in, r, rows), &mut da, false, 1.0, &xd, (1, d_in), &g, (r, 1));
             da.iter_mut().for_each(|v| *v *= s.scale);
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(da, [d_in, r])));
         }
         if let Some(node) = &ops.parents[2] {
             // dB = scale · uᵀ dY, [r, out]
             let mut db = vec![0.0f32; r * d_out];
-            product((r, d_out, rows), &mut db, false, &s.u, (1, r), &dy, (d_out, 1));
+            product((r, d_out, rows), &mut db, false, 1.0, &s.u, (1, r), &dy, (d_out, 1));
             db.iter_mut().for_each(|v| *v *= s.scale);
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(db, [r, d_out])));
         }
@@ -408,13 +341,13 @@ pub(crate) fn lora_linear<B: Backend>(
     match &mask {
         Some(m) => {
             let xd = times(&xs, m);
-            product((rows, rank, d_in), &mut u, false, &xd, (d_in, 1), &f32s(&a.primitive), (rank, 1));
+            product((rows, rank, d_in), &mut u, false, 1.0, &xd, (d_in, 1), &f32s(&a.primitive), (rank, 1));
         }
-        None => product((rows, rank, d_in), &mut u, false, &xs, (d_in, 1), &f32s(&a.primitive), (rank, 1)),
+        None => product((rows, rank, d_in), &mut u, false, 1.0, &xs, (d_in, 1), &f32s(&a.primitive), (rank, 1)),
     }
     // y += scale · u B
     let scale = adapter.scale as f32;
-    scaled_product((rows, d_out, rank), &mut y, true, scale, &u, (rank, 1), &f32s(&b.primitive), (d_out, 1));
+    product((rows, d_out, rank), &mut y, true, scale, &u, (rank, 1), &f32s(&b.primitive), (d_out, 1));
     drop(xs);
     let out = FlexTensor::from_data(TensorData::new(y, [rows, d_out]));
     let state = |x: &AdTensor| LoraState {
@@ -578,48 +511,6 @@ pub(crate) fn swiglu<B: Backend>(g: Tensor<B, 2>, u: Tensor<B, 2>) -> Tensor<B, 
     wrap::<B, _, 2>(y)
 }
 
-/// `dst (m×n, row stride dst_rs) [+]= a (m×k) · b (k×n)`, operands by their row and column
-/// strides, on this thread.
-///
-/// # Safety
-/// Every element the strides address must lie in its buffer, and `dst` must not alias `a` or `b`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_at(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    a: *const f32,
-    (a_rs, a_cs): (usize, usize),
-    b: *const f32,
-    (b_rs, b_cs): (usize, usize),
-) {
-    // SAFETY: the caller's promise.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            a,
-            a_cs as isize,
-            a_rs as isize,
-            b,
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 /// The sizes of one attention call: `batch` rows of `seq` positions each, from position 0.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AttentionShape {
@@ -666,26 +557,9 @@ fn scores(s: &AttentionShape, q: &[f32], k: &[f32], b: usize, h: usize, out: &mu
     let (q, k) = (&q[b * t * qw + h * d..], &k[b * t * kw + kvh * d..]);
     assert!(out.len() >= t * t && q.len() > (t - 1) * qw + d - 1 && k.len() > (t - 1) * kw + d - 1);
     // SAFETY: the assert bounds every element; `out` is a buffer of its own.
-    unsafe { gemm_at((t, t, d), out.as_mut_ptr(), t, false, q.as_ptr(), (qw, 1), k.as_ptr(), (1, kw)) };
+    unsafe { gemm_at((t, t, d), out.as_mut_ptr(), t, false, 1.0, q.as_ptr(), (qw, 1), k.as_ptr(), (1, kw)) };
     let scale = 1.0 / (d as f32).sqrt();
     out[..t * t].iter_mut().for_each(|v| *v *= scale);
-}
-
-/// The inverse of `cpu::rope`: rotates each pair back by its position's angle (the gradient of a
-/// rotation is the opposite rotation).
-fn unrope(x: &mut [f32], seq: usize, heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
-    let half = d / 2;
-    for (r, row) in x.chunks_exact_mut(heads * d).enumerate() {
-        let (cos, sin) = (&cos[(r % seq) * half..][..half], &sin[(r % seq) * half..][..half]);
-        for head in row.chunks_exact_mut(d) {
-            let (lo, hi) = head.split_at_mut(half);
-            for i in 0..half {
-                let (a, b) = (lo[i], hi[i]);
-                lo[i] = a * cos[i] + b * sin[i];
-                hi[i] = b * cos[i] - a * sin[i];
-            }
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -729,13 +603,14 @@ impl Backward<Flex, 3> for AttentionOp {
                         dv_at.get().add(b * t * kw + kvh * d),
                         kw,
                         true,
+                        1.0,
                         p.as_ptr(),
                         (1, t),
                         dout.as_ptr(),
                         (qw, 1),
                     );
                     // dP = dO · Vᵀ
-                    gemm_at((t, t, d), dp.as_mut_ptr(), t, false, dout.as_ptr(), (qw, 1), vh.as_ptr(), (1, kw));
+                    gemm_at((t, t, d), dp.as_mut_ptr(), t, false, 1.0, dout.as_ptr(), (qw, 1), vh.as_ptr(), (1, kw));
                 }
                 // dS = P ∘ (dP − Σⱼ P dP) / √d, in place of dP.
                 for (prow, dprow) in p.chunks(t).zip(dp.chunks_mut(t)) {
@@ -751,6 +626,7 @@ impl Backward<Flex, 3> for AttentionOp {
                         dq_at.get().add(b * t * qw + h * d),
                         qw,
                         false,
+                        1.0,
                         dp.as_ptr(),
                         (t, 1),
                         k.as_ptr(),
@@ -761,6 +637,7 @@ impl Backward<Flex, 3> for AttentionOp {
                         dk_at.get().add(b * t * kw + kvh * d),
                         kw,
                         true,
+                        1.0,
                         dp.as_ptr(),
                         (1, t),
                         q.as_ptr(),
@@ -769,8 +646,10 @@ impl Backward<Flex, 3> for AttentionOp {
                 }
             }
         });
-        unrope(&mut dq, t, heads, d, &s.cos, &s.sin);
-        unrope(&mut dk, t, kv_heads, d, &s.cos, &s.sin);
+        // The gradient of a rotation is the opposite rotation: the same cosines, negated sines.
+        let back: Vec<f32> = s.sin.iter().map(|v| -v).collect();
+        super::cpu::rope(&mut dq, t, heads, d, &s.cos, &back);
+        super::cpu::rope(&mut dk, t, kv_heads, d, &s.cos, &back);
         for (node, g, width) in [(&ops.parents[0], dq, qw), (&ops.parents[1], dk, kw), (&ops.parents[2], dv, kw)] {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(g, [batch * t, width])));
@@ -834,6 +713,7 @@ pub(crate) fn attention<B: Backend>(
                 out_at.get().add(b * t * qw + h * d),
                 qw,
                 false,
+                1.0,
                 p.as_ptr(),
                 (t, 1),
                 vh.as_ptr(),
