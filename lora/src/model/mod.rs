@@ -345,20 +345,33 @@ impl<B: Backend> Llama<B> {
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &device);
         let mut x = self.embed.val().select(0, ids);
 
-        let (cos, sin) = self.rope_tables(past, seq, &device);
-        let mask = (seq > 1).then(|| causal_mask::<B>(seq, past, c.n_heads / c.n_kv_heads, &device));
+        // Training on the CPU backend takes the fused attention, which needs neither Burn's
+        // rotary tables nor the mask tensor: its own tables, once for every layer.
+        let fused = training && train_ops::runs::<B>();
+        let rotary = fused.then(|| std::sync::Arc::new(train_ops::Rotary::new(&c.inv_freq(), seq)));
+        let burn_path = (!fused).then(|| {
+            let mask = (seq > 1).then(|| causal_mask::<B>(seq, past, c.n_heads / c.n_kv_heads, &device));
+            (self.rope_tables(past, seq, &device), mask)
+        });
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let h = rms_norm(x.clone(), block.attn_norm.val(), c.rms_norm_eps);
-            let fused = (training && train_ops::runs::<B>()).then(|| {
-                use crate::lora::Target::{K, Q, V};
-                let shape =
-                    train_ops::AttentionShape { batch, seq, heads: c.n_heads, kv_heads: c.n_kv_heads, d: c.head_dim };
-                let (q, k, v) = (block.proj(Q, h.clone()), block.proj(K, h.clone()), block.proj(V, h.clone()));
-                train_ops::attention(q, k, v, shape, &c.inv_freq())
-            });
-            let attn = match fused.flatten() {
-                Some(heads) => block.proj(crate::lora::Target::O, heads),
-                None => self.attention(block, h, batch, seq, (&cos, &sin), mask.clone(), layer_cache),
+            let attn = match (&rotary, &burn_path) {
+                (Some(rotary), _) => {
+                    use crate::lora::Target::{K, O, Q, V};
+                    let shape = train_ops::AttentionShape {
+                        batch,
+                        seq,
+                        heads: c.n_heads,
+                        kv_heads: c.n_kv_heads,
+                        d: c.head_dim,
+                    };
+                    let (q, k, v) = (block.proj(Q, h.clone()), block.proj(K, h.clone()), block.proj(V, h));
+                    block.proj(O, train_ops::attention(q, k, v, shape, rotary))
+                }
+                (None, Some(((cos, sin), mask))) => {
+                    self.attention(block, h, batch, seq, (cos, sin), mask.clone(), layer_cache)
+                }
+                (None, None) => unreachable!("one of the two paths is prepared"),
             };
             x = x + attn;
             let h = rms_norm(x.clone(), block.mlp_norm.val(), c.rms_norm_eps);

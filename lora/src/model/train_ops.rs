@@ -7,6 +7,10 @@
 //! passes as separate full-size tensors, and attention through reshapes, strided copies, a mask
 //! tensor and a softmax. Here:
 //!
+//! * [`lora_linear`]: a projection with its adapter, `x W + b + scale · dropout(x) A B`;
+//! * [`attention`]: causal grouped-query attention with the rotary embedding, keeping one
+//!   log-sum-exp per score row and recomputing the probabilities backward;
+//! * [`rms_norm`] and [`swiglu`], one pass each way;
 //! * [`head_loss`]: the output projection and the cross-entropy in one operation. Only the
 //!   labelled positions get logits at all (the loss ignores the others); each row's softmax is
 //!   taken in place and turned into the logits' gradient at once, which the backward pass
@@ -521,6 +525,24 @@ pub(crate) struct AttentionShape {
     pub d: usize,
 }
 
+/// The rotary embedding's tables for positions `0..seq`, built once per forward pass and shared
+/// by every layer's attention (and kept for their backward passes).
+#[derive(Debug)]
+pub(crate) struct Rotary {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// The sines negated: the gradient of a rotation is the opposite rotation.
+    back: Vec<f32>,
+}
+
+impl Rotary {
+    pub(crate) fn new(inv_freq: &[f64], seq: usize) -> Self {
+        let (cos, sin) = super::cpu::rope_tables(inv_freq, 0, seq);
+        let back = sin.iter().map(|v| -v).collect();
+        Rotary { cos, sin, back }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct AttentionState {
     shape: AttentionShape,
@@ -530,8 +552,7 @@ struct AttentionState {
     v: FlexTensor,
     /// Each (row, head, position)'s log-sum-exp of its scaled scores: the softmax, recomputed.
     lse: Arc<Vec<f32>>,
-    cos: Arc<Vec<f32>>,
-    sin: Arc<Vec<f32>>,
+    rotary: Arc<Rotary>,
 }
 
 impl AttentionState {
@@ -556,10 +577,9 @@ fn scores(s: &AttentionShape, q: &[f32], k: &[f32], b: usize, h: usize, out: &mu
     let kvh = h / (s.heads / s.kv_heads);
     let (q, k) = (&q[b * t * qw + h * d..], &k[b * t * kw + kvh * d..]);
     assert!(out.len() >= t * t && q.len() > (t - 1) * qw + d - 1 && k.len() > (t - 1) * kw + d - 1);
-    // SAFETY: the assert bounds every element; `out` is a buffer of its own.
-    unsafe { gemm_at((t, t, d), out.as_mut_ptr(), t, false, 1.0, q.as_ptr(), (qw, 1), k.as_ptr(), (1, kw)) };
     let scale = 1.0 / (d as f32).sqrt();
-    out[..t * t].iter_mut().for_each(|v| *v *= scale);
+    // SAFETY: the assert bounds every element; `out` is a buffer of its own.
+    unsafe { gemm_at((t, t, d), out.as_mut_ptr(), t, false, scale, q.as_ptr(), (qw, 1), k.as_ptr(), (1, kw)) };
 }
 
 #[derive(Debug)]
@@ -646,10 +666,9 @@ impl Backward<Flex, 3> for AttentionOp {
                 }
             }
         });
-        // The gradient of a rotation is the opposite rotation: the same cosines, negated sines.
-        let back: Vec<f32> = s.sin.iter().map(|v| -v).collect();
-        super::cpu::rope(&mut dq, t, heads, d, &s.cos, &back);
-        super::cpu::rope(&mut dk, t, kv_heads, d, &s.cos, &back);
+        let Rotary { cos, back, .. } = &*s.rotary;
+        super::cpu::rope(&mut dq, t, heads, d, cos, back);
+        super::cpu::rope(&mut dk, t, kv_heads, d, cos, back);
         for (node, g, width) in [(&ops.parents[0], dq, qw), (&ops.parents[1], dk, kw), (&ops.parents[2], dv, kw)] {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(g, [batch * t, width])));
@@ -661,7 +680,7 @@ impl Backward<Flex, 3> for AttentionOp {
 /// Causal grouped-query attention with the rotary embedding, from the projections' outputs
 /// `q` (`[batch·seq, heads·d]`), `k` and `v` (`[batch·seq, kv_heads·d]`) at positions `0..seq`
 /// of each row, to the heads' outputs side by side (`[batch·seq, heads·d]`, what the output
-/// projection reads), as one operation on `Autodiff<Flex>`; `None` on other backends.
+/// projection reads), as one operation on `Autodiff<Flex>`; callers check [`runs`] first.
 ///
 /// It keeps the rotated queries and keys and one log-sum-exp per score row, and recomputes the
 /// probabilities in the backward pass rather than keeping `seq²` of them per head.
@@ -670,20 +689,16 @@ pub(crate) fn attention<B: Backend>(
     k: Tensor<B, 2>,
     v: Tensor<B, 2>,
     shape: AttentionShape,
-    inv_freq: &[f64],
-) -> Option<Tensor<B, 2>> {
-    if !runs::<B>() {
-        return None;
-    }
+    rotary: &Arc<Rotary>,
+) -> Tensor<B, 2> {
     let AttentionShape { batch, seq: t, heads, kv_heads, d } = shape;
     let (q, k, v) = (prim::<B, AdTensor, 2>(q), prim::<B, AdTensor, 2>(k), prim::<B, AdTensor, 2>(v));
     let (qw, kw, rep) = (heads * d, kv_heads * d, heads / kv_heads);
-    let (cos, sin) = super::cpu::rope_tables(inv_freq, 0, t);
     let mut qr = f32s(&q.primitive).into_owned();
     let mut kr = f32s(&k.primitive).into_owned();
     assert!(qr.len() == batch * t * qw && kr.len() == batch * t * kw, "attention's operands");
-    super::cpu::rope(&mut qr, t, heads, d, &cos, &sin);
-    super::cpu::rope(&mut kr, t, kv_heads, d, &cos, &sin);
+    super::cpu::rope(&mut qr, t, heads, d, &rotary.cos, &rotary.sin);
+    super::cpu::rope(&mut kr, t, kv_heads, d, &rotary.cos, &rotary.sin);
     let vs = f32s(&v.primitive);
     let mut out = vec![0.0f32; batch * t * qw];
     let mut lse = vec![0.0f32; batch * heads * t];
@@ -731,14 +746,13 @@ pub(crate) fn attention<B: Backend>(
                 k: Arc::new(kr),
                 v: v.primitive.clone(),
                 lse: Arc::new(lse),
-                cos: Arc::new(cos),
-                sin: Arc::new(sin),
+                rotary: rotary.clone(),
             };
             prep.finish(state, y)
         }
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    Some(wrap::<B, _, 2>(y))
+    wrap::<B, _, 2>(y)
 }
 
 #[cfg(test)]
