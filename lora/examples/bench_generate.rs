@@ -1,7 +1,7 @@
 // Throughput of generation (one greedy stream; 50 sampled replies to one prompt) and of LoRA training on the CPU.
 // It must not change what it measures between runs: fixed prompt, seed, lengths; it only reads the model file.
 
-//! `cargo run --release -p nasc-lora --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--quantized-base] [--only generate|train] [--epochs N]`
+//! `cargo run --release -p nasc-lora --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--quantized-base] [--only generate|stream|batch|train] [--epochs N]`
 //!
 //! The model defaults to `$NASC_SMOLLM2_GGUF`. `--burn-too` runs every measurement twice per
 //! round, once with nasc-lora's CPU kernels and once through Burn's generic ops, interleaved, and
@@ -20,7 +20,8 @@ struct Args {
     rounds: usize,
     burn_too: bool,
     quantized: bool,
-    /// `Some("generate")` or `Some("train")`: run that part alone.
+    /// `Some("generate")` (one stream and the batch), `Some("stream")`, `Some("batch")` or
+    /// `Some("train")`: run that part alone.
     only: Option<String>,
     /// Training epochs (of two steps each); the rate leaves out the first.
     epochs: usize,
@@ -49,8 +50,8 @@ fn args() -> Result<Args, String> {
             "--quantized-base" => a.quantized = true,
             "--only" => {
                 let part = it.next().unwrap_or_default();
-                if part != "generate" && part != "train" {
-                    return Err(format!("--only takes generate or train, not {part:?}"));
+                if !["generate", "stream", "batch", "train"].contains(&part.as_str()) {
+                    return Err(format!("--only takes generate, stream, batch or train, not {part:?}"));
                 }
                 a.only = Some(part);
             }
@@ -90,22 +91,31 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let many =
         SamplingParams { max_new_tokens: 32, temperature: 0.8, top_p: 0.95, n: 50, seed: 7, ..Default::default() };
     let modes: &[bool] = if a.burn_too { &[true, false] } else { &[true] };
-    let only = |part: &str| a.only.as_deref().is_none_or(|o| o == part);
-    for round in 0..if only("generate") { a.rounds } else { 0 } {
+    let only = |part: &str| a.only.as_deref().is_none_or(|o| o == part || (o == "generate" && part != "train"));
+    for round in 0..if only("stream") || only("batch") { a.rounds } else { 0 } {
         for &kernels in modes {
             set_cpu_kernels(kernels);
             let label = if kernels { "default" } else { "burn   " };
-            let g1 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &one, |_, _| {})?;
-            let d1 = g1.generated_tokens() as f64 / g1.decode_seconds.max(1e-9);
-            let g50 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &many, |_, _| {})?;
-            println!(
-                "round {round} {label}: one stream {:.1} tok/s (decode only {:.1}, prefill {:.0} ms); n=50 {:.1} tok/s aggregate ({} tokens)",
-                g1.tokens_per_second(),
-                d1,
-                g1.prefill_seconds * 1e3,
-                g50.tokens_per_second(),
-                g50.generated_tokens()
-            );
+            let mut line = format!("round {round} {label}:");
+            if only("stream") {
+                let g1 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &one, |_, _| {})?;
+                let d1 = g1.generated_tokens() as f64 / g1.decode_seconds.max(1e-9);
+                line += &format!(
+                    " one stream {:.1} tok/s (decode only {:.1}, prefill {:.0} ms);",
+                    g1.tokens_per_second(),
+                    d1,
+                    g1.prefill_seconds * 1e3
+                );
+            }
+            if only("batch") {
+                let g50 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &many, |_, _| {})?;
+                line += &format!(
+                    " n=50 {:.1} tok/s aggregate ({} tokens)",
+                    g50.tokens_per_second(),
+                    g50.generated_tokens()
+                );
+            }
+            println!("{line}");
         }
     }
     set_cpu_kernels(true);

@@ -119,6 +119,35 @@ fn one_row_products_equal_plain_sums() {
     }
 }
 
+#[test]
+fn products_of_row_major_operands_equal_plain_sums() {
+    // One thread's product and column blocks over threads (the largest shapes), widths that end
+    // inside a vector, and a left operand with a row stride wider than its row.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (m, k, n) in [(1, 5, 7), (13, 200, 40), (50, 577, 1536 + 9), (128, 64, 100), (2, 400, 33)] {
+        let lda = k + 3;
+        let a = uniform(&mut rng, m * lda, 1.0);
+        let b = uniform(&mut rng, k * n, 1.0);
+        let plain = |i: usize, j: usize| (0..k).map(|r| a[i * lda + r] as f64 * b[r * n + j] as f64).sum::<f64>();
+        let want: Vec<f32> = (0..m * n).map(|e| plain(e / n, e % n) as f32).collect();
+        let mut y = vec![f32::NAN; m * n];
+        super::cpu::product((m, n, k), &mut y, false, 1.0, &a, (lda, 1), &b, (n, 1));
+        let d = max_diff(&y, &want);
+        assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}]: differs by {d}");
+        let start = uniform(&mut rng, m * n, 1.0);
+        let mut y = start.clone();
+        super::cpu::product((m, n, k), &mut y, true, -0.5, &a, (lda, 1), &b, (n, 1));
+        let added: Vec<f32> = start.iter().zip(&want).map(|(s, w)| s - 0.5 * w).collect();
+        let d = max_diff(&y, &added);
+        assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] added at -0.5: differs by {d}");
+        let mut y = vec![f32::NAN; m * n];
+        super::cpu::product((m, n, k), &mut y, false, 0.25, &a, (lda, 1), &b, (n, 1));
+        let want: Vec<f32> = want.iter().map(|w| 0.25 * w).collect();
+        let d = max_diff(&y, &want);
+        assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] scaled by 0.25: differs by {d}");
+    }
+}
+
 // ---- quantised weights ----
 
 fn f16_bytes(x: f32) -> [u8; 2] {
@@ -190,53 +219,78 @@ fn quantised_products_equal_products_with_the_dequantised_matrix() {
 }
 
 #[test]
-fn one_row_products_with_8_bit_inputs_stay_within_half_a_step_of_the_input_scale() {
+fn products_with_8_bit_inputs_stay_within_half_a_step_of_the_input_scale() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        // 70 outputs: four whole groups of 16 for the VNNI kernel and a partial fifth, alone.
         let (rows, cols) = (70, 8 * 32);
         let bytes = random_blocks(ty, rows, cols, &mut rng);
         let w = dequantize(ty, &bytes).unwrap();
         let q = QuantMatrix::new(ty, rows, cols, bytes.clone()).unwrap();
-        // Inputs of very different sizes per block, one block all zeros, one value alone.
-        let mut x: Vec<f32> =
-            (0..cols).map(|c| (rng.next_u32() as f32 / u32::MAX as f32 - 0.5) * (1 + c / 32) as f32).collect();
-        x[64..96].fill(0.0);
-        x[96..128].fill(0.0);
-        x[100] = -3.0;
-        let xq = crate::model::quant::Q8Input::new(&x);
-        let rounded = xq.dequantised();
-        let mut y = vec![0.0; rows];
-        with_int8_activations(true, || q.matmul(1, &x, &mut y));
-        let mut exact = vec![0.0; rows];
-        with_int8_activations(false, || q.matmul(1, &x, &mut exact));
-        let bb = ty.block_bytes() as usize;
-        for r in 0..rows {
-            let row = &w[r * cols..][..cols];
-            // What the integer product computes: the weight times the rounded input, except that
-            // Q4_1's minimum multiplies the exact input.
-            let want: f64 = (0..cols)
-                .map(|c| {
-                    let block = &bytes[(r * cols / 32 + c / 32) * bb..][..bb];
-                    let min =
-                        if ty == GgmlType::Q4_1 { f16::from_le_bytes([block[2], block[3]]).to_f32() } else { 0.0 };
-                    (row[c] - min) as f64 * rounded[c] as f64 + min as f64 * x[c] as f64
+        // One stream, and batches that the VNNI kernel tiles as 2, 3 + 4 and 9 tiles of 5 or 6.
+        for m in [1, 2, 7, 50] {
+            // Inputs of very different sizes per block, one block all zeros, one value alone.
+            let x: Vec<f32> = (0..m)
+                .flat_map(|i| {
+                    let mut x: Vec<f32> = (0..cols)
+                        .map(|c| (rng.next_u32() as f32 / u32::MAX as f32 - 0.5) * (1 + (c / 32 + i) % 8) as f32)
+                        .collect();
+                    x[64..128].fill(0.0);
+                    x[100] = -3.0 + i as f32 * 0.1;
+                    x
                 })
-                .sum();
-            let scale = row.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum::<f32>().max(1e-3);
-            assert!(((y[r] as f64 - want).abs() as f32) < 1e-5 * scale, "{ty} row {r}: {} against {want}", y[r]);
-            // And the rounding's error bound: half a step of each block's scale per value.
-            let bound: f32 = (0..cols)
-                .map(|c| {
-                    let block = &bytes[(r * cols / 32 + c / 32) * bb..][..bb];
-                    let min =
-                        if ty == GgmlType::Q4_1 { f16::from_le_bytes([block[2], block[3]]).to_f32() } else { 0.0 };
-                    (row[c] - min).abs() * x[c / 32 * 32..][..32].iter().fold(0f32, |m, v| m.max(v.abs())) / 254.0
-                })
-                .sum();
-            let err = (y[r] - exact[r]).abs();
-            assert!(err <= bound * 1.001 + 1e-5 * scale, "{ty} row {r}: off the exact product by {err}, bound {bound}");
+                .collect();
+            let mut exact = vec![0.0; m * rows];
+            with_int8_activations(false, || q.matmul(m, &x, &mut exact));
+            let mut ys = vec![];
+            for vnni in [true, false] {
+                let mut y = vec![f32::NAN; m * rows];
+                super::vnni::with_kernel(vnni, || with_int8_activations(true, || q.matmul(m, &x, &mut y)));
+                ys.push(y);
+            }
+            for (i, x) in x.chunks_exact(cols).enumerate() {
+                let xq = crate::model::quant::Q8Input::new(x);
+                let rounded = xq.dequantised();
+                for r in 0..rows {
+                    let row = &w[r * cols..][..cols];
+                    let at = i * rows + r;
+                    // What the integer product computes: the weight times the rounded input,
+                    // except that Q4_1's minimum multiplies the exact input.
+                    let min = |c: usize| {
+                        let block = &bytes[(r * cols / 32 + c / 32) * ty.block_bytes() as usize..];
+                        if ty == GgmlType::Q4_1 {
+                            f16::from_le_bytes([block[2], block[3]]).to_f32()
+                        } else {
+                            0.0
+                        }
+                    };
+                    let want: f64 = (0..cols)
+                        .map(|c| (row[c] - min(c)) as f64 * rounded[c] as f64 + min(c) as f64 * x[c] as f64)
+                        .sum();
+                    let scale = row.iter().zip(x).map(|(w, x)| (w * x).abs()).sum::<f32>().max(1e-3);
+                    for (y, kernel) in ys.iter().zip(["VNNI", "per-row"]) {
+                        let got = y[at];
+                        assert!(
+                            ((got as f64 - want).abs() as f32) < 1e-5 * scale,
+                            "{ty} m={m} {kernel}, input {i} output {r}: {got} against {want}"
+                        );
+                    }
+                    // And the rounding's error bound: half a step of each block's scale per value.
+                    let bound: f32 = (0..cols)
+                        .map(|c| {
+                            (row[c] - min(c)).abs() * x[c / 32 * 32..][..32].iter().fold(0f32, |m, v| m.max(v.abs()))
+                                / 254.0
+                        })
+                        .sum();
+                    let err = (ys[0][at] - exact[at]).abs();
+                    assert!(
+                        err <= bound * 1.001 + 1e-5 * scale,
+                        "{ty} m={m} input {i} output {r}: off the exact product by {err}, bound {bound}"
+                    );
+                }
+            }
+            assert!(ys[0] != exact, "{ty} m={m}: the 8-bit path did not run");
         }
-        assert!(y != exact, "{ty}: the 8-bit path did not run");
     }
 }
 
@@ -310,46 +364,58 @@ fn loaded<B: burn::tensor::backend::Backend>(bytes: &[u8], quantised_base: bool)
 
 #[test]
 fn a_quantised_base_gives_the_logits_of_its_dequantised_twin() {
-    let (_, bytes) = quantised_gguf(9);
-    let (f32_model, q_model) = (loaded::<Flex>(&bytes, false), loaded::<Flex>(&bytes, true));
-    assert!(q_model.has_quantised_base() && !f32_model.has_quantised_base());
-    assert!(q_model.quantised_head.is_some() && f32_model.quantised_head.is_none());
-    assert!(q_model.blocks.iter().all(|b| Target::ALL.iter().all(|&t| b.base(t).1.is_some())));
-    let reference = cache_walk(&f32_model, false);
-    for kernels in [true, false] {
-        // The Burn path of a quantised base still multiplies by the quantised weights.
-        let got = with_cpu_kernels(kernels, || {
-            let mut cache = KvCache::new(&q_model.config);
-            values(q_model.forward_all(&TOKENS, 1, &mut cache).unwrap())
-        });
-        let want = {
-            let mut cache = KvCache::new(&f32_model.config);
-            with_cpu_kernels(false, || values(f32_model.forward_all(&TOKENS, 1, &mut cache).unwrap()))
-        };
-        let d = max_diff(&got, &want);
-        assert!(d < 1e-4, "kernels={kernels}: quantised base differs from its f32 twin by {d}");
-    }
-    // A quantised base always decodes through the kernels, with adapters too.
-    let q_adapted = with_adapters(q_model, 4);
-    let f_adapted = with_adapters(f32_model, 4);
-    let d = max_diff(&cache_walk(&q_adapted, true), &cache_walk(&f_adapted, false));
-    assert!(d < 1e-4, "adapted quantised base differs from its f32 twin by {d}");
-    assert!(reference.len() > 100);
+    // Dequantised products: several rows take 8-bit inputs by default.
+    with_int8_activations(false, || {
+        let (_, bytes) = quantised_gguf(9);
+        let (f32_model, q_model) = (loaded::<Flex>(&bytes, false), loaded::<Flex>(&bytes, true));
+        assert!(q_model.has_quantised_base() && !f32_model.has_quantised_base());
+        assert!(q_model.quantised_head.is_some() && f32_model.quantised_head.is_none());
+        assert!(q_model.blocks.iter().all(|b| Target::ALL.iter().all(|&t| b.base(t).1.is_some())));
+        let reference = cache_walk(&f32_model, false);
+        for kernels in [true, false] {
+            // The Burn path of a quantised base still multiplies by the quantised weights.
+            let got = with_cpu_kernels(kernels, || {
+                let mut cache = KvCache::new(&q_model.config);
+                values(q_model.forward_all(&TOKENS, 1, &mut cache).unwrap())
+            });
+            let want = {
+                let mut cache = KvCache::new(&f32_model.config);
+                with_cpu_kernels(false, || values(f32_model.forward_all(&TOKENS, 1, &mut cache).unwrap()))
+            };
+            let d = max_diff(&got, &want);
+            assert!(d < 1e-4, "kernels={kernels}: quantised base differs from its f32 twin by {d}");
+        }
+        // A quantised base always decodes through the kernels, with adapters too.
+        let q_adapted = with_adapters(q_model, 4);
+        let f_adapted = with_adapters(f32_model, 4);
+        let d = max_diff(&cache_walk(&q_adapted, true), &cache_walk(&f_adapted, false));
+        assert!(d < 1e-4, "adapted quantised base differs from its f32 twin by {d}");
+        assert!(reference.len() > 100);
+    })
 }
 
 /// Logits of a prefill and then of single-token steps: one decoding stream, whose products have
 /// one input row.
 fn one_stream(model: &Llama<Flex>) -> Vec<f32> {
+    streams(model, &[TOKENS])
+}
+
+/// Decoding several streams together: each row's first three tokens at once, then one at a
+/// time; the logits of each step, row by row.
+fn streams(model: &Llama<Flex>, rows: &[[u32; 7]]) -> Vec<f32> {
+    let batch = rows.len();
     let mut cache = KvCache::new(&model.config);
-    let mut out = values(model.forward_last(&TOKENS[..3], 1, &mut cache).unwrap());
-    for &t in &TOKENS[3..] {
-        out.extend(values(model.forward_last(&[t], 1, &mut cache).unwrap()));
+    let prompt: Vec<u32> = rows.iter().flat_map(|r| r[..3].iter().copied()).collect();
+    let mut out = vec![values(model.forward_last(&prompt, batch, &mut cache).unwrap())];
+    for step in 3..7 {
+        let tokens: Vec<u32> = rows.iter().map(|r| r[step]).collect();
+        out.push(values(model.forward_last(&tokens, batch, &mut cache).unwrap()));
     }
-    out
+    out.concat()
 }
 
 #[test]
-fn one_decoding_stream_on_a_quantised_base_is_exact_or_close_with_8_bit_inputs() {
+fn decoding_on_a_quantised_base_is_exact_or_close_with_8_bit_inputs_alone_or_batched() {
     let (_, bytes) = quantised_gguf(11);
     let (f32_model, q_model) = (loaded::<Flex>(&bytes, false), loaded::<Flex>(&bytes, true));
     let want = with_cpu_kernels(false, || one_stream(&f32_model));
@@ -360,6 +426,17 @@ fn one_decoding_stream_on_a_quantised_base_is_exact_or_close_with_8_bit_inputs()
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = max_diff(&rounded, &want);
     assert!(d > 0.0 && d < 0.03 * scale, "8-bit inputs move the logits by {d} (values up to {scale})");
+    // A batch (prompt rows and decoding steps of several rows: the VNNI kernel where the CPU has
+    // it) gives each stream what it gives alone (one-row integer products).
+    let rows = [TOKENS, [7, 1, 44, 2, 250, 3, 3], [0, 0, 0, 9, 8, 7, 6]];
+    let vocab = q_model.config.vocab_size;
+    let together = with_int8_activations(true, || streams(&q_model, &rows));
+    for (i, row) in rows.iter().enumerate() {
+        let alone = with_int8_activations(true, || streams(&q_model, &[*row]));
+        let mine: Vec<f32> = together.chunks_exact(vocab).skip(i).step_by(rows.len()).flatten().copied().collect();
+        let d = max_diff(&mine, &alone);
+        assert!(d < 1e-5 * scale, "stream {i} decoded in a batch differs from alone by {d}");
+    }
 }
 
 #[test]
@@ -402,15 +479,18 @@ fn a_quantised_base_needs_quantised_weights() {
 
 #[test]
 fn merging_onto_a_quantised_base_gives_the_f32_merge() {
-    let (_, bytes) = quantised_gguf(12);
-    let q = crate::lora::merge(with_adapters(loaded::<Flex>(&bytes, true), 8));
-    let f = crate::lora::merge(with_adapters(loaded::<Flex>(&bytes, false), 8));
-    let run = |m: &Llama<Flex>| {
-        let mut cache = KvCache::new(&m.config);
-        values(m.forward_all(&TOKENS, 1, &mut cache).unwrap())
-    };
-    let d = max_diff(&run(&q), &run(&f));
-    assert!(d < 1e-4, "merged quantised base differs by {d}");
+    // Dequantised products: several rows take 8-bit inputs by default.
+    with_int8_activations(false, || {
+        let (_, bytes) = quantised_gguf(12);
+        let q = crate::lora::merge(with_adapters(loaded::<Flex>(&bytes, true), 8));
+        let f = crate::lora::merge(with_adapters(loaded::<Flex>(&bytes, false), 8));
+        let run = |m: &Llama<Flex>| {
+            let mut cache = KvCache::new(&m.config);
+            values(m.forward_all(&TOKENS, 1, &mut cache).unwrap())
+        };
+        let d = max_diff(&run(&q), &run(&f));
+        assert!(d < 1e-4, "merged quantised base differs by {d}");
+    })
 }
 
 /// Every adapter's `A` and `B` gradients in `g`, block by block, projection by projection.

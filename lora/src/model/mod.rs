@@ -15,6 +15,7 @@ mod config;
 mod cpu;
 pub mod quant;
 mod train_ops;
+mod vnni;
 mod weights;
 
 #[cfg(test)]
