@@ -296,9 +296,7 @@ fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 
     }
     let t = params.temperature;
     let limit = if params.top_k == 0 { logits.len() } else { params.top_k.min(logits.len()) };
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f64> = logits.iter().map(|&l| (((l - max) / t) as f64).exp()).collect();
-    let total: f64 = weights.iter().sum();
+    let (weights, total) = weights(logits, t);
     // Candidates, most likely first: the tokens whose weight reaches a floor, the floor lowered
     // until they hold top_p of the mass (or top_k of them). A weight grows with its logit, so
     // the tokens at or above any floor are a prefix of the ranking and hold the nucleus once
@@ -317,6 +315,14 @@ fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 
     };
     let probs: Vec<f64> = candidates.iter().map(|&i| weights[i] / total).collect();
     draw(&candidates, &probs, params.top_p, rng)
+}
+
+/// Each token's unnormalised probability at temperature `t`, `e^((logit - max) / t)`, and their sum.
+fn weights(logits: &[f32], t: f32) -> (Vec<f64>, f64) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut w = logits.to_vec();
+    let total = crate::model::fastexp::exp_shifted(&mut w, max, 1.0 / t);
+    (w.into_iter().map(f64::from).collect(), total)
 }
 
 /// A token from `candidates` (most likely first, with their probabilities `probs`): from the
@@ -355,12 +361,12 @@ mod tests {
     fn reference(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         let t = params.temperature;
         let limit = if params.top_k == 0 { logits.len() } else { params.top_k.min(logits.len()) };
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let total: f64 = logits.iter().map(|&l| (((l - max) / t) as f64).exp()).sum();
+        // The same weights: this pins the choice of candidates, not the exponential.
+        let (weights, total) = weights(logits, t);
         let mut k = limit.min(64);
         let (candidates, probs) = loop {
             let idx = top_indices(logits, k);
-            let probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / t) as f64).exp() / total).collect();
+            let probs: Vec<f64> = idx.iter().map(|&i| weights[i] / total).collect();
             if k >= limit || probs.iter().sum::<f64>() >= params.top_p as f64 {
                 break (idx, probs);
             }

@@ -237,11 +237,7 @@ pub(crate) fn logits<B: Backend>(
         rms_norm(&x, &f32s(&prim::<B, FlexTensor, 1>(block.mlp_norm.val())), eps, &mut normed);
         project(block, Target::Gate, &normed, rows, &mut gate);
         project(block, Target::Up, &normed, rows, &mut up);
-        gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
-            for (g, &u) in g.iter_mut().zip(u) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-        });
+        gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| super::fastexp::swiglu(g, u));
         project(block, Target::Down, &gate, rows, &mut out);
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
     }
@@ -526,6 +522,7 @@ fn attention(g: &Attention, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) 
     let d = g.d;
     let scale = 1.0 / (d as f32).sqrt();
     let dst = SendPtr(out.as_mut_ptr());
+    let wide = avx512_heads(d);
     (0..g.batch * g.heads).into_par_iter().for_each(|unit| {
         let (b, head) = (unit / g.heads, unit % g.heads);
         let base = (b * g.kv_heads + head / rep) * g.cap * d;
@@ -535,27 +532,107 @@ fn attention(g: &Attention, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) 
             let at = (row * g.heads + head) * d;
             let qv = &q[at..at + d];
             let total = g.past + s + 1;
-            let mut max = f32::NEG_INFINITY;
-            for (j, score) in scores[..total].iter_mut().enumerate() {
-                *score = dot(qv, &kc[base + j * d..][..d]) * scale;
-                max = max.max(*score);
-            }
-            let mut sum = 0.0;
-            for score in &mut scores[..total] {
-                *score = (*score - max).exp();
-                sum += *score;
-            }
+            let (keys, values) = (&kc[base..base + total * d], &vc[base..base + total * d]);
             // SAFETY: each (row, head) owns out[at..at + d]; no other task writes it.
             let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(at), d) };
-            o.fill(0.0);
-            for (j, &p) in scores[..total].iter().enumerate() {
-                let p = p / sum;
-                for (o, &v) in o.iter_mut().zip(&vc[base + j * d..][..d]) {
-                    *o += p * v;
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                let scores = &mut scores[..total];
+                // SAFETY: `avx512_heads` checked the CPU and the head size.
+                unsafe {
+                    match d / 16 {
+                        1 => attend_avx512::<1>(qv, keys, values, scale, scores, o),
+                        2 => attend_avx512::<2>(qv, keys, values, scale, scores, o),
+                        3 => attend_avx512::<3>(qv, keys, values, scale, scores, o),
+                        4 => attend_avx512::<4>(qv, keys, values, scale, scores, o),
+                        5 => attend_avx512::<5>(qv, keys, values, scale, scores, o),
+                        6 => attend_avx512::<6>(qv, keys, values, scale, scores, o),
+                        7 => attend_avx512::<7>(qv, keys, values, scale, scores, o),
+                        _ => attend_avx512::<8>(qv, keys, values, scale, scores, o),
+                    }
                 }
+                continue;
             }
+            attend(qv, keys, values, scale, &mut scores[..total], o);
         }
     });
+}
+
+/// One query's attention over `scores.len()` keys and values (rows of `d`), into `o`.
+fn attend(qv: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], o: &mut [f32]) {
+    let d = qv.len();
+    let mut max = f32::NEG_INFINITY;
+    for (j, score) in scores.iter_mut().enumerate() {
+        *score = dot(qv, &keys[j * d..][..d]) * scale;
+        max = max.max(*score);
+    }
+    let inv = (1.0 / super::fastexp::exp_shifted(scores, max, 1.0)) as f32;
+    o.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, &v) in o.iter_mut().zip(&values[j * d..][..d]) {
+            *o += p * v;
+        }
+    }
+    o.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// Whether [`attend_avx512`] takes heads of `d` on this CPU.
+fn avx512_heads(d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        d % 16 == 0 && d <= 128 && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = d;
+        false
+    }
+}
+
+/// [`attend`] in AVX-512 registers, for heads of `16·C` values: the query and the output's
+/// sums over keys in `C` registers each, each score one register of partial products reduced
+/// once. Baseline code ran it four floats at a time, a fifth of 50 samples' decoding time.
+///
+/// # Safety
+/// The CPU has AVX-512F; `qv.len()` is `16·C`; `keys` and `values` hold `scores.len()` rows
+/// of `16·C`; `o` holds `16·C`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_avx512<const C: usize>(
+    qv: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let d = 16 * C;
+    // SAFETY (every load and store): the bounds in the function's contract.
+    unsafe {
+        let q: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(qv.as_ptr().add(16 * c)));
+        let mut max = f32::NEG_INFINITY;
+        for (j, score) in scores.iter_mut().enumerate() {
+            let k = keys.as_ptr().add(j * d);
+            let mut acc = _mm512_mul_ps(q[0], _mm512_loadu_ps(k));
+            for c in 1..C {
+                acc = _mm512_fmadd_ps(q[c], _mm512_loadu_ps(k.add(16 * c)), acc);
+            }
+            *score = _mm512_reduce_add_ps(acc) * scale;
+            max = max.max(*score);
+        }
+        let inv = _mm512_set1_ps((1.0 / super::fastexp::exp_shifted(scores, max, 1.0)) as f32);
+        let mut acc = [_mm512_setzero_ps(); C];
+        for (j, &p) in scores.iter().enumerate() {
+            let (p, v) = (_mm512_set1_ps(p), values.as_ptr().add(j * d));
+            for (c, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(p, _mm512_loadu_ps(v.add(16 * c)), *acc);
+            }
+        }
+        for (c, &acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(acc, inv));
+        }
+    }
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

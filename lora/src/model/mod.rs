@@ -13,6 +13,7 @@
 
 mod config;
 mod cpu;
+pub(crate) mod fastexp;
 pub mod quant;
 mod train_ops;
 mod vnni;
