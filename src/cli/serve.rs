@@ -54,9 +54,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_batch: usize,
     /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
-    /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: a lone decoding
-    /// stream rounds its input to 8 bits and takes integer dot products (Q8_0, Q4_0, Q4_1),
-    /// several times faster than f32 weights; batches dequantise on the fly. CPU only.
+    /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: inputs are
+    /// rounded to 8 bits and take integer dot products (Q8_0, Q4_0, Q4_1), several times faster
+    /// than f32 weights for one stream and about 1.6x for a batch of 50 (AVX-512 VNNI). CPU only.
     #[arg(long)]
     quantized_base: bool,
 }

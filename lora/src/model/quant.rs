@@ -29,7 +29,7 @@ pub struct QuantMatrix {
     decode: fn(&[u8], &mut [f32]),
     data: Vec<u8>,
     /// The weight reordered for [`vnni::product`], made by the first product of several 8-bit
-    /// rows that needs it (6 bits per weight beside the 4.5 to 8.5 of `data`).
+    /// rows that needs it (6 bits per weight for the 4-bit types, 10 for Q8_0, beside `data`).
     packed: std::sync::OnceLock<Packed>,
 }
 
