@@ -164,11 +164,7 @@ pub(crate) fn head_loss<B: Backend>(
         let label = labels[r] as usize;
         let target = row[label] as f64;
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0.0f64;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v as f64;
-        }
+        let sum = super::fastexp::exp_shifted(row, max, 1.0);
         let inv = (1.0 / sum) as f32;
         row.iter_mut().for_each(|v| *v *= inv);
         row[label] -= 1.0;
@@ -477,7 +473,7 @@ impl Backward<Flex, 2> for SwiGluOp {
             let at = c * CHUNK;
             for i in 0..dg.len() {
                 let (x, up, d) = (g[at + i], u[at + i], da[at + i]);
-                let s = 1.0 / (1.0 + (-x).exp());
+                let s = 1.0 / (1.0 + super::fastexp::exp(-x));
                 // d silu(x)/dx = s · (1 + x · (1 − s))
                 dg[i] = d * up * s * (1.0 + x * (1.0 - s));
                 du[i] = d * x * s;
@@ -503,7 +499,7 @@ pub(crate) fn swiglu<B: Backend>(g: Tensor<B, 2>, u: Tensor<B, 2>) -> Tensor<B, 
         let at = c * CHUNK;
         for (i, a) in a.iter_mut().enumerate() {
             let x = gs[at + i];
-            *a = x / (1.0 + (-x).exp()) * us[at + i];
+            *a = x / (1.0 + super::fastexp::exp(-x)) * us[at + i];
         }
     });
     drop((gs, us));
@@ -562,9 +558,7 @@ impl AttentionState {
         scores(&self.shape, &self.q, &self.k, b, h, p);
         let lse = &self.lse[(b * heads + h) * seq..][..seq];
         for (i, row) in p.chunks_mut(seq).enumerate() {
-            for v in &mut row[..=i] {
-                *v = (*v - lse[i]).exp();
-            }
+            super::fastexp::exp_shifted(&mut row[..=i], lse[i], 1.0);
             row[i + 1..].fill(0.0);
         }
     }
@@ -709,11 +703,7 @@ pub(crate) fn attention<B: Backend>(
         scores(&shape, &qr, &kr, b, h, &mut p);
         for (i, row) in p.chunks_mut(t).enumerate() {
             let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0.0f32;
-            for v in &mut row[..=i] {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
+            let sum = super::fastexp::exp_shifted(&mut row[..=i], max, 1.0) as f32;
             let inv = 1.0 / sum;
             row[..=i].iter_mut().for_each(|v| *v *= inv);
             row[i + 1..].fill(0.0);
