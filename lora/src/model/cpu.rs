@@ -522,6 +522,7 @@ fn attention(g: &Attention, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) 
     let d = g.d;
     let scale = 1.0 / (d as f32).sqrt();
     let dst = SendPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
     let wide = avx512_heads(d);
     (0..g.batch * g.heads).into_par_iter().for_each(|unit| {
         let (b, head) = (unit / g.heads, unit % g.heads);
@@ -577,16 +578,9 @@ fn attend(qv: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f3
 }
 
 /// Whether [`attend_avx512`] takes heads of `d` on this CPU.
+#[cfg(target_arch = "x86_64")]
 fn avx512_heads(d: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        d % 16 == 0 && d <= 128 && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = d;
-        false
-    }
+    d.is_multiple_of(16) && d <= 128 && std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// [`attend`] in AVX-512 registers, for heads of `16·C` values: the query and the output's
@@ -615,6 +609,7 @@ unsafe fn attend_avx512<const C: usize>(
         for (j, score) in scores.iter_mut().enumerate() {
             let k = keys.as_ptr().add(j * d);
             let mut acc = _mm512_mul_ps(q[0], _mm512_loadu_ps(k));
+            #[allow(clippy::needless_range_loop)] // an index over a const range unrolls
             for c in 1..C {
                 acc = _mm512_fmadd_ps(q[c], _mm512_loadu_ps(k.add(16 * c)), acc);
             }

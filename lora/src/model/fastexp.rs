@@ -17,7 +17,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 in two parts (Cody and Waite): n·LN2_HI is exact for |n| < 512, so the reduced
     // argument keeps its precision where x is large.
-    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_HI: f32 = 0.693_359_4; // 355/512 exactly
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5·2²³ leaves the nearest whole number (halves to even) in the mantissa's low bits.
     const SHIFT: f32 = 12_582_912.0;

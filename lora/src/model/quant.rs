@@ -6,10 +6,9 @@
 //! ([`set_int8_activations`]). In 8 bits, products take `vnni.rs`'s kernel
 //! over a reordered copy of the weight where the CPU has AVX-512 VNNI, and
 //! elsewhere an integer dot product per block, input row and weight row.
-//! Dequantising, one row
-//! takes a fused dot product per block; more rows dequantise a tile of the
-//! weight into a per-thread scratch buffer and run `gemm` on it, so the f32
-//! matrix never exists whole.
+//! Dequantising, one row takes a fused dot product per block; more rows
+//! dequantise a tile of the weight into a per-thread scratch buffer and run
+//! `gemm` on it, so the f32 matrix never exists whole.
 
 use super::cpu::{SendPtr, Switch};
 use super::vnni::{self, Packed};
@@ -28,8 +27,8 @@ pub struct QuantMatrix {
     row_bytes: usize,
     decode: fn(&[u8], &mut [f32]),
     data: Vec<u8>,
-    /// The weight reordered for [`vnni::product`], made by the first product of several 8-bit
-    /// rows that needs it (6 bits per weight for the 4-bit types, 10 for Q8_0, beside `data`).
+    /// The weight reordered for [`vnni::product`], made by the first 8-bit product (6 bits per
+    /// weight for the 4-bit types, 10 for Q8_0, beside `data`; training never makes it).
     packed: std::sync::OnceLock<Packed>,
 }
 
@@ -51,7 +50,7 @@ impl QuantMatrix {
             .filter(|_| keeps_quantised(ty))
             .ok_or_else(|| format!("{ty} is not a block-quantised type"))?;
         let (block_len, block_bytes) = (ty.block_len() as usize, ty.block_bytes() as usize);
-        if cols % block_len != 0 {
+        if !cols.is_multiple_of(block_len) {
             return Err(format!("rows of {cols} values are not whole {ty} blocks of {block_len}"));
         }
         let row_bytes = cols / block_len * block_bytes;
@@ -72,7 +71,7 @@ impl QuantMatrix {
     pub fn cols(&self) -> usize {
         self.cols
     }
-    /// Bytes the matrix occupies (with its reordered copy, once a batched product made it).
+    /// Bytes the matrix occupies (with its reordered copy, once an 8-bit product made it).
     pub fn bytes(&self) -> usize {
         self.data.len() + self.packed.get().map_or(0, Packed::bytes)
     }

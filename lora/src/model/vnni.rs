@@ -1,13 +1,13 @@
-// Products of several 8-bit input rows with a Q8_0, Q4_0 or Q4_1 weight on AVX-512 VNNI: the batch-decoding path of a quantised base.
+// Products of 8-bit input rows with a Q8_0, Q4_0 or Q4_1 weight on AVX-512 VNNI: how a quantised base decodes, one stream or a batch.
 // It must give what quant.rs's one-row integer dot product gives for each row (same rounding of the input, same block terms), to float summation order.
 
-//! A quantised base's products with several input rows (50 samples decoding together, a
+//! A quantised base's products (one decoding stream, 50 samples decoding together, a
 //! prompt's prefill) in 8-bit integers, as llama.cpp multiplies its quantised weights.
 //!
-//! GGUF stores a weight row by row, blocks of 32 inputs each. Multiplying many input rows by
-//! it one weight row at a time (`dot_row_int8`) reloads and re-unpacks every block once per
-//! input row and sums horizontally per output. Instead, [`Packed`] reorders the weight once,
-//! the first time a product of several rows needs it: 16 output rows side by side, so that one
+//! GGUF stores a weight row by row, blocks of 32 inputs each. Multiplying input rows by it
+//! one weight row at a time (`dot_row_int8`) reloads and re-unpacks every block once per input
+//! row and sums horizontally per output. Instead, [`Packed`] reorders the weight once, the
+//! first time an 8-bit product needs it: 16 output rows side by side, so that one
 //! AVX-512 register holds 4 consecutive inputs of each of the 16 (64 bytes), the shape of
 //! `vpdpbusd`, which multiplies 64 unsigned by 64 signed bytes and adds each group of four into
 //! one of 16 integer lanes. A tile of up to [`ROWS`] input rows × 32 outputs keeps its integer
