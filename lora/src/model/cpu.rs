@@ -516,7 +516,7 @@ struct Attention {
 }
 
 /// Causal grouped-query attention of `q` (`[batch·seq, heads·d]`, rotated) over the cached keys
-/// and values of this block, into `out` (same layout as `q`). One (row, head) per task.
+/// and values of this block, into `out` (same layout as `q`). One (batch row, head) per task.
 fn attention(g: &Attention, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) {
     let rep = g.heads / g.kv_heads;
     let d = g.d;
@@ -549,7 +549,8 @@ fn attention(g: &Attention, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) 
                         5 => attend_avx512::<5>(qv, keys, values, scale, scores, o),
                         6 => attend_avx512::<6>(qv, keys, values, scale, scores, o),
                         7 => attend_avx512::<7>(qv, keys, values, scale, scores, o),
-                        _ => attend_avx512::<8>(qv, keys, values, scale, scores, o),
+                        8 => attend_avx512::<8>(qv, keys, values, scale, scores, o),
+                        _ => unreachable!("avx512_heads admits heads of 16 to 128 values"),
                     }
                 }
                 continue;
@@ -580,7 +581,7 @@ fn attend(qv: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f3
 /// Whether [`attend_avx512`] takes heads of `d` on this CPU.
 #[cfg(target_arch = "x86_64")]
 fn avx512_heads(d: usize) -> bool {
-    d.is_multiple_of(16) && d <= 128 && std::arch::is_x86_feature_detected!("avx512f")
+    d > 0 && d.is_multiple_of(16) && d <= 128 && std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// [`attend`] in AVX-512 registers, for heads of `16·C` values: the query and the output's

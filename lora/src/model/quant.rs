@@ -186,6 +186,10 @@ impl QuantMatrix {
     /// dot products on SmolLM2 (16 outputs per register need no horizontal sums), and a row
     /// gets bit for bit the same result alone as in a batch.
     fn matmul_int8(&self, m: usize, x: &[f32], y: &mut [f32]) {
+        if self.cols == 0 {
+            y.fill(0.0);
+            return;
+        }
         let threads = rayon::current_num_threads().max(1);
         let out = SendPtr::new(y.as_mut_ptr());
         if Packed::available() {
@@ -359,10 +363,17 @@ impl Q8Input {
                 return out;
             }
         }
+        out.round_portable(x);
+        out
+    }
+
+    /// [`Self::new`]'s rounding in plain Rust.
+    fn round_portable(&mut self, x: &[f32]) {
+        let out = self;
         for (b, xs) in x.chunks_exact(32).enumerate() {
             let max = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let scale = max / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let inv = inverse(scale);
             let q = &mut out.q[b * 32..][..32];
             for (q, &v) in q.iter_mut().zip(xs) {
                 *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
@@ -371,7 +382,6 @@ impl Q8Input {
             out.qsum[b] = q.iter().map(|&v| i32::from(v)).sum();
             out.sum[b] = xs.iter().sum();
         }
-        out
     }
 
     /// [`Self::new`]'s rounding, a block (two registers) at a time: a batch of 50 rows rounded
@@ -387,7 +397,7 @@ impl Q8Input {
                 let v = [_mm512_loadu_ps(xs.as_ptr()), _mm512_loadu_ps(xs.as_ptr().add(16))];
                 let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
                 let scale = max / 127.0;
-                let inv = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+                let inv = _mm512_set1_ps(inverse(scale));
                 // Converting rounds halves to even (the default rounding mode), as `new` does.
                 let q =
                     v.map(|v| _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), lo), hi));
@@ -424,6 +434,17 @@ impl Q8Input {
     /// The rounded values as floats (`q · scale`): what the integer product multiplies by.
     pub fn dequantised(&self) -> Vec<f32> {
         self.q.iter().enumerate().map(|(i, &q)| f32::from(q) * self.scale[i / 32]).collect()
+    }
+}
+
+/// `1 / scale` for rounding a block, 0 where that is not finite (a block of zeros, or values so
+/// small that the inverse overflows): such a block rounds to zeros.
+fn inverse(scale: f32) -> f32 {
+    let inv = 1.0 / scale;
+    if inv.is_finite() {
+        inv
+    } else {
+        0.0
     }
 }
 
@@ -643,4 +664,40 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         }
         f(&mut s[..len])
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Q8Input;
+
+    #[test]
+    fn the_avx512_rounding_of_inputs_gives_the_portable_values() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")) {
+                return;
+            }
+            // Blocks: mixed signs and sizes, exact halves of a step (127 · k / 2 of a maximum of
+            // 127), zeros, values too small to invert, one huge value.
+            let mut x: Vec<f32> = (0..32).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37).collect();
+            x.extend((0..32).map(|i| if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 }));
+            x.extend([0.0; 32]);
+            x.extend((0..32).map(|i| if i % 2 == 0 { 1e-39 } else { -2e-39 }));
+            x.extend((0..32).map(|i| if i == 5 { 3e38 } else { i as f32 }));
+            let fresh = || Q8Input { q: vec![0; x.len()], scale: vec![0.0; 5], qsum: vec![0; 5], sum: vec![0.0; 5] };
+            let (mut wide, mut plain) = (fresh(), fresh());
+            // SAFETY: the CPU has the features (checked above).
+            unsafe { wide.round_avx512(&x) };
+            plain.round_portable(&x);
+            assert_eq!(wide.q, plain.q, "rounded values");
+            assert_eq!(wide.scale, plain.scale, "scales");
+            assert_eq!(wide.qsum, plain.qsum, "sums of rounded values");
+            for (a, b) in wide.sum.iter().zip(&plain.sum) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-30), "sums {a} and {b}");
+            }
+            assert!(plain.q[64..128].iter().all(|&q| q == 0), "zeros and values too small to invert round to 0");
+            // The second block's scale is 1: 0.5, 1.5 and 2.5 round to 0, 2 and 2.
+            assert_eq!(plain.q[48..51], [0, 2, 2], "halves round to even");
+        }
+    }
 }

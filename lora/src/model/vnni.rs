@@ -16,10 +16,10 @@
 //! input's four bytes are broadcast once and serve both groups of 16 outputs.
 //!
 //! Per block `b`, output `j`, input row `i`, with the input rounded as `x ≈ sₓ·qₓ` and the
-//! weight `w = d·q + o`: `y += d·sₓ·Σ q·qₓ + o·Σx`. The unsigned `q` is the nibble for Q4_0 and
-//! Q4_1 and the signed byte plus 128 for Q8_0; Q4_0's `o` is `-8d` and Q8_0's `-128d`, each with
-//! `Σx` taken as `sₓ·Σqₓ` (exactly what the integer sum adds), Q4_1's `o` is its stored minimum
-//! with the exact `Σx`: the same terms as the one-row product.
+//! weight `w = d·(q − β) + o`: `y += d·sₓ·(Σ q·qₓ − β·Σqₓ) + o·Σx`, with `q` unsigned as
+//! `vpdpbusd` takes it: Q8_0's signed byte plus `β = 128`, Q4_0's nibble with `β = 8` (both
+//! with `o = 0`, the bracket exact in integers), Q4_1's nibble with `β = 0` and its stored
+//! minimum `o` times the exact `Σx`: the same terms as the one-row product.
 
 use super::quant::Q8Input;
 use crate::gguf::{half, GgmlType};
@@ -39,11 +39,12 @@ pub(crate) struct Packed {
     blocks: usize,
     /// 4-bit values, two per byte (4 registers per block and group), or whole bytes (8).
     nibbles: bool,
-    /// Whether `Σx` is the exact sum (Q4_1) or the rounded input's `sₓ·Σqₓ`.
-    exact_sum: bool,
+    /// What the unsigned values exceed the type's own by (128 for Q8_0, 8 for Q4_0, 0 for
+    /// Q4_1, whose offset is its minimum times the exact `Σx` instead).
+    bias: i32,
     /// Group by group, block by block: [`Self::block_bytes`] bytes.
     weights: Vec<u8>,
-    /// Group by group, block by block: 16 scales `d`, then 16 offsets `o`.
+    /// Group by group, block by block: 16 scales `d`, then 16 offsets `o` (Q4_1's minima, else 0).
     terms: Vec<f32>,
 }
 
@@ -98,7 +99,7 @@ impl Packed {
                                 for (q, &w) in q.iter_mut().zip(&block[2..34]) {
                                     *q = (i16::from(w as i8) + 128) as u8;
                                 }
-                                -128.0 * d
+                                0.0
                             }
                             _ => {
                                 let qs = if ty == GgmlType::Q4_0 { &block[2..18] } else { &block[4..20] };
@@ -106,7 +107,7 @@ impl Packed {
                                     (q[t], q[t + 16]) = (w & 0xF, w >> 4);
                                 }
                                 if ty == GgmlType::Q4_0 {
-                                    -8.0 * d
+                                    0.0
                                 } else {
                                     half(block, 2)
                                 }
@@ -129,7 +130,12 @@ impl Packed {
                 }
             },
         );
-        Packed { outputs, blocks, nibbles, exact_sum: ty == GgmlType::Q4_1, weights, terms }
+        let bias = match ty {
+            GgmlType::Q8_0 => 128,
+            GgmlType::Q4_0 => 8,
+            _ => 0,
+        };
+        Packed { outputs, blocks, nibbles, bias, weights, terms }
     }
 
     fn block_bytes(&self) -> usize {
@@ -161,29 +167,29 @@ pub(crate) fn with_kernel<R>(on: bool, f: impl FnOnce() -> R) -> R {
     out
 }
 
-/// The inputs of [`product`]: rows rounded to 8 bits per block, with each block's scale and `Σx`.
+/// The inputs of [`product`]: rows rounded to 8 bits per block, with each block's scale, sum of
+/// rounded values `Σqₓ` and exact `Σx`.
 pub(crate) struct Inputs {
     q: Vec<i8>,
     scale: Vec<f32>,
+    qsum: Vec<i32>,
     sum: Vec<f32>,
     blocks: usize,
 }
 
 impl Inputs {
-    /// `m` rows of `x` rounded as [`Q8Input`] rounds one, with the `Σx` that `w`'s type uses.
+    /// `m` rows of `x` rounded as [`Q8Input`] rounds one.
     pub(crate) fn new(w: &Packed, m: usize, x: &[f32]) -> Self {
         use rayon::prelude::*;
         let k = w.blocks * 32;
         let rows: Vec<Q8Input> = x[..m * k].par_chunks(k).map(Q8Input::new).collect();
-        let mut out = Inputs { q: Vec::with_capacity(m * k), scale: vec![], sum: vec![], blocks: w.blocks };
+        let mut out =
+            Inputs { q: Vec::with_capacity(m * k), scale: vec![], qsum: vec![], sum: vec![], blocks: w.blocks };
         for r in &rows {
             out.q.extend_from_slice(r.values());
             out.scale.extend_from_slice(r.scales());
-            if w.exact_sum {
-                out.sum.extend_from_slice(r.sums());
-            } else {
-                out.sum.extend(r.scales().iter().zip(r.rounded_sums()).map(|(&s, &q)| s * q as f32));
-            }
+            out.qsum.extend_from_slice(r.rounded_sums());
+            out.sum.extend_from_slice(r.sums());
         }
         out
     }
@@ -283,14 +289,25 @@ unsafe fn tile_at<const R: usize, const C: usize>(t: Tile<'_>) {
             let terms: [*const f32; C] =
                 std::array::from_fn(|c| w.terms.as_ptr().add(((t.g + c) * blocks + b) * 2 * GROUP));
             let d: [__m512; C] = terms.map(|p| _mm512_loadu_ps(p));
-            let o: [__m512; C] = terms.map(|p| _mm512_loadu_ps(p.add(GROUP)));
             for r in 0..R {
-                let scale = _mm512_set1_ps(*x.scale.get_unchecked((t.r0 + r) * blocks + b));
-                let sum = _mm512_set1_ps(*x.sum.get_unchecked((t.r0 + r) * blocks + b));
-                for c in 0..C {
-                    let dot = _mm512_cvtepi32_ps(dots[r][c]);
-                    sums[r][c] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d[c], scale), sums[r][c]);
-                    sums[r][c] = _mm512_fmadd_ps(o[c], sum, sums[r][c]);
+                let at = (t.r0 + r) * blocks + b;
+                let scale = _mm512_set1_ps(*x.scale.get_unchecked(at));
+                if w.bias != 0 {
+                    // Below 2²⁴ in magnitude (32 · 255 · 127 before, 32 · 127 · 127 after), so
+                    // the conversion is exact too.
+                    let bias = _mm512_set1_epi32(w.bias * *x.qsum.get_unchecked(at));
+                    for c in 0..C {
+                        let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(dots[r][c], bias));
+                        sums[r][c] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d[c], scale), sums[r][c]);
+                    }
+                } else {
+                    let sum = _mm512_set1_ps(*x.sum.get_unchecked(at));
+                    for c in 0..C {
+                        let dot = _mm512_cvtepi32_ps(dots[r][c]);
+                        let o = _mm512_loadu_ps(terms[c].add(GROUP));
+                        sums[r][c] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d[c], scale), sums[r][c]);
+                        sums[r][c] = _mm512_fmadd_ps(o, sum, sums[r][c]);
+                    }
                 }
             }
         }
