@@ -142,7 +142,7 @@ impl QuantMatrix {
         assert_eq!(y.len(), m * self.rows, "output of the quantised product");
         let int8 = int8_activations() && self.takes_int8();
         if int8 {
-            self.matmul_int8(m, x, y);
+            self.matmul_int8(x, y);
             return;
         }
         if m == 1 {
@@ -185,7 +185,7 @@ impl QuantMatrix {
     /// every input row passes. One row (a lone stream) takes the kernel too: 2.5x the per-row
     /// dot products on SmolLM2 (16 outputs per register need no horizontal sums), and a row
     /// gets bit for bit the same result alone as in a batch.
-    fn matmul_int8(&self, m: usize, x: &[f32], y: &mut [f32]) {
+    fn matmul_int8(&self, x: &[f32], y: &mut [f32]) {
         if self.cols == 0 {
             y.fill(0.0);
             return;
@@ -194,9 +194,9 @@ impl QuantMatrix {
         let out = SendPtr::new(y.as_mut_ptr());
         if Packed::available() {
             let packed = self.packed.get_or_init(|| Packed::new(self.ty, self.rows, self.cols, &self.data));
-            let inputs = vnni::Inputs::new(packed, m, x);
+            let inputs = Q8Input::new(x);
             // Tasks of whole pairs of groups (the kernel's widest tile), several per thread.
-            let groups = vnni::groups(packed);
+            let groups = packed.groups();
             let pairs = groups.div_ceil(2);
             let tasks = (threads * 4).min(pairs).max(1);
             (0..tasks).into_par_iter().for_each(|t| {
@@ -272,9 +272,10 @@ impl QuantMatrix {
         dx
     }
 
-    /// Whether a product with one input row may take integer dot products ([`int8_activations`]).
+    /// Whether products may take 8-bit inputs ([`int8_activations`]): the types with blocks of
+    /// 32 that the integer products know.
     fn takes_int8(&self) -> bool {
-        matches!(self.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+        Packed::takes(self.ty)
     }
 
     /// Row `r` dotted with the 8-bit input `x` (a [`Self::takes_int8`] type).
@@ -357,7 +358,7 @@ impl Q8Input {
         };
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            if has_avx512bw() {
                 // SAFETY: the CPU has the features the function is compiled for.
                 unsafe { out.round_avx512(x) };
                 return out;
@@ -485,6 +486,11 @@ fn dot_row_int8_portable(ty: GgmlType, row: &[u8], x: &Q8Input) -> f32 {
 fn half_f16c(b: &[u8], at: usize) -> f32 {
     use std::arch::x86_64::*;
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[at], b[at + 1]])))))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512bw() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -674,7 +680,7 @@ mod tests {
     fn the_avx512_rounding_of_inputs_gives_the_portable_values() {
         #[cfg(target_arch = "x86_64")]
         {
-            if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")) {
+            if !super::has_avx512bw() {
                 return;
             }
             // Blocks: mixed signs and sizes, exact halves of a step (127 · k / 2 of a maximum of

@@ -81,7 +81,7 @@ impl Packed {
         assert_eq!(data.len(), outputs * row_bytes, "the weight's bytes");
         let nibbles = ty != GgmlType::Q8_0;
         let groups = outputs.div_ceil(GROUP);
-        let block_bytes = if nibbles { 256 } else { 512 };
+        let block_bytes = block_bytes(nibbles);
         let mut weights = vec![0u8; groups * blocks * block_bytes];
         let mut terms = vec![0f32; groups * blocks * 2 * GROUP];
         // Group by group over rayon's threads (a quarter of a second for SmolLM2 on one).
@@ -94,25 +94,17 @@ impl Packed {
                     for b in 0..blocks {
                         let block = &data[j * row_bytes + b * bb..][..bb];
                         let d = half(block, 0);
-                        let offset = match ty {
-                            GgmlType::Q8_0 => {
-                                for (q, &w) in q.iter_mut().zip(&block[2..34]) {
-                                    *q = (i16::from(w as i8) + 128) as u8;
-                                }
-                                0.0
+                        if ty == GgmlType::Q8_0 {
+                            for (q, &w) in q.iter_mut().zip(&block[2..34]) {
+                                *q = (i16::from(w as i8) + 128) as u8;
                             }
-                            _ => {
-                                let qs = if ty == GgmlType::Q4_0 { &block[2..18] } else { &block[4..20] };
-                                for (t, &w) in qs.iter().enumerate() {
-                                    (q[t], q[t + 16]) = (w & 0xF, w >> 4);
-                                }
-                                if ty == GgmlType::Q4_0 {
-                                    0.0
-                                } else {
-                                    half(block, 2)
-                                }
+                        } else {
+                            let qs = if ty == GgmlType::Q4_0 { &block[2..18] } else { &block[4..20] };
+                            for (t, &w) in qs.iter().enumerate() {
+                                (q[t], q[t + 16]) = (w & 0xF, w >> 4);
                             }
-                        };
+                        }
+                        let offset = if ty == GgmlType::Q4_1 { half(block, 2) } else { 0.0 };
                         let at = b * block_bytes;
                         // Register s (of 8) holds inputs 4s..4s+4 of every output, lane by lane.
                         for (t, &v) in q.iter().enumerate() {
@@ -139,16 +131,26 @@ impl Packed {
     }
 
     fn block_bytes(&self) -> usize {
-        if self.nibbles {
-            256
-        } else {
-            512
-        }
+        block_bytes(self.nibbles)
+    }
+
+    /// Groups of outputs [`product`] runs over (16 each).
+    pub(crate) fn groups(&self) -> usize {
+        self.outputs.div_ceil(GROUP)
     }
 
     /// Bytes the reordered copy takes.
     pub(crate) fn bytes(&self) -> usize {
         self.weights.len() + 4 * self.terms.len()
+    }
+}
+
+/// Bytes of one block of one group: 16 outputs × 32 inputs, at 4 or 8 bits.
+fn block_bytes(nibbles: bool) -> usize {
+    if nibbles {
+        256
+    } else {
+        512
     }
 }
 
@@ -167,44 +169,17 @@ pub(crate) fn with_kernel<R>(on: bool, f: impl FnOnce() -> R) -> R {
     out
 }
 
-/// The inputs of [`product`]: rows rounded to 8 bits per block, with each block's scale, sum of
-/// rounded values `Σqₓ` and exact `Σx`.
-pub(crate) struct Inputs {
-    q: Vec<i8>,
-    scale: Vec<f32>,
-    qsum: Vec<i32>,
-    sum: Vec<f32>,
-    blocks: usize,
-}
-
-impl Inputs {
-    /// `m` rows of `x` rounded as [`Q8Input`] rounds one.
-    pub(crate) fn new(w: &Packed, m: usize, x: &[f32]) -> Self {
-        use rayon::prelude::*;
-        let k = w.blocks * 32;
-        let rows: Vec<Q8Input> = x[..m * k].par_chunks(k).map(Q8Input::new).collect();
-        let mut out =
-            Inputs { q: Vec::with_capacity(m * k), scale: vec![], qsum: vec![], sum: vec![], blocks: w.blocks };
-        for r in &rows {
-            out.q.extend_from_slice(r.values());
-            out.scale.extend_from_slice(r.scales());
-            out.qsum.extend_from_slice(r.rounded_sums());
-            out.sum.extend_from_slice(r.sums());
-        }
-        out
-    }
-}
-
 /// Outputs `[g0·16, g1·16)` (clipped to the weight's) of `y = x Wᵀ` for every row of `x`, `y`
-/// with row stride `ldy`.
+/// with row stride `ldy`. `x` holds whole rows of the weight's inputs, rounded as one: blocks of
+/// 32 round alone, so several rows rounded together are each rounded as alone.
 ///
 /// # Safety
 /// [`Packed::available`] holds; `g0 < g1 ≤` the weight's groups; `y` holds `(m-1)·ldy +` the
 /// weight's outputs values, where `m` is the rows of `x`; no other thread writes these outputs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn product(w: &Packed, x: &Inputs, (g0, g1): (usize, usize), y: *mut f32, ldy: usize) {
-    let m = x.scale.len() / x.blocks.max(1);
+pub(crate) unsafe fn product(w: &Packed, x: &Q8Input, (g0, g1): (usize, usize), y: *mut f32, ldy: usize) {
+    let m = x.scales().len() / w.blocks.max(1);
     let tiles = m.div_ceil(ROWS);
     let mut g = g0;
     while g < g1 {
@@ -238,7 +213,7 @@ pub(crate) unsafe fn product(w: &Packed, x: &Inputs, (g0, g1): (usize, usize), y
 #[derive(Clone, Copy)]
 struct Tile<'a> {
     w: &'a Packed,
-    x: &'a Inputs,
+    x: &'a Q8Input,
     /// First input row.
     r0: usize,
     /// First group of outputs.
@@ -261,7 +236,8 @@ unsafe fn tile_at<const R: usize, const C: usize>(t: Tile<'_>) {
     // SAFETY (every load below): block b of groups g..g+C lies in `weights` and `terms`; rows
     // r0..r0+R of the inputs hold k bytes and `blocks` scales and sums each.
     unsafe {
-        let xq = x.q.as_ptr().add(t.r0 * k);
+        let (scales, qsums, sums_x) = (x.scales(), x.rounded_sums(), x.sums());
+        let xq = x.values().as_ptr().add(t.r0 * k);
         for b in 0..blocks {
             let mut dots = [[_mm512_setzero_si512(); C]; R];
             let base: [*const u8; C] =
@@ -291,17 +267,17 @@ unsafe fn tile_at<const R: usize, const C: usize>(t: Tile<'_>) {
             let d: [__m512; C] = terms.map(|p| _mm512_loadu_ps(p));
             for r in 0..R {
                 let at = (t.r0 + r) * blocks + b;
-                let scale = _mm512_set1_ps(*x.scale.get_unchecked(at));
+                let scale = _mm512_set1_ps(*scales.get_unchecked(at));
                 if w.bias != 0 {
                     // Below 2²⁴ in magnitude (32 · 255 · 127 before, 32 · 127 · 127 after), so
                     // the conversion is exact too.
-                    let bias = _mm512_set1_epi32(w.bias * *x.qsum.get_unchecked(at));
+                    let bias = _mm512_set1_epi32(w.bias * *qsums.get_unchecked(at));
                     for c in 0..C {
                         let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(dots[r][c], bias));
                         sums[r][c] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d[c], scale), sums[r][c]);
                     }
                 } else {
-                    let sum = _mm512_set1_ps(*x.sum.get_unchecked(at));
+                    let sum = _mm512_set1_ps(*sums_x.get_unchecked(at));
                     for c in 0..C {
                         let dot = _mm512_cvtepi32_ps(dots[r][c]);
                         let o = _mm512_loadu_ps(terms[c].add(GROUP));
@@ -324,12 +300,7 @@ unsafe fn tile_at<const R: usize, const C: usize>(t: Tile<'_>) {
     }
 }
 
-/// Groups of outputs [`product`] runs over (16 each).
-pub(crate) fn groups(w: &Packed) -> usize {
-    w.outputs.div_ceil(GROUP)
-}
-
 #[cfg(not(target_arch = "x86_64"))]
-pub(crate) unsafe fn product(_: &Packed, _: &Inputs, _: (usize, usize), _: *mut f32, _: usize) {
+pub(crate) unsafe fn product(_: &Packed, _: &Q8Input, _: (usize, usize), _: *mut f32, _: usize) {
     unreachable!("the VNNI product runs only where `Packed::available` holds")
 }
