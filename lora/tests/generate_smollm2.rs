@@ -4,11 +4,10 @@
 mod common;
 
 use burn::backend::Flex;
-use common::{hold_to_case, smollm2};
+use common::{greedy_reference, hold_to_case, smollm2};
 use nasc_lora::chat::ChatTemplate;
 use nasc_lora::model::load_gguf;
 use nasc_lora::tokenizer::Tokenizer;
-use serde_json::Value;
 
 /// transformers and nasc dequantise Q4_1 to the same f32 weights; what differs is the order of
 /// float32 sums over 30 layers (matmul blocking, softmax, RMSNorm). On logits of 24-35 that
@@ -20,9 +19,7 @@ const LOGIT_TOLERANCE: f64 = 1e-3;
 #[test]
 fn smollm2_greedy_replies_match_transformers() {
     let Some(file) = smollm2() else { return };
-    let reference: Value =
-        serde_json::from_str(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/reference/smollm2_greedy.json")))
-            .unwrap();
+    let reference = greedy_reference();
     let device = Default::default();
     let model = load_gguf::<Flex>(&file, &device).unwrap();
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();

@@ -4,12 +4,11 @@
 mod common;
 
 use burn::backend::Flex;
-use common::{first_logits, hold_to_case, smollm2};
+use common::{first_logits, greedy_reference, hold_to_case, smollm2};
 use nasc_lora::chat::{ChatTemplate, Message};
 use nasc_lora::generate::{generate, top_indices, SamplingParams};
 use nasc_lora::model::{load_gguf_with, with_int8_activations, LoadOptions};
 use nasc_lora::tokenizer::Tokenizer;
-use serde_json::Value;
 
 /// With 8-bit inputs, how far a top-five logit of the first step may sit from transformers'
 /// float32 one. Rounding every product's input to 8 bits per block of 32 (as llama.cpp does)
@@ -20,9 +19,7 @@ const INT8_LOGIT_TOLERANCE: f64 = 0.75;
 #[test]
 fn smollm2_on_a_quantised_base_decodes_as_transformers_and_batches_rows_as_alone() {
     let Some(file) = smollm2() else { return };
-    let reference: Value =
-        serde_json::from_str(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/reference/smollm2_greedy.json")))
-            .unwrap();
+    let reference = greedy_reference();
     let model = load_gguf_with::<Flex>(&file, &Default::default(), &LoadOptions { quantised_base: true }).unwrap();
     assert!(model.has_quantised_base());
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();

@@ -20,6 +20,11 @@ pub fn smollm2() -> Option<GgufFile> {
     Some(GgufFile::open(path).unwrap())
 }
 
+/// `reference/smollm2_greedy.json`: transformers' greedy replies of SmolLM2 to a few prompts.
+pub fn greedy_reference() -> Value {
+    serde_json::from_str(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/reference/smollm2_greedy.json"))).unwrap()
+}
+
 /// The logits of the token after `ids`.
 pub fn first_logits(model: &Llama<Flex>, ids: &[u32]) -> Vec<f32> {
     let mut cache = KvCache::new(&model.config);
