@@ -107,7 +107,7 @@ fn smollm2_reply_matches_transformers_from_the_command_line() {
         return;
     };
     let reference: serde_json::Value =
-        serde_json::from_str(include_str!("../lora/reference/smollm2_greedy.json")).unwrap();
+        serde_json::from_str(include_str!("../crates/lm/reference/smollm2_greedy.json")).unwrap();
     let case = &reference["cases"][1];
     let max = reference["max_new_tokens"].to_string();
     let v = json_of(&nasc(&[

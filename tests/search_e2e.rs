@@ -4,7 +4,7 @@
 //! Data: the Debian package `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist), or
 //! `$NASC_TEST_DATA/fashion-mnist`.
 
-use nasc::search::Store;
+use nasc_search::Store;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

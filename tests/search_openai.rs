@@ -2,9 +2,9 @@
 //! replies (chat and completions), 429 then success, 500, a slow server past the timeout, a server
 //! that is down; and a whole `nasc search` through one, with a retry fed the verdict's diagnostic.
 
-use nasc::search::config::{Api, OpenAiConfig, Sampling};
-use nasc::search::generate::{Generator, OpenAi, Request};
-use nasc::search::Store;
+use nasc_search::config::{Api, OpenAiConfig, Sampling};
+use nasc_search::generate::{Generator, OpenAi, Request};
+use nasc_search::Store;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -235,7 +235,7 @@ fn a_search_through_an_openai_server_records_replies_tokens_and_retries() {
         }
         assert!(body["messages"][0]["content"].as_str().unwrap().contains(" |   conv(6, k=5)"), "numbered lines");
         let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 6 + 2 * n));
-        let (diff, _) = nasc::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+        let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
         chat(&format!("Widen the first convolution.\n```diff\n{diff}```\n"))
     });
     let dir = std::env::temp_dir().join(format!("nasc-openai-{}", std::process::id()));
@@ -281,7 +281,7 @@ fn between_cycles_the_finetune_command_gets_the_corpus_and_the_generator_the_new
     // trains better often enough, and the test needs only the command and the model name.
     let (url, _, seen) = serve(move |n, _, _| {
         let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 8 + 2 * n));
-        let (diff, _) = nasc::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+        let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
         chat(&format!("```diff\n{diff}```\n"))
     });
     let dir = std::env::temp_dir().join(format!("nasc-openai-ft-{}", std::process::id()));
@@ -353,7 +353,7 @@ fn with_n_replies_per_request_a_group_of_candidates_shares_one_parent_and_one_re
                     return "No change needed.".to_string();
                 }
                 let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 7 + i + 10 * r));
-                let (diff, _) = nasc::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+                let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
                 format!("```diff\n{diff}```\n")
             })
             .collect();
@@ -394,7 +394,7 @@ fn nasc_lm_finetune_is_the_default_step_each_cycle_continues_the_last_adapter_an
     let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
     let (url, _, seen) = serve(move |n, _, _| {
         let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 7 + n));
-        let (diff, _) = nasc::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+        let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
         chat(&format!("```diff\n{diff}```\n"))
     });
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,8 @@
 //! two datasets, two cycles, verdicts of every stage), pinned by snapshots: the tables, the CSV
 //! and the JSON; and the plots it writes, as SVG and PNG, or as SVG alone when no font can be had.
 
-use nasc::search::store::{NewCandidate, Trained};
-use nasc::search::Store;
+use nasc_search::store::{NewCandidate, Trained};
+use nasc_search::Store;
 use std::path::PathBuf;
 
 fn build_run(dir: &std::path::Path) {
@@ -102,7 +102,7 @@ fn report(dir: &std::path::Path, flags: &[&str]) -> String {
 
 fn snapshot(name: &str, text: &str) {
     let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path("../snapshots");
+    settings.set_snapshot_path("snapshots");
     settings.set_prepend_module_to_snapshot(false);
     settings.bind(|| insta::assert_snapshot!(name, text));
 }
@@ -158,7 +158,7 @@ fn the_report_writes_each_plot_as_svg_and_png() {
         let mut reader = png::Decoder::new(std::io::Cursor::new(&bytes)).read_info().unwrap();
         let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut rgb).unwrap();
-        assert_eq!((info.width, info.height), nasc::search::report::PLOT_SIZE, "{name}.png");
+        assert_eq!((info.width, info.height), nasc_search::report::PLOT_SIZE, "{name}.png");
         assert_eq!((info.color_type, info.bit_depth), (png::ColorType::Rgb, png::BitDepth::Eight), "{name}.png");
         let pixels: Vec<&[u8]> = rgb.chunks(3).collect();
         let colours: std::collections::HashSet<&[u8]> = pixels.iter().copied().collect();

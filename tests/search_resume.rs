@@ -3,7 +3,7 @@
 //!
 //! Data: /usr/share/datasets/fashion-mnist (Debian's `dataset-fashion-mnist`) or `$NASC_TEST_DATA`.
 
-use nasc::search::Store;
+use nasc_search::Store;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

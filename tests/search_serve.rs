@@ -2,7 +2,7 @@
 //! SmolLM2-135M-Instruct on loopback, driven by `nasc search`. Opt-in on `NASC_SMOLLM2_GGUF`
 //! (the path of the model's GGUF file; `.ci/run` fetches it), skipped with a note otherwise.
 
-use nasc::search::Store;
+use nasc_search::Store;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -3,12 +3,12 @@
 
 use super::front::{display_name, read, BudgetArgs};
 use super::UsageError;
-use crate::check::{binding, Binding, Budget};
-use crate::delta::{self, ApplyOptions, Base, Options, Verdict};
-use crate::diag;
-use crate::novelty::{self, Archive, NoveltyVerdict};
-use crate::syntax;
 use clap::{Args, Subcommand};
+use nasc_delta::delta::{self, ApplyOptions, Base, Options, Verdict};
+use nasc_delta::novelty::{self, Archive, NoveltyVerdict};
+use nasc_lang::check::{binding, Binding, Budget};
+use nasc_lang::diag;
+use nasc_lang::syntax;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -234,8 +234,8 @@ pub fn verdict(a: VerdictArgs) -> Result<ExitCode, UsageError> {
             println!(
                 "dataset {}: {} parameters, {} MACs",
                 dataset_name(binding),
-                crate::check::group(params),
-                crate::check::group(macs)
+                nasc_lang::check::group(params),
+                nasc_lang::check::group(macs)
             );
         }
         if let Some(n) = &j.novelty {
@@ -294,7 +294,7 @@ pub fn novelty(a: NoveltyArgs) -> Result<ExitCode, UsageError> {
     let file = display_name(&a.file);
     let archive = open_archive(&a.archive, &a.judge.dataset, false)?;
     let threshold = a.judge.threshold()?;
-    let checked = match crate::check::check_source(&src, archive.binding(), &a.judge.budget()) {
+    let checked = match nasc_lang::check::check_source(&src, archive.binding(), &a.judge.budget()) {
         Ok(c) => c,
         Err(diags) => {
             eprint!("{}", diag::render(&diags, &file, &src, false));
@@ -355,7 +355,7 @@ fn archive_add(a: ArchiveAddArgs) -> Result<ExitCode, UsageError> {
     for path in &a.files {
         let src = read(path)?;
         let name = display_name(path);
-        let checked = match crate::check::check_source(&src, archive.binding(), &budget) {
+        let checked = match nasc_lang::check::check_source(&src, archive.binding(), &budget) {
             Ok(c) => c,
             Err(diags) => {
                 eprint!("{}", diag::render(&diags, &name, &src, false));

@@ -2,10 +2,10 @@
 //! Reads files and flags, calls the syntax and check modules, prints text or JSON.
 
 use super::UsageError;
-use crate::check::{self, binding, Binding, Budget};
-use crate::diag::{self, Diagnostic, LineIndex};
-use crate::syntax;
 use clap::Args;
+use nasc_lang::check::{self, binding, Binding, Budget};
+use nasc_lang::diag::{self, Diagnostic, LineIndex};
+use nasc_lang::syntax;
 use serde_json::json;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -313,7 +313,7 @@ pub fn fmt(a: FmtArgs) -> Result<ExitCode, UsageError> {
 }
 
 pub fn ops(a: OpsArgs) -> Result<ExitCode, UsageError> {
-    use crate::syntax::signature::{Args as SigArgs, OPS};
+    use nasc_lang::syntax::signature::{Args as SigArgs, OPS};
     if a.json {
         let v: Vec<_> = OPS
             .iter()

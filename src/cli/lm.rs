@@ -1,18 +1,18 @@
 //! The language-model commands: `nasc lm generate` and `nasc lm finetune`.
-//! Reads flags, opens the checkpoint through nasc-lora, prints replies or training progress as text or JSON;
+//! Reads flags, opens the checkpoint through nasc-lm, prints replies or training progress as text or JSON;
 //! it samples and trains nothing itself.
 
 use super::UsageError;
-use crate::train::{self, BackendJob, Device};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use nasc_lora::chat::Message;
-use nasc_lora::finetune::{self, Saving, TrainConfig};
-use nasc_lora::generate::{generate, Generation, SamplingParams};
-use nasc_lora::lora::LoraConfig;
-use nasc_lora::model::{Checkpoint, LoadOptions};
+use nasc_lm::chat::Message;
+use nasc_lm::finetune::{self, Saving, TrainConfig};
+use nasc_lm::generate::{generate, Generation, SamplingParams};
+use nasc_lm::lora::LoraConfig;
+use nasc_lm::model::{Checkpoint, LoadOptions};
+use nasc_runtime::{BackendJob, Device};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,8 +132,9 @@ pub struct GenerateArgs {
     device: Device,
     /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
     /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: inputs are
-    /// rounded to 8 bits and take integer dot products (Q8_0, Q4_0, Q4_1), several times faster
-    /// than f32 weights for one stream and about 1.6x for a batch of 50 (AVX-512 VNNI). CPU only.
+    /// rounded to 8 bits and take integer dot products (Q8_0, Q4_0, Q4_1; AVX-512 VNNI where the
+    /// CPU has it), faster than f32 weights for one stream and for a batch (figures in
+    /// BENCHMARKS.md). CPU only.
     #[arg(long)]
     quantized_base: bool,
     /// Print the replies as JSON (text, token ids, finish reason, tokens/s) instead of streaming text.
@@ -154,12 +155,12 @@ pub fn run(cmd: LmCmd) -> Result<ExitCode, UsageError> {
 }
 
 fn generate_cmd(a: GenerateArgs) -> Result<ExitCode, UsageError> {
-    train::available(a.device).map_err(UsageError)?;
+    nasc_runtime::available(a.device).map_err(UsageError)?;
     if !a.model.exists() {
         return Err(UsageError(format!("{}: no such file or folder", a.model.display())));
     }
     let device = a.device;
-    let outcome = train::dispatch(device, GenerateJob(&a)).map_err(UsageError)??;
+    let outcome = nasc_runtime::dispatch(device, GenerateJob(&a)).map_err(UsageError)??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
     }
@@ -172,11 +173,11 @@ impl BackendJob for GenerateJob<'_> {
     type Output = Result<serde_json::Value, UsageError>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
-        let fail = |e: nasc_lora::model::ModelError| UsageError(format!("{}: {e}", a.model.display()));
+        let fail = |e: nasc_lm::model::ModelError| UsageError(format!("{}: {e}", a.model.display()));
         let mut ckpt = Checkpoint::<B::InnerBackend>::open_with(&a.model, &device, &load_options(a.quantized_base))
             .map_err(fail)?;
         if let Some(dir) = &a.adapter {
-            let (model, _) = nasc_lora::lora::load_peft(ckpt.model, dir)
+            let (model, _) = nasc_lm::lora::load_peft(ckpt.model, dir)
                 .map_err(|e| UsageError(format!("adapter {}: {e}", dir.display())))?;
             ckpt.model = model;
         }
@@ -262,13 +263,13 @@ fn json(model: &std::path::Path, g: &Generation) -> serde_json::Value {
 }
 
 fn finetune_cmd(a: FinetuneArgs) -> Result<ExitCode, UsageError> {
-    train::available(a.device).map_err(UsageError)?;
+    nasc_runtime::available(a.device).map_err(UsageError)?;
     for (what, path) in [("--model", &a.model), ("--data", &a.data)] {
         if !path.exists() {
             return Err(UsageError(format!("{what} {}: no such file or folder", path.display())));
         }
     }
-    let targets = nasc_lora::lora::parse_targets(&a.targets).map_err(|e| UsageError(format!("--targets: {e}")))?;
+    let targets = nasc_lm::lora::parse_targets(&a.targets).map_err(|e| UsageError(format!("--targets: {e}")))?;
     let lora = LoraConfig { rank: a.rank, alpha: a.alpha, dropout: a.dropout, targets };
     let cfg = TrainConfig {
         lora,
@@ -282,7 +283,7 @@ fn finetune_cmd(a: FinetuneArgs) -> Result<ExitCode, UsageError> {
         weight_decay: a.weight_decay,
         save_every: a.save_every,
     };
-    let summary = train::dispatch(a.device, FinetuneJob(&a, cfg)).map_err(UsageError)??;
+    let summary = nasc_runtime::dispatch(a.device, FinetuneJob(&a, cfg)).map_err(UsageError)??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
     }
@@ -320,12 +321,12 @@ impl BackendJob for FinetuneJob<'_> {
                 cfg.max_len
             );
         }
-        let adapter_err = |e: nasc_lora::lora::LoraError| UsageError(format!("{}: {e}", a.out.display()));
+        let adapter_err = |e: nasc_lm::lora::LoraError| UsageError(format!("{}: {e}", a.out.display()));
         let (model, start) = if a.resume {
             let step = finetune::saved_step(&a.out)
                 .map_err(|e| UsageError(e.to_string()))?
                 .ok_or_else(|| UsageError(format!("--resume: {} holds no trainer_state.json", a.out.display())))?;
-            let (model, file) = nasc_lora::lora::load_peft(ckpt.model, &a.out).map_err(adapter_err)?;
+            let (model, file) = nasc_lm::lora::load_peft(ckpt.model, &a.out).map_err(adapter_err)?;
             if file.config.rank != cfg.lora.rank || file.config.targets != cfg.lora.targets {
                 return Err(UsageError(format!(
                     "--resume: the adapter in {} has rank {} on {:?}, not the --rank and --targets given",
@@ -336,12 +337,12 @@ impl BackendJob for FinetuneJob<'_> {
             }
             (model, step)
         } else if let Some(dir) = &a.init_adapter {
-            let (model, file) = nasc_lora::lora::load_peft(ckpt.model, dir)
+            let (model, file) = nasc_lm::lora::load_peft(ckpt.model, dir)
                 .map_err(|e| UsageError(format!("--init-adapter {}: {e}", dir.display())))?;
             cfg.lora = file.config;
             (model, 0)
         } else {
-            (nasc_lora::lora::attach(ckpt.model, &cfg.lora, cfg.seed).map_err(adapter_err)?, 0)
+            (nasc_lm::lora::attach(ckpt.model, &cfg.lora, cfg.seed).map_err(adapter_err)?, 0)
         };
         let base_name = a.model.display().to_string();
         let saving = Saving { dir: &a.out, base_model: &base_name };
@@ -359,9 +360,9 @@ impl BackendJob for FinetuneJob<'_> {
         .map_err(|e| UsageError(e.to_string()))?;
         bar.finish();
         if let Some(dir) = &a.merge {
-            let merged = nasc_lora::lora::merge(model.valid());
+            let merged = nasc_lm::lora::merge(model.valid());
             let fail = |e: String| UsageError(format!("--merge {}: {e}", dir.display()));
-            nasc_lora::model::save_safetensors(&merged, dir).map_err(|e| fail(e.to_string()))?;
+            nasc_lm::model::save_safetensors(&merged, dir).map_err(|e| fail(e.to_string()))?;
             let tok = dir.join("tokenizer.json");
             ckpt.tokenizer.save_hf_json(&tok).map_err(|e| fail(e.to_string()))?;
             std::fs::write(dir.join("tokenizer_config.json"), ckpt.template.tokenizer_config().to_string())

@@ -2,8 +2,8 @@
 //! Reads flags and the config, calls `search`, prints; a failed run is an error message and exit 1, bad usage exit 2.
 
 use super::UsageError;
-use crate::search::{self, report, RunOptions, SearchConfig, Store};
 use clap::Args;
+use nasc_search::{self, report, RunOptions, SearchConfig, Store};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -70,28 +70,28 @@ pub fn search(a: SearchArgs) -> Result<ExitCode, UsageError> {
     let opts = RunOptions { workers: a.workers, progress: !a.json };
     let result = match (&a.config, &a.resume) {
         (_, Some(run)) => {
-            if !run.join(search::store::DB_FILE).is_file() {
+            if !run.join(nasc_search::store::DB_FILE).is_file() {
                 return Err(UsageError(format!(
                     "{} is not a run folder: it has no {}",
                     run.display(),
-                    search::store::DB_FILE
+                    nasc_search::store::DB_FILE
                 )));
             }
-            search::resume(run, &opts)
+            nasc_search::resume(run, &opts)
         }
         (Some(path), None) => {
             let config = SearchConfig::load(path).map_err(|e| UsageError(e.0))?;
             let out = a.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(path.file_stem().map_or_else(|| "search".into(), |s| s.to_os_string()))
             });
-            if out.join(search::store::DB_FILE).exists() {
+            if out.join(nasc_search::store::DB_FILE).exists() {
                 return Err(UsageError(format!(
                     "{} already holds a run; continue it with `nasc search --resume {}` or choose another --out",
                     out.display(),
                     out.display()
                 )));
             }
-            search::start(&config, &out, &opts)
+            nasc_search::start(&config, &out, &opts)
         }
         (None, None) => return Err(UsageError("give --config FILE or --resume RUN".into())),
     };
@@ -153,14 +153,14 @@ pub fn reeval(a: ReevalArgs) -> Result<ExitCode, UsageError> {
     if a.top < 2 || a.epochs == 0 {
         return Err(UsageError("--top must be at least 2 and --epochs at least 1".into()));
     }
-    if !a.run.join(search::store::DB_FILE).is_file() {
+    if !a.run.join(nasc_search::store::DB_FILE).is_file() {
         return Err(UsageError(format!(
             "{} is not a run folder: it has no {}",
             a.run.display(),
-            search::store::DB_FILE
+            nasc_search::store::DB_FILE
         )));
     }
-    match search::reeval(&a.run, a.top, a.epochs, !a.json) {
+    match nasc_search::reeval(&a.run, a.top, a.epochs, !a.json) {
         Ok(r) => {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("the result serialises"));

@@ -2,12 +2,13 @@
 //! Reads the program, flags and data, calls compile and train, prints the result as text or JSON.
 
 use super::UsageError;
-use crate::check::{self, binding, Budget, Checked};
-use crate::diag;
-use crate::train::{self, BackendJob, Device, OptimizerKind, TrainConfig, TrainResult, Verdict};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use nasc_backend::train::{self, OptimizerKind, TrainConfig, TrainResult, Verdict};
+use nasc_lang::check::{self, binding, Budget, Checked};
+use nasc_lang::diag;
+use nasc_runtime::{BackendJob, Device};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,7 +118,7 @@ fn canonical(dataset: &str) -> String {
 }
 
 pub fn train(a: TrainArgs) -> Result<ExitCode, UsageError> {
-    train::available(a.device).map_err(UsageError)?;
+    nasc_runtime::available(a.device).map_err(UsageError)?;
     let (_, program) = match checked(&a.file, &a.dataset)? {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -199,7 +200,7 @@ pub fn report(r: &TrainResult) -> String {
 }
 
 pub fn eval(a: EvalArgs) -> Result<ExitCode, UsageError> {
-    train::available(a.device).map_err(UsageError)?;
+    nasc_runtime::available(a.device).map_err(UsageError)?;
     let (_, program) = match checked(&a.file, &a.dataset)? {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -217,7 +218,7 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode, UsageError> {
         ))
     })?;
     let job = EvalJob { graph: &program.graph, weights: &a.weights, test: &test_set, batch: a.batch.max(1) };
-    let (accuracy, loss) = train::dispatch(a.device, job).map_err(UsageError)?.map_err(UsageError)?;
+    let (accuracy, loss) = nasc_runtime::dispatch(a.device, job).map_err(UsageError)?.map_err(UsageError)?;
     if a.json {
         let out = serde_json::json!({ "test_accuracy": accuracy, "test_loss": loss, "samples": test_set.len() });
         println!("{}", serde_json::to_string_pretty(&out).expect("JSON serialises"));

@@ -1,7 +1,7 @@
 //! A tiny random Llama checkpoint written by test code, shared by the `nasc lm` and `nasc serve` tests.
 
-use nasc_lora::gguf::write::GgufWriter;
-use nasc_lora::gguf::{Value, ValueType};
+use nasc_lm::gguf::write::GgufWriter;
+use nasc_lm::gguf::{Value, ValueType};
 use std::path::{Path, PathBuf};
 
 fn strings(items: &[String]) -> Value {

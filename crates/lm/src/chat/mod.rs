@@ -1,0 +1,156 @@
+//! Renders a conversation into the prompt text a checkpoint was trained on, using the checkpoint's own Jinja chat template.
+//! It must not tokenize or guess a model's format beyond ChatML: a checkpoint without a template gets ChatML, said so in the docs.
+
+//! Chat templates.
+//!
+//! Checkpoints ship their prompt format as a Jinja template
+//! (`tokenizer.chat_template` in GGUF, `chat_template` in
+//! tokenizer_config.json). We render it with `minijinja`, a pure-Rust Jinja2
+//! engine kept by Jinja's own author and used by Hugging Face's
+//! text-generation-inference for exactly this, so templates written for
+//! Python's Jinja render the same way. Like `transformers`, blocks are
+//! rendered with `trim_blocks` and `lstrip_blocks`, `raise_exception` is
+//! provided, and Python's string methods (`strip`, `startswith`, ...) work
+//! through minijinja-contrib's `pycompat`.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::{Environment, ErrorKind};
+use serde::Serialize;
+
+use crate::gguf::{GgufError, GgufFile};
+
+/// ChatML, the format used when a checkpoint carries no template
+/// (SmolLM2 and Qwen use it too).
+pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Message { role: role.into(), content: content.into() }
+    }
+}
+
+/// Why a chat template could not be loaded or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("chat template metadata: {0}")]
+    Gguf(#[from] GgufError),
+
+    #[error("{}: cannot read chat template: {reason}", path.display())]
+    Config { path: PathBuf, reason: String },
+
+    #[error("chat template does not parse: {0:#}")]
+    Syntax(minijinja::Error),
+
+    #[error("chat template failed while rendering: {0:#}")]
+    Render(minijinja::Error),
+}
+
+/// A checkpoint's chat template, parsed once and rendered per conversation.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// Parses `source`; `bos_token` and `eos_token` are the texts templates
+    /// may refer to (Llama 3's starts with `{{ bos_token }}`).
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, ChatError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        // Templates are written for Python's Jinja and call str methods (`content.strip()`, `.startswith`).
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", source.to_owned()).map_err(ChatError::Syntax)?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_owned(),
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
+    }
+
+    /// The template as a `tokenizer_config.json` holds it (`chat_template`, `bos_token`,
+    /// `eos_token`), so a checkpoint folder written from any checkpoint keeps its template.
+    pub fn tokenizer_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "chat_template": self.source,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        })
+    }
+
+    /// ChatML, for checkpoints that carry no template.
+    pub fn chatml() -> Self {
+        Self::new(CHATML, "", "<|im_end|>").expect("the built-in ChatML template parses")
+    }
+
+    /// The template in `tokenizer.chat_template`, or ChatML when the key is
+    /// absent. BOS/EOS texts come from the token ids the file names.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, ChatError> {
+        let token = |key: &str| -> Result<String, ChatError> {
+            if file.get(key).is_none() {
+                return Ok(String::new());
+            }
+            let id = file.get_u32(key)? as usize;
+            let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
+            Ok(tokens.get(id).map(|t| t.to_string()).unwrap_or_default())
+        };
+        let bos = token("tokenizer.ggml.bos_token_id")?;
+        let eos = token("tokenizer.ggml.eos_token_id")?;
+        match file.get("tokenizer.chat_template") {
+            Some(_) => Self::new(file.get_str("tokenizer.chat_template")?, &bos, &eos),
+            None => Ok(Self::chatml()),
+        }
+    }
+
+    /// The `chat_template` of a Hugging Face tokenizer_config.json, or ChatML
+    /// when it has none.
+    pub fn from_tokenizer_config(path: impl AsRef<Path>) -> Result<Self, ChatError> {
+        let path = path.as_ref();
+        let bad = |reason: String| ChatError::Config { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        // bos_token may be a string or an AddedToken object with a `content` field.
+        let token = |key: &str| match &config[key] {
+            serde_json::Value::String(s) => s.clone(),
+            v => v["content"].as_str().unwrap_or_default().to_owned(),
+        };
+        match &config["chat_template"] {
+            serde_json::Value::String(source) => Self::new(source, &token("bos_token"), &token("eos_token")),
+            serde_json::Value::Null => Ok(Self::chatml()),
+            _ => Err(bad("`chat_template` is not a string (named template lists are not read yet)".to_owned())),
+        }
+    }
+
+    /// The prompt text for `messages`; with `add_generation_prompt`, it ends
+    /// where the assistant's reply should begin.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ChatError> {
+        let template = self.env.get_template("chat").map_err(ChatError::Render)?;
+        template
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(ChatError::Render)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,405 @@
+//! Text generation: prefill the prompt once, then decode one token per step for every stream with a KV cache.
+//! It must be deterministic given the seed, and must not run the model for streams that have finished.
+
+//! Sampling replies from a [`Llama`].
+//!
+//! `n` replies to one prompt share its prefill: the prompt runs once, its
+//! cache is repeated to `n` rows, and the streams decode in one batch. A
+//! stream that finishes (a stop token, a stop string, `max_new_tokens`)
+//! leaves the batch, so the rest run at its smaller size. Each stream draws
+//! from its own generator, seeded from `seed` and the stream's index, so its
+//! reply does not depend on how many others run beside it.
+
+use crate::model::{KvCache, Llama, ModelError};
+use crate::tokenizer::Tokenizer;
+use burn::tensor::backend::Backend;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// How tokens are chosen and when a reply ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 picks the most likely token (greedy).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the most likely tokens whose probabilities sum to at least `top_p`; 1 keeps all.
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    /// A reply ends before the first occurrence of any of these.
+    pub stop: Vec<String>,
+    /// A reply ends when it samples one of these (end of turn, end of text).
+    pub stop_token_ids: Vec<u32>,
+    pub seed: u64,
+    /// Replies to sample from the one prompt.
+    pub n: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 256,
+            stop: vec![],
+            stop_token_ids: vec![],
+            seed: 0,
+            n: 1,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Checks the ranges a user could get wrong.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |what: String| Err(ModelError::Input { what });
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature {} must be 0 (greedy) or positive", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p {} must be in (0, 1]", self.top_p));
+        }
+        if self.n == 0 {
+            return bad("n must be at least 1".into());
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return bad("a stop string must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_new_tokens`, or the model's context length.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI protocol's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// One reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// Every sampled token, the stop token included.
+    pub tokens: Vec<u32>,
+    /// The reply's text, without the stop token or stop string and what follows it.
+    pub text: String,
+    pub finish: FinishReason,
+}
+
+/// All replies to one prompt, with timings.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub completions: Vec<Completion>,
+    pub prompt_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+}
+
+impl Generation {
+    /// Tokens sampled, all streams together.
+    pub fn generated_tokens(&self) -> usize {
+        self.completions.iter().map(|c| c.tokens.len()).sum()
+    }
+
+    /// Sampled tokens per second of wall time, prefill included.
+    pub fn tokens_per_second(&self) -> f64 {
+        self.generated_tokens() as f64 / (self.prefill_seconds + self.decode_seconds).max(1e-9)
+    }
+}
+
+/// One stream's state while it decodes.
+struct Stream {
+    rng: ChaCha8Rng,
+    tokens: Vec<u32>,
+    /// Bytes of text already handed to the caller.
+    emitted: usize,
+    done: Option<(FinishReason, String)>,
+}
+
+/// Samples `params.n` replies to `prompt` (token ids, already templated). `on_text(stream,
+/// piece)` receives each stream's text as it grows; text that could still turn into a stop
+/// string is held back until it cannot.
+///
+/// On the CPU backend the model's kernels run it, for one stream as for many, since they are
+/// faster than Burn's ops for both (see BENCHMARKS.md); `set_cpu_kernels(false)` picks Burn's ops.
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Generation, ModelError> {
+    params.validate()?;
+    if prompt.is_empty() {
+        return Err(ModelError::Input { what: "the prompt has no tokens".into() });
+    }
+    let context = model.config.max_position_embeddings;
+    if prompt.len() >= context {
+        return Err(ModelError::Input {
+            what: format!("the prompt has {} tokens; the model's context holds {context}", prompt.len()),
+        });
+    }
+    let start = Instant::now();
+    let mut cache = KvCache::new(&model.config);
+    let first = logits_rows(model.forward_last(prompt, 1, &mut cache)?)?;
+    let prefill_seconds = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+
+    let mut streams: Vec<Stream> = (0..params.n)
+        .map(|i| {
+            let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
+            rng.set_stream(i as u64);
+            Stream { rng, tokens: vec![], emitted: 0, done: None }
+        })
+        .collect();
+    // Rows of the batch, by stream index; the logits of row r belong to stream active[r].
+    let mut active: Vec<usize> = (0..params.n).collect();
+    let mut logits: Vec<Vec<f32>> = vec![first[0].clone(); params.n];
+    if params.max_new_tokens > 0 && params.n > 1 {
+        cache = cache.repeat_rows(params.n);
+    }
+    let hold = params.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
+
+    while !active.is_empty() && params.max_new_tokens > 0 {
+        // Each row's next token from its own stream's generator, rows in parallel (a softmax
+        // over the vocabulary each): the same draws whatever the order.
+        let mut rngs: Vec<ChaCha8Rng> = active.iter().map(|&s| streams[s].rng.clone()).collect();
+        let drawn: Vec<u32> =
+            rngs.par_iter_mut().zip(logits.par_iter()).map(|(rng, row)| sample(row, params, rng)).collect();
+        for (&s, rng) in active.iter().zip(rngs) {
+            streams[s].rng = rng;
+        }
+        let mut next = Vec::with_capacity(active.len());
+        for (row, &s) in active.iter().enumerate() {
+            let stream = &mut streams[s];
+            let token = drawn[row];
+            stream.tokens.push(token);
+            // The token would be fed at position cache.len(); past the context there is none.
+            let at_limit = stream.tokens.len() >= params.max_new_tokens || cache.len() >= context;
+            let stopped_by_token = params.stop_token_ids.contains(&token);
+            let body = if stopped_by_token { &stream.tokens[..stream.tokens.len() - 1] } else { &stream.tokens[..] };
+            let text = tokenizer.decode(body, true)?;
+            let stop_at = params.stop.iter().filter_map(|s| text.find(s.as_str())).min();
+            if let Some(at) = stop_at {
+                stream.done = Some((FinishReason::Stop, text[..at].to_string()));
+            } else if stopped_by_token {
+                stream.done = Some((FinishReason::Stop, text.clone()));
+            } else if at_limit {
+                stream.done = Some((FinishReason::Length, text.clone()));
+            }
+            // Hand over what is settled: all of it when done; otherwise all but what could begin a
+            // stop string, and never half a character (decoding shows those as U+FFFD).
+            let settled = match &stream.done {
+                Some((_, final_text)) => final_text.len(),
+                None => {
+                    let mut end = text.trim_end_matches('\u{FFFD}').len().saturating_sub(hold);
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    end
+                }
+            };
+            let shown = stream.done.as_ref().map_or(text.as_str(), |(_, t)| t.as_str());
+            if settled > stream.emitted && shown.is_char_boundary(stream.emitted) {
+                on_text(s, &shown[stream.emitted..settled]);
+                stream.emitted = settled;
+            }
+            if stream.done.is_none() {
+                next.push((row, token));
+            }
+        }
+        if next.len() < active.len() {
+            let rows: Vec<usize> = next.iter().map(|&(r, _)| r).collect();
+            active = rows.iter().map(|&r| active[r]).collect();
+            if !rows.is_empty() {
+                cache = cache.select_rows(&rows);
+            }
+        }
+        if active.is_empty() {
+            break;
+        }
+        let tokens: Vec<u32> = next.iter().map(|&(_, t)| t).collect();
+        logits = logits_rows(model.forward_last(&tokens, tokens.len(), &mut cache)?)?;
+    }
+
+    let completions = streams
+        .into_iter()
+        .map(|s| {
+            let (finish, text) = s.done.unwrap_or((FinishReason::Length, String::new()));
+            Completion { tokens: s.tokens, text, finish }
+        })
+        .collect();
+    Ok(Generation {
+        completions,
+        prompt_tokens: prompt.len(),
+        prefill_seconds,
+        decode_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// `[rows, vocab]` logits as one vector per row, on the host.
+pub fn logits_rows<B: Backend>(logits: burn::tensor::Tensor<B, 2>) -> Result<Vec<Vec<f32>>, ModelError> {
+    let [rows, vocab] = logits.dims();
+    let values = logits
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| ModelError::Input { what: format!("cannot read logits back from the device: {e:?}") })?;
+    Ok((0..rows).map(|r| values[r * vocab..(r + 1) * vocab].to_vec()).collect())
+}
+
+/// The index of the largest value; the first one on ties, as PyTorch's argmax.
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The `k` largest values' indices, largest first (ties by lower index).
+pub fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(values.len());
+    let desc = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    if k < idx.len() && k > 0 {
+        idx.select_nth_unstable_by(k - 1, desc);
+        idx.truncate(k);
+    }
+    idx.sort_unstable_by(desc);
+    idx.truncate(k);
+    idx
+}
+
+/// Draws one token from a row of logits under `params`.
+fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
+    if params.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let t = params.temperature;
+    let limit = if params.top_k == 0 { logits.len() } else { params.top_k.min(logits.len()) };
+    let (weights, total) = weights(logits, t);
+    // Candidates, most likely first: the tokens whose weight reaches a floor, the floor lowered
+    // until they hold top_p of the mass (or top_k of them). A weight grows with its logit, so
+    // the tokens at or above any floor are a prefix of the ranking and hold the nucleus once
+    // their mass reaches top_p; with top_p 1 every token (up to top_k) takes part, as it must.
+    let desc = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    let mut floor = total * 1e-3;
+    let candidates = loop {
+        let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| weights[i] >= floor).collect();
+        let mass = idx.iter().map(|&i| weights[i]).sum::<f64>() / total;
+        if idx.len() >= limit || (params.top_p < 1.0 && mass >= params.top_p as f64) || floor == 0.0 {
+            idx.sort_unstable_by(desc);
+            idx.truncate(limit);
+            break idx;
+        }
+        floor = if floor < total * 1e-12 { 0.0 } else { floor / 64.0 };
+    };
+    let probs: Vec<f64> = candidates.iter().map(|&i| weights[i] / total).collect();
+    draw(&candidates, &probs, params.top_p, rng)
+}
+
+/// Each token's unnormalised probability at temperature `t`, `e^((logit - max) / t)`, and their sum.
+fn weights(logits: &[f32], t: f32) -> (Vec<f64>, f64) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut w = logits.to_vec();
+    let total = crate::model::fastexp::exp_shifted(&mut w, max, 1.0 / t);
+    (w.into_iter().map(f64::from).collect(), total)
+}
+
+/// A token from `candidates` (most likely first, with their probabilities `probs`): from the
+/// shortest prefix whose mass reaches `top_p` (at least one token), by one uniform draw.
+fn draw(candidates: &[usize], probs: &[f64], top_p: f32, rng: &mut ChaCha8Rng) -> u32 {
+    let mut keep = candidates.len();
+    if top_p < 1.0 {
+        let mut acc = 0.0;
+        for (j, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= top_p as f64 {
+                keep = j + 1;
+                break;
+            }
+        }
+    }
+    let kept = &probs[..keep];
+    let sum: f64 = kept.iter().sum();
+    let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) * sum;
+    let mut acc = 0.0;
+    for (j, p) in kept.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            return candidates[j] as u32;
+        }
+    }
+    candidates[keep - 1] as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sampler's candidates as it first chose them (the top k, k grown by fours until they
+    /// hold top_p of the mass): `sample` must draw exactly what it drew.
+    fn reference(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
+        let t = params.temperature;
+        let limit = if params.top_k == 0 { logits.len() } else { params.top_k.min(logits.len()) };
+        // The same weights: this pins the choice of candidates, not the exponential.
+        let (weights, total) = weights(logits, t);
+        let mut k = limit.min(64);
+        let (candidates, probs) = loop {
+            let idx = top_indices(logits, k);
+            let probs: Vec<f64> = idx.iter().map(|&i| weights[i] / total).collect();
+            if k >= limit || probs.iter().sum::<f64>() >= params.top_p as f64 {
+                break (idx, probs);
+            }
+            k = (k * 4).min(limit);
+        };
+        draw(&candidates, &probs, params.top_p, rng)
+    }
+
+    #[test]
+    fn sampling_draws_what_the_top_k_growing_sampler_drew() {
+        let mut gen = ChaCha8Rng::seed_from_u64(1);
+        let mut uniform = || (gen.next_u32() >> 8) as f32 / (1 << 24) as f32 - 0.5;
+        // Peaked, flat, and coarse (many ties) rows of a 3,000-token vocabulary.
+        let rows: Vec<Vec<f32>> = vec![
+            (0..3000).map(|_| 16.0 * uniform()).collect(),
+            (0..3000).map(|_| 0.2 * uniform()).collect(),
+            (0..3000).map(|_| (8.0 * uniform()).round()).collect(),
+        ];
+        for (r, row) in rows.iter().enumerate() {
+            for temperature in [0.5, 0.8, 1.3] {
+                for top_p in [0.3, 0.9, 0.95, 1.0] {
+                    for top_k in [0, 1, 5, 100, 5000] {
+                        let params = SamplingParams { temperature, top_p, top_k, ..Default::default() };
+                        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+                        for draw in 0..40 {
+                            assert_eq!(
+                                sample(row, &params, &mut a),
+                                reference(row, &params, &mut b),
+                                "row {r}, t {temperature}, top_p {top_p}, top_k {top_k}, draw {draw}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Products of 8-bit input rows with a Q8_0, Q4_0 or Q4_1 weight on AVX-512 VNNI: how a quantised base decodes, one stream or a batch.
+//! It must give what quant.rs's one-row integer dot product gives for each row (same rounding of the input, same block terms), to float summation order.
+
+//! A quantised base's products (one decoding stream, 50 samples decoding together, a
+//! prompt's prefill) in 8-bit integers, as llama.cpp multiplies its quantised weights.
+//!
+//! GGUF stores a weight row by row, blocks of 32 inputs each. Multiplying input rows by it
+//! one weight row at a time (`dot_row_int8`) reloads and re-unpacks every block once per input
+//! row and sums horizontally per output. Instead, [`Packed`] reorders the weight once, the
+//! first time an 8-bit product needs it: 16 output rows side by side, so that one
+//! AVX-512 register holds 4 consecutive inputs of each of the 16 (64 bytes), the shape of
+//! `vpdpbusd`, which multiplies 64 unsigned by 64 signed bytes and adds each group of four into
+//! one of 16 integer lanes. A tile of up to [`ROWS`] input rows × 32 outputs keeps its integer
+//! sums for one block and its float sums for the whole product in registers; each block's
+//! weights are loaded and unpacked once per tile and serve every input row of it, and each
+//! input's four bytes are broadcast once and serve both groups of 16 outputs.
+//!
+//! Per block `b`, output `j`, input row `i`, with the input rounded as `x ≈ sₓ·qₓ` and the
+//! weight `w = d·(q − β) + o`: `y += d·sₓ·(Σ q·qₓ − β·Σqₓ) + o·Σx`, with `q` unsigned as
+//! `vpdpbusd` takes it: Q8_0's signed byte plus `β = 128`, Q4_0's nibble with `β = 8` (both
+//! with `o = 0`, the bracket exact in integers), Q4_1's nibble with `β = 0` and its stored
+//! minimum `o` times the exact `Σx`: the same terms as the one-row product.
+
+use super::quant::Q8Input;
+use crate::gguf::{half, GgmlType};
+
+/// Input rows one tile holds (12 integer and 12 float sums of 16 lanes: 24 of 32 registers).
+pub(crate) const ROWS: usize = 6;
+/// Outputs a packed group holds side by side: one register's 16 integer lanes.
+const GROUP: usize = 16;
+
+/// A weight reordered for [`product`]: for each group of 16 outputs and each block of 32
+/// inputs, its bytes (8 registers' worth unpacked) and 16 scales and 16 offsets.
+#[derive(Clone)]
+pub(crate) struct Packed {
+    /// Outputs (the weight's rows).
+    outputs: usize,
+    /// Blocks of 32 along the input.
+    blocks: usize,
+    /// 4-bit values, two per byte (4 registers per block and group), or whole bytes (8).
+    nibbles: bool,
+    /// What the unsigned values exceed the type's own by (128 for Q8_0, 8 for Q4_0, 0 for
+    /// Q4_1, whose offset is its minimum times the exact `Σx` instead).
+    bias: i32,
+    /// Group by group, block by block: [`Self::block_bytes`] bytes.
+    weights: Vec<u8>,
+    /// Group by group, block by block: 16 scales `d`, then 16 offsets `o` (Q4_1's minima, else 0).
+    terms: Vec<f32>,
+}
+
+impl Packed {
+    /// Whether [`Packed::new`] takes `ty`.
+    pub(crate) fn takes(ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+    }
+
+    /// Whether this CPU runs [`product`] (and, in tests, [`with_kernel`] left it on).
+    pub(crate) fn available() -> bool {
+        #[cfg(test)]
+        if !KERNEL.get() {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Reorders `outputs` rows of `row_bytes` bytes each, `data`, of type `ty` (one that
+    /// [`Packed::takes`]) with `cols` inputs.
+    pub(crate) fn new(ty: GgmlType, outputs: usize, cols: usize, data: &[u8]) -> Self {
+        assert!(Self::takes(ty), "{ty} has no 8-bit product");
+        let (bb, blocks) = (ty.block_bytes() as usize, cols / 32);
+        let row_bytes = blocks * bb;
+        assert_eq!(data.len(), outputs * row_bytes, "the weight's bytes");
+        let nibbles = ty != GgmlType::Q8_0;
+        let groups = outputs.div_ceil(GROUP);
+        let block_bytes = block_bytes(nibbles);
+        let mut weights = vec![0u8; groups * blocks * block_bytes];
+        let mut terms = vec![0f32; groups * blocks * 2 * GROUP];
+        // Group by group over rayon's threads (slow on one thread; see BENCHMARKS.md).
+        use rayon::prelude::*;
+        let group_terms = blocks * 2 * GROUP;
+        weights.par_chunks_mut(blocks * block_bytes).zip(terms.par_chunks_mut(group_terms)).enumerate().for_each(
+            |(g, (weights, terms))| {
+                let mut q = [0u8; 32];
+                for (lane, j) in (g * GROUP..outputs.min((g + 1) * GROUP)).enumerate() {
+                    for b in 0..blocks {
+                        let block = &data[j * row_bytes + b * bb..][..bb];
+                        let d = half(block, 0);
+                        if ty == GgmlType::Q8_0 {
+                            for (q, &w) in q.iter_mut().zip(&block[2..34]) {
+                                *q = (i16::from(w as i8) + 128) as u8;
+                            }
+                        } else {
+                            let qs = if ty == GgmlType::Q4_0 { &block[2..18] } else { &block[4..20] };
+                            for (t, &w) in qs.iter().enumerate() {
+                                (q[t], q[t + 16]) = (w & 0xF, w >> 4);
+                            }
+                        }
+                        let offset = if ty == GgmlType::Q4_1 { half(block, 2) } else { 0.0 };
+                        let at = b * block_bytes;
+                        // Register s (of 8) holds inputs 4s..4s+4 of every output, lane by lane.
+                        for (t, &v) in q.iter().enumerate() {
+                            let (s, e) = (t / 4, t % 4);
+                            if nibbles {
+                                // Registers 0..4 are the low nibbles of four packed ones, 4..8 the high.
+                                weights[at + (s % 4) * 64 + lane * 4 + e] |= v << (4 * (s / 4));
+                            } else {
+                                weights[at + s * 64 + lane * 4 + e] = v;
+                            }
+                        }
+                        terms[b * 2 * GROUP + lane] = d;
+                        terms[b * 2 * GROUP + GROUP + lane] = offset;
+                    }
+                }
+            },
+        );
+        let bias = match ty {
+            GgmlType::Q8_0 => 128,
+            GgmlType::Q4_0 => 8,
+            _ => 0,
+        };
+        Packed { outputs, blocks, nibbles, bias, weights, terms }
+    }
+
+    fn block_bytes(&self) -> usize {
+        block_bytes(self.nibbles)
+    }
+
+    /// Groups of outputs [`product`] runs over (16 each).
+    pub(crate) fn groups(&self) -> usize {
+        self.outputs.div_ceil(GROUP)
+    }
+
+    /// Bytes the reordered copy takes.
+    pub(crate) fn bytes(&self) -> usize {
+        self.weights.len() + 4 * self.terms.len()
+    }
+}
+
+/// Bytes of one block of one group: 16 outputs × 32 inputs, at 4 or 8 bits.
+fn block_bytes(nibbles: bool) -> usize {
+    if nibbles {
+        256
+    } else {
+        512
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static KERNEL: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `f` with the kernel on (where the CPU has it) or off on this thread, so that tests
+/// check the per-row path that CPUs without it take.
+#[cfg(test)]
+pub(crate) fn with_kernel<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let before = KERNEL.replace(on);
+    let out = f();
+    KERNEL.set(before);
+    out
+}
+
+/// Outputs `[g0·16, g1·16)` (clipped to the weight's) of `y = x Wᵀ` for every row of `x`, `y`
+/// with row stride `ldy`. `x` holds whole rows of the weight's inputs, rounded as one: blocks of
+/// 32 round alone, so several rows rounded together are each rounded as alone.
+///
+/// # Safety
+/// [`Packed::available`] holds; `g0 < g1 ≤` the weight's groups; `y` holds `(m-1)·ldy +` the
+/// weight's outputs values, where `m` is the rows of `x`; no other thread writes these outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn product(w: &Packed, x: &Q8Input, (g0, g1): (usize, usize), y: *mut f32, ldy: usize) {
+    let m = x.scales().len() / w.blocks.max(1);
+    let tiles = m.div_ceil(ROWS);
+    let mut g = g0;
+    while g < g1 {
+        let pair = (g1 - g).min(2);
+        for tile in 0..tiles {
+            // Tiles of even size: 50 rows go as 9 tiles of 5 or 6, not 8 of 6 and one of 2.
+            let (r0, r1) = (tile * m / tiles, (tile + 1) * m / tiles);
+            // SAFETY: rows r0..r1 of x and groups g..g+pair of w exist; y's promise is the caller's.
+            unsafe {
+                let at = Tile { w, x, r0, g, y, ldy };
+                match (r1 - r0, pair) {
+                    (1, 2) => tile_at::<1, 2>(at),
+                    (2, 2) => tile_at::<2, 2>(at),
+                    (3, 2) => tile_at::<3, 2>(at),
+                    (4, 2) => tile_at::<4, 2>(at),
+                    (5, 2) => tile_at::<5, 2>(at),
+                    (_, 2) => tile_at::<6, 2>(at),
+                    (1, _) => tile_at::<1, 1>(at),
+                    (2, _) => tile_at::<2, 1>(at),
+                    (3, _) => tile_at::<3, 1>(at),
+                    (4, _) => tile_at::<4, 1>(at),
+                    (5, _) => tile_at::<5, 1>(at),
+                    _ => tile_at::<6, 1>(at),
+                }
+            }
+        }
+        g += pair;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Tile<'a> {
+    w: &'a Packed,
+    x: &'a Q8Input,
+    /// First input row.
+    r0: usize,
+    /// First group of outputs.
+    g: usize,
+    y: *mut f32,
+    ldy: usize,
+}
+
+/// `R` input rows from `r0` × `C` groups of 16 outputs from `g`, over every block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn tile_at<const R: usize, const C: usize>(t: Tile<'_>) {
+    use std::arch::x86_64::*;
+    let (w, x) = (t.w, t.x);
+    let (blocks, bytes) = (w.blocks, w.block_bytes());
+    let k = blocks * 32;
+    let low = _mm512_set1_epi8(0xF);
+    let mut sums = [[_mm512_setzero_ps(); C]; R];
+    // SAFETY (every load below): block b of groups g..g+C lies in `weights` and `terms`; rows
+    // r0..r0+R of the inputs hold k bytes and `blocks` scales and sums each.
+    unsafe {
+        let (scales, qsums, sums_x) = (x.scales(), x.rounded_sums(), x.sums());
+        let xq = x.values().as_ptr().add(t.r0 * k);
+        for b in 0..blocks {
+            let mut dots = [[_mm512_setzero_si512(); C]; R];
+            let base: [*const u8; C] =
+                std::array::from_fn(|c| w.weights.as_ptr().add(((t.g + c) * blocks + b) * bytes));
+            let step = |s: usize, regs: [__m512i; C], dots: &mut [[__m512i; C]; R]| {
+                for (r, dots) in dots.iter_mut().enumerate() {
+                    let four = xq.add(r * k + b * 32 + 4 * s).cast::<i32>().read_unaligned();
+                    let xv = _mm512_set1_epi32(four);
+                    for c in 0..C {
+                        dots[c] = _mm512_dpbusd_epi32(dots[c], regs[c], xv);
+                    }
+                }
+            };
+            if w.nibbles {
+                for s in 0..4 {
+                    let packed: [__m512i; C] = std::array::from_fn(|c| _mm512_loadu_si512(base[c].add(64 * s).cast()));
+                    step(s, packed.map(|p| _mm512_and_si512(p, low)), &mut dots);
+                    step(s + 4, packed.map(|p| _mm512_and_si512(_mm512_srli_epi16(p, 4), low)), &mut dots);
+                }
+            } else {
+                for s in 0..8 {
+                    step(s, std::array::from_fn(|c| _mm512_loadu_si512(base[c].add(64 * s).cast())), &mut dots);
+                }
+            }
+            let terms: [*const f32; C] =
+                std::array::from_fn(|c| w.terms.as_ptr().add(((t.g + c) * blocks + b) * 2 * GROUP));
+            let d: [__m512; C] = terms.map(|p| _mm512_loadu_ps(p));
+            for r in 0..R {
+                let at = (t.r0 + r) * blocks + b;
+                let scale = _mm512_set1_ps(*scales.get_unchecked(at));
+                if w.bias != 0 {
+                    // Below 2²⁴ in magnitude (32 · 255 · 127 before, 32 · 127 · 127 after), so
+                    // the conversion is exact too.
+                    let bias = _mm512_set1_epi32(w.bias * *qsums.get_unchecked(at));
+                    for c in 0..C {
+                        let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(dots[r][c], bias));
+                        sums[r][c] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d[c], scale), sums[r][c]);
+                    }
+                } else {
+                    let sum = _mm512_set1_ps(*sums_x.get_unchecked(at));
+                    for c in 0..C {
+                        let dot = _mm512_cvtepi32_ps(dots[r][c]);
+                        let o = _mm512_loadu_ps(terms[c].add(GROUP));
+                        sums[r][c] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d[c], scale), sums[r][c]);
+                        sums[r][c] = _mm512_fmadd_ps(o, sum, sums[r][c]);
+                    }
+                }
+            }
+        }
+        for (r, sums) in sums.iter().enumerate() {
+            for (c, &v) in sums.iter().enumerate() {
+                let j0 = (t.g + c) * GROUP;
+                let lanes = w.outputs.saturating_sub(j0).min(GROUP);
+                let mask = if lanes == GROUP { u16::MAX } else { (1u16 << lanes) - 1 };
+                // SAFETY: only lanes of outputs below the weight's count are written, inside y
+                // by the caller's promise.
+                _mm512_mask_storeu_ps(t.y.add((t.r0 + r) * t.ldy).wrapping_add(j0), mask, v);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn product(_: &Packed, _: &Q8Input, _: (usize, usize), _: *mut f32, _: usize) {
+    unreachable!("the VNNI product runs only where `Packed::available` holds")
+}

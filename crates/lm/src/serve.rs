@@ -1,0 +1,799 @@
+//! The OpenAI-compatible HTTP server for a Llama-family checkpoint (`nasc serve`), as a library.
+//!
+//! One thread accepts connections and hands each to its own thread, which reads the request, checks it
+//! and answers errors itself. Valid generation requests go through a channel to the one model thread
+//! (the thread that opened the checkpoint), which runs them one at a time and sends back either a whole
+//! result or streamed text pieces. The server keeps accepting and answering (models list, errors) while
+//! a generation runs. HTTP is HTTP/1.1 with `Connection: close`: one request per connection.
+
+use crate::chat::Message;
+use crate::generate::{generate, Generation, SamplingParams};
+use crate::model::{Checkpoint, Llama, LoadOptions, ModelError};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use nasc_runtime::{BackendJob, Device};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What to serve and how: the CLI fills it from its flags.
+pub struct ServeOptions {
+    /// A .gguf file, or a folder with config.json, *.safetensors and tokenizer.json.
+    pub model: PathBuf,
+    /// The base model's name in /v1/models and requests.
+    pub base_name: String,
+    /// LoRA adapters served beside the base, by name (checked with [`Adapter::open`]).
+    pub adapters: Vec<Adapter>,
+    /// The most replies one request may ask for (`n`), at least 1.
+    pub max_batch: usize,
+    /// How the checkpoint loads (a block-quantised base, ...).
+    pub load: LoadOptions,
+}
+
+/// A LoRA adapter (a PEFT folder) served under a name; its weights load beside the base model's.
+pub struct Adapter {
+    name: String,
+    dir: PathBuf,
+}
+
+impl Adapter {
+    /// Checks an adapter folder's config before the model loads, so a wrong path fails at once.
+    pub fn open(name: &str, dir: &Path) -> Result<Adapter, String> {
+        crate::lora::read_peft_config(dir).map_err(|e| e.to_string())?;
+        Ok(Adapter { name: name.to_string(), dir: dir.to_path_buf() })
+    }
+
+    /// The name requests choose it by.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Serves `options` on `listener` until the process ends, on `device`'s backend. Errors are those
+/// of loading the model and adapters, as messages for the user.
+pub fn serve(options: ServeOptions, listener: TcpListener, device: Device) -> Result<(), String> {
+    nasc_runtime::dispatch(device, Job { options, listener })?
+}
+
+struct Job {
+    options: ServeOptions,
+    listener: TcpListener,
+}
+
+/// What the model thread knows that connection threads need to check requests.
+#[derive(Clone)]
+struct Info {
+    /// The served names: the base model first, then the adapters. The model thread changes it
+    /// when an adapter is loaded or unloaded.
+    models: Arc<RwLock<Vec<String>>>,
+    context: usize,
+    max_batch: usize,
+    created: u64,
+    work: mpsc::Sender<Msg>,
+}
+
+impl Info {
+    fn names(&self) -> Vec<String> {
+        self.models.read().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// What connection threads ask of the model thread.
+enum Msg {
+    Generate(Work),
+    /// Read a PEFT adapter onto a clone of the base and serve it as `name` (replacing one of that
+    /// name when `inplace`).
+    Load {
+        name: String,
+        dir: PathBuf,
+        inplace: bool,
+        reply: mpsc::Sender<Result<String, HttpError>>,
+    },
+    Unload {
+        name: String,
+        reply: mpsc::Sender<Result<String, HttpError>>,
+    },
+}
+
+/// A checked generation request on its way to the model thread.
+struct Work {
+    /// The served name asked for: the base model or an adapter.
+    model: String,
+    input: Input,
+    params: SamplingParams,
+    stream: bool,
+    /// `stream_options.include_usage`: a last chunk with no choices and the usage.
+    include_usage: bool,
+    reply: mpsc::Sender<Event>,
+}
+
+enum Input {
+    Chat(Vec<Message>),
+    Text(String),
+}
+
+enum Event {
+    /// The prompt's token count, once it is known to fit.
+    Started(usize),
+    Piece(usize, String),
+    Done(Generation),
+    Failed(HttpError),
+}
+
+impl BackendJob for Job {
+    type Output = Result<(), String>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let a = &self.options;
+        let ckpt = Checkpoint::<B::InnerBackend>::open_with(&a.model, &device, &a.load)
+            .map_err(|e| format!("{}: {e}", a.model.display()))?;
+        // One model per served name: the base, then each adapter on a clone of it (the base's
+        // tensors are shared, not copied).
+        let mut weights = vec![(a.base_name.clone(), ckpt.model.clone())];
+        for adapter in &a.adapters {
+            let (model, _) = crate::lora::load_peft(ckpt.model.clone(), &adapter.dir)
+                .map_err(|e| format!("--adapter {}={}: {e}", adapter.name, adapter.dir.display()))?;
+            weights.push((adapter.name.clone(), model));
+        }
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let models = Arc::new(RwLock::new(weights.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()));
+        let info = Info {
+            models: models.clone(),
+            context: ckpt.model.config.max_position_embeddings,
+            max_batch: a.max_batch,
+            created: now(),
+            work: tx,
+        };
+        let addr = self.listener.local_addr().map_err(|e| e.to_string())?;
+        let listener = self.listener;
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let info = info.clone();
+                std::thread::spawn(move || handle(conn, &info));
+            }
+        });
+        eprintln!("nasc serve: {} on http://{addr}/v1 (model {})", a.model.display(), a.base_name);
+        let end_of_turn = end_of_turn_ids(&ckpt);
+        for msg in rx {
+            match msg {
+                Msg::Generate(w) => match weights.iter().find(|(n, _)| *n == w.model) {
+                    Some((_, model)) => run_work(&ckpt, model, &end_of_turn, w),
+                    // Unloaded after the request was checked.
+                    None => {
+                        let _ = w.reply.send(Event::Failed(not_served(&w.model, &names(&weights))));
+                    }
+                },
+                Msg::Load { name, dir, inplace, reply } => {
+                    let result = load_runtime(&ckpt.model, &mut weights, name, &dir, inplace);
+                    // The served names change before the answer, so a client that heard 200 finds them.
+                    publish(&models, &weights);
+                    let _ = reply.send(result);
+                }
+                Msg::Unload { name, reply } => {
+                    let result = if name == weights[0].0 {
+                        Err(HttpError::bad(format!("`{name}` is the base model; only adapters can be unloaded"), None))
+                    } else if let Some(i) = weights.iter().position(|(n, _)| *n == name) {
+                        weights.remove(i);
+                        Ok(format!("Success: LoRA adapter '{name}' removed successfully."))
+                    } else {
+                        Err(not_served(&name, &names(&weights)))
+                    };
+                    publish(&models, &weights);
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes the served names those of `weights`, for connection threads to check requests against.
+fn publish<B: Backend>(models: &RwLock<Vec<String>>, weights: &[(String, Llama<B>)]) {
+    if let Ok(mut m) = models.write() {
+        *m = names(weights);
+    }
+}
+
+fn names<B: Backend>(weights: &[(String, Llama<B>)]) -> Vec<String> {
+    weights.iter().map(|(n, _)| n.clone()).collect()
+}
+
+fn not_served(name: &str, served: &[String]) -> HttpError {
+    HttpError {
+        status: 404,
+        code: Some("model_not_found"),
+        ..HttpError::bad(format!("The model `{name}` does not exist. Served: {}", served.join(", ")), Some("model"))
+    }
+}
+
+/// Loads the PEFT adapter in `dir` onto a clone of `base` as `name`: new, or replacing the adapter
+/// of that name when `inplace`. The base's name cannot be taken.
+fn load_runtime<B: Backend>(
+    base: &Llama<B>,
+    weights: &mut Vec<(String, Llama<B>)>,
+    name: String,
+    dir: &Path,
+    inplace: bool,
+) -> Result<String, HttpError> {
+    if name == weights[0].0 {
+        return Err(HttpError::bad(format!("`{name}` is the base model's name; pick another lora_name"), None));
+    }
+    let existing = weights.iter().position(|(n, _)| *n == name);
+    if existing.is_some() && !inplace {
+        return Err(HttpError::bad(
+            format!("The lora adapter '{name}' has already been loaded; send \"load_inplace\": true to replace it."),
+            Some("lora_name"),
+        ));
+    }
+    let (model, _) = crate::lora::load_peft(base.clone(), dir).map_err(|e| {
+        HttpError::bad(format!("cannot load the adapter from {}: {e}", dir.display()), Some("lora_path"))
+    })?;
+    match existing {
+        Some(i) => weights[i].1 = model,
+        None => weights.push((name.clone(), model)),
+    }
+    Ok(format!("Success: LoRA adapter '{name}' added successfully."))
+}
+
+/// Token ids that end a chat turn: the EOS token and the chat models' own end-of-turn tokens.
+fn end_of_turn_ids<B: Backend>(ckpt: &Checkpoint<B>) -> Vec<u32> {
+    let mut ids: Vec<u32> = ckpt.tokenizer.eos_id().into_iter().collect();
+    for name in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>"] {
+        ids.extend(ckpt.tokenizer.token_id(name));
+    }
+    ids
+}
+
+/// Runs one request on `model` (the base or an adapter's), with the checkpoint's tokenizer and template.
+fn run_work<B: Backend>(ckpt: &Checkpoint<B>, model: &Llama<B>, end_of_turn: &[u32], mut w: Work) {
+    let fail = |w: &Work, e: HttpError| {
+        let _ = w.reply.send(Event::Failed(e));
+    };
+    let ids = match &w.input {
+        Input::Chat(messages) => match ckpt.template.render(messages, true) {
+            Ok(text) => ckpt.tokenizer.encode(&text, false),
+            Err(e) => return fail(&w, HttpError::bad(format!("the chat template failed: {e}"), Some("messages"))),
+        },
+        Input::Text(text) => ckpt.tokenizer.encode(text, true),
+    };
+    let ids = match ids {
+        Ok(ids) => ids,
+        Err(e) => return fail(&w, HttpError::server(format!("tokenizer: {e}"))),
+    };
+    if matches!(w.input, Input::Chat(_)) {
+        w.params.stop_token_ids = end_of_turn.to_vec();
+    } else {
+        w.params.stop_token_ids = ckpt.tokenizer.eos_id().into_iter().collect();
+    }
+    let context = ckpt.model.config.max_position_embeddings;
+    let field = if matches!(w.input, Input::Chat(_)) { "messages" } else { "prompt" };
+    if ids.is_empty() {
+        return fail(&w, HttpError::bad("the prompt is empty".into(), Some(field)));
+    }
+    // max_tokens == usize::MAX means "what the context leaves".
+    if w.params.max_new_tokens == usize::MAX {
+        w.params.max_new_tokens = context.saturating_sub(ids.len());
+    }
+    if ids.len() >= context || ids.len() + w.params.max_new_tokens > context {
+        let msg = format!(
+            "This model's maximum context length is {context} tokens. However, you requested {} tokens \
+             ({} in the {field}, {} in the completion). Please reduce the length of the {field} or completion.",
+            ids.len() + w.params.max_new_tokens,
+            ids.len(),
+            w.params.max_new_tokens
+        );
+        return fail(&w, HttpError::bad(msg, Some(field)));
+    }
+    if w.reply.send(Event::Started(ids.len())).is_err() {
+        return;
+    }
+    let reply = w.reply.clone();
+    let stream = w.stream;
+    let result = generate(model, &ckpt.tokenizer, &ids, &w.params, |i, piece| {
+        if stream && !piece.is_empty() {
+            let _ = reply.send(Event::Piece(i, piece.to_string()));
+        }
+    });
+    let _ = w.reply.send(match result {
+        Ok(g) => Event::Done(g),
+        Err(ModelError::Input { what }) => Event::Failed(HttpError::bad(what, None)),
+        Err(e) => Event::Failed(HttpError::server(e.to_string())),
+    });
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// An error answered with the OpenAI protocol's error object.
+#[derive(Debug)]
+struct HttpError {
+    status: u16,
+    message: String,
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+impl HttpError {
+    fn bad(message: String, param: Option<&'static str>) -> Self {
+        HttpError { status: 400, message, kind: "invalid_request_error", param, code: None }
+    }
+    fn server(message: String) -> Self {
+        HttpError { status: 500, message, kind: "server_error", param: None, code: None }
+    }
+    fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// Reads one HTTP/1.x request: request line, headers, and a body of Content-Length bytes.
+fn read_request(conn: &mut BufReader<TcpStream>) -> Result<Request, HttpError> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        let n = conn.by_ref().take((MAX_HEAD + 1 - head.len().min(MAX_HEAD)) as u64).read_until(b'\n', &mut line);
+        let n = n.map_err(|e| HttpError::bad(format!("reading the request: {e}"), None))?;
+        if n == 0 {
+            return Err(HttpError::bad("the connection closed before the request's headers ended".into(), None));
+        }
+        head.extend_from_slice(&line);
+        if head.len() > MAX_HEAD {
+            return Err(HttpError {
+                status: 431,
+                ..HttpError::bad("the request's headers are too large".into(), None)
+            });
+        }
+        if line == b"\r\n" || line == b"\n" {
+            if head.len() == line.len() {
+                head.clear(); // Tolerate blank lines before the request line.
+                continue;
+            }
+            break;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HttpError::bad("an incomplete HTTP request".into(), None)),
+        Err(e) => return Err(HttpError::bad(format!("a malformed HTTP request: {e}"), None)),
+    }
+    let method = req.method.unwrap_or("").to_string();
+    let path = req.path.unwrap_or("").split('?').next().unwrap_or("").to_string();
+    let mut length = 0usize;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| HttpError::bad("a malformed Content-Length header".into(), None))?;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError {
+                status: 411,
+                ..HttpError::bad("chunked request bodies are not supported; send Content-Length".into(), None)
+            });
+        } else if h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue") {
+            let _ = conn.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+    }
+    if length > MAX_BODY {
+        return Err(HttpError { status: 413, ..HttpError::bad(format!("the body is over {MAX_BODY} bytes"), None) });
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body).map_err(|e| HttpError::bad(format!("reading the request's body: {e}"), None))?;
+    Ok(Request { method, path, body })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "Internal Server Error",
+    }
+}
+
+fn respond(conn: &mut TcpStream, status: u16, body: &Value) {
+    let body = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(body.as_bytes())).and_then(|_| conn.flush());
+}
+
+fn respond_error(conn: &mut TcpStream, e: &HttpError) {
+    respond(conn, e.status, &e.body());
+}
+
+fn handle(conn: TcpStream, info: &Info) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    let Ok(mut writer) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(conn);
+    let req = match read_request(&mut reader) {
+        Ok(r) => r,
+        Err(e) => return respond_error(&mut writer, &e),
+    };
+    let not_allowed = |m: &str| HttpError {
+        status: 405,
+        ..HttpError::bad(format!("{} {} is not allowed; use {m}", req.method, req.path), None)
+    };
+    match req.path.trim_end_matches('/') {
+        "/v1/models" if req.method == "GET" => respond(&mut writer, 200, &models(info)),
+        "/v1/models" => respond_error(&mut writer, &not_allowed("GET")),
+        "/health" => respond(&mut writer, 200, &json!({})),
+        p @ ("/v1/load_lora_adapter" | "/v1/unload_lora_adapter") => {
+            if req.method != "POST" {
+                return respond_error(&mut writer, &not_allowed("POST"));
+            }
+            match adapter_request(&req.body, p == "/v1/load_lora_adapter", info) {
+                Ok(message) => respond(&mut writer, 200, &json!(message)),
+                Err(e) => respond_error(&mut writer, &e),
+            }
+        }
+        p @ ("/v1/chat/completions" | "/v1/completions") => {
+            if req.method != "POST" {
+                return respond_error(&mut writer, &not_allowed("POST"));
+            }
+            let chat = p == "/v1/chat/completions";
+            match parse(&req.body, chat, info) {
+                Ok(w) => complete(&mut writer, info, w, chat),
+                Err(e) => respond_error(&mut writer, &e),
+            }
+        }
+        _ => respond_error(
+            &mut writer,
+            &HttpError {
+                status: 404,
+                code: Some("not_found"),
+                ..HttpError::bad(format!("no route for {} {}", req.method, req.path), None)
+            },
+        ),
+    }
+}
+
+/// Checks a load or unload request and has the model thread carry it out.
+fn adapter_request(body: &[u8], load: bool, info: &Info) -> Result<String, HttpError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| HttpError::bad(format!("the body is not valid JSON: {e}"), None))?;
+    let field = |key: &'static str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| HttpError::bad(format!("'{key}' is required and must be a non-empty string"), Some(key)))
+    };
+    let name = field("lora_name")?;
+    let (tx, rx) = mpsc::channel();
+    let msg = if load {
+        let dir = PathBuf::from(field("lora_path")?);
+        let inplace = match v.get("load_inplace") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(HttpError::bad("'load_inplace' must be a boolean".into(), Some("load_inplace"))),
+        };
+        Msg::Load { name, dir, inplace, reply: tx }
+    } else {
+        Msg::Unload { name, reply: tx }
+    };
+    info.work.send(msg).map_err(|_| HttpError::server("the model thread has stopped".into()))?;
+    rx.recv().map_err(|_| HttpError::server("the model thread has stopped".into()))?
+}
+
+fn models(info: &Info) -> Value {
+    let names = info.names();
+    let data: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            json!({"id": m, "object": "model", "created": info.created, "owned_by": "nasc",
+                   "root": names[0], "parent": if i == 0 { Value::Null } else { json!(names[0]) },
+                   "max_model_len": info.context})
+        })
+        .collect();
+    json!({"object": "list", "data": data})
+}
+
+/// A request's fields, each checked with an error naming it.
+struct Fields<'a>(&'a serde_json::Map<String, Value>);
+
+impl Fields<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+    fn number(&self, key: &'static str, default: f64) -> Result<f64, HttpError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| HttpError::bad(format!("'{key}' must be a number"), Some(key))),
+        }
+    }
+    fn integer(&self, key: &'static str) -> Result<Option<i64>, HttpError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .or_else(|| v.as_u64().map(|u| u.min(i64::MAX as u64) as i64))
+                .map(Some)
+                .ok_or_else(|| HttpError::bad(format!("'{key}' must be an integer"), Some(key))),
+        }
+    }
+    fn text(&self, v: &Value, key: &'static str) -> Result<String, HttpError> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            // Content parts: [{"type": "text", "text": "..."}].
+            Value::Array(parts) => parts
+                .iter()
+                .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => Ok(t),
+                    _ => Err(HttpError::bad(format!("'{key}' may hold only text parts"), Some(key))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|parts| parts.concat()),
+            _ => Err(HttpError::bad(format!("'{key}' must be a string"), Some(key))),
+        }
+    }
+}
+
+/// Checks a request body and turns it into work for the model thread.
+fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| HttpError::bad(format!("the body is not valid JSON: {e}"), None))?;
+    let Some(obj) = v.as_object() else {
+        return Err(HttpError::bad("the body must be a JSON object".into(), None));
+    };
+    let f = Fields(obj);
+    let served = info.names();
+    let model = match f.get("model") {
+        None => served[0].clone(),
+        Some(Value::String(name)) if served.contains(name) => name.clone(),
+        Some(Value::String(name)) => return Err(not_served(name, &served)),
+        Some(_) => return Err(HttpError::bad("'model' must be a string".into(), Some("model"))),
+    };
+    let input = if chat {
+        let Some(messages) = f.get("messages") else {
+            return Err(HttpError::bad("'messages' is required".into(), Some("messages")));
+        };
+        let Some(list) = messages.as_array().filter(|l| !l.is_empty()) else {
+            return Err(HttpError::bad("'messages' must be a non-empty list".into(), Some("messages")));
+        };
+        let mut out = vec![];
+        for m in list {
+            let role = m.get("role").and_then(Value::as_str);
+            let Some(role) = role.filter(|r| ["system", "user", "assistant", "developer", "tool"].contains(r)) else {
+                return Err(HttpError::bad(
+                    "each message needs a 'role': system, user, assistant, developer or tool".into(),
+                    Some("messages"),
+                ));
+            };
+            let content = match m.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(c) => f.text(c, "messages")?,
+            };
+            out.push(Message::new(role, content));
+        }
+        Input::Chat(out)
+    } else {
+        match f.get("prompt") {
+            None => return Err(HttpError::bad("'prompt' is required".into(), Some("prompt"))),
+            Some(Value::String(s)) => Input::Text(s.clone()),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                Input::Text(a[0].as_str().unwrap_or("").into())
+            }
+            Some(_) => {
+                return Err(HttpError::bad("'prompt' must be a string (or a list of one)".into(), Some("prompt")))
+            }
+        }
+    };
+    let temperature = f.number("temperature", 1.0)?;
+    if !(0.0..=100.0).contains(&temperature) {
+        return Err(HttpError::bad(format!("temperature {temperature} must be in [0, 100]"), Some("temperature")));
+    }
+    let top_p = f.number("top_p", 1.0)?;
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(HttpError::bad(format!("top_p {top_p} must be in (0, 1]"), Some("top_p")));
+    }
+    let top_k = match f.integer("top_k")? {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => return Err(HttpError::bad(format!("top_k {k} must be -1, 0 (all) or positive"), Some("top_k"))),
+    };
+    let n = f.integer("n")?.unwrap_or(1);
+    if n < 1 || n as u64 > info.max_batch as u64 {
+        return Err(HttpError::bad(format!("n {n} must be between 1 and {}", info.max_batch), Some("n")));
+    }
+    let (key, max_tokens) = match f.integer("max_completion_tokens")? {
+        Some(m) => ("max_completion_tokens", Some(m)),
+        None => ("max_tokens", f.integer("max_tokens")?),
+    };
+    let max_new_tokens = match max_tokens {
+        // Chat replies may fill the context, as in vLLM; completions default to OpenAI's 16 tokens.
+        None if chat => usize::MAX,
+        None => 16,
+        Some(m) if m < 1 => return Err(HttpError::bad(format!("{key} {m} must be at least 1"), Some(key))),
+        Some(m) if m as u64 > info.context as u64 => {
+            return Err(HttpError::bad(
+                format!("{key} {m} is more than the model's context length of {} tokens", info.context),
+                Some(key),
+            ))
+        }
+        Some(m) => m as usize,
+    };
+    let stop = match f.get("stop") {
+        None => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            a.iter().filter_map(Value::as_str).map(String::from).collect()
+        }
+        Some(_) => return Err(HttpError::bad("'stop' must be a string or a list of strings".into(), Some("stop"))),
+    };
+    if stop.iter().any(String::is_empty) {
+        return Err(HttpError::bad("a stop string must not be empty".into(), Some("stop")));
+    }
+    let seed = match f.integer("seed")? {
+        Some(s) => s as u64,
+        None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+    };
+    let stream = match f.get("stream") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(HttpError::bad("'stream' must be true or false".into(), Some("stream"))),
+    };
+    let params = SamplingParams {
+        temperature: temperature as f32,
+        top_k,
+        top_p: top_p as f32,
+        max_new_tokens,
+        stop,
+        stop_token_ids: vec![],
+        seed,
+        n: n as usize,
+    };
+    let (reply, _) = mpsc::channel();
+    let include_usage = match f.get("stream_options") {
+        None => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(HttpError::bad("'include_usage' must be true or false".into(), Some("stream_options")))
+            }
+        },
+        Some(_) => return Err(HttpError::bad("'stream_options' must be an object".into(), Some("stream_options"))),
+    };
+    Ok(Work { model, input, params, stream, include_usage, reply })
+}
+
+fn request_id(chat: bool) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}-{nanos:x}", if chat { "chatcmpl" } else { "cmpl" })
+}
+
+/// Sends the work to the model thread and answers with its result, whole or streamed.
+fn complete(conn: &mut TcpStream, info: &Info, mut w: Work, chat: bool) {
+    let (tx, rx) = mpsc::channel();
+    w.reply = tx;
+    let stream = w.stream;
+    let include_usage = w.include_usage;
+    let n = w.params.n;
+    let model = w.model.clone();
+    if info.work.send(Msg::Generate(w)).is_err() {
+        return respond_error(conn, &HttpError::server("the model thread has stopped".into()));
+    }
+    let id = request_id(chat);
+    let created = now();
+    let object = if chat { "chat.completion" } else { "text_completion" };
+    let prompt_tokens = match rx.recv() {
+        Ok(Event::Started(p)) => p,
+        Ok(Event::Failed(e)) => return respond_error(conn, &e),
+        _ => return respond_error(conn, &HttpError::server("the generation stopped unexpectedly".into())),
+    };
+    let usage = |g: &Generation| {
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": g.generated_tokens(),
+               "total_tokens": prompt_tokens + g.generated_tokens()})
+    };
+    if !stream {
+        return match rx.recv() {
+            Ok(Event::Done(g)) => {
+                let choices: Vec<Value> = g
+                    .completions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let body = if chat {
+                            ("message", json!({"role": "assistant", "content": c.text}))
+                        } else {
+                            ("text", json!(c.text))
+                        };
+                        // `completion_tokens` per choice is ours: the usage only counts all choices together.
+                        let mut choice = json!({"index": i, "finish_reason": c.finish.as_str(), "logprobs": null,
+                                                "completion_tokens": c.tokens.len()});
+                        choice[body.0] = body.1;
+                        choice
+                    })
+                    .collect();
+                respond(
+                    conn,
+                    200,
+                    &json!({"id": id, "object": object, "created": created, "model": model,
+                            "choices": choices, "usage": usage(&g)}),
+                )
+            }
+            Ok(Event::Failed(e)) => respond_error(conn, &e),
+            _ => respond_error(conn, &HttpError::server("the generation stopped unexpectedly".into())),
+        };
+    }
+    // Server-sent events: one chunk per text piece, then each choice's finish reason, usage, and [DONE].
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+    if conn.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let chunk = |choices: Value, usage: Value| {
+        let mut c = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
+        if !usage.is_null() {
+            c["usage"] = usage;
+        }
+        format!("data: {c}\n\n")
+    };
+    let piece = |i: usize, text: &str, finish: Value| {
+        if chat {
+            let delta = if text.is_empty() { json!({}) } else { json!({"content": text}) };
+            json!([{"index": i, "delta": delta, "finish_reason": finish, "logprobs": null}])
+        } else {
+            json!([{"index": i, "text": text, "finish_reason": finish, "logprobs": null}])
+        }
+    };
+    let mut send = |s: String| conn.write_all(s.as_bytes()).and_then(|_| conn.flush()).is_ok();
+    if chat {
+        for i in 0..n {
+            let first = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null,
+                                "logprobs": null}]);
+            if !send(chunk(first, Value::Null)) {
+                return;
+            }
+        }
+    }
+    let mut open = true;
+    for event in rx {
+        match event {
+            Event::Piece(i, text) => {
+                // A client that left no longer reads; the generation runs out regardless.
+                open = open && send(chunk(piece(i, &text, Value::Null), Value::Null));
+            }
+            Event::Done(g) => {
+                for (i, c) in g.completions.iter().enumerate() {
+                    open = open && send(chunk(piece(i, "", json!(c.finish.as_str())), Value::Null));
+                }
+                if include_usage {
+                    open = open && send(chunk(json!([]), usage(&g)));
+                }
+                break;
+            }
+            Event::Failed(e) => {
+                open = open && send(format!("data: {}\n\n", e.body()));
+                break;
+            }
+            Event::Started(_) => {}
+        }
+    }
+    if open {
+        send("data: [DONE]\n\n".into());
+    }
+}

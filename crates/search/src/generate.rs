@@ -1,0 +1,320 @@
+//! Generators behind one interface: given a prompt and its base program, propose a reply (a diff) for the verdict pipeline.
+//! `mutate` edits the syntax tree; `openai` asks any OpenAI-compatible server. Neither judges: every reply goes through `delta::judge`.
+
+use super::config::{Api, OpenAiConfig, Sampling};
+use super::mutate;
+use std::time::{Duration, Instant};
+
+/// The built-in prompt template (`prompts/search.md`).
+pub const DEFAULT_TEMPLATE: &str = include_str!("../../../prompts/search.md");
+
+/// What a generator is asked for one candidate.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The rendered prompt.
+    pub prompt: String,
+    /// The base program, canonical.
+    pub base: String,
+    /// Seeds the proposal (mutate) or the sampling (servers that take a seed).
+    pub seed: u64,
+    /// The previous attempts' replies and the diagnostics they got, oldest first.
+    pub feedback: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub text: String,
+    /// Completion tokens, when the generator counts them.
+    pub tokens: Option<i64>,
+    pub elapsed: Duration,
+}
+
+/// Why a generator could not answer. Every one stops the run with its message (a server that is
+/// down or misconfigured is one error, not a candidate per request).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenError(pub String);
+
+impl std::fmt::Display for GenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub trait Generator: Send + Sync {
+    /// `mutate` or `openai`, as stored.
+    fn name(&self) -> &'static str;
+    /// The model or adapter asked, for a language model.
+    fn adapter(&self) -> Option<String>;
+    fn generate(&self, req: &Request) -> Result<Reply, GenError>;
+    /// `n` replies to one request. Each reply's `elapsed` is its share of the request's time.
+    fn generate_n(&self, req: &Request, n: usize) -> Result<Vec<Reply>, GenError> {
+        (0..n as u64).map(|i| self.generate(&Request { seed: req.seed.wrapping_add(i), ..req.clone() })).collect()
+    }
+    /// Asks for another model (a new adapter) from now on.
+    fn set_model(&self, _model: &str) {}
+    /// Has the server load the adapter in `dir` as `name` (replacing one of that name). A
+    /// generator without a server has nothing to load.
+    fn load_adapter(&self, _name: &str, _dir: &std::path::Path) -> Result<(), GenError> {
+        Ok(())
+    }
+}
+
+/// Renders `template`: `{program}` (numbered lines), `{dataset}`, `{accuracy}`, `{goal}`.
+pub fn render(template: &str, program: &str, dataset: &str, accuracy: Option<f64>, goal: &str) -> String {
+    let numbered: String = program.lines().enumerate().map(|(i, l)| format!("{:>3} | {l}\n", i + 1)).collect();
+    let accuracy = accuracy.map_or_else(|| "unknown (it did not train)".to_string(), |a| format!("{:.4}", a));
+    template
+        .replace("{program}", numbered.trim_end())
+        .replace("{dataset}", dataset)
+        .replace("{accuracy}", &accuracy)
+        .replace("{goal}", goal)
+}
+
+/// The follow-up message of a retry: the verdict's diagnostic, and what to do.
+pub fn feedback_message(diagnostic: &str) -> String {
+    format!(
+        "That reply was rejected:\n{}\nReply with a corrected unified diff against the original program, in a ```diff fence.",
+        diagnostic.trim_end()
+    )
+}
+
+/// The built-in generator: random grammar-aware mutations.
+pub struct Mutate {
+    pub max_mutations: usize,
+}
+
+impl Generator for Mutate {
+    fn name(&self) -> &'static str {
+        "mutate"
+    }
+    fn adapter(&self) -> Option<String> {
+        None
+    }
+    fn generate(&self, req: &Request) -> Result<Reply, GenError> {
+        let start = Instant::now();
+        // A retry draws another proposal: mutate cannot read a diagnostic, only try again.
+        let seed = req.seed ^ (req.feedback.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let text = match mutate::propose(&req.base, seed, self.max_mutations) {
+            Some(p) => format!(
+                "{}\n```diff\n{}```\n",
+                p.mutations.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
+                p.diff
+            ),
+            // No edit applies (a base that does not parse): an empty reply, judged `no_diff`.
+            None => String::new(),
+        };
+        Ok(Reply { text, tokens: None, elapsed: start.elapsed() })
+    }
+}
+
+/// Any OpenAI-compatible server: `/v1/chat/completions` or `/v1/completions`.
+pub struct OpenAi {
+    config: OpenAiConfig,
+    sampling: Sampling,
+    model: std::sync::Mutex<String>,
+    agent: ureq::Agent,
+    api_key: Option<String>,
+}
+
+impl OpenAi {
+    pub fn new(config: &OpenAiConfig, sampling: &Sampling) -> OpenAi {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs_f64(config.timeout_s)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let api_key = std::env::var(&config.api_key_env).ok().filter(|k| !k.is_empty());
+        OpenAi {
+            config: config.clone(),
+            sampling: sampling.clone(),
+            model: std::sync::Mutex::new(config.model.clone()),
+            agent,
+            api_key,
+        }
+    }
+
+    fn url(&self) -> String {
+        let base = self.config.base_url.trim_end_matches('/');
+        match self.config.api {
+            Api::Chat => format!("{base}/chat/completions"),
+            Api::Completions => format!("{base}/completions"),
+        }
+    }
+
+    fn body(&self, req: &Request, n: usize) -> serde_json::Value {
+        let model = self.model.lock().map(|m| m.clone()).unwrap_or_default();
+        let s = &self.sampling;
+        let mut body = serde_json::json!({
+            "model": model,
+            "n": n,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "max_tokens": s.max_tokens,
+            "seed": req.seed,
+        });
+        match self.config.api {
+            Api::Chat => {
+                let mut messages = vec![serde_json::json!({"role": "user", "content": req.prompt})];
+                for (reply, diagnostic) in &req.feedback {
+                    messages.push(serde_json::json!({"role": "assistant", "content": reply}));
+                    messages.push(serde_json::json!({"role": "user", "content": feedback_message(diagnostic)}));
+                }
+                body["messages"] = serde_json::Value::Array(messages);
+            }
+            Api::Completions => {
+                let mut prompt = req.prompt.clone();
+                for (reply, diagnostic) in &req.feedback {
+                    prompt.push_str(&format!("\n\n{reply}\n\n{}", feedback_message(diagnostic)));
+                }
+                prompt.push('\n');
+                body["prompt"] = serde_json::Value::String(prompt);
+            }
+        }
+        body
+    }
+
+    /// One request to the completion endpoint, with retries and exponential backoff on 429, 5xx
+    /// and timeouts.
+    fn post(&self, body: &serde_json::Value) -> Result<serde_json::Value, GenError> {
+        let url = self.url();
+        let body = self.post_to(&url, body)?;
+        serde_json::from_str(&body)
+            .map_err(|e| GenError(format!("{url} answered 200 with a body that is not JSON ({e}): {}", clip(&body))))
+    }
+
+    /// POSTs `body` to `url`; the body of a 200 answer.
+    fn post_to(&self, url: &str, body: &serde_json::Value) -> Result<String, GenError> {
+        let url = url.to_string();
+        let text = body.to_string();
+        let mut backoff = Duration::from_millis(self.config.backoff_ms);
+        let mut last = String::new();
+        for attempt in 0..=self.config.retries {
+            if attempt > 0 {
+                std::thread::sleep(backoff);
+                backoff *= 2;
+            }
+            let mut request = self.agent.post(&url).header("Content-Type", "application/json");
+            if let Some(key) = &self.api_key {
+                request = request.header("Authorization", &format!("Bearer {key}"));
+            }
+            match request.send(text.as_str()) {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let body = resp.body_mut().read_to_string().unwrap_or_default();
+                    if status == 200 {
+                        return Ok(body);
+                    }
+                    last = format!("{url} answered {status}: {}", clip(&body));
+                    if status != 429 && status < 500 {
+                        return Err(GenError(last));
+                    }
+                }
+                Err(ureq::Error::Timeout(_)) => {
+                    last = format!("{url} did not answer within {} s (the `timeout_s` setting)", self.config.timeout_s);
+                }
+                Err(e @ (ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound)) => {
+                    // Nothing listens there: retrying each candidate would only repeat this.
+                    return Err(GenError(format!(
+                        "cannot reach the generator's server at {url}: {e}; is it running? (check `base_url` in [openai])"
+                    )));
+                }
+                Err(e) => return Err(GenError(format!("request to {url} failed: {e}"))),
+            }
+        }
+        Err(GenError(format!("{last} (after {} tries)", self.config.retries + 1)))
+    }
+}
+
+fn clip(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+impl Generator for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+    fn adapter(&self) -> Option<String> {
+        self.model.lock().ok().map(|m| m.clone())
+    }
+    fn set_model(&self, model: &str) {
+        if let Ok(mut m) = self.model.lock() {
+            *m = model.to_string();
+        }
+    }
+    fn generate(&self, req: &Request) -> Result<Reply, GenError> {
+        let mut replies = self.generate_n(req, 1)?;
+        Ok(replies.remove(0))
+    }
+
+    fn generate_n(&self, req: &Request, n: usize) -> Result<Vec<Reply>, GenError> {
+        let start = Instant::now();
+        let json = self.post(&self.body(req, n))?;
+        let choices = json["choices"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if choices.len() != n {
+            return Err(GenError(format!(
+                "{} answered {} choices to a request for n = {n}: {}",
+                self.url(),
+                choices.len(),
+                clip(&json.to_string())
+            )));
+        }
+        let elapsed = start.elapsed() / n as u32;
+        // The usage counts every reply's tokens together; a reply's own count is known only when
+        // there is one reply (or when the server reports it per choice, as `nasc serve` does).
+        let total = json["usage"]["completion_tokens"].as_i64();
+        let mut replies = Vec::with_capacity(n);
+        for choice in choices {
+            let text = match self.config.api {
+                Api::Chat => choice["message"]["content"].as_str(),
+                Api::Completions => choice["text"].as_str(),
+            };
+            let Some(text) = text else {
+                return Err(GenError(format!(
+                    "{} answered without a completion: {}",
+                    self.url(),
+                    clip(&json.to_string())
+                )));
+            };
+            let tokens = choice["completion_tokens"].as_i64().or(if n == 1 { total } else { None });
+            replies.push(Reply { text: text.to_string(), tokens, elapsed });
+        }
+        Ok(replies)
+    }
+
+    fn load_adapter(&self, name: &str, dir: &std::path::Path) -> Result<(), GenError> {
+        let url = format!("{}/load_lora_adapter", self.config.base_url.trim_end_matches('/'));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let body = serde_json::json!({"lora_name": name, "lora_path": dir.display().to_string(), "load_inplace": true});
+        self.post_to(&url, &body).map(|_| ()).map_err(|e| {
+            GenError(format!(
+                "cannot load the adapter {name} from {}: {e} (the server must load LoRA adapters at run time: \
+                 `nasc serve` does; vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; or set [finetune] load_adapter = false)",
+                dir.display()
+            ))
+        })
+    }
+}
+
+/// Runs `f` on every item with at most `concurrency` at once, keeping the items' order.
+pub fn parallel<T: Sync, R: Send>(items: &[T], concurrency: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<R>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..concurrency.max(1).min(items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= items.len() {
+                    break;
+                }
+                let r = f(&items[i]);
+                *results[i].lock().expect("no worker panics holding it") = Some(r);
+            });
+        }
+    });
+    results.into_iter().map(|m| m.into_inner().expect("unpoisoned").expect("every item ran")).collect()
+}

@@ -1,0 +1,427 @@
+//! The run store: one SQLite database (`run.db`) in the run folder holding the config and every candidate, claimed then finished.
+//! Crash safety lives here: a candidate row is inserted once per (cycle, slot) and finished in one transaction, so a killed run loses nothing finished.
+//!
+//! The schema is plain SQL meant to run unchanged on PostgreSQL later: INTEGER/BIGINT, DOUBLE
+//! PRECISION, TEXT; no AUTOINCREMENT, no SQLite-only types. JSON is stored as TEXT.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub const DB_FILE: &str = "run.db";
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    id BIGINT PRIMARY KEY,
+    -- baselines have cycle 0; candidates 1 .. cycles
+    cycle INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    -- 'baseline' or 'candidate'
+    role TEXT NOT NULL,
+    -- 'claimed' (judged, training pending) or 'finished'
+    status TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    baseline TEXT NOT NULL,
+    parent_id BIGINT,
+    generator TEXT NOT NULL,
+    adapter TEXT,
+    prompt TEXT,
+    reply TEXT,
+    extracted TEXT,
+    diff TEXT,
+    program TEXT,
+    attempts INTEGER NOT NULL,
+    attempt_verdicts TEXT NOT NULL,
+    -- the front half's verdict, then the training verdict for candidates that trained
+    front_verdict TEXT NOT NULL,
+    train_verdict TEXT,
+    verdict TEXT NOT NULL,
+    diagnostic TEXT,
+    novelty TEXT,
+    similarity DOUBLE PRECISION,
+    hash TEXT,
+    params BIGINT,
+    macs BIGINT,
+    accuracy DOUBLE PRECISION,
+    train_loss DOUBLE PRECISION,
+    test_loss DOUBLE PRECISION,
+    images_per_s DOUBLE PRECISION,
+    train_s DOUBLE PRECISION,
+    train_result TEXT,
+    reply_lines INTEGER,
+    reply_tokens INTEGER,
+    diff_lines INTEGER,
+    generate_ns BIGINT NOT NULL,
+    extract_ns BIGINT NOT NULL,
+    apply_ns BIGINT NOT NULL,
+    parse_ns BIGINT NOT NULL,
+    check_ns BIGINT NOT NULL,
+    novelty_ns BIGINT NOT NULL,
+    train_ns BIGINT,
+    claimed_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION,
+    UNIQUE (cycle, slot)
+);
+CREATE TABLE IF NOT EXISTS reevals (
+    candidate_id BIGINT NOT NULL,
+    epochs INTEGER NOT NULL,
+    accuracy DOUBLE PRECISION,
+    verdict TEXT NOT NULL,
+    train_s DOUBLE PRECISION,
+    PRIMARY KEY (candidate_id, epochs)
+);
+";
+
+/// A candidate as judged by the front half, ready to insert.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NewCandidate {
+    pub cycle: i64,
+    pub slot: i64,
+    pub role: String,
+    pub dataset: String,
+    pub baseline: String,
+    pub parent_id: Option<i64>,
+    pub generator: String,
+    pub adapter: Option<String>,
+    pub prompt: Option<String>,
+    pub reply: Option<String>,
+    pub extracted: Option<String>,
+    pub diff: Option<String>,
+    pub program: Option<String>,
+    pub attempts: i64,
+    pub attempt_verdicts: Vec<String>,
+    pub front_verdict: String,
+    pub diagnostic: Option<String>,
+    pub novelty: Option<String>,
+    pub similarity: Option<f64>,
+    pub hash: Option<String>,
+    pub params: Option<i64>,
+    pub macs: Option<i64>,
+    pub reply_lines: Option<i64>,
+    pub reply_tokens: Option<i64>,
+    pub diff_lines: Option<i64>,
+    pub generate_ns: i64,
+    pub extract_ns: i64,
+    pub apply_ns: i64,
+    pub parse_ns: i64,
+    pub check_ns: i64,
+    pub novelty_ns: i64,
+}
+
+/// What training adds to a claimed candidate.
+#[derive(Clone, Debug, Default)]
+pub struct Trained {
+    pub verdict: String,
+    pub message: String,
+    pub accuracy: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub images_per_s: Option<f64>,
+    pub train_s: Option<f64>,
+    pub result_json: String,
+    pub train_ns: i64,
+}
+
+/// A stored candidate, the columns reports and the driver read.
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    pub id: i64,
+    pub cycle: i64,
+    pub slot: i64,
+    pub role: String,
+    pub status: String,
+    pub dataset: String,
+    pub baseline: String,
+    pub parent_id: Option<i64>,
+    pub generator: String,
+    pub adapter: Option<String>,
+    pub program: Option<String>,
+    pub diff: Option<String>,
+    pub prompt: Option<String>,
+    pub attempts: i64,
+    /// The verdict of each attempt, in order (the last is `front_verdict`).
+    pub attempt_verdicts: Vec<String>,
+    pub front_verdict: String,
+    pub verdict: String,
+    pub similarity: Option<f64>,
+    pub hash: Option<String>,
+    pub params: Option<i64>,
+    pub macs: Option<i64>,
+    pub accuracy: Option<f64>,
+    pub reply_lines: Option<i64>,
+    pub reply_tokens: Option<i64>,
+    pub train_s: Option<f64>,
+    pub finished_at: Option<f64>,
+}
+
+const CANDIDATE_COLUMNS: &str = "id, cycle, slot, role, status, dataset, baseline, parent_id, generator, adapter, \
+     program, diff, prompt, front_verdict, verdict, similarity, hash, params, macs, accuracy, reply_lines, \
+     reply_tokens, train_s, finished_at, attempts, attempt_verdicts";
+
+fn candidate(r: &Row<'_>) -> rusqlite::Result<Candidate> {
+    Ok(Candidate {
+        id: r.get(0)?,
+        cycle: r.get(1)?,
+        slot: r.get(2)?,
+        role: r.get(3)?,
+        status: r.get(4)?,
+        dataset: r.get(5)?,
+        baseline: r.get(6)?,
+        parent_id: r.get(7)?,
+        generator: r.get(8)?,
+        adapter: r.get(9)?,
+        program: r.get(10)?,
+        diff: r.get(11)?,
+        prompt: r.get(12)?,
+        front_verdict: r.get(13)?,
+        verdict: r.get(14)?,
+        similarity: r.get(15)?,
+        hash: r.get(16)?,
+        params: r.get(17)?,
+        macs: r.get(18)?,
+        accuracy: r.get(19)?,
+        reply_lines: r.get(20)?,
+        reply_tokens: r.get(21)?,
+        train_s: r.get(22)?,
+        finished_at: r.get(23)?,
+        attempts: r.get(24)?,
+        attempt_verdicts: serde_json::from_str(&r.get::<_, String>(25)?).unwrap_or_default(),
+    })
+}
+
+/// An error of the store, with the database's path.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Store {
+    /// Creates the run folder's database; refuses a folder that already holds one.
+    pub fn create(dir: &Path, config_json: &str) -> Result<Store, StoreError> {
+        let path = dir.join(DB_FILE);
+        if path.exists() {
+            return Err(StoreError(format!(
+                "{} already holds a run; continue it with `nasc search --resume {}` or choose another --out",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        let store = Store::connect(&path)?;
+        store.conn.execute_batch(SCHEMA).map_err(|e| store.err(e))?;
+        store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?;
+        store.set_meta("config", config_json)?;
+        store.set_meta("created_at", &now().to_string())?;
+        Ok(store)
+    }
+
+    /// Opens the database of an existing run folder.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError(format!("{} is not a run folder: it has no {DB_FILE}", dir.display())));
+        }
+        let store = Store::connect(&path)?;
+        let version = store.meta("schema_version")?;
+        if version.as_deref() != Some(&SCHEMA_VERSION.to_string()) {
+            return Err(StoreError(format!(
+                "{} has schema version {}, and this nasc reads version {SCHEMA_VERSION}",
+                path.display(),
+                version.unwrap_or_else(|| "none".into())
+            )));
+        }
+        Ok(store)
+    }
+
+    fn connect(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        // WAL: readers (reports, tests) never block the search; a commit is durable at once.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        Ok(Store { conn, path: path.to_path_buf() })
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        StoreError(format!("{}: {e}", self.path.display()))
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Inserts a judged candidate: `claimed` when it is to train, else `finished` at once.
+    /// Returns its id. A (cycle, slot) is inserted once; a second insert is an error.
+    pub fn insert(&self, c: &NewCandidate, to_train: bool) -> Result<i64, StoreError> {
+        let id: i64 = self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM candidates", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let t = now();
+        let (status, finished_at) = if to_train { ("claimed", None) } else { ("finished", Some(t)) };
+        let attempt_verdicts = serde_json::to_string(&c.attempt_verdicts).expect("strings serialise");
+        self.conn
+            .execute(
+                "INSERT INTO candidates (id, cycle, slot, role, status, dataset, baseline, parent_id, generator, adapter, \
+                 prompt, reply, extracted, diff, program, attempts, attempt_verdicts, front_verdict, verdict, diagnostic, \
+                 novelty, similarity, hash, params, macs, reply_lines, reply_tokens, diff_lines, generate_ns, extract_ns, \
+                 apply_ns, parse_ns, check_ns, novelty_ns, claimed_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+                 ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, \
+                 ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)",
+                params![
+                    id,
+                    c.cycle,
+                    c.slot,
+                    c.role,
+                    status,
+                    c.dataset,
+                    c.baseline,
+                    c.parent_id,
+                    c.generator,
+                    c.adapter,
+                    c.prompt,
+                    c.reply,
+                    c.extracted,
+                    c.diff,
+                    c.program,
+                    c.attempts,
+                    attempt_verdicts,
+                    c.front_verdict,
+                    c.diagnostic,
+                    c.novelty,
+                    c.similarity,
+                    c.hash,
+                    c.params,
+                    c.macs,
+                    c.reply_lines,
+                    c.reply_tokens,
+                    c.diff_lines,
+                    c.generate_ns,
+                    c.extract_ns,
+                    c.apply_ns,
+                    c.parse_ns,
+                    c.check_ns,
+                    c.novelty_ns,
+                    t,
+                    finished_at,
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// Records a claimed candidate's training and marks it finished, in one transaction. A
+    /// candidate already finished is left as it is (false).
+    pub fn finish(&mut self, id: i64, t: &Trained) -> Result<bool, StoreError> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| StoreError(format!("{}: {e}", path.display()));
+        let tx = self.conn.transaction().map_err(err)?;
+        let n = tx
+            .execute(
+                "UPDATE candidates SET status = 'finished', train_verdict = ?2, verdict = ?2, \
+                 diagnostic = CASE WHEN ?3 = '' THEN diagnostic ELSE ?3 END, accuracy = ?4, train_loss = ?5, \
+                 test_loss = ?6, images_per_s = ?7, train_s = ?8, train_result = ?9, train_ns = ?10, finished_at = ?11 \
+                 WHERE id = ?1 AND status = 'claimed'",
+                params![
+                    id,
+                    t.verdict,
+                    t.message,
+                    t.accuracy,
+                    t.train_loss,
+                    t.test_loss,
+                    t.images_per_s,
+                    t.train_s,
+                    t.result_json,
+                    t.train_ns,
+                    now()
+                ],
+            )
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(n == 1)
+    }
+
+    fn select(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Candidate>, StoreError> {
+        let sql = format!("SELECT {CANDIDATE_COLUMNS} FROM candidates {filter}");
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(args, candidate).map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Every candidate and baseline, in id order.
+    pub fn all(&self) -> Result<Vec<Candidate>, StoreError> {
+        self.select("ORDER BY id", [])
+    }
+
+    /// Claimed (unfinished) rows of `cycle`.
+    pub fn claimed(&self, cycle: i64) -> Result<Vec<Candidate>, StoreError> {
+        self.select("WHERE status = 'claimed' AND cycle = ?1 ORDER BY id", params![cycle])
+    }
+
+    /// The slots of `cycle` already inserted.
+    pub fn slots(&self, cycle: i64) -> Result<Vec<i64>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT slot FROM candidates WHERE cycle = ?1 ORDER BY slot").map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(params![cycle], |r| r.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<i64>, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn get(&self, id: i64) -> Result<Option<Candidate>, StoreError> {
+        Ok(self.select("WHERE id = ?1", params![id])?.into_iter().next())
+    }
+
+    pub fn record_reeval(
+        &self,
+        id: i64,
+        epochs: i64,
+        accuracy: Option<f64>,
+        verdict: &str,
+        train_s: f64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO reevals (candidate_id, epochs, accuracy, verdict, train_s) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (candidate_id, epochs) DO UPDATE SET accuracy = excluded.accuracy, \
+                 verdict = excluded.verdict, train_s = excluded.train_s",
+                params![id, epochs, accuracy, verdict, train_s],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
