@@ -4,6 +4,8 @@
 //! Data: the Debian package `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist), or
 //! `$NASC_TEST_DATA/fashion-mnist`.
 
+use nasc_delta::Verdict;
+use nasc_search::store::{Role, Status};
 use nasc_search::Store;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +29,7 @@ fn scratch(name: &str) -> PathBuf {
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let root = env!("CARGO_MANIFEST_DIR");
     let text = format!(
-        "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\", \"{root}/tests/corpus/bases/small.arch\"]\n\
+        "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\", \"{root}/crates/delta/tests/corpus/bases/small.arch\"]\n\
          cycles = 2\ncandidates = 4\nseed = 1\n{extra}\n[train]\ndata_root = \"{}\"\nlimit = 2000\noptimizer = \"adam\"\n\
          lr = 0.001\neval_batch = 1000\n",
         data_root().display()
@@ -52,10 +54,10 @@ fn a_mutate_search_on_fashion_mnist_records_every_candidate_and_reports_them() {
 
     let store = Store::open(&run).unwrap();
     let all = store.all().unwrap();
-    let baselines: Vec<_> = all.iter().filter(|c| c.role == "baseline").collect();
-    let cands: Vec<_> = all.iter().filter(|c| c.role == "candidate").collect();
+    let baselines: Vec<_> = all.iter().filter(|c| c.role == Role::Baseline).collect();
+    let cands: Vec<_> = all.iter().filter(|c| c.role == Role::Candidate).collect();
     assert_eq!((baselines.len(), cands.len()), (2, 8));
-    assert!(all.iter().all(|c| c.status == "finished"));
+    assert!(all.iter().all(|c| c.status == Status::Finished));
     // LeNet-5 on 2,000 images with Adam: well above chance (0.10).
     let lenet = baselines.iter().find(|b| b.baseline == "lenet5").unwrap();
     assert!(lenet.accuracy.unwrap() > 0.4, "{:?}", lenet.accuracy);
@@ -68,15 +70,15 @@ fn a_mutate_search_on_fashion_mnist_records_every_candidate_and_reports_them() {
         let parent = all.iter().find(|p| Some(p.id) == c.parent_id).expect("every candidate has a parent");
         assert!(parent.cycle < c.cycle && parent.accuracy.is_some(), "parents come from earlier cycles and trained");
         assert!(c.prompt.as_deref().unwrap().contains("  1 | "), "the prompt numbers the program's lines");
-        if c.front_verdict == "ok" {
+        if c.front_verdict == Verdict::Ok {
             assert!(c.diff.as_deref().unwrap().starts_with("--- a/program.arch"), "{:?}", c.diff);
             assert!(c.params.is_some() && c.macs.is_some() && c.hash.is_some());
-            assert!(["ok", "diverged", "timeout", "oom", "crashed"].contains(&c.verdict.as_str()));
+            assert!(c.verdict.is_training(), "{}", c.verdict);
         } else {
             assert_eq!(c.verdict, c.front_verdict);
         }
     }
-    let valid = cands.iter().filter(|c| c.front_verdict == "ok").count();
+    let valid = cands.iter().filter(|c| c.front_verdict == Verdict::Ok).count();
     assert!(valid >= 4, "mutate's valid rate with retries is high: {valid}/8");
 
     // The corpus: chat messages, prompt → canonical diff, only strict improvements.
