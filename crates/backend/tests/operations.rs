@@ -41,9 +41,9 @@ fn example(op: &str) -> Option<&'static str> {
         "adaptive_avgpool" => "conv(4, k=3)\nadaptive_avgpool(2)\nflatten\nlinear(classes)",
         "flatten" => "conv(2, k=3, s=2)\nflatten\nlinear(classes)",
         "linear" => "gap\nlinear(8)\nrelu\nlinear(classes)",
-        "add" => "conv(4, k=3, p=1)\nx = in\nconv(4, k=3, p=1)\nadd(x)\ngap\nlinear(classes)",
-        "mul" => "conv(4, k=3, p=1)\nx = in\ngap\nlinear(4)\nsigmoid\nmul(x)\ngap\nlinear(classes)",
-        "concat" => "conv(4, k=3, p=1)\nx = in\nconv(2, k=1)\nconcat(x)\ngap\nlinear(classes)",
+        "add" => "x = conv(4, k=3, p=1)\nconv(4, k=3, p=1)\nadd(x)\ngap\nlinear(classes)",
+        "mul" => "x = conv(4, k=3, p=1)\ngap\nlinear(4)\nsigmoid\nmul(x)\ngap\nlinear(classes)",
+        "concat" => "x = conv(4, k=3, p=1)\nconv(2, k=1)\nconcat(x)\ngap\nlinear(classes)",
         "shuffle" => "conv(4, k=3)\nshuffle(2)\ngap\nlinear(classes)",
         "slice" => "conv(4, k=3)\nslice(1, 3)\ngap\nlinear(classes)",
         "patch" => "patch(8, k=4)\ntoken_mean\nlinear(classes)",
@@ -86,7 +86,9 @@ fn every_operation_has_a_shape_rule_a_compile_arm_and_a_documentation_entry() {
                 continue;
             }
         };
-        if !checked.graph.nodes.iter().any(|n| n.op.name() == op) {
+        // `dwconv` elaborates to a convolution with one group per channel.
+        let node = if op == "dwconv" { "conv" } else { op };
+        if !checked.graph.nodes.iter().any(|n| n.op.name() == node) {
             missing.push(format!("{op}: the checked graph holds no `{op}` node (no shape rule of its own?)\n{src}"));
             continue;
         }
