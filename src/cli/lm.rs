@@ -144,7 +144,7 @@ pub struct GenerateArgs {
 
 /// How `--quantized-base` loads a checkpoint.
 pub(crate) fn load_options(quantized_base: bool) -> LoadOptions {
-    LoadOptions { quantised_base: quantized_base }
+    LoadOptions { quantised_base: quantized_base, ..LoadOptions::default() }
 }
 
 pub fn run(cmd: LmCmd) -> Result<ExitCode, UsageError> {

@@ -12,7 +12,7 @@ use nasc_lm::chat::Message;
 use nasc_lm::finetune::{encode_conversation, train, TrainConfig};
 use nasc_lm::generate::{generate, SamplingParams};
 use nasc_lm::lora::{attach, LoraConfig};
-use nasc_lm::model::{set_cpu_kernels, Checkpoint, LoadOptions};
+use nasc_lm::model::{Checkpoint, Kernels, LoadOptions};
 use std::time::Instant;
 
 struct Args {
@@ -75,7 +75,7 @@ fn main() {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = args()?;
     let device = Default::default();
-    let options = LoadOptions { quantised_base: a.quantized };
+    let options = LoadOptions { quantised_base: a.quantized, ..LoadOptions::default() };
     let ckpt = Checkpoint::<Flex>::open_with(&a.model, &device, &options)?;
     let messages = [Message::new("user", "Write a Python function that returns the n-th Fibonacci number.")];
     let prompt = ckpt.tokenizer.encode(&ckpt.template.render(&messages, true)?, false)?;
@@ -91,14 +91,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let many =
         SamplingParams { max_new_tokens: 32, temperature: 0.8, top_p: 0.95, n: 50, seed: 7, ..Default::default() };
     let modes: &[bool] = if a.burn_too { &[true, false] } else { &[true] };
+    // The kernels on (the default) or, with --burn-too, off: Burn's generic ops.
+    let kernels_for = |on: bool| Kernels { cpu: on, ..options.kernels };
     let only = |part: &str| a.only.as_deref().is_none_or(|o| o == part || (o == "generate" && part != "train"));
     for round in 0..if only("stream") || only("batch") { a.rounds } else { 0 } {
         for &kernels in modes {
-            set_cpu_kernels(kernels);
+            let model = ckpt.model.clone().with_kernels(kernels_for(kernels));
             let label = if kernels { "default" } else { "burn   " };
             let mut line = format!("round {round} {label}:");
             if only("stream") {
-                let g1 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &one, |_, _| {})?;
+                let g1 = generate(&model, &ckpt.tokenizer, &prompt, &one, |_, _| {})?;
                 let d1 = g1.generated_tokens() as f64 / g1.decode_seconds.max(1e-9);
                 line += &format!(
                     " one stream {:.1} tok/s (decode only {:.1}, prefill {:.0} ms);",
@@ -108,7 +110,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
             if only("batch") {
-                let g50 = generate(&ckpt.model, &ckpt.tokenizer, &prompt, &many, |_, _| {})?;
+                let g50 = generate(&model, &ckpt.tokenizer, &prompt, &many, |_, _| {})?;
                 line += &format!(
                     " n=50 {:.1} tok/s aggregate ({} tokens)",
                     g50.tokens_per_second(),
@@ -118,7 +120,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             println!("{line}");
         }
     }
-    set_cpu_kernels(true);
     if !only("train") {
         return Ok(());
     }
@@ -137,8 +138,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     for &kernels in modes {
-        set_cpu_kernels(kernels);
-        let model = attach(ad.model.clone(), &LoraConfig::default(), 0)?;
+        let model = attach(ad.model.clone().with_kernels(kernels_for(kernels)), &LoraConfig::default(), 0)?;
         // Epochs of two steps (three unless --epochs); the rate after the first epoch leaves out
         // the first allocations, as the PyTorch reference's later epochs do.
         let cfg = TrainConfig { epochs: a.epochs, batch: 2, ..Default::default() };
@@ -157,6 +157,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             summary.final_loss
         );
     }
-    set_cpu_kernels(true);
     Ok(())
 }

@@ -136,7 +136,8 @@ struct Stream {
 /// string is held back until it cannot.
 ///
 /// On the CPU backend the model's kernels run it, for one stream as for many, since they are
-/// faster than Burn's ops for both (see BENCHMARKS.md); `set_cpu_kernels(false)` picks Burn's ops.
+/// faster than Burn's ops for both (see BENCHMARKS.md); a model whose [`crate::model::Kernels`]
+/// say `cpu: false` takes Burn's ops.
 pub fn generate<B: Backend>(
     model: &Llama<B>,
     tokenizer: &Tokenizer,
@@ -320,7 +321,7 @@ fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 
 fn weights(logits: &[f32], t: f32) -> (Vec<f64>, f64) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut w = logits.to_vec();
-    let total = crate::model::fastexp::exp_shifted(&mut w, max, 1.0 / t);
+    let total = crate::model::kernels::fastexp::exp_shifted(&mut w, max, 1.0 / t);
     (w.into_iter().map(f64::from).collect(), total)
 }
 

@@ -11,10 +11,12 @@
 //! # Ok::<(), nasc_lm::gguf::GgufError>(())
 //! ```
 
-// Crate layout: gguf (file format, metadata, dequantisation), tokenizer (text <-> ids
-// from GGUF or tokenizer.json), chat (chat templates), model (the decoder and its
-// loaders), generate (sampling with a KV cache), lora (adapters, PEFT files, merging),
-// finetune (training adapters on chat JSONL).
+// Crate layout, each module using only those above it: gguf (file format, metadata,
+// dequantisation); tokenizer (text <-> ids from GGUF or tokenizer.json) and chat (chat
+// templates); model (the decoder, its adapter layers, its loss and loaders, and its CPU
+// kernels behind `model::kernels`, chosen by the model's `Kernels` options); lora
+// (attaching adapters, PEFT files, merging); generate (sampling with a KV cache) and
+// finetune (training adapters on chat JSONL); serve (the HTTP server).
 pub mod chat;
 pub mod finetune;
 pub mod generate;

@@ -7,7 +7,7 @@ use burn::backend::Flex;
 use common::{first_logits, greedy_reference, hold_to_case, smollm2};
 use nasc_lm::chat::{ChatTemplate, Message};
 use nasc_lm::generate::{generate, top_indices, SamplingParams};
-use nasc_lm::model::{load_gguf_with, with_int8_activations, LoadOptions};
+use nasc_lm::model::{load_gguf_with, Kernels, LoadOptions};
 use nasc_lm::tokenizer::Tokenizer;
 
 /// With 8-bit inputs, how far a top-five logit of the first step may sit from transformers'
@@ -20,8 +20,11 @@ const INT8_LOGIT_TOLERANCE: f64 = 0.75;
 fn smollm2_on_a_quantised_base_decodes_as_transformers_and_batches_rows_as_alone() {
     let Some(file) = smollm2() else { return };
     let reference = greedy_reference();
-    let model = load_gguf_with::<Flex>(&file, &Default::default(), &LoadOptions { quantised_base: true }).unwrap();
+    let options = LoadOptions { quantised_base: true, ..LoadOptions::default() };
+    let model = load_gguf_with::<Flex>(&file, &Default::default(), &options).unwrap();
     assert!(model.has_quantised_base());
+    assert!(model.kernels().int8_activations, "8-bit inputs are the default");
+    let exact = model.clone().with_kernels(Kernels { int8_activations: false, ..model.kernels() });
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();
     let template = ChatTemplate::from_gguf(&file).unwrap();
     let eos = reference["eos_token_id"].as_u64().unwrap() as u32;
@@ -31,14 +34,12 @@ fn smollm2_on_a_quantised_base_decodes_as_transformers_and_batches_rows_as_alone
         let prompt = case["prompt"].as_str().unwrap();
         // Exact products (the blocks dequantised on the fly): transformers' greedy reply, and
         // its logits to the f32 model's tolerance.
-        let held = with_int8_activations(false, || {
-            hold_to_case(&model, (&tokenizer, &template), case, (eos, max_new_tokens), 1e-3, "transformers")
-        });
+        let held = hold_to_case(&exact, (&tokenizer, &template), case, (eos, max_new_tokens), 1e-3, "transformers");
         println!("{prompt:?}: exact products, largest top-5 logit difference {:.1e}", held.worst);
 
         // 8-bit inputs: the same first choice, the top five close, and a batch of greedy rows
         // that each decode what the lone stream decodes.
-        with_int8_activations(true, || {
+        {
             let text = template.render(&[Message::new("user", prompt)], true).unwrap();
             let ids = tokenizer.encode(&text, false).unwrap();
             let logits = first_logits(&model, &ids);
@@ -64,6 +65,6 @@ fn smollm2_on_a_quantised_base_decodes_as_transformers_and_batches_rows_as_alone
                 lone.completions[0].tokens.len(),
                 lone.tokens_per_second()
             );
-        });
+        }
     }
 }

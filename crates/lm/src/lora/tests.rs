@@ -7,6 +7,7 @@ use crate::model::tests::{random_tensors, tiny_config, write_hf};
 use crate::model::{load_hf_dir, save_safetensors, KvCache};
 use burn::backend::{Autodiff, Flex};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use rand_chacha::rand_core::Rng;
 
 type B = Flex;
 type AD = Autodiff<Flex>;

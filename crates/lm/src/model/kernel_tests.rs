@@ -1,4 +1,4 @@
-//! Pins the CPU kernels (model/cpu.rs, model/quant.rs) to the Burn path and to f32 arithmetic: values and LoRA gradients.
+//! Pins the CPU kernels (model/kernels/cpu.rs, quant.rs, train_ops.rs) to the Burn path and to f32 arithmetic: values and LoRA gradients.
 //! It must compare against independent computations (Burn's ops, plain f64 loops), never against the kernels themselves.
 
 use super::tests::{random_tensors, tiny_config, write_gguf, write_gguf_as, Tensors};
@@ -20,6 +20,11 @@ fn uniform(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `model` (sharing its tensors) with the CPU kernels on or off, its other options kept.
+fn using<B: burn::tensor::backend::Backend>(model: &Llama<B>, cpu: bool) -> Llama<B> {
+    model.clone().with_kernels(Kernels { cpu, ..model.kernels() })
 }
 
 fn values<const D: usize, B: burn::tensor::backend::Backend>(t: burn::tensor::Tensor<B, D>) -> Vec<f32> {
@@ -47,7 +52,8 @@ fn with_adapters<B: burn::tensor::backend::Backend>(model: Llama<B>, seed: u64) 
 /// Logits of a prefill, a step of three rows repeated from it, two rows selected from those,
 /// and a two-token step of the pair: everything the generator does with a cache.
 fn cache_walk(model: &Llama<Flex>, kernels: bool) -> Vec<f32> {
-    with_cpu_kernels(kernels, || {
+    let model = &using(model, kernels);
+    {
         let mut cache = KvCache::new(&model.config);
         let mut out = values(model.forward_all(&TOKENS[..4], 1, &mut cache).unwrap());
         assert_eq!(cache.flat.is_some(), kernels, "the kernels ran iff they were on");
@@ -59,7 +65,7 @@ fn cache_walk(model: &Llama<Flex>, kernels: bool) -> Vec<f32> {
         out.extend(values(model.forward_all(&[1, 2, 3, 4], 2, &mut two).unwrap()));
         assert_eq!(two.len(), 8);
         out
-    })
+    }
 }
 
 #[test]
@@ -84,14 +90,13 @@ fn the_kernel_cache_grows_past_its_first_allocation() {
     let model = weights::build::<Flex>(c.clone(), &random_tensors(&c, 2), &Default::default(), false).unwrap();
     let tokens: Vec<u32> = (0..80).map(|i| (i * 37 % 268) as u32).collect();
     let step = |kernels: bool| {
-        with_cpu_kernels(kernels, || {
-            let mut cache = KvCache::new(&c);
-            let mut out = values(model.forward_last(&tokens[..60], 1, &mut cache).unwrap());
-            for &t in &tokens[60..] {
-                out.extend(values(model.forward_last(&[t], 1, &mut cache).unwrap()));
-            }
-            out
-        })
+        let model = using(&model, kernels);
+        let mut cache = KvCache::new(&c);
+        let mut out = values(model.forward_last(&tokens[..60], 1, &mut cache).unwrap());
+        for &t in &tokens[60..] {
+            out.extend(values(model.forward_last(&[t], 1, &mut cache).unwrap()));
+        }
+        out
     };
     let d = max_diff(&step(true), &step(false));
     assert!(d < 1e-4, "kernels differ from Burn by {d} after growing the cache");
@@ -107,12 +112,12 @@ fn one_row_products_equal_plain_sums() {
         let want: Vec<f32> =
             (0..n).map(|c| (0..k).map(|r| x[r] as f64 * b[r * n + c] as f64).sum::<f64>() as f32).collect();
         let mut y = vec![f32::NAN; n];
-        super::cpu::matmul((1, k, n), &x, &b, &mut y, None);
+        super::kernels::cpu::matmul((1, k, n), &x, &b, &mut y, None);
         let d = max_diff(&y, &want);
         assert!(d < 1e-4, "[1, {k}] x [{k}, {n}]: differs by {d}");
         let start = uniform(&mut rng, n, 1.0);
         let mut y = start.clone();
-        super::cpu::matmul((1, k, n), &x, &b, &mut y, Some(0.5));
+        super::kernels::cpu::matmul((1, k, n), &x, &b, &mut y, Some(0.5));
         let want: Vec<f32> = start.iter().zip(&want).map(|(s, w)| s + 0.5 * w).collect();
         let d = max_diff(&y, &want);
         assert!(d < 1e-4, "[1, {k}] x [{k}, {n}] added at 0.5: differs by {d}");
@@ -131,17 +136,17 @@ fn products_of_row_major_operands_equal_plain_sums() {
         let plain = |i: usize, j: usize| (0..k).map(|r| a[i * lda + r] as f64 * b[r * n + j] as f64).sum::<f64>();
         let want: Vec<f32> = (0..m * n).map(|e| plain(e / n, e % n) as f32).collect();
         let mut y = vec![f32::NAN; m * n];
-        super::cpu::product((m, n, k), &mut y, false, 1.0, &a, (lda, 1), &b, (n, 1));
+        super::kernels::cpu::product((m, n, k), &mut y, false, 1.0, &a, (lda, 1), &b, (n, 1));
         let d = max_diff(&y, &want);
         assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}]: differs by {d}");
         let start = uniform(&mut rng, m * n, 1.0);
         let mut y = start.clone();
-        super::cpu::product((m, n, k), &mut y, true, -0.5, &a, (lda, 1), &b, (n, 1));
+        super::kernels::cpu::product((m, n, k), &mut y, true, -0.5, &a, (lda, 1), &b, (n, 1));
         let added: Vec<f32> = start.iter().zip(&want).map(|(s, w)| s - 0.5 * w).collect();
         let d = max_diff(&y, &added);
         assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] added at -0.5: differs by {d}");
         let mut y = vec![f32::NAN; m * n];
-        super::cpu::product((m, n, k), &mut y, false, 0.25, &a, (lda, 1), &b, (n, 1));
+        super::kernels::cpu::product((m, n, k), &mut y, false, 0.25, &a, (lda, 1), &b, (n, 1));
         let want: Vec<f32> = want.iter().map(|w| 0.25 * w).collect();
         let d = max_diff(&y, &want);
         assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] scaled by 0.25: differs by {d}");
@@ -192,7 +197,7 @@ fn quantised_products_equal_products_with_the_dequantised_matrix() {
         for m in [1, 3] {
             let x = uniform(&mut rng, m * cols, 1.0);
             let mut y = vec![0.0; m * rows];
-            with_int8_activations(false, || q.matmul(m, &x, &mut y));
+            q.matmul(m, &x, &mut y, Inputs::Exact);
             let want: Vec<f32> = (0..m * rows)
                 .map(|i| {
                     let (a, r) = (i / rows, i % rows);
@@ -241,15 +246,15 @@ fn products_with_8_bit_inputs_stay_within_half_a_step_of_the_input_scale() {
                 })
                 .collect();
             let mut exact = vec![0.0; m * rows];
-            with_int8_activations(false, || q.matmul(m, &x, &mut exact));
+            q.matmul(m, &x, &mut exact, Inputs::Exact);
             let mut ys = vec![];
             for vnni in [true, false] {
                 let mut y = vec![f32::NAN; m * rows];
-                super::vnni::with_kernel(vnni, || with_int8_activations(true, || q.matmul(m, &x, &mut y)));
+                q.matmul(m, &x, &mut y, Inputs::Int8 { vnni });
                 ys.push(y);
             }
             for (i, x) in x.chunks_exact(cols).enumerate() {
-                let xq = crate::model::quant::Q8Input::new(x);
+                let xq = super::kernels::quant::Q8Input::new(x);
                 let rounded = xq.dequantised();
                 for r in 0..rows {
                     let row = &w[r * cols..][..cols];
@@ -358,29 +363,39 @@ fn quantised_gguf(seed: u64) -> (LlamaConfig, Vec<u8>) {
 }
 
 fn loaded<B: burn::tensor::backend::Backend>(bytes: &[u8], quantised_base: bool) -> Llama<B> {
+    loaded_with(bytes, quantised_base, Kernels::default())
+}
+
+fn loaded_with<B: burn::tensor::backend::Backend>(bytes: &[u8], quantised_base: bool, kernels: Kernels) -> Llama<B> {
     let file = GgufFile::from_bytes(bytes.to_vec()).unwrap();
-    load_gguf_with::<B>(&file, &Default::default(), &LoadOptions { quantised_base }).unwrap()
+    load_gguf_with::<B>(&file, &Default::default(), &LoadOptions { quantised_base, kernels }).unwrap()
+}
+
+/// The default kernels with products through a quantised base exact (no 8-bit inputs).
+fn exact() -> Kernels {
+    Kernels { int8_activations: false, ..Kernels::default() }
 }
 
 #[test]
 fn a_quantised_base_gives_the_logits_of_its_dequantised_twin() {
     // Dequantised products: several rows take 8-bit inputs by default.
-    with_int8_activations(false, || {
+    {
         let (_, bytes) = quantised_gguf(9);
-        let (f32_model, q_model) = (loaded::<Flex>(&bytes, false), loaded::<Flex>(&bytes, true));
+        let (f32_model, q_model) =
+            (loaded_with::<Flex>(&bytes, false, exact()), loaded_with::<Flex>(&bytes, true, exact()));
         assert!(q_model.has_quantised_base() && !f32_model.has_quantised_base());
         assert!(q_model.quantised_head.is_some() && f32_model.quantised_head.is_none());
         assert!(q_model.blocks.iter().all(|b| Target::ALL.iter().all(|&t| b.base(t).1.is_some())));
         let reference = cache_walk(&f32_model, false);
         for kernels in [true, false] {
             // The Burn path of a quantised base still multiplies by the quantised weights.
-            let got = with_cpu_kernels(kernels, || {
+            let got = {
                 let mut cache = KvCache::new(&q_model.config);
-                values(q_model.forward_all(&TOKENS, 1, &mut cache).unwrap())
-            });
+                values(using(&q_model, kernels).forward_all(&TOKENS, 1, &mut cache).unwrap())
+            };
             let want = {
                 let mut cache = KvCache::new(&f32_model.config);
-                with_cpu_kernels(false, || values(f32_model.forward_all(&TOKENS, 1, &mut cache).unwrap()))
+                values(using(&f32_model, false).forward_all(&TOKENS, 1, &mut cache).unwrap())
             };
             let d = max_diff(&got, &want);
             assert!(d < 1e-4, "kernels={kernels}: quantised base differs from its f32 twin by {d}");
@@ -391,7 +406,7 @@ fn a_quantised_base_gives_the_logits_of_its_dequantised_twin() {
         let d = max_diff(&cache_walk(&q_adapted, true), &cache_walk(&f_adapted, false));
         assert!(d < 1e-4, "adapted quantised base differs from its f32 twin by {d}");
         assert!(reference.len() > 100);
-    })
+    }
 }
 
 /// Logits of a prefill and then of single-token steps: one decoding stream, whose products have
@@ -418,11 +433,11 @@ fn streams(model: &Llama<Flex>, rows: &[[u32; 7]]) -> Vec<f32> {
 fn decoding_on_a_quantised_base_is_exact_or_close_with_8_bit_inputs_alone_or_batched() {
     let (_, bytes) = quantised_gguf(11);
     let (f32_model, q_model) = (loaded::<Flex>(&bytes, false), loaded::<Flex>(&bytes, true));
-    let want = with_cpu_kernels(false, || one_stream(&f32_model));
-    let exact = with_int8_activations(false, || one_stream(&q_model));
+    let want = one_stream(&using(&f32_model, false));
+    let exact = one_stream(&q_model.clone().with_kernels(exact()));
     let d = max_diff(&exact, &want);
     assert!(d < 1e-4, "one stream on the quantised base without 8-bit inputs differs by {d}");
-    let rounded = with_int8_activations(true, || one_stream(&q_model));
+    let rounded = one_stream(&q_model);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = max_diff(&rounded, &want);
     assert!(d > 0.0 && d < 0.03 * scale, "8-bit inputs move the logits by {d} (values up to {scale})");
@@ -430,12 +445,12 @@ fn decoding_on_a_quantised_base_is_exact_or_close_with_8_bit_inputs_alone_or_bat
     // kernel (each row's sums are its own), else to float rounding (one-row dot products).
     let rows = [TOKENS, [7, 1, 44, 2, 250, 3, 3], [0, 0, 0, 9, 8, 7, 6]];
     let vocab = q_model.config.vocab_size;
-    let together = with_int8_activations(true, || streams(&q_model, &rows));
+    let together = streams(&q_model, &rows);
     for (i, row) in rows.iter().enumerate() {
-        let alone = with_int8_activations(true, || streams(&q_model, &[*row]));
+        let alone = streams(&q_model, &[*row]);
         let mine: Vec<f32> = together.chunks_exact(vocab).skip(i).step_by(rows.len()).flatten().copied().collect();
         let d = max_diff(&mine, &alone);
-        let tolerance = if super::vnni::Packed::available() { 0.0 } else { 1e-5 * scale };
+        let tolerance = if super::kernels::vnni::Packed::available() { 0.0 } else { 1e-5 * scale };
         assert!(d <= tolerance, "stream {i} decoded in a batch differs from alone by {d}");
     }
 }
@@ -469,29 +484,28 @@ fn a_quantised_base_needs_quantised_weights() {
     let c = tiny_config(268);
     let bytes = write_gguf(crate::gguf::write::GgufWriter::new(), &c, &random_tensors(&c, 1)).finish();
     let file = GgufFile::from_bytes(bytes).unwrap();
-    let e = load_gguf_with::<Flex>(&file, &Default::default(), &LoadOptions { quantised_base: true }).unwrap_err();
+    let options = LoadOptions { quantised_base: true, ..LoadOptions::default() };
+    let e = load_gguf_with::<Flex>(&file, &Default::default(), &options).unwrap_err();
     assert!(e.to_string().contains("no block-quantised projection weights"), "{e}");
     let dir = tempfile::tempdir().unwrap();
-    let e = Checkpoint::<Flex>::open_with(dir.path(), &Default::default(), &LoadOptions { quantised_base: true })
-        .err()
-        .unwrap();
+    let e = Checkpoint::<Flex>::open_with(dir.path(), &Default::default(), &options).err().unwrap();
     assert!(e.to_string().contains("needs a GGUF file"), "{e}");
 }
 
 #[test]
 fn merging_onto_a_quantised_base_gives_the_f32_merge() {
     // Dequantised products: several rows take 8-bit inputs by default.
-    with_int8_activations(false, || {
+    {
         let (_, bytes) = quantised_gguf(12);
-        let q = crate::lora::merge(with_adapters(loaded::<Flex>(&bytes, true), 8));
-        let f = crate::lora::merge(with_adapters(loaded::<Flex>(&bytes, false), 8));
+        let q = crate::lora::merge(with_adapters(loaded_with::<Flex>(&bytes, true, exact()), 8));
+        let f = crate::lora::merge(with_adapters(loaded_with::<Flex>(&bytes, false, exact()), 8));
         let run = |m: &Llama<Flex>| {
             let mut cache = KvCache::new(&m.config);
             values(m.forward_all(&TOKENS, 1, &mut cache).unwrap())
         };
         let d = max_diff(&run(&q), &run(&f));
         assert!(d < 1e-4, "merged quantised base differs by {d}");
-    })
+    }
 }
 
 /// Every adapter's `A` and `B` gradients in `g`, block by block, projection by projection.
@@ -517,7 +531,7 @@ fn lora_grads(
 fn loss_and_lora_grads(model: &Llama<Autodiff<Flex>>, fused: bool) -> (f32, Vec<Vec<f32>>) {
     crate::lora::seed_dropout(5, 1);
     if !fused {
-        return with_cpu_kernels(false, || burn_loss_and_lora_grads(model));
+        return burn_loss_and_lora_grads(&using(model, false));
     }
     loss_and_lora_grads_by(model, true)
 }
@@ -527,7 +541,7 @@ fn burn_loss_and_lora_grads(model: &Llama<Autodiff<Flex>>) -> (f32, Vec<Vec<f32>
 }
 
 fn loss_and_lora_grads_by(model: &Llama<Autodiff<Flex>>, fused: bool) -> (f32, Vec<Vec<f32>>) {
-    use crate::finetune::{causal_lm_loss, IGNORE};
+    use super::loss::{causal_lm_loss, IGNORE};
     let tokens: Vec<u32> = TOKENS.iter().chain(TOKENS.iter().rev()).copied().collect();
     let mut labels: Vec<i64> = tokens.iter().skip(1).map(|&t| t as i64).chain([IGNORE]).collect();
     for at in [0, 1, 8] {

@@ -11,12 +11,10 @@
 //! `llama` architecture, whose converter interleaves the pairs, are put back
 //! in that order when loaded.
 
+pub(crate) mod adapter;
 mod config;
-mod cpu;
-pub(crate) mod fastexp;
-pub mod quant;
-mod train_ops;
-mod vnni;
+pub mod kernels;
+pub(crate) mod loss;
 mod weights;
 
 #[cfg(test)]
@@ -25,13 +23,13 @@ mod kernel_tests;
 pub(crate) mod tests;
 
 pub use config::{LlamaConfig, RopeScaling};
-pub use cpu::{cpu_kernels, set_cpu_kernels, with_cpu_kernels};
-pub use quant::{int8_activations, set_int8_activations, with_int8_activations, QuantMatrix};
+pub use kernels::{Inputs, Kernels, QuantMatrix};
 pub use weights::{load_gguf, load_gguf_with, load_hf_dir, save_safetensors, Checkpoint, LoadOptions, WeightSource};
 
 use crate::chat::ChatError;
 use crate::gguf::GgufError;
 use crate::tokenizer::TokenizerError;
+use adapter::{BlockLora, Target};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{silu, softmax};
@@ -82,21 +80,21 @@ pub struct Block<B: Backend> {
     pub up: Linear<B>,
     pub down: Linear<B>,
     /// LoRA adapters on some of the projections; empty for a plain model.
-    pub lora: crate::lora::BlockLora<B>,
+    pub lora: BlockLora<B>,
     /// Projections whose frozen weights stay block-quantised (QLoRA); their `Linear`'s weight is
     /// then an empty placeholder and only its bias is used.
     #[module(skip)]
     pub quantised: QuantisedBase,
 }
 
-/// The quantised weights of a block's projections, by [`crate::lora::Target`] (none for an f32 model).
+/// The quantised weights of a block's projections, by [`Target`] (none for an f32 model).
 #[derive(Debug, Clone, Default)]
 pub struct QuantisedBase {
     pub weights: [Option<Arc<QuantMatrix>>; 7],
 }
 
 impl QuantisedBase {
-    pub fn get(&self, target: crate::lora::Target) -> Option<&Arc<QuantMatrix>> {
+    pub fn get(&self, target: Target) -> Option<&Arc<QuantMatrix>> {
         self.weights[target as usize].as_ref()
     }
     pub fn is_empty(&self) -> bool {
@@ -106,11 +104,11 @@ impl QuantisedBase {
 
 impl<B: Backend> Block<B> {
     /// A projection of `x` through `target`'s base weights plus its adapter, when it has one.
-    fn proj(&self, target: crate::lora::Target, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn proj(&self, target: Target, x: Tensor<B, 2>, pass: Pass) -> Tensor<B, 2> {
         let (linear, quantised) = self.base(target);
         if let Some(adapter) = self.lora.get(target) {
-            if train_ops::runs::<B>() {
-                return train_ops::lora_linear(x, linear, quantised, adapter);
+            if pass.fused {
+                return kernels::lora_linear(x, linear, quantised, adapter);
             }
         }
         let Some(q) = quantised else {
@@ -119,7 +117,7 @@ impl<B: Backend> Block<B> {
                 None => linear.forward(x),
             };
         };
-        let mut y = cpu::quantised_product(q, x.clone());
+        let mut y = kernels::quantised_product(q, x.clone(), pass.inputs);
         if let Some(bias) = &linear.bias {
             y = y + bias.val().unsqueeze::<2>();
         }
@@ -130,8 +128,8 @@ impl<B: Backend> Block<B> {
     }
 
     /// `target`'s base projection, with its quantised weight when it keeps one.
-    pub fn base(&self, target: crate::lora::Target) -> (&Linear<B>, Option<&Arc<QuantMatrix>>) {
-        use crate::lora::Target::*;
+    pub fn base(&self, target: Target) -> (&Linear<B>, Option<&Arc<QuantMatrix>>) {
+        use Target::*;
         let linear = match target {
             Q => &self.q,
             K => &self.k,
@@ -161,6 +159,18 @@ pub struct Llama<B: Backend> {
     /// instead of `lm_head` when the base is quantised.
     #[module(skip)]
     pub quantised_head: Option<Arc<QuantMatrix>>,
+    /// Which code runs its passes ([`Kernels`]; from [`LoadOptions::kernels`]).
+    #[module(skip)]
+    pub kernels: Kernels,
+}
+
+/// What a pass's layers take from the model's [`Kernels`] and backend.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    /// Training's fused operations ([`kernels::training`]).
+    fused: bool,
+    /// How products with a quantised weight take their inputs.
+    inputs: Inputs,
 }
 
 /// Keys and values of every past position, per block: `[batch, kv_heads, positions, head_dim]`.
@@ -169,7 +179,7 @@ pub struct Llama<B: Backend> {
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     /// The CPU kernels' cache, preallocated and written in place; `layers` stay empty then.
-    flat: Option<cpu::FlatKv>,
+    flat: Option<kernels::cpu::FlatKv>,
     len: usize,
 }
 
@@ -244,8 +254,8 @@ impl<B: Backend> Llama<B> {
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 2>, ModelError> {
         self.check_input(tokens, batch, cache)?;
-        if cpu::runs(self, cache) {
-            return Ok(cpu::logits(self, tokens, batch, cache, true));
+        if let Some(logits) = kernels::forward_last(self, tokens, batch, cache) {
+            return Ok(logits);
         }
         let hidden = self.hidden(tokens, batch, cache, false)?;
         let [rows, width] = hidden.dims();
@@ -262,9 +272,8 @@ impl<B: Backend> Llama<B> {
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         self.check_input(tokens, batch, cache)?;
-        if cpu::runs(self, cache) {
-            let logits = cpu::logits(self, tokens, batch, cache, false);
-            return Ok(logits.reshape([batch, tokens.len() / batch, self.config.vocab_size]));
+        if let Some(logits) = kernels::forward_all(self, tokens, batch, cache) {
+            return Ok(logits);
         }
         let hidden = self.hidden(tokens, batch, cache, false)?;
         let [rows, _] = hidden.dims();
@@ -273,10 +282,10 @@ impl<B: Backend> Llama<B> {
 
     /// The mean cross-entropy of the model's next-token predictions over `tokens` (`batch` rows
     /// of equal length, row-major) against `labels` (one per token: the token that position
-    /// should predict, or [`crate::finetune::IGNORE`]), and the number of positions counted; with
-    /// none counted the loss is zero. What training differentiates: on the CPU backend with
-    /// autodiff the output projection and the loss are one operation over the labelled
-    /// positions alone ([`train_ops::head_loss`]).
+    /// should predict, or [`loss::IGNORE`]), and the number of positions counted; with none
+    /// counted the loss is zero. What training differentiates: on the CPU backend with autodiff
+    /// and the kernels chosen, the output projection and the loss are one operation over the
+    /// labelled positions alone ([`kernels::head_loss`]).
     pub fn loss(&self, tokens: &[u32], batch: usize, labels: &[i64]) -> Result<(Tensor<B, 1>, usize), ModelError> {
         if labels.len() != tokens.len() {
             return Err(ModelError::Input {
@@ -285,25 +294,44 @@ impl<B: Backend> Llama<B> {
         }
         let mut cache = KvCache::new(&self.config);
         self.check_input(tokens, batch, &cache)?;
-        if cpu::runs(self, &cache) {
-            let logits = self.forward_all(tokens, batch, &mut cache)?;
-            return Ok(crate::finetune::causal_lm_loss(logits, labels));
+        if let Some(logits) = kernels::forward_all(self, tokens, batch, &mut cache) {
+            return Ok(loss::causal_lm_loss(logits, labels));
         }
         let hidden = self.hidden(tokens, batch, &mut cache, true)?;
-        if let Some(fused) = train_ops::head_loss(&hidden, &self.lm_head.val(), self.quantised_head.as_ref(), labels) {
-            return Ok(fused);
+        if kernels::training::<B>(&self.kernels) {
+            let head = self.quantised_head.as_ref();
+            if let Some(fused) = kernels::head_loss(&hidden, &self.lm_head.val(), head, labels) {
+                return Ok(fused);
+            }
         }
         let rows = hidden.dims()[0];
         let logits = self.output(hidden).reshape([batch, rows / batch, self.config.vocab_size]);
-        Ok(crate::finetune::causal_lm_loss(logits, labels))
+        Ok(loss::causal_lm_loss(logits, labels))
     }
 
     /// Logits of final-norm hidden states `[rows, hidden]`.
     fn output(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         match &self.quantised_head {
-            Some(q) => cpu::quantised_product(q, hidden),
+            Some(q) => kernels::quantised_product(q, hidden, self.kernels.inputs()),
             None => hidden.matmul(self.lm_head.val()),
         }
+    }
+
+    /// Which code runs this model's passes.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// This model with its passes run by `kernels`; it keeps its tensors (clone it first to
+    /// keep both: a clone shares them).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// What the layers of a pass take from the options and the backend.
+    fn pass(&self) -> Pass {
+        Pass { fused: kernels::training::<B>(&self.kernels), inputs: self.kernels.inputs() }
     }
 
     /// Whether some projection keeps a quantised weight.
@@ -313,7 +341,7 @@ impl<B: Backend> Llama<B> {
 
     fn check_input(&self, tokens: &[u32], batch: usize, cache: &KvCache<B>) -> Result<(), ModelError> {
         let c = &self.config;
-        if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 {
+        if batch == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(batch) {
             return Err(ModelError::Input {
                 what: format!("{} tokens cannot be split into {batch} rows of equal length", tokens.len()),
             });
@@ -331,7 +359,7 @@ impl<B: Backend> Llama<B> {
 
     /// Final-norm hidden states, `[batch * tokens, hidden]`. `training`: the caller only
     /// differentiates them and drops `cache`, which then stays empty, so that attention may take
-    /// the fused operation of [`train_ops::attention`] on `Autodiff<Flex>`.
+    /// the fused operation of [`kernels::attention`] on `Autodiff<Flex>`.
     fn hidden(
         &self,
         tokens: &[u32],
@@ -349,42 +377,38 @@ impl<B: Backend> Llama<B> {
 
         // Training on the CPU backend takes the fused attention, which needs neither Burn's
         // rotary tables nor the mask tensor: its own tables, once for every layer.
-        let fused = training && train_ops::runs::<B>();
-        let rotary = fused.then(|| std::sync::Arc::new(train_ops::Rotary::new(&c.inv_freq(), seq)));
+        let pass = self.pass();
+        let fused = training && pass.fused;
+        let rotary = fused.then(|| std::sync::Arc::new(kernels::Rotary::new(&c.inv_freq(), seq)));
         let burn_path = (!fused).then(|| {
             let mask = (seq > 1).then(|| causal_mask::<B>(seq, past, c.n_heads / c.n_kv_heads, &device));
             (self.rope_tables(past, seq, &device), mask)
         });
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let h = rms_norm(x.clone(), block.attn_norm.val(), c.rms_norm_eps);
+            let h = rms_norm(x.clone(), block.attn_norm.val(), c.rms_norm_eps, pass);
             let attn = match (&rotary, &burn_path) {
                 (Some(rotary), _) => {
-                    use crate::lora::Target::{K, O, Q, V};
-                    let shape = train_ops::AttentionShape {
-                        batch,
-                        seq,
-                        heads: c.n_heads,
-                        kv_heads: c.n_kv_heads,
-                        d: c.head_dim,
-                    };
-                    let (q, k, v) = (block.proj(Q, h.clone()), block.proj(K, h.clone()), block.proj(V, h));
-                    block.proj(O, train_ops::attention(q, k, v, shape, rotary))
+                    use Target::{K, O, Q, V};
+                    let shape =
+                        kernels::AttentionShape { batch, seq, heads: c.n_heads, kv_heads: c.n_kv_heads, d: c.head_dim };
+                    let (q, k, v) =
+                        (block.proj(Q, h.clone(), pass), block.proj(K, h.clone(), pass), block.proj(V, h, pass));
+                    block.proj(O, kernels::attention(q, k, v, shape, rotary), pass)
                 }
                 (None, Some(((cos, sin), mask))) => {
-                    self.attention(block, h, batch, seq, (cos, sin), mask.clone(), layer_cache)
+                    self.attention(block, h, (batch, seq), (cos, sin), mask.clone(), layer_cache, pass)
                 }
                 (None, None) => unreachable!("one of the two paths is prepared"),
             };
             x = x + attn;
-            let h = rms_norm(x.clone(), block.mlp_norm.val(), c.rms_norm_eps);
-            use crate::lora::Target;
-            let (gate, up) = (block.proj(Target::Gate, h.clone()), block.proj(Target::Up, h));
-            let gated = if train_ops::runs::<B>() { train_ops::swiglu(gate, up) } else { silu(gate) * up };
-            let mlp = block.proj(Target::Down, gated);
+            let h = rms_norm(x.clone(), block.mlp_norm.val(), c.rms_norm_eps, pass);
+            let (gate, up) = (block.proj(Target::Gate, h.clone(), pass), block.proj(Target::Up, h, pass));
+            let gated = if pass.fused { kernels::swiglu(gate, up) } else { silu(gate) * up };
+            let mlp = block.proj(Target::Down, gated, pass);
             x = x + mlp;
         }
         cache.len += seq;
-        Ok(rms_norm(x, self.norm.val(), c.rms_norm_eps))
+        Ok(rms_norm(x, self.norm.val(), c.rms_norm_eps, pass))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -392,18 +416,18 @@ impl<B: Backend> Llama<B> {
         &self,
         block: &Block<B>,
         h: Tensor<B, 2>,
-        batch: usize,
-        seq: usize,
+        (batch, seq): (usize, usize),
         (cos, sin): (&Tensor<B, 4>, &Tensor<B, 4>),
         mask: Option<Tensor<B, 4>>,
         layer_cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        pass: Pass,
     ) -> Tensor<B, 2> {
         let c = &self.config;
         let (heads, kv_heads, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
-        let q = rope(split(block.proj(crate::lora::Target::Q, h.clone()), heads), cos, sin);
-        let k = rope(split(block.proj(crate::lora::Target::K, h.clone()), kv_heads), cos, sin);
-        let v = split(block.proj(crate::lora::Target::V, h), kv_heads);
+        let q = rope(split(block.proj(Target::Q, h.clone(), pass), heads), cos, sin);
+        let k = rope(split(block.proj(Target::K, h.clone(), pass), kv_heads), cos, sin);
+        let v = split(block.proj(Target::V, h, pass), kv_heads);
         let (k, v) = match layer_cache.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
@@ -420,7 +444,7 @@ impl<B: Backend> Llama<B> {
         }
         let out = softmax(scores, 3).matmul(v);
         let out = out.reshape([batch, heads, seq, d]).swap_dims(1, 2).reshape([batch * seq, heads * d]);
-        block.proj(crate::lora::Target::O, out)
+        block.proj(Target::O, out, pass)
     }
 
     /// cos and sin for positions `past..past + seq`, `[1, 1, seq, head_dim]`, each frequency
@@ -446,9 +470,9 @@ impl<B: Backend> Llama<B> {
 }
 
 /// `x * w / sqrt(mean(x²) + eps)` over the last dimension.
-fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
-    if train_ops::runs::<B>() {
-        return train_ops::rms_norm(x, weight, eps);
+fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64, pass: Pass) -> Tensor<B, 2> {
+    if pass.fused {
+        return kernels::rms_norm(x, weight, eps);
     }
     let scale = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
     x * scale * weight.unsqueeze::<2>()

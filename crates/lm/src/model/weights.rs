@@ -1,7 +1,9 @@
 //! Builds a Llama from a checkpoint: a GGUF file, or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
 //! It must check every tensor's presence and shape against the config and name the tensor when one is wrong; no panics.
 
-use super::quant::{keeps_quantised, QuantMatrix};
+use super::adapter::{BlockLora, Target};
+use super::kernels::quant::{keeps_quantised, QuantMatrix};
+use super::kernels::Kernels;
 use super::{Block, Llama, LlamaConfig, ModelError, QuantisedBase};
 use crate::chat::ChatTemplate;
 use crate::gguf::GgufFile;
@@ -36,6 +38,9 @@ pub struct LoadOptions {
     /// (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) and dequantise them on the fly (QLoRA's frozen base).
     /// CPU backend only; embeddings, norms and the output projection stay f32.
     pub quantised_base: bool,
+    /// Which code runs the model's passes ([`Llama::kernels`]); the default is the CPU
+    /// kernels with 8-bit inputs on a quantised base, VNNI where the CPU has it.
+    pub kernels: Kernels,
 }
 
 /// A model with the tokenizer and chat template of its checkpoint.
@@ -63,7 +68,7 @@ impl<B: Backend> Checkpoint<B> {
                     ),
                 });
             }
-            let model = load_hf_dir(path, device)?;
+            let model = load_hf_dir(path, device)?.with_kernels(options.kernels);
             let tokenizer = Tokenizer::from_hf_json(path.join("tokenizer.json"))?;
             let config = path.join("tokenizer_config.json");
             let template =
@@ -230,12 +235,8 @@ pub fn load_gguf_with<B: Backend>(
         }
     };
     let source = GgufSource { file, permuted, n_heads: config.n_heads, n_kv_heads: config.n_kv_heads };
-    if options.quantised_base {
-        use super::cpu::is;
-        use burn::backend::{Autodiff, Flex};
-        if !(is::<B, Flex>() || is::<B, Autodiff<Flex>>()) {
-            return Err(ModelError::Unsupported { what: "a quantised base runs on the CPU backend only".into() });
-        }
+    if options.quantised_base && super::kernels::cpu_backend::<B>().is_none() {
+        return Err(ModelError::Unsupported { what: "a quantised base runs on the CPU backend only".into() });
     }
     let model = build(config, &source, device, options.quantised_base)?;
     if options.quantised_base && !model.has_quantised_base() {
@@ -243,7 +244,7 @@ pub fn load_gguf_with<B: Backend>(
             what: "the file holds no block-quantised projection weights (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) to keep".into(),
         });
     }
-    Ok(model)
+    Ok(model.with_kernels(options.kernels))
 }
 
 // ---- Hugging Face safetensors ----
@@ -366,7 +367,7 @@ pub fn save_safetensors<B: Backend>(model: &Llama<B>, dir: impl AsRef<Path>) -> 
         let p = format!("model.layers.{i}");
         put(format!("{p}.input_layernorm.weight"), b.attn_norm.val().into_data());
         put(format!("{p}.post_attention_layernorm.weight"), b.mlp_norm.val().into_data());
-        for t in crate::lora::Target::ALL {
+        for t in Target::ALL {
             let (l, q) = b.base(t);
             let name = t.path();
             put(format!("{p}.{name}.weight"), linear(l, q));
@@ -482,12 +483,12 @@ pub(crate) fn build<B: Backend>(
             gate: linear(&format!("{p}.mlp.gate_proj"), h, ff, false, wg)?,
             up: linear(&format!("{p}.mlp.up_proj"), h, ff, false, wu)?,
             down: linear(&format!("{p}.mlp.down_proj"), ff, h, false, wd)?,
-            lora: crate::lora::BlockLora::default(),
+            lora: BlockLora::default(),
             quantised,
         });
     }
     let norm = vector("model.norm.weight", h)?;
-    Ok(Llama { embed, blocks, norm, lm_head, config, quantised_head })
+    Ok(Llama { embed, blocks, norm, lm_head, config, quantised_head, kernels: Kernels::default() })
 }
 
 /// A row-major `[rows, cols]` matrix as `[cols, rows]`, in tiles that stay in cache (a plain

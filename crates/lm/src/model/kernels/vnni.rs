@@ -54,12 +54,9 @@ impl Packed {
         matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
     }
 
-    /// Whether this CPU runs [`product`] (and, in tests, [`with_kernel`] left it on).
+    /// Whether this CPU runs [`product`] (whether products take it is the caller's
+    /// [`super::Inputs`]).
     pub(crate) fn available() -> bool {
-        #[cfg(test)]
-        if !KERNEL.get() {
-            return false;
-        }
         #[cfg(target_arch = "x86_64")]
         {
             std::arch::is_x86_feature_detected!("avx512f")
@@ -152,21 +149,6 @@ fn block_bytes(nibbles: bool) -> usize {
     } else {
         512
     }
-}
-
-#[cfg(test)]
-thread_local! {
-    static KERNEL: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
-}
-
-/// Runs `f` with the kernel on (where the CPU has it) or off on this thread, so that tests
-/// check the per-row path that CPUs without it take.
-#[cfg(test)]
-pub(crate) fn with_kernel<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let before = KERNEL.replace(on);
-    let out = f();
-    KERNEL.set(before);
-    out
 }
 
 /// Outputs `[g0·16, g1·16)` (clipped to the weight's) of `y = x Wᵀ` for every row of `x`, `y`

@@ -18,9 +18,11 @@
 //!
 //! Each is tested against the Burn ops it replaces, values and gradients.
 
-use super::cpu::{f32s, gemm_at, is, prim, product, wrap};
+use super::cpu::{f32s, gemm_at, prim, product, wrap};
 use super::quant::QuantMatrix;
-use crate::finetune::IGNORE;
+use super::Inputs;
+use crate::model::adapter::{dropout_mask, LoraLinear};
+use crate::model::loss::IGNORE;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -34,12 +36,6 @@ use std::sync::Arc;
 
 type Ad = Autodiff<Flex>;
 type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;
-
-/// Whether the backend `B` takes these operations: `Autodiff<Flex>`, with the CPU kernels on
-/// ([`super::cpu::set_cpu_kernels`]; off, training runs Burn's generic ops, for comparison).
-pub(crate) fn runs<B: Backend>() -> bool {
-    is::<B, Ad>() && super::cpu::cpu_kernels()
-}
 
 /// A frozen projection's weight: dense `[in, out]` (Burn's layout) or quantised `[out, in]`.
 #[derive(Clone, Debug)]
@@ -55,7 +51,7 @@ impl Weight {
         match self {
             Weight::Dense(w) => product((rows, d_out, d_in), &mut y, false, 1.0, x, (d_in, 1), &f32s(w), (d_out, 1)),
             // Training differentiates the exact product: no 8-bit rounding of the inputs.
-            Weight::Quantised(q) => crate::model::quant::with_int8_activations(false, || q.matmul(rows, x, &mut y)),
+            Weight::Quantised(q) => q.matmul(rows, x, &mut y, Inputs::Exact),
         }
         y
     }
@@ -129,15 +125,15 @@ impl<const N: usize> Backward<Flex, N> for HeadLossOp<N> {
 
 /// The mean cross-entropy of the logits `hidden · head` against `labels` (one per row of
 /// `hidden`, `[rows, hidden]`; [`IGNORE`]d rows take no part) and the number of rows counted,
-/// as one operation on `Autodiff<Flex>`; `None` on other backends or with no labelled row (the
-/// caller then takes Burn's ops). `quantised` replaces `head` (`[hidden, vocab]`) when given.
+/// as one operation on `Autodiff<Flex>` (callers check [`super::training`] first); `None` on
+/// other backends or with no labelled row (the caller then takes Burn's ops). `quantised` replaces `head` (`[hidden, vocab]`) when given.
 pub(crate) fn head_loss<B: Backend>(
     hidden: &Tensor<B, 2>,
     head: &Tensor<B, 2>,
     quantised: Option<&Arc<QuantMatrix>>,
     labels: &[i64],
 ) -> Option<(Tensor<B, 1>, usize)> {
-    if !runs::<B>() {
+    if super::cpu_backend::<B>() != Some(super::Cpu::Autodiff) {
         return None;
     }
     let rows: Vec<usize> = (0..labels.len()).filter(|&r| labels[r] != IGNORE).collect();
@@ -310,13 +306,13 @@ impl<const N: usize> Backward<Flex, N> for LoraOp<N> {
 }
 
 /// `x W + bias + scale · dropout(x) A B` (the base `linear`, or its quantised weight when given,
-/// plus `adapter`) as one operation on `Autodiff<Flex>`; callers check [`runs`] first. The
-/// dropout mask is [`crate::lora::dropout_mask`]'s next, as the Burn ops draw it.
+/// plus `adapter`) as one operation on `Autodiff<Flex>`; callers check [`super::training`]
+/// first. The dropout mask is [`dropout_mask`]'s next, as the Burn ops draw it.
 pub(crate) fn lora_linear<B: Backend>(
     x: Tensor<B, 2>,
     linear: &burn::nn::Linear<B>,
     quantised: Option<&Arc<QuantMatrix>>,
-    adapter: &crate::lora::LoraLinear<B>,
+    adapter: &LoraLinear<B>,
 ) -> Tensor<B, 2> {
     let x = prim::<B, AdTensor, 2>(x);
     let (a, b) = (prim::<B, AdTensor, 2>(adapter.a.val()), prim::<B, AdTensor, 2>(adapter.b.val()));
@@ -336,7 +332,7 @@ pub(crate) fn lora_linear<B: Backend>(
             row.iter_mut().zip(bias.iter()).for_each(|(y, b)| *y += b);
         }
     }
-    let mask = (adapter.dropout > 0.0).then(|| crate::lora::dropout_mask(rows * d_in, adapter.dropout));
+    let mask = (adapter.dropout > 0.0).then(|| dropout_mask(rows * d_in, adapter.dropout));
     let mut u = vec![0.0f32; rows * rank];
     match &mask {
         Some(m) => {
@@ -430,7 +426,7 @@ impl Backward<Flex, 2> for RmsNormOp {
 }
 
 /// `x · w / sqrt(mean(x²) + eps)` over each row of `x` (`[rows, hidden]`) as one operation on
-/// `Autodiff<Flex>`; callers check [`runs`] first.
+/// `Autodiff<Flex>`; callers check [`super::training`] first.
 pub(crate) fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
     let (x, w) = (prim::<B, AdTensor, 2>(x), prim::<B, AdTensor, 1>(w));
     let [rows, h] = x.primitive.shape().dims();
@@ -488,7 +484,7 @@ impl Backward<Flex, 2> for SwiGluOp {
 }
 
 /// `silu(g) · u`, the SwiGLU MLP's gate, as one operation on `Autodiff<Flex>`; callers check
-/// [`runs`] first.
+/// [`super::training`] first.
 pub(crate) fn swiglu<B: Backend>(g: Tensor<B, 2>, u: Tensor<B, 2>) -> Tensor<B, 2> {
     let (g, u) = (prim::<B, AdTensor, 2>(g), prim::<B, AdTensor, 2>(u));
     let shape = g.primitive.shape();
@@ -674,7 +670,7 @@ impl Backward<Flex, 3> for AttentionOp {
 /// Causal grouped-query attention with the rotary embedding, from the projections' outputs
 /// `q` (`[batch·seq, heads·d]`), `k` and `v` (`[batch·seq, kv_heads·d]`) at positions `0..seq`
 /// of each row, to the heads' outputs side by side (`[batch·seq, heads·d]`, what the output
-/// projection reads), as one operation on `Autodiff<Flex>`; callers check [`runs`] first.
+/// projection reads), as one operation on `Autodiff<Flex>`; callers check [`super::training`] first.
 ///
 /// It keeps the rotated queries and keys and one log-sum-exp per score row, and recomputes the
 /// probabilities in the backward pass rather than keeping `seq²` of them per head.
@@ -748,7 +744,7 @@ pub(crate) fn attention<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finetune::causal_lm_loss;
+    use crate::model::loss::causal_lm_loss;
     use burn::tensor::{Distribution, Tolerance};
 
     fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Ad, D> {

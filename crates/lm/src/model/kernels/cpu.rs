@@ -9,73 +9,21 @@
 //! fused RMSNorm, rotary embedding, attention over the cache written in place,
 //! and SwiGLU, with no tensor built until the logits.
 //!
-//! [`runs`] decides per call: the backend must be `Flex` (a `TypeId` check,
-//! the way the root crate's `compile::cpu` picks its convolution), the kernels
-//! switched on ([`set_cpu_kernels`]), and the cache empty or one of ours. A
-//! cache keeps the path it started on.
+//! [`super::inference`] decides per call, from the model's [`super::Kernels`], the
+//! backend and the cache (a cache keeps the path it started on).
 
-use super::{Block, KvCache, Llama};
-use crate::lora::Target;
-use crate::model::quant::QuantMatrix;
+use super::quant::QuantMatrix;
+use super::{Cpu, Inputs};
+use crate::model::adapter::Target;
+use crate::model::{Block, KvCache, Llama};
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-pub(crate) use nasc_runtime::cpu::{gemm_at, is, SendPtr};
+pub(crate) use nasc_runtime::cpu::{gemm_at, SendPtr};
 use rayon::prelude::*;
 use std::any::Any;
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// A process-wide on/off setting (on at first) that one thread can override for the length of a
-/// call, in its own thread-local slot: tests run side by side and must not flip each other's path.
-pub(crate) struct Switch {
-    global: AtomicBool,
-    local: &'static std::thread::LocalKey<std::cell::Cell<Option<bool>>>,
-}
-
-impl Switch {
-    pub(crate) const fn new(local: &'static std::thread::LocalKey<std::cell::Cell<Option<bool>>>) -> Self {
-        Switch { global: AtomicBool::new(true), local }
-    }
-    pub(crate) fn set(&self, on: bool) {
-        self.global.store(on, Ordering::Relaxed);
-    }
-    /// This thread's override, else the global setting.
-    pub(crate) fn get(&self) -> bool {
-        self.local.with(|o| o.get()).unwrap_or_else(|| self.global.load(Ordering::Relaxed))
-    }
-    /// Runs `f` with the switch `on` on this thread only.
-    pub(crate) fn with<R>(&self, on: bool, f: impl FnOnce() -> R) -> R {
-        let before = self.local.with(|o| o.replace(Some(on)));
-        let out = f();
-        self.local.with(|o| o.set(before));
-        out
-    }
-}
-
-thread_local! {
-    static KERNELS_HERE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
-}
-
-static ENABLED: Switch = Switch::new(&KERNELS_HERE);
-
-/// Turns the CPU kernels on or off for inference on the `Flex` backend (on by default). Off,
-/// the model runs through Burn's generic ops: for benchmarks and for tests that compare the two.
-pub fn set_cpu_kernels(on: bool) {
-    ENABLED.set(on);
-}
-
-/// Whether the CPU kernels are on (for this thread: see [`with_cpu_kernels`]).
-pub fn cpu_kernels() -> bool {
-    ENABLED.get()
-}
-
-/// Runs `f` with the kernels on or off on this thread only, whatever the global switch says
-/// (tests run side by side and must not flip each other's path).
-pub fn with_cpu_kernels<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    ENABLED.with(on, f)
-}
 
 /// `a` as a `T` when `A` is `T`.
 pub(crate) fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
@@ -86,7 +34,7 @@ pub(crate) fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
     }
 }
 
-/// `t`'s float primitive as `P`, which the caller knows `B`'s to be (see [`is`]).
+/// `t`'s float primitive as `P`, which the caller knows `B`'s to be (see [`super::cpu_backend`]).
 pub(crate) fn prim<B: Backend, P: 'static, const D: usize>(t: Tensor<B, D>) -> P {
     cast::<_, P>(t.into_primitive().tensor()).unwrap_or_else(|_| unreachable!("B's float primitive is P"))
 }
@@ -103,17 +51,6 @@ pub(crate) fn f32s(t: &FlexTensor) -> Cow<'_, [f32]> {
         Some(s) => Cow::Borrowed(s),
         None => Cow::Owned(t.to_contiguous().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()),
     }
-}
-
-/// Whether this forward pass on `model` with `cache` takes the kernels of this module.
-pub(crate) fn runs<B: Backend>(model: &Llama<B>, cache: &KvCache<B>) -> bool {
-    if !is::<B, Flex>() {
-        return false;
-    }
-    if cache.flat.is_some() {
-        return true;
-    }
-    cache.layers.iter().all(Option::is_none) && (cpu_kernels() || model.has_quantised_base())
 }
 
 /// Keys and values of every past position for one block: `[batch, kv_heads, cap, head_dim]`,
@@ -179,7 +116,7 @@ impl FlatKv {
 
 /// One forward pass: logits `[out_rows, vocab]` of the last position of each row when
 /// `last_only`, else of every position (row-major by batch row, then position).
-/// The caller has checked the input and that [`runs`] holds.
+/// The caller has checked the input and that [`super::inference`] holds.
 pub(crate) fn logits<B: Backend>(
     model: &Llama<B>,
     tokens: &[u32],
@@ -190,6 +127,7 @@ pub(crate) fn logits<B: Backend>(
     let c = &model.config;
     let (h, heads, kvh, d, ff) = (c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.intermediate_size);
     let eps = c.rms_norm_eps as f32;
+    let inputs = model.kernels.inputs();
     let rows = tokens.len();
     let seq = rows / batch;
     let past = cache.len;
@@ -211,9 +149,9 @@ pub(crate) fn logits<B: Backend>(
     let (mut gate, mut up) = (vec![0f32; rows * ff], vec![0f32; rows * ff]);
     for (layer, block) in model.blocks.iter().enumerate() {
         rms_norm(&x, &f32s(&prim::<B, FlexTensor, 1>(block.attn_norm.val())), eps, &mut normed);
-        project(block, Target::Q, &normed, rows, &mut q);
-        project(block, Target::K, &normed, rows, &mut k);
-        project(block, Target::V, &normed, rows, &mut v);
+        project(block, Target::Q, &normed, rows, &mut q, inputs);
+        project(block, Target::K, &normed, rows, &mut k, inputs);
+        project(block, Target::V, &normed, rows, &mut v, inputs);
         rope(&mut q, seq, heads, d, &cos, &sin);
         rope(&mut k, seq, kvh, d, &cos, &sin);
         let (kc, vc) = (&mut flat.k[layer], &mut flat.v[layer]);
@@ -227,14 +165,14 @@ pub(crate) fn logits<B: Backend>(
         }
         let geometry = Attention { batch, seq, past, heads, kv_heads: kvh, d, cap: flat.cap };
         attention(&geometry, &q, &flat.k[layer], &flat.v[layer], &mut att);
-        project(block, Target::O, &att, rows, &mut out);
+        project(block, Target::O, &att, rows, &mut out, inputs);
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
 
         rms_norm(&x, &f32s(&prim::<B, FlexTensor, 1>(block.mlp_norm.val())), eps, &mut normed);
-        project(block, Target::Gate, &normed, rows, &mut gate);
-        project(block, Target::Up, &normed, rows, &mut up);
+        project(block, Target::Gate, &normed, rows, &mut gate, inputs);
+        project(block, Target::Up, &normed, rows, &mut up, inputs);
         gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| super::fastexp::swiglu(g, u));
-        project(block, Target::Down, &gate, rows, &mut out);
+        project(block, Target::Down, &gate, rows, &mut out, inputs);
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
     }
     cache.len += seq;
@@ -250,7 +188,7 @@ pub(crate) fn logits<B: Backend>(
     let vocab = c.vocab_size;
     let mut logits = vec![0f32; n * vocab];
     match &model.quantised_head {
-        Some(head) => head.matmul(n, &normed, &mut logits),
+        Some(head) => head.matmul(n, &normed, &mut logits, inputs),
         None => {
             let head = prim::<B, FlexTensor, 2>(model.lm_head.val());
             matmul((n, h, vocab), &normed, &f32s(&head), &mut logits, None);
@@ -260,12 +198,12 @@ pub(crate) fn logits<B: Backend>(
 }
 
 /// `out = x Wᵀ(+ bias) + scale · x A B` for `target`'s projection of `block`, `x` `[rows, in]`.
-fn project<B: Backend>(block: &Block<B>, target: Target, x: &[f32], rows: usize, out: &mut [f32]) {
+fn project<B: Backend>(block: &Block<B>, target: Target, x: &[f32], rows: usize, out: &mut [f32], inputs: Inputs) {
     let (linear, quantised) = block.base(target);
     let d_in = x.len() / rows;
     let d_out = out.len() / rows;
     match quantised {
-        Some(q) => q.matmul(rows, x, out),
+        Some(q) => q.matmul(rows, x, out, inputs),
         None => {
             let w = prim::<B, FlexTensor, 2>(linear.weight.val());
             matmul((rows, d_in, d_out), x, &f32s(&w), out, None);
@@ -581,29 +519,33 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y = x Wᵀ` through a quantised weight, for `x` `[rows, in]` on `Flex`.
-pub(crate) fn quantised_linear(q: &QuantMatrix, x: FlexTensor) -> FlexTensor {
+pub(crate) fn quantised_linear(q: &QuantMatrix, x: FlexTensor, inputs: Inputs) -> FlexTensor {
     use burn::tensor::TensorMetadata;
     let [rows, _] = x.shape().dims();
     let mut y = vec![0f32; rows * q.rows()];
-    q.matmul(rows, &f32s(&x), &mut y);
+    q.matmul(rows, &f32s(&x), &mut y, inputs);
     FlexTensor::from_data(TensorData::new(y, [rows, q.rows()]))
 }
 
 type Ad = burn::backend::Autodiff<Flex>;
 type AdTensor = <Ad as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
-/// `x Wᵀ` through the frozen quantised weight `q`, `x` `[rows, in]`, on any backend: kernels of
-/// this module on `Flex` and `Autodiff<Flex>` (where the input's gradient, `dy W`, is
-/// dequantised on the fly too; the weight gets none), a dequantised copy elsewhere.
-pub(crate) fn quantised_product<B: Backend>(q: &std::sync::Arc<QuantMatrix>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-    if is::<B, Flex>() {
-        return wrap::<B, _, 2>(quantised_linear(q, prim::<B, FlexTensor, 2>(x)));
+/// `x Wᵀ` through the frozen quantised weight `q` on the backend `cpu` says `B` is (see
+/// [`super::quantised_product`]).
+pub(crate) fn quantised_product<B: Backend>(
+    q: &std::sync::Arc<QuantMatrix>,
+    x: Tensor<B, 2>,
+    cpu: Option<Cpu>,
+    inputs: Inputs,
+) -> Tensor<B, 2> {
+    match cpu {
+        Some(Cpu::Flex) => wrap::<B, _, 2>(quantised_linear(q, prim::<B, FlexTensor, 2>(x), inputs)),
+        Some(Cpu::Autodiff) => wrap::<B, _, 2>(autodiff_quantised(q, prim::<B, AdTensor, 2>(x))),
+        None => {
+            let w = Tensor::<B, 2>::from_data(TensorData::new(q.to_in_out(), [q.cols(), q.rows()]), &x.device());
+            x.matmul(w)
+        }
     }
-    if is::<B, Ad>() {
-        return wrap::<B, _, 2>(autodiff_quantised(q, prim::<B, AdTensor, 2>(x)));
-    }
-    let w = Tensor::<B, 2>::from_data(TensorData::new(q.to_in_out(), [q.cols(), q.rows()]), &x.device());
-    x.matmul(w)
 }
 
 #[derive(Debug)]
@@ -633,7 +575,7 @@ fn autodiff_quantised(q: &std::sync::Arc<QuantMatrix>, x: AdTensor) -> AdTensor 
     use burn::tensor::TensorMetadata;
     let [rows, _] = x.primitive.shape().dims();
     // Training differentiates the exact product, so one row is not rounded to 8 bits here.
-    let y = crate::model::quant::with_int8_activations(false, || quantised_linear(q, x.primitive.clone()));
+    let y = quantised_linear(q, x.primitive.clone(), Inputs::Exact);
     match QuantisedOp.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish((q.clone(), rows), y),
         OpsKind::UnTracked(prep) => prep.finish(y),

@@ -3,15 +3,15 @@
 
 //! [`QuantMatrix`]: a PyTorch-layout `[out, in]` weight whose rows are GGUF
 //! blocks along `in`. Products dequantise on the fly or take 8-bit inputs
-//! ([`set_int8_activations`]). In 8 bits, products take `vnni.rs`'s kernel
+//! (as the caller's [`Inputs`] says). In 8 bits, products take `vnni.rs`'s kernel
 //! over a reordered copy of the weight where the CPU has AVX-512 VNNI, and
 //! elsewhere an integer dot product per block, input row and weight row.
 //! Dequantising, one row takes a fused dot product per block; more rows
 //! dequantise a tile of the weight into a per-thread scratch buffer and run
 //! `gemm` on it, so the f32 matrix never exists whole.
 
-use super::cpu::Switch;
 use super::vnni::{self, Packed};
+use super::Inputs;
 use crate::gguf::{block_decoder, half, GgmlType};
 use nasc_runtime::cpu::{with_scratch, SendPtr};
 use rayon::prelude::*;
@@ -137,14 +137,16 @@ impl QuantMatrix {
         out
     }
 
-    /// `y = x Wᵀ` for `m` rows of `x` (`[m, cols]`), `y` `[m, rows]`, overwritten.
-    pub fn matmul(&self, m: usize, x: &[f32], y: &mut [f32]) {
+    /// `y = x Wᵀ` for `m` rows of `x` (`[m, cols]`), `y` `[m, rows]`, overwritten; `inputs`: 8-bit
+    /// inputs (for the types that take them) or the exact product.
+    pub fn matmul(&self, m: usize, x: &[f32], y: &mut [f32], inputs: Inputs) {
         assert_eq!(x.len(), m * self.cols, "input of the quantised product");
         assert_eq!(y.len(), m * self.rows, "output of the quantised product");
-        let int8 = int8_activations() && self.takes_int8();
-        if int8 {
-            self.matmul_int8(x, y);
-            return;
+        if let Inputs::Int8 { vnni } = inputs {
+            if self.takes_int8() {
+                self.matmul_int8(x, y, vnni);
+                return;
+            }
         }
         if m == 1 {
             let chunk = self.rows.div_ceil(rayon::current_num_threads().max(1) * 4).max(16);
@@ -181,19 +183,20 @@ impl QuantMatrix {
         });
     }
 
-    /// [`Self::matmul`] with 8-bit inputs: `vnni.rs`'s kernel where the CPU has it, else each
+    /// [`Self::matmul`] with 8-bit inputs: `vnni.rs`'s kernel where chosen (`vnni`) and the CPU
+    /// has it, else each
     /// input row's integer dot product with each weight row, the weight row kept in cache while
     /// every input row passes. One row (a lone stream) takes the kernel too: it is faster than
     /// the per-row dot products (16 outputs per register need no horizontal sums; see
     /// BENCHMARKS.md), and a row gets bit for bit the same result alone as in a batch.
-    fn matmul_int8(&self, x: &[f32], y: &mut [f32]) {
+    fn matmul_int8(&self, x: &[f32], y: &mut [f32], vnni: bool) {
         if self.cols == 0 {
             y.fill(0.0);
             return;
         }
         let threads = rayon::current_num_threads().max(1);
         let out = SendPtr::new(y.as_mut_ptr());
-        if Packed::available() {
+        if vnni && Packed::available() {
             let packed = self.packed.get_or_init(|| Packed::new(self.ty, self.rows, self.cols, &self.data));
             let inputs = Q8Input::new(x);
             // Tasks of whole pairs of groups (the kernel's widest tile), several per thread.
@@ -273,7 +276,7 @@ impl QuantMatrix {
         dx
     }
 
-    /// Whether products may take 8-bit inputs ([`int8_activations`]): the types with blocks of
+    /// Whether products may take 8-bit inputs ([`Inputs::Int8`]): the types with blocks of
     /// 32 that the integer products know.
     fn takes_int8(&self) -> bool {
         Packed::takes(self.ty)
@@ -305,34 +308,6 @@ impl QuantMatrix {
 }
 
 // ---- one input row in 8 bits: integer dot products, as llama.cpp decodes ----
-
-thread_local! {
-    static INT8_HERE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
-}
-
-static INT8: Switch = Switch::new(&INT8_HERE);
-
-/// Turns on or off (for the whole process) the 8-bit input of products through a Q8_0, Q4_0 or
-/// Q4_1 base: on by default. On, each row of input is rounded to 8 bits per block of 32 (scale
-/// `max|x| / 127`) and each block's product is an integer dot product, as llama.cpp computes:
-/// faster than dequantising to f32 (see BENCHMARKS.md), at an error of at most half a step of the
-/// input's scale per value (pinned by a test). Several rows at once (a batch of samples, a
-/// prompt) give each row what it gives alone. Off, the product is the dequantised weight's to
-/// float rounding. Training always dequantises, since it differentiates the exact product.
-pub fn set_int8_activations(on: bool) {
-    INT8.set(on);
-}
-
-/// Whether one-row products take 8-bit inputs on this thread ([`set_int8_activations`],
-/// [`with_int8_activations`]).
-pub fn int8_activations() -> bool {
-    INT8.get()
-}
-
-/// Runs `f` with 8-bit inputs on or off on this thread only.
-pub fn with_int8_activations<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    INT8.with(on, f)
-}
 
 /// One input row rounded to 8 bits per block of 32 values.
 pub struct Q8Input {
