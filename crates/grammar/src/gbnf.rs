@@ -185,7 +185,7 @@ impl<'a> Reader<'a> {
                         self.bump();
                     }
                 }
-                '\r' if newlines || self.rest().starts_with("\r\n") && newlines => self.pos += 1,
+                '\r' if newlines => self.pos += 1,
                 '\n' if newlines => self.pos += 1,
                 _ => break,
             }

@@ -6,6 +6,8 @@
 //! A rule's body matches characters exactly; there is no implicit whitespace. A producer that wants
 //! spaces between items writes a rule for them and refers to it, so both printers mean the same.
 
+#[cfg(feature = "engine")]
+pub mod engine;
 pub mod gbnf;
 pub mod lark;
 

@@ -771,11 +771,13 @@ impl<'p> Elab<'p> {
                 return self.fail(branch_not_allowed(a, name));
             };
             let v = self.eval(e, frame)?;
-            let ok = match (params[i].ty, v) {
-                (Ty::Int, Val::Int(_)) | (Ty::Bool, Val::Bool(_)) | (Ty::Pad, Val::Int(_) | Val::Same) => true,
-                (Ty::Float, Val::Int(_) | Val::Float(_)) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (params[i].ty, v),
+                (Ty::Int, Val::Int(_))
+                    | (Ty::Bool, Val::Bool(_))
+                    | (Ty::Pad, Val::Int(_) | Val::Same)
+                    | (Ty::Float, Val::Int(_) | Val::Float(_))
+            );
             if !ok {
                 return self.fail(
                     Diagnostic::error(

@@ -120,7 +120,7 @@ fn positive(args: &ArgVals, name: &'static str, op: &str) -> Result<u64, OpError
 /// The `groups` argument of an operation over `c` channels: positive, and a divisor of `c`.
 fn groups(args: &ArgVals, c: u64, op: &str) -> Result<u64, OpError> {
     let g = positive(args, "groups", op)?;
-    if c % g != 0 {
+    if !c.is_multiple_of(g) {
         return hinted(
             fail(
                 Code::GroupsNotDivisible,
@@ -389,7 +389,7 @@ fn divisor_near(n: u64, near: u64) -> u64 {
     let mut best: u64 = 1;
     let mut i: u64 = 1;
     while i * i <= n {
-        if n % i == 0 {
+        if n.is_multiple_of(i) {
             for d in [i, n / i] {
                 if d.abs_diff(near) < best.abs_diff(near) {
                     best = d;

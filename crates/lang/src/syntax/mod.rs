@@ -5,6 +5,7 @@ pub mod ast;
 pub mod canon;
 mod fast;
 pub mod fmt;
+pub mod lines;
 pub mod parse;
 pub mod signature;
 

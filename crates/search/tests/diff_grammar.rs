@@ -1,0 +1,61 @@
+//! The per-parent diff grammar (`nasc_delta::delta::grammar`) against the diffs the search makes:
+//! llguidance, fed a reply byte by byte, accepts every canonical diff `mutate` proposes over the
+//! zoo, fenced as the prompt asks, and refuses a diff whose context line is not the parent's.
+
+use nasc_delta::delta::grammar::{diff_gbnf, diff_lark, PROGRAM_FILE};
+use nasc_grammar::engine::Checker;
+use nasc_search::mutate::propose;
+
+#[path = "../../../tests/common/repo.rs"]
+mod common;
+
+fn fenced(diff: &str) -> String {
+    format!("```diff\n{diff}```")
+}
+
+#[test]
+fn every_mutate_diff_over_the_zoo_is_accepted_by_its_parents_grammar() {
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (name, parent) in common::zoo() {
+        let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: the grammar does not compile: {e}"));
+        for seed in 0..6 {
+            let Some(p) = propose(&parent, seed, 3) else { continue };
+            checked += 1;
+            if let Err(e) = checker.accepts(&fenced(&p.diff)) {
+                failures.push(format!("{name}, seed {seed}: {e}\n{}", p.diff));
+            }
+        }
+    }
+    assert!(checked >= 60, "only {checked} proposals");
+    assert!(failures.is_empty(), "{} of {checked} refused:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn a_context_line_that_is_not_in_the_parent_is_refused() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE).unwrap()).unwrap();
+    let good = "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   relu\n   maxpool(k=2)\n+  conv(32, k=3, p=1)\n   conv(16, k=5)\n";
+    checker.accepts(&fenced(good)).unwrap();
+    let wrong_context = good.replace("   maxpool(k=2)\n", "   maxpool(k=3)\n");
+    assert!(checker.accepts(&fenced(&wrong_context)).unwrap_err().contains("does not fit"));
+    let wrong_removal = good.replace("   relu\n", "-  gelu\n");
+    assert!(checker.accepts(&fenced(&wrong_removal)).is_err());
+    let not_arch = good.replace("+  conv(32, k=3, p=1)\n", "+  conv(32, k=3, p=1))\n");
+    assert!(checker.accepts(&fenced(&not_arch)).is_err());
+    let prose = format!("Here is the diff:\n{}", fenced(good));
+    assert!(checker.accepts(&prose).is_err());
+}
+
+#[test]
+fn the_same_grammar_prints_as_gbnf_that_reads_back() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/resnet18.arch")).unwrap();
+    let gbnf = diff_gbnf(&parent, PROGRAM_FILE).unwrap();
+    assert!(gbnf.starts_with("root ::= \"```diff\\n--- a/program.arch\\n+++ b/program.arch\\n\""), "{gbnf}");
+    let back = nasc_grammar::gbnf::parse(&gbnf).unwrap();
+    // Read back through GBNF and printed as Lark, it still accepts a real diff.
+    let checker = Checker::lark(&nasc_grammar::lark::print(&back).unwrap()).unwrap();
+    let p = propose(&parent, 1, 2).unwrap();
+    checker.accepts(&fenced(&p.diff)).unwrap();
+}
