@@ -2,8 +2,10 @@
 //! replies (chat and completions), 429 then success, 500, a slow server past the timeout, a server
 //! that is down; and a whole `nasc search` through one, with a retry fed the verdict's diagnostic.
 
+use nasc_delta::Verdict;
 use nasc_search::config::{Api, OpenAiConfig, Sampling};
 use nasc_search::generate::{Generator, OpenAi, Request};
+use nasc_search::store::Role;
 use nasc_search::Store;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -245,10 +247,10 @@ fn a_search_through_an_openai_server_records_replies_tokens_and_retries() {
     let out = nasc_search(search_config(&dir, &url), &run);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let all = Store::open(&run).unwrap().all().unwrap();
-    let cands: Vec<_> = all.iter().filter(|c| c.role == "candidate").collect();
+    let cands: Vec<_> = all.iter().filter(|c| c.role == Role::Candidate).collect();
     assert_eq!(cands.len(), 3);
     assert!(cands.iter().all(|c| c.generator == "openai" && c.adapter.as_deref() == Some("base")));
-    assert!(cands.iter().all(|c| c.front_verdict == "ok" && c.reply_tokens == Some(42)), "{cands:#?}");
+    assert!(cands.iter().all(|c| c.front_verdict == Verdict::Ok && c.reply_tokens == Some(42)), "{cands:#?}");
     // Exactly one candidate needed a retry, and its second request carried the diagnostic.
     let requests = seen.lock().unwrap().clone();
     assert_eq!(requests.len(), 4);
@@ -270,7 +272,7 @@ fn a_search_against_a_server_that_is_down_stops_with_one_error_naming_the_url() 
     assert!(err.contains(&url) && err.contains("cannot reach"), "{err}");
     // No candidate was recorded as failed: the run can be resumed once the server is up.
     let all = Store::open(&dir.join("run")).unwrap().all().unwrap();
-    assert_eq!(all.iter().filter(|c| c.role == "candidate").count(), 0);
+    assert_eq!(all.iter().filter(|c| c.role == Role::Candidate).count(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -314,7 +316,8 @@ fn between_cycles_the_finetune_command_gets_the_corpus_and_the_generator_the_new
     assert_eq!(models[..2], ["base", "base"]);
     assert!(models.len() >= 4 && models[2..].iter().all(|m| m == "search-2"), "{models:?}");
     let all = Store::open(&run).unwrap().all().unwrap();
-    let adapters: Vec<_> = all.iter().filter(|c| c.role == "candidate").map(|c| (c.cycle, c.adapter.clone())).collect();
+    let adapters: Vec<_> =
+        all.iter().filter(|c| c.role == Role::Candidate).map(|c| (c.cycle, c.adapter.clone())).collect();
     assert_eq!(
         adapters,
         [
@@ -375,9 +378,9 @@ fn with_n_replies_per_request_a_group_of_candidates_shares_one_parent_and_one_re
     first.sort_unstable();
     assert_eq!((first.as_slice(), &ns[2..]), ([2, 4].as_slice(), [1, 1].as_slice()), "{ns:?}");
     let all = Store::open(&run).unwrap().all().unwrap();
-    let cands: Vec<_> = all.iter().filter(|c| c.role == "candidate").collect();
+    let cands: Vec<_> = all.iter().filter(|c| c.role == Role::Candidate).collect();
     assert_eq!(cands.len(), 6);
-    assert!(cands.iter().all(|c| c.front_verdict == "ok"), "{cands:#?}");
+    assert!(cands.iter().all(|c| c.front_verdict == Verdict::Ok), "{cands:#?}");
     let mut groups: Vec<(i64, Option<i64>)> = cands.iter().map(|c| (c.slot / 4, c.parent_id)).collect();
     groups.dedup();
     assert_eq!(groups.len(), 2, "each group has one parent: {groups:?}");
@@ -432,7 +435,7 @@ fn nasc_lm_finetune_is_the_default_step_each_cycle_continues_the_last_adapter_an
     assert_eq!(loads, [("search-2".to_string(), abs(2)), ("search-3".to_string(), abs(3))]);
     let all = Store::open(&run).unwrap().all().unwrap();
     let adapters: Vec<(i64, String)> =
-        all.iter().filter(|c| c.role == "candidate").map(|c| (c.cycle, c.adapter.clone().unwrap())).collect();
+        all.iter().filter(|c| c.role == Role::Candidate).map(|c| (c.cycle, c.adapter.clone().unwrap())).collect();
     assert_eq!(
         adapters,
         [(1, "base"), (1, "base"), (2, "search-2"), (2, "search-2"), (3, "search-3"), (3, "search-3")]

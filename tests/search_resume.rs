@@ -3,6 +3,7 @@
 //!
 //! Data: /usr/share/datasets/fashion-mnist (Debian's `dataset-fashion-mnist`) or `$NASC_TEST_DATA`.
 
+use nasc_search::store::{Role, Status};
 use nasc_search::Store;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -48,9 +49,10 @@ fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
         }
         if let Ok(store) = Store::open(&run) {
             if let Ok(all) = store.all() {
-                let trained =
-                    all.iter().filter(|c| c.role == "candidate" && c.status == "finished" && c.accuracy.is_some());
-                let claimed = all.iter().filter(|c| c.status == "claimed").count();
+                let trained = all
+                    .iter()
+                    .filter(|c| c.role == Role::Candidate && c.status == Status::Finished && c.accuracy.is_some());
+                let claimed = all.iter().filter(|c| c.status == Status::Claimed).count();
                 if trained.count() >= 1 && claimed >= 1 {
                     break;
                 }
@@ -62,8 +64,8 @@ fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
     child.wait().unwrap();
 
     let before = Store::open(&run).unwrap().all().unwrap();
-    let finished: Vec<_> = before.iter().filter(|c| c.status == "finished").cloned().collect();
-    let claimed: Vec<_> = before.iter().filter(|c| c.status == "claimed").cloned().collect();
+    let finished: Vec<_> = before.iter().filter(|c| c.status == Status::Finished).cloned().collect();
+    let claimed: Vec<_> = before.iter().filter(|c| c.status == Status::Claimed).cloned().collect();
     assert!(!claimed.is_empty(), "killed with work unfinished");
 
     let out =
@@ -73,9 +75,9 @@ fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
     assert_eq!(summary["candidates"], 8);
 
     let after = Store::open(&run).unwrap().all().unwrap();
-    assert!(after.iter().all(|c| c.status == "finished"), "the run completes");
-    assert_eq!(after.iter().filter(|c| c.role == "baseline").count(), 1);
-    let cands: Vec<_> = after.iter().filter(|c| c.role == "candidate").collect();
+    assert!(after.iter().all(|c| c.status == Status::Finished), "the run completes");
+    assert_eq!(after.iter().filter(|c| c.role == Role::Baseline).count(), 1);
+    let cands: Vec<_> = after.iter().filter(|c| c.role == Role::Candidate).collect();
     assert_eq!(cands.len(), 8, "no candidate lost or counted twice");
     let mut slots: Vec<(i64, i64)> = cands.iter().map(|c| (c.cycle, c.slot)).collect();
     slots.dedup();
@@ -91,7 +93,7 @@ fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
     for c in &claimed {
         let now = after.iter().find(|x| x.id == c.id).expect("a claimed candidate keeps its row");
         assert_eq!((now.cycle, now.slot, &now.program), (c.cycle, c.slot, &c.program), "and its program");
-        assert!(now.finished_at.is_some() && now.verdict != "", "and is trained on resume");
+        assert!(now.finished_at.is_some() && now.verdict.is_training(), "and is trained on resume");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,7 @@
 //! SmolLM2-135M-Instruct on loopback, driven by `nasc search`. Opt-in on `NASC_SMOLLM2_GGUF`
 //! (the path of the model's GGUF file; `.ci/run` fetches it), skipped with a note otherwise.
 
+use nasc_search::store::Role;
 use nasc_search::Store;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -82,7 +83,7 @@ fn a_search_runs_its_candidates_through_nasc_serve_with_smollm2() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let all = Store::open(&run).unwrap().all().unwrap();
-    let candidates: Vec<_> = all.iter().filter(|c| c.role == "candidate").collect();
+    let candidates: Vec<_> = all.iter().filter(|c| c.role == Role::Candidate).collect();
     assert_eq!(candidates.len(), 2, "{candidates:#?}");
     for c in &candidates {
         assert_eq!(c.generator, "openai");
@@ -90,7 +91,7 @@ fn a_search_runs_its_candidates_through_nasc_serve_with_smollm2() {
         // A real reply, counted by the server's tokenizer, judged like any other.
         let tokens = c.reply_tokens.expect("the server reports usage");
         assert!(tokens > 0 && tokens <= 64, "{tokens} tokens: {c:#?}");
-        assert!(!c.front_verdict.is_empty(), "{c:#?}");
+        assert!(c.front_verdict.is_front(), "{c:#?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,8 +5,9 @@
 //! `$NASC_TEST_DATA/fashion-mnist`.
 
 use indicatif::ProgressBar;
-use nasc_backend::train::{self, OptimizerKind, TrainConfig, TrainResult, Verdict};
+use nasc_backend::train::{self, OptimizerKind, TrainConfig, TrainResult};
 use nasc_datasets::Dataset;
+use nasc_delta::Verdict;
 use nasc_lang::check::{binding, check_source, Budget, Graph};
 use nasc_runtime::Device;
 use std::path::PathBuf;

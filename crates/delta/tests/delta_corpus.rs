@@ -72,7 +72,7 @@ fn every_broken_diff_has_its_expected_outcome() {
                     None
                 }
             }
-            Err(e) if e.verdict() == expect.outcome => None,
+            Err(e) if e.verdict().as_str() == expect.outcome => None,
             Err(e) => Some(format!("{} ({e}), expected {}", e.verdict(), expect.outcome)),
         };
         match problem {

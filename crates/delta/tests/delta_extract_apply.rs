@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use nasc_delta::delta::{apply, apply_reply, extract, Applied, ApplyOptions, DeltaError, Extracted, Limits, Tolerance};
+use nasc_delta::Verdict;
 
 const RESNET18: &str = include_str!("corpus/bases/resnet18.arch");
 const MLP: &str = include_str!("corpus/bases/mlp.arch");
@@ -163,7 +164,7 @@ fn a_whole_program_is_a_full_replacement() {
 fn a_reply_past_the_size_limit_is_refused_with_its_size() {
     let reply = "x".repeat((1 << 20) + 1);
     let e = extract(&reply, &Limits::default()).unwrap_err();
-    assert_eq!(e.verdict(), "malformed_diff");
+    assert_eq!(e.verdict(), Verdict::MalformedDiff);
     let msg = e.to_string();
     assert!(msg.contains("1048577 bytes") && msg.contains("1048576"), "{msg}");
 }
@@ -172,7 +173,7 @@ fn a_reply_past_the_size_limit_is_refused_with_its_size() {
 fn prose_without_a_diff_is_no_diff() {
     for reply in ["", "I would add dropout after each relu.", "Suggestions:\n- add dropout\n- widen the first conv\n"] {
         let e = extract(reply, &Limits::default()).unwrap_err();
-        assert_eq!(e.verdict(), "no_diff", "{reply:?}");
+        assert_eq!(e.verdict(), Verdict::NoDiff, "{reply:?}");
         assert!(e.to_string().contains("```diff"), "the message says what to send");
     }
 }
@@ -181,7 +182,7 @@ fn prose_without_a_diff_is_no_diff() {
 fn garbled_hunk_numbers_are_a_malformed_diff() {
     let reply = "```diff\n@@ -4x,3 +4,3 @@\n bn\n-relu\n+gelu\n```\n";
     let e = extract(reply, &Limits::default()).unwrap_err();
-    assert_eq!(e.verdict(), "malformed_diff");
+    assert_eq!(e.verdict(), Verdict::MalformedDiff);
     assert!(e.to_string().contains("line 1 of the diff"), "{e}");
 }
 
@@ -296,7 +297,7 @@ fn wrong_context_at_the_ends_is_fuzzed_like_gnu_patch() {
     assert_eq!(a.tolerances, vec![Tolerance::Fuzz { hunk: 1, lines: 2 }]);
 
     let strict = ApplyOptions { fuzz: 0, ..ApplyOptions::default() };
-    assert_eq!(apply(SMALL, diff, strict).unwrap_err().verdict(), "does_not_apply");
+    assert_eq!(apply(SMALL, diff, strict).unwrap_err().verdict(), Verdict::DoesNotApply);
 }
 
 #[test]
@@ -382,7 +383,7 @@ fn a_hunk_matching_two_places_equally_is_ambiguous() {
     // `bn` then `relu` appears twice in SMALL; no numbers to choose between them.
     let diff = "@@ @@\n   bn\n-  relu\n+  gelu\n";
     let e = err(SMALL, diff);
-    assert_eq!(e.verdict(), "ambiguous");
+    assert_eq!(e.verdict(), Verdict::Ambiguous);
     assert!(matches!(e, DeltaError::Ambiguous { hunk: 1, lines: [5, 8], .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("line 5") && msg.contains("line 8"), "{msg}");
@@ -406,7 +407,7 @@ fn equal_distance_from_the_stated_line_is_ambiguous() {
 fn a_hunk_whose_lines_are_not_in_the_program_does_not_apply_and_says_why() {
     let diff = "@@ -4,4 +4,4 @@\n   conv(16, k=3, p=1)\n   bn\n-  sigmoid\n+  gelu\n   conv(32, k=3, p=1)\n";
     let e = err(SMALL, diff);
-    assert_eq!(e.verdict(), "does_not_apply");
+    assert_eq!(e.verdict(), Verdict::DoesNotApply);
     let DeltaError::DoesNotApply { hunk, expected, closest, .. } = &e else { panic!("{e:?}") };
     assert_eq!(*hunk, 1);
     assert!(expected.contains(&"  sigmoid".to_string()));
@@ -438,7 +439,7 @@ fn hunks_out_of_order_do_not_apply() {
 #[test]
 fn an_insertion_with_no_context_and_no_numbers_does_not_apply() {
     let e = err(SMALL, "@@ @@\n+  dropout\n");
-    assert_eq!(e.verdict(), "does_not_apply");
+    assert_eq!(e.verdict(), Verdict::DoesNotApply);
 }
 
 // ---- bounds ----
@@ -448,7 +449,7 @@ fn a_million_hunks_get_a_verdict_quickly() {
     let t = Instant::now();
     let diff = "@@ -1 +1 @@\n-a\n+b\n".repeat(1_000_000);
     let e = err(SMALL, &diff);
-    assert_eq!(e.verdict(), "malformed_diff");
+    assert_eq!(e.verdict(), Verdict::MalformedDiff);
     // Past the byte limit too, when that is raised.
     let big = ApplyOptions {
         limits: Limits { max_bytes: usize::MAX, max_lines: usize::MAX, ..Limits::default() },
@@ -489,6 +490,6 @@ fn a_repetitive_program_and_many_hunks_stop_at_the_work_limit() {
     let r = apply(&base, &diff, opts());
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     if let Err(e) = r {
-        assert!(["does_not_apply", "ambiguous"].contains(&e.verdict()), "{e}");
+        assert!([Verdict::DoesNotApply, Verdict::Ambiguous].contains(&e.verdict()), "{e}");
     }
 }

@@ -3,9 +3,10 @@
 //! forgiven without changing the result.
 
 use nasc_delta::delta::{apply, apply_reply, extract, ApplyOptions, DeltaError, Limits, Tolerance};
+use nasc_delta::Verdict;
 use proptest::prelude::*;
 
-const VERDICTS: [&str; 4] = ["no_diff", "malformed_diff", "does_not_apply", "ambiguous"];
+const VERDICTS: [Verdict; 4] = [Verdict::NoDiff, Verdict::MalformedDiff, Verdict::DoesNotApply, Verdict::Ambiguous];
 
 const BASES: [&str; 4] = [
     include_str!("corpus/bases/resnet18.arch"),

@@ -2,7 +2,8 @@
 //! It reads stored candidates and writes one JSONL file; fine-tuning runs as a child process (`nasc lm finetune` or the user's command), so a crash there never takes the search down.
 
 use super::config::{Curation, Finetune};
-use super::store::Candidate;
+use super::store::{Candidate, Role};
+use nasc_delta::Verdict;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,7 +31,7 @@ pub fn pairs(all: &[Candidate], policy: &Curation) -> Vec<Pair> {
     let by_id: HashMap<i64, &Candidate> = all.iter().map(|c| (c.id, c)).collect();
     let mut out: Vec<Pair> = all
         .iter()
-        .filter(|c| c.role == "candidate" && c.verdict == "ok")
+        .filter(|c| c.role == Role::Candidate && c.verdict == Verdict::Ok)
         .filter_map(|c| {
             let parent = by_id.get(&c.parent_id?)?;
             let (a, b) = (parent.accuracy?, c.accuracy?);
@@ -158,14 +159,15 @@ pub fn finetune(ft: &Finetune, job: &FinetuneJob) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Status;
 
     fn cand(id: i64, parent: Option<i64>, dataset: &str, accuracy: Option<f64>) -> Candidate {
         Candidate {
             id,
             cycle: i64::from(parent.is_some()),
             slot: id,
-            role: if parent.is_some() { "candidate" } else { "baseline" }.into(),
-            status: "finished".into(),
+            role: if parent.is_some() { Role::Candidate } else { Role::Baseline },
+            status: Status::Finished,
             dataset: dataset.into(),
             baseline: "b".into(),
             parent_id: parent,
@@ -175,9 +177,9 @@ mod tests {
             diff: Some(format!("--- a/program.arch\n+++ b/program.arch\n@@ -1 +1 @@\n-{id}\n+{id}x\n")),
             prompt: Some(format!("prompt {id}")),
             attempts: 1,
-            attempt_verdicts: vec!["ok".into()],
-            front_verdict: "ok".into(),
-            verdict: if accuracy.is_some() { "ok" } else { "diverged" }.into(),
+            attempt_verdicts: vec![Verdict::Ok],
+            front_verdict: Verdict::Ok,
+            verdict: if accuracy.is_some() { Verdict::Ok } else { Verdict::Diverged },
             similarity: None,
             hash: None,
             params: None,

@@ -1,7 +1,8 @@
 //! Reports of a run: the paper's tables (per generator × dataset × cycle), their JSON and CSV, SVG and PNG plots, and rank correlations for `reeval`.
 //! It only reads the run store (reeval also records its retraining there); numbers are computed from stored candidates, never kept elsewhere.
 
-use super::store::Candidate;
+use super::store::{Candidate, Role, Status};
+use nasc_delta::Verdict;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -23,7 +24,8 @@ pub struct Row {
     pub valid_rate: f64,
     /// Candidates whose first attempt was already `ok` (before any retry), over all candidates.
     pub first_try_valid_rate: f64,
-    /// Every final verdict (front half, or training for the valid ones) and its count.
+    /// Every final verdict (front half, or training for the valid ones) and its count, by
+    /// name (so in alphabetical order); candidates still claimed count as `unfinished`.
     pub verdicts: BTreeMap<String, usize>,
     /// Candidates that trained to the end (training verdict `ok`).
     pub trained: usize,
@@ -39,7 +41,7 @@ pub struct Row {
 pub struct BaselineRow {
     pub dataset: String,
     pub baseline: String,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub accuracy: Option<f64>,
     pub params: Option<i64>,
 }
@@ -67,13 +69,15 @@ fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
+/// The key of the verdict counts of candidates judged `ok` and not yet trained.
+const UNFINISHED: &str = "unfinished";
+
 fn row(generator: &str, dataset: &str, cycle: i64, cs: &[&Candidate]) -> Row {
-    let valid = cs.iter().filter(|c| c.front_verdict == "ok").count();
+    let valid = cs.iter().filter(|c| c.front_verdict == Verdict::Ok).count();
     let mut verdicts = BTreeMap::new();
     for c in cs {
-        *verdicts
-            .entry(if c.status == "claimed" { "unfinished".to_string() } else { c.verdict.clone() })
-            .or_insert(0) += 1;
+        let key = if c.status == Status::Claimed { UNFINISHED } else { c.verdict.as_str() };
+        *verdicts.entry(key.to_string()).or_insert(0) += 1;
     }
     let accs: Vec<f64> = cs.iter().filter_map(|c| c.accuracy).collect();
     Row {
@@ -86,7 +90,7 @@ fn row(generator: &str, dataset: &str, cycle: i64, cs: &[&Candidate]) -> Row {
         first_try_valid_rate: if cs.is_empty() {
             0.0
         } else {
-            cs.iter().filter(|c| c.attempt_verdicts.first().is_some_and(|v| v == "ok")).count() as f64 / cs.len() as f64
+            cs.iter().filter(|c| c.attempt_verdicts.first() == Some(&Verdict::Ok)).count() as f64 / cs.len() as f64
         },
         verdicts,
         trained: accs.len(),
@@ -102,24 +106,24 @@ fn row(generator: &str, dataset: &str, cycle: i64, cs: &[&Candidate]) -> Row {
 pub fn build(all: &[Candidate]) -> Report {
     let baselines = all
         .iter()
-        .filter(|c| c.role == "baseline")
+        .filter(|c| c.role == Role::Baseline)
         .map(|c| BaselineRow {
             dataset: c.dataset.clone(),
             baseline: c.baseline.clone(),
-            verdict: c.verdict.clone(),
+            verdict: c.verdict,
             accuracy: c.accuracy,
             params: c.params,
         })
         .collect();
     let mut groups: BTreeMap<(String, String, i64), Vec<&Candidate>> = BTreeMap::new();
     let mut totals: BTreeMap<(String, String), Vec<&Candidate>> = BTreeMap::new();
-    for c in all.iter().filter(|c| c.role == "candidate") {
+    for c in all.iter().filter(|c| c.role == Role::Candidate) {
         groups.entry((c.generator.clone(), c.dataset.clone(), c.cycle)).or_default().push(c);
         totals.entry((c.generator.clone(), c.dataset.clone())).or_default().push(c);
     }
     let best = all
         .iter()
-        .filter(|c| c.role == "candidate")
+        .filter(|c| c.role == Role::Candidate)
         .filter_map(|c| c.accuracy.map(|a| (a, c)))
         .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.id.cmp(&a.1.id)))
         .map(|(a, c)| Best { id: c.id, dataset: c.dataset.clone(), cycle: c.cycle, accuracy: a, params: c.params });
@@ -494,7 +498,7 @@ pub fn plots(r: &Report, all: &[Candidate], dir: &Path) -> Result<Plots, String>
     // Best so far, over candidates in the order they were made.
     let mut best: BTreeMap<String, (f64, Vec<(f64, f64)>)> = BTreeMap::new();
     let mut count: BTreeMap<String, usize> = BTreeMap::new();
-    for c in all.iter().filter(|c| c.role == "candidate") {
+    for c in all.iter().filter(|c| c.role == Role::Candidate) {
         let k = format!("{} {}", c.generator, c.dataset);
         let n = count.entry(k.clone()).or_default();
         *n += 1;
@@ -507,7 +511,7 @@ pub fn plots(r: &Report, all: &[Candidate], dir: &Path) -> Result<Plots, String>
     }
     // Distribution: a histogram of first-epoch accuracies per dataset (20 bins over [0, 1]).
     let mut hist: BTreeMap<String, [usize; 20]> = BTreeMap::new();
-    for c in all.iter().filter(|c| c.role == "candidate") {
+    for c in all.iter().filter(|c| c.role == Role::Candidate) {
         if let Some(a) = c.accuracy {
             hist.entry(c.dataset.clone()).or_insert([0; 20])[((a * 20.0) as usize).min(19)] += 1;
         }

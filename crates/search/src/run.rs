@@ -4,12 +4,13 @@
 use super::config::{GeneratorKind, SearchConfig};
 use super::curate;
 use super::generate::{self, GenError, Generator, Request};
-use super::store::{Candidate, NewCandidate, Store, Trained};
+use super::store::{Candidate, NewCandidate, Role, Status, Store, Trained};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nasc_backend::train::{self, TrainConfig};
 use nasc_datasets::Dataset;
-use nasc_delta::delta::{self, judge, Base, Extracted, Judgement, Options, Verdict};
+use nasc_delta::delta::{judge, Base, Judgement, Options};
 use nasc_delta::novelty::{self, Archive};
+use nasc_delta::Verdict;
 use nasc_lang::check::{self, binding, Binding};
 use nasc_runtime::Device;
 use rand_chacha::rand_core::{Rng, SeedableRng};
@@ -59,6 +60,7 @@ pub struct Summary {
     pub candidates: usize,
     /// Candidates whose reply the front half judged `ok`, over all candidates.
     pub valid_rate: f64,
+    /// Each final verdict's count, by name (so in alphabetical order).
     pub verdicts: std::collections::BTreeMap<String, usize>,
     pub best_accuracy: Option<f64>,
     pub best_candidate: Option<i64>,
@@ -218,7 +220,7 @@ impl Driver {
     /// The in-memory novelty archives, one per dataset, from every stored program judged `ok`.
     fn rebuild_archives(&mut self) -> Result<(), SearchError> {
         for c in self.store.all()? {
-            if c.front_verdict != "ok" {
+            if c.front_verdict != Verdict::Ok {
                 continue;
             }
             let Some(program) = &c.program else { continue };
@@ -259,7 +261,7 @@ impl Driver {
                                 let id_hint = format!("baseline {name}");
                                 self.archive(dataset).add(&fp, &id_hint).map_err(|e| SearchError(e.to_string()))?;
                                 (
-                                    "ok".to_string(),
+                                    Verdict::Ok,
                                     Some(canonical),
                                     None,
                                     Some(checked.graph.params() as i64),
@@ -268,7 +270,7 @@ impl Driver {
                                 )
                             }
                             Err(diags) => (
-                                diags.first().map_or("shape_error", |d| d.code.verdict()).to_string(),
+                                diags.first().map_or(Verdict::ShapeError, Verdict::of_diagnostic),
                                 Some(text.clone()),
                                 Some(nasc_lang::diag::render(&diags, &name, &text, false)),
                                 None,
@@ -276,27 +278,26 @@ impl Driver {
                                 None,
                             ),
                         };
-                    let ok = verdict == "ok";
+                    let ok = verdict == Verdict::Ok;
                     if !ok {
                         self.bars.log(&format!("baseline {name} does not check on {dataset}; it is left out there"));
                     }
                     let row = NewCandidate {
                         cycle: 0,
                         slot,
-                        role: "baseline".into(),
                         dataset: dataset.clone(),
                         baseline: name.clone(),
+                        // No generator made a baseline; the column names it for what it is.
                         generator: "baseline".into(),
                         program,
                         attempts: 1,
-                        attempt_verdicts: vec![verdict.clone()],
-                        front_verdict: verdict,
+                        attempt_verdicts: vec![verdict],
                         diagnostic,
                         params,
                         macs,
                         hash,
                         check_ns: start.elapsed().as_nanos() as i64,
-                        ..NewCandidate::default()
+                        ..NewCandidate::new(Role::Baseline, verdict)
                     };
                     self.store.insert(&row, ok)?;
                 }
@@ -311,7 +312,7 @@ impl Driver {
     fn pool(&self, all: &[Candidate], dataset: &str, cycle: i64) -> Vec<Candidate> {
         let trained: Vec<Candidate> = all
             .iter()
-            .filter(|c| c.dataset == dataset && c.cycle < cycle && c.verdict == "ok" && c.accuracy.is_some())
+            .filter(|c| c.dataset == dataset && c.cycle < cycle && c.verdict == Verdict::Ok && c.accuracy.is_some())
             .cloned()
             .collect();
         if !trained.is_empty() {
@@ -319,7 +320,7 @@ impl Driver {
         }
         // No baseline trained (all failed): mutate the checked baselines anyway.
         all.iter()
-            .filter(|c| c.dataset == dataset && c.role == "baseline" && c.front_verdict == "ok")
+            .filter(|c| c.dataset == dataset && c.role == Role::Baseline && c.front_verdict == Verdict::Ok)
             .cloned()
             .collect()
     }
@@ -360,7 +361,7 @@ impl Driver {
             parent: Candidate,
             base: Base,
             request: Request,
-            verdicts: Vec<String>,
+            verdicts: Vec<Verdict>,
             result: Option<(Judgement, generate::Reply)>,
             generate_ns: i64,
         }
@@ -444,7 +445,7 @@ impl Driver {
                 let archive =
                     self.archives.entry(w.dataset.clone()).or_insert_with(|| Archive::in_memory(opts.binding));
                 let j = judge(&w.base, &reply.text, Some(archive), &opts);
-                w.verdicts.push(j.verdict.as_str().to_string());
+                w.verdicts.push(j.verdict);
                 if j.verdict == Verdict::Ok {
                     if let Some(fp) = &j.fingerprint {
                         archive
@@ -459,16 +460,11 @@ impl Driver {
         }
         for w in work {
             let (j, reply) = w.result.expect("every slot was attempted");
-            let extracted = match delta::extract(&reply.text, &Options::new(binding_of(&w.dataset)).apply.limits) {
-                Ok(Extracted::Diff { text, .. }) => Some(text),
-                Ok(Extracted::FullProgram { text }) => Some(text),
-                Err(_) => None,
-            };
             let ok = j.verdict == Verdict::Ok;
             let row = NewCandidate {
                 cycle,
                 slot: w.slot,
-                role: "candidate".into(),
+                role: Role::Candidate,
                 dataset: w.dataset.clone(),
                 baseline: w.parent.baseline.clone(),
                 parent_id: Some(w.parent.id),
@@ -476,12 +472,12 @@ impl Driver {
                 adapter: self.generator.adapter(),
                 prompt: Some(w.request.prompt.clone()),
                 reply: Some(reply.text.clone()),
-                extracted,
+                extracted: j.extracted.clone(),
                 diff: j.diff.clone(),
                 program: j.program.clone().or(j.candidate.clone()),
                 attempts: w.verdicts.len() as i64,
                 attempt_verdicts: w.verdicts.clone(),
-                front_verdict: j.verdict.as_str().into(),
+                front_verdict: j.verdict,
                 diagnostic: (!j.message.is_empty()).then(|| j.message.clone()),
                 novelty: j.novelty.as_ref().map(|n| format!("{:?}", n.verdict).to_lowercase()),
                 similarity: j.novelty.as_ref().and_then(|n| n.nearest.as_ref()).map(|m| m.similarity),
@@ -647,8 +643,9 @@ impl Driver {
 
     fn summary_line(&self, cycle: i64) -> Result<String, SearchError> {
         let all = self.store.all()?;
-        let cands: Vec<&Candidate> = all.iter().filter(|c| c.role == "candidate" && c.status == "finished").collect();
-        let valid = cands.iter().filter(|c| c.front_verdict == "ok").count();
+        let cands: Vec<&Candidate> =
+            all.iter().filter(|c| c.role == Role::Candidate && c.status == Status::Finished).collect();
+        let valid = cands.iter().filter(|c| c.front_verdict == Verdict::Ok).count();
         let best =
             cands.iter().filter_map(|c| c.accuracy).fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
         let hours = self.started.elapsed().as_secs_f64() / 3600.0;
@@ -664,10 +661,10 @@ impl Driver {
 
     fn summary(&self) -> Result<Summary, SearchError> {
         let all = self.store.all()?;
-        let cands: Vec<&Candidate> = all.iter().filter(|c| c.role == "candidate").collect();
+        let cands: Vec<&Candidate> = all.iter().filter(|c| c.role == Role::Candidate).collect();
         let mut verdicts = std::collections::BTreeMap::new();
         for c in &cands {
-            *verdicts.entry(c.verdict.clone()).or_insert(0) += 1;
+            *verdicts.entry(c.verdict.to_string()).or_insert(0) += 1;
         }
         let accs: Vec<(f64, i64)> = cands.iter().filter_map(|c| c.accuracy.map(|a| (a, c.id))).collect();
         let best = accs.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0));
@@ -679,7 +676,7 @@ impl Driver {
             valid_rate: if cands.is_empty() {
                 0.0
             } else {
-                cands.iter().filter(|c| c.front_verdict == "ok").count() as f64 / cands.len() as f64
+                cands.iter().filter(|c| c.front_verdict == Verdict::Ok).count() as f64 / cands.len() as f64
             },
             verdicts,
             best_accuracy: best.map(|b| b.0),
@@ -701,16 +698,15 @@ pub fn train_one(c: &Candidate, data: &(Dataset, Dataset), base: &TrainConfig, b
             Ok(checked) => checked.graph,
             Err(_) => {
                 return Trained {
-                    verdict: "crashed".into(),
                     message: "the stored program no longer checks".into(),
                     train_ns: start.elapsed().as_nanos() as i64,
-                    ..Trained::default()
+                    ..Trained::new(Verdict::Crashed)
                 }
             }
         };
     let r = train::train(&graph, &data.0, &data.1, &config, bar);
     Trained {
-        verdict: r.verdict.name().into(),
+        verdict: r.verdict,
         message: r.message.clone(),
         accuracy: r.metrics.test_accuracy,
         train_loss: r.metrics.train_loss,
@@ -728,7 +724,7 @@ pub struct Reevaluated {
     pub id: i64,
     pub dataset: String,
     pub proxy_accuracy: f64,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub accuracy: Option<f64>,
     pub train_s: Option<f64>,
 }
@@ -749,7 +745,7 @@ pub fn reeval(dir: &Path, top: usize, epochs: usize, progress: bool) -> Result<R
     let config = stored_config(&store)?;
     nasc_runtime::available(config.train.device).map_err(SearchError)?;
     let mut cands: Vec<Candidate> =
-        store.all()?.into_iter().filter(|c| c.role == "candidate" && c.accuracy.is_some()).collect();
+        store.all()?.into_iter().filter(|c| c.role == Role::Candidate && c.accuracy.is_some()).collect();
     cands.sort_by(|a, b| b.accuracy.unwrap_or(0.0).total_cmp(&a.accuracy.unwrap_or(0.0)).then(a.id.cmp(&b.id)));
     cands.truncate(top);
     if cands.len() < 2 {
@@ -771,7 +767,7 @@ pub fn reeval(dir: &Path, top: usize, epochs: usize, progress: bool) -> Result<R
             data.insert(c.dataset.clone(), d);
         }
         let t = train_one(c, &data[&c.dataset], &long, &bar);
-        store.record_reeval(c.id, epochs as i64, t.accuracy, &t.verdict, t.train_s.unwrap_or(0.0))?;
+        store.record_reeval(c.id, epochs as i64, t.accuracy, t.verdict, t.train_s.unwrap_or(0.0))?;
         if !visible {
             eprintln!(
                 "candidate {}: one epoch {:.4}, {epochs} epochs {} ({})",

@@ -4,9 +4,13 @@
 //! The schema is plain SQL meant to run unchanged on PostgreSQL later: INTEGER/BIGINT, DOUBLE
 //! PRECISION, TEXT; no AUTOINCREMENT, no SQLite-only types. JSON is stored as TEXT.
 
+use nasc_delta::Verdict;
+use rusqlite::types::FromSqlError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 pub const DB_FILE: &str = "run.db";
 pub const SCHEMA_VERSION: i64 = 1;
@@ -77,12 +81,107 @@ CREATE TABLE IF NOT EXISTS reevals (
 );
 ";
 
-/// A candidate as judged by the front half, ready to insert.
-#[derive(Clone, Debug, Default, Serialize)]
+/// What a stored row is: a baseline (cycle 0) or a generated candidate. Stored as
+/// [`Role::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Baseline,
+    Candidate,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::Baseline, Role::Candidate];
+
+    /// The role's name, as stored and serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Baseline => "baseline",
+            Role::Candidate => "candidate",
+        }
+    }
+}
+
+/// Where a stored row stands: judged and waiting for training (`claimed`), or done
+/// (`finished`). Stored as [`Status::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Claimed,
+    Finished,
+}
+
+impl Status {
+    pub const ALL: [Status; 2] = [Status::Claimed, Status::Finished];
+
+    /// The status's name, as stored and serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Claimed => "claimed",
+            Status::Finished => "finished",
+        }
+    }
+}
+
+/// A name that is none of a kind's (a role, a status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownName {
+    pub kind: &'static str,
+    pub name: String,
+    pub expected: Vec<&'static str>,
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown {} {:?}: expected one of {}", self.kind, self.name, self.expected.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Role, UnknownName> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| UnknownName {
+            kind: "role",
+            name: s.to_string(),
+            expected: Role::ALL.iter().map(|r| r.as_str()).collect(),
+        })
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Status, UnknownName> {
+        Status::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| UnknownName {
+            kind: "status",
+            name: s.to_string(),
+            expected: Status::ALL.iter().map(|r| r.as_str()).collect(),
+        })
+    }
+}
+
+/// A candidate as judged by the front half, ready to insert. [`NewCandidate::new`] gives one
+/// with the role and verdict set and every other field empty, for `..` updates.
+#[derive(Clone, Debug, Serialize)]
 pub struct NewCandidate {
     pub cycle: i64,
     pub slot: i64,
-    pub role: String,
+    pub role: Role,
     pub dataset: String,
     pub baseline: String,
     pub parent_id: Option<i64>,
@@ -94,8 +193,8 @@ pub struct NewCandidate {
     pub diff: Option<String>,
     pub program: Option<String>,
     pub attempts: i64,
-    pub attempt_verdicts: Vec<String>,
-    pub front_verdict: String,
+    pub attempt_verdicts: Vec<Verdict>,
+    pub front_verdict: Verdict,
     pub diagnostic: Option<String>,
     pub novelty: Option<String>,
     pub similarity: Option<f64>,
@@ -113,10 +212,52 @@ pub struct NewCandidate {
     pub novelty_ns: i64,
 }
 
-/// What training adds to a claimed candidate.
-#[derive(Clone, Debug, Default)]
+impl NewCandidate {
+    /// A `role` row with the front half's verdict `front_verdict`, everything else zero or
+    /// `None`.
+    pub fn new(role: Role, front_verdict: Verdict) -> NewCandidate {
+        NewCandidate {
+            cycle: 0,
+            slot: 0,
+            role,
+            dataset: String::new(),
+            baseline: String::new(),
+            parent_id: None,
+            generator: String::new(),
+            adapter: None,
+            prompt: None,
+            reply: None,
+            extracted: None,
+            diff: None,
+            program: None,
+            attempts: 0,
+            attempt_verdicts: Vec::new(),
+            front_verdict,
+            diagnostic: None,
+            novelty: None,
+            similarity: None,
+            hash: None,
+            params: None,
+            macs: None,
+            reply_lines: None,
+            reply_tokens: None,
+            diff_lines: None,
+            generate_ns: 0,
+            extract_ns: 0,
+            apply_ns: 0,
+            parse_ns: 0,
+            check_ns: 0,
+            novelty_ns: 0,
+        }
+    }
+}
+
+/// What training adds to a claimed candidate. [`Trained::new`] gives one with the verdict set
+/// and every other field empty, for `..` updates.
+#[derive(Clone, Debug)]
 pub struct Trained {
-    pub verdict: String,
+    /// One of [`Verdict::TRAINING`].
+    pub verdict: Verdict,
     pub message: String,
     pub accuracy: Option<f64>,
     pub train_loss: Option<f64>,
@@ -127,14 +268,30 @@ pub struct Trained {
     pub train_ns: i64,
 }
 
+impl Trained {
+    pub fn new(verdict: Verdict) -> Trained {
+        Trained {
+            verdict,
+            message: String::new(),
+            accuracy: None,
+            train_loss: None,
+            test_loss: None,
+            images_per_s: None,
+            train_s: None,
+            result_json: String::new(),
+            train_ns: 0,
+        }
+    }
+}
+
 /// A stored candidate, the columns reports and the driver read.
 #[derive(Clone, Debug, Serialize)]
 pub struct Candidate {
     pub id: i64,
     pub cycle: i64,
     pub slot: i64,
-    pub role: String,
-    pub status: String,
+    pub role: Role,
+    pub status: Status,
     pub dataset: String,
     pub baseline: String,
     pub parent_id: Option<i64>,
@@ -145,9 +302,10 @@ pub struct Candidate {
     pub prompt: Option<String>,
     pub attempts: i64,
     /// The verdict of each attempt, in order (the last is `front_verdict`).
-    pub attempt_verdicts: Vec<String>,
-    pub front_verdict: String,
-    pub verdict: String,
+    pub attempt_verdicts: Vec<Verdict>,
+    pub front_verdict: Verdict,
+    /// The training verdict once a candidate judged `ok` trained, else `front_verdict`.
+    pub verdict: Verdict,
     pub similarity: Option<f64>,
     pub hash: Option<String>,
     pub params: Option<i64>,
@@ -163,13 +321,37 @@ const CANDIDATE_COLUMNS: &str = "id, cycle, slot, role, status, dataset, baselin
      program, diff, prompt, front_verdict, verdict, similarity, hash, params, macs, accuracy, reply_lines, \
      reply_tokens, train_s, finished_at, attempts, attempt_verdicts";
 
+/// The error of a stored value that names none of its column's kind: which row, which column,
+/// what it holds.
+fn unknown(r: &Row<'_>, id: i64, i: usize, e: impl fmt::Display) -> rusqlite::Error {
+    let column = r.as_ref().column_name(i).unwrap_or("?");
+    FromSqlError::Other(format!("candidate {id}: column {column}: {e}").into()).into()
+}
+
+/// Column `i`, a name of one of `T`'s values (a role, a status, a verdict).
+fn named<T: FromStr>(r: &Row<'_>, id: i64, i: usize) -> rusqlite::Result<T>
+where
+    T::Err: fmt::Display,
+{
+    r.get::<_, String>(i)?.parse().map_err(|e| unknown(r, id, i, e))
+}
+
+/// Column `i`, a JSON list of verdict names.
+fn verdicts(r: &Row<'_>, id: i64, i: usize) -> rusqlite::Result<Vec<Verdict>> {
+    let text = r.get::<_, String>(i)?;
+    let names: Vec<String> =
+        serde_json::from_str(&text).map_err(|e| unknown(r, id, i, format!("not a JSON list of verdicts: {e}")))?;
+    names.iter().map(|n| n.parse().map_err(|e| unknown(r, id, i, e))).collect()
+}
+
 fn candidate(r: &Row<'_>) -> rusqlite::Result<Candidate> {
+    let id = r.get(0)?;
     Ok(Candidate {
-        id: r.get(0)?,
+        id,
         cycle: r.get(1)?,
         slot: r.get(2)?,
-        role: r.get(3)?,
-        status: r.get(4)?,
+        role: named(r, id, 3)?,
+        status: named(r, id, 4)?,
         dataset: r.get(5)?,
         baseline: r.get(6)?,
         parent_id: r.get(7)?,
@@ -178,8 +360,8 @@ fn candidate(r: &Row<'_>) -> rusqlite::Result<Candidate> {
         program: r.get(10)?,
         diff: r.get(11)?,
         prompt: r.get(12)?,
-        front_verdict: r.get(13)?,
-        verdict: r.get(14)?,
+        front_verdict: named(r, id, 13)?,
+        verdict: named(r, id, 14)?,
         similarity: r.get(15)?,
         hash: r.get(16)?,
         params: r.get(17)?,
@@ -190,7 +372,7 @@ fn candidate(r: &Row<'_>) -> rusqlite::Result<Candidate> {
         train_s: r.get(22)?,
         finished_at: r.get(23)?,
         attempts: r.get(24)?,
-        attempt_verdicts: serde_json::from_str(&r.get::<_, String>(25)?).unwrap_or_default(),
+        attempt_verdicts: verdicts(r, id, 25)?,
     })
 }
 
@@ -290,8 +472,8 @@ impl Store {
             .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM candidates", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         let t = now();
-        let (status, finished_at) = if to_train { ("claimed", None) } else { ("finished", Some(t)) };
-        let attempt_verdicts = serde_json::to_string(&c.attempt_verdicts).expect("strings serialise");
+        let (status, finished_at) = if to_train { (Status::Claimed, None) } else { (Status::Finished, Some(t)) };
+        let attempt_verdicts = serde_json::to_string(&c.attempt_verdicts).expect("verdicts serialise");
         self.conn
             .execute(
                 "INSERT INTO candidates (id, cycle, slot, role, status, dataset, baseline, parent_id, generator, adapter, \
@@ -304,8 +486,8 @@ impl Store {
                     id,
                     c.cycle,
                     c.slot,
-                    c.role,
-                    status,
+                    c.role.as_str(),
+                    status.as_str(),
                     c.dataset,
                     c.baseline,
                     c.parent_id,
@@ -318,7 +500,7 @@ impl Store {
                     c.program,
                     c.attempts,
                     attempt_verdicts,
-                    c.front_verdict,
+                    c.front_verdict.as_str(),
                     c.diagnostic,
                     c.novelty,
                     c.similarity,
@@ -350,13 +532,13 @@ impl Store {
         let tx = self.conn.transaction().map_err(err)?;
         let n = tx
             .execute(
-                "UPDATE candidates SET status = 'finished', train_verdict = ?2, verdict = ?2, \
+                "UPDATE candidates SET status = ?12, train_verdict = ?2, verdict = ?2, \
                  diagnostic = CASE WHEN ?3 = '' THEN diagnostic ELSE ?3 END, accuracy = ?4, train_loss = ?5, \
                  test_loss = ?6, images_per_s = ?7, train_s = ?8, train_result = ?9, train_ns = ?10, finished_at = ?11 \
-                 WHERE id = ?1 AND status = 'claimed'",
+                 WHERE id = ?1 AND status = ?13",
                 params![
                     id,
-                    t.verdict,
+                    t.verdict.as_str(),
                     t.message,
                     t.accuracy,
                     t.train_loss,
@@ -365,7 +547,9 @@ impl Store {
                     t.train_s,
                     t.result_json,
                     t.train_ns,
-                    now()
+                    now(),
+                    Status::Finished.as_str(),
+                    Status::Claimed.as_str(),
                 ],
             )
             .map_err(err)?;
@@ -387,7 +571,7 @@ impl Store {
 
     /// Claimed (unfinished) rows of `cycle`.
     pub fn claimed(&self, cycle: i64) -> Result<Vec<Candidate>, StoreError> {
-        self.select("WHERE status = 'claimed' AND cycle = ?1 ORDER BY id", params![cycle])
+        self.select("WHERE status = ?1 AND cycle = ?2 ORDER BY id", params![Status::Claimed.as_str(), cycle])
     }
 
     /// The slots of `cycle` already inserted.
@@ -407,7 +591,7 @@ impl Store {
         id: i64,
         epochs: i64,
         accuracy: Option<f64>,
-        verdict: &str,
+        verdict: Verdict,
         train_s: f64,
     ) -> Result<(), StoreError> {
         self.conn
@@ -415,7 +599,7 @@ impl Store {
                 "INSERT INTO reevals (candidate_id, epochs, accuracy, verdict, train_s) VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT (candidate_id, epochs) DO UPDATE SET accuracy = excluded.accuracy, \
                  verdict = excluded.verdict, train_s = excluded.train_s",
-                params![id, epochs, accuracy, verdict, train_s],
+                params![id, epochs, accuracy, verdict.as_str(), train_s],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -423,5 +607,94 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_one(dir: &Path) -> (Store, i64) {
+        let store = Store::create(dir, "{}").unwrap();
+        let row = NewCandidate {
+            dataset: "mnist".into(),
+            baseline: "lenet5".into(),
+            generator: "mutate".into(),
+            attempts: 2,
+            attempt_verdicts: vec![Verdict::ShapeError, Verdict::Ok],
+            ..NewCandidate::new(Role::Candidate, Verdict::Ok)
+        };
+        let id = store.insert(&row, true).unwrap();
+        (store, id)
+    }
+
+    #[test]
+    fn roles_and_statuses_round_trip_with_one_spelling() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+            assert_eq!(r.to_string(), r.as_str());
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+            assert_eq!(s.to_string(), s.as_str());
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        let e = "unfinished".parse::<Status>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown status \"unfinished\": expected one of claimed, finished");
+    }
+
+    #[test]
+    fn typed_values_are_stored_as_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, id) = store_with_one(dir.path());
+        let c = store.get(id).unwrap().unwrap();
+        assert_eq!(
+            (c.role, c.status, c.front_verdict, c.verdict),
+            (Role::Candidate, Status::Claimed, Verdict::Ok, Verdict::Ok)
+        );
+        assert_eq!(c.attempt_verdicts, [Verdict::ShapeError, Verdict::Ok]);
+        assert!(store.finish(id, &Trained::new(Verdict::Diverged)).unwrap());
+        let row: (String, String, String, String, String, String) = store
+            .conn
+            .query_row(
+                "SELECT role, status, attempt_verdicts, front_verdict, train_verdict, verdict FROM candidates WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            row,
+            (
+                "candidate".into(),
+                "finished".into(),
+                r#"["shape_error","ok"]"#.into(),
+                "ok".into(),
+                "diverged".into(),
+                "diverged".into()
+            )
+        );
+        let c = store.get(id).unwrap().unwrap();
+        assert_eq!((c.status, c.verdict), (Status::Finished, Verdict::Diverged));
+        assert!(store.claimed(0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unknown_stored_name_is_an_error_naming_the_column_and_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = store_with_one(dir.path());
+        let set = |sql: &str| store.conn.execute(sql, params![id]).unwrap();
+        set("UPDATE candidates SET verdict = 'exploded' WHERE id = ?1");
+        let e = store.all().unwrap_err().0;
+        assert!(e.contains(&format!("candidate {id}: column verdict: unknown verdict \"exploded\"")), "{e}");
+        set("UPDATE candidates SET verdict = 'ok', role = 'parent' WHERE id = ?1");
+        let e = store.get(id).unwrap_err().0;
+        assert!(e.contains("column role: unknown role \"parent\": expected one of baseline, candidate"), "{e}");
+        set("UPDATE candidates SET role = 'candidate', attempt_verdicts = '[\"ok\", \"fine\"]' WHERE id = ?1");
+        let e = store.all().unwrap_err().0;
+        assert!(e.contains("column attempt_verdicts: unknown verdict \"fine\""), "{e}");
+        set("UPDATE candidates SET attempt_verdicts = 'ok' WHERE id = ?1");
+        let e = store.all().unwrap_err().0;
+        assert!(e.contains("column attempt_verdicts: not a JSON list of verdicts"), "{e}");
     }
 }

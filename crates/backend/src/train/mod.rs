@@ -8,7 +8,7 @@ mod run;
 
 pub use config::{default_data_root, OptimizerKind, TrainConfig};
 pub use memory::estimate as memory_estimate;
-pub use result::{EpochMetrics, Metrics, Timings, TrainResult, Verdict};
+pub use result::{EpochMetrics, Metrics, Timings, TrainResult};
 pub use run::{evaluate, load_weights, train, WeightsRecorder};
 
 use nasc_datasets::{DataError, Dataset, Split};

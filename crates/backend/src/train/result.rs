@@ -2,44 +2,8 @@
 //! Plain serde data, stored as it is in the run store and printed by `nasc train --json`.
 
 use super::config::TrainConfig;
+use nasc_delta::Verdict;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-
-/// How a candidate's training ended; the train-stage part of the verdict taxonomy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Trained and evaluated.
-    Ok,
-    /// The loss became NaN or infinite; training stopped there.
-    Diverged,
-    /// The memory estimate passed the limit (checked before training), or a
-    /// device allocation failed.
-    Oom,
-    /// The wall-time limit passed during training.
-    Timeout,
-    /// Training panicked for another reason: a bug in nasc or Burn, caught so
-    /// that one candidate cannot take the search down. The message holds the panic.
-    Crashed,
-}
-
-impl Verdict {
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Ok => "ok",
-            Verdict::Diverged => "diverged",
-            Verdict::Oom => "oom",
-            Verdict::Timeout => "timeout",
-            Verdict::Crashed => "crashed",
-        }
-    }
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -83,6 +47,7 @@ pub struct Timings {
 /// The outcome of training one candidate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainResult {
+    /// `ok`, or how training failed: one of [`Verdict::TRAINING`].
     pub verdict: Verdict,
     /// Why the verdict, in words (empty for `ok`).
     pub message: String,

@@ -2,7 +2,7 @@
 //! Generic over the backend; it must never let a panic or a bad candidate take the process down.
 
 use super::config::{OptimizerKind, TrainConfig};
-use super::result::{EpochMetrics, Metrics, Timings, TrainResult, Verdict};
+use super::result::{EpochMetrics, Metrics, Timings, TrainResult};
 use crate::compile::{self, GraphModel};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -15,6 +15,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use indicatif::ProgressBar;
 use nasc_datasets::{Augment, Dataset};
+use nasc_delta::Verdict;
 use nasc_lang::check::Graph;
 use nasc_runtime::{memory, BackendJob, Device};
 use std::panic::{catch_unwind, AssertUnwindSafe};

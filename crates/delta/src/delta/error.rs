@@ -1,15 +1,17 @@
-//! Why a reply's change could not be taken: the delta engine's errors, each with its verdict name and a message.
+//! Why a reply's change could not be taken: the delta engine's errors, each with its verdict and a message.
 //! Messages are read by people and fed back to the model on retry, so they say what failed, where, and what was expected; nothing here decides anything.
 
 use std::fmt;
 
 use serde::Serialize;
 
+use super::Verdict;
+
 /// At most this many lines of a hunk or of the program are quoted in a message: enough to
 /// recognise the place, short enough to feed back to a model.
 const QUOTE_LINES: usize = 12;
 
-/// A failure of extraction or application. `verdict()` names it in the pipeline's taxonomy.
+/// A failure of extraction or application. `verdict()` places it in the pipeline's taxonomy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "error", rename_all = "snake_case")]
 pub enum DeltaError {
@@ -43,13 +45,13 @@ pub struct Closest {
 }
 
 impl DeltaError {
-    /// The verdict name of this failure, as recorded by a search run.
-    pub fn verdict(&self) -> &'static str {
+    /// The verdict this failure yields.
+    pub fn verdict(&self) -> Verdict {
         match self {
-            DeltaError::NoDiff { .. } => "no_diff",
-            DeltaError::MalformedDiff { .. } | DeltaError::TooLarge { .. } => "malformed_diff",
-            DeltaError::DoesNotApply { .. } => "does_not_apply",
-            DeltaError::Ambiguous { .. } => "ambiguous",
+            DeltaError::NoDiff { .. } => Verdict::NoDiff,
+            DeltaError::MalformedDiff { .. } | DeltaError::TooLarge { .. } => Verdict::MalformedDiff,
+            DeltaError::DoesNotApply { .. } => Verdict::DoesNotApply,
+            DeltaError::Ambiguous { .. } => Verdict::Ambiguous,
         }
     }
 

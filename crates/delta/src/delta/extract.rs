@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn prose_alone_is_no_diff() {
         let e = extract("I think we should add dropout.\n- more layers\n", &Limits::default()).unwrap_err();
-        assert_eq!(e.verdict(), "no_diff");
+        assert_eq!(e.verdict(), crate::Verdict::NoDiff);
     }
 
     #[test]
@@ -339,6 +339,6 @@ mod tests {
         let limits = Limits { max_bytes: 10, ..Limits::default() };
         let e = extract("@@ -1 +1 @@\n-a\n+b\n", &limits).unwrap_err();
         assert!(matches!(e, DeltaError::TooLarge { .. }));
-        assert_eq!(e.verdict(), "malformed_diff");
+        assert_eq!(e.verdict(), crate::Verdict::MalformedDiff);
     }
 }

@@ -364,7 +364,7 @@ mod tests {
     #[test]
     fn garbled_numbers_are_malformed() {
         let e = parse("@@ -1x,2 +1,2 @@\n a\n-b\n", &Limits::default()).unwrap_err();
-        assert_eq!(e.verdict(), "malformed_diff");
+        assert_eq!(e.verdict(), crate::Verdict::MalformedDiff);
     }
 
     #[test]
@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn a_diff_of_only_context_changes_nothing() {
         let e = parse("@@ -1 +1 @@\n a\n", &Limits::default()).unwrap_err();
-        assert_eq!(e.verdict(), "malformed_diff");
+        assert_eq!(e.verdict(), crate::Verdict::MalformedDiff);
     }
 
     #[test]

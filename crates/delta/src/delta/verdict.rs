@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{apply, extract, ApplyOptions, DeltaError, Extracted, Tolerance};
 use crate::novelty::{self, Archive, Fingerprint, Novelty, NoveltyVerdict, StructuralHash};
@@ -11,25 +11,51 @@ use nasc_lang::check::{self, Binding, Budget, Checked};
 use nasc_lang::diag::{self, Diagnostic, LineIndex};
 use nasc_lang::syntax;
 
-/// The verdicts of the front half, in pipeline order. Training adds `diverged`, `oom` and
-/// `timeout` to candidates judged `ok` here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// The verdict taxonomy of a candidate, from the front half (extract → apply → parse → check →
+/// novelty) to training, one enum from the judge to the run store and the JSON. Every verdict is
+/// spelled one way wherever it is printed, serialised or stored: [`Verdict::as_str`], which
+/// `Display`, `FromStr` and serde agree with.
+///
+/// The front half gives one of [`Verdict::FRONT`]; a candidate it judges `ok` is trained, and
+/// training gives one of [`Verdict::TRAINING`] (`ok` again when it trained to the end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// Nothing in the reply looks like a diff or a program.
     NoDiff,
+    /// Something diff-like that cannot be read as hunks, or an input over the limits.
     MalformedDiff,
+    /// A hunk matches nowhere in the base program.
     DoesNotApply,
+    /// A hunk matches equally well at two places.
     Ambiguous,
+    /// The program the reply made does not parse.
     ParseError,
+    /// The program parses but does not check (shapes, names, arguments).
     ShapeError,
+    /// The program checks but is over the parameter or MAC budget.
     OverBudget,
+    /// The same network as the base or an archived one.
     Duplicate,
+    /// Too similar to an archived network to be worth training.
     NearDuplicate,
+    /// From the front half: new, and it checks. From training: trained and evaluated.
     Ok,
+    /// The loss became NaN or infinite; training stopped there.
+    Diverged,
+    /// The memory estimate passed the limit (checked before training), or a
+    /// device allocation failed.
+    Oom,
+    /// The wall-time limit passed during training.
+    Timeout,
+    /// Training panicked for another reason: a bug in nasc or Burn, caught so
+    /// that one candidate cannot take the search down. The message holds the panic.
+    Crashed,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 10] = [
+    /// The front half's verdicts, in pipeline order.
+    pub const FRONT: [Verdict; 10] = [
         Verdict::NoDiff,
         Verdict::MalformedDiff,
         Verdict::DoesNotApply,
@@ -42,7 +68,29 @@ impl Verdict {
         Verdict::Ok,
     ];
 
-    /// The verdict's name, as serialised and stored.
+    /// Training's verdicts: `ok`, then the ways training fails.
+    pub const TRAINING: [Verdict; 5] =
+        [Verdict::Ok, Verdict::Diverged, Verdict::Oom, Verdict::Timeout, Verdict::Crashed];
+
+    /// Every verdict: the front half's in pipeline order, then training's failures.
+    pub const ALL: [Verdict; 14] = [
+        Verdict::NoDiff,
+        Verdict::MalformedDiff,
+        Verdict::DoesNotApply,
+        Verdict::Ambiguous,
+        Verdict::ParseError,
+        Verdict::ShapeError,
+        Verdict::OverBudget,
+        Verdict::Duplicate,
+        Verdict::NearDuplicate,
+        Verdict::Ok,
+        Verdict::Diverged,
+        Verdict::Oom,
+        Verdict::Timeout,
+        Verdict::Crashed,
+    ];
+
+    /// The verdict's name, as printed, serialised and stored.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::NoDiff => "no_diff",
@@ -55,18 +103,59 @@ impl Verdict {
             Verdict::Duplicate => "duplicate",
             Verdict::NearDuplicate => "near_duplicate",
             Verdict::Ok => "ok",
+            Verdict::Diverged => "diverged",
+            Verdict::Oom => "oom",
+            Verdict::Timeout => "timeout",
+            Verdict::Crashed => "crashed",
         }
     }
 
-    /// The verdict named `name`, if it is one of the front half's.
-    pub fn from_name(name: &str) -> Option<Verdict> {
-        Verdict::ALL.into_iter().find(|v| v.as_str() == name)
+    /// Whether the front half gives this verdict (one of [`Verdict::FRONT`]; `ok` included).
+    pub fn is_front(self) -> bool {
+        !matches!(self, Verdict::Diverged | Verdict::Oom | Verdict::Timeout | Verdict::Crashed)
+    }
+
+    /// Whether training gives this verdict (one of [`Verdict::TRAINING`]; `ok` included).
+    pub fn is_training(self) -> bool {
+        matches!(self, Verdict::Ok | Verdict::Diverged | Verdict::Oom | Verdict::Timeout | Verdict::Crashed)
+    }
+
+    /// The verdict of a parser or checker diagnostic: `parse_error`, `over_budget`, else
+    /// `shape_error`.
+    pub fn of_diagnostic(d: &Diagnostic) -> Verdict {
+        d.code.verdict().parse().unwrap_or(Verdict::ShapeError)
     }
 }
 
 impl std::fmt::Display for Verdict {
+    /// The name, padded to the width a format asks for (`{:<10}` in tables).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
+    }
+}
+
+/// A name that is not a verdict's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownVerdict(pub String);
+
+impl std::fmt::Display for UnknownVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown verdict {:?}: expected one of ", self.0)?;
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            write!(f, "{}{v}", if i == 0 { "" } else { ", " })?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for UnknownVerdict {}
+
+impl std::str::FromStr for Verdict {
+    type Err = UnknownVerdict;
+
+    /// The verdict named `s`, spelled as [`Verdict::as_str`] spells it.
+    fn from_str(s: &str) -> Result<Verdict, UnknownVerdict> {
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownVerdict(s.to_string()))
     }
 }
 
@@ -121,6 +210,11 @@ pub struct Judgement {
     pub delta_error: Option<DeltaError>,
     /// What had to be forgiven to apply the diff.
     pub tolerances: Vec<Tolerance>,
+    /// What extraction found in the reply: the diff, or the whole program a reply gave
+    /// instead; `None` when extraction failed. Kept for the caller that stores the reply's
+    /// parts (the search); not in the JSON, where `candidate` and `diff` say the same.
+    #[serde(skip)]
+    pub extracted: Option<String>,
     /// The program the reply made, as the diff left it (what diagnostics point into).
     pub candidate: Option<String>,
     /// The candidate in canonical form, when it parses.
@@ -152,6 +246,7 @@ impl Judgement {
             diagnostics: Vec::new(),
             delta_error: None,
             tolerances: Vec::new(),
+            extracted: None,
             candidate: None,
             program: None,
             diff: None,
@@ -192,12 +287,8 @@ impl Base {
     }
 }
 
-/// Judges `reply` against `base` (see [`judge`]), preparing the base on the way.
-pub fn verdict(base: &str, reply: &str, archive: Option<&Archive>, opts: &Options) -> Judgement {
-    judge(&Base::new(base, opts), reply, archive, opts)
-}
-
-/// Runs the pipeline on one reply. A reply holding a whole program instead of a diff is taken
+/// Runs the pipeline on one reply against a base prepared with [`Base::new`] (once for many
+/// replies). A reply holding a whole program instead of a diff is taken
 /// as a full replacement (tolerance `full_program`).
 pub fn judge(base: &Base, reply: &str, archive: Option<&Archive>, opts: &Options) -> Judgement {
     let start = Instant::now();
@@ -211,12 +302,7 @@ fn ns(since: Instant) -> u64 {
 }
 
 fn delta_failure(mut j: Judgement, e: DeltaError) -> Judgement {
-    j.verdict = match e.verdict() {
-        "no_diff" => Verdict::NoDiff,
-        "does_not_apply" => Verdict::DoesNotApply,
-        "ambiguous" => Verdict::Ambiguous,
-        _ => Verdict::MalformedDiff,
-    };
+    j.verdict = e.verdict();
     j.message = e.to_string();
     j.delta_error = Some(e);
     j
@@ -233,12 +319,14 @@ fn run(base: &Base, reply: &str, archive: Option<&Archive>, opts: &Options) -> J
         Err(e) => return delta_failure(j, e),
         Ok(Extracted::FullProgram { text }) => {
             j.tolerances.push(Tolerance::FullProgram);
+            j.extracted = Some(text.clone());
             text
         }
         Ok(Extracted::Diff { text, .. }) => {
             let t = Instant::now();
             let applied = apply(&base.text, &text, opts.apply);
             j.timings.apply_ns = ns(t);
+            j.extracted = Some(text);
             match applied {
                 Err(e) => return delta_failure(j, e),
                 Ok(a) => {
@@ -337,11 +425,7 @@ fn run(base: &Base, reply: &str, archive: Option<&Archive>, opts: &Options) -> J
 /// Sets the verdict from the first error among `diags` and renders them all.
 fn diagnosed(mut j: Judgement, diags: Vec<Diagnostic>, opts: &Options) -> Judgement {
     let src = j.candidate.as_deref().unwrap_or_default();
-    j.verdict = match diags.iter().find(|d| d.is_error()).map(|d| d.code.verdict()) {
-        Some("parse_error") => Verdict::ParseError,
-        Some("over_budget") => Verdict::OverBudget,
-        _ => Verdict::ShapeError,
-    };
+    j.verdict = diags.iter().find(|d| d.is_error()).map_or(Verdict::ShapeError, Verdict::of_diagnostic);
     j.message = diag::render(&diags, &opts.file, src, false);
     j.diagnostics = json(&diags, &opts.file, src);
     j
@@ -415,4 +499,36 @@ fn hunk_header(line: &str) -> Option<(usize, &str, usize, &str, &str)> {
 fn range_start(r: &str) -> Option<(usize, &str)> {
     let at = r.find(',').unwrap_or(r.len());
     Some((r[..at].parse().ok()?, &r[at..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{UnknownVerdict, Verdict};
+
+    #[test]
+    fn every_verdict_round_trips_with_one_spelling() {
+        for v in Verdict::ALL {
+            let name = v.as_str();
+            assert_eq!(name.parse::<Verdict>(), Ok(v));
+            assert_eq!(v.to_string(), name);
+            assert_eq!(format!("{v:<16}|"), format!("{name:<16}|"));
+            assert_eq!(serde_json::to_value(v).unwrap(), name);
+            assert_eq!(serde_json::from_value::<Verdict>(name.into()).unwrap(), v);
+            assert!(v.is_front() || v.is_training(), "{v}");
+            assert_eq!(v.is_front(), Verdict::FRONT.contains(&v), "{v}");
+            assert_eq!(v.is_training(), Verdict::TRAINING.contains(&v), "{v}");
+        }
+        let mut names: Vec<&str> = Verdict::ALL.iter().map(|v| v.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Verdict::ALL.len());
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_and_named() {
+        let e = "Ok".parse::<Verdict>().unwrap_err();
+        assert_eq!(e, UnknownVerdict("Ok".into()));
+        assert!(e.to_string().starts_with("unknown verdict \"Ok\": expected one of no_diff, "), "{e}");
+        assert!(serde_json::from_value::<Verdict>("finished".into()).is_err());
+    }
 }
