@@ -32,7 +32,8 @@ fn build_run(dir: &std::path::Path) {
     let mnist = base(&mut store, "mnist", 0.9);
     let fashion = base(&mut store, "fashion-mnist", 0.7);
     // (generator, cycle, dataset, front verdict, training verdict, accuracy, reply lines, tokens, similarity)
-    let cases: &[(&str, i64, &str, Verdict, Option<Verdict>, Option<f64>, i64, Option<i64>, Option<f64>)] = &[
+    type Case<'a> = (&'a str, i64, &'a str, Verdict, Option<Verdict>, Option<f64>, i64, Option<i64>, Option<f64>);
+    let cases: &[Case] = &[
         ("mutate", 1, "mnist", Verdict::Ok, Some(Verdict::Ok), Some(0.91), 12, None, Some(0.8)),
         ("mutate", 1, "mnist", Verdict::ShapeError, None, None, 10, None, None),
         ("mutate", 1, "fashion-mnist", Verdict::Ok, Some(Verdict::Ok), Some(0.72), 14, None, None),

@@ -242,7 +242,7 @@ pub fn check(a: CheckArgs) -> Result<ExitCode, UsageError> {
         };
         for (name, b) in &bindings {
             let (valid, diags) = match check::check(&program, *b, &budget) {
-                Ok(c) => (!(a.deny_warnings && !c.warnings.is_empty()), c.warnings),
+                Ok(c) => (!a.deny_warnings || c.warnings.is_empty(), c.warnings),
                 Err(d) => (false, d),
             };
             ok &= valid;

@@ -165,14 +165,7 @@ pub fn reeval(a: ReevalArgs) -> Result<ExitCode, UsageError> {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("the result serialises"));
             } else {
-                println!(
-                    "{:>6} {:<14} {:>9} {:>9} {}",
-                    "id",
-                    "dataset",
-                    "1 epoch",
-                    format!("{} ep", r.epochs),
-                    "verdict"
-                );
+                println!("{:>6} {:<14} {:>9} {:>9} verdict", "id", "dataset", "1 epoch", format!("{} ep", r.epochs));
                 for c in &r.candidates {
                     println!(
                         "{:>6} {:<14} {:>9.4} {:>9} {}",

@@ -2,14 +2,13 @@
 //! Reads the program, flags and data, calls compile and train, prints the result as text or JSON.
 
 use super::UsageError;
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use nasc_backend::train::{self, OptimizerKind, TrainConfig, TrainResult};
 use nasc_delta::Verdict;
 use nasc_lang::check::{self, binding, Budget, Checked};
 use nasc_lang::diag;
-use nasc_runtime::{BackendJob, Device};
+use nasc_runtime::Device;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,7 +90,7 @@ pub struct EvalArgs {
 
 /// Reads and checks a program under a dataset; diagnostics are printed and
 /// become exit status 1.
-fn checked(file: &PathBuf, dataset: &str) -> Result<Result<(String, Checked), ExitCode>, UsageError> {
+fn checked(file: &std::path::Path, dataset: &str) -> Result<Result<(String, Checked), ExitCode>, UsageError> {
     let b = binding::dataset(dataset).ok_or_else(|| {
         UsageError(format!("unknown dataset `{dataset}`; known: {}", binding::dataset_names().join(", ")))
     })?;
@@ -218,8 +217,8 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode, UsageError> {
             config.data_root.join(&config.dataset).display()
         ))
     })?;
-    let job = EvalJob { graph: &program.graph, weights: &a.weights, test: &test_set, batch: a.batch.max(1) };
-    let (accuracy, loss) = nasc_runtime::dispatch(a.device, job).map_err(UsageError)?.map_err(UsageError)?;
+    let (accuracy, loss) =
+        train::evaluate_saved(&program.graph, &a.weights, &test_set, a.batch, a.device).map_err(UsageError)?;
     if a.json {
         let out = serde_json::json!({ "test_accuracy": accuracy, "test_loss": loss, "samples": test_set.len() });
         println!("{}", serde_json::to_string_pretty(&out).expect("JSON serialises"));
@@ -231,19 +230,4 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode, UsageError> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-struct EvalJob<'a> {
-    graph: &'a check::Graph,
-    weights: &'a PathBuf,
-    test: &'a nasc_datasets::Dataset,
-    batch: usize,
-}
-
-impl BackendJob for EvalJob<'_> {
-    type Output = Result<(f64, f64), String>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let model = train::load_weights::<B::InnerBackend>(self.graph, self.weights, &device)?;
-        Ok(train::evaluate(&model, self.test, self.batch, &device))
-    }
 }

@@ -327,7 +327,7 @@ fn clean(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Ca
 
 fn prose_around(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 1, |_, _| true)?;
-    let reply = if n % 2 == 0 {
+    let reply = if n.is_multiple_of(2) {
         format!("{}\n\n{}\n{}\n", rng.pick(&INTROS), fenced(&diff), rng.pick(&OUTROS))
     } else {
         format!("{}\n{}\n{}\n", rng.pick(&INTROS), diff, rng.pick(&OUTROS))
@@ -337,14 +337,14 @@ fn prose_around(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Op
         reply,
         after,
         &[],
-        format!("prose before and after, {}: {note}", if n % 2 == 0 { "fenced" } else { "bare" }),
+        format!("prose before and after, {}: {note}", if n.is_multiple_of(2) { "fenced" } else { "bare" }),
     )
 }
 
 fn no_file_headers(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 1, |_, _| true)?;
     let d = drop_file_headers(&diff);
-    let reply = if n % 2 == 0 { fenced(&d) } else { d };
+    let reply = if n.is_multiple_of(2) { fenced(&d) } else { d };
     ok_case(base, reply, after, &[], format!("no ---/+++ lines: {note}"))
 }
 
@@ -385,7 +385,7 @@ fn no_hunk_header(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> 
     let (after, diff, note) = edited(b, rng, 1, unique_hunks)?;
     let body: String = diff
         .lines()
-        .filter(|l| !l.starts_with("@@") && (n % 2 == 0 || !(l.starts_with("--- ") || l.starts_with("+++ "))))
+        .filter(|l| !l.starts_with("@@") && (n.is_multiple_of(2) || !(l.starts_with("--- ") || l.starts_with("+++ "))))
         .map(|l| format!("{l}\n"))
         .collect();
     ok_case(base, fenced(&body), after, &["no_hunk_header"], format!("no @@ line: {note}"))
@@ -452,7 +452,7 @@ fn blank_lines(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Opt
             .find(|w| w[1] == w[0] + 1 && !ls[w[0]].trim().is_empty() && !ls[w[1]].trim().is_empty())
             .map(|w| w[1])
     };
-    let want_drop = n % 2 == 0;
+    let want_drop = n.is_multiple_of(2);
     let (after, diff, note) = edited(b, rng, 1, |_, d| {
         let ls = lines(d);
         if want_drop {
@@ -510,7 +510,7 @@ fn crlf(base: &'static str, b: &[String], rng: &mut Rng, _: usize) -> Option<Cas
 
 fn multi_hunk(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 2, unique_hunks)?;
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return ok_case(base, fenced(&diff), after, &[], format!("two hunks: {note}"));
     }
     let by = *rng.pick(&[-4i64, -2, 3, 6]);
@@ -527,7 +527,7 @@ fn multi_hunk(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Opti
 fn trailing_text(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Option<Case> {
     let (after, diff, note) = edited(b, rng, 1, |_, _| true)?;
     let bullets = "- Swapped the activation for a smoother one\n- Kept every width the same\n";
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         // Right after the last hunk line, inside the fence: read as hunk lines unless recognised.
         let reply = fenced(&format!("{}{bullets}", drop_file_headers(&diff)));
         ok_case(base, reply, after, &["trailing_text"], format!("bullet list glued to the hunk: {note}"))
@@ -587,7 +587,7 @@ fn git_style(base: &'static str, b: &[String], rng: &mut Rng, n: usize) -> Optio
         format!("@@ -{os},{ol} +{ns},{nl} @@ {context}")
     });
     let preamble = format!("diff --git a/zoo/{base}.arch b/zoo/{base}.arch\nindex 3f2a1c4..8b0e9d2 100644\n");
-    let reply = if n % 2 == 0 { fenced(&format!("{preamble}{d}")) } else { format!("{preamble}{d}") };
+    let reply = if n.is_multiple_of(2) { fenced(&format!("{preamble}{d}")) } else { format!("{preamble}{d}") };
     ok_case(base, reply, after, &[], format!("git diff preamble and function context: {note}"))
 }
 

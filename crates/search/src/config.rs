@@ -134,6 +134,24 @@ pub enum Api {
     Completions,
 }
 
+/// How the grammar of "a unified diff against this parent" travels to the server, if at all
+/// (`nasc_delta::delta::grammar`). Every reply is then a diff whose context lines are the parent's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Constrain {
+    /// No grammar: the model writes what it likes.
+    #[serde(rename = "off")]
+    Off,
+    /// Lark in `structured_outputs.grammar`: `nasc serve`, and vLLM with its llguidance backend.
+    #[serde(rename = "lark")]
+    Lark,
+    /// GBNF in `structured_outputs.grammar`: vLLM's default backend (and `nasc serve`).
+    #[serde(rename = "vllm")]
+    Vllm,
+    /// GBNF in `grammar`: llama.cpp's server (which answers one reply per request whatever `n`).
+    #[serde(rename = "llama.cpp")]
+    LlamaCpp,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenAiConfig {
@@ -152,6 +170,8 @@ pub struct OpenAiConfig {
     pub retries: u32,
     /// The first backoff, doubled at each retry.
     pub backoff_ms: u64,
+    /// Whether, and in which field and dialect, each request carries its parent's diff grammar.
+    pub constrain: Constrain,
 }
 
 impl Default for OpenAiConfig {
@@ -165,6 +185,7 @@ impl Default for OpenAiConfig {
             timeout_s: 120.0,
             retries: 3,
             backoff_ms: 500,
+            constrain: Constrain::Off,
         }
     }
 }
@@ -329,7 +350,14 @@ impl SearchConfig {
             return bad(format!("`novelty_threshold` must be in (0, 1], got {}", self.novelty_threshold));
         }
         let s = &self.sampling;
-        if !(s.temperature >= 0.0) || !(s.top_p > 0.0 && s.top_p <= 1.0) || s.max_tokens == 0 || s.n == 0 {
+        if s.temperature.is_nan()
+            || s.temperature < 0.0
+            || s.top_p.is_nan()
+            || s.top_p <= 0.0
+            || s.top_p > 1.0
+            || s.max_tokens == 0
+            || s.n == 0
+        {
             return bad("[sampling]: temperature must be ≥ 0, top_p in (0, 1], max_tokens and n ≥ 1".into());
         }
         let f = &self.finetune;
@@ -349,7 +377,7 @@ impl SearchConfig {
             if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) {
                 return bad(format!("[openai] base_url must start with http:// or https://, got `{}`", o.base_url));
             }
-            if o.concurrency == 0 || !(o.timeout_s > 0.0) {
+            if o.concurrency == 0 || o.timeout_s.is_nan() || o.timeout_s <= 0.0 {
                 return bad("[openai]: concurrency must be at least 1 and timeout_s positive".into());
             }
         }

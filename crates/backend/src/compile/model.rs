@@ -144,7 +144,7 @@ impl<B: Backend> Value<B> {
         }
     }
     /// Feature maps as they are; a `[B, C]` vector as `[B, C, 1, 1]` (for gating).
-    fn as_map(self) -> Tensor<B, 4> {
+    fn into_map(self) -> Tensor<B, 4> {
         match self {
             Value::Vector(t) => {
                 let [b, c] = t.dims();
@@ -416,7 +416,7 @@ impl<B: Backend> GraphModel<B> {
             (Op::Mul, _) => {
                 if matches!(step.shape, Shape::Map { .. }) {
                     // Per-channel gates broadcast over the maps.
-                    Value::Map(args.into_iter().fold(x.as_map(), |acc, y| acc * y.as_map()))
+                    Value::Map(args.into_iter().fold(x.into_map(), |acc, y| acc * y.into_map()))
                 } else {
                     args.into_iter().fold(x, |acc, y| match (acc, y) {
                         (Value::Tokens(a), Value::Tokens(b)) => Value::Tokens(a * b),

@@ -2,11 +2,13 @@
 //! It reads data through `nasc-datasets` and models through `compile`; it must not panic on a bad candidate.
 
 mod config;
+mod eval;
 mod memory;
 mod result;
 mod run;
 
 pub use config::{default_data_root, OptimizerKind, TrainConfig};
+pub use eval::evaluate_saved;
 pub use memory::estimate as memory_estimate;
 pub use result::{EpochMetrics, Metrics, Timings, TrainResult};
 pub use run::{evaluate, load_weights, train, WeightsRecorder};

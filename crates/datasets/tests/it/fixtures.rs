@@ -119,7 +119,7 @@ pub const MX_DOUBLE: u8 = 6;
 pub const MX_UINT8: u8 = 9;
 
 fn pad8(out: &mut Vec<u8>) {
-    while out.len() % 8 != 0 {
+    while !out.len().is_multiple_of(8) {
         out.push(0);
     }
 }

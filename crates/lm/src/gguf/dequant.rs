@@ -23,9 +23,12 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(out)
 }
 
+/// Decodes one block of a quantised type into its values.
+pub type BlockDecoder = fn(&[u8], &mut [f32]);
+
 /// The function that dequantises one block of `ty` (`ty.block_bytes()` bytes into
 /// `ty.block_len()` values); `None` when the type is not one of [`SUPPORTED`].
-pub fn block_decoder(ty: GgmlType) -> Option<fn(&[u8], &mut [f32])> {
+pub fn block_decoder(ty: GgmlType) -> Option<BlockDecoder> {
     Some(match ty {
         GgmlType::F32 => |b, y| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         GgmlType::F16 => |b, y| y[0] = half(b, 0),

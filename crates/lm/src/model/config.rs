@@ -65,7 +65,7 @@ impl LlamaConfig {
                 return bad(key, "must be positive".into());
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(
                 "num_key_value_heads",
                 format!(
@@ -74,7 +74,7 @@ impl LlamaConfig {
                 ),
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad("head_dim", format!("{} is odd; rotary embeddings rotate pairs", self.head_dim));
         }
         if !(self.rms_norm_eps >= 0.0 && self.rms_norm_eps.is_finite()) {
@@ -107,10 +107,8 @@ impl LlamaConfig {
             if file.get(&key("attention.head_count_kv")).is_some() { u("attention.head_count_kv")? } else { n_heads };
         let head_dim = if file.get(&key("attention.key_length")).is_some() {
             u("attention.key_length")?
-        } else if n_heads > 0 {
-            hidden_size / n_heads
         } else {
-            0
+            hidden_size.checked_div(n_heads).unwrap_or(0)
         };
         let embd = file.tensor("token_embd.weight")?;
         let vocab_size = embd.dims.get(1).copied().unwrap_or(0) as usize;

@@ -156,7 +156,7 @@ pub(crate) fn write_gguf_as(
 }
 
 impl WeightSource for Tensors {
-    fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+    fn get(&self, name: &str) -> Result<Option<super::weights::Values>, ModelError> {
         Ok(BTreeMap::get(self, name).cloned())
     }
 }

@@ -19,10 +19,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A tensor read from a checkpoint: its row-major shape and values.
+pub type Values = (Vec<usize>, Vec<f32>);
+
 /// Where tensors come from, by their Hugging Face names (`model.layers.0.self_attn.q_proj.weight`).
 pub trait WeightSource {
     /// The tensor's row-major shape and values, or `None` if the checkpoint has no such tensor.
-    fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError>;
+    fn get(&self, name: &str) -> Result<Option<Values>, ModelError>;
 
     /// A linear weight (`[out, in]`) in its block-quantised form, or `None` when the checkpoint
     /// does not hold it quantised (then [`WeightSource::get`] gives its values).
@@ -184,7 +187,7 @@ impl WeightSource for GgufSource<'_> {
         }))
     }
 
-    fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+    fn get(&self, name: &str) -> Result<Option<Values>, ModelError> {
         let Some(g) = gguf_name(name) else { return Ok(None) };
         let Ok(info) = self.file.tensor(&g) else { return Ok(None) };
         let shape = info.shape();
@@ -303,7 +306,7 @@ impl SafetensorsSource {
 }
 
 impl WeightSource for SafetensorsSource {
-    fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, ModelError> {
+    fn get(&self, name: &str) -> Result<Option<Values>, ModelError> {
         let Some(&i) = self.index.get(name) else { return Ok(None) };
         let (path, map) = &self.shards[i];
         let err = |e: safetensors::SafeTensorError| ModelError::Safetensors {
