@@ -306,3 +306,49 @@ fn conversations_cut_before_the_reply_are_skipped_with_a_warning() {
     assert_eq!(losses.len(), 3, "{v}");
     assert!(losses.iter().all(|l| *l > 0.0), "{losses:?}");
 }
+
+#[test]
+fn generate_with_a_grammar_file_holds_every_reply_to_it_and_a_broken_grammar_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let model = model.to_str().unwrap();
+    let grammar = dir.path().join("digits.gbnf");
+    std::fs::write(&grammar, "# two digits, a dash, a or b\nroot ::= [0-9]{2} \"-\" (\"a\" | \"b\")\n").unwrap();
+    let out = json_of(&nasc(&[
+        "lm",
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "hi",
+        "-n",
+        "4",
+        "--temperature",
+        "1",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "30",
+        "--grammar",
+        grammar.to_str().unwrap(),
+        "--json",
+    ]));
+    for c in out["completions"].as_array().unwrap() {
+        let t = c["text"].as_str().unwrap();
+        let b = t.as_bytes();
+        assert!(
+            b.len() == 4 && b[..2].iter().all(u8::is_ascii_digit) && (t.ends_with("-a") || t.ends_with("-b")),
+            "{out}"
+        );
+        assert_eq!(c["finish_reason"], "stop", "{out}");
+    }
+    let broken = dir.path().join("broken.lark");
+    std::fs::write(&broken, "start: \"a\" b\n").unwrap();
+    let out = nasc(&["lm", "generate", "--model", model, "--prompt", "hi", "--grammar", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.lark: Lark grammar") && err.contains('b'), "{err}");
+    let out = nasc(&["lm", "generate", "--model", model, "--prompt", "hi", "--grammar", "/nonexistent.gbnf"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--grammar /nonexistent.gbnf"));
+}

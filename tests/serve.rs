@@ -503,3 +503,85 @@ fn adapters_load_replace_and_unload_while_serving_as_vllm_names_it() {
     let (_, models) = server.get("/v1/models");
     assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
 }
+
+/// Every constraint field a client may send, each holding n sampled replies of a random model to
+/// its grammar; fields nasc does not implement, two constraints at once and broken grammars are
+/// 400s that name what is wrong.
+#[test]
+fn constraint_fields_hold_replies_to_their_grammars_and_unsupported_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let s = Server::start(&model, &[]);
+    let hello = json!([{"role": "user", "content": "hello"}]);
+    let lark = "start: \"he\" (\"ll\" | \"y\"){1,3} \"!\"\n";
+    let gbnf = "root ::= [0-9]{2} \"-\" (\"a\" | \"b\")\n";
+    let is_lark = |t: &str| {
+        let mid = t.strip_prefix("he").and_then(|r| r.strip_suffix('!')).unwrap_or("?");
+        !mid.is_empty() && mid.replace("ll", "").replace('y', "").is_empty()
+    };
+    let is_gbnf = |t: &str| {
+        let b = t.as_bytes();
+        b.len() == 4 && b[0].is_ascii_digit() && b[1].is_ascii_digit() && &t[2..3] == "-" && "ab".contains(&t[3..])
+    };
+    let is_json =
+        |t: &str| serde_json::from_str::<Value>(t).is_ok_and(|v| v["a"].is_i64() && v.as_object().unwrap().len() == 1);
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": false});
+    type Case<'a> = (&'a str, Value, &'a dyn Fn(&str) -> bool);
+    let cases: [Case; 8] = [
+        ("grammar", json!(gbnf), &is_gbnf),
+        ("grammar", json!(format!("%llguidance {{}}\n{lark}")), &is_lark),
+        ("guided_grammar", json!(lark), &is_lark),
+        ("structured_outputs", json!({"grammar": gbnf}), &is_gbnf),
+        ("structured_outputs", json!({"regex": "[xy]{3}"}), &|t: &str| {
+            t.len() == 3 && t.chars().all(|c| "xy".contains(c))
+        }),
+        ("guided_choice", json!(["red", "green"]), &|t: &str| t == "red" || t == "green"),
+        ("structured_outputs", json!({"json": schema}), &is_json),
+        ("response_format", json!({"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}), &is_json),
+    ];
+    for (field, value, valid) in cases {
+        let mut body = json!({"messages": hello, "n": 3, "temperature": 1.0, "seed": 5, "max_tokens": 60});
+        body[field] = value.clone();
+        let (status, v) = s.post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{field}: {v}");
+        for c in v["choices"].as_array().unwrap() {
+            let text = c["message"]["content"].as_str().unwrap();
+            assert!(valid(text), "{field} {value}: {text:?}");
+            assert_eq!(c["finish_reason"], "stop", "{field}: {v}");
+        }
+    }
+    // The completions endpoint takes them too.
+    let (status, v) = s.post("/v1/completions", &json!({"prompt": "hello", "max_tokens": 20, "grammar": gbnf}));
+    assert_eq!(status, 200, "{v}");
+    assert!(is_gbnf(v["choices"][0]["text"].as_str().unwrap()), "{v}");
+
+    let bad = [
+        (
+            json!({"structured_outputs": {"structural_tag": "{}"}}),
+            Some("structured_outputs"),
+            "structured_outputs.structural_tag",
+        ),
+        (json!({"grammar": gbnf, "guided_regex": "a"}), Some("guided_regex"), "only one constraint"),
+        (json!({"grammar": "root ::= \"a\" (\n"}), None, "GBNF grammar, line 2"),
+        (json!({"grammar": "start: a\na: \"x\" b\n"}), None, "Lark grammar"),
+        (json!({"grammar": ""}), Some("grammar"), "non-empty"),
+        (json!({"response_format": {"type": "xml"}}), Some("response_format"), "json_schema"),
+        (json!({"guided_choice": []}), Some("guided_choice"), "non-empty list"),
+        (
+            json!({"guided_decoding_backend": "outlines", "guided_regex": "a"}),
+            Some("guided_decoding_backend"),
+            "llguidance",
+        ),
+    ];
+    for (extra, param, mention) in bad {
+        let mut body = json!({"messages": hello, "max_tokens": 8});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, v) = s.post("/v1/chat/completions", &body);
+        assert_error(status, &v, 400, param, mention);
+    }
+    // And it still serves.
+    let (status, _) = s.post("/v1/chat/completions", &json!({"messages": hello, "max_tokens": 4}));
+    assert_eq!(status, 200);
+}

@@ -8,8 +8,9 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use nasc_lm::chat::Message;
+use nasc_lm::constrain::{Constrainer, Grammar};
 use nasc_lm::finetune::{self, Saving, TrainConfig};
-use nasc_lm::generate::{generate, Generation, SamplingParams};
+use nasc_lm::generate::{generate_constrained, Generation, SamplingParams};
 use nasc_lm::lora::LoraConfig;
 use nasc_lm::model::{Checkpoint, LoadOptions};
 use nasc_runtime::{BackendJob, Device};
@@ -137,6 +138,12 @@ pub struct GenerateArgs {
     /// BENCHMARKS.md). CPU only.
     #[arg(long)]
     quantized_base: bool,
+    /// Hold every reply to a grammar: a file in Lark (llguidance's dialect; `%llguidance {}` may
+    /// start it) or GBNF (llama.cpp's, `root ::= ...`), told apart by its syntax. Only tokens the
+    /// grammar allows are drawn; a reply ends when the grammar is complete, or with the finish
+    /// reason `no_allowed_token` when it can go no further.
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
     /// Print the replies as JSON (text, token ids, finish reason, tokens/s) instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -159,15 +166,23 @@ fn generate_cmd(a: GenerateArgs) -> Result<ExitCode, UsageError> {
     if !a.model.exists() {
         return Err(UsageError(format!("{}: no such file or folder", a.model.display())));
     }
+    let grammar = match &a.grammar {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map(|text| Grammar::detect(&text))
+                .map_err(|e| UsageError(format!("--grammar {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     let device = a.device;
-    let outcome = nasc_runtime::dispatch(device, GenerateJob(&a)).map_err(UsageError)??;
+    let outcome = nasc_runtime::dispatch(device, GenerateJob(&a, grammar)).map_err(UsageError)??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
     }
     Ok(ExitCode::SUCCESS)
 }
 
-struct GenerateJob<'a>(&'a GenerateArgs);
+struct GenerateJob<'a>(&'a GenerateArgs, Option<Grammar>);
 
 impl BackendJob for GenerateJob<'_> {
     type Output = Result<serde_json::Value, UsageError>;
@@ -210,9 +225,18 @@ impl BackendJob for GenerateJob<'_> {
             seed: a.seed,
             n: a.n,
         };
+        let constraint = match &self.1 {
+            Some(grammar) => {
+                let shown = a.grammar.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                let c = Constrainer::new(&ckpt.tokenizer, &params.stop_token_ids, ckpt.model.config.vocab_size)
+                    .map_err(|e| UsageError(format!("--grammar {shown}: {e}")))?;
+                Some(c.compile(grammar).map_err(|e| UsageError(format!("--grammar {shown}: {e}")))?)
+            }
+            None => None,
+        };
         let stream = a.n == 1 && !a.json;
         let mut out = std::io::stdout().lock();
-        let g = generate(&ckpt.model, &ckpt.tokenizer, &ids, &params, |_, piece| {
+        let g = generate_constrained(&ckpt.model, &ckpt.tokenizer, &ids, &params, constraint.as_ref(), |_, piece| {
             if stream {
                 let _ = out.write_all(piece.as_bytes());
                 let _ = out.flush();

@@ -19,7 +19,14 @@ POST /v1/load_lora_adapter {\"lora_name\", \"lora_path\", \"load_inplace\"} and 
 {\"lora_name\"} to add, replace or drop an adapter while serving. Sampling fields: temperature \
 (default 1), top_p, top_k (0 or -1: all), max_tokens / max_completion_tokens, n (replies decoded in one batch \
 sharing the prompt's cache), stop (a string or a list), seed, stream (server-sent events ending in \
-`data: [DONE]`; stream_options.include_usage adds a usage chunk). A request's `model` names the base model or an adapter; without it the base model answers.")]
+`data: [DONE]`; stream_options.include_usage adds a usage chunk). A request's `model` names the base model or an adapter; without it the base model answers.\n\n\
+Constrained decoding (llguidance; one constraint per request, every reply held to it): `grammar` \
+(llama.cpp's field), `guided_grammar`, or `structured_outputs: {\"grammar\": ...}` (vLLM's) take a grammar in Lark \
+(llguidance's dialect, optionally after `%llguidance {}`) or GBNF (`root ::= ...`), told apart by their syntax; \
+`structured_outputs` also takes `json` (a JSON schema), `regex` and `choice` (a list of strings), as do vLLM's \
+`guided_json`, `guided_regex` and `guided_choice`; `response_format` takes `json_object` and `json_schema`. A reply \
+ends when its grammar is complete; one that can go no further ends with finish_reason `no_allowed_token`. \
+A grammar that does not compile, or a field nasc does not implement, is a 400 that says which.")]
 pub struct ServeArgs {
     /// A .gguf file, or a folder with config.json, *.safetensors and tokenizer.json.
     #[arg(long, value_name = "PATH")]

@@ -6,11 +6,14 @@
 //! The model defaults to `$NASC_SMOLLM2_GGUF`. `--burn-too` runs every measurement twice per
 //! round, once with nasc-lm's CPU kernels and once through Burn's generic ops, interleaved, and
 //! prints the ratio: on a shared machine only ratios measured side by side mean anything.
+//! `--grammar FILE` (Lark or GBNF, e.g. `nasc grammar zoo/resnet18.arch`) runs the 50 samples
+//! twice per round, held to the grammar and free, interleaved, and prints the ratio.
 
 use burn::backend::{Autodiff, Flex};
 use nasc_lm::chat::Message;
+use nasc_lm::constrain::{Constrainer, Grammar};
 use nasc_lm::finetune::{encode_conversation, train, TrainConfig};
-use nasc_lm::generate::{generate, SamplingParams};
+use nasc_lm::generate::{generate, generate_constrained, SamplingParams};
 use nasc_lm::lora::{attach, LoraConfig};
 use nasc_lm::model::{Checkpoint, Kernels, LoadOptions};
 use std::time::Instant;
@@ -25,6 +28,8 @@ struct Args {
     only: Option<String>,
     /// Training epochs (of two steps each); the rate leaves out the first.
     epochs: usize,
+    /// A grammar file: the batch runs held to it and free, interleaved.
+    grammar: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
@@ -35,6 +40,7 @@ fn args() -> Result<Args, String> {
         quantized: false,
         only: None,
         epochs: 3,
+        grammar: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -47,6 +53,7 @@ fn args() -> Result<Args, String> {
                     it.next().and_then(|n| n.parse().ok()).filter(|&n| n >= 2).ok_or("--epochs needs 2 or more")?;
             }
             "--burn-too" => a.burn_too = true,
+            "--grammar" => a.grammar = Some(it.next().ok_or("--grammar needs a file")?),
             "--quantized-base" => a.quantized = true,
             "--only" => {
                 let part = it.next().unwrap_or_default();
@@ -87,6 +94,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         if a.quantized { ", quantised base" } else { "" }
     );
 
+    let constraint = match &a.grammar {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            let stop: Vec<u32> = ckpt.tokenizer.eos_id().into_iter().collect();
+            let started = Instant::now();
+            let table = Constrainer::new(&ckpt.tokenizer, &stop, ckpt.model.config.vocab_size)?;
+            let built = started.elapsed();
+            let c = table.compile(&Grammar::detect(&text)).map_err(|e| format!("{path}: {e}"))?;
+            println!(
+                "grammar {path}: token table {:.0} ms, compiled in {:.0} ms",
+                built.as_secs_f64() * 1e3,
+                (started.elapsed() - built).as_secs_f64() * 1e3
+            );
+            Some(c)
+        }
+        None => None,
+    };
     let one = SamplingParams { max_new_tokens: 64, ..Default::default() };
     let many =
         SamplingParams { max_new_tokens: 32, temperature: 0.8, top_p: 0.95, n: 50, seed: 7, ..Default::default() };
@@ -116,6 +140,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     g50.tokens_per_second(),
                     g50.generated_tokens()
                 );
+                if let Some(c) = &constraint {
+                    let held = generate_constrained(&model, &ckpt.tokenizer, &prompt, &many, Some(c), |_, _| {})?;
+                    line += &format!(
+                        "; with the grammar {:.1} tok/s ({} tokens, {:.2}x free)",
+                        held.tokens_per_second(),
+                        held.generated_tokens(),
+                        held.tokens_per_second() / g50.tokens_per_second()
+                    );
+                }
             }
             println!("{line}");
         }

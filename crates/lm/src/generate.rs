@@ -10,6 +10,7 @@
 //! from its own generator, seeded from `seed` and the stream's index, so its
 //! reply does not depend on how many others run beside it.
 
+use crate::constrain::{Constraint, Step};
 use crate::model::{KvCache, Llama, ModelError};
 use crate::tokenizer::Tokenizer;
 use burn::tensor::backend::Backend;
@@ -75,18 +76,21 @@ impl SamplingParams {
 /// Why a reply ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// A stop token or stop string.
+    /// A stop token or stop string, or the grammar is complete.
     Stop,
     /// `max_new_tokens`, or the model's context length.
     Length,
+    /// The grammar allows no further token, and the reply is not a whole sentence of it.
+    NoAllowedToken,
 }
 
 impl FinishReason {
-    /// The OpenAI protocol's name for it.
+    /// The OpenAI protocol's name for it (`no_allowed_token` is nasc's own).
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::NoAllowedToken => "no_allowed_token",
         }
     }
 }
@@ -143,6 +147,20 @@ pub fn generate<B: Backend>(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     params: &SamplingParams,
+    on_text: impl FnMut(usize, &str),
+) -> Result<Generation, ModelError> {
+    generate_constrained(model, tokenizer, prompt, params, None, on_text)
+}
+
+/// [`generate`], with every reply held to `grammar` when one is given: each reply starts at the
+/// grammar's start (its own copy), may only draw tokens the grammar allows next, and ends when the
+/// grammar is complete (`stop`) or allows nothing more (`no_allowed_token`), never by looping.
+pub fn generate_constrained<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    grammar: Option<&Constraint>,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Generation, ModelError> {
     params.validate()?;
@@ -175,8 +193,17 @@ pub fn generate<B: Backend>(
         cache = cache.repeat_rows(params.n);
     }
     let hold = params.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
+    // Each row's place in the grammar, aligned with `active`.
+    let mut grammars: Vec<Constraint> = grammar.map(|g| (0..params.n).map(|_| g.fork()).collect()).unwrap_or_default();
 
     while !active.is_empty() && params.max_new_tokens > 0 {
+        // Tokens the grammar does not allow get no weight, rows in parallel; a row at a dead end
+        // draws nothing and ends.
+        let dead: Vec<bool> = if grammars.is_empty() {
+            vec![false; active.len()]
+        } else {
+            grammars.par_iter_mut().zip(logits.par_iter_mut()).map(|(g, row)| g.mask(row).is_err()).collect()
+        };
         // Each row's next token from its own stream's generator, rows in parallel (a softmax
         // over the vocabulary each): the same draws whatever the order.
         let mut rngs: Vec<ChaCha8Rng> = active.iter().map(|&s| streams[s].rng.clone()).collect();
@@ -189,16 +216,27 @@ pub fn generate<B: Backend>(
         for (row, &s) in active.iter().enumerate() {
             let stream = &mut streams[s];
             let token = drawn[row];
-            stream.tokens.push(token);
+            let stopped_by_token = !dead[row] && params.stop_token_ids.contains(&token);
+            // The grammar moves past the token (a stop token ends the reply without it); a
+            // grammar that fails here is at a dead end too.
+            let step = match grammars.get_mut(row) {
+                Some(_) if dead[row] => Err(()),
+                Some(g) if !stopped_by_token => g.advance(token).map_err(|_| ()),
+                _ => Ok(Step::Going),
+            };
+            if step.is_ok() {
+                stream.tokens.push(token);
+            }
             // The token would be fed at position cache.len(); past the context there is none.
             let at_limit = stream.tokens.len() >= params.max_new_tokens || cache.len() >= context;
-            let stopped_by_token = params.stop_token_ids.contains(&token);
             let body = if stopped_by_token { &stream.tokens[..stream.tokens.len() - 1] } else { &stream.tokens[..] };
             let text = tokenizer.decode(body, true)?;
             let stop_at = params.stop.iter().filter_map(|s| text.find(s.as_str())).min();
-            if let Some(at) = stop_at {
+            if step.is_err() {
+                stream.done = Some((FinishReason::NoAllowedToken, text.clone()));
+            } else if let Some(at) = stop_at {
                 stream.done = Some((FinishReason::Stop, text[..at].to_string()));
-            } else if stopped_by_token {
+            } else if step == Ok(Step::Complete) || stopped_by_token {
                 stream.done = Some((FinishReason::Stop, text.clone()));
             } else if at_limit {
                 stream.done = Some((FinishReason::Length, text.clone()));
@@ -227,6 +265,18 @@ pub fn generate<B: Backend>(
         if next.len() < active.len() {
             let rows: Vec<usize> = next.iter().map(|&(r, _)| r).collect();
             active = rows.iter().map(|&r| active[r]).collect();
+            if !grammars.is_empty() {
+                let mut kept = rows.iter().peekable();
+                let mut r = 0;
+                grammars.retain(|_| {
+                    let keep = kept.peek() == Some(&&r);
+                    if keep {
+                        kept.next();
+                    }
+                    r += 1;
+                    keep
+                });
+            }
             if !rows.is_empty() {
                 cache = cache.select_rows(&rows);
             }

@@ -18,6 +18,7 @@
 // (attaching adapters, PEFT files, merging); generate (sampling with a KV cache) and
 // finetune (training adapters on chat JSONL); serve (the HTTP server).
 pub mod chat;
+pub mod constrain;
 pub mod finetune;
 pub mod generate;
 pub mod gguf;

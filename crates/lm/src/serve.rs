@@ -7,7 +7,8 @@
 //! a generation runs. HTTP is HTTP/1.1 with `Connection: close`: one request per connection.
 
 use crate::chat::Message;
-use crate::generate::{generate, Generation, SamplingParams};
+use crate::constrain::{Constrainer, Grammar};
+use crate::generate::{generate_constrained, Generation, SamplingParams};
 use crate::model::{Checkpoint, Llama, LoadOptions, ModelError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use nasc_runtime::{BackendJob, Device};
@@ -103,6 +104,8 @@ struct Work {
     model: String,
     input: Input,
     params: SamplingParams,
+    /// The grammar every reply is held to, from whichever constraint field the request used.
+    grammar: Option<Grammar>,
     stream: bool,
     /// `stream_options.include_usage`: a last chunk with no choices and the usage.
     include_usage: bool,
@@ -155,10 +158,12 @@ impl BackendJob for Job {
         });
         eprintln!("nasc serve: {} on http://{addr}/v1 (model {})", a.model.display(), a.base_name);
         let end_of_turn = end_of_turn_ids(&ckpt);
+        // The vocabulary's table for grammars, built on the first request that has one.
+        let mut constrainer = None;
         for msg in rx {
             match msg {
                 Msg::Generate(w) => match weights.iter().find(|(n, _)| *n == w.model) {
-                    Some((_, model)) => run_work(&ckpt, model, &end_of_turn, w),
+                    Some((_, model)) => run_work(&ckpt, model, (&end_of_turn, &mut constrainer), w),
                     // Unloaded after the request was checked.
                     None => {
                         let _ = w.reply.send(Event::Failed(not_served(&w.model, &names(&weights))));
@@ -246,7 +251,12 @@ fn end_of_turn_ids<B: Backend>(ckpt: &Checkpoint<B>) -> Vec<u32> {
 }
 
 /// Runs one request on `model` (the base or an adapter's), with the checkpoint's tokenizer and template.
-fn run_work<B: Backend>(ckpt: &Checkpoint<B>, model: &Llama<B>, end_of_turn: &[u32], mut w: Work) {
+fn run_work<B: Backend>(
+    ckpt: &Checkpoint<B>,
+    model: &Llama<B>,
+    (end_of_turn, constrainer): (&[u32], &mut Option<Result<Constrainer, String>>),
+    mut w: Work,
+) {
     let fail = |w: &Work, e: HttpError| {
         let _ = w.reply.send(Event::Failed(e));
     };
@@ -285,12 +295,28 @@ fn run_work<B: Backend>(ckpt: &Checkpoint<B>, model: &Llama<B>, end_of_turn: &[u
         );
         return fail(&w, HttpError::bad(msg, Some(field)));
     }
+    // The grammar compiles before anything is sent, so a bad one is a 400 naming its line.
+    let constraint = match &w.grammar {
+        None => None,
+        Some(grammar) => {
+            let vocab = ckpt.model.config.vocab_size;
+            let table = constrainer.get_or_insert_with(|| Constrainer::new(&ckpt.tokenizer, end_of_turn, vocab));
+            let compiled = match table {
+                Ok(table) => table.compile(grammar),
+                Err(e) => return fail(&w, HttpError::server(format!("constrained decoding: {e}"))),
+            };
+            match compiled {
+                Ok(c) => Some(c),
+                Err(e) => return fail(&w, HttpError::bad(e, None)),
+            }
+        }
+    };
     if w.reply.send(Event::Started(ids.len())).is_err() {
         return;
     }
     let reply = w.reply.clone();
     let stream = w.stream;
-    let result = generate(model, &ckpt.tokenizer, &ids, &w.params, |i, piece| {
+    let result = generate_constrained(model, &ckpt.tokenizer, &ids, &w.params, constraint.as_ref(), |i, piece| {
         if stream && !piece.is_empty() {
             let _ = reply.send(Event::Piece(i, piece.to_string()));
         }
@@ -676,7 +702,119 @@ fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
         },
         Some(_) => return Err(HttpError::bad("'stream_options' must be an object".into(), Some("stream_options"))),
     };
-    Ok(Work { model, input, params, stream, include_usage, reply })
+    let grammar = constraint(&f)?;
+    Ok(Work { model, input, params, grammar, stream, include_usage, reply })
+}
+
+/// The request's constraint on its replies, in any of the ways OpenAI-compatible servers take one:
+/// vLLM's `structured_outputs` (`grammar`, `json`, `regex`, `choice`) and its older `guided_*`
+/// fields, llama.cpp's `grammar`, and `response_format`. A grammar text may be Lark (llguidance's,
+/// or llama.cpp's `%llguidance` form) or GBNF; a field nasc does not implement is refused by name.
+fn constraint(f: &Fields<'_>) -> Result<Option<Grammar>, HttpError> {
+    let text = |v: &Value, key: &'static str| match v {
+        Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+        _ => Err(HttpError::bad(format!("'{key}' must be a non-empty string"), Some(key))),
+    };
+    let schema = |v: &Value, key: &'static str| match v {
+        Value::Object(_) | Value::Bool(_) => Ok(Grammar::JsonSchema(v.clone())),
+        Value::String(s) => serde_json::from_str(s)
+            .map(Grammar::JsonSchema)
+            .map_err(|e| HttpError::bad(format!("'{key}' is not a JSON schema: {e}"), Some(key))),
+        _ => Err(HttpError::bad(format!("'{key}' must be a JSON schema"), Some(key))),
+    };
+    let choice = |v: &Value, key: &'static str| match v {
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_string) => {
+            Ok(Grammar::Choice(a.iter().filter_map(Value::as_str).map(String::from).collect()))
+        }
+        _ => Err(HttpError::bad(format!("'{key}' must be a non-empty list of strings"), Some(key))),
+    };
+    let mut found: Vec<(&'static str, Grammar)> = Vec::new();
+    if let Some(v) = f.get("grammar") {
+        found.push(("grammar", Grammar::detect(&text(v, "grammar")?)));
+    }
+    if let Some(v) = f.get("guided_grammar") {
+        found.push(("guided_grammar", Grammar::detect(&text(v, "guided_grammar")?)));
+    }
+    if let Some(v) = f.get("guided_json") {
+        found.push(("guided_json", schema(v, "guided_json")?));
+    }
+    if let Some(v) = f.get("guided_regex") {
+        found.push(("guided_regex", Grammar::Regex(text(v, "guided_regex")?)));
+    }
+    if let Some(v) = f.get("guided_choice") {
+        found.push(("guided_choice", choice(v, "guided_choice")?));
+    }
+    if let Some(v) = f.get("guided_decoding_backend") {
+        if !matches!(v.as_str(), Some("auto" | "guidance" | "llguidance")) {
+            return Err(HttpError::bad(
+                "'guided_decoding_backend' may only be auto or guidance: nasc constrains with llguidance".into(),
+                Some("guided_decoding_backend"),
+            ));
+        }
+    }
+    match f.get("structured_outputs") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => {
+            for (k, v) in o {
+                let key = "structured_outputs";
+                match k.as_str() {
+                    "grammar" => found.push((key, Grammar::detect(&text(v, key)?))),
+                    "json" => found.push((key, schema(v, key)?)),
+                    "regex" => found.push((key, Grammar::Regex(text(v, key)?))),
+                    "choice" => found.push((key, choice(v, key)?)),
+                    "backend" if matches!(v.as_str(), Some("auto" | "guidance" | "llguidance")) => {}
+                    other => {
+                        return Err(HttpError::bad(
+                            format!(
+                                "structured_outputs.{other} is not supported by nasc serve; use grammar (Lark or \
+                                 GBNF), json, regex or choice"
+                            ),
+                            Some(key),
+                        ))
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            return Err(HttpError::bad("'structured_outputs' must be an object".into(), Some("structured_outputs")))
+        }
+    }
+    match f.get("response_format") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            let key = "response_format";
+            match v.get("type").and_then(Value::as_str) {
+                Some("text") => {}
+                Some("json_object") => found.push((key, Grammar::JsonSchema(json!({"type": "object"})))),
+                Some("json_schema") => match v.get("json_schema").and_then(|j| j.get("schema")) {
+                    Some(s) => found.push((key, schema(s, key)?)),
+                    None => {
+                        return Err(HttpError::bad(
+                            "response_format of type json_schema needs json_schema.schema".into(),
+                            Some(key),
+                        ))
+                    }
+                },
+                _ => {
+                    return Err(HttpError::bad(
+                        "response_format.type must be text, json_object or json_schema".into(),
+                        Some(key),
+                    ))
+                }
+            }
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop().map(|(_, g)| g)),
+        _ => {
+            let names: Vec<&str> = found.iter().map(|(k, _)| *k).collect();
+            Err(HttpError::bad(
+                format!("only one constraint may be given, and this request has {}", names.join(", ")),
+                Some(found[1].0),
+            ))
+        }
+    }
 }
 
 fn request_id(chat: bool) -> String {

@@ -272,6 +272,11 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The `tokenizers` tokenizer underneath, for the grammar engine's token table.
+    pub(crate) fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// Tokens in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
