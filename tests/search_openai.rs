@@ -3,7 +3,7 @@
 //! that is down; and a whole `nasc search` through one, with a retry fed the verdict's diagnostic.
 
 use nasc_delta::Verdict;
-use nasc_search::config::{Api, OpenAiConfig, Sampling};
+use nasc_search::config::{Api, Constrain, OpenAiConfig, Sampling};
 use nasc_search::generate::{Generator, OpenAi, Request};
 use nasc_search::store::Role;
 use nasc_search::Store;
@@ -17,6 +17,9 @@ use std::time::Duration;
 #[path = "common/tiny_lm.rs"]
 mod tiny_lm;
 
+/// The requests a test server saw: path and body.
+type Seen = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
 /// What the server answers to its n-th request (0-based), given the request's path and body.
 struct Answer {
     status: u16,
@@ -28,7 +31,7 @@ struct Answer {
 /// and the requests seen (path, body).
 fn serve(
     answer: impl Fn(usize, &str, &serde_json::Value) -> Answer + Send + Sync + 'static,
-) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<(String, serde_json::Value)>>>) {
+) -> (String, Arc<AtomicUsize>, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
@@ -441,4 +444,48 @@ fn nasc_lm_finetune_is_the_default_step_each_cycle_continues_the_last_adapter_an
         [(1, "base"), (1, "base"), (2, "search-2"), (2, "search-2"), (3, "search-3"), (3, "search-3")]
             .map(|(c, m)| (c, m.to_string()))
     );
+}
+
+/// Each way a grammar travels: Lark or GBNF in `structured_outputs.grammar`, GBNF in llama.cpp's
+/// `grammar`, nothing when off; the grammar is the parent's diff grammar, a retry's too.
+#[test]
+fn the_parents_diff_grammar_travels_in_the_field_each_server_reads() {
+    let (url, _, seen) = serve(|_, _, _| chat("```diff\n@@ -1 +1 @@\n```"));
+    for constrain in [Constrain::Off, Constrain::Lark, Constrain::Vllm, Constrain::LlamaCpp] {
+        let g = OpenAi::new(&OpenAiConfig { constrain, ..config(&url) }, &Sampling::default());
+        let mut req = request();
+        req.feedback.push(("bad".into(), "parse_error".into()));
+        g.generate(&req).unwrap();
+        let body = seen.lock().unwrap().last().unwrap().1.clone();
+        let (lark, gbnf) = (body["structured_outputs"]["grammar"].as_str(), body["grammar"].as_str());
+        match constrain {
+            Constrain::Off => {
+                assert!(body.get("structured_outputs").is_none() && body.get("grammar").is_none(), "{body}")
+            }
+            Constrain::Lark => assert!(lark.unwrap().starts_with("start: \"```diff\\n--- a/program.arch"), "{body}"),
+            Constrain::Vllm => assert!(lark.unwrap().starts_with("root ::= \"```diff\\n--- a/program.arch"), "{body}"),
+            Constrain::LlamaCpp => assert!(gbnf.unwrap().starts_with("root ::= "), "{body}"),
+        }
+        // The parent's lines are the only context lines the grammar allows.
+        if let Some(g) = lark.or(gbnf) {
+            assert!(g.contains("\"  gap\""), "{g}");
+        }
+    }
+}
+
+/// A server that answers one choice to a request for n (llama.cpp's) is asked for the rest one
+/// by one, with the following seeds, and later groups go one by one from the start.
+#[test]
+fn a_server_that_ignores_n_is_asked_once_per_reply() {
+    let (url, count, seen) = serve(|i, _, _| chat(&format!("reply {i}")));
+    let g = OpenAi::new(&OpenAiConfig { constrain: Constrain::LlamaCpp, ..config(&url) }, &Sampling::default());
+    let replies = g.generate_n(&request(), 3).unwrap();
+    let texts: Vec<&str> = replies.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(texts, ["reply 0", "reply 1", "reply 2"]);
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    let seeds: Vec<u64> = seen.lock().unwrap().iter().map(|(_, b)| b["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [5, 6, 7]);
+    g.generate_n(&request(), 2).unwrap();
+    let ns: Vec<u64> = seen.lock().unwrap().iter().map(|(_, b)| b["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, [3, 1, 1, 1, 1], "the second group is asked one reply at a time");
 }

@@ -151,3 +151,20 @@ fn verdict_reports_delta_and_shape_failures_with_exit_1() {
     assert!(stdout(&v).starts_with("verdict: shape_error"), "{}", stdout(&v));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn grammar_prints_the_parents_diff_grammar_as_lark_or_gbnf() {
+    let lark = nasc(&["grammar", "zoo/lenet5.arch"]);
+    assert!(lark.status.success(), "{}", String::from_utf8_lossy(&lark.stderr));
+    let lark = String::from_utf8(lark.stdout).unwrap();
+    assert!(
+        lark.starts_with("start: \"```diff\\n--- a/program.arch\\n+++ b/program.arch\\n\" hunk+ \"```\""),
+        "{lark}"
+    );
+    assert!(lark.contains("\"  conv(6, k=5)\""), "the parent's lines are in it: {lark}");
+    let gbnf = nasc(&["grammar", "zoo/lenet5.arch", "--gbnf", "--file", "lenet5.arch"]);
+    let gbnf = String::from_utf8(gbnf.stdout).unwrap();
+    assert!(gbnf.starts_with("root ::= \"```diff\\n--- a/lenet5.arch\\n+++ b/lenet5.arch\\n\""), "{gbnf}");
+    let bad = nasc(&["grammar", "/nonexistent.arch"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

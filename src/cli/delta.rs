@@ -87,6 +87,23 @@ pub struct DiffArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  nasc grammar zoo/resnet18.arch > diff.lark\n  \
+nasc grammar zoo/resnet18.arch --gbnf > diff.gbnf   # for llama.cpp's `grammar` field\n\n\
+The grammar is the one the search sends with `[openai] constrain`: a ```diff fence, `--- a/FILE` and `+++ b/FILE` \
+headers, hunks with numbered `@@` headers, context and removed lines that are lines of the parent (in canonical \
+form) exactly, and added lines of the arch language (derived from grammar/arch.pest).")]
+pub struct GrammarArgs {
+    /// The parent program; the grammar is over its canonical form.
+    parent: PathBuf,
+    /// Print GBNF (llama.cpp's server, vLLM's default backend) instead of Lark (llguidance).
+    #[arg(long)]
+    gbnf: bool,
+    /// The file name the diff's headers use.
+    #[arg(long, value_name = "NAME", default_value = delta::grammar::PROGRAM_FILE)]
+    file: String,
+}
+
+#[derive(Args)]
 pub struct NoveltyArgs {
     /// The candidate program.
     file: PathBuf,
@@ -286,6 +303,28 @@ pub fn diff(a: DiffArgs) -> Result<ExitCode, UsageError> {
         |prefix: &str, name: &str| if name.starts_with('/') { name.to_string() } else { format!("{prefix}{name}") };
     let (patch, _) = delta::unified(&ca, &cb, &label("a/", &na), &label("b/", &nb));
     print!("{patch}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn grammar(a: GrammarArgs) -> Result<ExitCode, UsageError> {
+    let text = read(&a.parent)?;
+    let name = display_name(&a.parent);
+    let canonical = match syntax::fmt::format_source(&text) {
+        Ok(c) => c,
+        Err(d) => {
+            eprint!("{}", diag::render(&[d], &name, &text, false));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if a.file.is_empty() || a.file.contains(['\n', '\r']) {
+        return Err(UsageError(format!("--file {:?}: a file name on one line", a.file)));
+    }
+    let printed = if a.gbnf {
+        delta::grammar::diff_gbnf(&canonical, &a.file)
+    } else {
+        delta::grammar::diff_lark(&canonical, &a.file)
+    };
+    print!("{}", printed.map_err(UsageError)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -47,6 +47,8 @@ enum Command {
     Diff(delta::DiffArgs),
     /// Compare a program with an archive: its nearest entries; exit 1 for a duplicate or near duplicate.
     Novelty(delta::NoveltyArgs),
+    /// Print the grammar of "a unified diff against this program", for constrained decoding (Lark or GBNF).
+    Grammar(delta::GrammarArgs),
     /// Build or list an archive of networks for novelty checks.
     #[command(subcommand)]
     Archive(delta::ArchiveCmd),
@@ -84,6 +86,7 @@ pub fn main() -> ExitCode {
         Command::Apply(a) => delta::apply(a),
         Command::Verdict(a) => delta::verdict(a),
         Command::Diff(a) => delta::diff(a),
+        Command::Grammar(a) => delta::grammar(a),
         Command::Novelty(a) => delta::novelty(a),
         Command::Archive(cmd) => delta::archive(cmd),
         Command::Data(cmd) => data::run(cmd),

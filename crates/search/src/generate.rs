@@ -1,8 +1,9 @@
 //! Generators behind one interface: given a prompt and its base program, propose a reply (a diff) for the verdict pipeline.
 //! `mutate` edits the syntax tree; `openai` asks any OpenAI-compatible server. Neither judges: every reply goes through `delta::judge`.
 
-use super::config::{Api, OpenAiConfig, Sampling};
+use super::config::{Api, Constrain, OpenAiConfig, Sampling};
 use super::mutate;
+use nasc_delta::delta::grammar::{diff_gbnf, diff_lark, PROGRAM_FILE};
 use std::time::{Duration, Instant};
 
 /// The built-in prompt template (`prompts/search.md`).
@@ -114,6 +115,9 @@ pub struct OpenAi {
     model: std::sync::Mutex<String>,
     agent: ureq::Agent,
     api_key: Option<String>,
+    /// Set once the server answered one choice to a request for several (llama.cpp's server
+    /// does): from then on, `n` replies are `n` requests.
+    one_per_request: std::sync::atomic::AtomicBool,
 }
 
 impl OpenAi {
@@ -130,6 +134,7 @@ impl OpenAi {
             model: std::sync::Mutex::new(config.model.clone()),
             agent,
             api_key,
+            one_per_request: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -141,7 +146,7 @@ impl OpenAi {
         }
     }
 
-    fn body(&self, req: &Request, n: usize) -> serde_json::Value {
+    fn body(&self, req: &Request, n: usize) -> Result<serde_json::Value, GenError> {
         let model = self.model.lock().map(|m| m.clone()).unwrap_or_default();
         let s = &self.sampling;
         let mut body = serde_json::json!({
@@ -171,7 +176,22 @@ impl OpenAi {
                 body["prompt"] = serde_json::Value::String(prompt);
             }
         }
-        body
+        let grammar = |g: Result<String, String>| {
+            g.map_err(|e| GenError(format!("the diff grammar of the parent cannot be built: {e}")))
+        };
+        match self.config.constrain {
+            Constrain::Off => {}
+            Constrain::Lark => {
+                body["structured_outputs"] =
+                    serde_json::json!({"grammar": grammar(diff_lark(&req.base, PROGRAM_FILE))?})
+            }
+            Constrain::Vllm => {
+                body["structured_outputs"] =
+                    serde_json::json!({"grammar": grammar(diff_gbnf(&req.base, PROGRAM_FILE))?})
+            }
+            Constrain::LlamaCpp => body["grammar"] = serde_json::json!(grammar(diff_gbnf(&req.base, PROGRAM_FILE))?),
+        }
+        Ok(body)
     }
 
     /// One request to the completion endpoint, with retries and exponential backoff on 429, 5xx
@@ -252,8 +272,47 @@ impl Generator for OpenAi {
     }
 
     fn generate_n(&self, req: &Request, n: usize) -> Result<Vec<Reply>, GenError> {
+        use std::sync::atomic::Ordering;
+        if n > 1 && self.one_per_request.load(Ordering::Relaxed) {
+            return (0..n as u64)
+                .map(|i| self.generate(&Request { seed: req.seed.wrapping_add(i), ..req.clone() }))
+                .collect();
+        }
         let start = Instant::now();
-        let json = self.post(&self.body(req, n))?;
+        let json = self.post(&self.body(req, n)?)?;
+        let choices = json["choices"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if n > 1 && choices.len() == 1 {
+            // The server ignores `n` (llama.cpp's does): this reply is the first, the rest are
+            // asked one by one with the next seeds, and so are later groups.
+            if !self.one_per_request.swap(true, Ordering::Relaxed) {
+                eprintln!("note: {} answered one choice to n = {n}; asking for each reply separately", self.url());
+            }
+            let mut replies = self.replies(&json, 1, start)?;
+            for i in 1..n as u64 {
+                replies.push(self.generate(&Request { seed: req.seed.wrapping_add(i), ..req.clone() })?);
+            }
+            return Ok(replies);
+        }
+        self.replies(&json, n, start)
+    }
+
+    fn load_adapter(&self, name: &str, dir: &std::path::Path) -> Result<(), GenError> {
+        let url = format!("{}/load_lora_adapter", self.config.base_url.trim_end_matches('/'));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let body = serde_json::json!({"lora_name": name, "lora_path": dir.display().to_string(), "load_inplace": true});
+        self.post_to(&url, &body).map(|_| ()).map_err(|e| {
+            GenError(format!(
+                "cannot load the adapter {name} from {}: {e} (the server must load LoRA adapters at run time: \
+                 `nasc serve` does; vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; or set [finetune] load_adapter = false)",
+                dir.display()
+            ))
+        })
+    }
+}
+
+impl OpenAi {
+    /// The `n` replies of a response.
+    fn replies(&self, json: &serde_json::Value, n: usize, start: Instant) -> Result<Vec<Reply>, GenError> {
         let choices = json["choices"].as_array().map(Vec::as_slice).unwrap_or_default();
         if choices.len() != n {
             return Err(GenError(format!(
@@ -284,19 +343,6 @@ impl Generator for OpenAi {
             replies.push(Reply { text: text.to_string(), tokens, elapsed });
         }
         Ok(replies)
-    }
-
-    fn load_adapter(&self, name: &str, dir: &std::path::Path) -> Result<(), GenError> {
-        let url = format!("{}/load_lora_adapter", self.config.base_url.trim_end_matches('/'));
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-        let body = serde_json::json!({"lora_name": name, "lora_path": dir.display().to_string(), "load_inplace": true});
-        self.post_to(&url, &body).map(|_| ()).map_err(|e| {
-            GenError(format!(
-                "cannot load the adapter {name} from {}: {e} (the server must load LoRA adapters at run time: \
-                 `nasc serve` does; vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; or set [finetune] load_adapter = false)",
-                dir.display()
-            ))
-        })
     }
 }
 
