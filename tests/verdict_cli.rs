@@ -157,14 +157,43 @@ fn grammar_prints_the_parents_diff_grammar_as_lark_or_gbnf() {
     let lark = nasc(&["grammar", "zoo/lenet5.arch"]);
     assert!(lark.status.success(), "{}", String::from_utf8_lossy(&lark.stderr));
     let lark = String::from_utf8(lark.stdout).unwrap();
-    assert!(
-        lark.starts_with("start: \"```diff\\n--- a/program.arch\\n+++ b/program.arch\\n\" hunk+ \"```\""),
-        "{lark}"
-    );
-    assert!(lark.contains("\"  conv(6, k=5)\""), "the parent's lines are in it: {lark}");
+    assert!(lark.starts_with("start: \"```diff\\n--- a/program.arch\\n+++ b/program.arch\\n\" first_0\n"), "{lark}");
+    assert!(lark.contains("\"   conv(6, k=5)\\n\""), "the parent's lines are in it: {lark}");
     let gbnf = nasc(&["grammar", "zoo/lenet5.arch", "--gbnf", "--file", "lenet5.arch"]);
     let gbnf = String::from_utf8(gbnf.stdout).unwrap();
     assert!(gbnf.starts_with("root ::= \"```diff\\n--- a/lenet5.arch\\n+++ b/lenet5.arch\\n\""), "{gbnf}");
     let bad = nasc(&["grammar", "/nonexistent.arch"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn corpus_writes_chat_jsonl_of_valid_diffs_in_the_search_prompt_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("format.jsonl");
+    let run = nasc(&[
+        "corpus",
+        "--out",
+        out.to_str().unwrap(),
+        "--baselines",
+        "zoo/lenet5.arch",
+        "--baselines",
+        "zoo/resnet18.arch",
+        "--per-program",
+        "4",
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let counts: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(counts["examples"], 8, "{counts}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    for line in text.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let m = e["messages"].as_array().unwrap();
+        assert_eq!((m[0]["role"].as_str(), m[1]["role"].as_str()), (Some("user"), Some("assistant")));
+        assert!(m[1]["content"].as_str().unwrap().starts_with("```diff\n--- a/program.arch\n+++ b/program.arch\n"));
+        assert_eq!(e["dataset"], "fashion-mnist");
+    }
+    let bad = nasc(&["corpus", "--out", out.to_str().unwrap(), "--datasets", "imagenet"]);
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("imagenet"));
 }

@@ -65,6 +65,8 @@ enum Command {
     Report(search::ReportArgs),
     /// Retrain a run's best candidates longer; rank correlation of the one-epoch and the long ranking.
     Reeval(search::ReevalArgs),
+    /// Write the format corpus: chat JSONL of valid diffs of the baselines, in the search's prompt format.
+    Corpus(search::CorpusArgs),
     /// Run language models (Llama-family, GGUF or Hugging Face checkpoints): generate replies.
     #[command(subcommand)]
     Lm(lm::LmCmd),
@@ -94,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Eval(a) => train::eval(a),
         Command::Search(a) => search::search(a),
         Command::Report(a) => search::report(a),
+        Command::Corpus(a) => search::corpus(a),
         Command::Reeval(a) => search::reeval(a),
         Command::Lm(cmd) => lm::run(cmd),
         Command::Serve(a) => serve::serve(a),

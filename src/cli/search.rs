@@ -1,4 +1,4 @@
-//! The search commands: search (start or resume a run), report (tables, JSON, CSV, plots), reeval.
+//! The search commands: search (start or resume a run), report (tables, JSON, CSV, plots), reeval, corpus.
 //! Reads flags and the config, calls `search`, prints; a failed run is an error message and exit 1, bad usage exit 2.
 
 use super::UsageError;
@@ -6,6 +6,42 @@ use clap::Args;
 use nasc_search::{self, report, RunOptions, SearchConfig, Store};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+#[derive(Args)]
+#[command(after_help = "Example:\n  nasc corpus --out format.jsonl\n  \
+nasc lm finetune --model SmolLM2-135M-Instruct.Q4_1.gguf --data format.jsonl --out cycle0-adapter\n\n\
+Each example is the prompt the search would send for a baseline (its numbered program, the dataset, the goal) and, \
+as the reply, the canonical diff of one `mutate` edit that the verdict pipeline judges ok. Edits are drawn \
+round-robin over the mutation kinds; a child with the structure of an earlier one is dropped. The adapter this \
+trains is the search's cycle 0 (`[finetune] init_adapter`).")]
+pub struct CorpusArgs {
+    /// Where the JSONL goes.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Baseline programs (files or folders of .arch files).
+    #[arg(long, value_name = "PATH", default_value = "zoo")]
+    baselines: Vec<PathBuf>,
+    /// Datasets whose bindings the examples are written for.
+    #[arg(long, value_name = "NAME", default_value = "fashion-mnist", value_delimiter = ',')]
+    datasets: Vec<String>,
+    /// Examples per baseline and dataset, at most.
+    #[arg(long, value_name = "N", default_value_t = 18)]
+    per_program: usize,
+    /// Each edit makes 1 to this many mutations.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    max_mutations: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The prompt template (default: the search's built-in one, prompts/search.md).
+    #[arg(long, value_name = "FILE")]
+    template: Option<PathBuf>,
+    /// The goal the prompt states (the search's default).
+    #[arg(long)]
+    goal: Option<String>,
+    /// Print the counts as JSON.
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -183,4 +219,72 @@ pub fn reeval(a: ReevalArgs) -> Result<ExitCode, UsageError> {
         }
         Err(e) => Ok(failed(e)),
     }
+}
+
+pub fn corpus(a: CorpusArgs) -> Result<ExitCode, UsageError> {
+    let mut baselines = Vec::new();
+    for path in &a.baselines {
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| UsageError(format!("{}: {e}", path.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "arch"))
+                .collect();
+            v.sort();
+            v
+        } else {
+            vec![path.clone()]
+        };
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|e| UsageError(format!("{}: {e}", f.display())))?;
+            let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            baselines.push((name, text));
+        }
+    }
+    if baselines.is_empty() {
+        return Err(UsageError("--baselines: no .arch files found".into()));
+    }
+    if a.per_program == 0 || a.max_mutations == 0 {
+        return Err(UsageError("--per-program and --max-mutations must be at least 1".into()));
+    }
+    let template = match &a.template {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| UsageError(format!("--template {}: {e}", p.display())))?,
+        None => nasc_search::generate::DEFAULT_TEMPLATE.to_string(),
+    };
+    let goal = a.goal.clone().unwrap_or_else(|| SearchConfig::default().goal);
+    let spec = nasc_search::corpus::Spec {
+        baselines: &baselines,
+        datasets: &a.datasets,
+        per_program: a.per_program,
+        seed: a.seed,
+        template: &template,
+        goal: &goal,
+        max_mutations: a.max_mutations,
+    };
+    let (examples, dropped) = nasc_search::corpus::build(&spec).map_err(UsageError)?;
+    let mut text = String::new();
+    for e in &examples {
+        text += &serde_json::to_string(e).expect("an example serialises");
+        text.push('\n');
+    }
+    std::fs::write(&a.out, &text).map_err(|e| UsageError(format!("{}: {e}", a.out.display())))?;
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    for e in &examples {
+        *kinds.entry(e.mutations[0]).or_default() += 1;
+    }
+    if a.json {
+        let v =
+            serde_json::json!({"examples": examples.len(), "bytes": text.len(), "kinds": kinds, "dropped": dropped});
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON serialises"));
+    } else {
+        println!("{} examples ({} bytes) written to {}", examples.len(), text.len(), a.out.display());
+        println!("edit kinds: {}", kinds.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "));
+        if !dropped.is_empty() {
+            println!(
+                "proposals left out: {}",
+                dropped.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@
 //! - [`curate`]: the supervised corpus after each cycle, the fine-tune step between cycles.
 
 pub mod config;
+pub mod corpus;
 pub mod curate;
 pub mod generate;
 pub mod mutate;

