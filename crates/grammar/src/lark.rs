@@ -20,9 +20,9 @@ pub fn print(g: &Grammar) -> Result<String, GrammarError> {
         }
     };
     let mut out = String::new();
-    for (i, r) in g.rules.iter().enumerate() {
-        let body = if r.token && i > 0 { regex_expr(&r.body, &name, 0) } else { rule_expr(&r.body, &name, 0) };
-        out += &format!("{}: {body}\n", name(&r.name));
+    for r in &g.rules {
+        // A terminal's body takes the same operators over terminals, literals and regexes.
+        out += &format!("{}: {}\n", name(&r.name), rule_expr(&r.body, &name, 0));
     }
     Ok(out)
 }
@@ -44,11 +44,6 @@ fn rule_expr(e: &Expr, name: &dyn Fn(&str) -> String, prec: u8) -> String {
             format!("{base}{}", repeat(*min, *max))
         }
     }
-}
-
-/// A terminal's body: the same operators over terminals, literals and regexes.
-fn regex_expr(e: &Expr, name: &dyn Fn(&str) -> String, prec: u8) -> String {
-    rule_expr(e, name, prec)
 }
 
 fn repeat(min: u32, max: Option<u32>) -> String {

@@ -126,7 +126,7 @@ impl Constrainer {
         let Some(&eos) = stop.first() else {
             return Err("constrained decoding needs an end-of-text token, and the checkpoint names none".into());
         };
-        let hf = tokenizer.hf().clone();
+        let mut hf = tokenizer.hf().clone();
         let json: serde_json::Value = hf
             .to_string(false)
             .map_err(|e| e.to_string())
@@ -140,7 +140,6 @@ impl Constrainer {
         words.resize(n_logits, Vec::new());
         let stop: Vec<u32> = stop.iter().copied().filter(|&t| (t as usize) < n_logits).collect();
         let trie = TokTrie::from(&TokRxInfo::new(n_logits as u32, eos), &words).with_eos_tokens(&stop);
-        let mut hf = hf;
         // Text the grammar forces is plain text even where it spells a special token.
         hf.set_encode_special_tokens(true);
         let env: TokEnv = Arc::new(Env { trie, hf });

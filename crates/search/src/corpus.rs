@@ -55,12 +55,11 @@ pub fn build(spec: &Spec) -> Result<(Vec<Example>, BTreeMap<String, usize>), Str
             }
             let mut seen = HashSet::new();
             // Proposals by kind of their first mutation, drawn round-robin over the kinds.
-            let mut by_kind: BTreeMap<&'static str, Vec<(mutate::Proposal, String)>> = BTreeMap::new();
+            let mut by_kind: BTreeMap<&'static str, Vec<mutate::Proposal>> = BTreeMap::new();
             for i in 0..spec.per_program as u64 * 6 {
                 let seed = spec.seed ^ (i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ hash(name) ^ hash(dataset);
                 let Some(p) = mutate::propose(&base.canonical, seed, spec.max_mutations) else { continue };
-                let reply = format!("```diff\n{}```", p.diff);
-                let j = judge(&base, &reply, None, &opts);
+                let j = judge(&base, &reply_of(&p), None, &opts);
                 if j.verdict != Verdict::Ok {
                     *dropped.entry(j.verdict.to_string()).or_default() += 1;
                     continue;
@@ -69,9 +68,8 @@ pub fn build(spec: &Spec) -> Result<(Vec<Example>, BTreeMap<String, usize>), Str
                     *dropped.entry("duplicate child".into()).or_default() += 1;
                     continue;
                 }
-                // The proposal's own diff: canonical, with the headers the prompt asks for.
-                let diff = p.diff.clone();
-                by_kind.entry(p.mutations[0].name()).or_default().push((p, diff));
+                // The proposal's own diff is the example's: canonical, with the headers the prompt asks for.
+                by_kind.entry(p.mutations[0].name()).or_default().push(p);
             }
             let prompt = render(spec.template, &base.canonical, dataset, None, spec.goal);
             let mut taken = 0;
@@ -81,11 +79,11 @@ pub fn build(spec: &Spec) -> Result<(Vec<Example>, BTreeMap<String, usize>), Str
                     if taken == spec.per_program {
                         break;
                     }
-                    if let Some((p, diff)) = list.get(round) {
+                    if let Some(p) = list.get(round) {
                         out.push(Example {
                             messages: vec![
                                 Message { role: "user", content: prompt.clone() },
-                                Message { role: "assistant", content: format!("```diff\n{diff}```") },
+                                Message { role: "assistant", content: reply_of(p) },
                             ],
                             dataset: dataset.clone(),
                             baseline: name.clone(),
@@ -99,6 +97,11 @@ pub fn build(spec: &Spec) -> Result<(Vec<Example>, BTreeMap<String, usize>), Str
         }
     }
     Ok((out, dropped))
+}
+
+/// The reply an example teaches: the proposal's diff in the fence the prompt asks for.
+fn reply_of(p: &mutate::Proposal) -> String {
+    format!("```diff\n{}```", p.diff)
 }
 
 fn hash(s: &str) -> u64 {

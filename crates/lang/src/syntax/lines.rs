@@ -13,6 +13,7 @@
 use nasc_grammar::{Class, Expr, Grammar};
 use pest_meta::ast::{Expr as Pest, Rule as PestRule, RuleType};
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// The grammar of record.
 pub const ARCH_PEST: &str = include_str!("../../grammar/arch.pest");
@@ -24,6 +25,25 @@ pub const ARCH_PEST: &str = include_str!("../../grammar/arch.pest");
 /// `arch_item_line` (what may stand at the top level: `arch`, `block` and `net` heads) and
 /// `arch_body_line` (what may stand in a body: statements, `repeat` heads, `}`), without comments.
 pub fn add_line_rules(g: &mut Grammar, comments: bool) -> Result<Expr, String> {
+    // Derived once per process: the search builds a grammar for every request it sends.
+    static WITH: OnceLock<Result<Grammar, String>> = OnceLock::new();
+    static WITHOUT: OnceLock<Result<Grammar, String>> = OnceLock::new();
+    let cell = if comments { &WITH } else { &WITHOUT };
+    let derived = cell.get_or_init(|| {
+        let mut d = Grammar::default();
+        derive(&mut d, comments).map(|_| d)
+    });
+    for r in &derived.as_ref().map_err(Clone::clone)?.rules {
+        if r.token {
+            g.define_token(&r.name, r.body.clone());
+        } else {
+            g.define(&r.name, r.body.clone());
+        }
+    }
+    Ok(Expr::rule("arch_line"))
+}
+
+fn derive(g: &mut Grammar, comments: bool) -> Result<Expr, String> {
     let pairs = pest_meta::parser::parse(pest_meta::parser::Rule::grammar_rules, ARCH_PEST)
         .map_err(|e| format!("arch.pest does not parse: {e}"))?;
     let rules = pest_meta::parser::consume_rules(pairs).map_err(|e| {
