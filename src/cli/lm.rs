@@ -3,17 +3,15 @@
 //! it samples and trains nothing itself.
 
 use super::UsageError;
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use nasc_lm::chat::Message;
-use nasc_lm::constrain::{Constrainer, Grammar};
-use nasc_lm::finetune::{self, Saving, TrainConfig};
-use nasc_lm::generate::{generate_constrained, Generation, SamplingParams};
+use nasc_lm::constrain::Grammar;
+use nasc_lm::finetune::TrainConfig;
+use nasc_lm::generate::{Generation, SamplingParams};
 use nasc_lm::lora::LoraConfig;
-use nasc_lm::model::{Checkpoint, LoadOptions};
-use nasc_runtime::{BackendJob, Device};
+use nasc_lm::model::LoadOptions;
+use nasc_lm::run::{FinetuneRequest, GenerateRequest, Start};
+use nasc_runtime::Device;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -169,86 +167,47 @@ fn generate_cmd(a: GenerateArgs) -> Result<ExitCode, UsageError> {
     let grammar = match &a.grammar {
         Some(path) => Some(
             std::fs::read_to_string(path)
-                .map(|text| Grammar::detect(&text))
+                .map(|text| (format!("--grammar {}", path.display()), Grammar::detect(&text)))
                 .map_err(|e| UsageError(format!("--grammar {}: {e}", path.display())))?,
         ),
         None => None,
     };
-    let device = a.device;
-    let outcome = nasc_runtime::dispatch(device, GenerateJob(&a, grammar)).map_err(UsageError)??;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-struct GenerateJob<'a>(&'a GenerateArgs, Option<Grammar>);
-
-impl BackendJob for GenerateJob<'_> {
-    type Output = Result<serde_json::Value, UsageError>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let a = self.0;
-        let fail = |e: nasc_lm::model::ModelError| UsageError(format!("{}: {e}", a.model.display()));
-        let mut ckpt = Checkpoint::<B::InnerBackend>::open_with(&a.model, &device, &load_options(a.quantized_base))
-            .map_err(fail)?;
-        if let Some(dir) = &a.adapter {
-            let (model, _) = nasc_lm::lora::load_peft(ckpt.model, dir)
-                .map_err(|e| UsageError(format!("adapter {}: {e}", dir.display())))?;
-            ckpt.model = model;
-        }
-        let text = if a.raw {
-            a.prompt.clone()
-        } else {
-            let mut messages = vec![];
-            if let Some(system) = &a.system {
-                messages.push(Message::new("system", system.clone()));
-            }
-            messages.push(Message::new("user", a.prompt.clone()));
-            ckpt.template.render(&messages, true).map_err(|e| UsageError(format!("chat template: {e}")))?
-        };
-        // A templated prompt already holds its BOS token when the model wants one.
-        let ids = ckpt.tokenizer.encode(&text, a.raw).map_err(|e| UsageError(format!("tokenizer: {e}")))?;
-        let mut stop_token_ids: Vec<u32> = ckpt.tokenizer.eos_id().into_iter().collect();
-        if !a.raw {
-            // Chat models end a turn with their own token, which is not always the EOS token.
-            for name in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>"] {
-                stop_token_ids.extend(ckpt.tokenizer.token_id(name));
-            }
-        }
-        let params = SamplingParams {
+    let req = GenerateRequest {
+        model: a.model.clone(),
+        load: load_options(a.quantized_base),
+        adapter: a.adapter.clone(),
+        prompt: a.prompt.clone(),
+        system: a.system.clone(),
+        raw: a.raw,
+        params: SamplingParams {
             temperature: a.temperature,
             top_k: a.top_k,
             top_p: a.top_p,
             max_new_tokens: a.max_new_tokens,
             stop: a.stop.clone(),
-            stop_token_ids,
+            stop_token_ids: vec![],
             seed: a.seed,
             n: a.n,
-        };
-        let constraint = match &self.1 {
-            Some(grammar) => {
-                let shown = a.grammar.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-                let c = Constrainer::new(&ckpt.tokenizer, &params.stop_token_ids, ckpt.model.config.vocab_size)
-                    .map_err(|e| UsageError(format!("--grammar {shown}: {e}")))?;
-                Some(c.compile(grammar).map_err(|e| UsageError(format!("--grammar {shown}: {e}")))?)
-            }
-            None => None,
-        };
-        let stream = a.n == 1 && !a.json;
-        let mut out = std::io::stdout().lock();
-        let g = generate_constrained(&ckpt.model, &ckpt.tokenizer, &ids, &params, constraint.as_ref(), |_, piece| {
-            if stream {
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
-            }
-        })
-        .map_err(|e| UsageError(e.to_string()))?;
-        drop(out);
-        if !a.json {
-            print_text(&g, stream);
+        },
+        grammar,
+    };
+    // One reply streams as it is decoded; several are printed whole at the end.
+    let stream = a.n == 1 && !a.json;
+    let mut out = std::io::stdout().lock();
+    let g = nasc_lm::run::generate(a.device, &req, |_, piece| {
+        if stream {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
         }
-        Ok(json(&a.model, &g))
+    })
+    .map_err(UsageError)?;
+    drop(out);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json(&a.model, &g)).unwrap_or_default());
+    } else {
+        print_text(&g, stream);
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_text(g: &Generation, streamed: bool) {
@@ -295,7 +254,7 @@ fn finetune_cmd(a: FinetuneArgs) -> Result<ExitCode, UsageError> {
     }
     let targets = nasc_lm::lora::parse_targets(&a.targets).map_err(|e| UsageError(format!("--targets: {e}")))?;
     let lora = LoraConfig { rank: a.rank, alpha: a.alpha, dropout: a.dropout, targets };
-    let cfg = TrainConfig {
+    let config = TrainConfig {
         lora,
         lr: a.lr,
         epochs: a.epochs,
@@ -307,110 +266,38 @@ fn finetune_cmd(a: FinetuneArgs) -> Result<ExitCode, UsageError> {
         weight_decay: a.weight_decay,
         save_every: a.save_every,
     };
-    let summary = nasc_runtime::dispatch(a.device, FinetuneJob(&a, cfg)).map_err(UsageError)??;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    let start = match (&a.init_adapter, a.resume) {
+        (_, true) => Start::Resume,
+        (Some(dir), false) => Start::From(dir.clone()),
+        (None, false) => Start::Fresh,
+    };
+    let req = FinetuneRequest {
+        model: a.model.clone(),
+        load: load_options(a.quantized_base),
+        data: a.data.clone(),
+        out: a.out.clone(),
+        config,
+        start,
+        merge: a.merge.clone(),
+    };
+    let bar = if a.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let done = nasc_lm::run::finetune(a.device, &req, |r| {
+        bar.set_length(r.total_steps as u64);
+        bar.set_position(r.step as u64);
+        bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tokens/s", r.loss, r.lr, r.tokens_per_second));
+    })
+    .map_err(UsageError)?;
+    bar.finish();
+    for w in &done.warnings {
+        eprintln!("warning: {w}");
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-struct FinetuneJob<'a>(&'a FinetuneArgs, TrainConfig);
-
-impl BackendJob for FinetuneJob<'_> {
-    type Output = Result<serde_json::Value, UsageError>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let (a, mut cfg) = (self.0, self.1);
-        let ckpt = Checkpoint::<B>::open_with(&a.model, &device, &load_options(a.quantized_base))
-            .map_err(|e| UsageError(format!("{}: {e}", a.model.display())))?;
-        let conversations = finetune::read_jsonl(&a.data).map_err(|e| UsageError(e.to_string()))?;
-        let examples = conversations
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                finetune::encode_conversation(c, &ckpt.template, &ckpt.tokenizer, cfg.max_len)
-                    .map_err(|e| UsageError(format!("{}: conversation {}: {e}", a.data.display(), i + 1)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // A conversation whose prompt alone fills --max-len keeps no assistant token: it would cost a
-        // forward pass per epoch and teach nothing.
-        let total = examples.len();
-        let examples: Vec<_> =
-            examples.into_iter().filter(|e| e.labels.iter().any(|&l| l != finetune::IGNORE)).collect();
-        if examples.len() < total && !examples.is_empty() {
-            eprintln!(
-                "warning: {} of {total} conversations in {} keep no assistant token within --max-len {} and are skipped; \
-                 raise --max-len to learn from them",
-                total - examples.len(),
-                a.data.display(),
-                cfg.max_len
-            );
-        }
-        let adapter_err = |e: nasc_lm::lora::LoraError| UsageError(format!("{}: {e}", a.out.display()));
-        let (model, start) = if a.resume {
-            let step = finetune::saved_step(&a.out)
-                .map_err(|e| UsageError(e.to_string()))?
-                .ok_or_else(|| UsageError(format!("--resume: {} holds no trainer_state.json", a.out.display())))?;
-            let (model, file) = nasc_lm::lora::load_peft(ckpt.model, &a.out).map_err(adapter_err)?;
-            if file.config.rank != cfg.lora.rank || file.config.targets != cfg.lora.targets {
-                return Err(UsageError(format!(
-                    "--resume: the adapter in {} has rank {} on {:?}, not the --rank and --targets given",
-                    a.out.display(),
-                    file.config.rank,
-                    file.config.targets
-                )));
-            }
-            (model, step)
-        } else if let Some(dir) = &a.init_adapter {
-            let (model, file) = nasc_lm::lora::load_peft(ckpt.model, dir)
-                .map_err(|e| UsageError(format!("--init-adapter {}: {e}", dir.display())))?;
-            cfg.lora = file.config;
-            (model, 0)
-        } else {
-            (nasc_lm::lora::attach(ckpt.model, &cfg.lora, cfg.seed).map_err(adapter_err)?, 0)
-        };
-        let base_name = a.model.display().to_string();
-        let saving = Saving { dir: &a.out, base_model: &base_name };
-        let bar = if a.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_position(start as u64);
-        let (model, s) = finetune::train(model, &examples, &cfg, Some(&saving), start, |r| {
-            bar.set_length(r.total_steps as u64);
-            bar.set_position(r.step as u64);
-            bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tokens/s", r.loss, r.lr, r.tokens_per_second));
-        })
-        .map_err(|e| UsageError(e.to_string()))?;
-        bar.finish();
-        if let Some(dir) = &a.merge {
-            let merged = nasc_lm::lora::merge(model.valid());
-            let fail = |e: String| UsageError(format!("--merge {}: {e}", dir.display()));
-            nasc_lm::model::save_safetensors(&merged, dir).map_err(|e| fail(e.to_string()))?;
-            let tok = dir.join("tokenizer.json");
-            ckpt.tokenizer.save_hf_json(&tok).map_err(|e| fail(e.to_string()))?;
-            std::fs::write(dir.join("tokenizer_config.json"), ckpt.template.tokenizer_config().to_string())
-                .map_err(|e| fail(e.to_string()))?;
-        }
-        if a.resume && start > 0 && !s.restored_moments {
-            eprintln!(
-                "warning: {} holds no {} (written by an older nasc); AdamW's moments started afresh at step {start}",
-                a.out.display(),
-                finetune::MOMENTS
-            );
-        }
-        if !a.json {
-            eprintln!(
-                "{} steps, final loss {:.4}, {} tokens in {:.1} s ({:.1} tokens/s); adapter in {}",
-                s.steps,
-                s.final_loss,
-                s.tokens,
-                s.seconds,
-                s.tokens_per_second,
-                a.out.display()
-            );
-        }
-        Ok(serde_json::json!({
+    let s = &done.summary;
+    if a.json {
+        let summary = serde_json::json!({
             "adapter": a.out.display().to_string(),
             "merged": a.merge.as_ref().map(|d| d.display().to_string()),
             "steps": s.steps,
@@ -419,8 +306,20 @@ impl BackendJob for FinetuneJob<'_> {
             "tokens": s.tokens,
             "seconds": s.seconds,
             "tokens_per_second": s.tokens_per_second,
-            "resumed_from_step": start,
+            "resumed_from_step": done.start_step,
             "restored_moments": s.restored_moments,
-        }))
+        });
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    } else {
+        eprintln!(
+            "{} steps, final loss {:.4}, {} tokens in {:.1} s ({:.1} tokens/s); adapter in {}",
+            s.steps,
+            s.final_loss,
+            s.tokens,
+            s.seconds,
+            s.tokens_per_second,
+            a.out.display()
+        );
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,8 @@
 // templates); model (the decoder, its adapter layers, its loss and loaders, and its CPU
 // kernels behind `model::kernels`, chosen by the model's `Kernels` options); lora
 // (attaching adapters, PEFT files, merging); generate (sampling with a KV cache) and
-// finetune (training adapters on chat JSONL); serve (the HTTP server).
+// finetune (training adapters on chat JSONL); run (whole generate and fine-tune jobs on a
+// device, for the CLI); serve (the HTTP server).
 pub mod chat;
 pub mod constrain;
 pub mod finetune;
@@ -24,5 +25,6 @@ pub mod generate;
 pub mod gguf;
 pub mod lora;
 pub mod model;
+pub mod run;
 pub mod serve;
 pub mod tokenizer;

@@ -157,7 +157,7 @@ impl BackendJob for Job {
             }
         });
         eprintln!("nasc serve: {} on http://{addr}/v1 (model {})", a.model.display(), a.base_name);
-        let end_of_turn = end_of_turn_ids(&ckpt);
+        let end_of_turn = crate::run::end_of_turn_ids(&ckpt);
         // The vocabulary's table for grammars, built on the first request that has one.
         let mut constrainer = None;
         for msg in rx {
@@ -239,15 +239,6 @@ fn load_runtime<B: Backend>(
         None => weights.push((name.clone(), model)),
     }
     Ok(format!("Success: LoRA adapter '{name}' added successfully."))
-}
-
-/// Token ids that end a chat turn: the EOS token and the chat models' own end-of-turn tokens.
-fn end_of_turn_ids<B: Backend>(ckpt: &Checkpoint<B>) -> Vec<u32> {
-    let mut ids: Vec<u32> = ckpt.tokenizer.eos_id().into_iter().collect();
-    for name in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>"] {
-        ids.extend(ckpt.tokenizer.token_id(name));
-    }
-    ids
 }
 
 /// Runs one request on `model` (the base or an adapter's), with the checkpoint's tokenizer and template.
