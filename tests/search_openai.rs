@@ -102,7 +102,13 @@ fn config(url: &str) -> OpenAiConfig {
 }
 
 fn request() -> Request {
-    Request { prompt: "improve this".into(), base: "net {\n  gap\n}\n".into(), seed: 5, feedback: Vec::new() }
+    Request {
+        prompt: "improve this".into(),
+        base: "net {\n  gap\n}\n".into(),
+        dataset: "cifar10".into(),
+        seed: 5,
+        feedback: Vec::new(),
+    }
 }
 
 #[test]

@@ -157,13 +157,22 @@ fn grammar_prints_the_parents_diff_grammar_as_lark_or_gbnf() {
     let lark = nasc(&["grammar", "zoo/lenet5.arch"]);
     assert!(lark.status.success(), "{}", String::from_utf8_lossy(&lark.stderr));
     let lark = String::from_utf8(lark.stdout).unwrap();
-    assert!(lark.starts_with("start: \"```diff\\n--- a/program.arch\\n+++ b/program.arch\\n\" first_0\n"), "{lark}");
+    assert!(lark.starts_with("start: \"```diff\\n--- a/program.arch\\n+++ b/program.arch\\n\" first_0_0\n"), "{lark}");
     assert!(lark.contains("\"   conv(6, k=5)\\n\""), "the parent's lines are in it: {lark}");
     let gbnf = nasc(&["grammar", "zoo/lenet5.arch", "--gbnf", "--file", "lenet5.arch"]);
     let gbnf = String::from_utf8(gbnf.stdout).unwrap();
     assert!(gbnf.starts_with("root ::= \"```diff\\n--- a/lenet5.arch\\n+++ b/lenet5.arch\\n\""), "{gbnf}");
     let bad = nasc(&["grammar", "/nonexistent.arch"]);
     assert_eq!(bad.status.code(), Some(2));
+    // With a dataset, lines added where the flow is a vector offer no pooling: the grammar has
+    // statement rules by kind of flow.
+    let typed = nasc(&["grammar", "zoo/lenet5.arch", "--dataset", "fashion-mnist"]);
+    assert!(typed.status.success(), "{}", String::from_utf8_lossy(&typed.stderr));
+    let typed = String::from_utf8(typed.stdout).unwrap();
+    assert!(typed.contains("s0f0v_stmt") && typed.contains("s0f0m_stmt"), "{typed}");
+    let unknown = nasc(&["grammar", "zoo/lenet5.arch", "--dataset", "nope"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("--dataset nope: unknown"));
 }
 
 #[test]

@@ -90,8 +90,11 @@ pub struct DiffArgs {
 #[command(after_help = "Example:\n  nasc grammar zoo/resnet18.arch > diff.lark\n  \
 nasc grammar zoo/resnet18.arch --gbnf > diff.gbnf   # for llama.cpp's `grammar` field\n\n\
 The grammar is the one the search sends with `[openai] constrain`: a ```diff fence, `--- a/FILE` and `+++ b/FILE` \
-headers, hunks with numbered `@@` headers, context and removed lines that are lines of the parent (in canonical \
-form) exactly, and added lines of the arch language (derived from grammar/arch.pest).")]
+headers, hunks with numbered `@@` headers (at most 3 context lines before a change, 6 after), context and removed \
+lines that are lines of the parent (in canonical form) exactly, and added statements that can check where they go: \
+calls of the language's operations with their signatures' parameters and of the parent's blocks, with the names in \
+scope. With --dataset, an added line offers only the operations that keep the kind of flow (maps, tokens or a \
+vector) at its place.")]
 pub struct GrammarArgs {
     /// The parent program; the grammar is over its canonical form.
     parent: PathBuf,
@@ -101,6 +104,10 @@ pub struct GrammarArgs {
     /// The file name the diff's headers use.
     #[arg(long, value_name = "NAME", default_value = delta::grammar::PROGRAM_FILE)]
     file: String,
+    /// The dataset the candidate is for (see `nasc datasets`): added lines then fit the kind
+    /// of flow where they go.
+    #[arg(long, value_name = "NAME")]
+    dataset: Option<String>,
 }
 
 #[derive(Args)]
@@ -319,10 +326,19 @@ pub fn grammar(a: GrammarArgs) -> Result<ExitCode, UsageError> {
     if a.file.is_empty() || a.file.contains(['\n', '\r']) {
         return Err(UsageError(format!("--file {:?}: a file name on one line", a.file)));
     }
+    let binding = match &a.dataset {
+        Some(name) => Some(nasc_lang::check::binding::dataset(name).ok_or_else(|| {
+            UsageError(format!(
+                "--dataset {name}: unknown; known: {}",
+                nasc_lang::check::binding::dataset_names().join(", ")
+            ))
+        })?),
+        None => None,
+    };
     let printed = if a.gbnf {
-        delta::grammar::diff_gbnf(&canonical, &a.file)
+        delta::grammar::diff_gbnf(&canonical, &a.file, binding)
     } else {
-        delta::grammar::diff_lark(&canonical, &a.file)
+        delta::grammar::diff_lark(&canonical, &a.file, binding)
     };
     print!("{}", printed.map_err(UsageError)?);
     Ok(ExitCode::SUCCESS)

@@ -168,6 +168,68 @@ impl Grammar {
         Expr::rule(name)
     }
 
+    /// Removes what can match no string: references to rules that are not defined, empty
+    /// choices, the alternatives and rules built only of those, and then the rules the start
+    /// rule no longer reaches. A grammar built by code can so name every state it might need and
+    /// leave the dead ones to this. Errors if the start rule itself matches nothing.
+    pub fn prune(&mut self) -> Result<(), GrammarError> {
+        use std::collections::{HashMap, HashSet};
+        fn live(e: &Expr, ok: &HashSet<String>) -> bool {
+            match e {
+                Expr::Empty | Expr::Text(_) | Expr::Class(_) | Expr::Any => true,
+                Expr::Ref(n) => ok.contains(n),
+                Expr::Seq(v) => v.iter().all(|e| live(e, ok)),
+                Expr::Alt(v) => v.iter().any(|e| live(e, ok)),
+                Expr::Repeat(e, min, _) => *min == 0 || live(e, ok),
+            }
+        }
+        fn keep(e: &Expr, ok: &HashSet<String>) -> Expr {
+            match e {
+                Expr::Seq(v) => Expr::seq(v.iter().map(|e| keep(e, ok))),
+                Expr::Alt(v) => Expr::alt(v.iter().filter(|e| live(e, ok)).map(|e| keep(e, ok))),
+                Expr::Repeat(inner, min, max) if live(inner, ok) => Expr::Repeat(Box::new(keep(inner, ok)), *min, *max),
+                Expr::Repeat(..) => Expr::Empty,
+                e => e.clone(),
+            }
+        }
+        let mut ok = HashSet::new();
+        loop {
+            let before = ok.len();
+            for r in &self.rules {
+                if !ok.contains(&r.name) && live(&r.body, &ok) {
+                    ok.insert(r.name.clone());
+                }
+            }
+            if ok.len() == before {
+                break;
+            }
+        }
+        let Some(start) = self.rules.first().map(|r| r.name.clone()) else {
+            return Err(GrammarError { at: None, message: "the grammar has no rules".into() });
+        };
+        if !ok.contains(&start) {
+            return Err(GrammarError { at: None, message: format!("the start rule `{start}` matches nothing") });
+        }
+        let bodies: HashMap<String, Expr> =
+            self.rules.iter().filter(|r| ok.contains(&r.name)).map(|r| (r.name.clone(), keep(&r.body, &ok))).collect();
+        let mut reached = HashSet::from([start.clone()]);
+        let mut stack = vec![start];
+        while let Some(n) = stack.pop() {
+            let mut refs = Vec::new();
+            bodies[&n].refs(&mut refs);
+            for r in refs {
+                if reached.insert(r.to_string()) {
+                    stack.push(r.to_string());
+                }
+            }
+        }
+        self.rules.retain(|r| reached.contains(&r.name));
+        for r in &mut self.rules {
+            r.body = bodies[&r.name].clone();
+        }
+        Ok(())
+    }
+
     /// The rule named `name`.
     pub fn get(&self, name: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.name == name)
@@ -225,5 +287,33 @@ impl Grammar {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_drops_dead_alternatives_and_rules_and_keeps_what_can_match() {
+        let mut g = Grammar::default();
+        g.define("start", Expr::alt([Expr::rule("live"), Expr::rule("dead"), Expr::rule("missing")]));
+        g.define("live", Expr::seq([Expr::text("a"), Expr::Repeat(Box::new(Expr::rule("dead")), 0, Some(3))]));
+        // Reaches only itself: matches no finite string.
+        g.define("dead", Expr::seq([Expr::text("b"), Expr::rule("dead")]));
+        g.define("unreached", Expr::text("c"));
+        g.prune().unwrap();
+        let names: Vec<&str> = g.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["start", "live"]);
+        assert_eq!(g.rules[0].body, Expr::rule("live"));
+        assert_eq!(g.rules[1].body, Expr::text("a"));
+        g.check().unwrap();
+    }
+
+    #[test]
+    fn prune_refuses_a_grammar_whose_start_matches_nothing() {
+        let mut g = Grammar::default();
+        g.define("start", Expr::seq([Expr::text("a"), Expr::rule("missing")]));
+        assert!(g.prune().unwrap_err().message.contains("matches nothing"));
     }
 }

@@ -16,6 +16,8 @@ pub struct Request {
     pub prompt: String,
     /// The base program, canonical.
     pub base: String,
+    /// The dataset the candidate is for (its binding shapes the diff grammar).
+    pub dataset: String,
     /// Seeds the proposal (mutate) or the sampling (servers that take a seed).
     pub seed: u64,
     /// The previous attempts' replies and the diagnostics they got, oldest first.
@@ -183,13 +185,15 @@ impl OpenAi {
             Constrain::Off => {}
             Constrain::Lark => {
                 body["structured_outputs"] =
-                    serde_json::json!({"grammar": grammar(diff_lark(&req.base, PROGRAM_FILE))?})
+                    serde_json::json!({"grammar": grammar(diff_lark(&req.base, PROGRAM_FILE, binding(&req.dataset)))?})
             }
             Constrain::Vllm => {
                 body["structured_outputs"] =
-                    serde_json::json!({"grammar": grammar(diff_gbnf(&req.base, PROGRAM_FILE))?})
+                    serde_json::json!({"grammar": grammar(diff_gbnf(&req.base, PROGRAM_FILE, binding(&req.dataset)))?})
             }
-            Constrain::LlamaCpp => body["grammar"] = serde_json::json!(grammar(diff_gbnf(&req.base, PROGRAM_FILE))?),
+            Constrain::LlamaCpp => {
+                body["grammar"] = serde_json::json!(grammar(diff_gbnf(&req.base, PROGRAM_FILE, binding(&req.dataset)))?)
+            }
         }
         Ok(body)
     }
@@ -344,6 +348,11 @@ impl OpenAi {
         }
         Ok(replies)
     }
+}
+
+/// The dataset's binding, when nasc knows the dataset.
+fn binding(dataset: &str) -> Option<nasc_lang::check::binding::Binding> {
+    nasc_lang::check::binding::dataset(dataset)
 }
 
 /// Runs `f` on every item with at most `concurrency` at once, keeping the items' order.

@@ -389,13 +389,14 @@ impl Driver {
             let program = parent.program.clone().unwrap_or_default();
             let prompt = generate::render(&self.template, &program, &dataset, parent.accuracy, &self.config.goal);
             let base = Base::new(&program, &self.options(&dataset));
+            let request = Request { prompt, base: program, dataset: dataset.clone(), seed, feedback: Vec::new() };
             work.push(Work {
                 slot,
                 lead,
                 dataset,
                 parent,
                 base,
-                request: Request { prompt, base: program, seed, feedback: Vec::new() },
+                request,
                 verdicts: Vec::new(),
                 result: None,
                 generate_ns: 0,

@@ -18,7 +18,7 @@ fn every_mutate_diff_over_the_zoo_is_accepted_by_its_parents_grammar() {
     let mut checked = 0;
     let mut failures = Vec::new();
     for (name, parent) in common::zoo() {
-        let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE).unwrap())
+        let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap())
             .unwrap_or_else(|e| panic!("{name}: the grammar does not compile: {e}"));
         for seed in 0..6 {
             let Some(p) = propose(&parent, seed, 3) else { continue };
@@ -35,7 +35,7 @@ fn every_mutate_diff_over_the_zoo_is_accepted_by_its_parents_grammar() {
 #[test]
 fn a_context_line_that_is_not_in_the_parent_is_refused() {
     let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
-    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE).unwrap()).unwrap();
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
     let good = "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   relu\n   maxpool(k=2)\n+  conv(32, k=3, p=1)\n   conv(16, k=5)\n";
     checker.accepts(&fenced(good)).unwrap();
     let wrong_context = good.replace("   maxpool(k=2)\n", "   maxpool(k=3)\n");
@@ -58,11 +58,57 @@ fn a_context_line_that_is_not_in_the_parent_is_refused() {
 #[test]
 fn the_same_grammar_prints_as_gbnf_that_reads_back() {
     let parent = std::fs::read_to_string(common::root().join("zoo/resnet18.arch")).unwrap();
-    let gbnf = diff_gbnf(&parent, PROGRAM_FILE).unwrap();
+    let gbnf = diff_gbnf(&parent, PROGRAM_FILE, None).unwrap();
     assert!(gbnf.starts_with("root ::= \"```diff\\n--- a/program.arch\\n+++ b/program.arch\\n\""), "{gbnf}");
     let back = nasc_grammar::gbnf::parse(&gbnf).unwrap();
     // Read back through GBNF and printed as Lark, it still accepts a real diff.
     let checker = Checker::lark(&nasc_grammar::lark::print(&back).unwrap()).unwrap();
     let p = propose(&parent, 1, 2).unwrap();
     checker.accepts(&fenced(&p.diff)).unwrap();
+}
+
+/// A block the diff adds changes no network until something calls it: the fence cannot close
+/// before a call, and a hunk opens on a line of the parent (where the applier puts it).
+#[test]
+fn an_added_block_must_be_called_before_the_diff_ends() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
+    let called = "--- a/program.arch\n+++ b/program.arch\n@@ -8,5 +8,12 @@\n arch lenet5\n \n\
+                  +block res(c) {\n+  x = in\n+  conv(c, k=3, p=1)\n+  add(x)\n+}\n+\n net {\n   conv(6, k=5)\n\
+                  +  res(6)\n   relu\n";
+    checker.accepts(&fenced(called)).unwrap();
+    let uncalled = called.replace("+  res(6)\n", "");
+    assert!(checker.accepts(&fenced(&uncalled)).is_err());
+    // Nor can a hunk open on added lines: its place would be a guess.
+    let unanchored = "--- a/program.arch\n+++ b/program.arch\n@@ -12,0 +12,1 @@\n+  relu\n";
+    assert!(checker.accepts(&fenced(unanchored)).is_err());
+}
+
+/// With the dataset known, a line added where the flow is a vector offers no pooling or
+/// convolution, and one added where it is still feature maps offers no linear layer.
+#[test]
+fn with_a_dataset_added_lines_fit_the_kind_of_flow_where_they_go() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/mlp.arch")).unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    let typed = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, fmnist).unwrap()).unwrap();
+    let untyped = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
+    let after_linear = |line: &str| {
+        format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   dropout(0.2)\n   linear(1024)\n+  {line}\n   relu\n"
+        )
+    };
+    for line in ["maxpool(k=2)", "conv(8, k=3)", "gap"] {
+        let diff = fenced(&after_linear(line));
+        untyped.accepts(&diff).unwrap();
+        assert!(typed.accepts(&diff).is_err(), "{line} after a linear layer");
+    }
+    for line in ["linear(256)", "ln", "gelu", "dropout(0.1)"] {
+        typed.accepts(&fenced(&after_linear(line))).unwrap();
+    }
+    // Before `flatten` the flow is the image: a convolution fits, a linear layer does not.
+    let before_flatten = |line: &str| {
+        format!("--- a/program.arch\n+++ b/program.arch\n@@ -10,2 +10,3 @@\n net {{\n+  {line}\n   flatten\n")
+    };
+    typed.accepts(&fenced(&before_flatten("conv(8, k=3, p=1)"))).unwrap();
+    assert!(typed.accepts(&fenced(&before_flatten("linear(64)"))).is_err());
 }

@@ -1,63 +1,294 @@
 //! The grammar of a reply that is one unified diff against a given parent program, for constrained
 //! decoding: a ```diff fence, `---`/`+++` headers naming the file, hunks whose `@@ -N` header names
 //! a line of the parent and whose context and removed lines are the parent's lines from there on,
-//! in order, exactly; added lines are lines of the arch language (`nasc_lang::syntax::lines`,
-//! derived from `arch.pest`). It must not accept a hunk that cannot apply where it says.
+//! in order, exactly, as `diff -u` spaces them; added lines are statements that can check in the
+//! body they go to (`nasc_lang::syntax::stmts`, typed by the operations' signatures and the
+//! parent's names; every line it derives parses under `arch.pest`). It must not accept a hunk
+//! that cannot apply where it says.
 //!
-//! What the grammar leaves free (the order of hunks, line counts, that the change is not empty,
-//! that the result checks) the tolerant applier and the verdict judge. One description, printed
-//! as Lark for llguidance and as GBNF for llama.cpp and vLLM; its size grows with the parent's
-//! lines (a rule per line), not their square.
+//! What the grammar leaves free (line counts, widths, shapes) the tolerant applier and the
+//! verdict judge. One description, printed as Lark for llguidance and as GBNF for llama.cpp and
+//! vLLM; its size grows with the parent's lines (a few rules per line), not their square.
 
 use nasc_grammar::{Expr, Grammar};
+use nasc_lang::check::binding::Binding;
+use nasc_lang::check::kinds::{self, Kind};
+use nasc_lang::syntax::stmts::{self, Scope};
 
 /// The file name the search's prompt asks the diff's headers to use.
 pub const PROGRAM_FILE: &str = "program.arch";
 
 /// Added lines at one place of a hunk, at most (a model that may add forever can).
-const MAX_ADDED: u32 = 12;
+const MAX_ADDED: u32 = 8;
+/// Lines of a block a diff adds, at most.
+const MAX_BLOCK: u32 = 12;
+/// Context lines before a hunk's first change, as `diff -u` writes them.
+const LEAD: usize = 3;
+/// Context lines after a change before the hunk ends or changes again (`diff -u` joins two
+/// changes up to 2 × 3 lines apart into one hunk).
+const BETWEEN: usize = 6;
+
+/// One line of the parent as the grammar sees it.
+struct Line<'a> {
+    text: &'a str,
+    /// Brace depth before the line.
+    depth: usize,
+    /// The top-level item (index into the scopes, in text order) the line is in, if any.
+    item: Option<usize>,
+    /// Whether a hunk may remove it: a statement inside a body, holding no brace (removing one
+    /// would unbalance the program) and no comment-only or blank line (removing those changes
+    /// no network).
+    removable: bool,
+}
 
 /// The grammar of one fenced unified diff against `parent`, with headers `--- a/{file}` and
 /// `+++ b/{file}`. Each hunk walks the parent in order from the line its `@@ -N` header names:
 /// every context or removed line is the next line of the parent, so a hunk the grammar accepts
-/// applies where its header says; a later hunk starts after the earlier one ends. Added lines
-/// (statements, not blank, without comments: they carry no architecture) may come before, between
-/// and after them; comment and blank lines of the parent are context only. The new start and both counts are free (the applier recounts). A rule per parent line
-/// and three per position: the grammar grows with the parent, not its square. Errors only if the
-/// language's own grammar cannot be derived.
-pub fn diff_grammar(parent: &str, file: &str) -> Result<Grammar, String> {
+/// applies where its header says; a later hunk starts after the earlier one ends. A hunk has at
+/// most three context lines before its first change and six between or after changes, as
+/// `diff -u` writes them, and at least one change: a model cannot spend its tokens copying the
+/// parent. Only statements inside bodies may be removed, never braces.
+///
+/// Added lines are the statements a body can check (`nasc_lang::syntax::stmts`): calls of the
+/// language's operations with their signature's parameters, and of the parent's blocks, with
+/// the integer names and bound values of the block they are added to, at canonical indentation;
+/// a `repeat` of such lines; and at the top level a new block, after which the net may call
+/// blocks the parent does not have. What the grammar leaves free (line counts, widths and
+/// shapes) the tolerant applier and the verdict judge. With the dataset's `binding`, added lines
+/// offer only the operations that keep the kind of flow (maps, tokens, a vector) where they go
+/// (`check::kinds`): a network's flattened half takes no pooling. Errors when the parent does
+/// not parse.
+pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Result<Grammar, String> {
+    let program = nasc_lang::syntax::parse(parent).map_err(|d| format!("the parent does not parse: {}", d.message))?;
+    let (callees, scopes) = stmts::program_names(&program);
+    let lines = lines_of(parent);
+    let n = lines.len();
+    let flow = binding.map(|b| flow_kinds(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
     let mut g = Grammar::default();
     // The start rule comes first; its body is set once the parts exist.
     g.define("diff", Expr::Empty);
-    nasc_lang::syntax::lines::add_line_rules(&mut g, false)?;
-    // Added lines fit where they go: in a body, statements and braces; at the top level, a new
-    // block (its head, then body lines), with a blank line before or after it as canonical text
-    // puts between blocks. No other blank lines: they change nothing.
-    let in_body = g.define("added_body", Expr::seq([Expr::text("+"), Expr::rule("arch_body_line"), Expr::text("\n")]));
-    let body_adds = g.define("adds_body", Expr::Repeat(Box::new(in_body.clone()), 1, Some(MAX_ADDED)));
+    // Statements per scope: f0 calls the language's operations and the parent's blocks; f1 may
+    // also call a block the diff adds.
+    for (k, (_, scope)) in scopes.iter().enumerate() {
+        for calls_new in [false, true] {
+            stmts::define_statement(&mut g, &format!("s{k}f{}", u8::from(calls_new)), scope, &callees, calls_new);
+        }
+    }
+    // A new block's body calls the language's operations and the parent's blocks only.
+    let open = Scope { open: true, ..Scope::default() };
+    stmts::define_statement(&mut g, "snew", &open, &callees, false);
+    let head = stmts::define_block_head(&mut g);
+    let indent = |depth: usize| "  ".repeat(depth);
+    // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
+    // with `calling`, one of them (not in a repeat) calls the block the diff added.
+    // Statements of item k (f1: that may call a new block) where the flow is of `kind`: only the
+    // operations that keep that kind, defined on first use.
+    let scope_for = |g: &mut Grammar, k: usize, calls_new: bool, kind: Option<Kind>| -> String {
+        let base = format!("s{k}f{}", u8::from(calls_new));
+        let Some(kind) = kind else { return base };
+        let name = format!(
+            "{base}{}",
+            match kind {
+                Kind::Map => "m",
+                Kind::Tokens => "t",
+                Kind::Vector => "v",
+            }
+        );
+        if g.get(&format!("{name}_stmt")).is_none() {
+            let scope = Scope { ops: Some(kinds::keeping(kind).to_vec()), ..scopes[k].1.clone() };
+            stmts::define_statement(g, &name, &scope, &callees, calls_new);
+        }
+        name
+    };
+    let body_adds = |g: &mut Grammar, scope: &str, depth: usize, calling: bool| -> Expr {
+        let name = format!("adds_{scope}_d{depth}{}", if calling { "_call" } else { "" });
+        if g.get(&name).is_some() {
+            return Expr::rule(name);
+        }
+        let stmt = Expr::rule(format!("{scope}_stmt"));
+        // `+` and the indentation are one literal wherever a line starts, and what follows
+        // another: llguidance's lexer is greedy and does not back out of a longer literal.
+        let line = |d: usize, what: Expr| Expr::seq([Expr::text(format!("+{}", indent(d))), what, Expr::text("\n")]);
+        let repeat = Expr::seq([
+            Expr::text(format!("+{}", indent(depth))),
+            Expr::text("repeat("),
+            Expr::rule(format!("{scope}_int")),
+            Expr::text(") {\n"),
+            Expr::Repeat(Box::new(line(depth + 1, stmt.clone())), 1, Some(MAX_ADDED / 2)),
+            Expr::text(format!("+{}}}\n", indent(depth))),
+        ]);
+        let any = Expr::alt([line(depth, stmt.clone()), repeat]);
+        let body = if calling {
+            let some = Expr::Repeat(Box::new(any), 0, Some(MAX_ADDED / 2));
+            Expr::seq([some.clone(), line(depth, Expr::rule(format!("{scope}_call_new"))), some])
+        } else {
+            Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED))
+        };
+        g.define(&name, body)
+    };
+    // A new block at the top level, with a blank line before or after it as canonical text has.
+    let new_line = Expr::seq([Expr::text("+  "), Expr::rule("snew_stmt"), Expr::text("\n")]);
     let blank = Expr::opt(Expr::text("+\n"));
-    let top = Expr::seq([
-        blank.clone(),
-        Expr::text("+"),
-        Expr::rule("arch_item_line"),
-        Expr::text("\n"),
-        Expr::Repeat(Box::new(in_body), 0, Some(MAX_ADDED)),
-        blank,
-    ]);
-    let top_adds = g.define("adds_top", top);
-    let adds_at = |depth: usize| if depth == 0 { top_adds.clone() } else { body_adds.clone() };
+    let top_adds = g.define(
+        "adds_top",
+        Expr::seq([
+            blank.clone(),
+            Expr::text("+"),
+            head,
+            Expr::text("\n"),
+            Expr::Repeat(Box::new(new_line), 1, Some(MAX_BLOCK)),
+            Expr::text("+}\n"),
+            blank,
+        ]),
+    );
+    // The state of the walk: 0, no block added; 1, a block added and not yet called (the diff
+    // cannot end: an uncalled block changes no network); 2, added and called. What may be added
+    // before line i (or at the end, i = n) in a state, and the state after it.
+    let depth_at = |i: usize| if i < n { lines[i].depth } else { 0 };
+    let item_at = |i: usize| if i < n { lines[i].item } else { None };
+    let adds_at = |g: &mut Grammar, i: usize, state: u8| -> Vec<(Expr, u8)> {
+        match (depth_at(i), item_at(i)) {
+            (0, _) | (_, None) if state != 1 => vec![(top_adds.clone(), 1)],
+            (0, _) | (_, None) => vec![],
+            (d, Some(k)) => {
+                let scope = scope_for(g, k, state > 0, flow[i]);
+                let mut out = vec![(body_adds(g, &scope, d, false), state)];
+                if state == 1 {
+                    out.push((body_adds(g, &scope, d, true), 2));
+                }
+                out
+            }
+        }
+    };
     let digit = nasc_grammar::Class { negated: false, ranges: vec![('0', '9')] };
     let num = g.define_token("hunk_number", Expr::Repeat(Box::new(Expr::Class(digit)), 1, Some(5)));
     let counts = |start: Expr| Expr::seq([start, Expr::opt(Expr::seq([Expr::text(","), num.clone()]))]);
-    let header =
-        |old: Expr| Expr::seq([counts(old), counts(Expr::seq([Expr::text(" +"), num.clone()])), Expr::text(" @@\n")]);
-    let lines: Vec<&str> = parent.lines().map(|l| l.trim_end_matches('\r')).collect();
-    let n = lines.len();
-    // How deep in braces the text is after each line (comments hold no braces that count).
-    let mut depth_after = Vec::with_capacity(n);
+    let header = |line: usize| {
+        Expr::seq([
+            counts(Expr::text(format!("@@ -{line}"))),
+            counts(Expr::seq([Expr::text(" +"), num.clone()])),
+            Expr::text(" @@\n"),
+        ])
+    };
+    let context = |i: usize| {
+        let l = lines[i].text;
+        if l.is_empty() {
+            // A blank context line, with its space or (as diffy writes it) without.
+            Expr::alt([Expr::text(" \n"), Expr::text("\n")])
+        } else {
+            Expr::text(format!(" {l}\n"))
+        }
+    };
+    let removed = |i: usize| Expr::text(format!("-{}\n", lines[i].text));
+    // A `repeat` head may be replaced by one with another count (the body stays).
+    let new_head = |i: usize, state: u8| -> Option<Expr> {
+        let l = &lines[i];
+        let k = l.item?;
+        l.text.trim_start().starts_with("repeat(").then(|| {
+            Expr::seq([
+                removed(i),
+                Expr::text(format!("+{}", indent(l.depth))),
+                Expr::text("repeat("),
+                Expr::rule(format!("s{k}f{}_int", u8::from(state > 0))),
+                Expr::text(") {\n"),
+            ])
+        })
+    };
+    let r = |name: String| Expr::rule(name);
+    // Line i removed (or its `repeat` head replaced), and the walk goes on after it.
+    let change = |i: usize, state: u8| -> Vec<Expr> {
+        let next = r(format!("post_{}_0_{state}", i + 1));
+        let mut out = Vec::new();
+        if lines[i].removable {
+            out.push(Expr::seq([removed(i), next.clone()]));
+        }
+        out.extend(new_head(i, state).map(|h| Expr::seq([h, next])));
+        out
+    };
+    let close = Expr::text("```");
+    // Rules, from the end of the parent back, per state; a rule whose alternatives all die (a
+    // state that cannot reach the end) is pruned afterwards. lead_i_k: before line i, k context
+    // lines into a hunk with no change yet; post_i_k: k context lines after the last change;
+    // added_i: just after lines added before line i; after_i: the fence closes, or a hunk
+    // starts at line i or later; first_i: a hunk starts at line i or later (a diff has at
+    // least one); hunk_i: a hunk starting at line i.
+    for i in (0..=n).rev() {
+        for state in 0..3u8 {
+            let adds = adds_at(&mut g, i, state);
+            let end = r(format!("after_{i}_{state}"));
+            let then = |suffix: &str| -> Vec<Expr> {
+                adds.iter().map(|(a, s)| Expr::seq([a.clone(), r(format!("added_{i}_{s}{suffix}"))])).collect()
+            };
+            let mut alts = vec![end.clone()];
+            if i < n {
+                alts.push(Expr::seq([context(i), r(format!("post_{}_1_{state}", i + 1))]));
+                alts.extend(change(i, state));
+            }
+            g.define(&format!("added_{i}_{state}"), Expr::alt(alts));
+            for k in 0..=BETWEEN {
+                let mut alts = vec![end.clone()];
+                alts.extend(then(""));
+                if i < n {
+                    if k < BETWEEN {
+                        alts.push(Expr::seq([context(i), r(format!("post_{}_{}_{state}", i + 1, k + 1))]));
+                    }
+                    alts.extend(change(i, state));
+                }
+                g.define(&format!("post_{i}_{k}_{state}"), Expr::alt(alts));
+            }
+            for k in 0..=LEAD {
+                // A hunk opens on a line of the parent, context or removed, which is where the
+                // applier puts it; only the hunk at the end (`@@ -N`: after line N) opens on
+                // added lines, and the fence closes after it.
+                let mut alts = vec![];
+                if k > 0 {
+                    alts.extend(then(""));
+                } else if i == n {
+                    alts.extend(then("_x"));
+                }
+                if i < n {
+                    if k < LEAD {
+                        alts.push(Expr::seq([context(i), r(format!("lead_{}_{}_{state}", i + 1, k + 1))]));
+                    }
+                    alts.extend(change(i, state));
+                }
+                g.define(&format!("lead_{i}_{k}_{state}"), Expr::alt(alts));
+            }
+            if i == n && state != 1 {
+                g.define(&format!("added_{i}_{state}_x"), close.clone());
+            }
+            let start_line = if i < n { i + 1 } else { n };
+            let hunk = g.define(
+                &format!("hunk_{i}_{state}"),
+                Expr::seq([header(start_line), r(format!("lead_{i}_0_{state}"))]),
+            );
+            // The next hunk starts at the line after this one's last, or later.
+            let later = (i < n).then(|| r(format!("first_{}_{state}", i + 1)));
+            g.define(&format!("first_{i}_{state}"), Expr::alt([hunk].into_iter().chain(later)));
+            let first = r(format!("first_{i}_{state}"));
+            g.define(&format!("after_{i}_{state}"), if state == 1 { first } else { Expr::alt([close.clone(), first]) });
+        }
+    }
+    g.define("diff", Expr::seq([Expr::text(format!("```diff\n--- a/{file}\n+++ b/{file}\n")), r("first_0_0".into())]));
+    g.prune().map_err(|e| e.to_string())?;
+    Ok(g)
+}
+
+/// The parent's lines with their depth, item and whether they may be removed.
+fn lines_of(parent: &str) -> Vec<Line<'_>> {
+    let mut out = Vec::new();
     let mut depth = 0usize;
-    for l in &lines {
-        let code = l.split('#').next().unwrap_or("");
+    let mut items = 0usize;
+    for text in parent.lines().map(|l| l.trim_end_matches('\r')) {
+        let code = text.split('#').next().unwrap_or("");
+        let braces = code.contains('{') || code.contains('}');
+        let trimmed = code.trim();
+        // A top-level line that opens a brace starts the next item (a block or the net).
+        if depth == 0 && code.contains('{') {
+            items += 1;
+        }
+        let item = if depth > 0 || code.contains('{') { items.checked_sub(1) } else { None };
+        out.push(Line { text, depth, item, removable: depth > 0 && !braces && !trimmed.is_empty() });
         for c in code.chars() {
             match c {
                 '{' => depth += 1,
@@ -65,50 +296,58 @@ pub fn diff_grammar(parent: &str, file: &str) -> Result<Grammar, String> {
                 _ => {}
             }
         }
-        depth_after.push(depth);
     }
-    let depth_before = |i: usize| if i == 0 { 0 } else { depth_after[i - 1] };
-    let close = Expr::text("```");
-    // Built from the last line back. walk_i: line i kept or removed, added lines after it, then
-    // the hunk goes on (walk_{i+1}) or ends (after_{i+1}). hunk_i: a hunk that starts at line i.
-    // after_k: the fence closes, or a hunk starts at line k or later. first_k: the same without
-    // closing (a diff has at least one hunk).
-    // Lines added after the parent's last line: `@@ -N,0 ...` with N the parent's length.
-    let tail = g.define("hunk_end", Expr::seq([header(Expr::text(format!("@@ -{n}"))), adds_at(0)]));
-    let mut after_next = Expr::alt([close.clone(), tail.clone()]);
-    let mut first_next = tail;
-    for (i, l) in lines.iter().enumerate().rev() {
-        let here = if l.is_empty() {
-            // A blank context line, with its space or (as diffy writes it) without.
-            Expr::alt([Expr::text(" \n"), Expr::text("\n")])
-        } else if l.trim_start().starts_with('#') {
-            // Comments are context only: removing one changes no network.
-            Expr::text(format!(" {l}\n"))
-        } else {
-            Expr::alt([Expr::text(format!(" {l}\n")), Expr::text(format!("-{l}\n"))])
-        };
-        let go_on = if i + 1 < n { Expr::rule(format!("walk_{}", i + 1)) } else { Expr::Empty };
-        let end = after_next.clone();
-        let next = if go_on == Expr::Empty { end } else { Expr::alt([go_on, end]) };
-        let rest = g.define(&format!("rest_{i}"), Expr::seq([Expr::opt(adds_at(depth_after[i])), next]));
-        let walk = g.define(&format!("walk_{i}"), Expr::seq([here, rest]));
-        let hunk = g.define(
-            &format!("hunk_{i}"),
-            Expr::seq([header(Expr::text(format!("@@ -{}", i + 1))), Expr::opt(adds_at(depth_before(i))), walk]),
-        );
-        after_next = g.define(&format!("after_{i}"), Expr::alt([close.clone(), hunk.clone(), after_next]));
-        first_next = g.define(&format!("first_{i}"), Expr::alt([hunk, first_next]));
+    out
+}
+
+/// The kind of the flow at each place a line may be added (before parent line i, i = 0..=n),
+/// read off the parent's shape table under `binding`: the kind after the nearest statement
+/// above it in the same item. `None` where it is not one kind (a block called on several), or
+/// the parent does not check.
+fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<Kind>> {
+    let n = lines.len();
+    let Ok(checked) = nasc_lang::check::check_source(parent, binding, &nasc_lang::check::Budget::default()) else {
+        return vec![None; n + 1];
+    };
+    // The kinds each line's rows give, by 0-based line.
+    let mut after: Vec<Vec<Kind>> = vec![Vec::new(); n];
+    for row in checked.table_rows(parent) {
+        if let (Some(kind), Some(slot)) =
+            (Kind::of_dims(&row.dims), row.line.checked_sub(1).and_then(|l| after.get_mut(l)))
+        {
+            if !slot.contains(&kind) {
+                slot.push(kind);
+            }
+        }
     }
-    g.define("diff", Expr::seq([Expr::text(format!("```diff\n--- a/{file}\n+++ b/{file}\n")), first_next]));
-    Ok(g)
+    let input = Kind::of_dims(&binding.input);
+    (0..=n)
+        .map(|i| {
+            let item = lines.get(i).and_then(|l| l.item)?;
+            for j in (0..i).rev() {
+                if lines[j].item != Some(item) {
+                    break;
+                }
+                match after[j].as_slice() {
+                    [] => continue,
+                    [one] => return Some(*one),
+                    _ => return None,
+                }
+            }
+            // The top of the item's body: the net starts from the input; a block, from wherever
+            // it is called.
+            let head = lines[..i].iter().rposition(|l| l.item == Some(item) && l.depth == 0)?;
+            lines[head].text.trim_start().starts_with("net").then_some(input).flatten()
+        })
+        .collect()
 }
 
 /// [`diff_grammar`] as Lark, for llguidance (`nasc serve`, vLLM's llguidance backend).
-pub fn diff_lark(parent: &str, file: &str) -> Result<String, String> {
-    nasc_grammar::lark::print(&diff_grammar(parent, file)?).map_err(|e| e.to_string())
+pub fn diff_lark(parent: &str, file: &str, binding: Option<Binding>) -> Result<String, String> {
+    nasc_grammar::lark::print(&diff_grammar(parent, file, binding)?).map_err(|e| e.to_string())
 }
 
 /// [`diff_grammar`] as GBNF, for llama.cpp's server and vLLM's default backend.
-pub fn diff_gbnf(parent: &str, file: &str) -> Result<String, String> {
-    nasc_grammar::gbnf::print(&diff_grammar(parent, file)?).map_err(|e| e.to_string())
+pub fn diff_gbnf(parent: &str, file: &str, binding: Option<Binding>) -> Result<String, String> {
+    nasc_grammar::gbnf::print(&diff_grammar(parent, file, binding)?).map_err(|e| e.to_string())
 }

@@ -4,6 +4,7 @@
 pub mod binding;
 pub mod elab;
 pub mod graph;
+pub mod kinds;
 pub mod ops;
 mod value;
 

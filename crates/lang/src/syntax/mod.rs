@@ -8,5 +8,6 @@ pub mod fmt;
 pub mod lines;
 pub mod parse;
 pub mod signature;
+pub mod stmts;
 
 pub use parse::{parse, parse_raw};

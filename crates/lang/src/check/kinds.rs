@@ -1,0 +1,110 @@
+//! Which operations take a flow of each kind (feature maps, tokens, a vector) and give the same
+//! kind back, found by checking probe programs with the checker itself rather than kept as a
+//! second table beside the shape rules: a grammar that adds lines to a network can offer, at
+//! each place, only what can stand there.
+
+use super::binding;
+use super::graph::Shape;
+use super::{check_source, Budget};
+use crate::syntax::signature::{ArgDefault, Args, Signature, Ty, OPS};
+use std::sync::OnceLock;
+
+/// The kind of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Feature maps `[C,H,W]`.
+    Map,
+    /// Tokens `[N,D]`.
+    Tokens,
+    /// A vector `[D]`.
+    Vector,
+}
+
+impl Kind {
+    pub fn of(shape: Shape) -> Kind {
+        match shape {
+            Shape::Map { .. } => Kind::Map,
+            Shape::Tokens { .. } => Kind::Tokens,
+            Shape::Vector { .. } => Kind::Vector,
+        }
+    }
+
+    /// The kind of a shape table row's dimensions (`TableRow::dims`).
+    pub fn of_dims(dims: &[u64]) -> Option<Kind> {
+        match dims.len() {
+            3 => Some(Kind::Map),
+            2 => Some(Kind::Tokens),
+            1 => Some(Kind::Vector),
+            _ => None,
+        }
+    }
+
+    const ALL: [Kind; 3] = [Kind::Map, Kind::Tokens, Kind::Vector];
+
+    /// A probe's lines before the operation (making a flow of this kind) and after it (taking
+    /// that kind to the classes).
+    fn probe(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Map => ("conv(8, k=3, p=1)", "gap\n  linear(classes)"),
+            Kind::Tokens => ("patch(16, k=4)", "token_mean\n  linear(classes)"),
+            Kind::Vector => ("flatten\n  linear(16)", "linear(classes)"),
+        }
+    }
+}
+
+/// The built-in operations (not merges, which take values) that keep a flow of `kind`.
+pub fn keeping(kind: Kind) -> &'static [&'static str] {
+    static TABLE: OnceLock<Vec<(Kind, Vec<&'static str>)>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        Kind::ALL.iter().map(|&k| (k, OPS.iter().filter(|s| keeps(s, k)).map(|s| s.name).collect())).collect()
+    });
+    table.iter().find(|(k, _)| *k == kind).map(|(_, ops)| ops.as_slice()).unwrap_or(&[])
+}
+
+/// Whether some plain call of `sig` checks between a flow of `kind` and a tail that needs it.
+fn keeps(sig: &Signature, kind: Kind) -> bool {
+    let Args::Params { params, .. } = sig.args else { return false };
+    let Some(binding) = binding::dataset("fashion-mnist") else { return false };
+    let (before, after) = kind.probe();
+    // Required parameters all 2, or 1, 2, 3, ... in order (a slice needs lo < hi).
+    (0..2).any(|fill| {
+        let mut next = 0;
+        let args: Vec<String> = params
+            .iter()
+            .filter(|p| matches!(p.default, ArgDefault::Required))
+            .map(|p| {
+                next += 1;
+                let v = match p.ty {
+                    Ty::Float => "0.5".to_string(),
+                    Ty::Bool => "true".to_string(),
+                    Ty::Int | Ty::Pad => (if fill == 0 { 2 } else { next }).to_string(),
+                };
+                format!("{}={v}", p.name)
+            })
+            .collect();
+        let call = if args.is_empty() { sig.name.to_string() } else { format!("{}({})", sig.name, args.join(", ")) };
+        let src = format!("net {{\n  {before}\n  {call}\n  {after}\n}}\n");
+        check_source(&src, binding, &Budget::default()).is_ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probes_find_what_each_kind_takes() {
+        let maps = keeping(Kind::Map);
+        for op in ["conv", "bn", "relu", "maxpool", "dropout", "dwconv", "identity"] {
+            assert!(maps.contains(&op), "{op} keeps maps: {maps:?}");
+        }
+        for op in ["linear", "flatten", "gap", "attn"] {
+            assert!(!maps.contains(&op), "{op} does not keep maps");
+        }
+        let vectors = keeping(Kind::Vector);
+        assert!(vectors.contains(&"linear") && vectors.contains(&"relu"), "{vectors:?}");
+        assert!(!vectors.contains(&"maxpool") && !vectors.contains(&"conv"), "{vectors:?}");
+        let tokens = keeping(Kind::Tokens);
+        assert!(tokens.contains(&"attn") && tokens.contains(&"ln"), "{tokens:?}");
+    }
+}

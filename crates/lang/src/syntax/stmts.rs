@@ -1,0 +1,297 @@
+//! The statements a language model may add to a program, typed by the operations' signatures
+//! (`signature::OPS`) and the program's own names, as a context-free grammar for constrained
+//! decoding. Where `lines` says what the syntax allows on a line (any name may be called with any
+//! arguments), this says what can check: a call names an operation or a block of the program,
+//! its arguments are the signature's parameters in canonical order with values of their types,
+//! and the names in them are the scope's (a block's parameters and `classes` where integers go,
+//! values bound in the same body where merges take values). Text is canonical (`nasc fmt`'s
+//! spacing), so a model spends no tokens on spelling and cannot run on in spaces.
+//!
+//! Every string this grammar derives is a line that `arch.pest` parses (a test samples it), so
+//! it narrows the grammar of record and cannot drift from it without failing.
+
+use super::signature::{ArgDefault, Args, ParamSpec, Ty, OPS};
+use nasc_grammar::{Class, Expr, Grammar};
+
+/// What names a body can use.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Names of integers other than `classes`: the block's parameters.
+    pub numbers: Vec<String>,
+    /// Values bound in the body (`x = in`), which merges (`add(x)`) take.
+    pub values: Vec<String>,
+    /// A block the diff adds: its parameters and values are not known in advance, so any
+    /// one-letter name is allowed where a number or value goes.
+    pub open: bool,
+    /// The built-in operations that may be called (merges aside), when the flow's kind at the
+    /// place is known (`check::kinds`); all of them when `None`.
+    pub ops: Option<Vec<&'static str>>,
+}
+
+/// A block of the program that statements may call: its parameters, and whether each has a default.
+#[derive(Clone, Debug)]
+pub struct Callee {
+    pub name: String,
+    pub params: Vec<(String, bool)>,
+}
+
+/// Longest operator chain in an integer expression (`cin * t`), and most stages in a pipeline.
+const MAX_STAGES: u32 = 3;
+const MAX_MERGE_ARGS: u32 = 4;
+
+fn class(ranges: &[(char, char)]) -> Expr {
+    Expr::Class(Class { negated: false, ranges: ranges.to_vec() })
+}
+
+fn alt_texts<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> Expr {
+    Expr::alt(words.into_iter().map(|w| Expr::text(w.as_ref())))
+}
+
+/// Defines the rules shared by every scope (numbers, truth values, short names) once.
+fn shared(g: &mut Grammar) {
+    if g.get("st_integer").is_some() {
+        return;
+    }
+    let digit = class(&[('0', '9')]);
+    g.define_token(
+        "st_integer",
+        Expr::alt([
+            Expr::text("0"),
+            Expr::seq([class(&[('1', '9')]), Expr::Repeat(Box::new(digit.clone()), 0, Some(4))]),
+        ]),
+    );
+    g.define_token(
+        "st_float",
+        Expr::seq([
+            Expr::Repeat(Box::new(digit.clone()), 1, Some(2)),
+            Expr::opt(Expr::seq([Expr::text("."), Expr::Repeat(Box::new(digit), 1, Some(4))])),
+        ]),
+    );
+    g.define("st_bool", alt_texts(["true", "false"]));
+    let tail = class(&[('a', 'z'), ('0', '9'), ('_', '_')]);
+    g.define_token("st_short_name", Expr::seq([class(&[('a', 'z')]), Expr::Repeat(Box::new(tail), 0, Some(11))]));
+    g.define_token("st_letter", class(&[('a', 'z')]));
+}
+
+/// Defines, under names starting with `{prefix}_`, the statement lines a body of `scope` may
+/// gain: a pipeline or a binding whose calls are `OPS` and `blocks`, and, when `new_blocks`,
+/// calls of any short name (a block the same diff adds). Returns a reference to the statement.
+pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[Callee], new_blocks: bool) -> Expr {
+    shared(g);
+    let p = prefix;
+    // Integers: literals and the scope's names, with at most one operator (`c / 4`, `cin * t`).
+    let mut names: Vec<Expr> = vec![Expr::text("classes")];
+    names.extend(scope.numbers.iter().map(Expr::text));
+    if scope.open {
+        names.push(Expr::rule("st_letter"));
+    }
+    let atom = g.define(&format!("{p}_int_atom"), Expr::alt([Expr::rule("st_integer"), Expr::alt(names)]));
+    let op = alt_texts([" * ", " / ", " + ", " - "]);
+    let int = g.define(&format!("{p}_int"), Expr::seq([atom.clone(), Expr::opt(Expr::seq([op, atom]))]));
+    let value_of = |ty: Ty| match ty {
+        Ty::Int => int.clone(),
+        Ty::Float => Expr::rule("st_float"),
+        Ty::Bool => Expr::rule("st_bool"),
+        Ty::Pad => Expr::alt([int.clone(), Expr::text("same")]),
+    };
+    let stage = Expr::rule(format!("{p}_stage"));
+    let mut stages = Vec::new();
+    // Values merges may take: names bound in the body, bare or through a branch.
+    let mut value_names: Vec<Expr> = scope.values.iter().map(Expr::text).collect();
+    if scope.open {
+        value_names.push(Expr::rule("st_letter"));
+    }
+    let merge_arg = (!value_names.is_empty()).then(|| {
+        let name = Expr::alt(value_names);
+        let branch = Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 0, Some(MAX_STAGES));
+        g.define(&format!("{p}_merge_arg"), Expr::seq([name, branch]))
+    });
+    for sig in OPS {
+        let rule = format!("{p}_op_{}", sig.name);
+        let body = match sig.args {
+            Args::Values => {
+                let Some(arg) = &merge_arg else { continue };
+                Expr::seq([
+                    Expr::text(format!("{}(", sig.name)),
+                    arg.clone(),
+                    Expr::Repeat(Box::new(Expr::seq([Expr::text(", "), arg.clone()])), 0, Some(MAX_MERGE_ARGS - 1)),
+                    Expr::text(")"),
+                ])
+            }
+            Args::Params { .. } if scope.ops.as_ref().is_some_and(|ops| !ops.contains(&sig.name)) => continue,
+            Args::Params { params, positional } => {
+                let typed: Vec<(&str, Expr, bool)> = params
+                    .iter()
+                    .map(|q: &ParamSpec| (q.name, value_of(q.ty), matches!(q.default, ArgDefault::Required)))
+                    .collect();
+                call(g, &rule, sig.name, &typed, positional)
+            }
+        };
+        stages.push(g.define(&rule, body));
+    }
+    for (i, b) in blocks.iter().enumerate() {
+        let typed: Vec<(&str, Expr, bool)> = b.params.iter().map(|(n, d)| (n.as_str(), int.clone(), !d)).collect();
+        // The canonical form writes a block's first parameter by position when it has no default.
+        let positional = usize::from(b.params.first().is_some_and(|(_, d)| !d));
+        let rule = format!("{p}_call_{i}");
+        let body = call(g, &rule, &b.name, &typed, positional);
+        stages.push(g.define(&rule, body));
+    }
+    if new_blocks {
+        let kw = Expr::seq([Expr::text(", "), Expr::rule("st_short_name"), Expr::text("="), int.clone()]);
+        let args = Expr::seq([Expr::text("("), int.clone(), Expr::Repeat(Box::new(kw), 0, Some(3)), Expr::text(")")]);
+        stages.push(g.define(&format!("{p}_call_new"), Expr::seq([Expr::rule("st_short_name"), args])));
+    }
+    g.define(&format!("{p}_stage"), Expr::alt(stages));
+    let more = Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 0, Some(MAX_STAGES - 1));
+    // A pipeline starts with a call, or takes a value (`in`, a bound name) and goes on from it.
+    let mut sources = vec![Expr::text("in")];
+    sources.extend(scope.values.iter().map(Expr::text));
+    let from_value = Expr::seq([
+        Expr::alt(sources),
+        Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 1, Some(MAX_STAGES - 1)),
+    ]);
+    let pipeline = Expr::alt([Expr::seq([stage.clone(), more.clone()]), from_value]);
+    // A binding names a value for a later merge: an existing one, or a new one-letter name.
+    let mut targets: Vec<Expr> = scope.values.iter().map(Expr::text).collect();
+    targets.push(Expr::rule("st_letter"));
+    let bind = Expr::seq([Expr::alt(targets), Expr::text(" = "), Expr::alt([Expr::text("in"), pipeline.clone()])]);
+    g.define(&format!("{p}_stmt"), Expr::alt([pipeline, bind]))
+}
+
+/// A call of `name` with `params` (name, value, required) whose first `positional` may be
+/// written by position, in canonical form: bare when no argument is given, else a positional
+/// prefix and then keywords in the parameters' order.
+fn call(g: &mut Grammar, rule: &str, name: &str, params: &[(&str, Expr, bool)], positional: usize) -> Expr {
+    // kw_{i}_{first}: the keyword arguments from parameter i on; `first` when nothing precedes
+    // them inside the parentheses (no comma, and at least one must come).
+    for i in (0..=params.len()).rev() {
+        for first in [false, true] {
+            let body = if i == params.len() {
+                if first {
+                    None
+                } else {
+                    Some(Expr::Empty)
+                }
+            } else {
+                let (key, value, required) = &params[i];
+                let sep = if first { Expr::Empty } else { Expr::text(", ") };
+                let take = Expr::seq([sep, Expr::text(format!("{key}=")), value.clone(), kw_ref(rule, i + 1, false)]);
+                let skip_possible = !(i + 1 == params.len() && first);
+                if *required || !skip_possible {
+                    Some(take)
+                } else {
+                    Some(Expr::alt([take, kw_ref(rule, i + 1, first)]))
+                }
+            };
+            if let Some(body) = body {
+                g.define(&format!("{rule}_kw{i}_{}", u8::from(first)), body);
+            }
+        }
+    }
+    let mut forms = Vec::new();
+    if params.iter().all(|(_, _, required)| !required) {
+        forms.push(Expr::text(name));
+    }
+    // Positional prefixes: the first j parameters by position, as long as those are positional.
+    let leading_required = params.iter().take_while(|(_, _, r)| *r).count();
+    for j in 0..=positional.min(params.len()) {
+        if j == 0 && params.is_empty() {
+            continue;
+        }
+        // Canonical text writes required leading parameters by position.
+        if j < leading_required.min(positional) {
+            continue;
+        }
+        let mut items = vec![Expr::text(format!("{name}("))];
+        for (k, (_, value, _)) in params.iter().take(j).enumerate() {
+            if k > 0 {
+                items.push(Expr::text(", "));
+            }
+            items.push(value.clone());
+        }
+        if j == 0 {
+            if g.get(&format!("{rule}_kw0_1")).is_none() {
+                continue;
+            }
+            items.push(kw_ref(rule, 0, true));
+        } else {
+            items.push(kw_ref(rule, j, false));
+        }
+        items.push(Expr::text(")"));
+        forms.push(Expr::seq(items));
+    }
+    Expr::alt(forms)
+}
+
+fn kw_ref(rule: &str, i: usize, first: bool) -> Expr {
+    Expr::rule(format!("{rule}_kw{i}_{}", u8::from(first)))
+}
+
+/// Defines `st_block_head`: the first line of a block a diff adds, `block name(params) {`, with
+/// up to four one-letter parameters, each perhaps with a default. Returns a reference to it.
+pub fn define_block_head(g: &mut Grammar) -> Expr {
+    shared(g);
+    let param = Expr::seq([
+        Expr::rule("st_letter"),
+        Expr::opt(Expr::seq([Expr::text("="), Expr::alt([Expr::rule("st_integer"), Expr::rule("st_float")])])),
+    ]);
+    g.define(
+        "st_block_head",
+        Expr::seq([
+            Expr::text("block "),
+            Expr::rule("st_short_name"),
+            Expr::text("("),
+            param.clone(),
+            Expr::Repeat(Box::new(Expr::seq([Expr::text(", "), param])), 0, Some(3)),
+            Expr::text(") {"),
+        ]),
+    )
+}
+
+/// The names a program's bodies use, for [`Scope`]s: per top-level item in order of the text
+/// (`None` for the net), its parameters and its bound values; and the blocks as [`Callee`]s.
+pub fn program_names(program: &super::ast::Program) -> (Vec<Callee>, Vec<(Option<String>, Scope)>) {
+    use super::ast::{Body, ItemRef, StmtKind};
+    fn values(b: &Body, out: &mut Vec<String>) {
+        for s in &b.stmts {
+            match &s.kind {
+                StmtKind::Pipe { bind: Some(id), .. } => {
+                    if !out.iter().any(|v| v == id.name.as_str()) {
+                        out.push(id.name.to_string());
+                    }
+                }
+                StmtKind::Pipe { .. } => {}
+                StmtKind::Repeat { body, .. } => values(body, out),
+            }
+        }
+    }
+    let callees = program
+        .blocks
+        .iter()
+        .map(|b| Callee {
+            name: b.name.name.to_string(),
+            params: b.params.iter().map(|p| (p.name.name.to_string(), p.default.is_some())).collect(),
+        })
+        .collect();
+    let mut scopes = Vec::new();
+    for item in &program.order {
+        match item {
+            ItemRef::Block(i) => {
+                let b = &program.blocks[*i];
+                let mut s =
+                    Scope { numbers: b.params.iter().map(|p| p.name.name.to_string()).collect(), ..Scope::default() };
+                values(&b.body, &mut s.values);
+                scopes.push((Some(b.name.name.to_string()), s));
+            }
+            ItemRef::Net => {
+                let mut s = Scope::default();
+                if let Some(n) = &program.net {
+                    values(&n.body, &mut s.values);
+                }
+                scopes.push((None, s));
+            }
+        }
+    }
+    (callees, scopes)
+}
