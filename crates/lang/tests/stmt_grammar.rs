@@ -149,7 +149,7 @@ fn a_block_the_grammar_lets_a_diff_add_parses() {
     let (callees, _) = program_names(&program);
     let mut g = Grammar::default();
     let stmt = define_statement(&mut g, "snew", &Scope { open: true, ..Scope::default() }, &callees, false);
-    let head = define_block_head(&mut g);
+    let head = define_block_head(&mut g, &callees);
     let mut rng = Rng(11);
     for _ in 0..300 {
         let mut text = String::new();
@@ -163,5 +163,25 @@ fn a_block_the_grammar_lets_a_diff_add_parses() {
         text.push_str("}\n\n");
         let patched = format!("{text}{src}");
         parse(&patched).unwrap_or_else(|e| panic!("{text}does not parse: {}", e.message));
+        // Its name is new: no operation, reserved word or block of the program.
+        let name = text["block ".len()..].split('(').next().unwrap();
+        assert!(signature::lookup(name).is_none() && !signature::is_reserved(name), "{text}");
+        assert!(callees.iter().all(|c| c.name != name), "{text}");
+    }
+}
+
+#[test]
+fn a_new_blocks_name_is_none_the_language_or_the_program_has_taken() {
+    let src = std::fs::read_to_string(common::root().join("zoo/resnet18.arch")).unwrap();
+    let (callees, _) = program_names(&parse(&src).unwrap());
+    let mut g = Grammar::default();
+    let head = define_block_head(&mut g, &callees);
+    g.rules.insert(0, nasc_grammar::Rule { name: "start".into(), body: head, token: false });
+    let checker = nasc_grammar::engine::Checker::lark(&nasc_grammar::lark::print(&g).unwrap()).unwrap();
+    for taken in ["conv", "relu", "basic", "down", "net", "in", "classes"] {
+        assert!(checker.accepts(&format!("block {taken}(c) {{")).is_err(), "{taken}");
+    }
+    for fresh in ["conv2", "relux", "res", "se", "basics", "d", "inception"] {
+        checker.accepts(&format!("block {fresh}(c) {{")).unwrap_or_else(|e| panic!("{fresh}: {e}"));
     }
 }

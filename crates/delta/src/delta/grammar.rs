@@ -77,7 +77,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // A new block's body calls the language's operations and the parent's blocks only.
     let open = Scope { open: true, ..Scope::default() };
     stmts::define_statement(&mut g, "snew", &open, &callees, false);
-    let head = stmts::define_block_head(&mut g);
+    let head = stmts::define_block_head(&mut g, &callees);
     let indent = |depth: usize| "  ".repeat(depth);
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
     // with `calling`, one of them (not in a repeat) calls the block the diff added.
