@@ -79,6 +79,13 @@ fn an_added_block_must_be_called_before_the_diff_ends() {
     checker.accepts(&fenced(called)).unwrap();
     let uncalled = called.replace("+  res(6)\n", "");
     assert!(checker.accepts(&fenced(&uncalled)).is_err());
+    // The call names the block added, not another: the name comes from a short list the grammar
+    // holds in its states.
+    let miscalled = called.replace("+  res(6)\n", "+  se(6)\n");
+    assert!(checker.accepts(&fenced(&miscalled)).is_err());
+    let named_freely = called.replace("res", "iable");
+    assert!(checker.accepts(&fenced(&named_freely)).is_err());
+    checker.accepts(&fenced(&called.replace("res", "cell"))).unwrap();
     // Nor can a hunk open on added lines: its place would be a guess.
     let unanchored = "--- a/program.arch\n+++ b/program.arch\n@@ -12,0 +12,1 @@\n+  relu\n";
     assert!(checker.accepts(&fenced(unanchored)).is_err());

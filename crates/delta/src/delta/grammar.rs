@@ -20,6 +20,12 @@ pub const PROGRAM_FILE: &str = "program.arch";
 
 /// Added lines at one place of a hunk, at most (a model that may add forever can).
 const MAX_ADDED: u32 = 8;
+/// Walk states: no block added, an added block called, and from ADDED on, block j added.
+const NONE: usize = 0;
+const CALLED: usize = 1;
+const ADDED: usize = 2;
+/// Names for a block a diff adds, in order of preference; a taken one gets a number.
+const NEW_NAMES: [&str; 4] = ["res", "se", "cell", "branch"];
 /// Lines of a block a diff adds, at most.
 const MAX_BLOCK: u32 = 12;
 /// Context lines before a hunk's first change, as `diff -u` writes them.
@@ -52,9 +58,9 @@ struct Line<'a> {
 /// Added lines are the statements a body can check (`nasc_lang::syntax::stmts`): calls of the
 /// language's operations with their signature's parameters, and of the parent's blocks, with
 /// the integer names and bound values of the block they are added to, at canonical indentation;
-/// a `repeat` of such lines; and at the top level a new block, after which the net may call
-/// blocks the parent does not have. What the grammar leaves free (line counts, widths and
-/// shapes) the tolerant applier and the verdict judge. With the dataset's `binding`, added lines
+/// a `repeat` of such lines; and at the top level a new block (named from a short list, so the
+/// grammar can hold the name), which a later added line must then call. What the grammar leaves
+/// free (line counts, widths and shapes) the tolerant applier and the verdict judge. With the dataset's `binding`, added lines
 /// offer only the operations that keep the kind of flow (maps, tokens, a vector) where they go
 /// (`check::kinds`): a network's flattened half takes no pooling. Errors when the parent does
 /// not parse.
@@ -67,24 +73,22 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let mut g = Grammar::default();
     // The start rule comes first; its body is set once the parts exist.
     g.define("diff", Expr::Empty);
-    // Statements per scope: f0 calls the language's operations and the parent's blocks; f1 may
-    // also call a block the diff adds.
     for (k, (_, scope)) in scopes.iter().enumerate() {
-        for calls_new in [false, true] {
-            stmts::define_statement(&mut g, &format!("s{k}f{}", u8::from(calls_new)), scope, &callees, calls_new);
-        }
+        stmts::define_statement(&mut g, &format!("s{k}"), scope, &callees);
     }
     // A new block's body calls the language's operations and the parent's blocks only.
     let open = Scope { open: true, ..Scope::default() };
-    stmts::define_statement(&mut g, "snew", &open, &callees, false);
-    let head = stmts::define_block_head(&mut g, &callees);
+    stmts::define_statement(&mut g, "snew", &open, &callees);
+    let params = stmts::define_block_params(&mut g);
+    // The names a diff may give a block it adds: a context-free grammar cannot hold a name the
+    // model makes up until the call that must repeat it, but a state per name of a short list
+    // can, so the call names exactly the block added.
+    let new_names = fresh_names(&callees);
     let indent = |depth: usize| "  ".repeat(depth);
-    // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
-    // with `calling`, one of them (not in a repeat) calls the block the diff added.
-    // Statements of item k (f1: that may call a new block) where the flow is of `kind`: only the
-    // operations that keep that kind, defined on first use.
-    let scope_for = |g: &mut Grammar, k: usize, calls_new: bool, kind: Option<Kind>| -> String {
-        let base = format!("s{k}f{}", u8::from(calls_new));
+    // Statements of item k where the flow is of `kind`: only the operations that keep that
+    // kind, defined on first use.
+    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
+        let base = format!("s{k}");
         let Some(kind) = kind else { return base };
         let name = format!(
             "{base}{}",
@@ -96,12 +100,15 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         );
         if g.get(&format!("{name}_stmt")).is_none() {
             let scope = Scope { ops: Some(kinds::keeping(kind).to_vec()), ..scopes[k].1.clone() };
-            stmts::define_statement(g, &name, &scope, &callees, calls_new);
+            stmts::define_statement(g, &name, &scope, &callees);
         }
         name
     };
-    let body_adds = |g: &mut Grammar, scope: &str, depth: usize, calling: bool| -> Expr {
-        let name = format!("adds_{scope}_d{depth}{}", if calling { "_call" } else { "" });
+    // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
+    // with `calling`, one of them (not in a repeat) calls the block the diff added under that
+    // name.
+    let body_adds = |g: &mut Grammar, scope: &str, depth: usize, calling: Option<usize>| -> Expr {
+        let name = format!("adds_{scope}_d{depth}{}", calling.map(|j| format!("_call{j}")).unwrap_or_default());
         if g.get(&name).is_some() {
             return Expr::rule(name);
         }
@@ -118,43 +125,54 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             Expr::text(format!("+{}}}\n", indent(depth))),
         ]);
         let any = Expr::alt([line(depth, stmt.clone()), repeat]);
-        let body = if calling {
-            let some = Expr::Repeat(Box::new(any), 0, Some(MAX_ADDED / 2));
-            Expr::seq([some.clone(), line(depth, Expr::rule(format!("{scope}_call_new"))), some])
-        } else {
-            Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED))
+        let body = match calling {
+            Some(j) => {
+                let some = Expr::Repeat(Box::new(any), 0, Some(MAX_ADDED / 2));
+                let call = stmts::new_block_call(&new_names[j], Expr::rule(format!("{scope}_int")));
+                Expr::seq([some.clone(), line(depth, call), some])
+            }
+            None => Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED)),
         };
         g.define(&name, body)
     };
     // A new block at the top level, with a blank line before or after it as canonical text has.
     let new_line = Expr::seq([Expr::text("+  "), Expr::rule("snew_stmt"), Expr::text("\n")]);
     let blank = Expr::opt(Expr::text("+\n"));
-    let top_adds = g.define(
-        "adds_top",
-        Expr::seq([
-            blank.clone(),
-            Expr::text("+"),
-            head,
-            Expr::text("\n"),
-            Expr::Repeat(Box::new(new_line), 1, Some(MAX_BLOCK)),
-            Expr::text("+}\n"),
-            blank,
-        ]),
-    );
-    // The state of the walk: 0, no block added; 1, a block added and not yet called (the diff
-    // cannot end: an uncalled block changes no network); 2, added and called. What may be added
-    // before line i (or at the end, i = n) in a state, and the state after it.
+    let top_adds: Vec<Expr> = new_names
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            g.define(
+                &format!("adds_top_{j}"),
+                Expr::seq([
+                    blank.clone(),
+                    Expr::text(format!("+block {name}")),
+                    params.clone(),
+                    Expr::text("\n"),
+                    Expr::Repeat(Box::new(new_line.clone()), 1, Some(MAX_BLOCK)),
+                    Expr::text("+}\n"),
+                    blank.clone(),
+                ]),
+            )
+        })
+        .collect();
+    // The state of the walk: NONE, no block added; CALLED, added and called; ADDED + j, block j
+    // added and not yet called (the diff cannot end: an uncalled block changes no network).
+    // What may be added before line i (or at the end, i = n) in a state, and the state after it.
+    let states: Vec<usize> = [NONE, CALLED].into_iter().chain((0..new_names.len()).map(|j| ADDED + j)).collect();
     let depth_at = |i: usize| if i < n { lines[i].depth } else { 0 };
     let item_at = |i: usize| if i < n { lines[i].item } else { None };
-    let adds_at = |g: &mut Grammar, i: usize, state: u8| -> Vec<(Expr, u8)> {
+    let adds_at = |g: &mut Grammar, i: usize, state: usize| -> Vec<(Expr, usize)> {
         match (depth_at(i), item_at(i)) {
-            (0, _) | (_, None) if state != 1 => vec![(top_adds.clone(), 1)],
+            (0, _) | (_, None) if state < ADDED => {
+                top_adds.iter().enumerate().map(|(j, a)| (a.clone(), ADDED + j)).collect()
+            }
             (0, _) | (_, None) => vec![],
             (d, Some(k)) => {
-                let scope = scope_for(g, k, state > 0, flow[i]);
-                let mut out = vec![(body_adds(g, &scope, d, false), state)];
-                if state == 1 {
-                    out.push((body_adds(g, &scope, d, true), 2));
+                let scope = scope_for(g, k, flow[i]);
+                let mut out = vec![(body_adds(g, &scope, d, None), state)];
+                if state >= ADDED {
+                    out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));
                 }
                 out
             }
@@ -181,7 +199,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     };
     let removed = |i: usize| Expr::text(format!("-{}\n", lines[i].text));
     // A `repeat` head may be replaced by one with another count (the body stays).
-    let new_head = |i: usize, state: u8| -> Option<Expr> {
+    let new_head = |i: usize| -> Option<Expr> {
         let l = &lines[i];
         let k = l.item?;
         l.text.trim_start().starts_with("repeat(").then(|| {
@@ -189,20 +207,20 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                 removed(i),
                 Expr::text(format!("+{}", indent(l.depth))),
                 Expr::text("repeat("),
-                Expr::rule(format!("s{k}f{}_int", u8::from(state > 0))),
+                Expr::rule(format!("s{k}_int")),
                 Expr::text(") {\n"),
             ])
         })
     };
     let r = |name: String| Expr::rule(name);
     // Line i removed (or its `repeat` head replaced), and the walk goes on after it.
-    let change = |i: usize, state: u8| -> Vec<Expr> {
+    let change = |i: usize, state: usize| -> Vec<Expr> {
         let next = r(format!("post_{}_0_{state}", i + 1));
         let mut out = Vec::new();
         if lines[i].removable {
             out.push(Expr::seq([removed(i), next.clone()]));
         }
-        out.extend(new_head(i, state).map(|h| Expr::seq([h, next])));
+        out.extend(new_head(i).map(|h| Expr::seq([h, next])));
         out
     };
     let close = Expr::text("```");
@@ -213,7 +231,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // starts at line i or later; first_i: a hunk starts at line i or later (a diff has at
     // least one); hunk_i: a hunk starting at line i.
     for i in (0..=n).rev() {
-        for state in 0..3u8 {
+        for &state in &states {
             let adds = adds_at(&mut g, i, state);
             let end = r(format!("after_{i}_{state}"));
             let then = |suffix: &str| -> Vec<Expr> {
@@ -254,7 +272,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                 }
                 g.define(&format!("lead_{i}_{k}_{state}"), Expr::alt(alts));
             }
-            if i == n && state != 1 {
+            if i == n && state < ADDED {
                 g.define(&format!("added_{i}_{state}_x"), close.clone());
             }
             let start_line = if i < n { i + 1 } else { n };
@@ -266,12 +284,32 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             let later = (i < n).then(|| r(format!("first_{}_{state}", i + 1)));
             g.define(&format!("first_{i}_{state}"), Expr::alt([hunk].into_iter().chain(later)));
             let first = r(format!("first_{i}_{state}"));
-            g.define(&format!("after_{i}_{state}"), if state == 1 { first } else { Expr::alt([close.clone(), first]) });
+            g.define(
+                &format!("after_{i}_{state}"),
+                if state >= ADDED { first } else { Expr::alt([close.clone(), first]) },
+            );
         }
     }
     g.define("diff", Expr::seq([Expr::text(format!("```diff\n--- a/{file}\n+++ b/{file}\n")), r("first_0_0".into())]));
     g.prune().map_err(|e| e.to_string())?;
     Ok(g)
+}
+
+/// [`NEW_NAMES`], each made free of the parent's blocks, the operations and reserved words by a
+/// number (`res2`).
+fn fresh_names(callees: &[stmts::Callee]) -> Vec<String> {
+    use nasc_lang::syntax::signature;
+    let taken =
+        |n: &str| callees.iter().any(|c| c.name == n) || signature::lookup(n).is_some() || signature::is_reserved(n);
+    NEW_NAMES
+        .iter()
+        .map(|stem| {
+            std::iter::once(stem.to_string())
+                .chain((2..).map(|i| format!("{stem}{i}")))
+                .find(|n| !taken(n))
+                .expect("some name is free")
+        })
+        .collect()
 }
 
 /// The parent's lines with their depth, item and whether they may be removed.

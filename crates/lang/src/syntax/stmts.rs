@@ -71,79 +71,10 @@ fn shared(g: &mut Grammar) {
     g.define_token("st_letter", class(&[('a', 'z')]));
 }
 
-/// Longest name a diff may give a block it adds.
-const MAX_NAME: usize = 12;
-
-/// Defines `st_fresh_name` (once): a short lower-case name that is none of `taken` (the
-/// operations, the reserved words, the program's blocks), so a block the diff adds neither
-/// shadows nor repeats one and a call of it cannot be a misspelt operation. A regular rule built
-/// from the trie of the taken names: at each node, a character that leaves the trie frees the
-/// rest of the name, and a name may stop only where no taken name does.
-fn define_fresh_name(g: &mut Grammar, callees: &[Callee]) -> Expr {
-    use std::collections::BTreeMap;
-    if g.get("st_fresh_name").is_some() {
-        return Expr::rule("st_fresh_name");
-    }
-    #[derive(Default)]
-    struct Node {
-        end: bool,
-        kids: BTreeMap<char, Node>,
-    }
-    let mut root = Node::default();
-    let taken = OPS.iter().map(|s| s.name).chain(super::signature::RESERVED.iter().copied());
-    for name in taken.chain(callees.iter().map(|c| c.name.as_str())) {
-        let mut at = &mut root;
-        for c in name.chars() {
-            at = at.kids.entry(c).or_default();
-        }
-        at.end = true;
-    }
-    let first: Vec<char> = ('a'..='z').collect();
-    let rest: Vec<char> = ('a'..='z').chain('0'..='9').chain(['_']).collect();
-    let rest_class = class(&[('a', 'z'), ('0', '9'), ('_', '_')]);
-    fn ranges(chars: &[char]) -> Vec<(char, char)> {
-        let mut out: Vec<(char, char)> = Vec::new();
-        for &c in chars {
-            match out.last_mut() {
-                Some((_, hi)) if (*hi as u32) + 1 == c as u32 => *hi = c,
-                _ => out.push((c, c)),
-            }
-        }
-        out
-    }
-    fn walk(node: &Node, depth: usize, first: &[char], rest: &[char], rest_class: &Expr) -> Expr {
-        let alphabet = if depth == 0 { first } else { rest };
-        let mut alts = Vec::new();
-        if depth < MAX_NAME {
-            let free: Vec<char> = alphabet.iter().copied().filter(|c| !node.kids.contains_key(c)).collect();
-            if !free.is_empty() {
-                let left = (MAX_NAME - depth - 1) as u32;
-                let tail =
-                    if left == 0 { Expr::Empty } else { Expr::Repeat(Box::new(rest_class.clone()), 0, Some(left)) };
-                alts.push(Expr::seq([Expr::Class(Class { negated: false, ranges: ranges(&free) }), tail]));
-            }
-            for (c, kid) in &node.kids {
-                if alphabet.contains(c) {
-                    alts.push(Expr::seq([Expr::text(c.to_string()), walk(kid, depth + 1, first, rest, rest_class)]));
-                }
-            }
-        }
-        let body = Expr::alt(alts);
-        // A name may stop here unless it would be a taken one (or empty).
-        if depth > 0 && !node.end {
-            Expr::opt(body)
-        } else {
-            body
-        }
-    }
-    let body = walk(&root, 0, &first, &rest, &rest_class);
-    g.define_token("st_fresh_name", body)
-}
-
 /// Defines, under names starting with `{prefix}_`, the statement lines a body of `scope` may
-/// gain: a pipeline or a binding whose calls are `OPS` and `blocks`, and, when `new_blocks`,
-/// calls of any short name (a block the same diff adds). Returns a reference to the statement.
-pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[Callee], new_blocks: bool) -> Expr {
+/// gain: a pipeline or a binding whose calls are `OPS` and `blocks`. Returns a reference to the
+/// statement; `{prefix}_int` is its integer expression.
+pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[Callee]) -> Expr {
     shared(g);
     let p = prefix;
     // Integers: literals and the scope's names, with at most one operator (`c / 4`, `cin * t`).
@@ -203,12 +134,6 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         let rule = format!("{p}_call_{i}");
         let body = call(g, &rule, &b.name, &typed, positional);
         stages.push(g.define(&rule, body));
-    }
-    if new_blocks {
-        let fresh = define_fresh_name(g, blocks);
-        let kw = Expr::seq([Expr::text(", "), Expr::rule("st_letter"), Expr::text("="), int.clone()]);
-        let args = Expr::seq([Expr::text("("), int.clone(), Expr::Repeat(Box::new(kw), 0, Some(3)), Expr::text(")")]);
-        stages.push(g.define(&format!("{p}_call_new"), Expr::seq([fresh, args])));
     }
     g.define(&format!("{p}_stage"), Expr::alt(stages));
     let more = Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 0, Some(MAX_STAGES - 1));
@@ -296,27 +221,31 @@ fn kw_ref(rule: &str, i: usize, first: bool) -> Expr {
     Expr::rule(format!("{rule}_kw{i}_{}", u8::from(first)))
 }
 
-/// Defines `st_block_head`: the first line of a block a diff adds, `block name(params) {`, its
-/// name none of the operations', reserved words or `blocks`, with up to four one-letter
-/// parameters, each perhaps with a default. Returns a reference to it.
-pub fn define_block_head(g: &mut Grammar, blocks: &[Callee]) -> Expr {
+/// Defines `st_block_params`: what follows a new block's name on its first line,
+/// `(params) {`, with up to four one-letter parameters, each perhaps with a default. Returns a
+/// reference to it.
+pub fn define_block_params(g: &mut Grammar) -> Expr {
     shared(g);
-    let fresh = define_fresh_name(g, blocks);
     let param = Expr::seq([
         Expr::rule("st_letter"),
         Expr::opt(Expr::seq([Expr::text("="), Expr::alt([Expr::rule("st_integer"), Expr::rule("st_float")])])),
     ]);
     g.define(
-        "st_block_head",
+        "st_block_params",
         Expr::seq([
-            Expr::text("block "),
-            fresh,
             Expr::text("("),
             param.clone(),
             Expr::Repeat(Box::new(Expr::seq([Expr::text(", "), param])), 0, Some(3)),
             Expr::text(") {"),
         ]),
     )
+}
+
+/// A call of a block named `name` that the diff adds, with `int` (the scope's integer rule):
+/// a first argument by position, then up to three one-letter keywords.
+pub fn new_block_call(name: &str, int: Expr) -> Expr {
+    let kw = Expr::seq([Expr::text(", "), Expr::rule("st_letter"), Expr::text("="), int.clone()]);
+    Expr::seq([Expr::text(format!("{name}(")), int, Expr::Repeat(Box::new(kw), 0, Some(3)), Expr::text(")")])
 }
 
 /// The names a program's bodies use, for [`Scope`]s: per top-level item in order of the text
