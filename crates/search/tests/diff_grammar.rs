@@ -118,4 +118,10 @@ fn with_a_dataset_added_lines_fit_the_kind_of_flow_where_they_go() {
     };
     typed.accepts(&fenced(&before_flatten("conv(8, k=3, p=1)"))).unwrap();
     assert!(typed.accepts(&fenced(&before_flatten("linear(64)"))).is_err());
+    // After the net's last line, which gives the classes, only what keeps them can be added.
+    let after_output = |line: &str| {
+        format!("--- a/program.arch\n+++ b/program.arch\n@@ -21,2 +21,3 @@\n   dropout\n   linear(classes)\n+  {line}\n }}\n")
+    };
+    typed.accepts(&fenced(&after_output("relu"))).unwrap();
+    assert!(typed.accepts(&fenced(&after_output("linear(1024)"))).is_err());
 }

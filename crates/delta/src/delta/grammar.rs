@@ -104,6 +104,14 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         }
         name
     };
+    let output_scope = |g: &mut Grammar, k: usize| -> String {
+        let name = format!("s{k}o");
+        if g.get(&format!("{name}_stmt")).is_none() {
+            let scope = Scope { ops: Some(kinds::keeping_output().to_vec()), ..scopes[k].1.clone() };
+            stmts::define_statement(g, &name, &scope, &callees);
+        }
+        name
+    };
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
     // with `calling`, one of them (not in a repeat) calls the block the diff added under that
     // name.
@@ -169,7 +177,9 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             }
             (0, _) | (_, None) => vec![],
             (d, Some(k)) => {
-                let scope = scope_for(g, k, flow[i]);
+                // The net's last statement gives the classes: what follows it must keep them.
+                let last = d == 1 && scopes[k].0.is_none() && lines[i].text.trim() == "}";
+                let scope = if last && flow[i].is_some() { output_scope(g, k) } else { scope_for(g, k, flow[i]) };
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
                 if state >= ADDED {
                     out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));

@@ -61,11 +61,22 @@ pub fn keeping(kind: Kind) -> &'static [&'static str] {
     table.iter().find(|(k, _)| *k == kind).map(|(_, ops)| ops.as_slice()).unwrap_or(&[])
 }
 
+/// The built-in operations that keep a network's output: after the line that gives the
+/// classes, only these can follow (an activation, dropout), not another layer.
+pub fn keeping_output() -> &'static [&'static str] {
+    static TABLE: OnceLock<Vec<&'static str>> = OnceLock::new();
+    TABLE.get_or_init(|| OPS.iter().filter(|s| probe(s, ("flatten\n  linear(classes)", ""))).map(|s| s.name).collect())
+}
+
 /// Whether some plain call of `sig` checks between a flow of `kind` and a tail that needs it.
 fn keeps(sig: &Signature, kind: Kind) -> bool {
+    probe(sig, kind.probe())
+}
+
+/// Whether some plain call of `sig` checks between the lines `before` and `after` of a net.
+fn probe(sig: &Signature, (before, after): (&str, &str)) -> bool {
     let Args::Params { params, .. } = sig.args else { return false };
     let Some(binding) = binding::dataset("fashion-mnist") else { return false };
-    let (before, after) = kind.probe();
     // Required parameters all 2, or 1, 2, 3, ... in order (a slice needs lo < hi).
     (0..2).any(|fill| {
         let mut next = 0;
@@ -83,7 +94,7 @@ fn keeps(sig: &Signature, kind: Kind) -> bool {
             })
             .collect();
         let call = if args.is_empty() { sig.name.to_string() } else { format!("{}({})", sig.name, args.join(", ")) };
-        let src = format!("net {{\n  {before}\n  {call}\n  {after}\n}}\n");
+        let src = format!("net {{\n  {before}\n  {call}\n  {after}\n}}\n").replace("\n  \n", "\n");
         check_source(&src, binding, &Budget::default()).is_ok()
     })
 }
@@ -106,5 +117,8 @@ mod tests {
         assert!(!vectors.contains(&"maxpool") && !vectors.contains(&"conv"), "{vectors:?}");
         let tokens = keeping(Kind::Tokens);
         assert!(tokens.contains(&"attn") && tokens.contains(&"ln"), "{tokens:?}");
+        let output = keeping_output();
+        assert!(output.contains(&"relu") && output.contains(&"dropout"), "{output:?}");
+        assert!(!output.contains(&"linear") && !output.contains(&"conv"), "{output:?}");
     }
 }
