@@ -85,32 +85,23 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // can, so the call names exactly the block added.
     let new_names = fresh_names(&callees);
     let indent = |depth: usize| "  ".repeat(depth);
-    // Statements of item k where the flow is of `kind`: only the operations that keep that
-    // kind, defined on first use.
-    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
-        let base = format!("s{k}");
-        let Some(kind) = kind else { return base };
-        let name = format!(
-            "{base}{}",
-            match kind {
-                Kind::Map => "m",
-                Kind::Tokens => "t",
-                Kind::Vector => "v",
-            }
-        );
+    // Statements of item k allowed only `ops` (under the name tag), defined on first use.
+    let typed_scope = |g: &mut Grammar, k: usize, tag: &str, ops: &[&'static str]| -> String {
+        let name = format!("s{k}{tag}");
         if g.get(&format!("{name}_stmt")).is_none() {
-            let scope = Scope { ops: Some(kinds::keeping(kind).to_vec()), ..scopes[k].1.clone() };
+            let scope = Scope { ops: Some(ops.to_vec()), ..scopes[k].1.clone() };
             stmts::define_statement(g, &name, &scope, &callees);
         }
         name
     };
-    let output_scope = |g: &mut Grammar, k: usize| -> String {
-        let name = format!("s{k}o");
-        if g.get(&format!("{name}_stmt")).is_none() {
-            let scope = Scope { ops: Some(kinds::keeping_output().to_vec()), ..scopes[k].1.clone() };
-            stmts::define_statement(g, &name, &scope, &callees);
+    // Statements of item k where the flow is of `kind`: only the operations that keep it.
+    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
+        match kind {
+            None => format!("s{k}"),
+            Some(Kind::Map) => typed_scope(g, k, "m", kinds::keeping(Kind::Map)),
+            Some(Kind::Tokens) => typed_scope(g, k, "t", kinds::keeping(Kind::Tokens)),
+            Some(Kind::Vector) => typed_scope(g, k, "v", kinds::keeping(Kind::Vector)),
         }
-        name
     };
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
     // with `calling`, one of them (not in a repeat) calls the block the diff added under that
@@ -179,7 +170,11 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             (d, Some(k)) => {
                 // The net's last statement gives the classes: what follows it must keep them.
                 let last = d == 1 && scopes[k].0.is_none() && lines[i].text.trim() == "}";
-                let scope = if last && flow[i].is_some() { output_scope(g, k) } else { scope_for(g, k, flow[i]) };
+                let scope = if last && flow[i].is_some() {
+                    typed_scope(g, k, "o", kinds::keeping_output())
+                } else {
+                    scope_for(g, k, flow[i])
+                };
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
                 if state >= ADDED {
                     out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));
@@ -233,6 +228,18 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         out.extend(new_head(i).map(|h| Expr::seq([h, next])));
         out
     };
+    // Line i kept as context, while fewer than `limit` context lines have passed (k so far; the
+    // walk goes on in `{next}_{i+1}_{k+1}`), or changed; nothing at the end of the parent.
+    let step = |i: usize, k: usize, limit: usize, next: &str, state: usize| -> Vec<Expr> {
+        let mut out = Vec::new();
+        if i < n {
+            if k < limit {
+                out.push(Expr::seq([context(i), r(format!("{next}_{}_{}_{state}", i + 1, k + 1))]));
+            }
+            out.extend(change(i, state));
+        }
+        out
+    };
     let close = Expr::text("```");
     // Rules, from the end of the parent back, per state; a rule whose alternatives all die (a
     // state that cannot reach the end) is pruned afterwards. lead_i_k: before line i, k context
@@ -247,39 +254,23 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             let then = |suffix: &str| -> Vec<Expr> {
                 adds.iter().map(|(a, s)| Expr::seq([a.clone(), r(format!("added_{i}_{s}{suffix}"))])).collect()
             };
-            let mut alts = vec![end.clone()];
-            if i < n {
-                alts.push(Expr::seq([context(i), r(format!("post_{}_1_{state}", i + 1))]));
-                alts.extend(change(i, state));
-            }
+            // Just after added lines: no more added at once (they would be one run).
+            let alts = [vec![end.clone()], step(i, 0, BETWEEN, "post", state)].concat();
             g.define(&format!("added_{i}_{state}"), Expr::alt(alts));
             for k in 0..=BETWEEN {
-                let mut alts = vec![end.clone()];
-                alts.extend(then(""));
-                if i < n {
-                    if k < BETWEEN {
-                        alts.push(Expr::seq([context(i), r(format!("post_{}_{}_{state}", i + 1, k + 1))]));
-                    }
-                    alts.extend(change(i, state));
-                }
+                let alts = [vec![end.clone()], then(""), step(i, k, BETWEEN, "post", state)].concat();
                 g.define(&format!("post_{i}_{k}_{state}"), Expr::alt(alts));
             }
             for k in 0..=LEAD {
                 // A hunk opens on a line of the parent, context or removed, which is where the
                 // applier puts it; only the hunk at the end (`@@ -N`: after line N) opens on
                 // added lines, and the fence closes after it.
-                let mut alts = vec![];
-                if k > 0 {
-                    alts.extend(then(""));
-                } else if i == n {
-                    alts.extend(then("_x"));
-                }
-                if i < n {
-                    if k < LEAD {
-                        alts.push(Expr::seq([context(i), r(format!("lead_{}_{}_{state}", i + 1, k + 1))]));
-                    }
-                    alts.extend(change(i, state));
-                }
+                let opening = match (k, i == n) {
+                    (0, false) => vec![],
+                    (0, true) => then("_x"),
+                    _ => then(""),
+                };
+                let alts = [opening, step(i, k, LEAD, "lead", state)].concat();
                 g.define(&format!("lead_{i}_{k}_{state}"), Expr::alt(alts));
             }
             if i == n && state < ADDED {

@@ -4,7 +4,6 @@
 //! each place, only what can stand there.
 
 use super::binding;
-use super::graph::Shape;
 use super::{check_source, Budget};
 use crate::syntax::signature::{ArgDefault, Args, Signature, Ty, OPS};
 use std::sync::OnceLock;
@@ -21,14 +20,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn of(shape: Shape) -> Kind {
-        match shape {
-            Shape::Map { .. } => Kind::Map,
-            Shape::Tokens { .. } => Kind::Tokens,
-            Shape::Vector { .. } => Kind::Vector,
-        }
-    }
-
     /// The kind of a shape table row's dimensions (`TableRow::dims`).
     pub fn of_dims(dims: &[u64]) -> Option<Kind> {
         match dims.len() {

@@ -1,6 +1,7 @@
 //! The lines of the arch language as a context-free grammar (`nasc-grammar`), derived by code from
-//! the grammar of record, `grammar/arch.pest`, for constrained decoding: what a language model may
-//! write on one line of a program. It must not be a second hand-written copy of the language.
+//! the grammar of record, `grammar/arch.pest`: everything that may stand on one line of a program.
+//! It must not be a second hand-written copy of the language. Constrained decoding uses the
+//! narrower, typed `stmts`, whose every line is held to this one by a test.
 //!
 //! A line is what `arch.pest` puts between two `line_end`s: the alternatives of `item` and `stmt`,
 //! each cut at its first `line_end` (so `block f(a) {` is the head of `block_def`), a closing `}`,
