@@ -125,3 +125,35 @@ fn with_a_dataset_added_lines_fit_the_kind_of_flow_where_they_go() {
     typed.accepts(&fenced(&after_output("relu"))).unwrap();
     assert!(typed.accepts(&fenced(&after_output("linear(1024)"))).is_err());
 }
+
+/// What the lines after it stand on cannot be removed: the net's last line (the classes), and,
+/// with the dataset known, a line that changes the kind of the flow (`flatten`). Nor can a block,
+/// new or the parent's, follow the output.
+#[test]
+fn the_output_line_and_a_change_of_kind_cannot_be_removed() {
+    let mlp = std::fs::read_to_string(common::root().join("zoo/mlp.arch")).unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    let typed = Checker::lark(&diff_lark(&mlp, PROGRAM_FILE, fmnist).unwrap()).unwrap();
+    let untyped = Checker::lark(&diff_lark(&mlp, PROGRAM_FILE, None).unwrap()).unwrap();
+    let no_flatten = "--- a/program.arch\n+++ b/program.arch\n@@ -10,3 +10,2 @@\n net {\n-  flatten\n   dropout(0.2)\n";
+    untyped.accepts(&fenced(no_flatten)).unwrap();
+    assert!(typed.accepts(&fenced(no_flatten)).is_err(), "flatten removed");
+    // A line that keeps the kind still can be removed.
+    let no_dropout =
+        "--- a/program.arch\n+++ b/program.arch\n@@ -11,3 +11,2 @@\n   flatten\n-  dropout(0.2)\n   linear(1024)\n";
+    typed.accepts(&fenced(no_dropout)).unwrap();
+    let no_output = "--- a/program.arch\n+++ b/program.arch\n@@ -21,2 +21,1 @@\n   dropout\n-  linear(classes)\n }\n";
+    assert!(untyped.accepts(&fenced(no_output)).is_err(), "the output removed");
+    assert!(typed.accepts(&fenced(no_output)).is_err(), "the output removed");
+    // After the output: a new block's call, or a block of the parent's, would be another layer.
+    let resnet = std::fs::read_to_string(common::root().join("zoo/resnet18.arch")).unwrap();
+    let typed = Checker::lark(&diff_lark(&resnet, PROGRAM_FILE, fmnist).unwrap()).unwrap();
+    let n = resnet.lines().count();
+    let last = resnet.lines().nth(n - 2).unwrap();
+    assert_eq!(last.trim(), "linear(classes)", "resnet18's net ends with its classifier");
+    let after_output = |line: &str| {
+        format!("--- a/program.arch\n+++ b/program.arch\n@@ -{},2 +{},3 @@\n {last}\n+  {line}\n }}\n", n - 1, n - 1)
+    };
+    typed.accepts(&fenced(&after_output("dropout(0.5)"))).unwrap();
+    assert!(typed.accepts(&fenced(&after_output("basic(64)"))).is_err(), "a block after the output");
+}

@@ -67,9 +67,26 @@ struct Line<'a> {
 pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Result<Grammar, String> {
     let program = nasc_lang::syntax::parse(parent).map_err(|d| format!("the parent does not parse: {}", d.message))?;
     let (callees, scopes) = stmts::program_names(&program);
-    let lines = lines_of(parent);
+    let mut lines = lines_of(parent);
     let n = lines.len();
     let flow = binding.map(|b| flow_kinds(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
+    // The net's last statement gives the classes, and a line that changes the kind of the flow
+    // (`flatten`, `gap`) is what the lines after it stand on: removing either cannot check.
+    let net = scopes.iter().position(|(name, _)| name.is_none());
+    let code = |l: &Line| l.text.split('#').next().unwrap_or("").trim().to_string();
+    let last = (0..n).rev().find(|&i| {
+        net.is_some() && lines[i].item == net && lines[i].depth == 1 && !matches!(code(&lines[i]).as_str(), "" | "}")
+    });
+    if let Some(last) = last {
+        lines[last].removable = false;
+    }
+    for i in 0..n {
+        if let (Some(before), Some(after)) = (flow[i], flow[i + 1]) {
+            if before != after {
+                lines[i].removable = false;
+            }
+        }
+    }
     let mut g = Grammar::default();
     // The start rule comes first; its body is set once the parts exist.
     g.define("diff", Expr::Empty);
@@ -86,11 +103,13 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let new_names = fresh_names(&callees);
     let indent = |depth: usize| "  ".repeat(depth);
     // Statements of item k allowed only `ops` (under the name tag), defined on first use.
-    let typed_scope = |g: &mut Grammar, k: usize, tag: &str, ops: &[&'static str]| -> String {
+    // With `blocks` false, no block may be called either (after the output, where a block would
+    // be another layer).
+    let typed_scope = |g: &mut Grammar, k: usize, tag: &str, ops: &[&'static str], blocks: bool| -> String {
         let name = format!("s{k}{tag}");
         if g.get(&format!("{name}_stmt")).is_none() {
             let scope = Scope { ops: Some(ops.to_vec()), ..scopes[k].1.clone() };
-            stmts::define_statement(g, &name, &scope, &callees);
+            stmts::define_statement(g, &name, &scope, if blocks { &callees } else { &[] });
         }
         name
     };
@@ -98,9 +117,9 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
         match kind {
             None => format!("s{k}"),
-            Some(Kind::Map) => typed_scope(g, k, "m", kinds::keeping(Kind::Map)),
-            Some(Kind::Tokens) => typed_scope(g, k, "t", kinds::keeping(Kind::Tokens)),
-            Some(Kind::Vector) => typed_scope(g, k, "v", kinds::keeping(Kind::Vector)),
+            Some(Kind::Map) => typed_scope(g, k, "m", kinds::keeping(Kind::Map), true),
+            Some(Kind::Tokens) => typed_scope(g, k, "t", kinds::keeping(Kind::Tokens), true),
+            Some(Kind::Vector) => typed_scope(g, k, "v", kinds::keeping(Kind::Vector), true),
         }
     };
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
@@ -170,13 +189,14 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             (d, Some(k)) => {
                 // The net's last statement gives the classes: what follows it must keep them.
                 let last = d == 1 && scopes[k].0.is_none() && lines[i].text.trim() == "}";
-                let scope = if last && flow[i].is_some() {
-                    typed_scope(g, k, "o", kinds::keeping_output())
+                let output = last && flow[i].is_some();
+                let scope = if output {
+                    typed_scope(g, k, "o", kinds::keeping_output(), false)
                 } else {
                     scope_for(g, k, flow[i])
                 };
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
-                if state >= ADDED {
+                if state >= ADDED && !output {
                     out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));
                 }
                 out
