@@ -10,6 +10,9 @@
 pub mod engine;
 pub mod gbnf;
 pub mod lark;
+pub mod without;
+
+pub use without::Excluded;
 
 /// A set of characters: ranges, or everything but them.
 #[derive(Clone, Debug, PartialEq, Eq)]

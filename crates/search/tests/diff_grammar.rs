@@ -157,3 +157,39 @@ fn the_output_line_and_a_change_of_kind_cannot_be_removed() {
     typed.accepts(&fenced(&after_output("dropout(0.5)"))).unwrap();
     assert!(typed.accepts(&fenced(&after_output("basic(64)"))).is_err(), "a block after the output");
 }
+
+/// A removed line cannot come back unchanged in its place: `-  relu` `+  relu` changes nothing
+/// and would be judged a duplicate of its parent. Another line, or the same call with other
+/// arguments, still can; so can a `repeat` head with another count, not the same one.
+#[test]
+fn a_removed_line_cannot_be_added_back_unchanged() {
+    let mlp = std::fs::read_to_string(common::root().join("zoo/mlp.arch")).unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    for binding in [None, fmnist] {
+        let checker = Checker::lark(&diff_lark(&mlp, PROGRAM_FILE, binding).unwrap()).unwrap();
+        let replace = |old: &str, new: &str| {
+            fenced(&format!(
+                "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,3 @@\n   dropout(0.2)\n-  {old}\n+  {new}\n   relu\n"
+            ))
+        };
+        checker.accepts(&replace("linear(1024)", "linear(512)")).unwrap();
+        checker.accepts(&replace("linear(1024)", "linear(1024) |> relu")).unwrap();
+        assert!(checker.accepts(&replace("linear(1024)", "linear(1024)")).is_err(), "the same line back");
+        let twice = replace("linear(1024)", "linear(1024)\n+  relu");
+        assert!(checker.accepts(&twice).is_err(), "the same line back, then another");
+        let other = "--- a/program.arch\n+++ b/program.arch\n@@ -13,3 +13,3 @@\n   linear(1024)\n-  relu\n+  gelu\n   dropout\n";
+        checker.accepts(&fenced(other)).unwrap();
+        assert!(checker.accepts(&fenced(&other.replace("+  gelu", "+  relu"))).is_err());
+    }
+    let densenet = std::fs::read_to_string(common::root().join("zoo/densenet_bc100.arch")).unwrap();
+    let checker = Checker::lark(&diff_lark(&densenet, PROGRAM_FILE, None).unwrap()).unwrap();
+    let line = densenet.lines().position(|l| l.trim_start().starts_with("repeat(16)")).unwrap();
+    let before = densenet.lines().nth(line - 1).unwrap();
+    let head = |count: &str| {
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -{line},2 +{line},2 @@\n {before}\n-  repeat(16) {{\n+  repeat({count}) {{\n"
+        ))
+    };
+    checker.accepts(&head("12")).unwrap();
+    assert!(checker.accepts(&head("16")).is_err(), "the same repeat head back");
+}

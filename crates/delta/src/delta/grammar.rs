@@ -10,10 +10,11 @@
 //! verdict judge. One description, printed as Lark for llguidance and as GBNF for llama.cpp and
 //! vLLM; its size grows with the parent's lines (a few rules per line), not their square.
 
-use nasc_grammar::{Expr, Grammar};
+use nasc_grammar::{Excluded, Expr, Grammar};
 use nasc_lang::check::binding::Binding;
 use nasc_lang::check::kinds::{self, Kind};
 use nasc_lang::syntax::stmts::{self, Scope};
+use std::collections::HashMap;
 
 /// The file name the search's prompt asks the diff's headers to use.
 pub const PROGRAM_FILE: &str = "program.arch";
@@ -223,29 +224,46 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         }
     };
     let removed = |i: usize| Expr::text(format!("-{}\n", lines[i].text));
+    // What replaces a removed line cannot be that line again: a change that changes nothing
+    // (`-  relu` `+  relu`) is a duplicate of its parent. The added lines lose every string that
+    // starts with the removed one. Each such set of lines is a rule `again_k`, defined once the
+    // grammar is complete (`Grammar::without_each` copies what it must of the rules then, shared
+    // between places that remove the same text).
+    let mut again: Vec<(Expr, Vec<Excluded>)> = Vec::new();
+    let mut again_index: HashMap<(String, Excluded), usize> = HashMap::new();
+    let mut not_again = |adds: &Expr, excluded: Excluded| -> Expr {
+        let key = (format!("{adds:?}"), excluded.clone());
+        let k = *again_index.entry(key).or_insert_with(|| {
+            again.push((adds.clone(), vec![excluded]));
+            again.len() - 1
+        });
+        Expr::rule(format!("again_{k}"))
+    };
     // A `repeat` head may be replaced by one with another count (the body stays).
-    let new_head = |i: usize| -> Option<Expr> {
+    let mut new_head = |i: usize| -> Option<Expr> {
         let l = &lines[i];
         let k = l.item?;
         l.text.trim_start().starts_with("repeat(").then(|| {
-            Expr::seq([
-                removed(i),
+            let head = Expr::seq([
                 Expr::text(format!("+{}", indent(l.depth))),
                 Expr::text("repeat("),
                 Expr::rule(format!("s{k}_int")),
                 Expr::text(") {\n"),
-            ])
+            ]);
+            let head = not_again(&head, Excluded::Exactly(format!("+{}\n", l.text)));
+            Expr::seq([removed(i), head])
         })
     };
     let r = |name: String| Expr::rule(name);
-    // Line i removed (or its `repeat` head replaced), and the walk goes on after it.
+    // Line i removed (the walk goes on in `gone_{i+1}`, where it cannot come back), or its
+    // `repeat` head replaced.
+    let heads: Vec<Option<Expr>> = (0..n).map(&mut new_head).collect();
     let change = |i: usize, state: usize| -> Vec<Expr> {
-        let next = r(format!("post_{}_0_{state}", i + 1));
         let mut out = Vec::new();
         if lines[i].removable {
-            out.push(Expr::seq([removed(i), next.clone()]));
+            out.push(Expr::seq([removed(i), r(format!("gone_{}_{state}", i + 1))]));
         }
-        out.extend(new_head(i).map(|h| Expr::seq([h, next])));
+        out.extend(heads[i].clone().map(|h| Expr::seq([h, r(format!("post_{}_0_{state}", i + 1))])));
         out
     };
     // Line i kept as context, while fewer than `limit` context lines have passed (k so far; the
@@ -281,6 +299,21 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                 let alts = [vec![end.clone()], then(""), step(i, k, BETWEEN, "post", state)].concat();
                 g.define(&format!("post_{i}_{k}_{state}"), Expr::alt(alts));
             }
+            // Just after line i - 1 was removed: as post_i_0, but the lines added cannot start
+            // with the one removed.
+            if i > 0 && lines[i - 1].removable {
+                let text = lines[i - 1].text;
+                let excluded = Excluded::StartingWith(format!("+{text}\n"));
+                let again: Vec<Expr> = adds
+                    .iter()
+                    .map(|(a, s)| {
+                        let a = not_again(a, excluded.clone());
+                        Expr::seq([a, r(format!("added_{i}_{s}"))])
+                    })
+                    .collect();
+                let alts = [vec![end.clone()], again, step(i, 0, BETWEEN, "post", state)].concat();
+                g.define(&format!("gone_{i}_{state}"), Expr::alt(alts));
+            }
             for k in 0..=LEAD {
                 // A hunk opens on a line of the parent, context or removed, which is where the
                 // applier puts it; only the hunk at the end (`@@ -N`: after line N) opens on
@@ -312,6 +345,11 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         }
     }
     g.define("diff", Expr::seq([Expr::text(format!("```diff\n--- a/{file}\n+++ b/{file}\n")), r("first_0_0".into())]));
+    // Too large a copy (never, for a line of a program) leaves those lines unrestricted.
+    let less = g.without_each(&again, "x").map_err(|e| e.to_string())?;
+    for (k, ((adds, _), less)) in again.iter().zip(less).enumerate() {
+        g.define(&format!("again_{k}"), less.unwrap_or_else(|| adds.clone()));
+    }
     g.prune().map_err(|e| e.to_string())?;
     Ok(g)
 }
