@@ -72,6 +72,12 @@ fn build_run(dir: &std::path::Path) {
             params: Some(1000 * (i as i64 + 1)),
             reply_lines: Some(*lines),
             reply_tokens: *tokens,
+            // Some replies applied only with the applier's tolerances.
+            tolerances: match (*front == Verdict::Ok, i % 4) {
+                (true, 1) => vec!["recounted".into()],
+                (true, 2) => vec!["recounted".into(), "drifted".into()],
+                _ => vec![],
+            },
             ..NewCandidate::new(Role::Candidate, *front)
         };
         let id = store.insert(&row, trained.is_some()).unwrap();
@@ -79,6 +85,11 @@ fn build_run(dir: &std::path::Path) {
             store.finish(id, &Trained { accuracy: *accuracy, ..Trained::new(*t) }).unwrap();
         }
     }
+    drop(store);
+    // Finishing times as a run would have them, not as fast as the test inserts them: the
+    // baselines at 1,000 s, each cycle an hour after the one before, a candidate a minute apart.
+    let db = rusqlite::Connection::open(dir.join(nasc_search::store::DB_FILE)).unwrap();
+    db.execute("UPDATE candidates SET finished_at = 1000.0 + cycle * 3600.0 + slot * 60.0", []).unwrap();
 }
 
 fn run_dir(name: &str) -> PathBuf {
@@ -113,6 +124,47 @@ fn the_report_tables_of_a_small_run() {
     json.sort_all_objects();
     snapshot("search_report_json", &serde_json::to_string_pretty(&json).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two runs (an experiment's arms) side by side: each run's own tables under its name, then one
+/// table of both; the CSV leads each row with its run, the JSON is a list of runs.
+#[test]
+fn several_runs_are_reported_side_by_side() {
+    let a = run_dir("arm-a");
+    let b = run_dir("arm-b");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["report", "--no-plots"])
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let name = |d: &PathBuf| d.file_name().unwrap().to_string_lossy().to_string();
+    assert!(text.contains(&format!("== {}", name(&a))) && text.contains(&format!("== {}", name(&b))), "{text}");
+    let side = text.split("Runs side by side\n").nth(1).expect("the side-by-side table");
+    // Per run: 2 generators x 2 datasets x 2 cycles, and the 4 all-cycle rows; plus the header.
+    assert_eq!(side.lines().count(), 1 + 2 * 12, "{side}");
+    let pid = std::process::id().to_string();
+    snapshot("search_report_side_by_side", &side.replace(&pid, "PID"));
+    let csv = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["report", "--no-plots", "--csv"])
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    assert!(csv.starts_with("run,generator,dataset,cycle,"), "{csv}");
+    assert_eq!(csv.lines().filter(|l| l.starts_with(&name(&b))).count(), 8, "{csv}");
+    let json = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["report", "--no-plots", "--json"])
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(2), "{json}");
+    assert_eq!(json[1]["run"], name(&b).as_str());
+    assert_eq!(json[0]["report"]["totals"].as_array().map(Vec::len), Some(4));
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
 }
 
 /// `nasc report --plots DIR` with `NASC_FONT` set to `font`, or unset (the system fonts) when `None`.

@@ -61,7 +61,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// Run a search: cycles of generate → verdict → train → curate, recorded in a run folder; or resume one.
     Search(search::SearchArgs),
-    /// Print a run's tables (per generator × dataset × cycle) and write its plots; --json, --csv.
+    /// Print a run's tables (per generator × dataset × cycle) and write its plots; several runs
+    /// (an experiment's arms) side by side; --json, --csv.
     Report(search::ReportArgs),
     /// Retrain a run's best candidates longer; rank correlation of the one-epoch and the long ranking.
     Reeval(search::ReevalArgs),

@@ -65,8 +65,10 @@ pub struct SearchArgs {
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// The run folder.
-    run: PathBuf,
+    /// The run folder; with several (the arms of an experiment), their rows side by side under
+    /// each folder's name.
+    #[arg(required = true, value_name = "RUN")]
+    runs: Vec<PathBuf>,
     /// Print the report as JSON.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
@@ -155,33 +157,68 @@ pub fn search(a: SearchArgs) -> Result<ExitCode, UsageError> {
 }
 
 pub fn report(a: ReportArgs) -> Result<ExitCode, UsageError> {
-    let store = Store::open(&a.run).map_err(|e| UsageError(e.0))?;
-    let all = store.all().map_err(|e| UsageError(e.0))?;
-    let r = report::build(&all);
-    if !a.no_plots {
-        let dir = a.plots.clone().unwrap_or_else(|| a.run.join("plots"));
-        match report::plots(&r, &all, &dir) {
-            Ok(plots) => {
-                if !a.json && !a.csv {
-                    eprintln!(
-                        "plots: {}",
-                        plots.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-                    );
-                }
-                // Said even with --json or --csv (it goes to stderr): a missing PNG is worth knowing.
-                if let Some(why) = &plots.png_skipped {
-                    eprintln!("{why}");
-                }
-            }
-            Err(e) => return Ok(failed(e)),
-        }
+    // Each run under the name it is shown by: its folder's name, or its path where two share one.
+    let label =
+        |run: &PathBuf| run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into());
+    let mut runs = Vec::new();
+    for run in &a.runs {
+        let store = Store::open(run).map_err(|e| UsageError(e.0))?;
+        let all = store.all().map_err(|e| UsageError(e.0))?;
+        let shared = a.runs.iter().filter(|r| label(r) == label(run)).count() > 1;
+        let name = if shared { run.display().to_string() } else { label(run) };
+        runs.push((run, name, all));
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r).expect("the report serialises"));
+    let several = runs.len() > 1;
+    let mut reports = Vec::new();
+    for (run, name, all) in &runs {
+        let r = report::build(all);
+        if !a.no_plots {
+            // One folder of plots per run: RUN/plots, or DIR/NAME under --plots with several runs.
+            let dir = match &a.plots {
+                Some(dir) if several => dir.join(name.replace('/', "_")),
+                Some(dir) => dir.clone(),
+                None => run.join("plots"),
+            };
+            match report::plots(&r, all, &dir) {
+                Ok(plots) => {
+                    if !a.json && !a.csv {
+                        eprintln!(
+                            "plots: {}",
+                            plots.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                        );
+                    }
+                    // Said even with --json or --csv (it goes to stderr): a missing PNG is worth knowing.
+                    if let Some(why) = &plots.png_skipped {
+                        eprintln!("{why}");
+                    }
+                }
+                Err(e) => return Ok(failed(e)),
+            }
+        }
+        reports.push((name.clone(), r));
+    }
+    if !several {
+        let r = &reports[0].1;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(r).expect("the report serialises"));
+        } else if a.csv {
+            print!("{}", report::csv(r));
+        } else {
+            print!("{}", report::text(r));
+        }
+    } else if a.json {
+        let runs: Vec<_> = reports.iter().map(|(name, r)| serde_json::json!({"run": name, "report": r})).collect();
+        println!("{}", serde_json::to_string_pretty(&runs).expect("the report serialises"));
     } else if a.csv {
-        print!("{}", report::csv(&r));
+        print!("{}", report::csv_runs(&reports));
     } else {
-        print!("{}", report::text(&r));
+        for (name, r) in &reports {
+            println!("== {name}");
+            print!("{}", report::text(r));
+            println!();
+        }
+        println!("Runs side by side");
+        print!("{}", report::compare(&reports));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -189,6 +189,7 @@ mod tests {
             reply_tokens: None,
             train_s: None,
             finished_at: None,
+            tolerances: Vec::new(),
         }
     }
 

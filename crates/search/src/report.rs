@@ -35,6 +35,13 @@ pub struct Row {
     pub mean_reply_tokens: Option<f64>,
     /// 1 − similarity to the nearest archived network, over the candidates that checked.
     pub mean_novelty: Option<f64>,
+    /// Each tolerance the applier used and on how many candidates (a reply that applied
+    /// strictly counts under none).
+    pub tolerances: BTreeMap<String, usize>,
+    /// Candidates finished per hour of the span from the previous cycle's last finish (the
+    /// baselines' for cycle 1 and for all cycles together) to this one's; fine-tuning between
+    /// cycles counts in it.
+    pub candidates_per_hour: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -72,7 +79,7 @@ fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
 /// The key of the verdict counts of candidates judged `ok` and not yet trained.
 const UNFINISHED: &str = "unfinished";
 
-fn row(generator: &str, dataset: &str, cycle: i64, cs: &[&Candidate]) -> Row {
+fn row(generator: &str, dataset: &str, cycle: i64, cs: &[&Candidate], since: Option<f64>) -> Row {
     let valid = cs.iter().filter(|c| c.front_verdict == Verdict::Ok).count();
     let mut verdicts = BTreeMap::new();
     for c in cs {
@@ -80,6 +87,20 @@ fn row(generator: &str, dataset: &str, cycle: i64, cs: &[&Candidate]) -> Row {
         *verdicts.entry(key.to_string()).or_insert(0) += 1;
     }
     let accs: Vec<f64> = cs.iter().filter_map(|c| c.accuracy).collect();
+    let mut tolerances = BTreeMap::new();
+    for c in cs {
+        let mut kinds = c.tolerances.clone();
+        kinds.sort();
+        kinds.dedup();
+        for k in kinds {
+            *tolerances.entry(k).or_insert(0) += 1;
+        }
+    }
+    let last = cs.iter().filter_map(|c| c.finished_at).reduce(f64::max);
+    let candidates_per_hour = match (since, last) {
+        (Some(a), Some(b)) if b > a => Some(cs.len() as f64 * 3600.0 / (b - a)),
+        _ => None,
+    };
     Row {
         generator: generator.to_string(),
         dataset: dataset.to_string(),
@@ -99,6 +120,8 @@ fn row(generator: &str, dataset: &str, cycle: i64, cs: &[&Candidate]) -> Row {
         mean_reply_lines: mean(cs.iter().filter_map(|c| c.reply_lines).map(|x| x as f64)),
         mean_reply_tokens: mean(cs.iter().filter_map(|c| c.reply_tokens).map(|x| x as f64)),
         mean_novelty: mean(cs.iter().filter(|c| c.hash.is_some()).map(|c| 1.0 - c.similarity.unwrap_or(0.0))),
+        tolerances,
+        candidates_per_hour,
     }
 }
 
@@ -127,10 +150,19 @@ pub fn build(all: &[Candidate]) -> Report {
         .filter_map(|c| c.accuracy.map(|a| (a, c)))
         .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.id.cmp(&a.1.id)))
         .map(|(a, c)| Best { id: c.id, dataset: c.dataset.clone(), cycle: c.cycle, accuracy: a, params: c.params });
+    // When each cycle ended (its last finish), the baselines' being cycle 0's.
+    let mut ends: BTreeMap<i64, f64> = BTreeMap::new();
+    for c in all {
+        if let Some(t) = c.finished_at {
+            let e = ends.entry(c.cycle).or_insert(t);
+            *e = e.max(t);
+        }
+    }
+    let before = |cycle: i64| ends.range(..cycle).next_back().map(|(_, t)| *t);
     Report {
         baselines,
-        rows: groups.iter().map(|((g, d, cy), cs)| row(g, d, *cy, cs)).collect(),
-        totals: totals.iter().map(|((g, d), cs)| row(g, d, 0, cs)).collect(),
+        rows: groups.iter().map(|((g, d, cy), cs)| row(g, d, *cy, cs, before(*cy))).collect(),
+        totals: totals.iter().map(|((g, d), cs)| row(g, d, 0, cs, before(1))).collect(),
         best,
     }
 }
@@ -141,6 +173,60 @@ fn opt(x: Option<f64>, digits: usize) -> String {
 
 fn breakdown(v: &BTreeMap<String, usize>) -> String {
     v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The tolerances column: empty when none was used.
+fn tolerated(t: &BTreeMap<String, usize>) -> String {
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("; tolerances: {}", breakdown(t))
+    }
+}
+
+/// Several runs' reports side by side (the arms of an experiment, one run each): per run, its
+/// rows per cycle and over all cycles, under the run's name.
+pub fn compare(runs: &[(String, Report)]) -> String {
+    let width = runs.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(3).max(3);
+    let mut o = format!(
+        "{:<width$} {:<9} {:<14} {:>5} {:>5} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}\n",
+        "run",
+        "generator",
+        "dataset",
+        "cycle",
+        "n",
+        "valid",
+        "1st try",
+        "mean acc",
+        "best acc",
+        "tokens",
+        "novelty",
+        "cand/h",
+        "verdicts"
+    );
+    for (name, r) in runs {
+        let rows = r.rows.iter().map(|x| (x, false)).chain(r.totals.iter().map(|x| (x, true)));
+        for (x, all) in rows {
+            o += &format!(
+                "{:<width$} {:<9} {:<14} {:>5} {:>5} {:>6.1}% {:>6.1}% {:>8} {:>8} {:>7} {:>7} {:>7}  {}{}\n",
+                name,
+                x.generator,
+                x.dataset,
+                if all { "all".to_string() } else { x.cycle.to_string() },
+                x.candidates,
+                100.0 * x.valid_rate,
+                100.0 * x.first_try_valid_rate,
+                opt(x.mean_accuracy, 4),
+                opt(x.best_accuracy, 4),
+                opt(x.mean_reply_tokens, 0),
+                opt(x.mean_novelty, 3),
+                opt(x.candidates_per_hour, 0),
+                breakdown(&x.verdicts),
+                tolerated(&x.tolerances)
+            );
+        }
+    }
+    o
 }
 
 /// The report as text tables.
@@ -159,7 +245,7 @@ pub fn text(r: &Report) -> String {
     }
     let table = |o: &mut String, rows: &[Row], cycles: bool| {
         *o += &format!(
-            "{:<9} {:<14} {:>5} {:>5} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7}  {}\n",
+            "{:<9} {:<14} {:>5} {:>5} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}\n",
             "generator",
             "dataset",
             if cycles { "cycle" } else { "" },
@@ -170,11 +256,12 @@ pub fn text(r: &Report) -> String {
             "best acc",
             "lines",
             "novelty",
+            "cand/h",
             "verdicts"
         );
         for x in rows {
             *o += &format!(
-                "{:<9} {:<14} {:>5} {:>5} {:>6.1}% {:>6.1}% {:>8} {:>8} {:>7} {:>7}  {}\n",
+                "{:<9} {:<14} {:>5} {:>5} {:>6.1}% {:>6.1}% {:>8} {:>8} {:>7} {:>7} {:>7}  {}{}\n",
                 x.generator,
                 x.dataset,
                 if cycles { x.cycle.to_string() } else { "all".into() },
@@ -185,7 +272,9 @@ pub fn text(r: &Report) -> String {
                 opt(x.best_accuracy, 4),
                 opt(x.mean_reply_lines, 1),
                 opt(x.mean_novelty, 3),
-                breakdown(&x.verdicts)
+                opt(x.candidates_per_hour, 0),
+                breakdown(&x.verdicts),
+                tolerated(&x.tolerances)
             );
         }
     };
@@ -206,22 +295,45 @@ pub fn text(r: &Report) -> String {
     o
 }
 
-/// The per-cycle rows as CSV (one column per verdict seen).
+/// The per-cycle rows as CSV (one column per verdict and per tolerance seen).
 pub fn csv(r: &Report) -> String {
-    let mut names: Vec<&String> = r.rows.iter().flat_map(|x| x.verdicts.keys()).collect();
-    names.sort();
-    names.dedup();
-    let mut o = String::from(
-        "generator,dataset,cycle,candidates,valid,valid_rate,first_try_valid_rate,trained,mean_accuracy,best_accuracy,mean_reply_lines,mean_reply_tokens,mean_novelty",
-    );
-    for n in &names {
+    csv_of(&[(None, r)])
+}
+
+/// Several runs' per-cycle rows as one CSV, each row led by its run's name.
+pub fn csv_runs(runs: &[(String, Report)]) -> String {
+    csv_of(&runs.iter().map(|(name, r)| (Some(name.as_str()), r)).collect::<Vec<_>>())
+}
+
+fn csv_of(runs: &[(Option<&str>, &Report)]) -> String {
+    let rows = || runs.iter().flat_map(|(name, r)| r.rows.iter().map(move |x| (*name, x)));
+    let names = |key: fn(&Row) -> Vec<&String>| {
+        let mut v: Vec<String> = rows().flat_map(|(_, x)| key(x)).cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let verdicts = names(|x| x.verdicts.keys().collect());
+    let tolerances = names(|x| x.tolerances.keys().collect());
+    let named = runs.iter().any(|(name, _)| name.is_some());
+    let mut o = String::from(if named { "run," } else { "" });
+    o +=
+        "generator,dataset,cycle,candidates,valid,valid_rate,first_try_valid_rate,trained,mean_accuracy,best_accuracy,\
+          mean_reply_lines,mean_reply_tokens,mean_novelty,candidates_per_hour";
+    for n in &verdicts {
         o += &format!(",verdict_{n}");
+    }
+    for n in &tolerances {
+        o += &format!(",tolerance_{n}");
     }
     o.push('\n');
     let f = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.6}"));
-    for x in &r.rows {
+    for (name, x) in rows() {
+        if named {
+            o += &format!("{},", name.unwrap_or_default());
+        }
         o += &format!(
-            "{},{},{},{},{},{:.6},{:.6},{},{},{},{},{},{}",
+            "{},{},{},{},{},{:.6},{:.6},{},{},{},{},{},{},{}",
             x.generator,
             x.dataset,
             x.cycle,
@@ -234,10 +346,14 @@ pub fn csv(r: &Report) -> String {
             f(x.best_accuracy),
             f(x.mean_reply_lines),
             f(x.mean_reply_tokens),
-            f(x.mean_novelty)
+            f(x.mean_novelty),
+            f(x.candidates_per_hour)
         );
-        for n in &names {
-            o += &format!(",{}", x.verdicts.get(*n).copied().unwrap_or(0));
+        for n in &verdicts {
+            o += &format!(",{}", x.verdicts.get(n).copied().unwrap_or(0));
+        }
+        for n in &tolerances {
+            o += &format!(",{}", x.tolerances.get(n).copied().unwrap_or(0));
         }
         o.push('\n');
     }

@@ -494,6 +494,7 @@ impl Driver {
                 parse_ns: j.timings.parse_ns as i64,
                 check_ns: j.timings.check_ns as i64,
                 novelty_ns: j.timings.novelty_ns as i64,
+                tolerances: j.tolerances.iter().map(|t| t.kind().to_string()).collect(),
             };
             self.store.insert(&row, ok)?;
             if !ok {

@@ -13,7 +13,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub const DB_FILE: &str = "run.db";
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// What brings a store of an older schema version up to the next: `(from, SQL)`, in order.
+/// A store is upgraded when opened, in one transaction per step.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // 2: the applier's tolerances per candidate.
+    (1, "ALTER TABLE candidates ADD COLUMN tolerances TEXT;"),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -69,6 +76,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     train_ns BIGINT,
     claimed_at DOUBLE PRECISION NOT NULL,
     finished_at DOUBLE PRECISION,
+    -- the applier's tolerances (a JSON list of their kinds) for a reply that applied
+    tolerances TEXT,
     UNIQUE (cycle, slot)
 );
 CREATE TABLE IF NOT EXISTS reevals (
@@ -210,6 +219,8 @@ pub struct NewCandidate {
     pub parse_ns: i64,
     pub check_ns: i64,
     pub novelty_ns: i64,
+    /// The applier's tolerances (their kinds), for a reply that applied.
+    pub tolerances: Vec<String>,
 }
 
 impl NewCandidate {
@@ -248,6 +259,7 @@ impl NewCandidate {
             parse_ns: 0,
             check_ns: 0,
             novelty_ns: 0,
+            tolerances: Vec::new(),
         }
     }
 }
@@ -315,11 +327,14 @@ pub struct Candidate {
     pub reply_tokens: Option<i64>,
     pub train_s: Option<f64>,
     pub finished_at: Option<f64>,
+    /// The applier's tolerances (their kinds) for a reply that applied; none when it applied
+    /// strictly, or in a store written before they were kept.
+    pub tolerances: Vec<String>,
 }
 
 const CANDIDATE_COLUMNS: &str = "id, cycle, slot, role, status, dataset, baseline, parent_id, generator, adapter, \
      program, diff, prompt, front_verdict, verdict, similarity, hash, params, macs, accuracy, reply_lines, \
-     reply_tokens, train_s, finished_at, attempts, attempt_verdicts";
+     reply_tokens, train_s, finished_at, attempts, attempt_verdicts, tolerances";
 
 /// The error of a stored value that names none of its column's kind: which row, which column,
 /// what it holds.
@@ -373,6 +388,10 @@ fn candidate(r: &Row<'_>) -> rusqlite::Result<Candidate> {
         finished_at: r.get(23)?,
         attempts: r.get(24)?,
         attempt_verdicts: verdicts(r, id, 25)?,
+        tolerances: match r.get::<_, Option<String>>(26)? {
+            Some(text) => serde_json::from_str(&text).map_err(|e| unknown(r, id, 26, e))?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -421,8 +440,21 @@ impl Store {
         if !path.is_file() {
             return Err(StoreError(format!("{} is not a run folder: it has no {DB_FILE}", dir.display())));
         }
-        let store = Store::connect(&path)?;
-        let version = store.meta("schema_version")?;
+        let mut store = Store::connect(&path)?;
+        let mut version = store.meta("schema_version")?;
+        while let Some((_, sql)) =
+            MIGRATIONS.iter().find(|(from, _)| version.as_deref() == Some(from.to_string().as_str()))
+        {
+            let next = version.as_deref().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0) + 1;
+            let err =
+                |e: rusqlite::Error| StoreError(format!("{}: upgrading to schema version {next}: {e}", path.display()));
+            let tx = store.conn.transaction().map_err(err)?;
+            tx.execute_batch(sql).map_err(err)?;
+            tx.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", params![next.to_string()])
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+            version = Some(next.to_string());
+        }
         if version.as_deref() != Some(&SCHEMA_VERSION.to_string()) {
             return Err(StoreError(format!(
                 "{} has schema version {}, and this nasc reads version {SCHEMA_VERSION}",
@@ -474,14 +506,15 @@ impl Store {
         let t = now();
         let (status, finished_at) = if to_train { (Status::Claimed, None) } else { (Status::Finished, Some(t)) };
         let attempt_verdicts = serde_json::to_string(&c.attempt_verdicts).expect("verdicts serialise");
+        let tolerances = serde_json::to_string(&c.tolerances).expect("names serialise");
         self.conn
             .execute(
                 "INSERT INTO candidates (id, cycle, slot, role, status, dataset, baseline, parent_id, generator, adapter, \
                  prompt, reply, extracted, diff, program, attempts, attempt_verdicts, front_verdict, verdict, diagnostic, \
                  novelty, similarity, hash, params, macs, reply_lines, reply_tokens, diff_lines, generate_ns, extract_ns, \
-                 apply_ns, parse_ns, check_ns, novelty_ns, claimed_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-                 ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, \
-                 ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)",
+                 apply_ns, parse_ns, check_ns, novelty_ns, claimed_at, finished_at, tolerances) VALUES (?1, ?2, ?3, ?4, \
+                 ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, \
+                 ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36)",
                 params![
                     id,
                     c.cycle,
@@ -518,6 +551,7 @@ impl Store {
                     c.novelty_ns,
                     t,
                     finished_at,
+                    tolerances,
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -677,6 +711,31 @@ mod tests {
         let c = store.get(id).unwrap().unwrap();
         assert_eq!((c.status, c.verdict), (Status::Finished, Verdict::Diverged));
         assert!(store.claimed(0).unwrap().is_empty());
+    }
+
+    /// A run written by the first schema (no tolerances column) opens: it is upgraded in place
+    /// and reads back with no tolerances; a store newer than this nasc is refused.
+    #[test]
+    fn a_store_of_schema_version_1_is_upgraded_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = store_with_one(dir.path());
+        store.conn.execute_batch("ALTER TABLE candidates DROP COLUMN tolerances").unwrap();
+        store.set_meta("schema_version", "1").unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.meta("schema_version").unwrap().as_deref(), Some("2"));
+        assert!(store.get(id).unwrap().unwrap().tolerances.is_empty());
+        let row = NewCandidate {
+            slot: 1,
+            tolerances: vec!["recounted".into()],
+            ..NewCandidate::new(Role::Candidate, Verdict::Ok)
+        };
+        let id = store.insert(&row, false).unwrap();
+        assert_eq!(store.get(id).unwrap().unwrap().tolerances, ["recounted"]);
+        store.set_meta("schema_version", "7").unwrap();
+        drop(store);
+        let e = Store::open(dir.path()).err().unwrap().0;
+        assert!(e.contains("has schema version 7, and this nasc reads version 2"), "{e}");
     }
 
     #[test]
