@@ -14,11 +14,13 @@
 //!   -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" ~/.cache/nasc/llama-cpp-venv/bin/pip install 'llama-cpp-python[server]'
 //! ```
 
+#[path = "common/lenet5_search.rs"]
+mod lenet5_search;
 #[path = "common/smollm2.rs"]
 mod smollm2;
 
-use nasc_search::store::Role;
-use nasc_search::Store;
+use lenet5_search::search_through;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -108,38 +110,16 @@ fn a_constrained_search_cycle_through_llama_cpp_gets_every_reply_and_each_applie
     let Some(python) = llama_cpp_python() else { return };
     let Some(model) = smollm2::smollm2_path() else { return };
     let server = start(&python, model.to_str().unwrap());
-    let dir = std::env::temp_dir().join(format!("nasc-search-llama-cpp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
-    let data = std::env::var_os("NASC_TEST_DATA").map_or_else(|| PathBuf::from("/usr/share/datasets"), PathBuf::from);
-    let config = dir.join("run.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = 1\ncandidates = 4\n\
-             retries = 0\ngenerator = \"openai\"\nprompt_template = \"{root}/prompts/compact.md\"\n[sampling]\n\
-             max_tokens = 300\nn = 2\n[openai]\nbase_url = \"{}\"\nmodel = \"smollm2\"\nconcurrency = 1\n\
-             timeout_s = 600.0\nconstrain = \"llama.cpp\"\n[train]\ndata_root = \"{}\"\nlimit = 1000\neval_batch = 1000\n",
-            server.url,
-            data.display()
-        ),
-    )
-    .unwrap();
-    let run = dir.join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_nasc"))
-        .args(["search", "--json", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{stderr}");
+    let (stderr, candidates) = search_through(
+        &server.url,
+        "search-llama-cpp",
+        4,
+        &format!("prompt_template = \"{root}/prompts/compact.md\""),
+        "max_tokens = 300\nn = 2",
+        "concurrency = 1\nconstrain = \"llama.cpp\"",
+    );
     assert!(stderr.contains("answered one choice to n = 2"), "the generator did not notice `n` was ignored: {stderr}");
-    let candidates: Vec<_> =
-        Store::open(&run).unwrap().all().unwrap().into_iter().filter(|c| c.role == Role::Candidate).collect();
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(candidates.len(), 4, "{candidates:#?}");
     let ended: Vec<_> = candidates.iter().filter(|c| c.reply_tokens.is_some_and(|t| t < 300)).collect();
     assert!(!ended.is_empty(), "every reply ran into max_tokens: {candidates:#?}");

@@ -2,13 +2,14 @@
 //! SmolLM2-135M-Instruct on loopback, driven by `nasc search`, free and held to each parent's diff
 //! grammar. It needs the model file (`tests/common/smollm2.rs`; `scripts/test-deps` fetches it).
 
+#[path = "common/lenet5_search.rs"]
+mod lenet5_search;
 #[path = "common/smollm2.rs"]
 mod smollm2;
 
-use nasc_search::store::{Candidate, Role};
-use nasc_search::Store;
+use lenet5_search::search_through;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,47 +52,11 @@ fn start_server(model: &str) -> Server {
     Server { child, url: format!("{base}/v1") }
 }
 
-/// Runs `nasc search` (one cycle of `candidates` from LeNet-5 on 1,000 Fashion-MNIST images)
-/// through `server`, with `sampling` and `openai` lines added to those sections; returns the
-/// run's candidates. The run's folder is removed afterwards.
-fn search_through(server: &Server, name: &str, candidates: usize, sampling: &str, openai: &str) -> Vec<Candidate> {
-    let dir = std::env::temp_dir().join(format!("nasc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let data = std::env::var_os("NASC_TEST_DATA").map_or_else(|| PathBuf::from("/usr/share/datasets"), PathBuf::from);
-    let config = dir.join("run.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = 1\n\
-             candidates = {candidates}\nretries = 0\ngenerator = \"openai\"\n[sampling]\n{sampling}\n[openai]\n\
-             base_url = \"{}\"\nmodel = \"smollm2\"\nconcurrency = 2\ntimeout_s = 600.0\n{openai}\n[train]\n\
-             data_root = \"{}\"\nlimit = 1000\neval_batch = 1000\n",
-            server.url,
-            data.display()
-        ),
-    )
-    .unwrap();
-    let run = dir.join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_nasc"))
-        .args(["search", "--json", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let all = Store::open(&run).unwrap().all().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    all.into_iter().filter(|c| c.role == Role::Candidate).collect()
-}
-
 #[test]
 fn a_search_runs_its_candidates_through_nasc_serve_with_smollm2() {
     let Some(model) = smollm2::smollm2_path() else { return };
     let server = start_server(model.to_str().unwrap());
-    let candidates = search_through(&server, "search-serve", 2, "max_tokens = 64", "");
+    let (_, candidates) = search_through(&server.url, "search-serve", 2, "", "max_tokens = 64", "concurrency = 2");
     assert_eq!(candidates.len(), 2, "{candidates:#?}");
     for c in &candidates {
         assert_eq!(c.generator, "openai");
@@ -110,8 +75,14 @@ fn a_search_runs_its_candidates_through_nasc_serve_with_smollm2() {
 fn a_constrained_search_cycle_gets_replies_that_all_extract_and_apply() {
     let Some(model) = smollm2::smollm2_path() else { return };
     let server = start_server(model.to_str().unwrap());
-    let candidates =
-        search_through(&server, "search-constrained", 6, "max_tokens = 300\nn = 2", "constrain = \"lark\"");
+    let (_, candidates) = search_through(
+        &server.url,
+        "search-constrained",
+        6,
+        "",
+        "max_tokens = 300\nn = 2",
+        "concurrency = 2\nconstrain = \"lark\"",
+    );
     assert_eq!(candidates.len(), 6, "{candidates:#?}");
     let ended: Vec<_> = candidates.iter().filter(|c| c.reply_tokens.is_some_and(|t| t < 300)).collect();
     assert!(!ended.is_empty(), "every reply ran into max_tokens: {candidates:#?}");

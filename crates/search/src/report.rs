@@ -184,46 +184,68 @@ fn tolerated(t: &BTreeMap<String, usize>) -> String {
     }
 }
 
-/// Several runs' reports side by side (the arms of an experiment, one run each): per run, its
-/// rows per cycle and over all cycles, under the run's name.
-pub fn compare(runs: &[(String, Report)]) -> String {
-    let width = runs.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(3).max(3);
-    let mut o = format!(
-        "{:<width$} {:<9} {:<14} {:>5} {:>5} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}\n",
-        "run",
+/// What a table's size column shows: reply lines, or reply tokens.
+#[derive(Clone, Copy)]
+enum Size {
+    Lines,
+    Tokens,
+}
+
+/// The header of a table of rows, with `cycle` over the cycle column.
+fn header(cycle: &str, size: Size) -> String {
+    let size = match size {
+        Size::Lines => "lines",
+        Size::Tokens => "tokens",
+    };
+    format!(
+        "{:<9} {:<14} {:>5} {:>5} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}\n",
         "generator",
         "dataset",
-        "cycle",
+        cycle,
         "n",
         "valid",
         "1st try",
         "mean acc",
         "best acc",
-        "tokens",
+        size,
         "novelty",
         "cand/h",
         "verdicts"
-    );
+    )
+}
+
+/// One row of a table, `cycle` in the cycle column.
+fn line(x: &Row, cycle: &str, size: Size) -> String {
+    format!(
+        "{:<9} {:<14} {:>5} {:>5} {:>6.1}% {:>6.1}% {:>8} {:>8} {:>7} {:>7} {:>7}  {}{}\n",
+        x.generator,
+        x.dataset,
+        cycle,
+        x.candidates,
+        100.0 * x.valid_rate,
+        100.0 * x.first_try_valid_rate,
+        opt(x.mean_accuracy, 4),
+        opt(x.best_accuracy, 4),
+        match size {
+            Size::Lines => opt(x.mean_reply_lines, 1),
+            Size::Tokens => opt(x.mean_reply_tokens, 0),
+        },
+        opt(x.mean_novelty, 3),
+        opt(x.candidates_per_hour, 0),
+        breakdown(&x.verdicts),
+        tolerated(&x.tolerances)
+    )
+}
+
+/// Several runs' reports side by side (the arms of an experiment, one run each): per run, its
+/// rows per cycle and over all cycles, under the run's name.
+pub fn compare(runs: &[(String, Report)]) -> String {
+    let width = runs.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(3).max(3);
+    let mut o = format!("{:<width$} {}", "run", header("cycle", Size::Tokens));
     for (name, r) in runs {
-        let rows = r.rows.iter().map(|x| (x, false)).chain(r.totals.iter().map(|x| (x, true)));
-        for (x, all) in rows {
-            o += &format!(
-                "{:<width$} {:<9} {:<14} {:>5} {:>5} {:>6.1}% {:>6.1}% {:>8} {:>8} {:>7} {:>7} {:>7}  {}{}\n",
-                name,
-                x.generator,
-                x.dataset,
-                if all { "all".to_string() } else { x.cycle.to_string() },
-                x.candidates,
-                100.0 * x.valid_rate,
-                100.0 * x.first_try_valid_rate,
-                opt(x.mean_accuracy, 4),
-                opt(x.best_accuracy, 4),
-                opt(x.mean_reply_tokens, 0),
-                opt(x.mean_novelty, 3),
-                opt(x.candidates_per_hour, 0),
-                breakdown(&x.verdicts),
-                tolerated(&x.tolerances)
-            );
+        let rows = r.rows.iter().map(|x| (x, x.cycle.to_string())).chain(r.totals.iter().map(|x| (x, "all".into())));
+        for (x, cycle) in rows {
+            o += &format!("{name:<width$} {}", line(x, &cycle, Size::Tokens));
         }
     }
     o
@@ -244,38 +266,9 @@ pub fn text(r: &Report) -> String {
         );
     }
     let table = |o: &mut String, rows: &[Row], cycles: bool| {
-        *o += &format!(
-            "{:<9} {:<14} {:>5} {:>5} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}\n",
-            "generator",
-            "dataset",
-            if cycles { "cycle" } else { "" },
-            "n",
-            "valid",
-            "1st try",
-            "mean acc",
-            "best acc",
-            "lines",
-            "novelty",
-            "cand/h",
-            "verdicts"
-        );
+        *o += &header(if cycles { "cycle" } else { "" }, Size::Lines);
         for x in rows {
-            *o += &format!(
-                "{:<9} {:<14} {:>5} {:>5} {:>6.1}% {:>6.1}% {:>8} {:>8} {:>7} {:>7} {:>7}  {}{}\n",
-                x.generator,
-                x.dataset,
-                if cycles { x.cycle.to_string() } else { "all".into() },
-                x.candidates,
-                100.0 * x.valid_rate,
-                100.0 * x.first_try_valid_rate,
-                opt(x.mean_accuracy, 4),
-                opt(x.best_accuracy, 4),
-                opt(x.mean_reply_lines, 1),
-                opt(x.mean_novelty, 3),
-                opt(x.candidates_per_hour, 0),
-                breakdown(&x.verdicts),
-                tolerated(&x.tolerances)
-            );
+            *o += &line(x, &if cycles { x.cycle.to_string() } else { "all".into() }, Size::Lines);
         }
     };
     o += "\nPer cycle\n";
