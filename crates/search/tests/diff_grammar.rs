@@ -193,3 +193,30 @@ fn a_removed_line_cannot_be_added_back_unchanged() {
     checker.accepts(&head("12")).unwrap();
     assert!(checker.accepts(&head("16")).is_err(), "the same repeat head back");
 }
+
+/// What the checker would refuse is not offered: a new block has one parameter and its call one
+/// argument (a grammar cannot match a call's arguments to the parameters the model wrote), and
+/// dropout's probability is below 1.
+#[test]
+fn a_new_blocks_call_fits_it_and_a_probability_is_below_one() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
+    let called = "--- a/program.arch\n+++ b/program.arch\n@@ -8,5 +8,12 @@\n arch lenet5\n \n\
+                  +block res(c) {\n+  x = in\n+  conv(c, k=3, p=1)\n+  add(x)\n+}\n+\n net {\n   conv(6, k=5)\n\
+                  +  res(6)\n   relu\n";
+    checker.accepts(&fenced(called)).unwrap();
+    let two = called.replace("block res(c)", "block res(c, d)");
+    assert!(checker.accepts(&fenced(&two)).is_err(), "two parameters");
+    let keyword = called.replace("+  res(6)", "+  res(6, k=3)");
+    assert!(checker.accepts(&fenced(&keyword)).is_err(), "a second argument");
+    let dropout = |p: &str| {
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   relu\n   maxpool(k=2)\n+  dropout({p})\n   conv(16, k=5)\n"
+        ))
+    };
+    checker.accepts(&dropout("0.25")).unwrap();
+    checker.accepts(&dropout("0")).unwrap();
+    for p in ["1.0", "1", "29", "0.5.5"] {
+        assert!(checker.accepts(&dropout(p)).is_err(), "dropout({p})");
+    }
+}

@@ -60,7 +60,8 @@ struct Line<'a> {
 /// language's operations with their signature's parameters, and of the parent's blocks, with
 /// the integer names and bound values of the block they are added to, at canonical indentation;
 /// a `repeat` of such lines; and at the top level a new block (named from a short list, so the
-/// grammar can hold the name), which a later added line must then call. What the grammar leaves
+/// grammar can hold the name, with one parameter), which a later added line must then call with
+/// one argument. What the grammar leaves
 /// free (line counts, widths and shapes) the tolerant applier and the verdict judge. With the dataset's `binding`, added lines
 /// offer only the operations that keep the kind of flow (maps, tokens, a vector) where they go
 /// (`check::kinds`): a network's flattened half takes no pooling. Errors when the parent does

@@ -776,7 +776,7 @@ impl<'p> Elab<'p> {
                 (Ty::Int, Val::Int(_))
                     | (Ty::Bool, Val::Bool(_))
                     | (Ty::Pad, Val::Int(_) | Val::Same)
-                    | (Ty::Float, Val::Int(_) | Val::Float(_))
+                    | (Ty::Float | Ty::Prob, Val::Int(_) | Val::Float(_))
             );
             if !ok {
                 return self.fail(
@@ -795,7 +795,7 @@ impl<'p> Elab<'p> {
                 );
             }
             let v = match (params[i].ty, v) {
-                (Ty::Float, Val::Int(n)) => Val::Float(n as f64),
+                (Ty::Float | Ty::Prob, Val::Int(n)) => Val::Float(n as f64),
                 _ => v,
             };
             vals[i] = Some((v, a.span));

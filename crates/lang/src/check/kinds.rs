@@ -77,7 +77,7 @@ fn probe(sig: &Signature, (before, after): (&str, &str)) -> bool {
             .map(|p| {
                 next += 1;
                 let v = match p.ty {
-                    Ty::Float => "0.5".to_string(),
+                    Ty::Float | Ty::Prob => "0.5".to_string(),
                     Ty::Bool => "true".to_string(),
                     Ty::Int | Ty::Pad => (if fill == 0 { 2 } else { next }).to_string(),
                 };

@@ -5,6 +5,8 @@
 pub enum Ty {
     Int,
     Float,
+    /// A number in [0, 1): a probability (dropout's).
+    Prob,
     Bool,
     /// An integer, or the keyword `same`.
     Pad,
@@ -15,6 +17,7 @@ impl Ty {
         match self {
             Ty::Int => "an integer",
             Ty::Float => "a number",
+            Ty::Prob => "a number in [0, 1)",
             Ty::Bool => "true or false",
             Ty::Pad => "an integer or `same`",
         }
@@ -65,6 +68,9 @@ const fn pad(name: &'static str, v: i64) -> ParamSpec {
 }
 const fn float(name: &'static str, v: f64) -> ParamSpec {
     ParamSpec { name, ty: Ty::Float, default: ArgDefault::Float(v) }
+}
+const fn prob(name: &'static str, v: f64) -> ParamSpec {
+    ParamSpec { name, ty: Ty::Prob, default: ArgDefault::Float(v) }
 }
 const fn boolean(name: &'static str, v: bool) -> ParamSpec {
     ParamSpec { name, ty: Ty::Bool, default: ArgDefault::Bool(v) }
@@ -117,7 +123,7 @@ pub static OPS: &[Signature] = &[
     op("avgpool", &[req("k", Ty::Int), same_as("s", "k"), int("p", 0), boolean("ceil", false)], 0, "average pooling"),
     op("gap", NONE, 0, "global average pooling to a vector"),
     op("adaptive_avgpool", &[req("s", Ty::Int)], 1, "adaptive average pooling to s x s"),
-    op("dropout", &[float("p", 0.5)], 1, "dropout"),
+    op("dropout", &[prob("p", 0.5)], 1, "dropout"),
     op("flatten", NONE, 0, "flatten to a vector"),
     op("linear", &[req("n", Ty::Int), boolean("bias", true)], 1, "fully connected layer"),
     Signature { name: "add", args: Args::Values, summary: "element-wise sum of the flow and the arguments" },

@@ -64,6 +64,14 @@ fn shared(g: &mut Grammar) {
         "st_float",
         Expr::seq([
             Expr::Repeat(Box::new(digit.clone()), 1, Some(2)),
+            Expr::opt(Expr::seq([Expr::text("."), Expr::Repeat(Box::new(digit.clone()), 1, Some(4))])),
+        ]),
+    );
+    // A probability: 0, or 0.d with up to four digits (dropout's `p`, below 1).
+    g.define_token(
+        "st_prob",
+        Expr::seq([
+            Expr::text("0"),
             Expr::opt(Expr::seq([Expr::text("."), Expr::Repeat(Box::new(digit), 1, Some(4))])),
         ]),
     );
@@ -89,6 +97,7 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
     let value_of = |ty: Ty| match ty {
         Ty::Int => int.clone(),
         Ty::Float => Expr::rule("st_float"),
+        Ty::Prob => Expr::rule("st_prob"),
         Ty::Bool => Expr::rule("st_bool"),
         Ty::Pad => Expr::alt([int.clone(), Expr::text("same")]),
     };
@@ -221,31 +230,24 @@ fn kw_ref(rule: &str, i: usize, first: bool) -> Expr {
     Expr::rule(format!("{rule}_kw{i}_{}", u8::from(first)))
 }
 
-/// Defines `st_block_params`: what follows a new block's name on its first line,
-/// `(params) {`, with up to four one-letter parameters, each perhaps with a default. Returns a
-/// reference to it.
+/// Defines `st_block_params`: what follows a new block's name on its first line, `(p) {`, one
+/// one-letter parameter, perhaps with a default. One, so that the call the grammar asks for
+/// (one argument by position, [`new_block_call`]) always fits it: a context-free grammar cannot
+/// count the parameters the model wrote to ask for as many arguments, nor keep their letters
+/// apart. Returns a reference to it.
 pub fn define_block_params(g: &mut Grammar) -> Expr {
     shared(g);
     let param = Expr::seq([
         Expr::rule("st_letter"),
         Expr::opt(Expr::seq([Expr::text("="), Expr::alt([Expr::rule("st_integer"), Expr::rule("st_float")])])),
     ]);
-    g.define(
-        "st_block_params",
-        Expr::seq([
-            Expr::text("("),
-            param.clone(),
-            Expr::Repeat(Box::new(Expr::seq([Expr::text(", "), param])), 0, Some(3)),
-            Expr::text(") {"),
-        ]),
-    )
+    g.define("st_block_params", Expr::seq([Expr::text("("), param, Expr::text(") {")]))
 }
 
-/// A call of a block named `name` that the diff adds, with `int` (the scope's integer rule):
-/// a first argument by position, then up to three one-letter keywords.
+/// A call of a block named `name` that the diff adds, with `int` (the scope's integer rule): its
+/// one argument, by position.
 pub fn new_block_call(name: &str, int: Expr) -> Expr {
-    let kw = Expr::seq([Expr::text(", "), Expr::rule("st_letter"), Expr::text("="), int.clone()]);
-    Expr::seq([Expr::text(format!("{name}(")), int, Expr::Repeat(Box::new(kw), 0, Some(3)), Expr::text(")")])
+    Expr::seq([Expr::text(format!("{name}(")), int, Expr::text(")")])
 }
 
 /// The names a program's bodies use, for [`Scope`]s: per top-level item in order of the text
