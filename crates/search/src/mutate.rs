@@ -196,8 +196,12 @@ pub fn apply(p: &mut Program, m: Mutation, rng: &mut ChaCha8Rng) -> bool {
             let target = pick(rng, sites);
             let roll = rng.next_u64();
             let line_roll = rng.next_u64();
+            // Nothing goes after the net's last line, which gives the classes: a layer there
+            // would act on the logits.
+            let net: Option<*const Body> = p.net.as_ref().map(|n| &n.body as *const Body);
             edit_body(p, target, &|b| !b.stmts.is_empty(), &mut |b| {
-                let at = (roll % (b.stmts.len() as u64 + 1)) as usize;
+                let end = usize::from(!net.is_some_and(|n| std::ptr::eq(n, b)));
+                let at = (roll % (b.stmts.len() + end) as u64) as usize;
                 let width = width_before(b, at).unwrap_or(32);
                 let line = match line_roll % 6 {
                     0 => format!("conv({width}, k=3, p=1)"),

@@ -118,17 +118,23 @@ fn with_a_dataset_added_lines_fit_the_kind_of_flow_where_they_go() {
     };
     typed.accepts(&fenced(&before_flatten("conv(8, k=3, p=1)"))).unwrap();
     assert!(typed.accepts(&fenced(&before_flatten("linear(64)"))).is_err());
-    // After the net's last line, which gives the classes, only what keeps them can be added.
+    // After the net's last line, which gives the classes, nothing: it would act on the logits.
     let after_output = |line: &str| {
         format!("--- a/program.arch\n+++ b/program.arch\n@@ -21,2 +21,3 @@\n   dropout\n   linear(classes)\n+  {line}\n }}\n")
     };
-    typed.accepts(&fenced(&after_output("relu"))).unwrap();
-    assert!(typed.accepts(&fenced(&after_output("linear(1024)"))).is_err());
+    for line in ["relu", "dropout", "linear(1024)"] {
+        assert!(typed.accepts(&fenced(&after_output(line))).is_err(), "{line} after the output");
+        assert!(untyped.accepts(&fenced(&after_output(line))).is_err(), "{line} after the output");
+    }
+    // Before it, a line still can be added.
+    let before_output =
+        "--- a/program.arch\n+++ b/program.arch\n@@ -21,2 +21,3 @@\n   dropout\n+  linear(512)\n   linear(classes)\n";
+    typed.accepts(&fenced(before_output)).unwrap();
 }
 
 /// What the lines after it stand on cannot be removed: the net's last line (the classes), and,
-/// with the dataset known, a line that changes the kind of the flow (`flatten`). Nor can a block,
-/// new or the parent's, follow the output.
+/// with the dataset known, a line that changes the kind of the flow (`flatten`). Nothing, a
+/// block of the parent's included, follows the output.
 #[test]
 fn the_output_line_and_a_change_of_kind_cannot_be_removed() {
     let mlp = std::fs::read_to_string(common::root().join("zoo/mlp.arch")).unwrap();
@@ -154,8 +160,9 @@ fn the_output_line_and_a_change_of_kind_cannot_be_removed() {
     let after_output = |line: &str| {
         format!("--- a/program.arch\n+++ b/program.arch\n@@ -{},2 +{},3 @@\n {last}\n+  {line}\n }}\n", n - 1, n - 1)
     };
-    typed.accepts(&fenced(&after_output("dropout(0.5)"))).unwrap();
-    assert!(typed.accepts(&fenced(&after_output("basic(64)"))).is_err(), "a block after the output");
+    for line in ["dropout(0.5)", "basic(64)"] {
+        assert!(typed.accepts(&fenced(&after_output(line))).is_err(), "{line} after the output");
+    }
 }
 
 /// A removed line cannot come back unchanged in its place: `-  relu` `+  relu` changes nothing

@@ -105,13 +105,11 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let new_names = fresh_names(&callees);
     let indent = |depth: usize| "  ".repeat(depth);
     // Statements of item k allowed only `ops` (under the name tag), defined on first use.
-    // With `blocks` false, no block may be called either (after the output, where a block would
-    // be another layer).
-    let typed_scope = |g: &mut Grammar, k: usize, tag: &str, ops: &[&'static str], blocks: bool| -> String {
+    let typed_scope = |g: &mut Grammar, k: usize, tag: &str, ops: &[&'static str]| -> String {
         let name = format!("s{k}{tag}");
         if g.get(&format!("{name}_stmt")).is_none() {
             let scope = Scope { ops: Some(ops.to_vec()), ..scopes[k].1.clone() };
-            stmts::define_statement(g, &name, &scope, if blocks { &callees } else { &[] });
+            stmts::define_statement(g, &name, &scope, &callees);
         }
         name
     };
@@ -119,9 +117,9 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
         match kind {
             None => format!("s{k}"),
-            Some(Kind::Map) => typed_scope(g, k, "m", kinds::keeping(Kind::Map), true),
-            Some(Kind::Tokens) => typed_scope(g, k, "t", kinds::keeping(Kind::Tokens), true),
-            Some(Kind::Vector) => typed_scope(g, k, "v", kinds::keeping(Kind::Vector), true),
+            Some(Kind::Map) => typed_scope(g, k, "m", kinds::keeping(Kind::Map)),
+            Some(Kind::Tokens) => typed_scope(g, k, "t", kinds::keeping(Kind::Tokens)),
+            Some(Kind::Vector) => typed_scope(g, k, "v", kinds::keeping(Kind::Vector)),
         }
     };
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
@@ -188,17 +186,13 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                 top_adds.iter().enumerate().map(|(j, a)| (a.clone(), ADDED + j)).collect()
             }
             (0, _) | (_, None) => vec![],
+            // The net's last statement gives the classes, and nothing follows it: what could
+            // (an activation, dropout, another layer) would act on the logits.
+            (1, Some(k)) if scopes[k].0.is_none() && lines[i].text.trim() == "}" => vec![],
             (d, Some(k)) => {
-                // The net's last statement gives the classes: what follows it must keep them.
-                let last = d == 1 && scopes[k].0.is_none() && lines[i].text.trim() == "}";
-                let output = last && flow[i].is_some();
-                let scope = if output {
-                    typed_scope(g, k, "o", kinds::keeping_output(), false)
-                } else {
-                    scope_for(g, k, flow[i])
-                };
+                let scope = scope_for(g, k, flow[i]);
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
-                if state >= ADDED && !output {
+                if state >= ADDED {
                     out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));
                 }
                 out

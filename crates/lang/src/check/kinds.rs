@@ -52,13 +52,6 @@ pub fn keeping(kind: Kind) -> &'static [&'static str] {
     table.iter().find(|(k, _)| *k == kind).map(|(_, ops)| ops.as_slice()).unwrap_or(&[])
 }
 
-/// The built-in operations that keep a network's output: after the line that gives the
-/// classes, only these can follow (an activation, dropout), not another layer.
-pub fn keeping_output() -> &'static [&'static str] {
-    static TABLE: OnceLock<Vec<&'static str>> = OnceLock::new();
-    TABLE.get_or_init(|| OPS.iter().filter(|s| probe(s, ("flatten\n  linear(classes)", ""))).map(|s| s.name).collect())
-}
-
 /// Whether some plain call of `sig` checks between a flow of `kind` and a tail that needs it.
 fn keeps(sig: &Signature, kind: Kind) -> bool {
     probe(sig, kind.probe())
@@ -108,8 +101,5 @@ mod tests {
         assert!(!vectors.contains(&"maxpool") && !vectors.contains(&"conv"), "{vectors:?}");
         let tokens = keeping(Kind::Tokens);
         assert!(tokens.contains(&"attn") && tokens.contains(&"ln"), "{tokens:?}");
-        let output = keeping_output();
-        assert!(output.contains(&"relu") && output.contains(&"dropout"), "{output:?}");
-        assert!(!output.contains(&"linear") && !output.contains(&"conv"), "{output:?}");
     }
 }
