@@ -19,12 +19,12 @@ mod lenet5_search;
 #[path = "common/smollm2.rs"]
 mod smollm2;
 
-use lenet5_search::search_through;
+use lenet5_search::{search_through, Server};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The Python that has `llama_cpp.server`, or `None` (said on stdout) where none has.
@@ -52,19 +52,6 @@ fn llama_cpp_python() -> Option<PathBuf> {
         return None;
     }
     Some(python)
-}
-
-/// The llama.cpp server child, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn free_port() -> u16 {

@@ -7,24 +7,11 @@ mod lenet5_search;
 #[path = "common/smollm2.rs"]
 mod smollm2;
 
-use lenet5_search::search_through;
+use lenet5_search::{search_through, Server};
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A `nasc serve` child on a free loopback port, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start_server(model: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nasc"))

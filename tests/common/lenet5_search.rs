@@ -4,7 +4,20 @@
 use nasc_search::store::{Candidate, Role};
 use nasc_search::Store;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command};
+
+/// A server child process at `url` (up to and including `/v1`), killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// Runs `nasc search --json` with `candidates` from LeNet-5 through the server at `url` (model
 /// `smollm2`), `top` lines added before the sections and `sampling` and `openai` lines to
