@@ -15,7 +15,7 @@ pub mod without;
 pub use without::Excluded;
 
 /// A set of characters: ranges, or everything but them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Class {
     pub negated: bool,
     /// Inclusive ranges; a single character is `(c, c)`.
@@ -34,7 +34,7 @@ impl Class {
 }
 
 /// What a rule matches.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Expr {
     /// The empty string.
     Empty,

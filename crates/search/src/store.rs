@@ -442,10 +442,10 @@ impl Store {
         }
         let mut store = Store::connect(&path)?;
         let mut version = store.meta("schema_version")?;
-        while let Some((_, sql)) =
+        while let Some(&(from, sql)) =
             MIGRATIONS.iter().find(|(from, _)| version.as_deref() == Some(from.to_string().as_str()))
         {
-            let next = version.as_deref().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0) + 1;
+            let next = from + 1;
             let err =
                 |e: rusqlite::Error| StoreError(format!("{}: upgrading to schema version {next}: {e}", path.display()));
             let tx = store.conn.transaction().map_err(err)?;

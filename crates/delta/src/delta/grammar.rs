@@ -42,6 +42,8 @@ struct Line<'a> {
     depth: usize,
     /// The top-level item (index into the scopes, in text order) the line is in, if any.
     item: Option<usize>,
+    /// Whether it holds no code (blank, or a comment alone).
+    code_empty: bool,
     /// Whether a hunk may remove it: a statement inside a body, holding no brace (removing one
     /// would unbalance the program) and no comment-only or blank line (removing those changes
     /// no network).
@@ -61,26 +63,25 @@ struct Line<'a> {
 /// the integer names and bound values of the block they are added to, at canonical indentation;
 /// a `repeat` of such lines; and at the top level a new block (named from a short list, so the
 /// grammar can hold the name, with one parameter), which a later added line must then call with
-/// one argument. What the grammar leaves
-/// free (line counts, widths and shapes) the tolerant applier and the verdict judge. With the dataset's `binding`, added lines
-/// offer only the operations that keep the kind of flow (maps, tokens, a vector) where they go
-/// (`check::kinds`): a network's flattened half takes no pooling. Errors when the parent does
-/// not parse.
+/// one argument. Nothing is added after the net's last line, which gives the classes. What the
+/// grammar leaves free (line counts, widths and shapes) the tolerant applier and the verdict
+/// judge. With the dataset's `binding`, added lines offer only the operations that keep the kind
+/// of flow (maps, tokens, a vector) where they go (`check::kinds`): a network's flattened half
+/// takes no pooling. Errors when the parent does not parse.
 pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Result<Grammar, String> {
     let program = nasc_lang::syntax::parse(parent).map_err(|d| format!("the parent does not parse: {}", d.message))?;
     let (callees, scopes) = stmts::program_names(&program);
     let mut lines = lines_of(parent);
     let n = lines.len();
     let flow = binding.map(|b| flow_kinds(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
-    // The net's last statement gives the classes, and a line that changes the kind of the flow
-    // (`flatten`, `gap`) is what the lines after it stand on: removing either cannot check.
+    // The net's closing brace, and its last line of code before it, which gives the classes.
     let net = scopes.iter().position(|(name, _)| name.is_none());
-    let code = |l: &Line| l.text.split('#').next().unwrap_or("").trim().to_string();
-    let last = (0..n).rev().find(|&i| {
-        net.is_some() && lines[i].item == net && lines[i].depth == 1 && !matches!(code(&lines[i]).as_str(), "" | "}")
-    });
-    if let Some(last) = last {
-        lines[last].removable = false;
+    let net_close = (0..n).rev().find(|&i| net.is_some() && lines[i].item == net && lines[i].text.trim() == "}");
+    let output = net_close.and_then(|c| (0..c).rev().find(|&i| lines[i].depth == 1 && !lines[i].code_empty));
+    // The output, and a line that changes the kind of the flow (`flatten`, `gap`), are what the
+    // lines after them stand on: removing either cannot check.
+    if let Some(i) = output {
+        lines[i].removable = false;
     }
     for i in 0..n {
         if let (Some(before), Some(after)) = (flow[i], flow[i + 1]) {
@@ -104,23 +105,21 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // can, so the call names exactly the block added.
     let new_names = fresh_names(&callees);
     let indent = |depth: usize| "  ".repeat(depth);
-    // Statements of item k allowed only `ops` (under the name tag), defined on first use.
-    let typed_scope = |g: &mut Grammar, k: usize, tag: &str, ops: &[&'static str]| -> String {
+    // Statements of item k where the flow is of `kind`: only the operations that keep it,
+    // defined on first use.
+    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
+        let Some(kind) = kind else { return format!("s{k}") };
+        let tag = match kind {
+            Kind::Map => "m",
+            Kind::Tokens => "t",
+            Kind::Vector => "v",
+        };
         let name = format!("s{k}{tag}");
         if g.get(&format!("{name}_stmt")).is_none() {
-            let scope = Scope { ops: Some(ops.to_vec()), ..scopes[k].1.clone() };
+            let scope = Scope { ops: Some(kinds::keeping(kind).to_vec()), ..scopes[k].1.clone() };
             stmts::define_statement(g, &name, &scope, &callees);
         }
         name
-    };
-    // Statements of item k where the flow is of `kind`: only the operations that keep it.
-    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
-        match kind {
-            None => format!("s{k}"),
-            Some(Kind::Map) => typed_scope(g, k, "m", kinds::keeping(Kind::Map)),
-            Some(Kind::Tokens) => typed_scope(g, k, "t", kinds::keeping(Kind::Tokens)),
-            Some(Kind::Vector) => typed_scope(g, k, "v", kinds::keeping(Kind::Vector)),
-        }
     };
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
     // with `calling`, one of them (not in a repeat) calls the block the diff added under that
@@ -186,9 +185,9 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                 top_adds.iter().enumerate().map(|(j, a)| (a.clone(), ADDED + j)).collect()
             }
             (0, _) | (_, None) => vec![],
-            // The net's last statement gives the classes, and nothing follows it: what could
-            // (an activation, dropout, another layer) would act on the logits.
-            (1, Some(k)) if scopes[k].0.is_none() && lines[i].text.trim() == "}" => vec![],
+            // Nothing follows the output: what could (an activation, dropout, another layer)
+            // would act on the logits.
+            _ if Some(i) == net_close => vec![],
             (d, Some(k)) => {
                 let scope = scope_for(g, k, flow[i]);
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
@@ -225,9 +224,9 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // grammar is complete (`Grammar::without_each` copies what it must of the rules then, shared
     // between places that remove the same text).
     let mut again: Vec<(Expr, Vec<Excluded>)> = Vec::new();
-    let mut again_index: HashMap<(String, Excluded), usize> = HashMap::new();
+    let mut again_index: HashMap<(Expr, Excluded), usize> = HashMap::new();
     let mut not_again = |adds: &Expr, excluded: Excluded| -> Expr {
-        let key = (format!("{adds:?}"), excluded.clone());
+        let key = (adds.clone(), excluded.clone());
         let k = *again_index.entry(key).or_insert_with(|| {
             again.push((adds.clone(), vec![excluded]));
             again.len() - 1
@@ -380,7 +379,8 @@ fn lines_of(parent: &str) -> Vec<Line<'_>> {
             items += 1;
         }
         let item = if depth > 0 || code.contains('{') { items.checked_sub(1) } else { None };
-        out.push(Line { text, depth, item, removable: depth > 0 && !braces && !trimmed.is_empty() });
+        let code_empty = trimmed.is_empty();
+        out.push(Line { text, depth, item, code_empty, removable: depth > 0 && !braces && !code_empty });
         for c in code.chars() {
             match c {
                 '{' => depth += 1,
