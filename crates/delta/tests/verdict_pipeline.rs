@@ -2,7 +2,7 @@
 //! that should reach it, carries its explanation, and an `ok` carries the canonical program,
 //! its canonical diff against the base, its size, its counts and its timings.
 
-use nasc_delta::delta::{self, judge, unified, Base, Judgement, Options, Tolerance, Verdict};
+use nasc_delta::delta::{self, judge, judge_reply, unified, Base, Judgement, Options, Tolerance, Verdict};
 use nasc_delta::novelty::{fingerprint, Archive, NoveltyVerdict};
 use nasc_lang::check::{binding, check_source, Binding, Budget};
 
@@ -283,4 +283,24 @@ fn novelty_messages_say_what_matched_and_what_to_do() {
     insta::assert_snapshot!(dup.message, @"duplicate: the candidate is the same network as archive entry 0 (zoo/resnet18.arch), structural hash 1bd813973e8851cdcdb7f9fe713a5341: it differs from it only in names, formatting or block factoring. Propose a change to the network itself.");
     let base_dup = judged(RESNET18, &same, None, &opts());
     insta::assert_snapshot!(base_dup.message, @"duplicate: the candidate is the same network as the base: the change touches only names, comments, formatting or block factoring. Propose a change to the network itself.");
+}
+
+/// A reply the server cut at its token limit in the middle of a line is judged without that
+/// line (tolerance `truncated`); the same text not marked cut is judged as it is.
+#[test]
+fn a_reply_cut_at_the_token_limit_loses_its_unfinished_line() {
+    let cut = "```diff\n--- a/small.arch\n+++ b/small.arch\n@@ -6,5 +6,5 @@\n   relu\n-  conv(32, k=3, p=1)\n+  conv(48, k=3, p=1)\n+  conv(48, k";
+    let o = opts();
+    let base = Base::new(SMALL, &o);
+    let j = judge_reply(&base, cut, true, None, &o);
+    assert_eq!(j.verdict, Verdict::Ok, "{}", j.message);
+    assert_eq!(j.program.as_deref(), Some(SMALL.replace("conv(32", "conv(48").as_str()));
+    assert_eq!(j.tolerances.first(), Some(&Tolerance::Truncated));
+    let whole = judge_reply(&base, cut, false, None, &o);
+    assert_eq!(whole.verdict, Verdict::ParseError, "{}", whole.message);
+    // A cut reply that ends on a line's end loses nothing and needs no such tolerance.
+    let at_end = &cut[..=cut.rfind('\n').unwrap()];
+    let j = judge_reply(&base, at_end, true, None, &o);
+    assert_eq!(j.verdict, Verdict::Ok, "{}", j.message);
+    assert!(!j.tolerances.contains(&Tolerance::Truncated));
 }

@@ -30,6 +30,9 @@ pub struct Reply {
     /// Completion tokens, when the generator counts them.
     pub tokens: Option<i64>,
     pub elapsed: Duration,
+    /// The server stopped it at the token limit (`finish_reason` "length"): its last line may
+    /// be unfinished.
+    pub truncated: bool,
 }
 
 /// Why a generator could not answer. Every one stops the run with its message (a server that is
@@ -106,7 +109,7 @@ impl Generator for Mutate {
             // No edit applies (a base that does not parse): an empty reply, judged `no_diff`.
             None => String::new(),
         };
-        Ok(Reply { text, tokens: None, elapsed: start.elapsed() })
+        Ok(Reply { text, tokens: None, elapsed: start.elapsed(), truncated: false })
     }
 }
 
@@ -344,7 +347,8 @@ impl OpenAi {
                 )));
             };
             let tokens = choice["completion_tokens"].as_i64().or(if n == 1 { total } else { None });
-            replies.push(Reply { text: text.to_string(), tokens, elapsed });
+            let truncated = choice["finish_reason"].as_str() == Some("length");
+            replies.push(Reply { text: text.to_string(), tokens, elapsed, truncated });
         }
         Ok(replies)
     }

@@ -8,7 +8,7 @@ use super::store::{Candidate, NewCandidate, Role, Status, Store, Trained};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nasc_backend::train::{self, TrainConfig};
 use nasc_datasets::Dataset;
-use nasc_delta::delta::{judge, Base, Judgement, Options};
+use nasc_delta::delta::{judge_reply, Base, Judgement, Options};
 use nasc_delta::novelty::{self, Archive};
 use nasc_delta::Verdict;
 use nasc_lang::check::{self, binding, Binding};
@@ -445,7 +445,7 @@ impl Driver {
                 let opts = self.options(&w.dataset);
                 let archive =
                     self.archives.entry(w.dataset.clone()).or_insert_with(|| Archive::in_memory(opts.binding));
-                let j = judge(&w.base, &reply.text, Some(archive), &opts);
+                let j = judge_reply(&w.base, &reply.text, reply.truncated, Some(archive), &opts);
                 w.verdicts.push(j.verdict);
                 if j.verdict == Verdict::Ok {
                     if let Some(fp) = &j.fingerprint {

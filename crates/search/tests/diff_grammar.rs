@@ -224,3 +224,50 @@ fn a_probability_is_below_one() {
         assert!(checker.accepts(&dropout(p)).is_err(), "dropout({p})");
     }
 }
+
+/// A window's kernel, stride, padding and dilation are small numbers or the block's names: no
+/// `s=64` on a 28-pixel image.
+#[test]
+fn window_sizes_are_small() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
+    let add = |line: &str| {
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   relu\n   maxpool(k=2)\n+  {line}\n   conv(16, k=5)\n"
+        ))
+    };
+    for ok in ["conv(64, k=3, p=1)", "conv(64, k=11, s=4, p=2)", "maxpool(k=3, s=2, p=1)", "dwconv(k=5, p=same)"] {
+        checker.accepts(&add(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in ["maxpool(k=3, s=64, p=64)", "conv(64, k=33)", "conv(64, k=3, p=10)", "avgpool(k=3 * 2)"] {
+        assert!(checker.accepts(&add(bad)).is_err(), "{bad}");
+    }
+    // In a block, a parameter may size the window, with one operator.
+    let googlenet = std::fs::read_to_string(common::root().join("zoo/googlenet.arch")).unwrap();
+    let checker = Checker::lark(&diff_lark(&googlenet, PROGRAM_FILE, None).unwrap()).unwrap();
+    let line = googlenet.lines().position(|l| l.trim() == "conv(c, k=k, p=k / 2)").unwrap() + 1;
+    let diff = format!(
+        "--- a/program.arch\n+++ b/program.arch\n@@ -{line},2 +{line},3 @@\n   conv(c, k=k, p=k / 2)\n+  dwconv(k=k, p=k / 2)\n   bn\n"
+    );
+    checker.accepts(&fenced(&diff)).unwrap();
+}
+
+/// In a body of the parent a line may bind only a value whose binding it replaces: a new name
+/// could not be merged by anything, and an existing one cannot be bound twice.
+#[test]
+fn a_body_binds_only_the_value_it_replaces() {
+    let resnet = std::fs::read_to_string(common::root().join("zoo/resnet18.arch")).unwrap();
+    let checker = Checker::lark(&diff_lark(&resnet, PROGRAM_FILE, None).unwrap()).unwrap();
+    let lines: Vec<&str> = resnet.lines().collect();
+    let at = lines.iter().position(|l| l.trim() == "x = in").unwrap();
+    let (before, next) = (lines[at - 1], lines[at + 1]);
+    let edit = |body: &str| {
+        fenced(&format!("--- a/program.arch\n+++ b/program.arch\n@@ -{at},3 +{at},3 @@\n {before}\n{body}\n {next}\n"))
+    };
+    checker.accepts(&edit("-  x = in\n+  x = in |> relu")).unwrap();
+    checker.accepts(&edit("   x = in\n+  relu")).unwrap();
+    checker.accepts(&edit("+  relu\n   x = in")).unwrap();
+    assert!(checker.accepts(&edit("-  x = in\n+  y = in |> relu")).is_err(), "a name nothing merges");
+    assert!(checker.accepts(&edit("   x = in\n+  x = relu")).is_err(), "a second binding of x");
+    assert!(checker.accepts(&edit("+  y = relu\n   x = in")).is_err(), "a value nothing merges");
+}

@@ -55,6 +55,9 @@ pub enum Tolerance {
     LineEndings,
     /// The reply held a whole program, taken as a full replacement.
     FullProgram,
+    /// The reply was cut at the token limit in the middle of a line; that line was dropped and
+    /// the rest judged as the diff it is so far.
+    Truncated,
 }
 
 impl Tolerance {
@@ -71,6 +74,7 @@ impl Tolerance {
             Tolerance::TrailingText { .. } => "trailing_text",
             Tolerance::LineEndings => "line_endings",
             Tolerance::FullProgram => "full_program",
+            Tolerance::Truncated => "truncated",
         }
     }
 }

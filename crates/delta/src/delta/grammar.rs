@@ -20,7 +20,7 @@ use std::collections::HashMap;
 pub const PROGRAM_FILE: &str = "program.arch";
 
 /// Added lines at one place of a hunk, at most (a model that may add forever can).
-const MAX_ADDED: u32 = 8;
+const MAX_ADDED: u32 = 4;
 /// Walk states: no block added, an added block called, and from ADDED on, block j added.
 const NONE: usize = 0;
 const CALLED: usize = 1;
@@ -28,7 +28,7 @@ const ADDED: usize = 2;
 /// Names for a block a diff adds, in order of preference; a taken one gets a number.
 const NEW_NAMES: [&str; 4] = ["res", "se", "cell", "branch"];
 /// Lines of a block a diff adds, at most.
-const MAX_BLOCK: u32 = 12;
+const MAX_BLOCK: u32 = 8;
 /// Context lines before a hunk's first change, as `diff -u` writes them.
 const LEAD: usize = 3;
 /// Context lines after a change before the hunk ends or changes again (`diff -u` joins two
@@ -107,16 +107,24 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let indent = |depth: usize| "  ".repeat(depth);
     // Statements of item k where the flow is of `kind`: only the operations that keep it,
     // defined on first use.
-    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
-        let Some(kind) = kind else { return format!("s{k}") };
+    // With `rebind`, a value whose binding line was just removed may be bound again.
+    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>, rebind: Option<&str>| -> String {
+        if kind.is_none() && rebind.is_none() {
+            return format!("s{k}");
+        }
         let tag = match kind {
-            Kind::Map => "m",
-            Kind::Tokens => "t",
-            Kind::Vector => "v",
+            None => "",
+            Some(Kind::Map) => "m",
+            Some(Kind::Tokens) => "t",
+            Some(Kind::Vector) => "v",
         };
-        let name = format!("s{k}{tag}");
+        let name = format!("s{k}{tag}{}", rebind.map(|v| format!("_r_{v}")).unwrap_or_default());
         if g.get(&format!("{name}_stmt")).is_none() {
-            let scope = Scope { ops: Some(kinds::keeping(kind).to_vec()), ..scopes[k].1.clone() };
+            let scope = Scope {
+                ops: kind.map(|kind| kinds::keeping(kind).to_vec()),
+                rebind: rebind.map(str::to_string),
+                ..scopes[k].1.clone()
+            };
             stmts::define_statement(g, &name, &scope, &callees);
         }
         name
@@ -179,7 +187,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let states: Vec<usize> = [NONE, CALLED].into_iter().chain((0..new_names.len()).map(|j| ADDED + j)).collect();
     let depth_at = |i: usize| if i < n { lines[i].depth } else { 0 };
     let item_at = |i: usize| if i < n { lines[i].item } else { None };
-    let adds_at = |g: &mut Grammar, i: usize, state: usize| -> Vec<(Expr, usize)> {
+    let adds_at = |g: &mut Grammar, i: usize, state: usize, rebind: Option<&str>| -> Vec<(Expr, usize)> {
         match (depth_at(i), item_at(i)) {
             (0, _) | (_, None) if state < ADDED => {
                 top_adds.iter().enumerate().map(|(j, a)| (a.clone(), ADDED + j)).collect()
@@ -189,7 +197,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             // would act on the logits.
             _ if Some(i) == net_close => vec![],
             (d, Some(k)) => {
-                let scope = scope_for(g, k, flow[i]);
+                let scope = scope_for(g, k, flow[i], rebind);
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
                 if state >= ADDED {
                     out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));
@@ -281,7 +289,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // least one); hunk_i: a hunk starting at line i.
     for i in (0..=n).rev() {
         for &state in &states {
-            let adds = adds_at(&mut g, i, state);
+            let adds = adds_at(&mut g, i, state, None);
             let end = r(format!("after_{i}_{state}"));
             let then = |suffix: &str| -> Vec<Expr> {
                 adds.iter().map(|(a, s)| Expr::seq([a.clone(), r(format!("added_{i}_{s}{suffix}"))])).collect()
@@ -298,6 +306,10 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             if i > 0 && lines[i - 1].removable {
                 let text = lines[i - 1].text;
                 let excluded = Excluded::StartingWith(format!("+{text}\n"));
+                let adds = match bound_name(text) {
+                    Some(v) => adds_at(&mut g, i, state, Some(v)),
+                    None => adds.clone(),
+                };
                 let again: Vec<Expr> = adds
                     .iter()
                     .map(|(a, s)| {
@@ -350,6 +362,14 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
 
 /// [`NEW_NAMES`], each made free of the parent's blocks, the operations and reserved words by a
 /// number (`res2`).
+/// The value a statement line binds (`b2 = x |> cbr(r3)`), if it binds one.
+fn bound_name(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    let end = t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+    let rest = t[end..].trim_start();
+    (end > 0 && rest.starts_with('=') && !rest.starts_with("==")).then(|| &t[..end])
+}
+
 fn fresh_names(callees: &[stmts::Callee]) -> Vec<String> {
     use nasc_lang::syntax::signature;
     let taken =

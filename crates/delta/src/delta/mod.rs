@@ -19,7 +19,7 @@ pub mod verdict;
 pub use apply::{apply, Applied, ApplyOptions, Tolerance};
 pub use error::DeltaError;
 pub use extract::{extract, Extracted};
-pub use verdict::{judge, unified, Base, Judgement, Options, Timings, UnknownVerdict, Verdict};
+pub use verdict::{judge, judge_reply, unified, Base, Judgement, Options, Timings, UnknownVerdict, Verdict};
 
 /// Bounds on the work the engine does for one reply, so a pathological reply (a megabyte of
 /// hunks, a program of identical lines) gets a verdict quickly instead of a hang.

@@ -291,8 +291,23 @@ impl Base {
 /// replies). A reply holding a whole program instead of a diff is taken
 /// as a full replacement (tolerance `full_program`).
 pub fn judge(base: &Base, reply: &str, archive: Option<&Archive>, opts: &Options) -> Judgement {
+    judge_reply(base, reply, false, archive, opts)
+}
+
+/// [`judge`] for a reply the generator may have cut at its token limit (`truncated`): an
+/// unfinished last line is dropped (tolerance `truncated`) and what came before is judged, so
+/// a diff cut after its change counts as what it says so far instead of failing on half a line.
+pub fn judge_reply(base: &Base, reply: &str, truncated: bool, archive: Option<&Archive>, opts: &Options) -> Judgement {
     let start = Instant::now();
-    let mut j = run(base, reply, archive, opts);
+    let cut = truncated.then(|| reply.rfind('\n')).flatten().filter(|&i| i + 1 < reply.len());
+    let mut j = match cut {
+        Some(i) => {
+            let mut j = run(base, &reply[..=i], archive, opts);
+            j.tolerances.insert(0, Tolerance::Truncated);
+            j
+        }
+        None => run(base, reply, archive, opts),
+    };
     j.timings.total_ns = ns(start);
     j
 }

@@ -26,6 +26,9 @@ pub struct Scope {
     /// The built-in operations that may be called (merges aside), when the flow's kind at the
     /// place is known (`check::kinds`); all of them when `None`.
     pub ops: Option<Vec<&'static str>>,
+    /// A value the body binds that may be bound again here: the line binding it was removed
+    /// just before.
+    pub rebind: Option<String>,
 }
 
 /// A block of the program that statements may call: its parameters, and whether each has a default.
@@ -75,6 +78,9 @@ fn shared(g: &mut Grammar) {
             Expr::opt(Expr::seq([Expr::text("."), Expr::Repeat(Box::new(digit), 1, Some(4))])),
         ]),
     );
+    // A window's size (1 to 15) and padding (0 to 9).
+    g.define_token("st_size", Expr::alt([class(&[('1', '9')]), Expr::seq([Expr::text("1"), class(&[('0', '5')])])]));
+    g.define_token("st_pad", class(&[('0', '9')]));
     g.define("st_bool", alt_texts(["true", "false"]));
     g.define_token("st_letter", class(&[('a', 'z')]));
 }
@@ -93,8 +99,26 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
     }
     let atom = g.define(&format!("{p}_int_atom"), Expr::alt([Expr::rule("st_integer"), Expr::alt(names)]));
     let op = alt_texts([" * ", " / ", " + ", " - "]);
-    let int = g.define(&format!("{p}_int"), Expr::seq([atom.clone(), Expr::opt(Expr::seq([op, atom]))]));
-    let value_of = |ty: Ty| match ty {
+    let int =
+        g.define(&format!("{p}_int"), Expr::seq([atom.clone(), Expr::opt(Expr::seq([op.clone(), atom.clone()]))]));
+    // A window's sizes (kernel, stride, padding, dilation of convolutions and pools) are small
+    // numbers or the scope's names, never arithmetic: `s=64` on a 28-pixel image cannot check.
+    let mut window_names: Vec<Expr> = scope.numbers.iter().map(Expr::text).collect();
+    if scope.open {
+        window_names.push(Expr::rule("st_letter"));
+    }
+    let window = |from_zero: bool| {
+        let literal = Expr::rule(if from_zero { "st_pad" } else { "st_size" });
+        if window_names.is_empty() {
+            return literal;
+        }
+        // A name, perhaps with one operator (`p=k / 2`).
+        let named = Expr::seq([Expr::alt(window_names.clone()), Expr::opt(Expr::seq([op.clone(), atom.clone()]))]);
+        Expr::alt([literal, named])
+    };
+    let value_of = |op: &str, param: &str, ty: Ty| match ty {
+        Ty::Int if is_window(op, param) => window(param == "p"),
+        Ty::Pad if is_window(op, param) => Expr::alt([window(true), Expr::text("same")]),
         Ty::Int => int.clone(),
         Ty::Float => Expr::rule("st_float"),
         Ty::Prob => Expr::rule("st_prob"),
@@ -129,7 +153,9 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
             Args::Params { params, positional } => {
                 let typed: Vec<(&str, Expr, bool)> = params
                     .iter()
-                    .map(|q: &ParamSpec| (q.name, value_of(q.ty), matches!(q.default, ArgDefault::Required)))
+                    .map(|q: &ParamSpec| {
+                        (q.name, value_of(sig.name, q.name, q.ty), matches!(q.default, ArgDefault::Required))
+                    })
                     .collect();
                 call(g, &rule, sig.name, &typed, positional)
             }
@@ -154,11 +180,19 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 1, Some(MAX_STAGES - 1)),
     ]);
     let pipeline = Expr::alt([Expr::seq([stage.clone(), more.clone()]), from_value]);
-    // A binding names a value for a later merge: an existing one, or a new one-letter name.
-    let mut targets: Vec<Expr> = scope.values.iter().map(Expr::text).collect();
-    targets.push(Expr::rule("st_letter"));
-    let bind = Expr::seq([Expr::alt(targets), Expr::text(" = "), Expr::alt([Expr::text("in"), pipeline.clone()])]);
-    g.define(&format!("{p}_stmt"), Expr::alt([pipeline, bind]))
+    // A binding names a value for a merge. In a body of the parent, only a value whose binding
+    // was just removed may be bound (again): its merges are there, while a new name could
+    // only be merged by an added line naming it, which a context-free grammar cannot hold,
+    // and binding a name the body has cannot check. In a new block, any one-letter name.
+    let mut targets: Vec<Expr> = scope.rebind.iter().map(Expr::text).collect();
+    if scope.open {
+        targets.push(Expr::rule("st_letter"));
+    }
+    let mut stmt = vec![pipeline.clone()];
+    if !targets.is_empty() {
+        stmt.push(Expr::seq([Expr::alt(targets), Expr::text(" = "), Expr::alt([Expr::text("in"), pipeline])]));
+    }
+    g.define(&format!("{p}_stmt"), Expr::alt(stmt))
 }
 
 /// A call of `name` with `params` (name, value, required) whose first `positional` may be
@@ -224,6 +258,12 @@ fn call(g: &mut Grammar, rule: &str, name: &str, params: &[(&str, Expr, bool)], 
         forms.push(Expr::seq(items));
     }
     Expr::alt(forms)
+}
+
+/// Whether `param` of `op` sizes a sliding window: a convolution's or a pool's kernel, stride,
+/// padding or dilation.
+fn is_window(op: &str, param: &str) -> bool {
+    matches!(op, "conv" | "dwconv" | "maxpool" | "avgpool") && matches!(param, "k" | "s" | "p" | "d")
 }
 
 fn kw_ref(rule: &str, i: usize, first: bool) -> Expr {
