@@ -316,13 +316,14 @@ pub fn logits_rows<B: Backend>(logits: burn::tensor::Tensor<B, 2>) -> Result<Vec
 
 /// The index of the largest value; the first one on ties, as PyTorch's argmax.
 pub fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
+    // NaN is never the best; with nothing but NaN, the first.
+    let mut best: Option<usize> = None;
     for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
+        if !v.is_nan() && best.map_or(true, |b| v > values[b]) {
+            best = Some(i);
         }
     }
-    best as u32
+    best.unwrap_or(0) as u32
 }
 
 /// The `k` largest values' indices, largest first (ties by lower index).
@@ -341,12 +342,17 @@ pub fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
 
 /// Draws one token from a row of logits under `params`.
 fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
-    if params.temperature == 0.0 {
+    let t = params.temperature;
+    // Greedy at temperature 0, and wherever the weights are not numbers: a temperature so small
+    // that 1/t overflows, or logits that are not finite (a broken adapter). Never a loop.
+    if t == 0.0 || !(1.0 / t).is_finite() {
         return argmax(logits);
     }
-    let t = params.temperature;
     let limit = if params.top_k == 0 { logits.len() } else { params.top_k.min(logits.len()) };
     let (weights, total) = weights(logits, t);
+    if !(total.is_finite() && total > 0.0) {
+        return argmax(logits);
+    }
     // Candidates, most likely first: the tokens whose weight reaches a floor, the floor lowered
     // until they hold top_p of the mass (or top_k of them). A weight grows with its logit, so
     // the tokens at or above any floor are a prefix of the ranking and hold the nucleus once
@@ -423,6 +429,24 @@ mod tests {
             k = (k * 4).min(limit);
         };
         draw(&candidates, &probs, params.top_p, rng)
+    }
+
+    #[test]
+    fn sampling_is_total_on_degenerate_temperatures_and_logits() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let logits = [0.5f32, 3.0, -1.0, 2.5];
+        for temperature in [1e-39, f32::MIN_POSITIVE, 1e-30] {
+            let params = SamplingParams { temperature, ..Default::default() };
+            assert_eq!(sample(&logits, &params, &mut rng), 1, "t = {temperature}");
+        }
+        let params = SamplingParams { temperature: 0.8, top_p: 0.9, top_k: 2, ..Default::default() };
+        for bad in [[f32::NAN, 1.0, 4.0, 2.0], [0.0, f32::INFINITY, 4.0, 2.0], [f32::NAN, f32::NAN, 4.0, f32::NAN]] {
+            let token = sample(&bad, &params, &mut rng);
+            assert!(bad[token as usize].is_finite() || bad[token as usize] == f32::INFINITY, "{bad:?} gave {token}");
+        }
+        assert_eq!(sample(&[f32::NAN, 1.0, 4.0, 2.0], &params, &mut rng), 2);
+        assert_eq!(argmax(&[f32::NAN; 3]), 0);
+        assert_eq!(argmax(&[f32::NAN, -1.0, f32::NAN, 0.5]), 3);
     }
 
     #[test]
