@@ -304,3 +304,20 @@ fn sizes_near_integer_limits_are_refused_without_a_panic() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// A diagnostic on a very long line shows a window of it around the culprit, not the line: a
+/// one-line file of a megabyte renders in a few hundred bytes, and the culprit is in them.
+#[test]
+fn a_long_line_is_clipped_around_the_culprit() {
+    let src = format!("net {{\n  conv(8, k=3) |> {}foo\n  linear(classes)\n}}\n", "relu |> ".repeat(100_000));
+    let err = check_source(&src, binding::dataset("cifar10").unwrap(), &Budget::default()).unwrap_err();
+    let text = diag::render(&err, "long.arch", &src, false);
+    assert!(text.len() < 2_000, "{} bytes rendered", text.len());
+    assert!(text.contains("│ …relu |> relu") && text.contains("relu |> foo\n"), "{text}");
+    assert!(text.contains("long.arch:2:800019"), "the message keeps the true column: {text}");
+    // Short lines render whole.
+    let short = "net {\n  conv(8, k=3)\n  foo\n  linear(classes)\n}\n";
+    let err = check_source(short, binding::dataset("cifar10").unwrap(), &Budget::default()).unwrap_err();
+    let text = diag::render(&err, "short.arch", short, false);
+    assert!(text.contains(" 3 │   foo\n"), "{text}");
+}

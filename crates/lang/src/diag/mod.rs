@@ -189,17 +189,20 @@ pub fn render(diags: &[Diagnostic], file: &str, src: &str, color: bool) -> Strin
     let mut out = Vec::new();
     let index = LineIndex::new(src);
     for d in diags {
+        let points: Vec<usize> =
+            std::iter::once(d.span).chain(d.labels.iter().map(|l| l.span)).map(|s| clamp(s, src).start).collect();
+        let view = Clipped::new(src, &points);
         let kind = match d.severity {
             Severity::Error => ReportKind::Error,
             Severity::Warning => ReportKind::Warning,
         };
         let (line, col) = index.line_col(src, d.span.start as usize);
-        let range = clamp(d.span, src);
-        let mut message = format!("{} ({file}:{line}:{col})", d.message);
+        let range = view.range(clamp(d.span, src));
+        let mut message = format!("{} ({file}:{line}:{col})", clip_lines(&d.message));
         for (role, shape) in &d.shapes {
             message.push_str(&format!("\n  {role}: {shape}"));
         }
-        let label_text = if d.label.is_empty() { d.code.as_str().to_string() } else { d.label.clone() };
+        let label_text = if d.label.is_empty() { d.code.as_str().to_string() } else { clip_lines(&d.label) };
         let mut report = Report::build(kind, (file, range.clone()))
             .with_config(Config::default().with_color(color).with_index_type(IndexType::Byte).with_compact(false))
             .with_code(d.code.as_str())
@@ -207,18 +210,113 @@ pub fn render(diags: &[Diagnostic], file: &str, src: &str, color: bool) -> Strin
         // Labels go in in source order: ariadne starts a new snippet, headed by
         // the primary location, whenever a label lies above the one before it.
         let mut labels: Vec<(std::ops::Range<usize>, &str)> = vec![(range, label_text.as_str())];
-        labels.extend(d.labels.iter().map(|l| (clamp(l.span, src), l.message.as_str())));
+        let clipped: Vec<String> = d.labels.iter().map(|l| clip_lines(&l.message)).collect();
+        labels.extend(d.labels.iter().zip(&clipped).map(|(l, m)| (view.range(clamp(l.span, src)), m.as_str())));
         labels.sort_by_key(|(r, _)| r.start);
         for (r, text) in labels {
             report = report.with_label(ALabel::new((file, r)).with_message(text));
         }
         if let Some(h) = &d.hint {
-            report = report.with_help(h);
+            report = report.with_help(clip_lines(h));
         }
         // Writing to a Vec cannot fail.
-        let _ = report.finish().write((file, Source::from(src)), &mut out);
+        let _ = report.finish().write((file, Source::from(view.text.as_str())), &mut out);
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Most bytes of one source line, or of a message, that a rendering shows: a 50 MB one-line
+/// file gets a window of its line around the culprit, not the line.
+const SHOWN: usize = 240;
+
+/// A source whose long lines are cut to a window around the places a diagnostic points at,
+/// `…` standing for what was cut, with the map from offsets in the source to offsets in it.
+struct Clipped {
+    text: String,
+    /// Kept pieces: (start in the source, end in the source, start in `text`).
+    kept: Vec<(usize, usize, usize)>,
+}
+
+impl Clipped {
+    fn new(src: &str, points: &[usize]) -> Clipped {
+        let mut text = String::new();
+        let mut kept = Vec::new();
+        let mut start = 0;
+        while start < src.len() || (start == 0 && src.is_empty()) {
+            let end = src[start..].find('\n').map_or(src.len(), |i| start + i + 1);
+            let line_end = if src[start..end].ends_with('\n') { end - 1 } else { end };
+            if line_end - start <= SHOWN {
+                kept.push((start, end, text.len()));
+                text.push_str(&src[start..end]);
+            } else {
+                // A window around the first point on the line (or its start), on char boundaries.
+                let at = points.iter().copied().filter(|&p| p >= start && p <= line_end).min().unwrap_or(start);
+                let mut a = at.saturating_sub(SHOWN / 3).max(start);
+                let mut b = (a + SHOWN).min(line_end);
+                while !src.is_char_boundary(a) {
+                    a -= 1;
+                }
+                while !src.is_char_boundary(b) {
+                    b += 1;
+                }
+                if a > start {
+                    text.push('…');
+                }
+                kept.push((a, b, text.len()));
+                text.push_str(&src[a..b]);
+                if b < line_end {
+                    text.push('…');
+                }
+                kept.push((line_end, end, text.len()));
+                text.push_str(&src[line_end..end]);
+            }
+            if end == src.len() {
+                break;
+            }
+            start = end;
+        }
+        Clipped { text, kept }
+    }
+
+    /// Where a source offset is in the clipped text: inside a kept piece, or at the edge of the
+    /// nearest one before it.
+    fn map(&self, offset: usize) -> usize {
+        let i = self.kept.partition_point(|&(s, _, _)| s <= offset);
+        match i.checked_sub(1).map(|i| self.kept[i]) {
+            Some((s, e, t)) if offset <= e => t + (offset - s),
+            Some((s, e, t)) => t + (e - s),
+            None => 0,
+        }
+    }
+
+    fn range(&self, r: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let start = self.map(r.start);
+        start..self.map(r.end).max(start)
+    }
+}
+
+/// `text` with each line longer than [`SHOWN`] bytes cut in the middle.
+pub fn clip_lines(text: &str) -> String {
+    if text.len() <= SHOWN {
+        return text.to_string();
+    }
+    text.split('\n')
+        .map(|line| {
+            if line.len() <= SHOWN {
+                return line.to_string();
+            }
+            let mut head = SHOWN / 2;
+            while !line.is_char_boundary(head) {
+                head -= 1;
+            }
+            let mut tail = line.len() - SHOWN / 2;
+            while !line.is_char_boundary(tail) {
+                tail += 1;
+            }
+            format!("{}…[{} bytes]…{}", &line[..head], tail - head, &line[tail..])
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn clamp(span: Span, src: &str) -> std::ops::Range<usize> {
