@@ -4,7 +4,9 @@
 
 use nasc_delta::delta::grammar::{diff_gbnf, diff_lark, PROGRAM_FILE};
 use nasc_grammar::engine::Checker;
-use nasc_search::mutate::propose;
+use nasc_search::mutate::{self, propose, Mutation};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 #[path = "../../../tests/common/repo.rs"]
 mod common;
@@ -29,6 +31,49 @@ fn every_mutate_diff_over_the_zoo_is_accepted_by_its_parents_grammar() {
         }
     }
     assert!(checked >= 60, "only {checked} proposals");
+    assert!(failures.is_empty(), "{} of {checked} refused:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// With the dataset known the grammar types added lines and new blocks by the kind of flow;
+/// the residual and squeeze-excitation blocks `mutate` adds, and its other edits that check,
+/// still fit.
+#[test]
+fn every_mutate_diff_that_checks_is_accepted_under_the_datasets_binding() {
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist").unwrap();
+    let budget = nasc_lang::check::Budget::default();
+    let (mut checked, mut blocks) = (0, 0);
+    let mut failures = Vec::new();
+    for (name, parent) in common::zoo() {
+        if nasc_lang::check::check_source(&parent, fmnist, &budget).is_err() {
+            continue;
+        }
+        let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, Some(fmnist)).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: the grammar does not compile: {e}"));
+        let original = nasc_lang::syntax::parse(&parent).unwrap();
+        let canonical = nasc_lang::syntax::fmt::print(&original);
+        // Random proposals, and each block-adding mutation at two sites.
+        let mut diffs: Vec<String> = (0..12).filter_map(|seed| propose(&parent, seed, 1)).map(|p| p.diff).collect();
+        for (m, seed) in [Mutation::Residual, Mutation::SqueezeExcite].into_iter().flat_map(|m| [(m, 1), (m, 2)]) {
+            let mut p = original.clone();
+            if mutate::apply(&mut p, m, &mut ChaCha8Rng::seed_from_u64(seed)) {
+                nasc_lang::syntax::canon::canonicalize(&mut p);
+                let text = nasc_lang::syntax::fmt::print(&p);
+                diffs.push(nasc_delta::delta::unified(&canonical, &text, "a/program.arch", "b/program.arch").0);
+            }
+        }
+        for diff in diffs {
+            let child = nasc_delta::delta::apply(&canonical, &diff, Default::default()).unwrap().text;
+            if nasc_lang::check::check_source(&child, fmnist, &budget).is_err() {
+                continue;
+            }
+            checked += 1;
+            blocks += usize::from(diff.contains("+block "));
+            if let Err(e) = checker.accepts(&fenced(&diff)) {
+                failures.push(format!("{name}: {e}\n{diff}"));
+            }
+        }
+    }
+    assert!(checked >= 60 && blocks >= 4, "only {checked} proposals, {blocks} adding a block");
     assert!(failures.is_empty(), "{} of {checked} refused:\n{}", failures.len(), failures.join("\n"));
 }
 
@@ -96,6 +141,48 @@ fn an_added_block_must_be_called_before_the_diff_ends() {
     // Nor can a hunk open on added lines: its place would be a guess.
     let unanchored = "--- a/program.arch\n+++ b/program.arch\n@@ -12,0 +12,1 @@\n+  relu\n";
     assert!(checker.accepts(&fenced(unanchored)).is_err());
+}
+
+/// With the dataset known, a new block is typed by the kind of flow of the net (maps for a
+/// CNN): its lines fit the kind they go to, it ends on the kind it began with, and it is called
+/// only where the flow is of that kind.
+#[test]
+fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, fmnist).unwrap()).unwrap();
+    let with = |body: &str| {
+        format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -8,5 +8,12 @@\n arch lenet5\n \n+block se(c) {{\n{body}+}}\n+\n net {{\n   conv(6, k=5)\n+  se(6)\n   relu\n"
+        )
+    };
+    let gate = "+  x = in\n+  gap\n+  linear(c / 4)\n+  relu\n+  linear(c)\n+  sigmoid\n+  mul(x)\n";
+    checker.accepts(&fenced(&with(gate))).unwrap();
+    checker.accepts(&fenced(&with("+  conv(c, k=3, p=1)\n+  bn\n"))).unwrap();
+    let bad = [
+        ("+  linear(c)\n", "a linear layer on maps"),
+        ("+  x = in\n+  gap\n+  linear(c)\n", "ends on a vector"),
+        ("+  gap\n+  maxpool(k=2)\n+  mul(x)\n", "pooling a vector"),
+    ];
+    for (body, why) in bad {
+        assert!(checker.accepts(&fenced(&with(body))).is_err(), "{why}");
+    }
+    // Called where the flow is a vector (after `flatten`, line 17), a map block cannot be.
+    let late = "--- a/program.arch\n+++ b/program.arch\n@@ -8,5 +8,12 @@\n arch lenet5\n \n+block res(c) {\n+  conv(c, k=3, p=1)\n+}\n+\n net {\n@@ -17,2 +21,3 @@\n   flatten\n+  res(6)\n   linear(120)\n";
+    assert!(checker.accepts(&fenced(late)).is_err(), "a map block called on a vector");
+    // In an all-vector network, the new block works on vectors.
+    let mlp = std::fs::read_to_string(common::root().join("zoo/mlp.arch")).unwrap();
+    let checker = Checker::lark(&diff_lark(&mlp, PROGRAM_FILE, fmnist).unwrap()).unwrap();
+    let lines: Vec<&str> = mlp.lines().collect();
+    let net = lines.iter().position(|l| l.starts_with("net {")).unwrap();
+    let block = |body: &str| {
+        format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -{},3 +{},7 @@\n {}\n+block cell(c) {{\n{body}+}}\n+\n {}\n {}\n+  cell(784)\n",
+            net, net, lines[net - 1], lines[net], lines[net + 1]
+        )
+    };
+    checker.accepts(&fenced(&block("+  linear(c)\n+  relu\n"))).unwrap();
+    assert!(checker.accepts(&fenced(&block("+  conv(c, k=3)\n"))).is_err(), "a convolution in an MLP");
 }
 
 /// With the dataset known, a line added where the flow is a vector offers no pooling or
@@ -239,6 +326,13 @@ fn window_sizes_are_small() {
     for ok in ["conv(64, k=3, p=1)", "conv(64, k=11, s=4, p=2)", "maxpool(k=3, s=2, p=1)", "dwconv(k=5, p=same)"] {
         checker.accepts(&add(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
+    for ok in ["maxpool(k=1)", "maxpool(k=5, p=2)", "avgpool(k=3, s=1, p=1, ceil=true)", "maxpool(k=15, p=7)"] {
+        checker.accepts(&add(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    // A pool's padding is at most half its kernel.
+    for bad in ["maxpool(k=1, p=1)", "maxpool(k=3, s=2, p=2)", "avgpool(k=5, p=3)"] {
+        assert!(checker.accepts(&add(bad)).is_err(), "{bad}");
+    }
     for bad in ["maxpool(k=3, s=64, p=64)", "conv(64, k=33)", "conv(64, k=3, p=10)", "avgpool(k=3 * 2)"] {
         assert!(checker.accepts(&add(bad)).is_err(), "{bad}");
     }
@@ -270,4 +364,21 @@ fn a_body_binds_only_the_value_it_replaces() {
     assert!(checker.accepts(&edit("-  x = in\n+  y = in |> relu")).is_err(), "a name nothing merges");
     assert!(checker.accepts(&edit("   x = in\n+  x = relu")).is_err(), "a second binding of x");
     assert!(checker.accepts(&edit("+  y = relu\n   x = in")).is_err(), "a value nothing merges");
+}
+
+/// A block's body cannot call the block, nor a block that calls it: the program would recurse.
+#[test]
+fn a_block_cannot_be_made_recursive() {
+    let src = "block inner(c) {\n  conv(c, k=3, p=1)\n  relu\n}\n\nblock outer(c) {\n  inner(c)\n  bn\n}\n\nnet {\n  conv(8, k=3, p=1)\n  outer(8)\n  gap\n  linear(classes)\n}\n";
+    let checker = Checker::lark(&diff_lark(src, PROGRAM_FILE, None).unwrap()).unwrap();
+    // After `relu` in `inner` (line 3), and after `bn` in `outer` (line 8).
+    let add = |at: usize, context: &str, line: &str| {
+        fenced(&format!("--- a/program.arch\n+++ b/program.arch\n@@ -{at},1 +{at},2 @@\n {context}\n+  {line}\n"))
+    };
+    checker.accepts(&add(3, "  relu", "bn")).unwrap();
+    checker.accepts(&add(8, "  bn", "inner(c)")).unwrap();
+    assert!(checker.accepts(&add(3, "  relu", "inner(c)")).is_err(), "inner calls itself");
+    assert!(checker.accepts(&add(3, "  relu", "outer(c)")).is_err(), "inner calls outer, which calls inner");
+    assert!(checker.accepts(&add(8, "  bn", "outer(c)")).is_err(), "outer calls itself");
+    checker.accepts(&add(12, "  conv(8, k=3, p=1)", "inner(8)")).unwrap();
 }

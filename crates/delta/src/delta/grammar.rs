@@ -96,9 +96,19 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     for (k, (_, scope)) in scopes.iter().enumerate() {
         stmts::define_statement(&mut g, &format!("s{k}"), scope, &callees);
     }
-    // A new block's body calls the language's operations and the parent's blocks only.
-    let open = Scope { open: true, ..Scope::default() };
-    stmts::define_statement(&mut g, "snew", &open, &callees);
+    // A new block's body calls the language's operations and the parent's blocks only. With
+    // the dataset known, it is typed line by line from the kind of flow it is called on (the
+    // kind at most of the net's lines), and it is called only where the flow is of that kind.
+    let entry = entry_kind(&lines, &flow, net);
+    let new_body = match entry {
+        Some(kind) => typed_block_body(&mut g, kind, &callees),
+        None => {
+            let open = Scope { open: true, ..Scope::default() };
+            stmts::define_statement(&mut g, "snew", &open, &callees);
+            let new_line = Expr::seq([Expr::text("+  "), Expr::rule("snew_stmt"), Expr::text("\n")]);
+            Expr::Repeat(Box::new(new_line), 1, Some(MAX_BLOCK))
+        }
+    };
     let params = stmts::define_block_params(&mut g);
     // The names a diff may give a block it adds: a context-free grammar cannot hold a name the
     // model makes up until the call that must repeat it, but a state per name of a short list
@@ -161,7 +171,6 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         g.define(&name, body)
     };
     // A new block at the top level, with a blank line before or after it as canonical text has.
-    let new_line = Expr::seq([Expr::text("+  "), Expr::rule("snew_stmt"), Expr::text("\n")]);
     let blank = Expr::opt(Expr::text("+\n"));
     let top_adds: Vec<Expr> = new_names
         .iter()
@@ -174,7 +183,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                     Expr::text(format!("+block {name}")),
                     params.clone(),
                     Expr::text("\n"),
-                    Expr::Repeat(Box::new(new_line.clone()), 1, Some(MAX_BLOCK)),
+                    new_body.clone(),
                     Expr::text("+}\n"),
                     blank.clone(),
                 ]),
@@ -199,7 +208,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             (d, Some(k)) => {
                 let scope = scope_for(g, k, flow[i], rebind);
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
-                if state >= ADDED {
+                if state >= ADDED && (entry.is_none() || flow[i] == entry) {
                     out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));
                 }
                 out
@@ -360,8 +369,81 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     Ok(g)
 }
 
-/// [`NEW_NAMES`], each made free of the parent's blocks, the operations and reserved words by a
-/// number (`res2`).
+/// The kind of flow at most of the places in the net's body, where a new block is called.
+fn entry_kind(lines: &[Line], flow: &[Option<Kind>], net: Option<usize>) -> Option<Kind> {
+    let mut counts: Vec<(Kind, usize)> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.item != net || net.is_none() || line.depth == 0 {
+            continue;
+        }
+        if let Some(kind) = flow[i] {
+            match counts.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((kind, 1)),
+            }
+        }
+    }
+    // The first of the most common, in the order they appear.
+    let most = counts.iter().map(|(_, c)| *c).max()?;
+    counts.into_iter().find(|(_, c)| *c == most).map(|(k, _)| k)
+}
+
+/// The body of a new block called on a flow of kind `entry`, one line at a time as a walk over
+/// kinds: a line keeps the kind (`check::kinds::keeping`), changes it (`gap`: maps to a
+/// vector), or merges values bound from the block's input, which gives the entry kind back (a
+/// squeeze-excitation gate multiplies the maps by a vector). It ends on the entry kind, as the
+/// place it is called needs, after at most [`MAX_BLOCK`] lines.
+fn typed_block_body(g: &mut Grammar, entry: Kind, callees: &[stmts::Callee]) -> Expr {
+    const KINDS: [Kind; 3] = [Kind::Map, Kind::Tokens, Kind::Vector];
+    let tag = |k: Kind| match k {
+        Kind::Map => "m",
+        Kind::Tokens => "t",
+        Kind::Vector => "v",
+    };
+    let open = |ops: &[&'static str], no_merges: bool| Scope {
+        open: true,
+        ops: Some(ops.to_vec()),
+        no_merges,
+        ..Scope::default()
+    };
+    for k in KINDS {
+        stmts::define_statement(g, &format!("snew{}", tag(k)), &open(kinds::keeping(k), true), callees);
+        for to in KINDS {
+            if to != k && !kinds::changing(k, to).is_empty() {
+                let name = format!("snew{}{}", tag(k), tag(to));
+                stmts::define_statement(g, &name, &open(kinds::changing(k, to), true), callees);
+            }
+        }
+    }
+    stmts::define_statement(g, "snewj", &open(&[], false), callees);
+    let line = |scope: String| Expr::seq([Expr::text("+  "), Expr::rule(format!("{scope}_stmt")), Expr::text("\n")]);
+    let lines_from = |k: Kind, r: u32| -> Vec<Expr> {
+        if r == 0 {
+            return Vec::new();
+        }
+        let next = |to: Kind| Expr::rule(format!("nb_{}_{}", tag(to), r - 1));
+        let mut alts = vec![
+            Expr::seq([line(format!("snew{}", tag(k))), next(k)]),
+            Expr::seq([line("snewj".to_string()), next(entry)]),
+        ];
+        for to in KINDS {
+            if to != k && !kinds::changing(k, to).is_empty() {
+                alts.push(Expr::seq([line(format!("snew{}{}", tag(k), tag(to))), next(to)]));
+            }
+        }
+        alts
+    };
+    // nb_{k}_{r}: the rest of the body, with the flow of kind k and at most r more lines.
+    for r in 0..MAX_BLOCK {
+        for k in KINDS {
+            let end = (k == entry).then_some(Expr::Empty);
+            g.define(&format!("nb_{}_{r}", tag(k)), Expr::alt(end.into_iter().chain(lines_from(k, r))));
+        }
+    }
+    // At least one line.
+    g.define("new_block_body", Expr::alt(lines_from(entry, MAX_BLOCK)))
+}
+
 /// The value a statement line binds (`b2 = x |> cbr(r3)`), if it binds one.
 fn bound_name(line: &str) -> Option<&str> {
     let t = line.trim_start();
@@ -370,6 +452,8 @@ fn bound_name(line: &str) -> Option<&str> {
     (end > 0 && rest.starts_with('=') && !rest.starts_with("==")).then(|| &t[..end])
 }
 
+/// [`NEW_NAMES`], each made free of the parent's blocks, the operations and reserved words by a
+/// number (`res2`).
 fn fresh_names(callees: &[stmts::Callee]) -> Vec<String> {
     use nasc_lang::syntax::signature;
     let taken =

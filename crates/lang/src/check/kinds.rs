@@ -52,6 +52,25 @@ pub fn keeping(kind: Kind) -> &'static [&'static str] {
     table.iter().find(|(k, _)| *k == kind).map(|(_, ops)| ops.as_slice()).unwrap_or(&[])
 }
 
+/// The built-in operations (not merges) that take a flow of kind `from` to one of kind `to`
+/// (`gap` and `flatten` take maps to a vector); none when the two are the same.
+pub fn changing(from: Kind, to: Kind) -> &'static [&'static str] {
+    static TABLE: OnceLock<Vec<(Kind, Kind, Vec<&'static str>)>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut out = Vec::new();
+        for &a in &Kind::ALL {
+            for &b in &Kind::ALL {
+                if a != b {
+                    let ops = OPS.iter().filter(|s| probe(s, (a.probe().0, b.probe().1))).map(|s| s.name).collect();
+                    out.push((a, b, ops));
+                }
+            }
+        }
+        out
+    });
+    table.iter().find(|(a, b, _)| (*a, *b) == (from, to)).map(|(_, _, ops)| ops.as_slice()).unwrap_or(&[])
+}
+
 /// Whether some plain call of `sig` checks between a flow of `kind` and a tail that needs it.
 fn keeps(sig: &Signature, kind: Kind) -> bool {
     probe(sig, kind.probe())
@@ -101,5 +120,10 @@ mod tests {
         assert!(!vectors.contains(&"maxpool") && !vectors.contains(&"conv"), "{vectors:?}");
         let tokens = keeping(Kind::Tokens);
         assert!(tokens.contains(&"attn") && tokens.contains(&"ln"), "{tokens:?}");
+        let to_vector = changing(Kind::Map, Kind::Vector);
+        assert!(to_vector.contains(&"gap") && to_vector.contains(&"flatten"), "{to_vector:?}");
+        assert!(!to_vector.contains(&"conv") && !to_vector.contains(&"linear"), "{to_vector:?}");
+        assert_eq!(changing(Kind::Map, Kind::Tokens), ["patch"]);
+        assert!(changing(Kind::Vector, Kind::Map).is_empty());
     }
 }

@@ -29,6 +29,12 @@ pub struct Scope {
     /// A value the body binds that may be bound again here: the line binding it was removed
     /// just before.
     pub rebind: Option<String>,
+    /// Blocks that cannot be called here: the block whose body this is, and those that call it
+    /// (a call would make them recursive).
+    pub uncallable: Vec<String>,
+    /// No merges (`add`, `mul`, `concat`) here: a new block's body offers them apart, as they
+    /// change the kind of its flow back to the kind it was called on.
+    pub no_merges: bool,
 }
 
 /// A block of the program that statements may call: its parameters, and whether each has a default.
@@ -141,7 +147,7 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         let rule = format!("{p}_op_{}", sig.name);
         let body = match sig.args {
             Args::Values => {
-                let Some(arg) = &merge_arg else { continue };
+                let Some(arg) = merge_arg.as_ref().filter(|_| !scope.no_merges) else { continue };
                 Expr::seq([
                     Expr::text(format!("{}(", sig.name)),
                     arg.clone(),
@@ -150,6 +156,28 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
                 ])
             }
             Args::Params { .. } if scope.ops.as_ref().is_some_and(|ops| !ops.contains(&sig.name)) => continue,
+            Args::Params { params, positional } if is_pool(sig.name) => {
+                // A pool's padding is at most half its kernel: with a number for the kernel, the
+                // calls that fit it (shared by every scope); with a name, any padding.
+                let mut forms = pool_calls(g, sig.name, params);
+                if !window_names.is_empty() {
+                    let typed: Vec<(&str, Expr, bool)> = params
+                        .iter()
+                        .map(|q: &ParamSpec| {
+                            let value = match q.name {
+                                "k" => Expr::seq([
+                                    Expr::alt(window_names.clone()),
+                                    Expr::opt(Expr::seq([op.clone(), atom.clone()])),
+                                ]),
+                                _ => value_of(sig.name, q.name, q.ty),
+                            };
+                            (q.name, value, matches!(q.default, ArgDefault::Required))
+                        })
+                        .collect();
+                    forms.push(call(g, &format!("{rule}_named"), sig.name, &typed, positional));
+                }
+                Expr::alt(forms)
+            }
             Args::Params { params, positional } => {
                 let typed: Vec<(&str, Expr, bool)> = params
                     .iter()
@@ -163,6 +191,9 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         stages.push(g.define(&rule, body));
     }
     for (i, b) in blocks.iter().enumerate() {
+        if scope.uncallable.contains(&b.name) {
+            continue;
+        }
         let typed: Vec<(&str, Expr, bool)> = b.params.iter().map(|(n, d)| (n.as_str(), int.clone(), !d)).collect();
         // The canonical form writes a block's first parameter by position when it has no default.
         let positional = usize::from(b.params.first().is_some_and(|(_, d)| !d));
@@ -260,6 +291,44 @@ fn call(g: &mut Grammar, rule: &str, name: &str, params: &[(&str, Expr, bool)], 
     Expr::alt(forms)
 }
 
+fn is_pool(op: &str) -> bool {
+    matches!(op, "maxpool" | "avgpool")
+}
+
+/// The calls of pool `op` (parameters `params`) whose kernel is a number, each with a padding
+/// of at most half of it: one group of calls per largest padding (kernel 1: none; 2 and 3: 0
+/// or 1; ...; 14 and 15: up to 7). Defined once per grammar as `st_{op}_g{m}`.
+fn pool_calls(g: &mut Grammar, op: &str, params: &[ParamSpec]) -> Vec<Expr> {
+    let mut forms = Vec::new();
+    for m in 0..=7u8 {
+        let rule = format!("st_{op}_g{m}");
+        if g.get(&rule).is_none() {
+            let kernels: Vec<String> =
+                [2 * m, 2 * m + 1].into_iter().filter(|&k| k >= 1).map(|k| k.to_string()).collect();
+            let pads = class(&[('0', char::from(b'0' + m))]);
+            let typed: Vec<(&str, Expr, bool)> = params
+                .iter()
+                .map(|q: &ParamSpec| {
+                    let value = match q.name {
+                        "k" => alt_texts(&kernels),
+                        "p" => pads.clone(),
+                        "s" => Expr::rule("st_size"),
+                        _ => match q.ty {
+                            Ty::Bool => Expr::rule("st_bool"),
+                            _ => Expr::rule("st_size"),
+                        },
+                    };
+                    (q.name, value, matches!(q.default, ArgDefault::Required))
+                })
+                .collect();
+            let body = call(g, &rule, op, &typed, 0);
+            g.define(&rule, body);
+        }
+        forms.push(Expr::rule(rule));
+    }
+    forms
+}
+
 /// Whether `param` of `op` sizes a sliding window: a convolution's or a pool's kernel, stride,
 /// padding or dilation.
 fn is_window(op: &str, param: &str) -> bool {
@@ -293,7 +362,50 @@ pub fn new_block_call(name: &str, int: Expr) -> Expr {
 /// The names a program's bodies use, for [`Scope`]s: per top-level item in order of the text
 /// (`None` for the net), its parameters and its bound values; and the blocks as [`Callee`]s.
 pub fn program_names(program: &super::ast::Program) -> (Vec<Callee>, Vec<(Option<String>, Scope)>) {
-    use super::ast::{Body, ItemRef, StmtKind};
+    use super::ast::{ArgValue, Body, ItemRef, Pipeline, StmtKind};
+    fn calls(b: &Body, out: &mut Vec<String>) {
+        fn pipeline(p: &Pipeline, out: &mut Vec<String>) {
+            for s in &p.stages {
+                out.push(s.name.name.to_string());
+                for a in s.args.iter().flatten() {
+                    if let ArgValue::Branch(b) = &a.value {
+                        pipeline(b, out);
+                    }
+                }
+            }
+        }
+        for s in &b.stmts {
+            match &s.kind {
+                StmtKind::Pipe { pipe, .. } => pipeline(pipe, out),
+                StmtKind::Repeat { body, .. } => calls(body, out),
+            }
+        }
+    }
+    // Which blocks each block calls, then, per block, those that reach it.
+    let called: Vec<Vec<String>> = program
+        .blocks
+        .iter()
+        .map(|b| {
+            let mut out = Vec::new();
+            calls(&b.body, &mut out);
+            out
+        })
+        .collect();
+    let names: Vec<String> = program.blocks.iter().map(|b| b.name.name.to_string()).collect();
+    let reaching = |target: &str| -> Vec<String> {
+        let mut reach = vec![target.to_string()];
+        loop {
+            let before = reach.len();
+            for (i, name) in names.iter().enumerate() {
+                if !reach.contains(name) && called[i].iter().any(|c| reach.contains(c)) {
+                    reach.push(name.clone());
+                }
+            }
+            if reach.len() == before {
+                return reach;
+            }
+        }
+    };
     fn values(b: &Body, out: &mut Vec<String>) {
         for s in &b.stmts {
             match &s.kind {
@@ -320,8 +432,11 @@ pub fn program_names(program: &super::ast::Program) -> (Vec<Callee>, Vec<(Option
         match item {
             ItemRef::Block(i) => {
                 let b = &program.blocks[*i];
-                let mut s =
-                    Scope { numbers: b.params.iter().map(|p| p.name.name.to_string()).collect(), ..Scope::default() };
+                let mut s = Scope {
+                    numbers: b.params.iter().map(|p| p.name.name.to_string()).collect(),
+                    uncallable: reaching(&b.name.name),
+                    ..Scope::default()
+                };
                 values(&b.body, &mut s.values);
                 scopes.push((Some(b.name.name.to_string()), s));
             }
