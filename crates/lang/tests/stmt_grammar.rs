@@ -148,7 +148,8 @@ fn a_block_the_grammar_lets_a_diff_add_parses() {
     let program = parse(&src).unwrap();
     let (callees, _) = program_names(&program);
     let mut g = Grammar::default();
-    let stmt = define_statement(&mut g, "snew", &Scope { open: true, ..Scope::default() }, &callees);
+    let scope = Scope { open: true, values: vec!["x".into()], ..Scope::default() };
+    let stmt = define_statement(&mut g, "snew", &scope, &callees);
     let params = define_block_params(&mut g);
     let mut rng = Rng(11);
     for _ in 0..300 {

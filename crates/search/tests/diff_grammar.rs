@@ -159,10 +159,15 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
     let gate = "+  x = in\n+  gap\n+  linear(c / 4)\n+  relu\n+  linear(c)\n+  sigmoid\n+  mul(x)\n";
     checker.accepts(&fenced(&with(gate))).unwrap();
     checker.accepts(&fenced(&with("+  conv(c, k=3, p=1)\n+  bn\n"))).unwrap();
+    checker.accepts(&fenced(&with("+  x = in\n+  conv(c, k=3, p=1)\n+  add(x |> conv(c, k=1))\n"))).unwrap();
     let bad = [
         ("+  linear(c)\n", "a linear layer on maps"),
         ("+  x = in\n+  gap\n+  linear(c)\n", "ends on a vector"),
-        ("+  gap\n+  maxpool(k=2)\n+  mul(x)\n", "pooling a vector"),
+        ("+  x = in\n+  gap\n+  maxpool(k=2)\n+  mul(x)\n", "pooling a vector"),
+        // The block's one value is `x`, bound once by `x = in`, merged only once bound.
+        ("+  conv(c, k=3, p=1)\n+  add(x)\n", "merging x before it is bound"),
+        ("+  x = in\n+  conv(c, k=3, p=1)\n+  x = in\n+  add(x)\n", "binding x twice"),
+        ("+  y = in\n+  conv(c, k=3, p=1)\n+  add(y)\n", "another name"),
     ];
     for (body, why) in bad {
         assert!(checker.accepts(&fenced(&with(body))).is_err(), "{why}");

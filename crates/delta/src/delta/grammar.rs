@@ -100,15 +100,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // the dataset known, it is typed line by line from the kind of flow it is called on (the
     // kind at most of the net's lines), and it is called only where the flow is of that kind.
     let entry = entry_kind(&lines, &flow, net);
-    let new_body = match entry {
-        Some(kind) => typed_block_body(&mut g, kind, &callees),
-        None => {
-            let open = Scope { open: true, ..Scope::default() };
-            stmts::define_statement(&mut g, "snew", &open, &callees);
-            let new_line = Expr::seq([Expr::text("+  "), Expr::rule("snew_stmt"), Expr::text("\n")]);
-            Expr::Repeat(Box::new(new_line), 1, Some(MAX_BLOCK))
-        }
-    };
+    let new_body = new_block_body(&mut g, entry, &callees);
     let params = stmts::define_block_params(&mut g);
     // The names a diff may give a block it adds: a context-free grammar cannot hold a name the
     // model makes up until the call that must repeat it, but a state per name of a short list
@@ -388,60 +380,87 @@ fn entry_kind(lines: &[Line], flow: &[Option<Kind>], net: Option<usize>) -> Opti
     counts.into_iter().find(|(_, c)| *c == most).map(|(k, _)| k)
 }
 
-/// The body of a new block called on a flow of kind `entry`, one line at a time as a walk over
-/// kinds: a line keeps the kind (`check::kinds::keeping`), changes it (`gap`: maps to a
-/// vector), or merges values bound from the block's input, which gives the entry kind back (a
-/// squeeze-excitation gate multiplies the maps by a vector). It ends on the entry kind, as the
-/// place it is called needs, after at most [`MAX_BLOCK`] lines.
-fn typed_block_body(g: &mut Grammar, entry: Kind, callees: &[stmts::Callee]) -> Expr {
-    const KINDS: [Kind; 3] = [Kind::Map, Kind::Tokens, Kind::Vector];
-    let tag = |k: Kind| match k {
-        Kind::Map => "m",
-        Kind::Tokens => "t",
-        Kind::Vector => "v",
+/// The body of a new block called on a flow of kind `entry` (any kind when the dataset is not
+/// known), one line at a time as a walk over kinds and one value: a line keeps the kind
+/// (`check::kinds::keeping`) or changes it (`gap`: maps to a vector); `x = in` binds the flow
+/// once, as the block's one value; after it, lines may take `x` and merges of it give the entry
+/// kind back (a residual adds the block's input, a squeeze-excitation gate multiplies the maps
+/// by a vector). It ends on the entry kind, as the place it is called needs, after at most
+/// [`MAX_BLOCK`] lines. A context-free grammar cannot keep the names a model makes up, so the
+/// value is always `x`, bound at most once, and merged only once bound.
+fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee]) -> Expr {
+    let kinds: Vec<Option<Kind>> = match entry {
+        Some(_) => vec![Some(Kind::Map), Some(Kind::Tokens), Some(Kind::Vector)],
+        None => vec![None],
     };
-    let open = |ops: &[&'static str], no_merges: bool| Scope {
+    let tag = |k: Option<Kind>| match k {
+        None => "a",
+        Some(Kind::Map) => "m",
+        Some(Kind::Tokens) => "t",
+        Some(Kind::Vector) => "v",
+    };
+    let changes = |from: Option<Kind>, to: Option<Kind>| match (from, to) {
+        (Some(a), Some(b)) if a != b => kinds::changing(a, b),
+        _ => &[],
+    };
+    // Scopes: per kind, with x bound or not (no merges: those come apart), the changes of
+    // kind, and the merges of x.
+    let scope = |ops: Option<&[&'static str]>, bound: bool, no_merges: bool| Scope {
         open: true,
-        ops: Some(ops.to_vec()),
+        ops: ops.map(<[&str]>::to_vec),
+        values: if bound { vec!["x".to_string()] } else { Vec::new() },
         no_merges,
         ..Scope::default()
     };
-    for k in KINDS {
-        stmts::define_statement(g, &format!("snew{}", tag(k)), &open(kinds::keeping(k), true), callees);
-        for to in KINDS {
-            if to != k && !kinds::changing(k, to).is_empty() {
+    for &k in &kinds {
+        for bound in [false, true] {
+            let name = format!("snew{}{}", tag(k), if bound { "x" } else { "" });
+            stmts::define_statement(g, &name, &scope(k.map(kinds::keeping), bound, true), callees);
+        }
+        for &to in &kinds {
+            if !changes(k, to).is_empty() {
                 let name = format!("snew{}{}", tag(k), tag(to));
-                stmts::define_statement(g, &name, &open(kinds::changing(k, to), true), callees);
+                stmts::define_statement(g, &name, &scope(Some(changes(k, to)), false, true), callees);
             }
         }
     }
-    stmts::define_statement(g, "snewj", &open(&[], false), callees);
-    let line = |scope: String| Expr::seq([Expr::text("+  "), Expr::rule(format!("{scope}_stmt")), Expr::text("\n")]);
-    let lines_from = |k: Kind, r: u32| -> Vec<Expr> {
+    // Merges of x, whose branches and what follows work on the entry kind.
+    let merging = Scope { merge_first: true, ..scope(entry.map(kinds::keeping), true, false) };
+    stmts::define_statement(g, "snewj", &merging, callees);
+    let line = |stmt: Expr| Expr::seq([Expr::text("+  "), stmt, Expr::text("\n")]);
+    let stmt = |scope: String| Expr::rule(format!("{scope}_stmt"));
+    // The lines that may come next with the flow of kind k, x bound or not, and r lines left.
+    let lines_from = |k: Option<Kind>, bound: bool, r: u32| -> Vec<Expr> {
         if r == 0 {
             return Vec::new();
         }
-        let next = |to: Kind| Expr::rule(format!("nb_{}_{}", tag(to), r - 1));
-        let mut alts = vec![
-            Expr::seq([line(format!("snew{}", tag(k))), next(k)]),
-            Expr::seq([line("snewj".to_string()), next(entry)]),
-        ];
-        for to in KINDS {
-            if to != k && !kinds::changing(k, to).is_empty() {
-                alts.push(Expr::seq([line(format!("snew{}{}", tag(k), tag(to))), next(to)]));
+        let next =
+            |to: Option<Kind>, b: bool| Expr::rule(format!("nb_{}{}_{}", tag(to), if b { "x" } else { "" }, r - 1));
+        let mut alts =
+            vec![Expr::seq([line(stmt(format!("snew{}{}", tag(k), if bound { "x" } else { "" }))), next(k, bound)])];
+        if bound {
+            alts.push(Expr::seq([line(stmt("snewj".to_string())), next(entry, true)]));
+        } else {
+            alts.push(Expr::seq([line(Expr::text("x = in")), next(k, true)]));
+        }
+        for &to in &kinds {
+            if !changes(k, to).is_empty() {
+                alts.push(Expr::seq([line(stmt(format!("snew{}{}", tag(k), tag(to)))), next(to, bound)]));
             }
         }
         alts
     };
-    // nb_{k}_{r}: the rest of the body, with the flow of kind k and at most r more lines.
     for r in 0..MAX_BLOCK {
-        for k in KINDS {
-            let end = (k == entry).then_some(Expr::Empty);
-            g.define(&format!("nb_{}_{r}", tag(k)), Expr::alt(end.into_iter().chain(lines_from(k, r))));
+        for &k in &kinds {
+            for bound in [false, true] {
+                let end = (k == entry).then_some(Expr::Empty);
+                let name = format!("nb_{}{}_{r}", tag(k), if bound { "x" } else { "" });
+                g.define(&name, Expr::alt(end.into_iter().chain(lines_from(k, bound, r))));
+            }
         }
     }
     // At least one line.
-    g.define("new_block_body", Expr::alt(lines_from(entry, MAX_BLOCK)))
+    g.define("new_block_body", Expr::alt(lines_from(entry, false, MAX_BLOCK)))
 }
 
 /// The value a statement line binds (`b2 = x |> cbr(r3)`), if it binds one.

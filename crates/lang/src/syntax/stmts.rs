@@ -20,8 +20,8 @@ pub struct Scope {
     pub numbers: Vec<String>,
     /// Values bound in the body (`x = in`), which merges (`add(x)`) take.
     pub values: Vec<String>,
-    /// A block the diff adds: its parameters and values are not known in advance, so any
-    /// one-letter name is allowed where a number or value goes.
+    /// A block the diff adds: its parameter is not known in advance, so any one-letter name is
+    /// allowed where a number goes. (Its values are given in `values`, as a parent's are.)
     pub open: bool,
     /// The built-in operations that may be called (merges aside), when the flow's kind at the
     /// place is known (`check::kinds`); all of them when `None`.
@@ -35,6 +35,8 @@ pub struct Scope {
     /// No merges (`add`, `mul`, `concat`) here: a new block's body offers them apart, as they
     /// change the kind of its flow back to the kind it was called on.
     pub no_merges: bool,
+    /// Every statement starts with a merge (`add(x |> conv(c, k=1))`, then what follows it).
+    pub merge_first: bool,
 }
 
 /// A block of the program that statements may call: its parameters, and whether each has a default.
@@ -132,12 +134,9 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         Ty::Pad => Expr::alt([int.clone(), Expr::text("same")]),
     };
     let stage = Expr::rule(format!("{p}_stage"));
-    let mut stages = Vec::new();
+    let (mut stages, mut merges) = (Vec::new(), Vec::new());
     // Values merges may take: names bound in the body, bare or through a branch.
-    let mut value_names: Vec<Expr> = scope.values.iter().map(Expr::text).collect();
-    if scope.open {
-        value_names.push(Expr::rule("st_letter"));
-    }
+    let value_names: Vec<Expr> = scope.values.iter().map(Expr::text).collect();
     let merge_arg = (!value_names.is_empty()).then(|| {
         let name = Expr::alt(value_names);
         let branch = Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 0, Some(MAX_STAGES));
@@ -188,7 +187,11 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
                 call(g, &rule, sig.name, &typed, positional)
             }
         };
-        stages.push(g.define(&rule, body));
+        let defined = g.define(&rule, body);
+        if matches!(sig.args, Args::Values) {
+            merges.push(defined.clone());
+        }
+        stages.push(defined);
     }
     for (i, b) in blocks.iter().enumerate() {
         if scope.uncallable.contains(&b.name) {
@@ -211,14 +214,14 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 1, Some(MAX_STAGES - 1)),
     ]);
     let pipeline = Expr::alt([Expr::seq([stage.clone(), more.clone()]), from_value]);
-    // A binding names a value for a merge. In a body of the parent, only a value whose binding
-    // was just removed may be bound (again): its merges are there, while a new name could
-    // only be merged by an added line naming it, which a context-free grammar cannot hold,
-    // and binding a name the body has cannot check. In a new block, any one-letter name.
-    let mut targets: Vec<Expr> = scope.rebind.iter().map(Expr::text).collect();
-    if scope.open {
-        targets.push(Expr::rule("st_letter"));
+    // A binding names a value for a merge. Only a value whose binding was just removed may be
+    // bound (again): its merges are there, while a new name could only be merged by an added
+    // line naming it, which a context-free grammar cannot hold, and binding a name the body
+    // has cannot check. (A new block binds its one value in a line of its own.)
+    if scope.merge_first {
+        return g.define(&format!("{p}_stmt"), Expr::seq([Expr::alt(merges), more]));
     }
+    let targets: Vec<Expr> = scope.rebind.iter().map(Expr::text).collect();
     let mut stmt = vec![pipeline.clone()];
     if !targets.is_empty() {
         stmt.push(Expr::seq([Expr::alt(targets), Expr::text(" = "), Expr::alt([Expr::text("in"), pipeline])]));
