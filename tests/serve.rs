@@ -455,7 +455,14 @@ fn adapters_load_replace_and_unload_while_serving_as_vllm_names_it() {
     let adapter = trained_adapter(dir.path(), m);
     let a = adapter.to_str().unwrap();
 
-    let server = Server::start(&model, &[]);
+    // Off unless asked for, as in vLLM.
+    let off = Server::start(&model, &[]);
+    let (status, v) = off.post("/v1/load_lora_adapter", &json!({"lora_name": "coder", "lora_path": a}));
+    assert_error(status, &v, 403, None, "--allow-runtime-lora");
+    drop(off);
+
+    let root = dir.path().to_str().unwrap();
+    let server = Server::start(&model, &["--allow-runtime-lora", "--lora-root", root]);
     let ask = |name: &str| {
         let body =
             json!({"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0});
@@ -482,10 +489,33 @@ fn adapters_load_replace_and_unload_while_serving_as_vllm_names_it() {
     let (status, v) =
         server.post("/v1/load_lora_adapter", &json!({"lora_name": "coder", "lora_path": a, "load_inplace": true}));
     assert_eq!(status, 200, "{v}");
+    // Outside the root, or missing: one answer that says nothing of what exists.
     let missing = dir.path().join("missing");
+    for path in [missing.to_str().unwrap(), "/etc", "/nonexistent/adapter", &format!("{root}/../..")] {
+        let (status, v) = server.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": path}));
+        assert_error(status, &v, 400, Some("lora_path"), "must be an adapter folder under the server's LoRA root");
+    }
+    // A folder under the root that is not an adapter says why.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
     let (status, v) =
-        server.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": missing.to_str().unwrap()}));
+        server.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": empty.to_str().unwrap()}));
     assert_error(status, &v, 400, Some("lora_path"), "adapter_config.json");
+    // A config whose rank the model cannot hold, or whose tensors disagree with it, is refused
+    // before anything is allocated; the server goes on.
+    let hostile = dir.path().join("hostile");
+    std::fs::create_dir(&hostile).unwrap();
+    std::fs::copy(adapter.join("adapter_model.safetensors"), hostile.join("adapter_model.safetensors")).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    for (rank, mention) in [(1_000_000_000u64, "more than the widest"), (8, "shape")] {
+        let mut c = config.clone();
+        c["r"] = json!(rank);
+        std::fs::write(hostile.join("adapter_config.json"), c.to_string()).unwrap();
+        let (status, v) =
+            server.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": hostile.to_str().unwrap()}));
+        assert_error(status, &v, 400, Some("lora_path"), mention);
+    }
     let (status, v) = server.post("/v1/load_lora_adapter", &json!({"lora_path": a}));
     assert_error(status, &v, 400, Some("lora_name"), "lora_name");
     let base = ids[0].to_string();
@@ -584,4 +614,69 @@ fn constraint_fields_hold_replies_to_their_grammars_and_unsupported_ones_are_ref
     // And it still serves.
     let (status, _) = s.post("/v1/chat/completions", &json!({"messages": hello, "max_tokens": 4}));
     assert_eq!(status, 200);
+}
+
+/// What an adversarial client sends gets a defined answer and the server keeps serving: a
+/// temperature whose inverse overflows samples greedily, fields nasc does not implement are
+/// refused by name (at their neutral values they pass), a request whose KV cache would not fit
+/// the budget is refused with how much it needs, and one model can be looked up by id.
+#[test]
+fn abusive_requests_get_defined_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    // The tiny model's KV cache is 2 layers × 2 × 2 heads × 8 wide × 4 bytes = 256 bytes a
+    // position; 64 KiB hold 256 positions.
+    let s = Server::start(&model, &["--kv-cache-bytes", "64K", "--served-model-name", "tiny"]);
+    let prompt = |extra: Value| {
+        let mut body = json!({"prompt": "hello", "max_tokens": 4, "seed": 3});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Greedy, whatever the temperature's size.
+    let (status, greedy) = s.post("/v1/completions", &prompt(json!({"temperature": 0})));
+    assert_eq!(status, 200, "{greedy}");
+    for t in [1e-39, 1e-30] {
+        let (status, v) = s.post("/v1/completions", &prompt(json!({"temperature": t})));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["choices"][0]["text"], greedy["choices"][0]["text"], "temperature {t}");
+    }
+    // Penalties are applied, and range-checked.
+    let (status, v) = s.post("/v1/completions", &prompt(json!({"presence_penalty": 1.5, "frequency_penalty": -0.5})));
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s.post("/v1/completions", &prompt(json!({"presence_penalty": 3})));
+    assert_error(status, &v, 400, Some("presence_penalty"), "[-2, 2]");
+    // Fields nasc does not implement are refused by name; at their neutral values they pass.
+    for (field, value) in [
+        ("logprobs", json!(true)),
+        ("top_logprobs", json!(3)),
+        ("echo", json!(true)),
+        ("best_of", json!(4)),
+        ("suffix", json!("}")),
+        ("logit_bias", json!({"50": 100})),
+        ("tools", json!([{"type": "function", "function": {"name": "f"}}])),
+        ("repetition_penalty", json!(1.3)),
+    ] {
+        let (status, v) = s.post("/v1/completions", &prompt(json!({ field: value })));
+        assert_error(status, &v, 400, Some(field), field);
+    }
+    let neutral = json!({"logprobs": false, "echo": false, "best_of": 1, "suffix": null, "tools": [], "user": "u1"});
+    let (status, v) = s.post("/v1/completions", &prompt(neutral));
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s.post("/v1/completions", &prompt(json!({"frobnicate": 1})));
+    assert_error(status, &v, 400, None, "'frobnicate' is not a field");
+    // The KV budget: 2 replies of 128 positions fit, 8 do not.
+    let (status, v) = s.post("/v1/completions", &prompt(json!({"n": 2, "max_tokens": 100})));
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s.post("/v1/completions", &prompt(json!({"n": 8, "max_tokens": 100})));
+    assert_error(status, &v, 400, Some("n"), "KV cache");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("need 256.0 KiB") && message.contains("allows 64.0 KiB"), "{v}");
+    // One model by id.
+    let (status, v) = s.get("/v1/models/tiny");
+    assert_eq!((status, v["id"].as_str()), (200, Some("tiny")), "{v}");
+    let (status, v) = s.get("/v1/models/gpt-4");
+    assert_eq!(status, 404, "{v}");
+    // Still serving.
+    let (status, v) = s.post("/v1/completions", &prompt(json!({})));
+    assert_eq!(status, 200, "{v}");
 }

@@ -115,6 +115,12 @@ pub struct GenerateArgs {
     /// Sample among the most likely tokens holding this much probability.
     #[arg(long, value_name = "P", default_value_t = 1.0)]
     top_p: f32,
+    /// Lower a token's logit by this much per time the reply has drawn it (-2 to 2)
+    #[arg(long, value_name = "X", default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Lower the logit of every token the reply has drawn by this much (-2 to 2)
+    #[arg(long, value_name = "X", default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Replies to sample from the prompt, decoded together in one batch.
@@ -188,6 +194,8 @@ fn generate_cmd(a: GenerateArgs) -> Result<ExitCode, UsageError> {
             stop_token_ids: vec![],
             seed: a.seed,
             n: a.n,
+            frequency_penalty: a.frequency_penalty,
+            presence_penalty: a.presence_penalty,
         },
         grammar,
     };

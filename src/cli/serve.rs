@@ -16,8 +16,9 @@ curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
 \"temperature\": 0.7, \"n\": 4, \"seed\": 1, \"max_tokens\": 64}'\n\n\
 Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, and, as vLLM names them, \
 POST /v1/load_lora_adapter {\"lora_name\", \"lora_path\", \"load_inplace\"} and POST /v1/unload_lora_adapter \
-{\"lora_name\"} to add, replace or drop an adapter while serving. Sampling fields: temperature \
-(default 1), top_p, top_k (0 or -1: all), max_tokens / max_completion_tokens, n (replies decoded in one batch \
+{\"lora_name\"} to add, replace or drop an adapter while serving (with --allow-runtime-lora, from folders under \
+--lora-root). GET /v1/models/{id} gives one model. Sampling fields: temperature \
+(default 1), top_p, top_k (0 or -1: all), frequency_penalty and presence_penalty (-2 to 2), max_tokens / max_completion_tokens, n (replies decoded in one batch \
 sharing the prompt's cache), stop (a string or a list), seed, stream (server-sent events ending in \
 `data: [DONE]`; stream_options.include_usage adds a usage chunk). A request's `model` names the base model or an adapter; without it the base model answers.\n\n\
 Constrained decoding (llguidance; one constraint per request, every reply held to it): `grammar` \
@@ -26,7 +27,9 @@ Constrained decoding (llguidance; one constraint per request, every reply held t
 `structured_outputs` also takes `json` (a JSON schema), `regex` and `choice` (a list of strings), as do vLLM's \
 `guided_json`, `guided_regex` and `guided_choice`; `response_format` takes `json_object` and `json_schema`. A reply \
 ends when its grammar is complete; one that can go no further ends with finish_reason `no_allowed_token`. \
-A grammar that does not compile, or a field nasc does not implement, is a 400 that says which.")]
+A grammar that does not compile, or a field nasc does not implement (logprobs, echo, best_of, suffix, tools, \
+logit_bias, ... other than at their neutral values), is a 400 that says which. A request whose KV cache, \
+n × (prompt + max_tokens) positions, would pass --kv-cache-bytes is a 400 that says how much it needs.")]
 pub struct ServeArgs {
     /// A .gguf file, or a folder with config.json, *.safetensors and tokenizer.json.
     #[arg(long, value_name = "PATH")]
@@ -48,6 +51,18 @@ pub struct ServeArgs {
     /// The most replies one request may ask for (`n`); they decode together in one batch.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_batch: usize,
+    /// The most memory one request's KV cache may take, in bytes (suffixes K, M, G: binary):
+    /// a request whose n × (prompt + max_tokens) tokens would need more is a 400 that says how
+    /// much. Default: half the memory available when the server starts.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    kv_cache_bytes: Option<u64>,
+    /// Allow POST /v1/load_lora_adapter to load adapters while serving, from folders under
+    /// --lora-root only (off by default, as in vLLM: the route reads files the client names).
+    #[arg(long, requires = "lora_root")]
+    allow_runtime_lora: bool,
+    /// The folder runtime adapters must be in (with --allow-runtime-lora).
+    #[arg(long, value_name = "DIR", requires = "allow_runtime_lora")]
+    lora_root: Option<PathBuf>,
     /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
     /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: inputs are
     /// rounded to 8 bits and take integer dot products (Q8_0, Q4_0, Q4_1; AVX-512 VNNI where the
@@ -83,6 +98,15 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode, UsageError> {
     if a.max_batch == 0 {
         return Err(UsageError("--max-batch must be at least 1".into()));
     }
+    let lora_root = match &a.lora_root {
+        Some(dir) => Some(
+            std::fs::canonicalize(dir)
+                .ok()
+                .filter(|d| d.is_dir())
+                .ok_or_else(|| UsageError(format!("--lora-root {}: no such folder", dir.display())))?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind((a.host.as_str(), a.port))
         .map_err(|e| UsageError(format!("cannot listen on {}:{}: {e}", a.host, a.port)))?;
     let options = ServeOptions {
@@ -90,8 +114,42 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode, UsageError> {
         base_name: base,
         adapters,
         max_batch: a.max_batch,
+        kv_cache_bytes: a.kv_cache_bytes.unwrap_or_else(default_kv_budget),
+        lora_root,
         load: super::lm::load_options(a.quantized_base),
     };
     nasc_lm::serve::serve(options, listener, a.device).map_err(UsageError)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `4096`, `512M`, `8G`: bytes, with an optional binary suffix.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => match c.to_ascii_uppercase() {
+            'K' => (&t[..i], 10),
+            'M' => (&t[..i], 20),
+            'G' => (&t[..i], 30),
+            'T' => (&t[..i], 40),
+            _ => return Err(format!("{text}: a number of bytes, with K, M, G or T after it if you like")),
+        },
+        _ => (t, 0),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| format!("{text}: a number of bytes, such as 4096 or 8G"))?;
+    match n.checked_mul(1u64 << shift) {
+        Some(0) => Err("the KV cache budget must be more than 0 bytes".into()),
+        Some(b) => Ok(b),
+        None => Err(format!("{text}: too large")),
+    }
+}
+
+/// Half of `MemAvailable` in /proc/meminfo, or 4 GiB where that cannot be read.
+fn default_kv_budget() -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    available.map_or(4 << 30, |b| b / 2)
 }

@@ -36,6 +36,11 @@ pub struct SamplingParams {
     pub seed: u64,
     /// Replies to sample from the one prompt.
     pub n: usize,
+    /// Subtracted from a token's logit once per time the reply has drawn it (OpenAI's
+    /// `frequency_penalty`, in [-2, 2]).
+    pub frequency_penalty: f32,
+    /// Subtracted from the logit of every token the reply has drawn (`presence_penalty`).
+    pub presence_penalty: f32,
 }
 
 impl Default for SamplingParams {
@@ -49,6 +54,8 @@ impl Default for SamplingParams {
             stop_token_ids: vec![],
             seed: 0,
             n: 1,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
         }
     }
 }
@@ -68,6 +75,11 @@ impl SamplingParams {
         }
         if self.stop.iter().any(String::is_empty) {
             return bad("a stop string must not be empty".into());
+        }
+        for (name, v) in [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} {v} must be in [-2, 2]"));
+            }
         }
         Ok(())
     }
@@ -196,7 +208,14 @@ pub fn generate_constrained<B: Backend>(
     // Each row's place in the grammar, aligned with `active`.
     let mut grammars: Vec<Constraint> = grammar.map(|g| (0..params.n).map(|_| g.fork()).collect()).unwrap_or_default();
 
+    let penalised = params.frequency_penalty != 0.0 || params.presence_penalty != 0.0;
     while !active.is_empty() && params.max_new_tokens > 0 {
+        if penalised {
+            logits
+                .par_iter_mut()
+                .zip(active.par_iter())
+                .for_each(|(row, &s)| penalise(row, &streams[s].tokens, params));
+        }
         // Tokens the grammar does not allow get no weight, rows in parallel; a row at a dead end
         // draws nothing and ends.
         let dead: Vec<bool> = if grammars.is_empty() {
@@ -340,6 +359,20 @@ pub fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// Lowers the logits of the tokens a reply has drawn: by the frequency penalty once per time,
+/// and by the presence penalty once, as OpenAI defines them.
+fn penalise(row: &mut [f32], drawn: &[u32], params: &SamplingParams) {
+    let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    for &t in drawn {
+        *counts.entry(t).or_default() += 1;
+    }
+    for (t, c) in counts {
+        if let Some(logit) = row.get_mut(t as usize) {
+            *logit -= params.frequency_penalty * c as f32 + params.presence_penalty;
+        }
+    }
+}
+
 /// Draws one token from a row of logits under `params`.
 fn sample(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
     let t = params.temperature;
@@ -429,6 +462,14 @@ mod tests {
             k = (k * 4).min(limit);
         };
         draw(&candidates, &probs, params.top_p, rng)
+    }
+
+    #[test]
+    fn penalties_lower_each_drawn_token_per_time_and_once() {
+        let params = SamplingParams { frequency_penalty: 0.5, presence_penalty: 1.0, ..Default::default() };
+        let mut row = vec![0.0f32; 4];
+        penalise(&mut row, &[1, 3, 3, 3, 9], &params);
+        assert_eq!(row, [0.0, -1.5, 0.0, -2.5]);
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct ServeOptions {
     pub adapters: Vec<Adapter>,
     /// The most replies one request may ask for (`n`), at least 1.
     pub max_batch: usize,
+    /// The most bytes one request's KV cache may take.
+    pub kv_cache_bytes: u64,
+    /// Where adapters loaded while serving must be (canonical); `None`: runtime loading is off.
+    pub lora_root: Option<PathBuf>,
     /// How the checkpoint loads (a block-quantised base, ...).
     pub load: LoadOptions,
 }
@@ -73,6 +77,7 @@ struct Info {
     max_batch: usize,
     created: u64,
     work: mpsc::Sender<Msg>,
+    lora_root: Option<PathBuf>,
 }
 
 impl Info {
@@ -147,6 +152,7 @@ impl BackendJob for Job {
             max_batch: a.max_batch,
             created: now(),
             work: tx,
+            lora_root: a.lora_root.clone(),
         };
         let addr = self.listener.local_addr().map_err(|e| e.to_string())?;
         let listener = self.listener;
@@ -163,7 +169,7 @@ impl BackendJob for Job {
         for msg in rx {
             match msg {
                 Msg::Generate(w) => match weights.iter().find(|(n, _)| *n == w.model) {
-                    Some((_, model)) => run_work(&ckpt, model, (&end_of_turn, &mut constrainer), w),
+                    Some((_, model)) => run_work(&ckpt, model, (&end_of_turn, &mut constrainer), a.kv_cache_bytes, w),
                     // Unloaded after the request was checked.
                     None => {
                         let _ = w.reply.send(Event::Failed(not_served(&w.model, &names(&weights))));
@@ -246,6 +252,7 @@ fn run_work<B: Backend>(
     ckpt: &Checkpoint<B>,
     model: &Llama<B>,
     (end_of_turn, constrainer): (&[u32], &mut Option<Result<Constrainer, String>>),
+    kv_budget: u64,
     mut w: Work,
 ) {
     let fail = |w: &Work, e: HttpError| {
@@ -286,6 +293,24 @@ fn run_work<B: Backend>(
         );
         return fail(&w, HttpError::bad(msg, Some(field)));
     }
+    // The KV cache of every row, as it grows (doubling from 64 positions, up to the context).
+    let c = &ckpt.model.config;
+    let per_position = (c.n_layers * 2 * c.n_kv_heads * c.head_dim * std::mem::size_of::<f32>()) as u64;
+    let positions = (ids.len() + w.params.max_new_tokens).next_power_of_two().clamp(64, context.max(64)) as u64;
+    let need = per_position.saturating_mul(positions).saturating_mul(w.params.n as u64);
+    if need > kv_budget {
+        let msg = format!(
+            "n = {} replies of up to {} tokens ({} in the {field}, {} in the completion) need {} of KV cache; \
+             this server allows {} per request (--kv-cache-bytes). Ask for fewer replies or fewer tokens.",
+            w.params.n,
+            ids.len() + w.params.max_new_tokens,
+            ids.len(),
+            w.params.max_new_tokens,
+            human_bytes(need),
+            human_bytes(kv_budget)
+        );
+        return fail(&w, HttpError::bad(msg, Some("n")));
+    }
     // The grammar compiles before anything is sent, so a bad one is a 400 naming its line.
     let constraint = match &w.grammar {
         None => None,
@@ -317,6 +342,15 @@ fn run_work<B: Backend>(
         Err(ModelError::Input { what }) => Event::Failed(HttpError::bad(what, None)),
         Err(e) => Event::Failed(HttpError::server(e.to_string())),
     });
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} bytes"),
+    }
 }
 
 fn now() -> u64 {
@@ -454,6 +488,16 @@ fn handle(conn: TcpStream, info: &Info) {
     match req.path.trim_end_matches('/') {
         "/v1/models" if req.method == "GET" => respond(&mut writer, 200, &models(info)),
         "/v1/models" => respond_error(&mut writer, &not_allowed("GET")),
+        p if p.starts_with("/v1/models/") => {
+            if req.method != "GET" {
+                return respond_error(&mut writer, &not_allowed("GET"));
+            }
+            let id = &p["/v1/models/".len()..];
+            match models(info)["data"].as_array().and_then(|d| d.iter().find(|m| m["id"] == id)) {
+                Some(m) => respond(&mut writer, 200, m),
+                None => respond_error(&mut writer, &not_served(id, &info.names())),
+            }
+        }
         "/health" => respond(&mut writer, 200, &json!({})),
         p @ ("/v1/load_lora_adapter" | "/v1/unload_lora_adapter") => {
             if req.method != "POST" {
@@ -496,10 +540,29 @@ fn adapter_request(body: &[u8], load: bool, info: &Info) -> Result<String, HttpE
             .map(str::to_string)
             .ok_or_else(|| HttpError::bad(format!("'{key}' is required and must be a non-empty string"), Some(key)))
     };
+    let Some(root) = &info.lora_root else {
+        return Err(HttpError {
+            status: 403,
+            ..HttpError::bad(
+                "loading adapters while serving is off; start nasc serve with --allow-runtime-lora --lora-root DIR"
+                    .into(),
+                None,
+            )
+        });
+    };
     let name = field("lora_name")?;
     let (tx, rx) = mpsc::channel();
     let msg = if load {
-        let dir = PathBuf::from(field("lora_path")?);
+        // Only a folder under the root, after links are resolved; outside it, the same answer
+        // whether or not the path exists.
+        let asked = field("lora_path")?;
+        let dir =
+            std::fs::canonicalize(&asked).ok().filter(|d| d.starts_with(root) && d.is_dir()).ok_or_else(|| {
+                HttpError::bad(
+                    format!("lora_path must be an adapter folder under the server's LoRA root {}", root.display()),
+                    Some("lora_path"),
+                )
+            })?;
         let inplace = match v.get("load_inplace") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -567,6 +630,96 @@ impl Fields<'_> {
     }
 }
 
+/// The fields `parse` reads, and those that change nothing in a reply (who asked, for what).
+const FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "prompt",
+    "temperature",
+    "top_p",
+    "top_k",
+    "n",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    "frequency_penalty",
+    "presence_penalty",
+    "grammar",
+    "guided_grammar",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_decoding_backend",
+    "structured_outputs",
+    "response_format",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+];
+
+/// Refuses, by name, a field nasc does not implement, unless it holds the value that asks for
+/// nothing (`logprobs: false`, `echo: false`, `best_of: 1`, `tools: []`, ...): a client must
+/// never get a reply that silently ignored what it asked.
+fn unsupported_fields(obj: &serde_json::Map<String, Value>) -> Result<(), HttpError> {
+    for (key, v) in obj {
+        if FIELDS.contains(&key.as_str()) {
+            continue;
+        }
+        let neutral = match key.as_str() {
+            "logprobs" | "echo" | "ignore_eos" | "parallel_tool_calls" => matches!(v, Value::Null | Value::Bool(false)),
+            "top_logprobs" => v.is_null() || v.as_i64() == Some(0),
+            "best_of" => v.is_null() || v.as_i64() == Some(1) || obj.get("n") == Some(v),
+            "suffix" => v.is_null() || v.as_str() == Some(""),
+            "tools" | "functions" => v.is_null() || v.as_array().is_some_and(Vec::is_empty),
+            "tool_choice" | "function_call" => v.is_null() || v.as_str() == Some("none"),
+            "logit_bias" => v.is_null() || v.as_object().is_some_and(serde_json::Map::is_empty),
+            "repetition_penalty" => v.is_null() || v.as_f64() == Some(1.0),
+            "min_p" => v.is_null() || v.as_f64() == Some(0.0),
+            _ => {
+                let shown: String = key.chars().take(64).collect();
+                return Err(HttpError::bad(
+                    format!("'{shown}' is not a field nasc serve knows; remove it (see `nasc serve --help`)"),
+                    None,
+                ));
+            }
+        };
+        if !neutral {
+            return Err(HttpError::bad(
+                format!("'{key}' is not supported by nasc serve; remove it or give it its neutral value"),
+                param_name(key),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A refused field's name as the error's `param` (a `&'static str`).
+fn param_name(key: &str) -> Option<&'static str> {
+    const NAMED: &[&str] = &[
+        "logprobs",
+        "echo",
+        "ignore_eos",
+        "parallel_tool_calls",
+        "top_logprobs",
+        "best_of",
+        "suffix",
+        "tools",
+        "functions",
+        "tool_choice",
+        "function_call",
+        "logit_bias",
+        "repetition_penalty",
+        "min_p",
+    ];
+    NAMED.iter().find(|n| **n == key).copied()
+}
+
 /// Checks a request body and turns it into work for the model thread.
 fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
     let v: Value =
@@ -574,6 +727,7 @@ fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
     let Some(obj) = v.as_object() else {
         return Err(HttpError::bad("the body must be a JSON object".into(), None));
     };
+    unsupported_fields(obj)?;
     let f = Fields(obj);
     let served = info.names();
     let model = match f.get("model") {
@@ -671,7 +825,17 @@ fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(HttpError::bad("'stream' must be true or false".into(), Some("stream"))),
     };
+    let mut penalties = [0f32; 2];
+    for (slot, key) in penalties.iter_mut().zip(["frequency_penalty", "presence_penalty"]) {
+        let v = f.number(key, 0.0)?;
+        if !(-2.0..=2.0).contains(&v) {
+            return Err(HttpError::bad(format!("{key} {v} must be in [-2, 2]"), Some(key)));
+        }
+        *slot = v as f32;
+    }
     let params = SamplingParams {
+        frequency_penalty: penalties[0],
+        presence_penalty: penalties[1],
         temperature: temperature as f32,
         top_k,
         top_p: top_p as f32,

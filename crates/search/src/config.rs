@@ -104,11 +104,23 @@ pub struct Sampling {
     /// parent and one request per candidate. Retries, which carry their own diagnostic, are
     /// asked one by one.
     pub n: usize,
+    /// OpenAI's penalties on tokens a reply has drawn, per time and once (-2 to 2; 0, the
+    /// default, is not sent): a small model that repeats a line can be pushed off it.
+    pub frequency_penalty: f64,
+    pub presence_penalty: f64,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 0.35, top_k: 50, top_p: 0.9, max_tokens: 1024, n: 1 }
+        Sampling {
+            temperature: 0.35,
+            top_k: 50,
+            top_p: 0.9,
+            max_tokens: 1024,
+            n: 1,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+        }
     }
 }
 
@@ -357,8 +369,13 @@ impl SearchConfig {
             || s.top_p > 1.0
             || s.max_tokens == 0
             || s.n == 0
+            || !(-2.0..=2.0).contains(&s.frequency_penalty)
+            || !(-2.0..=2.0).contains(&s.presence_penalty)
         {
-            return bad("[sampling]: temperature must be ≥ 0, top_p in (0, 1], max_tokens and n ≥ 1".into());
+            return bad(
+                "[sampling]: temperature must be ≥ 0, top_p in (0, 1], max_tokens and n ≥ 1, the penalties in [-2, 2]"
+                    .into(),
+            );
         }
         let f = &self.finetune;
         if f.model.is_some() && !f.command.is_empty() {
@@ -393,7 +410,8 @@ mod tests {
     fn an_empty_config_is_the_papers_protocol() {
         let c = SearchConfig::parse("").unwrap();
         assert_eq!((c.cycles, c.candidates, c.retries), (22, 50, 2));
-        assert_eq!(c.sampling, Sampling { temperature: 0.35, top_k: 50, top_p: 0.9, max_tokens: 1024, n: 1 });
+        assert_eq!(c.sampling, Sampling::default());
+        assert_eq!((c.sampling.temperature, c.sampling.top_k, c.sampling.max_tokens), (0.35, 50, 1024));
         assert_eq!(c.datasets.len(), 7);
     }
 

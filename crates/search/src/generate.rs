@@ -163,6 +163,12 @@ impl OpenAi {
             "max_tokens": s.max_tokens,
             "seed": req.seed,
         });
+        // Sent only when set: a server without penalties must not be asked for none.
+        for (key, v) in [("frequency_penalty", s.frequency_penalty), ("presence_penalty", s.presence_penalty)] {
+            if v != 0.0 {
+                body[key] = serde_json::json!(v);
+            }
+        }
         match self.config.api {
             Api::Chat => {
                 let mut messages = vec![serde_json::json!({"role": "user", "content": req.prompt})];
@@ -310,7 +316,8 @@ impl Generator for OpenAi {
         self.post_to(&url, &body).map(|_| ()).map_err(|e| {
             GenError(format!(
                 "cannot load the adapter {name} from {}: {e} (the server must load LoRA adapters at run time: \
-                 `nasc serve` does; vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; or set [finetune] load_adapter = false)",
+                 `nasc serve --allow-runtime-lora --lora-root DIR` does for adapters under DIR; vLLM needs \
+                 VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; or set [finetune] load_adapter = false)",
                 dir.display()
             ))
         })

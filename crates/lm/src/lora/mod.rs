@@ -299,12 +299,51 @@ pub fn load_peft<B: Backend>(model: Llama<B>, dir: impl AsRef<Path>) -> Result<(
     let dir = dir.as_ref();
     let file = read_peft_config(dir)?;
     let path = dir.join("adapter_model.safetensors");
+    // Nothing is allocated for the adapter until its config and tensors agree with the model: a
+    // rank past the model's widths, or a file larger than that rank's tensors in f32 (with room
+    // for the header), is refused first.
+    let c = model.config.clone();
+    let r = file.config.rank;
+    let widest = file.config.targets.iter().map(|t| t.dims(&c)).map(|(i, o)| i.max(o)).max().unwrap_or(0);
+    if r > widest {
+        return Err(LoraError::Config {
+            key: "r".into(),
+            message: format!("rank {r} is more than the widest adapted projection ({widest})"),
+        });
+    }
+    let expected_bytes: u64 =
+        file.config.targets.iter().map(|t| t.dims(&c)).map(|(i, o)| (r * (i + o) * 4) as u64).sum::<u64>()
+            * c.n_layers as u64;
+    let size =
+        std::fs::metadata(&path).map_err(|e| LoraError::File { path: path.clone(), message: e.to_string() })?.len();
+    if size > expected_bytes + (1 << 20) {
+        return Err(LoraError::File {
+            path: path.clone(),
+            message: format!("{size} bytes, more than rank {r} adapters on {} layers hold", c.n_layers),
+        });
+    }
     let bytes = std::fs::read(&path).map_err(|e| LoraError::File { path: path.clone(), message: e.to_string() })?;
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| LoraError::File { path: path.clone(), message: e.to_string() })?;
+    for i in 0..c.n_layers {
+        for &t in &file.config.targets {
+            let (d_in, d_out) = t.dims(&c);
+            for (which, shape) in [("A", [r, d_in]), ("B", [d_out, r])] {
+                let name = tensor_name(i, t, which);
+                let found = st.tensor(&name).map(|v| v.shape().to_vec()).map_err(|_| LoraError::Tensor {
+                    name: name.clone(),
+                    message: "missing from adapter_model.safetensors".into(),
+                })?;
+                if found != shape {
+                    return Err(LoraError::Tensor {
+                        name,
+                        message: format!("shape {found:?}, but rank {r} on this model needs {shape:?}"),
+                    });
+                }
+            }
+        }
+    }
     let mut model = attach(model, &file.config, 0)?;
-    let c = model.config.clone();
-    let r = file.config.rank;
     let device = model.embed.val().device();
     let mut expected = BTreeSet::new();
     for (i, block) in model.blocks.iter_mut().enumerate() {

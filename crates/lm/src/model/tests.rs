@@ -552,6 +552,23 @@ fn greedy_replies_in_a_batch_equal_the_single_reply() {
 }
 
 #[test]
+fn penalties_move_the_tokens_a_reply_has_drawn() {
+    // Greedy replies of the tiny random model do not repeat a token in 16; a negative penalty
+    // raises the drawn tokens until the reply does, a positive one keeps them apart.
+    let distinct = |s: &[u32]| s.iter().collect::<std::collections::HashSet<_>>().len();
+    let run = |frequency_penalty: f32, presence_penalty: f32| {
+        sampled(&SamplingParams { max_new_tokens: 16, frequency_penalty, presence_penalty, ..Default::default() })
+    };
+    let greedy = run(0.0, 0.0);
+    assert_eq!(distinct(&greedy[0]), 16, "{greedy:?}");
+    for (f, p) in [(0.0, -2.0), (-2.0, 0.0)] {
+        let pulled = run(f, p);
+        assert!(distinct(&pulled[0]) < 16, "frequency {f}, presence {p}: {pulled:?}");
+    }
+    assert_eq!(distinct(&run(2.0, 2.0)[0]), 16);
+}
+
+#[test]
 fn top_k_of_one_is_greedy() {
     let greedy = sampled(&SamplingParams { max_new_tokens: 10, ..Default::default() });
     let k1 = sampled(&SamplingParams { max_new_tokens: 10, temperature: 0.7, top_k: 1, seed: 9, ..Default::default() });
@@ -605,6 +622,8 @@ fn bad_sampling_settings_are_refused() {
         (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p 0"),
         (SamplingParams { n: 0, ..Default::default() }, "n must be at least 1"),
         (SamplingParams { stop: vec![String::new()], ..Default::default() }, "stop string"),
+        (SamplingParams { presence_penalty: 2.5, ..Default::default() }, "presence_penalty 2.5"),
+        (SamplingParams { frequency_penalty: f32::NAN, ..Default::default() }, "frequency_penalty NaN"),
     ] {
         let e = generate(&model, &tok, &[1], &params, |_, _| {}).unwrap_err().to_string();
         assert!(e.contains(want), "{e}");
