@@ -160,7 +160,7 @@ fn a_429_is_retried_with_backoff_and_then_succeeds() {
 fn a_server_error_is_retried_then_reported_with_its_status_and_url() {
     let (url, count, _) = serve(|_, _, _| status(500));
     let g = OpenAi::new(&config(&url), &Sampling::default());
-    let e = g.generate(&request()).unwrap_err().0;
+    let e = g.generate(&request()).unwrap_err().message;
     assert_eq!(count.load(Ordering::SeqCst), 3, "one try and two retries");
     assert!(e.contains("500") && e.contains(&url) && e.contains("after 3 tries"), "{e}");
 }
@@ -169,8 +169,10 @@ fn a_server_error_is_retried_then_reported_with_its_status_and_url() {
 fn a_client_error_is_not_retried() {
     let (url, count, _) = serve(|_, _, _| status(404));
     let g = OpenAi::new(&config(&url), &Sampling::default());
-    let e = g.generate(&request()).unwrap_err().0;
+    let e = g.generate(&request()).unwrap_err();
     assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert!(!e.fatal, "one request's error");
+    let e = e.message;
     assert!(e.contains("404") && e.contains("status 404"), "{e}");
 }
 
@@ -179,7 +181,7 @@ fn a_slow_server_hits_the_timeout() {
     let (url, count, _) = serve(|_, _, _| Answer { delay: Duration::from_secs(3), ..chat("late") });
     let g = OpenAi::new(&OpenAiConfig { timeout_s: 0.3, retries: 1, ..config(&url) }, &Sampling::default());
     let start = std::time::Instant::now();
-    let e = g.generate(&request()).unwrap_err().0;
+    let e = g.generate(&request()).unwrap_err().message;
     assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
     assert!(e.contains("did not answer within 0.3 s") && e.contains(&url), "{e}");
     assert_eq!(count.load(Ordering::SeqCst), 2);
@@ -197,7 +199,9 @@ fn dead_url() -> String {
 fn a_server_that_is_down_is_one_clear_error_naming_the_url() {
     let url = dead_url();
     let g = OpenAi::new(&config(&url), &Sampling::default());
-    let e = g.generate(&request()).unwrap_err().0;
+    let e = g.generate(&request()).unwrap_err();
+    assert!(e.fatal, "no request can succeed");
+    let e = e.message;
     assert!(e.contains("cannot reach") && e.contains(&format!("{url}/chat/completions")), "{e}");
 }
 
@@ -283,6 +287,51 @@ fn a_search_against_a_server_that_is_down_stops_with_one_error_naming_the_url() 
     let all = Store::open(&dir.join("run")).unwrap().all().unwrap();
     assert_eq!(all.iter().filter(|c| c.role == Role::Candidate).count(), 0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A request the server refuses (a 400: a prompt past its context, a field it will not take)
+/// is that candidate's verdict, `generator_error` with the server's message, and the run goes
+/// on; a server that refuses every first request of a cycle is one error that stops the run.
+#[test]
+fn a_refused_request_is_its_candidates_verdict_and_the_run_goes_on() {
+    let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    let (url, _, _) = serve(move |_, _, body| {
+        // The request of seed-odd slots is refused; the others widen the first conv.
+        if body["seed"].as_u64().unwrap() % 2 == 1 {
+            return Answer {
+                status: 400,
+                body: "{\"error\": {\"message\": \"this prompt is too long for me\"}}".into(),
+                delay: Duration::ZERO,
+            };
+        }
+        let width = 8 + body["seed"].as_u64().unwrap() % 64;
+        let wider = lenet.replace("conv(6, k=5)", &format!("conv({width}, k=5)"));
+        let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+        chat(&format!("```diff\n{diff}```\n"))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = nasc_search(search_config_with(dir.path(), &url, 1, 6, ""), &run);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let all = Store::open(&run).unwrap().all().unwrap();
+    let cands: Vec<_> = all.iter().filter(|c| c.role == Role::Candidate).collect();
+    assert_eq!(cands.len(), 6);
+    let refused: Vec<_> = cands.iter().filter(|c| c.verdict == Verdict::GeneratorError).collect();
+    assert!(!refused.is_empty() && refused.len() < 6, "{cands:#?}");
+    let db = rusqlite::Connection::open(run.join("run.db")).unwrap();
+    for c in &refused {
+        let (diagnostic, reply): (String, Option<String>) = db
+            .query_row("SELECT diagnostic, reply FROM candidates WHERE id = ?1", [c.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert!(diagnostic.contains("this prompt is too long for me"), "{diagnostic}");
+        assert_eq!((c.attempts, reply), (1, None), "not retried, no reply: {c:#?}");
+    }
+    // Every first request refused: one error.
+    let (url, _, _) = serve(|_, _, _| status(400));
+    let out = nasc_search(search_config_with(dir.path(), &url, 1, 2, ""), dir.path().join("run2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("every request of cycle 1 failed") && err.contains("status 400"), "{err}");
 }
 
 #[test]

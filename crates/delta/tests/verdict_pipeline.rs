@@ -245,6 +245,7 @@ fn verdict_names_are_the_taxonomy() {
     assert_eq!(
         names,
         [
+            "generator_error",
             "no_diff",
             "malformed_diff",
             "does_not_apply",

@@ -35,14 +35,29 @@ pub struct Reply {
     pub truncated: bool,
 }
 
-/// Why a generator could not answer. Every one stops the run with its message (a server that is
-/// down or misconfigured is one error, not a candidate per request).
+/// Why a generator could not answer one request: that request's candidates get the verdict
+/// `generator_error` with the message, and the run goes on; a `fatal` one (no server listens
+/// at the URL) stops the run.
 #[derive(Clone, Debug, PartialEq)]
-pub struct GenError(pub String);
+pub struct GenError {
+    pub message: String,
+    pub fatal: bool,
+}
+
+impl GenError {
+    /// This request failed; others may not.
+    pub fn request(message: String) -> GenError {
+        GenError { message, fatal: false }
+    }
+    /// No request can succeed: the run stops.
+    pub fn fatal(message: String) -> GenError {
+        GenError { message, fatal: true }
+    }
+}
 
 impl std::fmt::Display for GenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -188,7 +203,7 @@ impl OpenAi {
             }
         }
         let grammar = |g: Result<String, String>| {
-            g.map_err(|e| GenError(format!("the diff grammar of the parent cannot be built: {e}")))
+            g.map_err(|e| GenError::request(format!("the diff grammar of the parent cannot be built: {e}")))
         };
         match self.config.constrain {
             Constrain::Off => {}
@@ -212,8 +227,9 @@ impl OpenAi {
     fn post(&self, body: &serde_json::Value) -> Result<serde_json::Value, GenError> {
         let url = self.url();
         let body = self.post_to(&url, body)?;
-        serde_json::from_str(&body)
-            .map_err(|e| GenError(format!("{url} answered 200 with a body that is not JSON ({e}): {}", clip(&body))))
+        serde_json::from_str(&body).map_err(|e| {
+            GenError::request(format!("{url} answered 200 with a body that is not JSON ({e}): {}", clip(&body)))
+        })
     }
 
     /// POSTs `body` to `url`; the body of a 200 answer.
@@ -240,7 +256,7 @@ impl OpenAi {
                     }
                     last = format!("{url} answered {status}: {}", clip(&body));
                     if status != 429 && status < 500 {
-                        return Err(GenError(last));
+                        return Err(GenError::request(last));
                     }
                 }
                 Err(ureq::Error::Timeout(_)) => {
@@ -248,14 +264,14 @@ impl OpenAi {
                 }
                 Err(e @ (ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound)) => {
                     // Nothing listens there: retrying each candidate would only repeat this.
-                    return Err(GenError(format!(
+                    return Err(GenError::fatal(format!(
                         "cannot reach the generator's server at {url}: {e}; is it running? (check `base_url` in [openai])"
                     )));
                 }
-                Err(e) => return Err(GenError(format!("request to {url} failed: {e}"))),
+                Err(e) => return Err(GenError::fatal(format!("request to {url} failed: {e}"))),
             }
         }
-        Err(GenError(format!("{last} (after {} tries)", self.config.retries + 1)))
+        Err(GenError::request(format!("{last} (after {} tries)", self.config.retries + 1)))
     }
 }
 
@@ -314,7 +330,7 @@ impl Generator for OpenAi {
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let body = serde_json::json!({"lora_name": name, "lora_path": dir.display().to_string(), "load_inplace": true});
         self.post_to(&url, &body).map(|_| ()).map_err(|e| {
-            GenError(format!(
+            GenError::request(format!(
                 "cannot load the adapter {name} from {}: {e} (the server must load LoRA adapters at run time: \
                  `nasc serve --allow-runtime-lora --lora-root DIR` does for adapters under DIR; vLLM needs \
                  VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; or set [finetune] load_adapter = false)",
@@ -329,7 +345,7 @@ impl OpenAi {
     fn replies(&self, json: &serde_json::Value, n: usize, start: Instant) -> Result<Vec<Reply>, GenError> {
         let choices = json["choices"].as_array().map(Vec::as_slice).unwrap_or_default();
         if choices.len() != n {
-            return Err(GenError(format!(
+            return Err(GenError::request(format!(
                 "{} answered {} choices to a request for n = {n}: {}",
                 self.url(),
                 choices.len(),
@@ -347,7 +363,7 @@ impl OpenAi {
                 Api::Completions => choice["text"].as_str(),
             };
             let Some(text) = text else {
-                return Err(GenError(format!(
+                return Err(GenError::request(format!(
                     "{} answered without a completion: {}",
                     self.url(),
                     clip(&json.to_string())

@@ -39,7 +39,7 @@ impl From<super::store::StoreError> for SearchError {
 
 impl From<GenError> for SearchError {
     fn from(e: GenError) -> Self {
-        SearchError(e.0)
+        SearchError(e.message)
     }
 }
 
@@ -405,8 +405,11 @@ impl Driver {
         let concurrency =
             if self.config.generator == GeneratorKind::Openai { self.config.openai.concurrency } else { 1 };
         for attempt in 0..=self.config.retries {
+            // Slots not yet ok, unless their last request failed at the server (a retry would
+            // ask the same of it).
             let open: Vec<usize> = (0..work.len())
                 .filter(|i| work[*i].result.as_ref().is_none_or(|(j, _)| j.verdict != Verdict::Ok))
+                .filter(|i| work[*i].verdicts.last() != Some(&Verdict::GeneratorError))
                 .collect();
             if open.is_empty() {
                 break;
@@ -435,9 +438,36 @@ impl Driver {
                     generator.generate_n(r, *n)
                 }
             });
+            // A request the server refused or failed gives its slots the verdict
+            // `generator_error` (a slot with an earlier reply keeps that reply's judgement); only
+            // a server that cannot be reached stops the run.
             let mut replies = Vec::new();
             for (batch, answer) in batches.into_iter().zip(answers) {
-                replies.extend(batch.into_iter().zip(answer?));
+                match answer {
+                    Ok(answer) => replies.extend(batch.into_iter().zip(answer)),
+                    Err(e) if e.fatal => return Err(e.into()),
+                    Err(e) => {
+                        for i in batch {
+                            let w = &mut work[i];
+                            w.verdicts.push(Verdict::GeneratorError);
+                            if w.result.is_none() {
+                                let nothing = generate::Reply {
+                                    text: String::new(),
+                                    tokens: None,
+                                    elapsed: std::time::Duration::ZERO,
+                                    truncated: false,
+                                };
+                                w.result = Some((Judgement::generator_error(e.message.clone()), nothing));
+                            }
+                        }
+                    }
+                }
+            }
+            // Every first request failing is a server that is misconfigured for this run (a
+            // model it does not serve, a field it refuses): one error, not a cycle of verdicts.
+            if attempt == 0 && !work.is_empty() && work.iter().all(|w| w.verdicts == [Verdict::GeneratorError]) {
+                let message = work[0].result.as_ref().map(|(j, _)| j.message.clone()).unwrap_or_default();
+                return Err(SearchError(format!("every request of cycle {cycle} failed; the first: {message}")));
             }
             for (i, reply) in replies {
                 let w = &mut work[i];
@@ -472,7 +502,7 @@ impl Driver {
                 generator: self.generator.name().into(),
                 adapter: self.generator.adapter(),
                 prompt: Some(w.request.prompt.clone()),
-                reply: Some(reply.text.clone()),
+                reply: (j.verdict != Verdict::GeneratorError).then(|| reply.text.clone()),
                 extracted: j.extracted.clone(),
                 diff: j.diff.clone(),
                 program: j.program.clone().or(j.candidate.clone()),

@@ -351,8 +351,9 @@ fn window_sizes_are_small() {
     checker.accepts(&fenced(&diff)).unwrap();
 }
 
-/// In a body of the parent a line may bind only a value whose binding it replaces: a new name
-/// could not be merged by anything, and an existing one cannot be bound twice.
+/// In a body of the parent a line may bind only a value whose binding it replaces, and a line
+/// that binds one cannot go: a new name could not be merged by anything, an existing one cannot
+/// be bound twice, and without its binding a value's merges are unbound.
 #[test]
 fn a_body_binds_only_the_value_it_replaces() {
     let resnet = std::fs::read_to_string(common::root().join("zoo/resnet18.arch")).unwrap();
@@ -367,6 +368,8 @@ fn a_body_binds_only_the_value_it_replaces() {
     checker.accepts(&edit("   x = in\n+  relu")).unwrap();
     checker.accepts(&edit("+  relu\n   x = in")).unwrap();
     assert!(checker.accepts(&edit("-  x = in\n+  y = in |> relu")).is_err(), "a name nothing merges");
+    assert!(checker.accepts(&edit("-  x = in")).is_err(), "x removed, its merge left unbound");
+    assert!(checker.accepts(&edit("-  x = in\n+  relu")).is_err(), "x replaced by a line that binds nothing");
     assert!(checker.accepts(&edit("   x = in\n+  x = relu")).is_err(), "a second binding of x");
     assert!(checker.accepts(&edit("+  y = relu\n   x = in")).is_err(), "a value nothing merges");
 }

@@ -83,6 +83,11 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     if let Some(i) = output {
         lines[i].removable = false;
     }
+    for line in lines.iter_mut() {
+        if bound_name(line.text).is_some() {
+            line.removable = false;
+        }
+    }
     for i in 0..n {
         if let (Some(before), Some(after)) = (flow[i], flow[i + 1]) {
             if before != after {
@@ -109,24 +114,16 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let indent = |depth: usize| "  ".repeat(depth);
     // Statements of item k where the flow is of `kind`: only the operations that keep it,
     // defined on first use.
-    // With `rebind`, a value whose binding line was just removed may be bound again.
-    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>, rebind: Option<&str>| -> String {
-        if kind.is_none() && rebind.is_none() {
-            return format!("s{k}");
-        }
+    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
+        let Some(kind) = kind else { return format!("s{k}") };
         let tag = match kind {
-            None => "",
-            Some(Kind::Map) => "m",
-            Some(Kind::Tokens) => "t",
-            Some(Kind::Vector) => "v",
+            Kind::Map => "m",
+            Kind::Tokens => "t",
+            Kind::Vector => "v",
         };
-        let name = format!("s{k}{tag}{}", rebind.map(|v| format!("_r_{v}")).unwrap_or_default());
+        let name = format!("s{k}{tag}");
         if g.get(&format!("{name}_stmt")).is_none() {
-            let scope = Scope {
-                ops: kind.map(|kind| kinds::keeping(kind).to_vec()),
-                rebind: rebind.map(str::to_string),
-                ..scopes[k].1.clone()
-            };
+            let scope = Scope { ops: Some(kinds::keeping(kind).to_vec()), ..scopes[k].1.clone() };
             stmts::define_statement(g, &name, &scope, &callees);
         }
         name
@@ -188,7 +185,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let states: Vec<usize> = [NONE, CALLED].into_iter().chain((0..new_names.len()).map(|j| ADDED + j)).collect();
     let depth_at = |i: usize| if i < n { lines[i].depth } else { 0 };
     let item_at = |i: usize| if i < n { lines[i].item } else { None };
-    let adds_at = |g: &mut Grammar, i: usize, state: usize, rebind: Option<&str>| -> Vec<(Expr, usize)> {
+    let adds_at = |g: &mut Grammar, i: usize, state: usize| -> Vec<(Expr, usize)> {
         match (depth_at(i), item_at(i)) {
             (0, _) | (_, None) if state < ADDED => {
                 top_adds.iter().enumerate().map(|(j, a)| (a.clone(), ADDED + j)).collect()
@@ -198,7 +195,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             // would act on the logits.
             _ if Some(i) == net_close => vec![],
             (d, Some(k)) => {
-                let scope = scope_for(g, k, flow[i], rebind);
+                let scope = scope_for(g, k, flow[i]);
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
                 if state >= ADDED && (entry.is_none() || flow[i] == entry) {
                     out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));
@@ -242,20 +239,36 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         });
         Expr::rule(format!("again_{k}"))
     };
+    // A line that binds a value cannot be removed (the body's later lines use it), only
+    // replaced by another binding of that value, from the statements of its place.
+    let binding_scope: Vec<Option<(String, &str)>> = (0..n)
+        .map(|i| {
+            let v = bound_name(lines[i].text).filter(|_| lines[i].depth > 0)?;
+            Some((scope_for(&mut g, lines[i].item?, flow[i]), v))
+        })
+        .collect();
     // A `repeat` head may be replaced by one with another count (the body stays).
     let mut new_head = |i: usize| -> Option<Expr> {
         let l = &lines[i];
         let k = l.item?;
-        l.text.trim_start().starts_with("repeat(").then(|| {
-            let head = Expr::seq([
+        let head = if let Some((scope, v)) = &binding_scope[i] {
+            Expr::seq([
+                Expr::text(format!("+{}{v} = ", indent(l.depth))),
+                Expr::alt([Expr::text("in"), Expr::rule(format!("{scope}_pipe"))]),
+                Expr::text("\n"),
+            ])
+        } else if l.text.trim_start().starts_with("repeat(") {
+            Expr::seq([
                 Expr::text(format!("+{}", indent(l.depth))),
                 Expr::text("repeat("),
                 Expr::rule(format!("s{k}_int")),
                 Expr::text(") {\n"),
-            ]);
-            let head = not_again(&head, Excluded::Exactly(format!("+{}\n", l.text)));
-            Expr::seq([removed(i), head])
-        })
+            ])
+        } else {
+            return None;
+        };
+        let head = not_again(&head, Excluded::Exactly(format!("+{}\n", l.text)));
+        Some(Expr::seq([removed(i), head]))
     };
     let r = |name: String| Expr::rule(name);
     // Line i removed (the walk goes on in `gone_{i+1}`, where it cannot come back), or its
@@ -290,7 +303,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // least one); hunk_i: a hunk starting at line i.
     for i in (0..=n).rev() {
         for &state in &states {
-            let adds = adds_at(&mut g, i, state, None);
+            let adds = adds_at(&mut g, i, state);
             let end = r(format!("after_{i}_{state}"));
             let then = |suffix: &str| -> Vec<Expr> {
                 adds.iter().map(|(a, s)| Expr::seq([a.clone(), r(format!("added_{i}_{s}{suffix}"))])).collect()
@@ -307,10 +320,6 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             if i > 0 && lines[i - 1].removable {
                 let text = lines[i - 1].text;
                 let excluded = Excluded::StartingWith(format!("+{text}\n"));
-                let adds = match bound_name(text) {
-                    Some(v) => adds_at(&mut g, i, state, Some(v)),
-                    None => adds.clone(),
-                };
                 let again: Vec<Expr> = adds
                     .iter()
                     .map(|(a, s)| {

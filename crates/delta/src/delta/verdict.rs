@@ -21,6 +21,9 @@ use nasc_lang::syntax;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// The generator gave no reply: its server refused or failed the request (the message
+    /// says why). Nothing to judge.
+    GeneratorError,
     /// Nothing in the reply looks like a diff or a program.
     NoDiff,
     /// Something diff-like that cannot be read as hunks, or an input over the limits.
@@ -55,7 +58,8 @@ pub enum Verdict {
 
 impl Verdict {
     /// The front half's verdicts, in pipeline order.
-    pub const FRONT: [Verdict; 10] = [
+    pub const FRONT: [Verdict; 11] = [
+        Verdict::GeneratorError,
         Verdict::NoDiff,
         Verdict::MalformedDiff,
         Verdict::DoesNotApply,
@@ -73,7 +77,8 @@ impl Verdict {
         [Verdict::Ok, Verdict::Diverged, Verdict::Oom, Verdict::Timeout, Verdict::Crashed];
 
     /// Every verdict: the front half's in pipeline order, then training's failures.
-    pub const ALL: [Verdict; 14] = [
+    pub const ALL: [Verdict; 15] = [
+        Verdict::GeneratorError,
         Verdict::NoDiff,
         Verdict::MalformedDiff,
         Verdict::DoesNotApply,
@@ -93,6 +98,7 @@ impl Verdict {
     /// The verdict's name, as printed, serialised and stored.
     pub fn as_str(self) -> &'static str {
         match self {
+            Verdict::GeneratorError => "generator_error",
             Verdict::NoDiff => "no_diff",
             Verdict::MalformedDiff => "malformed_diff",
             Verdict::DoesNotApply => "does_not_apply",
@@ -239,6 +245,11 @@ pub struct Judgement {
 }
 
 impl Judgement {
+    /// The judgement of a reply that never came: `generator_error`, with the generator's message.
+    pub fn generator_error(message: String) -> Judgement {
+        Judgement { message, ..Judgement::new(Verdict::GeneratorError) }
+    }
+
     fn new(verdict: Verdict) -> Judgement {
         Judgement {
             verdict,

@@ -26,9 +26,6 @@ pub struct Scope {
     /// The built-in operations that may be called (merges aside), when the flow's kind at the
     /// place is known (`check::kinds`); all of them when `None`.
     pub ops: Option<Vec<&'static str>>,
-    /// A value the body binds that may be bound again here: the line binding it was removed
-    /// just before.
-    pub rebind: Option<String>,
     /// Blocks that cannot be called here: the block whose body this is, and those that call it
     /// (a call would make them recursive).
     pub uncallable: Vec<String>,
@@ -213,20 +210,15 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         Expr::alt(sources),
         Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 1, Some(MAX_STAGES - 1)),
     ]);
-    let pipeline = Expr::alt([Expr::seq([stage.clone(), more.clone()]), from_value]);
-    // A binding names a value for a merge. Only a value whose binding was just removed may be
-    // bound (again): its merges are there, while a new name could only be merged by an added
-    // line naming it, which a context-free grammar cannot hold, and binding a name the body
-    // has cannot check. (A new block binds its one value in a line of its own.)
+    let pipeline = g.define(&format!("{p}_pipe"), Expr::alt([Expr::seq([stage.clone(), more.clone()]), from_value]));
     if scope.merge_first {
         return g.define(&format!("{p}_stmt"), Expr::seq([Expr::alt(merges), more]));
     }
-    let targets: Vec<Expr> = scope.rebind.iter().map(Expr::text).collect();
-    let mut stmt = vec![pipeline.clone()];
-    if !targets.is_empty() {
-        stmt.push(Expr::seq([Expr::alt(targets), Expr::text(" = "), Expr::alt([Expr::text("in"), pipeline])]));
-    }
-    g.define(&format!("{p}_stmt"), Expr::alt(stmt))
+    // No bindings: a new name could only be merged by an added line naming it, which a
+    // context-free grammar cannot hold, and binding a name the body has cannot check. A line
+    // of the parent that binds a value may be replaced by another binding of it (`{p}_pipe`
+    // gives what it binds), and a new block binds its one value in a line of its own.
+    g.define(&format!("{p}_stmt"), pipeline)
 }
 
 /// A call of `name` with `params` (name, value, required) whose first `positional` may be
