@@ -8,7 +8,7 @@ use nasc_search::Store;
 use std::path::PathBuf;
 
 fn build_run(dir: &std::path::Path) {
-    let mut store = Store::create(dir, "{}").unwrap();
+    let mut store = Store::create(dir, "{}", &[]).unwrap();
     let mut slot = 0;
     let mut base = |store: &mut Store, dataset: &str, accuracy: f64| {
         let row = NewCandidate {

@@ -86,16 +86,59 @@ pub fn start(config: &SearchConfig, dir: &Path, opts: &RunOptions) -> Result<Sum
         None => generate::DEFAULT_TEMPLATE.to_string(),
     };
     let json = serde_json::to_string(config).expect("the config serialises");
-    let store = Store::create(dir, &json)?;
-    store.set_meta("baselines", &serde_json::to_string(&baselines).expect("strings serialise"))?;
-    store.set_meta("template", &template)?;
-    drive(store, dir, opts)
+    std::fs::create_dir_all(dir).map_err(|e| SearchError(format!("cannot create {}: {e}", dir.display())))?;
+    let lock = RunLock::take(dir)?;
+    let baselines = serde_json::to_string(&baselines).expect("strings serialise");
+    let store = Store::create(dir, &json, &[("baselines", &baselines), ("template", &template)])?;
+    drive(store, dir, opts, lock)
 }
 
 /// Continues the run in `dir`: unfinished candidates are redone, finished ones kept.
 pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary, SearchError> {
     let store = Store::open(dir)?;
-    drive(store, dir, opts)
+    let lock = RunLock::take(dir)?;
+    drive(store, dir, opts, lock)
+}
+
+/// The lock of the process that drives a run: an exclusive lock on `RUN/lock`, which holds its
+/// process id and start time. The operating system lets it go when the process ends, however
+/// it ends, so a killed run can be resumed at once, and two processes never drive one run.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    pub fn take(dir: &Path) -> Result<RunLock, SearchError> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| SearchError(format!("cannot open {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(SearchError(format!(
+                    "{} is being driven by another process ({}); wait for it to end, or stop it first",
+                    dir.display(),
+                    holder.trim()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(SearchError(format!("cannot lock {}: {e}", path.display())))
+            }
+        }
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let _ = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| {
+            write!(file, "process {} since {} (unix time)", std::process::id(), started).and_then(|_| file.flush())
+        });
+        Ok(RunLock { _file: file })
+    }
 }
 
 /// The run's config as stored.
@@ -153,7 +196,7 @@ impl Bars {
     }
 }
 
-fn drive(store: Store, dir: &Path, opts: &RunOptions) -> Result<Summary, SearchError> {
+fn drive(store: Store, dir: &Path, opts: &RunOptions, _lock: RunLock) -> Result<Summary, SearchError> {
     let config = stored_config(&store)?;
     let baselines: Vec<(String, String)> = store
         .meta("baselines")?
@@ -826,4 +869,20 @@ pub fn reeval(dir: &Path, top: usize, epochs: usize, progress: bool) -> Result<R
         kendall_tau: super::report::kendall(&a, &b),
         candidates: out,
     })
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::RunLock;
+
+    #[test]
+    fn one_process_drives_a_run_and_the_next_may_once_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = RunLock::take(dir.path()).unwrap();
+        let second = RunLock::take(dir.path()).err().expect("a second driver is refused");
+        assert!(second.0.contains("being driven by another process"), "{}", second.0);
+        assert!(second.0.contains(&format!("process {}", std::process::id())), "{}", second.0);
+        drop(held);
+        RunLock::take(dir.path()).unwrap();
+    }
 }

@@ -415,23 +415,49 @@ fn now() -> f64 {
 }
 
 impl Store {
-    /// Creates the run folder's database; refuses a folder that already holds one.
-    pub fn create(dir: &Path, config_json: &str) -> Result<Store, StoreError> {
+    /// Creates the run folder's database with its config and `meta` entries, in one
+    /// transaction: a process killed while creating leaves no run, and the next `create`
+    /// starts over. Refuses a folder that already holds one.
+    pub fn create(dir: &Path, config_json: &str, meta: &[(&str, &str)]) -> Result<Store, StoreError> {
         let path = dir.join(DB_FILE);
         if path.exists() {
-            return Err(StoreError(format!(
-                "{} already holds a run; continue it with `nasc search --resume {}` or choose another --out",
-                dir.display(),
-                dir.display()
-            )));
+            if Store::interrupted(&path) {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{suffix}")));
+                }
+            } else {
+                return Err(StoreError(format!(
+                    "{} already holds a run; continue it with `nasc search --resume {}` or choose another --out",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
         }
         std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
-        let store = Store::connect(&path)?;
-        store.conn.execute_batch(SCHEMA).map_err(|e| store.err(e))?;
-        store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?;
-        store.set_meta("config", config_json)?;
-        store.set_meta("created_at", &now().to_string())?;
+        let mut store = Store::connect(&path)?;
+        let path_shown = path.display().to_string();
+        let err = |e: rusqlite::Error| StoreError(format!("{path_shown}: {e}"));
+        let tx = store.conn.transaction().map_err(err)?;
+        tx.execute_batch(SCHEMA).map_err(err)?;
+        let version = SCHEMA_VERSION.to_string();
+        let created = now().to_string();
+        let entries = [("schema_version", version.as_str()), ("config", config_json), ("created_at", created.as_str())];
+        for (key, value) in entries.iter().chain(meta) {
+            tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![key, value]).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
         Ok(store)
+    }
+
+    /// Whether the database at `path` is a creation that never committed (no schema version).
+    fn interrupted(path: &Path) -> bool {
+        let Ok(conn) = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+            return false;
+        };
+        let version: Result<String, _> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0));
+        matches!(version, Err(rusqlite::Error::QueryReturnedNoRows))
+            || matches!(&version, Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table"))
     }
 
     /// Opens the database of an existing run folder.
@@ -649,7 +675,7 @@ mod tests {
     use super::*;
 
     fn store_with_one(dir: &Path) -> (Store, i64) {
-        let store = Store::create(dir, "{}").unwrap();
+        let store = Store::create(dir, "{}", &[]).unwrap();
         let row = NewCandidate {
             dataset: "mnist".into(),
             baseline: "lenet5".into(),
@@ -660,6 +686,20 @@ mod tests {
         };
         let id = store.insert(&row, true).unwrap();
         (store, id)
+    }
+
+    #[test]
+    fn a_creation_that_never_committed_is_started_over_and_a_committed_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a kill between opening the file and committing leaves: a database with no tables.
+        rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap().execute_batch("CREATE TABLE x (a)").unwrap();
+        assert!(Store::open(dir.path()).is_err());
+        let store = Store::create(dir.path(), "{\"a\": 1}", &[("template", "t")]).unwrap();
+        assert_eq!(store.meta("template").unwrap().as_deref(), Some("t"));
+        drop(store);
+        let again = Store::create(dir.path(), "{}", &[]).err().unwrap();
+        assert!(again.0.contains("already holds a run"), "{}", again.0);
+        assert_eq!(Store::open(dir.path()).unwrap().meta("config").unwrap().as_deref(), Some("{\"a\": 1}"));
     }
 
     #[test]
