@@ -436,7 +436,9 @@ fn with_n_replies_per_request_a_group_of_candidates_shares_one_parent_and_one_re
     first.sort_unstable();
     assert_eq!((first.as_slice(), &ns[2..]), ([2, 4].as_slice(), [1, 1].as_slice()), "{ns:?}");
     let all = Store::open(&run).unwrap().all().unwrap();
-    let cands: Vec<_> = all.iter().filter(|c| c.role == Role::Candidate).collect();
+    // Rows are stored as each slot's verdict is final: in slot order here.
+    let mut cands: Vec<_> = all.iter().filter(|c| c.role == Role::Candidate).collect();
+    cands.sort_by_key(|c| c.slot);
     assert_eq!(cands.len(), 6);
     assert!(cands.iter().all(|c| c.front_verdict == Verdict::Ok), "{cands:#?}");
     let mut groups: Vec<(i64, Option<i64>)> = cands.iter().map(|c| (c.slot / 4, c.parent_id)).collect();
@@ -543,4 +545,55 @@ fn a_server_that_ignores_n_is_asked_once_per_reply() {
     g.generate_n(&request(), 2).unwrap();
     let ns: Vec<u64> = seen.lock().unwrap().iter().map(|(_, b)| b["n"].as_u64().unwrap()).collect();
     assert_eq!(ns, [3, 1, 1, 1, 1], "the second group is asked one reply at a time");
+}
+
+/// A group resumed with some of its slots stored asks for replies up to its last missing slot's
+/// place and gives each slot the reply at its place: the run ends with the replies it would have
+/// had without the interruption, never a stored sibling's again.
+#[test]
+fn a_resumed_group_gets_each_missing_slot_its_own_reply() {
+    let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    // Reply i of a request widens the first conv to a width given by the seed and i alone.
+    let (url, _, seen) = serve(move |_, _, body| {
+        let n = body["n"].as_u64().unwrap() as usize;
+        let seed = body["seed"].as_u64().unwrap();
+        let replies: Vec<String> = (0..n)
+            .map(|i| {
+                let width = 8 + (seed % 50) as usize + 60 * i;
+                let wider = lenet.replace("conv(6, k=5)", &format!("conv({width}, k=5)"));
+                let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
+                format!("```diff\n{diff}```\n")
+            })
+            .collect();
+        chat_n(&replies)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = search_config_with(dir.path(), &url, 1, 4, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace("[openai]", "[sampling]\nn = 4\n[openai]");
+    std::fs::write(&config, text).unwrap();
+    let out = nasc_search(&config, &run);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let diffs = |run: &std::path::Path| -> Vec<(i64, String)> {
+        let db = rusqlite::Connection::open(run.join("run.db")).unwrap();
+        let mut q = db.prepare("SELECT slot, diff FROM candidates WHERE role = 'candidate' ORDER BY slot").unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    let whole = diffs(&run);
+    assert_eq!(whole.len(), 4);
+    // As if killed after slots 0 and 1 were stored: slots 2 and 3 are gone.
+    rusqlite::Connection::open(run.join("run.db"))
+        .unwrap()
+        .execute("DELETE FROM candidates WHERE role = 'candidate' AND slot >= 2", [])
+        .unwrap();
+    seen.lock().unwrap().clear();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["search", "--json", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ns: Vec<u64> = seen.lock().unwrap().iter().map(|(_, b)| b["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, [4], "one request, for the group up to its last missing slot");
+    assert_eq!(diffs(&run), whole, "each slot has the reply it had");
 }

@@ -304,4 +304,9 @@ fn a_reply_cut_at_the_token_limit_loses_its_unfinished_line() {
     let j = judge_reply(&base, at_end, true, None, &o);
     assert_eq!(j.verdict, Verdict::Ok, "{}", j.message);
     assert!(!j.tolerances.contains(&Tolerance::Truncated));
+    // Removed lines at the end of a cut reply are a change whose replacement was cut: dropped.
+    let mid_change = "```diff\n--- a/small.arch\n+++ b/small.arch\n@@ -6,5 +6,5 @@\n   relu\n-  conv(32, k=3, p=1)\n+  conv(48, k=3, p=1)\n   bn\n-  relu\n-  ga";
+    let j = judge_reply(&base, mid_change, true, None, &o);
+    assert_eq!(j.verdict, Verdict::Ok, "{}", j.message);
+    assert_eq!(j.program.as_deref(), Some(SMALL.replace("conv(32", "conv(48").as_str()));
 }

@@ -149,6 +149,24 @@ pub fn stored_config(store: &Store) -> Result<SearchConfig, SearchError> {
         .map_err(|e| SearchError(format!("{}: the stored config does not read: {e}", store.path().display())))
 }
 
+/// One slot of a cycle while it is generated and judged.
+struct SlotWork {
+    slot: i64,
+    /// The first slot of this slot's group: the group shares its parent and prompt.
+    lead: i64,
+    /// Its place in the group: the reply of that index in the group's request is its.
+    position: usize,
+    /// Its row is in the store.
+    stored: bool,
+    dataset: String,
+    parent: Candidate,
+    base: Base,
+    request: Request,
+    verdicts: Vec<Verdict>,
+    result: Option<(Judgement, generate::Reply)>,
+    generate_ns: i64,
+}
+
 struct Driver {
     config: SearchConfig,
     store: Store,
@@ -396,18 +414,6 @@ impl Driver {
     /// Generates, judges and records the candidates of `slots`, each with up to `retries` further attempts.
     fn generate(&mut self, cycle: i64, slots: &[i64]) -> Result<(), SearchError> {
         let all = self.store.all()?;
-        struct Work {
-            slot: i64,
-            /// The first slot of this slot's group: the group shares its parent and prompt.
-            lead: i64,
-            dataset: String,
-            parent: Candidate,
-            base: Base,
-            request: Request,
-            verdicts: Vec<Verdict>,
-            result: Option<(Judgement, generate::Reply)>,
-            generate_ns: i64,
-        }
         let mut work = Vec::new();
         // A language model answers `n` candidates of one dataset with one request: slots
         // d, d + D, d + 2D, ... (D datasets) form groups of n that share a parent.
@@ -422,6 +428,7 @@ impl Driver {
             }
             let k = slot / datasets;
             let lead = (k - k % group) * datasets + slot % datasets;
+            let position = (k % group) as usize;
             let seed = slot_seed(self.config.seed, cycle, lead);
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let parent = (0..self.config.tournament)
@@ -433,9 +440,11 @@ impl Driver {
             let prompt = generate::render(&self.template, &program, &dataset, parent.accuracy, &self.config.goal);
             let base = Base::new(&program, &self.options(&dataset));
             let request = Request { prompt, base: program, dataset: dataset.clone(), seed, feedback: Vec::new() };
-            work.push(Work {
+            work.push(SlotWork {
                 slot,
                 lead,
+                position,
+                stored: false,
                 dataset,
                 parent,
                 base,
@@ -471,8 +480,20 @@ impl Driver {
                 }
                 batches.push(vec![i]);
             }
-            let requests: Vec<(Request, usize)> =
-                batches.iter().map(|b| (work[b[0]].request.clone(), b.len())).collect();
+            // A group asks for replies up to its last open slot's place in it, and each slot
+            // takes the reply at its place: a group resumed with some slots done gets the
+            // replies the whole group would have got, never a sibling's again.
+            let requests: Vec<(Request, usize)> = batches
+                .iter()
+                .map(|b| {
+                    let n = if b.len() == 1 && !work[b[0]].request.feedback.is_empty() {
+                        1
+                    } else {
+                        b.iter().map(|&i| work[i].position + 1).max().unwrap_or(1)
+                    };
+                    (work[b[0]].request.clone(), n)
+                })
+                .collect();
             let generator = &*self.generator;
             let answers = generate::parallel(&requests, concurrency, |(r, n)| {
                 if *n == 1 {
@@ -487,7 +508,17 @@ impl Driver {
             let mut replies = Vec::new();
             for (batch, answer) in batches.into_iter().zip(answers) {
                 match answer {
-                    Ok(answer) => replies.extend(batch.into_iter().zip(answer)),
+                    Ok(mut answer) if answer.len() == 1 => replies.push((batch[0], answer.remove(0))),
+                    Ok(answer) => {
+                        let mut answer: Vec<Option<generate::Reply>> = answer.into_iter().map(Some).collect();
+                        for i in batch {
+                            let reply = answer.get_mut(work[i].position).and_then(Option::take);
+                            let reply = reply.ok_or_else(|| {
+                                SearchError(format!("the generator answered too few replies for slot {}", work[i].slot))
+                            })?;
+                            replies.push((i, reply));
+                        }
+                    }
                     Err(e) if e.fatal => return Err(e.into()),
                     Err(e) => {
                         for i in batch {
@@ -531,49 +562,70 @@ impl Driver {
                 }
                 w.result = Some((j, reply));
             }
-        }
-        for w in work {
-            let (j, reply) = w.result.expect("every slot was attempted");
-            let ok = j.verdict == Verdict::Ok;
-            let row = NewCandidate {
-                cycle,
-                slot: w.slot,
-                role: Role::Candidate,
-                dataset: w.dataset.clone(),
-                baseline: w.parent.baseline.clone(),
-                parent_id: Some(w.parent.id),
-                generator: self.generator.name().into(),
-                adapter: self.generator.adapter(),
-                prompt: Some(w.request.prompt.clone()),
-                reply: (j.verdict != Verdict::GeneratorError).then(|| reply.text.clone()),
-                extracted: j.extracted.clone(),
-                diff: j.diff.clone(),
-                program: j.program.clone().or(j.candidate.clone()),
-                attempts: w.verdicts.len() as i64,
-                attempt_verdicts: w.verdicts.clone(),
-                front_verdict: j.verdict,
-                diagnostic: (!j.message.is_empty()).then(|| j.message.clone()),
-                novelty: j.novelty.as_ref().map(|n| format!("{:?}", n.verdict).to_lowercase()),
-                similarity: j.novelty.as_ref().and_then(|n| n.nearest.as_ref()).map(|m| m.similarity),
-                hash: j.hash.clone(),
-                params: j.params.map(|p| p as i64),
-                macs: j.macs.map(|p| p as i64),
-                reply_lines: Some(reply.text.lines().count() as i64),
-                reply_tokens: reply.tokens,
-                diff_lines: j.diff_lines.map(|d| d as i64),
-                generate_ns: w.generate_ns,
-                extract_ns: j.timings.extract_ns as i64,
-                apply_ns: j.timings.apply_ns as i64,
-                parse_ns: j.timings.parse_ns as i64,
-                check_ns: j.timings.check_ns as i64,
-                novelty_ns: j.timings.novelty_ns as i64,
-                tolerances: j.tolerances.iter().map(|t| t.kind().to_string()).collect(),
-            };
-            self.store.insert(&row, ok)?;
-            if !ok {
-                self.finished_here += 1;
-                self.bars.cycle.inc(1);
+            // A slot is stored once its verdict is final (ok, a failure with no retry left, or a
+            // request the server refused), so a kill loses only the slots still in play.
+            for i in 0..work.len() {
+                let w = &work[i];
+                let last = w.verdicts.last().copied();
+                let done = last == Some(Verdict::Ok)
+                    || last == Some(Verdict::GeneratorError)
+                    || (attempt == self.config.retries && last.is_some());
+                if !w.stored && done {
+                    self.record(cycle, &work[i])?;
+                    work[i].stored = true;
+                }
             }
+        }
+        for w in &work {
+            if !w.stored {
+                self.record(cycle, w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a slot's row: `claimed` for training when its verdict is ok, else `finished`.
+    fn record(&mut self, cycle: i64, w: &SlotWork) -> Result<(), SearchError> {
+        let (j, reply) = w.result.as_ref().expect("every slot was attempted");
+        let ok = j.verdict == Verdict::Ok;
+        let row = NewCandidate {
+            cycle,
+            slot: w.slot,
+            role: Role::Candidate,
+            dataset: w.dataset.clone(),
+            baseline: w.parent.baseline.clone(),
+            parent_id: Some(w.parent.id),
+            generator: self.generator.name().into(),
+            adapter: self.generator.adapter(),
+            prompt: Some(w.request.prompt.clone()),
+            reply: (j.verdict != Verdict::GeneratorError).then(|| reply.text.clone()),
+            extracted: j.extracted.clone(),
+            diff: j.diff.clone(),
+            program: j.program.clone().or(j.candidate.clone()),
+            attempts: w.verdicts.len() as i64,
+            attempt_verdicts: w.verdicts.clone(),
+            front_verdict: j.verdict,
+            diagnostic: (!j.message.is_empty()).then(|| j.message.clone()),
+            novelty: j.novelty.as_ref().map(|n| format!("{:?}", n.verdict).to_lowercase()),
+            similarity: j.novelty.as_ref().and_then(|n| n.nearest.as_ref()).map(|m| m.similarity),
+            hash: j.hash.clone(),
+            params: j.params.map(|p| p as i64),
+            macs: j.macs.map(|p| p as i64),
+            reply_lines: Some(reply.text.lines().count() as i64),
+            reply_tokens: reply.tokens,
+            diff_lines: j.diff_lines.map(|d| d as i64),
+            generate_ns: w.generate_ns,
+            extract_ns: j.timings.extract_ns as i64,
+            apply_ns: j.timings.apply_ns as i64,
+            parse_ns: j.timings.parse_ns as i64,
+            check_ns: j.timings.check_ns as i64,
+            novelty_ns: j.timings.novelty_ns as i64,
+            tolerances: j.tolerances.iter().map(|t| t.kind().to_string()).collect(),
+        };
+        self.store.insert(&row, ok)?;
+        if !ok {
+            self.finished_here += 1;
+            self.bars.cycle.inc(1);
         }
         Ok(())
     }

@@ -306,14 +306,14 @@ pub fn judge(base: &Base, reply: &str, archive: Option<&Archive>, opts: &Options
 }
 
 /// [`judge`] for a reply the generator may have cut at its token limit (`truncated`): an
-/// unfinished last line is dropped (tolerance `truncated`) and what came before is judged, so
-/// a diff cut after its change counts as what it says so far instead of failing on half a line.
+/// unfinished last line is dropped, and so are removed lines at the very end (a change whose
+/// replacement was cut off), with the tolerance `truncated`; what came before is judged, so a
+/// diff cut after its change counts as what it says so far instead of failing on half a line.
 pub fn judge_reply(base: &Base, reply: &str, truncated: bool, archive: Option<&Archive>, opts: &Options) -> Judgement {
     let start = Instant::now();
-    let cut = truncated.then(|| reply.rfind('\n')).flatten().filter(|&i| i + 1 < reply.len());
-    let mut j = match cut {
-        Some(i) => {
-            let mut j = run(base, &reply[..=i], archive, opts);
+    let mut j = match truncated.then(|| cut_short(reply)).flatten() {
+        Some(kept) => {
+            let mut j = run(base, kept, archive, opts);
             j.tolerances.insert(0, Tolerance::Truncated);
             j
         }
@@ -321,6 +321,23 @@ pub fn judge_reply(base: &Base, reply: &str, truncated: bool, archive: Option<&A
     };
     j.timings.total_ns = ns(start);
     j
+}
+
+/// What is kept of a reply cut at the token limit: up to its last whole line, less the removed
+/// lines that end it. `None` when nothing is dropped.
+fn cut_short(reply: &str) -> Option<&str> {
+    let mut end = reply.rfind('\n').map_or(0, |i| i + 1);
+    loop {
+        let body = &reply[..end];
+        let start = body[..body.len().saturating_sub(1)].rfind('\n').map_or(0, |i| i + 1);
+        let last = &body[start..];
+        if end > 0 && last.starts_with('-') && !last.starts_with("---") {
+            end = start;
+        } else {
+            break;
+        }
+    }
+    (end < reply.len()).then(|| &reply[..end])
 }
 
 fn ns(since: Instant) -> u64 {
