@@ -680,3 +680,39 @@ fn abusive_requests_get_defined_answers() {
     let (status, v) = s.post("/v1/completions", &prompt(json!({})));
     assert_eq!(status, 200, "{v}");
 }
+
+/// With --api-key every route but /health needs the bearer token, checked before the body is
+/// read: a 401, never a `100 Continue`. Two different Content-Length headers are refused.
+#[test]
+fn an_api_key_guards_every_route_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let s = Server::start(&model, &["--api-key", "s3cret"]);
+    let (status, v) = s.get("/v1/models");
+    assert_error(status, &v, 401, None, "Bearer");
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    let (status, _) = s.get("/health");
+    assert_eq!(status, 200);
+    let with = |key: &str| {
+        let mut r = s.agent.get(format!("{}/v1/models", s.base)).header("Authorization", key).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(with("Bearer s3cret").0, 200);
+    assert_eq!(with("Bearer s3cre").0, 401);
+    assert_eq!(with("s3cret").0, 401);
+    // No 100 Continue for a request that will be refused.
+    let mut raw = TcpStream::connect(s.addr()).unwrap();
+    raw.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // Two lengths that differ.
+    let mut raw = TcpStream::connect(s.addr()).unwrap();
+    raw.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("two different Content-Length"), "{answer}");
+}

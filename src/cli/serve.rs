@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// The folder runtime adapters must be in (with --allow-runtime-lora).
     #[arg(long, value_name = "DIR", requires = "allow_runtime_lora")]
     lora_root: Option<PathBuf>,
+    /// Require `Authorization: Bearer KEY` on every route but /health (default: the
+    /// NASC_API_KEY environment variable, if set). Set one whenever --host is not loopback.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
     /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
     /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: inputs are
     /// rounded to 8 bits and take integer dot products (Q8_0, Q4_0, Q4_1; AVX-512 VNNI where the
@@ -116,6 +120,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode, UsageError> {
         max_batch: a.max_batch,
         kv_cache_bytes: a.kv_cache_bytes.unwrap_or_else(default_kv_budget),
         lora_root,
+        api_key: a.api_key.clone().or_else(|| std::env::var("NASC_API_KEY").ok()).filter(|k| !k.is_empty()),
         load: super::lm::load_options(a.quantized_base),
     };
     nasc_lm::serve::serve(options, listener, a.device).map_err(UsageError)?;

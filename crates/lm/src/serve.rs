@@ -33,6 +33,8 @@ pub struct ServeOptions {
     pub kv_cache_bytes: u64,
     /// Where adapters loaded while serving must be (canonical); `None`: runtime loading is off.
     pub lora_root: Option<PathBuf>,
+    /// The bearer token every route but /health asks for; `None`: none asked.
+    pub api_key: Option<String>,
     /// How the checkpoint loads (a block-quantised base, ...).
     pub load: LoadOptions,
 }
@@ -78,6 +80,7 @@ struct Info {
     created: u64,
     work: mpsc::Sender<Msg>,
     lora_root: Option<PathBuf>,
+    api_key: Option<Arc<str>>,
 }
 
 impl Info {
@@ -153,6 +156,7 @@ impl BackendJob for Job {
             created: now(),
             work: tx,
             lora_root: a.lora_root.clone(),
+            api_key: a.api_key.as_deref().map(Arc::from),
         };
         let addr = self.listener.local_addr().map_err(|e| e.to_string())?;
         let listener = self.listener;
@@ -389,7 +393,9 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
 /// Reads one HTTP/1.x request: request line, headers, and a body of Content-Length bytes.
-fn read_request(conn: &mut BufReader<TcpStream>) -> Result<Request, HttpError> {
+/// With `api_key`, every path but /health needs `Authorization: Bearer KEY`; a request without
+/// it is refused before its body is read (and before any `100 Continue`).
+fn read_request(conn: &mut BufReader<TcpStream>, api_key: Option<&str>) -> Result<Request, HttpError> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
@@ -422,34 +428,62 @@ fn read_request(conn: &mut BufReader<TcpStream>) -> Result<Request, HttpError> {
     }
     let method = req.method.unwrap_or("").to_string();
     let path = req.path.unwrap_or("").split('?').next().unwrap_or("").to_string();
-    let mut length = 0usize;
+    let mut length: Option<usize> = None;
+    let (mut expects_continue, mut authorized) = (false, api_key.is_none() || path == "/health");
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            length = std::str::from_utf8(h.value)
+            let value = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .ok_or_else(|| HttpError::bad("a malformed Content-Length header".into(), None))?;
+            // Two lengths that differ are how requests are smuggled past a proxy.
+            if length.is_some_and(|l| l != value) {
+                return Err(HttpError::bad("two different Content-Length headers".into(), None));
+            }
+            length = Some(value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError {
                 status: 411,
                 ..HttpError::bad("chunked request bodies are not supported; send Content-Length".into(), None)
             });
         } else if h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue") {
-            let _ = conn.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            expects_continue = true;
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            if let (Some(key), Some(token)) = (api_key, h.value.strip_prefix(b"Bearer ")) {
+                authorized |= same_secret(token, key.as_bytes());
+            }
         }
     }
+    if !authorized {
+        return Err(HttpError {
+            status: 401,
+            code: Some("invalid_api_key"),
+            ..HttpError::bad("this server needs `Authorization: Bearer KEY` (its --api-key)".into(), None)
+        });
+    }
+    let length = length.unwrap_or(0);
     if length > MAX_BODY {
         return Err(HttpError { status: 413, ..HttpError::bad(format!("the body is over {MAX_BODY} bytes"), None) });
+    }
+    if expects_continue {
+        let _ = conn.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
     }
     let mut body = vec![0; length];
     conn.read_exact(&mut body).map_err(|e| HttpError::bad(format!("reading the request's body: {e}"), None))?;
     Ok(Request { method, path, body })
 }
 
+/// Compares a token with the key in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         411 => "Length Required",
@@ -477,7 +511,7 @@ fn handle(conn: TcpStream, info: &Info) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
     let Ok(mut writer) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
-    let req = match read_request(&mut reader) {
+    let req = match read_request(&mut reader, info.api_key.as_deref()) {
         Ok(r) => r,
         Err(e) => return respond_error(&mut writer, &e),
     };
