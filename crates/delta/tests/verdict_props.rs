@@ -59,6 +59,9 @@ fn consistent(base: &Base, reply: &str, archive: Option<&Archive>) -> Result<Jud
         Verdict::Diverged | Verdict::Oom | Verdict::Timeout | Verdict::Crashed => {
             prop_assert!(false, "the front half gave the training verdict {}", j.verdict);
         }
+        Verdict::GeneratorError => {
+            prop_assert!(false, "judging a reply gave generator_error, which only a missing reply has");
+        }
     }
     Ok(j)
 }

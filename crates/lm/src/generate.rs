@@ -338,7 +338,7 @@ pub fn argmax(values: &[f32]) -> u32 {
     // NaN is never the best; with nothing but NaN, the first.
     let mut best: Option<usize> = None;
     for (i, &v) in values.iter().enumerate() {
-        if !v.is_nan() && best.map_or(true, |b| v > values[b]) {
+        if !v.is_nan() && best.is_none_or(|b| v > values[b]) {
             best = Some(i);
         }
     }

@@ -564,15 +564,14 @@ impl Driver {
             }
             // A slot is stored once its verdict is final (ok, a failure with no retry left, or a
             // request the server refused), so a kill loses only the slots still in play.
-            for i in 0..work.len() {
-                let w = &work[i];
+            for w in &mut work {
                 let last = w.verdicts.last().copied();
                 let done = last == Some(Verdict::Ok)
                     || last == Some(Verdict::GeneratorError)
                     || (attempt == self.config.retries && last.is_some());
                 if !w.stored && done {
-                    self.record(cycle, &work[i])?;
-                    work[i].stored = true;
+                    self.record(cycle, w)?;
+                    w.stored = true;
                 }
             }
         }
