@@ -62,7 +62,9 @@ fn a_mutate_search_on_fashion_mnist_records_every_candidate_and_reports_them() {
     let lenet = baselines.iter().find(|b| b.baseline == "lenet5").unwrap();
     assert!(lenet.accuracy.unwrap() > 0.4, "{:?}", lenet.accuracy);
     for cycle in 1..=2 {
-        let slots: Vec<i64> = cands.iter().filter(|c| c.cycle == cycle).map(|c| c.slot).collect();
+        // Each slot once (rows are stored as slots become final, so in no fixed order).
+        let mut slots: Vec<i64> = cands.iter().filter(|c| c.cycle == cycle).map(|c| c.slot).collect();
+        slots.sort_unstable();
         assert_eq!(slots, [0, 1, 2, 3], "cycle {cycle}");
     }
     for c in &cands {

@@ -249,9 +249,7 @@ fn a_search_through_an_openai_server_records_replies_tokens_and_retries() {
             return chat("I would make it wider.");
         }
         assert!(body["messages"][0]["content"].as_str().unwrap().contains(" |   conv(6, k=5)"), "numbered lines");
-        let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 6 + 2 * n));
-        let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
-        chat(&format!("Widen the first convolution.\n```diff\n{diff}```\n"))
+        chat(&format!("Widen the first convolution.\n{}", widened(&lenet, 6 + 2 * n)))
     });
     let dir = std::env::temp_dir().join(format!("nasc-openai-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -304,10 +302,8 @@ fn a_refused_request_is_its_candidates_verdict_and_the_run_goes_on() {
                 delay: Duration::ZERO,
             };
         }
-        let width = 8 + body["seed"].as_u64().unwrap() % 64;
-        let wider = lenet.replace("conv(6, k=5)", &format!("conv({width}, k=5)"));
-        let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
-        chat(&format!("```diff\n{diff}```\n"))
+        let width = 8 + (body["seed"].as_u64().unwrap() % 64) as usize;
+        chat(&widened(&lenet, width))
     });
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
@@ -339,11 +335,7 @@ fn between_cycles_the_finetune_command_gets_the_corpus_and_the_generator_the_new
     let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
     // Each reply widens the first conv of whatever program the prompt shows; a wider one
     // trains better often enough, and the test needs only the command and the model name.
-    let (url, _, seen) = serve(move |n, _, _| {
-        let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 8 + 2 * n));
-        let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
-        chat(&format!("```diff\n{diff}```\n"))
-    });
+    let (url, _, seen) = serve(move |n, _, _| chat(&widened(&lenet, 8 + 2 * n)));
     let dir = std::env::temp_dir().join(format!("nasc-openai-ft-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -389,6 +381,13 @@ fn between_cycles_the_finetune_command_gets_the_corpus_and_the_generator_the_new
 }
 
 /// A chat answer with one choice per reply, each with its own token count.
+/// A fenced diff that widens LeNet-5's first convolution to `width` channels.
+fn widened(lenet: &str, width: usize) -> String {
+    let wider = lenet.replace("conv(6, k=5)", &format!("conv({width}, k=5)"));
+    let (diff, _) = nasc_delta::delta::unified(lenet, &wider, "a/program.arch", "b/program.arch");
+    format!("```diff\n{diff}```\n")
+}
+
 fn chat_n(contents: &[String]) -> Answer {
     let choices: Vec<serde_json::Value> = contents
         .iter()
@@ -413,9 +412,7 @@ fn with_n_replies_per_request_a_group_of_candidates_shares_one_parent_and_one_re
                 if n > 1 && i == 1 {
                     return "No change needed.".to_string();
                 }
-                let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 7 + i + 10 * r));
-                let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
-                format!("```diff\n{diff}```\n")
+                widened(&lenet, 7 + i + 10 * r)
             })
             .collect();
         chat_n(&replies)
@@ -455,11 +452,7 @@ fn with_n_replies_per_request_a_group_of_candidates_shares_one_parent_and_one_re
 #[test]
 fn nasc_lm_finetune_is_the_default_step_each_cycle_continues_the_last_adapter_and_the_server_loads_it() {
     let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
-    let (url, _, seen) = serve(move |n, _, _| {
-        let wider = lenet.replace("conv(6, k=5)", &format!("conv({}, k=5)", 7 + n));
-        let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
-        chat(&format!("```diff\n{diff}```\n"))
-    });
+    let (url, _, seen) = serve(move |n, _, _| chat(&widened(&lenet, 7 + n)));
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_lm::tiny_gguf(dir.path());
     // A short prompt, so that the tiny model's 128-token context holds part of each diff; every
@@ -557,14 +550,7 @@ fn a_resumed_group_gets_each_missing_slot_its_own_reply() {
     let (url, _, seen) = serve(move |_, _, body| {
         let n = body["n"].as_u64().unwrap() as usize;
         let seed = body["seed"].as_u64().unwrap();
-        let replies: Vec<String> = (0..n)
-            .map(|i| {
-                let width = 8 + (seed % 50) as usize + 60 * i;
-                let wider = lenet.replace("conv(6, k=5)", &format!("conv({width}, k=5)"));
-                let (diff, _) = nasc_delta::delta::unified(&lenet, &wider, "a/program.arch", "b/program.arch");
-                format!("```diff\n{diff}```\n")
-            })
-            .collect();
+        let replies: Vec<String> = (0..n).map(|i| widened(&lenet, 8 + (seed % 50) as usize + 60 * i)).collect();
         chat_n(&replies)
     });
     let dir = tempfile::tempdir().unwrap();

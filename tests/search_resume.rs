@@ -80,6 +80,7 @@ fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
     let cands: Vec<_> = after.iter().filter(|c| c.role == Role::Candidate).collect();
     assert_eq!(cands.len(), 8, "no candidate lost or counted twice");
     let mut slots: Vec<(i64, i64)> = cands.iter().map(|c| (c.cycle, c.slot)).collect();
+    slots.sort_unstable();
     slots.dedup();
     assert_eq!(slots, [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]);
     for f in &finished {

@@ -309,4 +309,10 @@ fn a_reply_cut_at_the_token_limit_loses_its_unfinished_line() {
     let j = judge_reply(&base, mid_change, true, None, &o);
     assert_eq!(j.verdict, Verdict::Ok, "{}", j.message);
     assert_eq!(j.program.as_deref(), Some(SMALL.replace("conv(32", "conv(48").as_str()));
+    // A block being added when the reply was cut is dropped whole: unclosed, it would swallow
+    // the program after it.
+    let mid_block = "```diff\n--- a/small.arch\n+++ b/small.arch\n@@ -1,3 +1,8 @@\n arch small\n \n+block res(c) {\n+  x = in\n+  conv(c, k=3";
+    let j = judge_reply(&base, mid_block, true, None, &o);
+    assert_ne!(j.verdict, Verdict::ParseError, "{}", j.message);
+    assert!(!j.extracted.as_deref().unwrap_or_default().contains("+block"), "{:?}", j.extracted);
 }

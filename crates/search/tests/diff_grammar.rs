@@ -372,6 +372,11 @@ fn a_body_binds_only_the_value_it_replaces() {
     assert!(checker.accepts(&edit("-  x = in\n+  relu")).is_err(), "x replaced by a line that binds nothing");
     assert!(checker.accepts(&edit("   x = in\n+  x = relu")).is_err(), "a second binding of x");
     assert!(checker.accepts(&edit("+  y = relu\n   x = in")).is_err(), "a value nothing merges");
+    // A value is used only below the line that binds it.
+    checker.accepts(&edit("   x = in\n+  add(x)")).unwrap();
+    checker.accepts(&edit("   x = in\n+  x |> relu")).unwrap();
+    assert!(checker.accepts(&edit("+  add(x)\n   x = in")).is_err(), "x merged above its binding");
+    assert!(checker.accepts(&edit("+  x |> relu\n   x = in")).is_err(), "x used above its binding");
 }
 
 /// A block's body cannot call the block, nor a block that calls it: the program would recurse.

@@ -114,19 +114,45 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let indent = |depth: usize| "  ".repeat(depth);
     // Statements of item k where the flow is of `kind`: only the operations that keep it,
     // defined on first use.
-    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>| -> String {
-        let Some(kind) = kind else { return format!("s{k}") };
+    // Statements of item k where the flow is of `kind` (when known: only the operations that
+    // keep it) and `bound` of the body's values are bound above (only those can be used).
+    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>, bound: usize| -> String {
+        let values = &scopes[k].1.values;
+        let bound = bound.min(values.len());
+        if kind.is_none() && bound == values.len() {
+            return format!("s{k}");
+        }
         let tag = match kind {
-            Kind::Map => "m",
-            Kind::Tokens => "t",
-            Kind::Vector => "v",
+            None => "",
+            Some(Kind::Map) => "m",
+            Some(Kind::Tokens) => "t",
+            Some(Kind::Vector) => "v",
         };
-        let name = format!("s{k}{tag}");
+        let name = format!("s{k}{tag}_b{bound}");
         if g.get(&format!("{name}_stmt")).is_none() {
-            let scope = Scope { ops: Some(kinds::keeping(kind).to_vec()), ..scopes[k].1.clone() };
+            let scope = Scope {
+                ops: kind.map(|kind| kinds::keeping(kind).to_vec()),
+                values: values[..bound].to_vec(),
+                ..scopes[k].1.clone()
+            };
             stmts::define_statement(g, &name, &scope, &callees);
         }
         name
+    };
+    // How many values each line's item has bound above it.
+    let bound_above: Vec<usize> = {
+        let mut out = Vec::with_capacity(n + 1);
+        let mut count = 0;
+        for i in 0..=n {
+            if i > 0 && lines[i - 1].item != item_of(&lines, i) {
+                count = 0;
+            }
+            out.push(count);
+            if i < n && lines[i].depth > 0 && bound_name(lines[i].text).is_some() {
+                count += 1;
+            }
+        }
+        out
     };
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
     // with `calling`, one of them (not in a repeat) calls the block the diff added under that
@@ -195,7 +221,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             // would act on the logits.
             _ if Some(i) == net_close => vec![],
             (d, Some(k)) => {
-                let scope = scope_for(g, k, flow[i]);
+                let scope = scope_for(g, k, flow[i], bound_above[i]);
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
                 if state >= ADDED && (entry.is_none() || flow[i] == entry) {
                     out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));
@@ -244,7 +270,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let binding_scope: Vec<Option<(String, &str)>> = (0..n)
         .map(|i| {
             let v = bound_name(lines[i].text).filter(|_| lines[i].depth > 0)?;
-            Some((scope_for(&mut g, lines[i].item?, flow[i]), v))
+            Some((scope_for(&mut g, lines[i].item?, flow[i], bound_above[i]), v))
         })
         .collect();
     // A `repeat` head may be replaced by one with another count (the body stays).
@@ -470,6 +496,11 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
     }
     // At least one line.
     g.define("new_block_body", Expr::alt(lines_from(entry, false, MAX_BLOCK)))
+}
+
+/// The item of the place before line `i` (the end of the parent has none).
+fn item_of(lines: &[Line], i: usize) -> Option<usize> {
+    lines.get(i).and_then(|l| l.item)
 }
 
 /// The value a statement line binds (`b2 = x |> cbr(r3)`), if it binds one.

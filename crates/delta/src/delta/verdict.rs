@@ -323,10 +323,17 @@ pub fn judge_reply(base: &Base, reply: &str, truncated: bool, archive: Option<&A
     j
 }
 
-/// What is kept of a reply cut at the token limit: up to its last whole line, less the removed
-/// lines that end it. `None` when nothing is dropped.
+/// What is kept of a reply cut at the token limit: up to its last whole line, less a block it
+/// was adding and had not closed, and less the removed lines that then end it. `None` when
+/// nothing is dropped.
 fn cut_short(reply: &str) -> Option<&str> {
     let mut end = reply.rfind('\n').map_or(0, |i| i + 1);
+    // An added block whose closing `+}` was cut would swallow the program after it.
+    if let Some(open) = reply[..end].rfind("\n+block ") {
+        if !reply[open..end].lines().any(|l| l == "+}") {
+            end = open + 1;
+        }
+    }
     loop {
         let body = &reply[..end];
         let start = body[..body.len().saturating_sub(1)].rfind('\n').map_or(0, |i| i + 1);
