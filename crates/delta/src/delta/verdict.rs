@@ -578,7 +578,7 @@ mod tests {
     fn an_unknown_name_is_refused_and_named() {
         let e = "Ok".parse::<Verdict>().unwrap_err();
         assert_eq!(e, UnknownVerdict("Ok".into()));
-        assert!(e.to_string().starts_with("unknown verdict \"Ok\": expected one of no_diff, "), "{e}");
+        assert!(e.to_string().starts_with("unknown verdict \"Ok\": expected one of generator_error, no_diff, "), "{e}");
         assert!(serde_json::from_value::<Verdict>("finished".into()).is_err());
     }
 }
