@@ -172,6 +172,9 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
     for (body, why) in bad {
         assert!(checker.accepts(&fenced(&with(body))).is_err(), "{why}");
     }
+    // It is called with the width of the flow where it goes: 6 channels after `conv(6, k=5)`.
+    let gate_body = with(gate);
+    assert!(checker.accepts(&fenced(&gate_body.replace("+  se(6)", "+  se(7)"))).is_err(), "se(7) on 6 channels");
     // Called where the flow is a vector (after `flatten`, line 17), a map block cannot be.
     let late = "--- a/program.arch\n+++ b/program.arch\n@@ -8,5 +8,12 @@\n arch lenet5\n \n+block res(c) {\n+  conv(c, k=3, p=1)\n+}\n+\n net {\n@@ -17,2 +21,3 @@\n   flatten\n+  res(6)\n   linear(120)\n";
     assert!(checker.accepts(&fenced(late)).is_err(), "a map block called on a vector");

@@ -73,7 +73,9 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let (callees, scopes) = stmts::program_names(&program);
     let mut lines = lines_of(parent);
     let n = lines.len();
-    let flow = binding.map(|b| flow_kinds(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
+    let flows = binding.map(|b| flow_kinds(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
+    let flow: Vec<Option<Kind>> = flows.iter().map(|f| f.map(|(kind, _)| kind)).collect();
+    let width: Vec<Option<u64>> = flows.iter().map(|f| f.and_then(|(_, w)| w)).collect();
     // The net's closing brace, and its last line of code before it, which gives the classes.
     let net = scopes.iter().position(|(name, _)| name.is_none());
     let net_close = (0..n).rev().find(|&i| net.is_some() && lines[i].item == net && lines[i].text.trim() == "}");
@@ -157,8 +159,12 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
     // with `calling`, one of them (not in a repeat) calls the block the diff added under that
     // name.
-    let body_adds = |g: &mut Grammar, scope: &str, depth: usize, calling: Option<usize>| -> Expr {
-        let name = format!("adds_{scope}_d{depth}{}", calling.map(|j| format!("_call{j}")).unwrap_or_default());
+    // With `calling` (j, width), one of the lines calls the block the diff added as j, with the
+    // width of the flow there when it is known.
+    let body_adds = |g: &mut Grammar, scope: &str, depth: usize, calling: Option<(usize, Option<u64>)>| -> Expr {
+        let call_tag =
+            |(j, w): (usize, Option<u64>)| format!("_call{j}{}", w.map(|w| format!("w{w}")).unwrap_or_default());
+        let name = format!("adds_{scope}_d{depth}{}", calling.map(call_tag).unwrap_or_default());
         if g.get(&name).is_some() {
             return Expr::rule(name);
         }
@@ -176,9 +182,15 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         ]);
         let any = Expr::alt([line(depth, stmt.clone()), repeat]);
         let body = match calling {
-            Some(j) => {
+            Some((j, w)) => {
                 let some = Expr::Repeat(Box::new(any), 0, Some(MAX_ADDED / 2));
-                let call = stmts::new_block_call(&new_names[j], Expr::rule(format!("{scope}_int")));
+                // A block the diff adds keeps the width of the flow it is called on (its one
+                // parameter is that width): called with another, its merges cannot match.
+                let arg = match w {
+                    Some(w) => Expr::text(w.to_string()),
+                    None => Expr::rule(format!("{scope}_int")),
+                };
+                let call = stmts::new_block_call(&new_names[j], arg);
                 Expr::seq([some.clone(), line(depth, call), some])
             }
             None => Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED)),
@@ -224,7 +236,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                 let scope = scope_for(g, k, flow[i], bound_above[i]);
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
                 if state >= ADDED && (entry.is_none() || flow[i] == entry) {
-                    out.push((body_adds(g, &scope, d, Some(state - ADDED)), CALLED));
+                    out.push((body_adds(g, &scope, d, Some((state - ADDED, width[i]))), CALLED));
                 }
                 out
             }
@@ -559,23 +571,31 @@ fn lines_of(parent: &str) -> Vec<Line<'_>> {
 /// read off the parent's shape table under `binding`: the kind after the nearest statement
 /// above it in the same item. `None` where it is not one kind (a block called on several), or
 /// the parent does not check.
-fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<Kind>> {
+fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<(Kind, Option<u64>)>> {
     let n = lines.len();
     let Ok(checked) = nasc_lang::check::check_source(parent, binding, &nasc_lang::check::Budget::default()) else {
         return vec![None; n + 1];
     };
-    // The kinds each line's rows give, by 0-based line.
-    let mut after: Vec<Vec<Kind>> = vec![Vec::new(); n];
+    // The kind and width (channels of maps, the last axis otherwise) of a shape.
+    let flow_of = |dims: &[u64]| {
+        let width = if dims.len() == 3 { dims.first() } else { dims.last() };
+        Kind::of_dims(dims).zip(width.copied())
+    };
+    // The flows each line's rows give, by 0-based line.
+    let mut after: Vec<Vec<(Kind, u64)>> = vec![Vec::new(); n];
     for row in checked.table_rows(parent) {
-        if let (Some(kind), Some(slot)) =
-            (Kind::of_dims(&row.dims), row.line.checked_sub(1).and_then(|l| after.get_mut(l)))
-        {
-            if !slot.contains(&kind) {
-                slot.push(kind);
+        if let (Some(flow), Some(slot)) = (flow_of(&row.dims), row.line.checked_sub(1).and_then(|l| after.get_mut(l))) {
+            if !slot.contains(&flow) {
+                slot.push(flow);
             }
         }
     }
-    let input = Kind::of_dims(&binding.input);
+    // One kind, and its width if that is one too (a block called at several widths has none).
+    let one = |flows: &[(Kind, u64)]| -> Option<(Kind, Option<u64>)> {
+        let kind = flows.first()?.0;
+        flows.iter().all(|f| f.0 == kind).then(|| (kind, flows.iter().all(|f| f.1 == flows[0].1).then_some(flows[0].1)))
+    };
+    let input = flow_of(&binding.input);
     (0..=n)
         .map(|i| {
             let item = lines.get(i).and_then(|l| l.item)?;
@@ -583,16 +603,15 @@ fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<Kind
                 if lines[j].item != Some(item) {
                     break;
                 }
-                match after[j].as_slice() {
-                    [] => continue,
-                    [one] => return Some(*one),
-                    _ => return None,
+                if !after[j].is_empty() {
+                    return one(&after[j]);
                 }
             }
             // The top of the item's body: the net starts from the input; a block, from wherever
             // it is called.
             let head = lines[..i].iter().rposition(|l| l.item == Some(item) && l.depth == 0)?;
-            lines[head].text.trim_start().starts_with("net").then_some(input).flatten()
+            let (kind, width) = lines[head].text.trim_start().starts_with("net").then_some(input).flatten()?;
+            Some((kind, Some(width)))
         })
         .collect()
 }
