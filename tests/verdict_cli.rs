@@ -169,7 +169,7 @@ fn grammar_prints_the_parents_diff_grammar_as_lark_or_gbnf() {
     let typed = nasc(&["grammar", "zoo/lenet5.arch", "--dataset", "fashion-mnist"]);
     assert!(typed.status.success(), "{}", String::from_utf8_lossy(&typed.stderr));
     let typed = String::from_utf8(typed.stdout).unwrap();
-    assert!(typed.contains("s0v_stmt") && typed.contains("s0m_stmt"), "{typed}");
+    assert!(typed.contains("s0v_b0_stmt") && typed.contains("s0m_b0_stmt"), "{typed}");
     let unknown = nasc(&["grammar", "zoo/lenet5.arch", "--dataset", "nope"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("--dataset nope: unknown"));
