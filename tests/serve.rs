@@ -716,3 +716,43 @@ fn an_api_key_guards_every_route_but_health() {
     raw.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("two different Content-Length"), "{answer}");
 }
+
+/// Connections are capped (past the cap, a 503, not a thread each) and a request has one
+/// deadline to arrive whole: a client trickling a byte at a time gets a 408, and the idle ones
+/// are let go, after which the server serves again.
+#[test]
+fn connections_are_capped_and_a_trickling_client_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let s = Server::start(&model, &["--max-connections", "2", "--request-timeout", "1"]);
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(s.addr()).unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut third = TcpStream::connect(s.addr()).unwrap();
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // The idle connections are answered 408 once the deadline passes.
+    for mut c in idle {
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    // A request trickled a byte every 300 ms does not arrive within the second it has.
+    let mut slow = TcpStream::connect(s.addr()).unwrap();
+    let started = std::time::Instant::now();
+    for b in b"GET /v1/models HTTP/1.1\r\n" {
+        if slow.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if started.elapsed() > std::time::Duration::from_secs(3) {
+            break;
+        }
+    }
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    let (status, _) = s.get("/v1/models");
+    assert_eq!(status, 200);
+}

@@ -67,6 +67,13 @@ pub struct ServeArgs {
     /// NASC_API_KEY environment variable, if set). Set one whenever --host is not loopback.
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
+    /// The most connections served at once; more are answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_connections: usize,
+    /// Seconds a client may take to send a whole request, and each write of the answer; past
+    /// them, a 408 (a client trickling bytes cannot hold a connection).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    request_timeout: f64,
     /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
     /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: inputs are
     /// rounded to 8 bits and take integer dot products (Q8_0, Q4_0, Q4_1; AVX-512 VNNI where the
@@ -120,6 +127,13 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode, UsageError> {
         max_batch: a.max_batch,
         kv_cache_bytes: a.kv_cache_bytes.unwrap_or_else(default_kv_budget),
         lora_root,
+        max_connections: a.max_connections.max(1),
+        request_timeout: std::time::Duration::try_from_secs_f64(a.request_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                UsageError(format!("--request-timeout {}: a positive number of seconds", a.request_timeout))
+            })?,
         api_key: a.api_key.clone().or_else(|| std::env::var("NASC_API_KEY").ok()).filter(|k| !k.is_empty()),
         load: super::lm::load_options(a.quantized_base),
     };

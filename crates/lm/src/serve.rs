@@ -35,6 +35,11 @@ pub struct ServeOptions {
     pub lora_root: Option<PathBuf>,
     /// The bearer token every route but /health asks for; `None`: none asked.
     pub api_key: Option<String>,
+    /// The most connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// The longest a client may take to send a whole request (and each write of the answer);
+    /// past it, a 408.
+    pub request_timeout: Duration,
     /// How the checkpoint loads (a block-quantised base, ...).
     pub load: LoadOptions,
 }
@@ -81,6 +86,7 @@ struct Info {
     work: mpsc::Sender<Msg>,
     lora_root: Option<PathBuf>,
     api_key: Option<Arc<str>>,
+    request_timeout: Duration,
 }
 
 impl Info {
@@ -157,13 +163,36 @@ impl BackendJob for Job {
             work: tx,
             lora_root: a.lora_root.clone(),
             api_key: a.api_key.as_deref().map(Arc::from),
+            request_timeout: a.request_timeout,
         };
         let addr = self.listener.local_addr().map_err(|e| e.to_string())?;
         let listener = self.listener;
+        let max_connections = a.max_connections;
         std::thread::spawn(move || {
+            // A thread per connection, at most `max_connections` at once: past that, or when a
+            // thread cannot be started, the connection is answered 503 and closed (never a
+            // panic of the acceptor).
+            let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             for conn in listener.incoming().flatten() {
-                let info = info.clone();
-                std::thread::spawn(move || handle(conn, &info));
+                use std::sync::atomic::Ordering;
+                if open.fetch_add(1, Ordering::SeqCst) >= max_connections {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    refuse_busy(conn);
+                    continue;
+                }
+                let (info, open2) = (info.clone(), open.clone());
+                let Ok(spare) = conn.try_clone() else {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                };
+                let started = std::thread::Builder::new().spawn(move || {
+                    handle(conn, &info);
+                    open2.fetch_sub(1, Ordering::SeqCst);
+                });
+                if started.is_err() {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    refuse_busy(spare);
+                }
             }
         });
         eprintln!("nasc serve: {} on http://{addr}/v1 (model {})", a.model.display(), a.base_name);
@@ -395,12 +424,32 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Reads one HTTP/1.x request: request line, headers, and a body of Content-Length bytes.
 /// With `api_key`, every path but /health needs `Authorization: Bearer KEY`; a request without
 /// it is refused before its body is read (and before any `100 Continue`).
-fn read_request(conn: &mut BufReader<TcpStream>, api_key: Option<&str>) -> Result<Request, HttpError> {
+fn read_request(
+    conn: &mut BufReader<TcpStream>,
+    api_key: Option<&str>,
+    timeout: Duration,
+) -> Result<Request, HttpError> {
+    // One deadline for the whole request, not a timeout per read: a client trickling a byte at
+    // a time cannot hold its thread.
+    let deadline = std::time::Instant::now() + timeout;
+    let late =
+        || HttpError { status: 408, ..HttpError::bad(format!("the request took over {timeout:?} to arrive"), None) };
+    let arm = |conn: &mut BufReader<TcpStream>| -> Result<(), HttpError> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(late());
+        }
+        conn.get_ref().set_read_timeout(Some(left)).map_err(|e| HttpError::bad(e.to_string(), None))
+    };
     let mut head = Vec::new();
     loop {
+        arm(conn)?;
         let mut line = Vec::new();
         let n = conn.by_ref().take((MAX_HEAD + 1 - head.len().min(MAX_HEAD)) as u64).read_until(b'\n', &mut line);
-        let n = n.map_err(|e| HttpError::bad(format!("reading the request: {e}"), None))?;
+        let n = n.map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => late(),
+            _ => HttpError::bad(format!("reading the request: {e}"), None),
+        })?;
         if n == 0 {
             return Err(HttpError::bad("the connection closed before the request's headers ended".into(), None));
         }
@@ -469,8 +518,30 @@ fn read_request(conn: &mut BufReader<TcpStream>, api_key: Option<&str>) -> Resul
         let _ = conn.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
     }
     let mut body = vec![0; length];
-    conn.read_exact(&mut body).map_err(|e| HttpError::bad(format!("reading the request's body: {e}"), None))?;
+    let mut filled = 0;
+    while filled < length {
+        arm(conn)?;
+        match conn.read(&mut body[filled..]) {
+            Ok(0) => return Err(HttpError::bad("the connection closed before the request's body ended".into(), None)),
+            Ok(k) => filled += k,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(late())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(HttpError::bad(format!("reading the request's body: {e}"), None)),
+        }
+    }
     Ok(Request { method, path, body })
+}
+
+/// Answers a connection the server has no room for: 503, and closes it.
+fn refuse_busy(mut conn: TcpStream) {
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    let e = HttpError {
+        status: 503,
+        ..HttpError::server("the server has as many connections open as it serves (--max-connections); retry".into())
+    };
+    respond_error(&mut conn, &e);
 }
 
 /// Compares a token with the key in time that does not depend on where they differ.
@@ -487,7 +558,9 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         411 => "Length Required",
+        408 => "Request Timeout",
         413 => "Payload Too Large",
+        503 => "Service Unavailable",
         431 => "Request Header Fields Too Large",
         _ => "Internal Server Error",
     }
@@ -508,10 +581,10 @@ fn respond_error(conn: &mut TcpStream, e: &HttpError) {
 }
 
 fn handle(conn: TcpStream, info: &Info) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = conn.set_write_timeout(Some(info.request_timeout));
     let Ok(mut writer) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
-    let req = match read_request(&mut reader, info.api_key.as_deref()) {
+    let req = match read_request(&mut reader, info.api_key.as_deref(), info.request_timeout) {
         Ok(r) => r,
         Err(e) => return respond_error(&mut writer, &e),
     };
