@@ -770,61 +770,54 @@ const FIELDS: &[&str] = &[
     "prompt_cache_key",
 ];
 
+/// When a field nasc does not implement may still come: at the value that asks for nothing.
+type Neutral = fn(&Value, &serde_json::Map<String, Value>) -> bool;
+
+/// The fields of OpenAI's and vLLM's requests that nasc does not implement, each with its
+/// neutral values.
+const UNSUPPORTED: &[(&str, Neutral)] = &[
+    ("logprobs", |v, _| matches!(v, Value::Null | Value::Bool(false))),
+    ("echo", |v, _| matches!(v, Value::Null | Value::Bool(false))),
+    ("ignore_eos", |v, _| matches!(v, Value::Null | Value::Bool(false))),
+    ("parallel_tool_calls", |v, _| matches!(v, Value::Null | Value::Bool(false))),
+    ("top_logprobs", |v, _| v.is_null() || v.as_i64() == Some(0)),
+    ("best_of", |v, obj| v.is_null() || v.as_i64() == Some(1) || obj.get("n") == Some(v)),
+    ("suffix", |v, _| v.is_null() || v.as_str() == Some("")),
+    ("tools", |v, _| v.is_null() || v.as_array().is_some_and(Vec::is_empty)),
+    ("functions", |v, _| v.is_null() || v.as_array().is_some_and(Vec::is_empty)),
+    ("tool_choice", |v, _| v.is_null() || v.as_str() == Some("none")),
+    ("function_call", |v, _| v.is_null() || v.as_str() == Some("none")),
+    ("logit_bias", |v, _| v.is_null() || v.as_object().is_some_and(serde_json::Map::is_empty)),
+    ("repetition_penalty", |v, _| v.is_null() || v.as_f64() == Some(1.0)),
+    ("min_p", |v, _| v.is_null() || v.as_f64() == Some(0.0)),
+];
+
 /// Refuses, by name, a field nasc does not implement, unless it holds the value that asks for
-/// nothing (`logprobs: false`, `echo: false`, `best_of: 1`, `tools: []`, ...): a client must
-/// never get a reply that silently ignored what it asked.
+/// nothing (`logprobs: false`, `echo: false`, `best_of: 1`, `tools: []`, ...), and any field it
+/// does not know: a client must never get a reply that silently ignored what it asked.
 fn unsupported_fields(obj: &serde_json::Map<String, Value>) -> Result<(), HttpError> {
     for (key, v) in obj {
         if FIELDS.contains(&key.as_str()) {
             continue;
         }
-        let neutral = match key.as_str() {
-            "logprobs" | "echo" | "ignore_eos" | "parallel_tool_calls" => matches!(v, Value::Null | Value::Bool(false)),
-            "top_logprobs" => v.is_null() || v.as_i64() == Some(0),
-            "best_of" => v.is_null() || v.as_i64() == Some(1) || obj.get("n") == Some(v),
-            "suffix" => v.is_null() || v.as_str() == Some(""),
-            "tools" | "functions" => v.is_null() || v.as_array().is_some_and(Vec::is_empty),
-            "tool_choice" | "function_call" => v.is_null() || v.as_str() == Some("none"),
-            "logit_bias" => v.is_null() || v.as_object().is_some_and(serde_json::Map::is_empty),
-            "repetition_penalty" => v.is_null() || v.as_f64() == Some(1.0),
-            "min_p" => v.is_null() || v.as_f64() == Some(0.0),
-            _ => {
+        match UNSUPPORTED.iter().find(|(name, _)| name == key) {
+            Some((_, neutral)) if neutral(v, obj) => {}
+            Some((name, _)) => {
+                return Err(HttpError::bad(
+                    format!("'{name}' is not supported by nasc serve; remove it or give it its neutral value"),
+                    Some(name),
+                ))
+            }
+            None => {
                 let shown: String = key.chars().take(64).collect();
                 return Err(HttpError::bad(
                     format!("'{shown}' is not a field nasc serve knows; remove it (see `nasc serve --help`)"),
                     None,
                 ));
             }
-        };
-        if !neutral {
-            return Err(HttpError::bad(
-                format!("'{key}' is not supported by nasc serve; remove it or give it its neutral value"),
-                param_name(key),
-            ));
         }
     }
     Ok(())
-}
-
-/// A refused field's name as the error's `param` (a `&'static str`).
-fn param_name(key: &str) -> Option<&'static str> {
-    const NAMED: &[&str] = &[
-        "logprobs",
-        "echo",
-        "ignore_eos",
-        "parallel_tool_calls",
-        "top_logprobs",
-        "best_of",
-        "suffix",
-        "tools",
-        "functions",
-        "tool_choice",
-        "function_call",
-        "logit_bias",
-        "repetition_penalty",
-        "min_p",
-    ];
-    NAMED.iter().find(|n| **n == key).copied()
 }
 
 /// Checks a request body and turns it into work for the model thread.

@@ -114,8 +114,6 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // can, so the call names exactly the block added.
     let new_names = fresh_names(&callees);
     let indent = |depth: usize| "  ".repeat(depth);
-    // Statements of item k where the flow is of `kind`: only the operations that keep it,
-    // defined on first use.
     // Statements of item k where the flow is of `kind` (when known: only the operations that
     // keep it) and `bound` of the body's values are bound above (only those can be used).
     let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>, bound: usize| -> String {
@@ -124,13 +122,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         if kind.is_none() && bound == values.len() {
             return format!("s{k}");
         }
-        let tag = match kind {
-            None => "",
-            Some(Kind::Map) => "m",
-            Some(Kind::Tokens) => "t",
-            Some(Kind::Vector) => "v",
-        };
-        let name = format!("s{k}{tag}_b{bound}");
+        let name = format!("s{k}{}_b{bound}", kind_tag(kind));
         if g.get(&format!("{name}_stmt")).is_none() {
             let scope = Scope {
                 ops: kind.map(|kind| kinds::keeping(kind).to_vec()),
@@ -222,9 +214,8 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // What may be added before line i (or at the end, i = n) in a state, and the state after it.
     let states: Vec<usize> = [NONE, CALLED].into_iter().chain((0..new_names.len()).map(|j| ADDED + j)).collect();
     let depth_at = |i: usize| if i < n { lines[i].depth } else { 0 };
-    let item_at = |i: usize| if i < n { lines[i].item } else { None };
     let adds_at = |g: &mut Grammar, i: usize, state: usize| -> Vec<(Expr, usize)> {
-        match (depth_at(i), item_at(i)) {
+        match (depth_at(i), item_of(&lines, i)) {
             (0, _) | (_, None) if state < ADDED => {
                 top_adds.iter().enumerate().map(|(j, a)| (a.clone(), ADDED + j)).collect()
             }
@@ -440,12 +431,7 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
         Some(_) => vec![Some(Kind::Map), Some(Kind::Tokens), Some(Kind::Vector)],
         None => vec![None],
     };
-    let tag = |k: Option<Kind>| match k {
-        None => "a",
-        Some(Kind::Map) => "m",
-        Some(Kind::Tokens) => "t",
-        Some(Kind::Vector) => "v",
-    };
+    let tag = kind_tag;
     let changes = |from: Option<Kind>, to: Option<Kind>| match (from, to) {
         (Some(a), Some(b)) if a != b => kinds::changing(a, b),
         _ => &[],
@@ -508,6 +494,16 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
     }
     // At least one line.
     g.define("new_block_body", Expr::alt(lines_from(entry, false, MAX_BLOCK)))
+}
+
+/// The letter rule names give a kind of flow (none when it is not known).
+fn kind_tag(kind: Option<Kind>) -> &'static str {
+    match kind {
+        None => "",
+        Some(Kind::Map) => "m",
+        Some(Kind::Tokens) => "t",
+        Some(Kind::Vector) => "v",
+    }
 }
 
 /// The item of the place before line `i` (the end of the parent has none).

@@ -112,14 +112,12 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
     if scope.open {
         window_names.push(Expr::rule("st_letter"));
     }
+    // A name, perhaps with one operator (`p=k / 2`).
+    let named_window = (!window_names.is_empty())
+        .then(|| Expr::seq([Expr::alt(window_names), Expr::opt(Expr::seq([op.clone(), atom.clone()]))]));
     let window = |from_zero: bool| {
         let literal = Expr::rule(if from_zero { "st_pad" } else { "st_size" });
-        if window_names.is_empty() {
-            return literal;
-        }
-        // A name, perhaps with one operator (`p=k / 2`).
-        let named = Expr::seq([Expr::alt(window_names.clone()), Expr::opt(Expr::seq([op.clone(), atom.clone()]))]);
-        Expr::alt([literal, named])
+        Expr::alt([literal].into_iter().chain(named_window.clone()))
     };
     let value_of = |op: &str, param: &str, ty: Ty| match ty {
         Ty::Int if is_window(op, param) => window(param == "p"),
@@ -156,15 +154,12 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
                 // A pool's padding is at most half its kernel: with a number for the kernel, the
                 // calls that fit it (shared by every scope); with a name, any padding.
                 let mut forms = pool_calls(g, sig.name, params);
-                if !window_names.is_empty() {
+                if let Some(named) = &named_window {
                     let typed: Vec<(&str, Expr, bool)> = params
                         .iter()
                         .map(|q: &ParamSpec| {
                             let value = match q.name {
-                                "k" => Expr::seq([
-                                    Expr::alt(window_names.clone()),
-                                    Expr::opt(Expr::seq([op.clone(), atom.clone()])),
-                                ]),
+                                "k" => named.clone(),
                                 _ => value_of(sig.name, q.name, q.ty),
                             };
                             (q.name, value, matches!(q.default, ArgDefault::Required))
@@ -307,11 +302,8 @@ fn pool_calls(g: &mut Grammar, op: &str, params: &[ParamSpec]) -> Vec<Expr> {
                     let value = match q.name {
                         "k" => alt_texts(&kernels),
                         "p" => pads.clone(),
-                        "s" => Expr::rule("st_size"),
-                        _ => match q.ty {
-                            Ty::Bool => Expr::rule("st_bool"),
-                            _ => Expr::rule("st_size"),
-                        },
+                        _ if q.ty == Ty::Bool => Expr::rule("st_bool"),
+                        _ => Expr::rule("st_size"),
                     };
                     (q.name, value, matches!(q.default, ArgDefault::Required))
                 })
