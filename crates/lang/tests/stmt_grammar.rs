@@ -99,14 +99,23 @@ fn statements_drawn_from_the_typed_grammar_parse_where_they_go() {
         let (callees, scopes) = program_names(&program);
         assert_eq!(scopes.len(), program.order.len());
         let mut g = Grammar::default();
-        for (k, (_, scope)) in scopes.iter().enumerate() {
-            let stmt = define_statement(&mut g, &format!("s{k}"), scope, &callees);
+        // Each body's scope as it is, and locked as a place that must keep the flow's shape is.
+        let locked = |scope: &Scope| Scope {
+            keep_size: true,
+            widths: Some(scope.numbers.first().cloned().into_iter().chain(["64".to_string()]).collect()),
+            merges: Some(vec![("add", scope.values.clone()), ("concat", scope.values.clone())]),
+            sources: Some(scope.values.clone()),
+            ..scope.clone()
+        };
+        let scopes = scopes.iter().flat_map(|(_, s)| [s.clone(), locked(s)]);
+        for (k, scope) in scopes.enumerate() {
+            let stmt = define_statement(&mut g, &format!("s{k}"), &scope, &callees);
             let mut rng = Rng(0x9e37_79b9 + k as u64 + drawn as u64);
             for i in 0..150 {
                 let mut line = String::new();
                 draw(&g, &stmt, &mut rng, 0, &mut line);
                 derived.accepts(&line).unwrap_or_else(|e| panic!("{name}: `{line}` is not an arch.pest line: {e}"));
-                let patched = with_line(&src, &program, k, &line);
+                let patched = with_line(&src, &program, k / 2, &line);
                 parse(&patched)
                     .unwrap_or_else(|e| panic!("{name}, item {k}, draw {i}: `{line}` does not parse: {}", e.message));
                 drawn += 1;
@@ -148,7 +157,7 @@ fn a_block_the_grammar_lets_a_diff_add_parses() {
     let program = parse(&src).unwrap();
     let (callees, _) = program_names(&program);
     let mut g = Grammar::default();
-    let scope = Scope { open: true, values: vec!["x".into()], ..Scope::default() };
+    let scope = Scope { numbers: vec!["c".into()], values: vec!["x".into()], ..Scope::default() };
     let stmt = define_statement(&mut g, "snew", &scope, &callees);
     let params = define_block_params(&mut g);
     let mut rng = Rng(11);

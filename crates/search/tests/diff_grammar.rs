@@ -172,6 +172,21 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
     for (body, why) in bad {
         assert!(checker.accepts(&fenced(&with(body))).is_err(), "{why}");
     }
+    // x is merged only while the flow keeps its shape: windows that keep the size, widths of
+    // `c`, the gate vector of width `c`.
+    checker.accepts(&fenced(&with("+  x = in\n+  maxpool(k=3, s=1, p=1)\n+  conv(c, k=5, p=2)\n+  add(x)\n"))).unwrap();
+    let reshaped = [
+        ("+  x = in\n+  maxpool(k=2)\n+  add(x)\n", "merging x after halving the map"),
+        ("+  x = in\n+  conv(c, k=3)\n+  add(x)\n", "merging x after a convolution that shrinks the map"),
+        ("+  x = in\n+  conv(16, k=3, p=1)\n+  add(x)\n", "merging x after changing the width"),
+        ("+  x = in\n+  gap\n+  linear(c / 4)\n+  mul(x)\n", "gating by a vector of another width"),
+        ("+  bn\n+  x = in\n+  add(x)\n", "a line before `x = in`, which drops it"),
+    ];
+    for (body, why) in reshaped {
+        assert!(checker.accepts(&fenced(&with(body))).is_err(), "{why}");
+    }
+    // The parameter is `c`, which the body names.
+    assert!(checker.accepts(&fenced(&with(gate).replace("se(c)", "se(k)"))).is_err(), "a parameter other than c");
     // It is called with the width of the flow where it goes: 6 channels after `conv(6, k=5)`.
     let gate_body = with(gate);
     assert!(checker.accepts(&fenced(&gate_body.replace("+  se(6)", "+  se(7)"))).is_err(), "se(7) on 6 channels");
@@ -191,6 +206,62 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
     };
     checker.accepts(&fenced(&block("+  linear(c)\n+  relu\n"))).unwrap();
     assert!(checker.accepts(&fenced(&block("+  conv(c, k=3)\n"))).is_err(), "a convolution in an MLP");
+}
+
+/// With the dataset known, a line added where the rest of the parent needs the flow's shape
+/// keeps it (found by checking the parent with a probe line there): in ResNet-18's basic block,
+/// before `add(x)`, no window that resizes and no width but `c`; merges only of values of the
+/// flow's shape; before the stem's identity blocks, only their width.
+#[test]
+fn with_a_dataset_added_lines_keep_the_shape_that_later_lines_need() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/resnet18.arch")).unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, fmnist).unwrap()).unwrap();
+    let lines: Vec<&str> = parent.lines().collect();
+    // `line` added after parent line `after` (1-based), with two lines of context before it.
+    let insert = |after: usize, line: &str| {
+        let ctx = |l: usize| format!(" {}\n", lines[l - 1]);
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -{},4 +{},5 @@\n{}{}{}+  {line}\n{}",
+            after - 2,
+            after - 2,
+            ctx(after - 2),
+            ctx(after - 1),
+            ctx(after),
+            ctx(after + 1)
+        ))
+    };
+    let at =
+        |text: &str, nth: usize| lines.iter().enumerate().filter(|(_, l)| l.trim() == text).nth(nth).unwrap().0 + 1;
+    // basic(c): after its second convolution, before `bn` and `add(x)`.
+    let basic = at("conv(c, k=3, p=1, bias=false)", 1);
+    for ok in ["relu", "maxpool(k=3, s=1, p=1)", "conv(c, k=5, p=2, bias=false)", "dwconv(k=3, p=1)", "add(x)"] {
+        checker.accepts(&insert(basic, ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in [
+        "maxpool(k=2)",
+        "conv(c, k=3, s=2, p=1)",
+        "conv(c, k=3)",
+        "conv(64, k=3, p=1)",
+        "adaptive_avgpool(4)",
+        "concat(x)",
+    ] {
+        assert!(checker.accepts(&insert(basic, bad)).is_err(), "{bad} before basic's add(x)");
+    }
+    // down(c): after the stride-2 convolution x is twice the flow's size: no merge of it.
+    let down = at("conv(c, k=3, s=2, p=1, bias=false)", 0);
+    checker.accepts(&insert(down, "conv(c, k=3, p=1)")).unwrap();
+    for bad in ["add(x)", "mul(x)", "concat(x)", "x |> relu"] {
+        assert!(checker.accepts(&insert(down, bad)).is_err(), "{bad} after down's stride");
+    }
+    // The stem, before basic(64): its width is 64, its size free.
+    let stem = at("conv(64, k=3, p=1, bias=false)", 0);
+    for ok in ["conv(64, k=5, p=2)", "maxpool(k=2)", "basic(64)"] {
+        checker.accepts(&insert(stem, ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in ["conv(32, k=3, p=1)", "conv(classes, k=3)", "down(128)"] {
+        assert!(checker.accepts(&insert(stem, bad)).is_err(), "{bad} before basic(64)");
+    }
 }
 
 /// With the dataset known, a line added where the flow is a vector offers no pooling or

@@ -73,7 +73,9 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let (callees, scopes) = stmts::program_names(&program);
     let mut lines = lines_of(parent);
     let n = lines.len();
-    let flows = binding.map(|b| flow_kinds(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
+    let shapes = binding.map(|b| flow_shapes(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
+    let flows: Vec<Option<(Kind, Option<u64>)>> =
+        shapes.iter().map(|s| s.as_deref().and_then(kind_and_width)).collect();
     let flow: Vec<Option<Kind>> = flows.iter().map(|f| f.map(|(kind, _)| kind)).collect();
     let width: Vec<Option<u64>> = flows.iter().map(|f| f.and_then(|(_, w)| w)).collect();
     // The net's closing brace, and its last line of code before it, which gives the classes.
@@ -114,25 +116,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // can, so the call names exactly the block added.
     let new_names = fresh_names(&callees);
     let indent = |depth: usize| "  ".repeat(depth);
-    // Statements of item k where the flow is of `kind` (when known: only the operations that
-    // keep it) and `bound` of the body's values are bound above (only those can be used).
-    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>, bound: usize| -> String {
-        let values = &scopes[k].1.values;
-        let bound = bound.min(values.len());
-        if kind.is_none() && bound == values.len() {
-            return format!("s{k}");
-        }
-        let name = format!("s{k}{}_b{bound}", kind_tag(kind));
-        if g.get(&format!("{name}_stmt")).is_none() {
-            let scope = Scope {
-                ops: kind.map(|kind| kinds::keeping(kind).to_vec()),
-                values: values[..bound].to_vec(),
-                ..scopes[k].1.clone()
-            };
-            stmts::define_statement(g, &name, &scope, &callees);
-        }
-        name
-    };
+    let depth_at = |i: usize| if i < n { lines[i].depth } else { 0 };
     // How many values each line's item has bound above it.
     let bound_above: Vec<usize> = {
         let mut out = Vec::with_capacity(n + 1);
@@ -148,9 +132,62 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         }
         out
     };
-    // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation;
-    // with `calling`, one of them (not in a repeat) calls the block the diff added under that
-    // name.
+    // What lines added at each place must keep, where the dataset is known (a probe per
+    // property, checked).
+    let found: Vec<Option<Lock>> = (0..=n)
+        .map(|i| {
+            let (binding, k, (kind, w)) = (binding?, item_of(&lines, i)?, flows[i]?);
+            if depth_at(i) == 0 || Some(i) == net_close {
+                return None;
+            }
+            let values = &scopes[k].1.values;
+            let bound = &values[..bound_above[i].min(values.len())];
+            Some(Lock::at(&lines, i, depth_at(i), kind, w, &scopes[k].1.numbers, bound, binding))
+        })
+        .collect();
+    // The distinct locks, and each place's.
+    let mut lock_table: Vec<Lock> = Vec::new();
+    let locks: Vec<Option<usize>> = found
+        .into_iter()
+        .map(|l| {
+            let l = l?;
+            Some(lock_table.iter().position(|m| *m == l).unwrap_or_else(|| {
+                lock_table.push(l);
+                lock_table.len() - 1
+            }))
+        })
+        .collect();
+    // Statements of item k where the flow is of `kind` (when known: only the operations that
+    // keep it) and `bound` of the body's values are bound above (only those can be used); with
+    // `lock` (an index into `lock_table`), keeping what the place must.
+    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>, bound: usize, lock: Option<usize>| -> String {
+        let values = &scopes[k].1.values;
+        let bound = bound.min(values.len());
+        if kind.is_none() && bound == values.len() && lock.is_none() {
+            return format!("s{k}");
+        }
+        let id = lock;
+        let lock = lock.map(|id| &lock_table[id]);
+        let name = format!("s{k}{}_b{bound}{}", kind_tag(kind), id.map(|id| format!("_l{id}")).unwrap_or_default());
+        if g.get(&format!("{name}_stmt")).is_none() {
+            let mut scope = Scope {
+                ops: kind.map(|kind| kinds::keeping(kind).to_vec()),
+                values: values[..bound].to_vec(),
+                ..scopes[k].1.clone()
+            };
+            if let Some(l) = lock {
+                scope.keep_size = l.size;
+                scope.widths = l.widths.clone();
+                scope.merges = Some(l.merges.clone());
+                scope.sources = Some(l.sources.clone());
+            }
+            stmts::define_statement(g, &name, &scope, &callees);
+        }
+        name
+    };
+    // Whether line i leaves the flow's shape as it found it (at every call of its block).
+    let neutral = |i: usize| shapes[i].is_some() && shapes[i] == shapes[i + 1];
+    // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation.
     // With `calling` (j, width), one of the lines calls the block the diff added as j, with the
     // width of the flow there when it is known.
     let body_adds = |g: &mut Grammar, scope: &str, depth: usize, calling: Option<(usize, Option<u64>)>| -> Expr {
@@ -213,8 +250,9 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // added and not yet called (the diff cannot end: an uncalled block changes no network).
     // What may be added before line i (or at the end, i = n) in a state, and the state after it.
     let states: Vec<usize> = [NONE, CALLED].into_iter().chain((0..new_names.len()).map(|j| ADDED + j)).collect();
-    let depth_at = |i: usize| if i < n { lines[i].depth } else { 0 };
-    let adds_at = |g: &mut Grammar, i: usize, state: usize| -> Vec<(Expr, usize)> {
+    // With `locked`, the added lines keep what the place must (they go between lines of the
+    // parent); without, they replace a line that changed the shape, and are typed by kind only.
+    let adds_at = |g: &mut Grammar, i: usize, state: usize, locked: bool| -> Vec<(Expr, usize)> {
         match (depth_at(i), item_of(&lines, i)) {
             (0, _) | (_, None) if state < ADDED => {
                 top_adds.iter().enumerate().map(|(j, a)| (a.clone(), ADDED + j)).collect()
@@ -224,7 +262,8 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             // would act on the logits.
             _ if Some(i) == net_close => vec![],
             (d, Some(k)) => {
-                let scope = scope_for(g, k, flow[i], bound_above[i]);
+                let lock = locks[i].filter(|_| locked);
+                let scope = scope_for(g, k, flow[i], bound_above[i], lock);
                 let mut out = vec![(body_adds(g, &scope, d, None), state)];
                 if state >= ADDED && (entry.is_none() || flow[i] == entry) {
                     out.push((body_adds(g, &scope, d, Some((state - ADDED, width[i]))), CALLED));
@@ -273,7 +312,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let binding_scope: Vec<Option<(String, &str)>> = (0..n)
         .map(|i| {
             let v = bound_name(lines[i].text).filter(|_| lines[i].depth > 0)?;
-            Some((scope_for(&mut g, lines[i].item?, flow[i], bound_above[i]), v))
+            Some((scope_for(&mut g, lines[i].item?, flow[i], bound_above[i], None), v))
         })
         .collect();
     // A `repeat` head may be replaced by one with another count (the body stays).
@@ -332,7 +371,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // least one); hunk_i: a hunk starting at line i.
     for i in (0..=n).rev() {
         for &state in &states {
-            let adds = adds_at(&mut g, i, state);
+            let adds = adds_at(&mut g, i, state, true);
             let end = r(format!("after_{i}_{state}"));
             let then = |suffix: &str| -> Vec<Expr> {
                 adds.iter().map(|(a, s)| Expr::seq([a.clone(), r(format!("added_{i}_{s}{suffix}"))])).collect()
@@ -349,7 +388,8 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             if i > 0 && lines[i - 1].removable {
                 let text = lines[i - 1].text;
                 let excluded = Excluded::StartingWith(format!("+{text}\n"));
-                let again: Vec<Expr> = adds
+                let replacing = if neutral(i - 1) { adds.clone() } else { adds_at(&mut g, i, state, false) };
+                let again: Vec<Expr> = replacing
                     .iter()
                     .map(|(a, s)| {
                         let a = not_again(a, excluded.clone());
@@ -419,81 +459,150 @@ fn entry_kind(lines: &[Line], flow: &[Option<Kind>], net: Option<usize>) -> Opti
 }
 
 /// The body of a new block called on a flow of kind `entry` (any kind when the dataset is not
-/// known), one line at a time as a walk over kinds and one value: a line keeps the kind
-/// (`check::kinds::keeping`) or changes it (`gap`: maps to a vector); `x = in` binds the flow
-/// once, as the block's one value; after it, lines may take `x` and merges of it give the entry
-/// kind back (a residual adds the block's input, a squeeze-excitation gate multiplies the maps
-/// by a vector). It ends on the entry kind, as the place it is called needs, after at most
-/// [`MAX_BLOCK`] lines. A context-free grammar cannot keep the names a model makes up, so the
-/// value is always `x`, bound at most once, and merged only once bound.
+/// known), one line at a time as a walk over kinds and one value. Its parameter is `c`, the
+/// width of the flow it is called on; a line keeps the kind (`check::kinds::keeping`) or changes
+/// it (`gap`: maps to a vector). The block's one value is `x`, bound by `x = in` as its first
+/// line or never: lines before it would be dropped. Once bound, and while the flow keeps x's
+/// shape (lines that preserve it: `kinds::preserving`, windows that keep the size, widths of
+/// `c`), merges of `x` may follow (`add(x)`, a residual); a `gap` of such a flow is a vector of
+/// width `c`, which stays one through lines that keep it and `linear(c)`, and `mul(x)` gates the
+/// maps by it (squeeze-excitation). It ends on the entry kind, as the place it is called needs,
+/// after at most [`MAX_BLOCK`] lines. A context-free grammar cannot keep the names a model
+/// makes up, so the value is always `x` and the parameter `c`.
 fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee]) -> Expr {
-    let kinds: Vec<Option<Kind>> = match entry {
-        Some(_) => vec![Some(Kind::Map), Some(Kind::Tokens), Some(Kind::Vector)],
-        None => vec![None],
-    };
-    let tag = kind_tag;
-    let changes = |from: Option<Kind>, to: Option<Kind>| match (from, to) {
-        (Some(a), Some(b)) if a != b => kinds::changing(a, b),
-        _ => &[],
-    };
-    // Scopes: per kind, with x bound or not (no merges: those come apart), the changes of
-    // kind, and the merges of x.
-    let scope = |ops: Option<&[&'static str]>, bound: bool, no_merges: bool| Scope {
-        open: true,
-        ops: ops.map(<[&str]>::to_vec),
-        values: if bound { vec!["x".to_string()] } else { Vec::new() },
-        no_merges,
-        ..Scope::default()
-    };
-    for &k in &kinds {
-        for bound in [false, true] {
-            let name = format!("snew{}{}", tag(k), if bound { "x" } else { "" });
-            stmts::define_statement(g, &name, &scope(k.map(kinds::keeping), bound, true), callees);
-        }
-        for &to in &kinds {
-            if !changes(k, to).is_empty() {
-                let name = format!("snew{}{}", tag(k), tag(to));
-                stmts::define_statement(g, &name, &scope(Some(changes(k, to)), false, true), callees);
+    let Some(entry) = entry else { return untyped_block_body(g, callees) };
+    let all = [Kind::Map, Kind::Tokens, Kind::Vector];
+    let tag = |k: Kind| kind_tag(Some(k));
+    let base = Scope { numbers: vec!["c".to_string()], no_merges: true, ..Scope::default() };
+    // Free lines per kind, and the changes of kind, x bound or not (free lines do not use x:
+    // its shape may not be the flow's).
+    for k in all {
+        stmts::define_statement(
+            g,
+            &format!("snew{}", tag(k)),
+            &Scope { ops: Some(kinds::keeping(k).to_vec()), ..base.clone() },
+            callees,
+        );
+        for to in all {
+            if to != k && !kinds::changing(k, to).is_empty() {
+                let ops = Some(kinds::changing(k, to).to_vec());
+                stmts::define_statement(
+                    g,
+                    &format!("snew{}{}", tag(k), tag(to)),
+                    &Scope { ops, ..base.clone() },
+                    callees,
+                );
             }
         }
     }
-    // Merges of x, whose branches and what follows work on the entry kind.
-    let merging = Scope { merge_first: true, ..scope(entry.map(kinds::keeping), true, false) };
-    stmts::define_statement(g, "snewj", &merging, callees);
+    // Lines that keep x's shape, merges of x among them.
+    let windows = ["conv", "dwconv", "maxpool", "avgpool", "linear"];
+    let mut same: Vec<&'static str> = kinds::preserving(entry).to_vec();
+    same.extend(kinds::keeping(entry).iter().filter(|op| windows.contains(op)));
+    let x = vec!["x".to_string()];
+    let keep = Scope {
+        ops: Some(same),
+        keep_size: true,
+        widths: Some(vec!["c".to_string()]),
+        values: x.clone(),
+        sources: Some(x.clone()),
+        merges: Some(vec![("add", x.clone()), ("mul", x.clone())]),
+        no_merges: false,
+        ..base.clone()
+    };
+    stmts::define_statement(g, "snews", &keep, callees);
+    // A vector of width c, from the gap of maps of x's shape (a gate, once `mul(x)` merges it).
+    let gate = entry == Kind::Map;
+    if gate {
+        let mut ops: Vec<&'static str> = kinds::preserving(Kind::Vector).to_vec();
+        ops.push("linear");
+        let scope = Scope { ops: Some(ops), widths: Some(vec!["c".to_string()]), ..base.clone() };
+        stmts::define_statement(g, "snewg", &scope, callees);
+    }
     let line = |stmt: Expr| Expr::seq([Expr::text("+  "), stmt, Expr::text("\n")]);
-    let stmt = |scope: String| Expr::rule(format!("{scope}_stmt"));
-    // The lines that may come next with the flow of kind k, x bound or not, and r lines left.
-    let lines_from = |k: Option<Kind>, bound: bool, r: u32| -> Vec<Expr> {
-        if r == 0 {
-            return Vec::new();
+    let stmt = |scope: &str| Expr::rule(format!("{scope}_stmt"));
+    // States: u{kind}, x never bound; s, x bound and the flow of its shape; g, the gate vector;
+    // o{kind}, x bound and the flow of another shape. `nb_{state}_{r}`: r lines left.
+    let to = |state: &str, r: u32| Expr::rule(format!("nb_{state}_{}", r - 1));
+    // The lines that may come next in each state, with r > 0 lines left.
+    let lines_from = |state: &str, r: u32| -> Vec<Expr> {
+        let (bound, kind) = match state {
+            "s" => (true, entry),
+            "g" => (true, Kind::Vector),
+            _ => (state.starts_with('o'), all.into_iter().find(|&k| state[1..] == *tag(k)).unwrap_or(entry)),
+        };
+        let other = |k: Kind| format!("{}{}", if bound { "o" } else { "u" }, tag(k));
+        let mut alts = Vec::new();
+        match state {
+            "s" => {
+                alts.push(Expr::seq([line(stmt("snews")), to("s", r)]));
+                if gate {
+                    alts.push(Expr::seq([line(Expr::text("gap")), to("g", r)]));
+                }
+            }
+            "g" => {
+                alts.push(Expr::seq([line(stmt("snewg")), to("g", r)]));
+                alts.push(Expr::seq([line(Expr::text("mul(x)")), to("s", r)]));
+            }
+            _ if bound && gate && kind == Kind::Vector => {
+                alts.push(Expr::seq([line(Expr::rule("nb_linear_c")), to("g", r)]));
+            }
+            _ => {}
         }
-        let next =
-            |to: Option<Kind>, b: bool| Expr::rule(format!("nb_{}{}_{}", tag(to), if b { "x" } else { "" }, r - 1));
-        let mut alts =
-            vec![Expr::seq([line(stmt(format!("snew{}{}", tag(k), if bound { "x" } else { "" }))), next(k, bound)])];
-        if bound {
-            alts.push(Expr::seq([line(stmt("snewj".to_string())), next(entry, true)]));
-        } else {
-            alts.push(Expr::seq([line(Expr::text("x = in")), next(k, true)]));
-        }
-        for &to in &kinds {
-            if !changes(k, to).is_empty() {
-                alts.push(Expr::seq([line(stmt(format!("snew{}{}", tag(k), tag(to)))), next(to, bound)]));
+        alts.push(Expr::seq([line(stmt(&format!("snew{}", tag(kind)))), to(&other(kind), r)]));
+        for k in all {
+            if k != kind && !kinds::changing(kind, k).is_empty() {
+                alts.push(Expr::seq([line(stmt(&format!("snew{}{}", tag(kind), tag(k)))), to(&other(k), r)]));
             }
         }
         alts
     };
+    let mut states = vec!["s".to_string()];
+    if gate {
+        states.push("g".to_string());
+    }
+    for k in all {
+        states.push(format!("u{}", tag(k)));
+        states.push(format!("o{}", tag(k)));
+    }
     for r in 0..MAX_BLOCK {
-        for &k in &kinds {
-            for bound in [false, true] {
-                let end = (k == entry).then_some(Expr::Empty);
-                let name = format!("nb_{}{}_{r}", tag(k), if bound { "x" } else { "" });
-                g.define(&name, Expr::alt(end.into_iter().chain(lines_from(k, bound, r))));
-            }
+        for state in &states {
+            let kind = match state.as_str() {
+                "s" => Some(entry),
+                "g" => None,
+                _ => all.into_iter().find(|&k| state[1..] == *tag(k)),
+            };
+            let end = (kind == Some(entry)).then_some(Expr::Empty);
+            let alts = if r == 0 { Vec::new() } else { lines_from(state, r) };
+            g.define(&format!("nb_{state}_{r}"), Expr::alt(end.into_iter().chain(alts)));
         }
     }
-    // At least one line.
-    g.define("new_block_body", Expr::alt(lines_from(entry, false, MAX_BLOCK)))
+    // Split as the statements split it: llguidance's lexer does not back out of a longer
+    // literal (`linear(c)` against `linear(` and `c / 4`).
+    let bias = Expr::seq([Expr::text(", "), Expr::text("bias="), Expr::alt([Expr::text("true"), Expr::text("false")])]);
+    g.define("nb_linear_c", Expr::seq([Expr::text("linear("), Expr::text("c"), Expr::opt(bias), Expr::text(")")]));
+    // At least one line: `x = in`, or a line of a body that never binds it.
+    let first = Expr::seq([line(Expr::text("x = in")), to("s", MAX_BLOCK)]);
+    g.define("new_block_body", Expr::alt([first].into_iter().chain(lines_from(&format!("u{}", tag(entry)), MAX_BLOCK))))
+}
+
+/// [`new_block_body`] where the kind of flow is not known: any operation and any block of the
+/// parent, and merges of `x` once `x = in` (its first line) binds it.
+fn untyped_block_body(g: &mut Grammar, callees: &[stmts::Callee]) -> Expr {
+    let base = Scope { numbers: vec!["c".to_string()], no_merges: true, ..Scope::default() };
+    stmts::define_statement(g, "snew", &base, callees);
+    let bound = Scope { values: vec!["x".to_string()], no_merges: false, ..base };
+    stmts::define_statement(g, "snewx", &bound, callees);
+    let line = |stmt: &str| Expr::seq([Expr::text("+  "), Expr::rule(format!("{stmt}_stmt")), Expr::text("\n")]);
+    for r in 0..MAX_BLOCK {
+        for (state, scope) in [("u", "snew"), ("b", "snewx")] {
+            let more = (r > 0).then(|| Expr::seq([line(scope), Expr::rule(format!("nb_{state}_{}", r - 1))]));
+            g.define(&format!("nb_{state}_{r}"), Expr::alt([Expr::Empty].into_iter().chain(more)));
+        }
+    }
+    let first = Expr::seq([Expr::text("+  x = in\n"), Expr::rule(format!("nb_b_{}", MAX_BLOCK - 1))]);
+    let other = Expr::seq([line("snew"), Expr::rule(format!("nb_u_{}", MAX_BLOCK - 1))]);
+    g.define("new_block_body", Expr::alt([first, other]))
 }
 
 /// The letter rule names give a kind of flow (none when it is not known).
@@ -563,35 +672,27 @@ fn lines_of(parent: &str) -> Vec<Line<'_>> {
     out
 }
 
-/// The kind of the flow at each place a line may be added (before parent line i, i = 0..=n),
-/// read off the parent's shape table under `binding`: the kind after the nearest statement
-/// above it in the same item. `None` where it is not one kind (a block called on several), or
-/// the parent does not check.
-fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<(Kind, Option<u64>)>> {
+/// The shapes of the flow at each place a line may be added (before parent line i, i = 0..=n),
+/// read off the parent's shape table under `binding`: those after the nearest statement above
+/// it in the same item, one per call of a block, sorted. `None` where they are not known (the
+/// top of a block's body, or a parent that does not check).
+fn flow_shapes(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<Vec<Vec<u64>>>> {
     let n = lines.len();
     let Ok(checked) = nasc_lang::check::check_source(parent, binding, &nasc_lang::check::Budget::default()) else {
         return vec![None; n + 1];
     };
-    // The kind and width (channels of maps, the last axis otherwise) of a shape.
-    let flow_of = |dims: &[u64]| {
-        let width = if dims.len() == 3 { dims.first() } else { dims.last() };
-        Kind::of_dims(dims).zip(width.copied())
-    };
-    // The flows each line's rows give, by 0-based line.
-    let mut after: Vec<Vec<(Kind, u64)>> = vec![Vec::new(); n];
+    // The shapes each line's rows give, by 0-based line.
+    let mut after: Vec<Vec<Vec<u64>>> = vec![Vec::new(); n];
     for row in checked.table_rows(parent) {
-        if let (Some(flow), Some(slot)) = (flow_of(&row.dims), row.line.checked_sub(1).and_then(|l| after.get_mut(l))) {
-            if !slot.contains(&flow) {
-                slot.push(flow);
+        if let Some(slot) = row.line.checked_sub(1).and_then(|l| after.get_mut(l)) {
+            if Kind::of_dims(&row.dims).is_some() && !slot.contains(&row.dims) {
+                slot.push(row.dims.clone());
             }
         }
     }
-    // One kind, and its width if that is one too (a block called at several widths has none).
-    let one = |flows: &[(Kind, u64)]| -> Option<(Kind, Option<u64>)> {
-        let kind = flows.first()?.0;
-        flows.iter().all(|f| f.0 == kind).then(|| (kind, flows.iter().all(|f| f.1 == flows[0].1).then_some(flows[0].1)))
-    };
-    let input = flow_of(&binding.input);
+    for slot in &mut after {
+        slot.sort();
+    }
     (0..=n)
         .map(|i| {
             let item = lines.get(i).and_then(|l| l.item)?;
@@ -600,16 +701,90 @@ fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<(Kin
                     break;
                 }
                 if !after[j].is_empty() {
-                    return one(&after[j]);
+                    return Some(after[j].clone());
                 }
             }
             // The top of the item's body: the net starts from the input; a block, from wherever
             // it is called.
             let head = lines[..i].iter().rposition(|l| l.item == Some(item) && l.depth == 0)?;
-            let (kind, width) = lines[head].text.trim_start().starts_with("net").then_some(input).flatten()?;
-            Some((kind, Some(width)))
+            lines[head].text.trim_start().starts_with("net").then(|| vec![binding.input.to_vec()])
         })
         .collect()
+}
+
+/// The kind of a place's shapes, and their width (channels of maps, the last axis otherwise)
+/// when that is one too: a block called at several widths has none.
+fn kind_and_width(shapes: &[Vec<u64>]) -> Option<(Kind, Option<u64>)> {
+    let width = |dims: &Vec<u64>| if dims.len() == 3 { dims.first().copied() } else { dims.last().copied() };
+    let kind = Kind::of_dims(shapes.first()?)?;
+    if !shapes.iter().all(|d| Kind::of_dims(d) == Some(kind)) {
+        return None;
+    }
+    let w = width(&shapes[0]);
+    Some((kind, shapes.iter().all(|d| width(d) == w).then_some(w).flatten()))
+}
+
+/// What lines added at one place must keep so that the rest of the parent still checks, found
+/// by checking the parent with a probe line there (`Lock::at`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Lock {
+    /// A map's size: a line that halves it (`maxpool(k=2)`) does not check here.
+    size: bool,
+    /// The widths a line may write, when one that doubles the width does not check here.
+    widths: Option<Vec<String>>,
+    /// The merges that check here, each with the values (bound above) it may take.
+    merges: Vec<(&'static str, Vec<String>)>,
+    /// The values a pipeline may start from here (`in`, bound names): those of the flow's shape.
+    sources: Vec<String>,
+}
+
+impl Lock {
+    /// The lock of the place before line `i`, where the flow is of `kind` and `width` and the
+    /// item's integer names are `numbers` and its values bound above `values`.
+    #[allow(clippy::too_many_arguments)]
+    fn at(
+        lines: &[Line],
+        i: usize,
+        depth: usize,
+        kind: Kind,
+        width: Option<u64>,
+        numbers: &[String],
+        values: &[String],
+        binding: Binding,
+    ) -> Lock {
+        let budget = nasc_lang::check::Budget::default();
+        let checks = |probe: &str| {
+            let mut src = String::new();
+            for l in &lines[..i] {
+                src.push_str(l.text);
+                src.push('\n');
+            }
+            src.push_str(&"  ".repeat(depth));
+            src.push_str(probe);
+            src.push('\n');
+            for l in &lines[i..] {
+                src.push_str(l.text);
+                src.push('\n');
+            }
+            nasc_lang::check::check_source(&src, binding, &budget).is_ok()
+        };
+        let size = kind == Kind::Map && !checks("maxpool(k=2)");
+        // A width no place has: double the flow's, or one many group counts divide.
+        let widen = |w: &str| if kind == Kind::Map { format!("conv({w}, k=1)") } else { format!("linear({w})") };
+        let widths = (!checks(&widen(&width.map_or(96, |w| 2 * w).to_string()))).then(|| {
+            let candidates = width.map(|w| w.to_string()).into_iter().chain(numbers.iter().cloned());
+            candidates.filter(|w| checks(&widen(w))).collect()
+        });
+        let merges = ["add", "mul", "concat"]
+            .into_iter()
+            .map(|m| (m, values.iter().filter(|v| checks(&format!("{m}({v})"))).cloned().collect()))
+            .collect();
+        let sources = std::iter::once("in".to_string())
+            .chain(values.iter().cloned())
+            .filter(|v| checks(&format!("{v} |> identity")))
+            .collect();
+        Lock { size, widths, merges, sources }
+    }
 }
 
 /// [`diff_grammar`] as Lark, for llguidance (`nasc serve`, vLLM's llguidance backend).

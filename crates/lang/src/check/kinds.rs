@@ -52,6 +52,29 @@ pub fn keeping(kind: Kind) -> &'static [&'static str] {
     table.iter().find(|(k, _)| *k == kind).map(|(_, ops)| ops.as_slice()).unwrap_or(&[])
 }
 
+/// The built-in operations whose plain call leaves a flow of `kind` exactly as it was, shape
+/// and all (`bn`, `relu`, `dropout`, `attn` on tokens): lines of these may go where the shape
+/// must be kept (before a merge with a value bound earlier). Windows and widths (`conv`,
+/// `maxpool`, `linear`) are not among them: those keep a shape only with some arguments.
+pub fn preserving(kind: Kind) -> &'static [&'static str] {
+    static TABLE: OnceLock<Vec<(Kind, Vec<&'static str>)>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        Kind::ALL
+            .iter()
+            .map(|&k| {
+                let (before, after) = k.probe();
+                // The value bound before the operation, added back after it: equal shapes only.
+                // Integers are 2, which changes what a window can change (`maxpool(k=2)`).
+                let bound = format!("{before}\n  y = identity");
+                let ops =
+                    OPS.iter().filter(|s| probe_with(s, (&bound, &format!("add(y)\n  {after}")), &[0])).map(|s| s.name);
+                (k, ops.collect())
+            })
+            .collect()
+    });
+    table.iter().find(|(k, _)| *k == kind).map(|(_, ops)| ops.as_slice()).unwrap_or(&[])
+}
+
 /// The built-in operations (not merges) that take a flow of kind `from` to one of kind `to`
 /// (`gap` and `flatten` take maps to a vector); none when the two are the same.
 pub fn changing(from: Kind, to: Kind) -> &'static [&'static str] {
@@ -78,10 +101,15 @@ fn keeps(sig: &Signature, kind: Kind) -> bool {
 
 /// Whether some plain call of `sig` checks between the lines `before` and `after` of a net.
 fn probe(sig: &Signature, (before, after): (&str, &str)) -> bool {
+    probe_with(sig, (before, after), &[0, 1])
+}
+
+/// [`probe`] with the given fills of required integers: 0, all 2; 1, 1, 2, 3, ... in order.
+fn probe_with(sig: &Signature, (before, after): (&str, &str), fills: &[usize]) -> bool {
     let Args::Params { params, .. } = sig.args else { return false };
     let Some(binding) = binding::dataset("fashion-mnist") else { return false };
     // Required parameters all 2, or 1, 2, 3, ... in order (a slice needs lo < hi).
-    (0..2).any(|fill| {
+    fills.iter().any(|&fill| {
         let mut next = 0;
         let args: Vec<String> = params
             .iter()
@@ -125,5 +153,20 @@ mod tests {
         assert!(!to_vector.contains(&"conv") && !to_vector.contains(&"linear"), "{to_vector:?}");
         assert_eq!(changing(Kind::Map, Kind::Tokens), ["patch"]);
         assert!(changing(Kind::Vector, Kind::Map).is_empty());
+    }
+
+    #[test]
+    fn preserving_ops_keep_the_shape_exactly() {
+        let maps = preserving(Kind::Map);
+        for op in ["bn", "relu", "dropout", "identity", "sigmoid"] {
+            assert!(maps.contains(&op), "{op} keeps a map's shape: {maps:?}");
+        }
+        for op in ["conv", "maxpool", "adaptive_avgpool", "slice", "gap"] {
+            assert!(!maps.contains(&op), "{op} can change a map's shape: {maps:?}");
+        }
+        let tokens = preserving(Kind::Tokens);
+        assert!(tokens.contains(&"attn") && tokens.contains(&"ln") && !tokens.contains(&"cls_token"), "{tokens:?}");
+        let vectors = preserving(Kind::Vector);
+        assert!(vectors.contains(&"relu") && !vectors.contains(&"linear"), "{vectors:?}");
     }
 }

@@ -20,9 +20,6 @@ pub struct Scope {
     pub numbers: Vec<String>,
     /// Values bound in the body (`x = in`), which merges (`add(x)`) take.
     pub values: Vec<String>,
-    /// A block the diff adds: its parameter is not known in advance, so any one-letter name is
-    /// allowed where a number goes. (Its values are given in `values`, as a parent's are.)
-    pub open: bool,
     /// The built-in operations that may be called (merges aside), when the flow's kind at the
     /// place is known (`check::kinds`); all of them when `None`.
     pub ops: Option<Vec<&'static str>>,
@@ -34,6 +31,18 @@ pub struct Scope {
     pub no_merges: bool,
     /// Every statement starts with a merge (`add(x |> conv(c, k=1))`, then what follows it).
     pub merge_first: bool,
+    /// Where the map's size must stay (a later merge, or a small map): convolutions and pools
+    /// only in forms that keep it (stride 1, an odd kernel, padding half of it), and no other
+    /// operation that resizes (`adaptive_avgpool`).
+    pub keep_size: bool,
+    /// Where the width must stay: the widths a convolution, a linear layer or a call of a
+    /// block may write (none: those calls are left out), and no `slice`. `None`: any width.
+    pub widths: Option<Vec<String>>,
+    /// The merges that check here, each with the values it may take, bare. `None`: every merge
+    /// of every value in `values`, through branches.
+    pub merges: Option<Vec<(&'static str, Vec<String>)>>,
+    /// The values a pipeline may start from (`in`, bound names). `None`: `in` and `values`.
+    pub sources: Option<Vec<String>>,
 }
 
 /// A block of the program that statements may call: its parameters, and whether each has a default.
@@ -87,7 +96,6 @@ fn shared(g: &mut Grammar) {
     g.define_token("st_size", Expr::alt([class(&[('1', '9')]), Expr::seq([Expr::text("1"), class(&[('0', '5')])])]));
     g.define_token("st_pad", class(&[('0', '9')]));
     g.define("st_bool", alt_texts(["true", "false"]));
-    g.define_token("st_letter", class(&[('a', 'z')]));
 }
 
 /// Defines, under names starting with `{prefix}_`, the statement lines a body of `scope` may
@@ -99,19 +107,13 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
     // Integers: literals and the scope's names, with at most one operator (`c / 4`, `cin * t`).
     let mut names: Vec<Expr> = vec![Expr::text("classes")];
     names.extend(scope.numbers.iter().map(Expr::text));
-    if scope.open {
-        names.push(Expr::rule("st_letter"));
-    }
     let atom = g.define(&format!("{p}_int_atom"), Expr::alt([Expr::rule("st_integer"), Expr::alt(names)]));
     let op = alt_texts([" * ", " / ", " + ", " - "]);
     let int =
         g.define(&format!("{p}_int"), Expr::seq([atom.clone(), Expr::opt(Expr::seq([op.clone(), atom.clone()]))]));
     // A window's sizes (kernel, stride, padding, dilation of convolutions and pools) are small
     // numbers or the scope's names, never arithmetic: `s=64` on a 28-pixel image cannot check.
-    let mut window_names: Vec<Expr> = scope.numbers.iter().map(Expr::text).collect();
-    if scope.open {
-        window_names.push(Expr::rule("st_letter"));
-    }
+    let window_names: Vec<Expr> = scope.numbers.iter().map(Expr::text).collect();
     // A name, perhaps with one operator (`p=k / 2`).
     let named_window = (!window_names.is_empty())
         .then(|| Expr::seq([Expr::alt(window_names), Expr::opt(Expr::seq([op.clone(), atom.clone()]))]));
@@ -119,7 +121,9 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         let literal = Expr::rule(if from_zero { "st_pad" } else { "st_size" });
         Expr::alt([literal].into_iter().chain(named_window.clone()))
     };
+    let widths = scope.widths.as_ref().map(alt_texts);
     let value_of = |op: &str, param: &str, ty: Ty| match ty {
+        Ty::Int if is_width(op, param) && widths.is_some() => widths.clone().unwrap_or(Expr::Empty),
         Ty::Int if is_window(op, param) => window(param == "p"),
         Ty::Pad if is_window(op, param) => Expr::alt([window(true), Expr::text("same")]),
         Ty::Int => int.clone(),
@@ -137,11 +141,27 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         let branch = Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 0, Some(MAX_STAGES));
         g.define(&format!("{p}_merge_arg"), Expr::seq([name, branch]))
     });
+    let no_width = scope.widths.as_ref().is_some_and(Vec::is_empty);
     for sig in OPS {
         let rule = format!("{p}_op_{}", sig.name);
         let body = match sig.args {
+            Args::Values if scope.no_merges => continue,
+            Args::Values if scope.merges.is_some() => {
+                let typed = scope.merges.iter().flatten().find(|(m, _)| *m == sig.name);
+                let Some((_, values)) = typed.filter(|(_, v)| !v.is_empty()) else { continue };
+                // Through a branch only where every stage keeps the shape, as the value's did.
+                let branch = (scope.keep_size && scope.widths.is_some()).then(|| {
+                    Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 0, Some(MAX_STAGES))
+                });
+                Expr::seq(
+                    [Expr::text(format!("{}(", sig.name)), alt_texts(values)]
+                        .into_iter()
+                        .chain(branch)
+                        .chain([Expr::text(")")]),
+                )
+            }
             Args::Values => {
-                let Some(arg) = merge_arg.as_ref().filter(|_| !scope.no_merges) else { continue };
+                let Some(arg) = merge_arg.as_ref() else { continue };
                 Expr::seq([
                     Expr::text(format!("{}(", sig.name)),
                     arg.clone(),
@@ -150,6 +170,16 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
                 ])
             }
             Args::Params { .. } if scope.ops.as_ref().is_some_and(|ops| !ops.contains(&sig.name)) => continue,
+            Args::Params { params, .. }
+                if scope.widths.is_some()
+                    && (sig.name == "slice" || no_width && params.iter().any(|q| is_width(sig.name, q.name))) =>
+            {
+                continue
+            }
+            Args::Params { .. } if scope.keep_size && sig.name == "adaptive_avgpool" => continue,
+            Args::Params { params, positional } if scope.keep_size && is_window_op(sig.name) => {
+                Expr::alt(keeping_calls(g, &rule, sig.name, params, positional, &value_of))
+            }
             Args::Params { params, positional } if is_pool(sig.name) => {
                 // A pool's padding is at most half its kernel: with a number for the kernel, the
                 // calls that fit it (shared by every scope); with a name, any padding.
@@ -189,7 +219,19 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         if scope.uncallable.contains(&b.name) {
             continue;
         }
-        let typed: Vec<(&str, Expr, bool)> = b.params.iter().map(|(n, d)| (n.as_str(), int.clone(), !d)).collect();
+        // Where the width must stay, a block's first argument (its width, in every zoo program)
+        // is one of those the place allows.
+        if no_width || (widths.is_some() && b.params.is_empty()) {
+            continue;
+        }
+        let typed: Vec<(&str, Expr, bool)> = b
+            .params
+            .iter()
+            .enumerate()
+            .map(|(j, (n, d))| {
+                (n.as_str(), if j == 0 { widths.clone().unwrap_or(int.clone()) } else { int.clone() }, !d)
+            })
+            .collect();
         // The canonical form writes a block's first parameter by position when it has no default.
         let positional = usize::from(b.params.first().is_some_and(|(_, d)| !d));
         let rule = format!("{p}_call_{i}");
@@ -199,13 +241,24 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
     g.define(&format!("{p}_stage"), Expr::alt(stages));
     let more = Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 0, Some(MAX_STAGES - 1));
     // A pipeline starts with a call, or takes a value (`in`, a bound name) and goes on from it.
-    let mut sources = vec![Expr::text("in")];
-    sources.extend(scope.values.iter().map(Expr::text));
-    let from_value = Expr::seq([
-        Expr::alt(sources),
-        Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 1, Some(MAX_STAGES - 1)),
-    ]);
-    let pipeline = g.define(&format!("{p}_pipe"), Expr::alt([Expr::seq([stage.clone(), more.clone()]), from_value]));
+    let mut sources = Vec::new();
+    match &scope.sources {
+        Some(given) => sources.extend(given.iter().map(Expr::text)),
+        None => {
+            sources.push(Expr::text("in"));
+            sources.extend(scope.values.iter().map(Expr::text));
+        }
+    }
+    let from_value = (!sources.is_empty()).then(|| {
+        Expr::seq([
+            Expr::alt(sources),
+            Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 1, Some(MAX_STAGES - 1)),
+        ])
+    });
+    let pipeline = g.define(
+        &format!("{p}_pipe"),
+        Expr::alt([Expr::seq([stage.clone(), more.clone()])].into_iter().chain(from_value)),
+    );
     if scope.merge_first {
         return g.define(&format!("{p}_stmt"), Expr::seq([Expr::alt(merges), more]));
     }
@@ -281,6 +334,49 @@ fn call(g: &mut Grammar, rule: &str, name: &str, params: &[(&str, Expr, bool)], 
     Expr::alt(forms)
 }
 
+/// Whether `param` of `op` is the width it writes: a convolution's channels, a linear layer's
+/// features.
+fn is_width(op: &str, param: &str) -> bool {
+    matches!((op, param), ("conv", "c") | ("linear", "n"))
+}
+
+fn is_window_op(op: &str) -> bool {
+    matches!(op, "conv" | "dwconv" | "maxpool" | "avgpool")
+}
+
+/// The calls of window operation `op` that keep a map's size: an odd kernel K, stride 1 and
+/// padding (K - 1) / 2, no dilation; the other parameters as `value_of` types them. A
+/// convolution takes K of 1, 3, 5 or 7; a pool 3 or 5 (with `s=1` written: its stride is
+/// its kernel by default).
+fn keeping_calls(
+    g: &mut Grammar,
+    rule: &str,
+    op: &str,
+    params: &[ParamSpec],
+    positional: usize,
+    value_of: &dyn Fn(&str, &str, Ty) -> Expr,
+) -> Vec<Expr> {
+    let pool = is_pool(op);
+    let kernels: &[u32] = if pool { &[3, 5] } else { &[1, 3, 5, 7] };
+    kernels
+        .iter()
+        .map(|&k| {
+            let typed: Vec<(&str, Expr, bool)> = params
+                .iter()
+                .filter_map(|q: &ParamSpec| match q.name {
+                    "k" => Some((q.name, Expr::text(k.to_string()), true)),
+                    "s" if pool => Some((q.name, Expr::text("1"), true)),
+                    "p" if k > 1 => Some((q.name, Expr::text(((k - 1) / 2).to_string()), true)),
+                    "s" | "p" | "d" => None,
+                    _ => Some((q.name, value_of(op, q.name, q.ty), matches!(q.default, ArgDefault::Required))),
+                })
+                .collect();
+            let body = call(g, &format!("{rule}_keep{k}"), op, &typed, positional);
+            g.define(&format!("{rule}_keep{k}"), body)
+        })
+        .collect()
+}
+
 fn is_pool(op: &str) -> bool {
     matches!(op, "maxpool" | "avgpool")
 }
@@ -326,18 +422,16 @@ fn kw_ref(rule: &str, i: usize, first: bool) -> Expr {
     Expr::rule(format!("{rule}_kw{i}_{}", u8::from(first)))
 }
 
-/// Defines `st_block_params`: what follows a new block's name on its first line, `(p) {`, one
-/// one-letter parameter, perhaps with a default. One, so that the call the grammar asks for
-/// (one argument by position, [`new_block_call`]) always fits it: a context-free grammar cannot
-/// count the parameters the model wrote to ask for as many arguments, nor keep their letters
-/// apart. Returns a reference to it.
+/// Defines `st_block_params`: what follows a new block's name on its first line, `(c) {`, one
+/// parameter named `c` (the width of the flow it is called on), perhaps with a default. One, so
+/// that the call the grammar asks for (one argument by position, [`new_block_call`]) always fits
+/// it, and always `c`, so that its body can name it: a context-free grammar cannot keep a letter
+/// the model chose. Returns a reference to it.
 pub fn define_block_params(g: &mut Grammar) -> Expr {
     shared(g);
-    let param = Expr::seq([
-        Expr::rule("st_letter"),
-        Expr::opt(Expr::seq([Expr::text("="), Expr::alt([Expr::rule("st_integer"), Expr::rule("st_float")])])),
-    ]);
-    g.define("st_block_params", Expr::seq([Expr::text("("), param, Expr::text(") {")]))
+    let default =
+        Expr::opt(Expr::seq([Expr::text("="), Expr::alt([Expr::rule("st_integer"), Expr::rule("st_float")])]));
+    g.define("st_block_params", Expr::seq([Expr::text("(c"), default, Expr::text(") {")]))
 }
 
 /// A call of a block named `name` that the diff adds, with `int` (the scope's integer rule): its
