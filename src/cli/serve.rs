@@ -70,10 +70,14 @@ pub struct ServeArgs {
     /// The most connections served at once; more are answered 503 and closed.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_connections: usize,
-    /// Seconds a client may take to send a whole request, and each write of the answer; past
+    /// Seconds a client may take to send a request's head, and then as many for its body; past
     /// them, a 408 (a client trickling bytes cannot hold a connection).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     request_timeout: f64,
+    /// The most generation requests waiting for the model or running at once; more are
+    /// answered 429 (retry later) rather than queued without end.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_queue: usize,
     /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
     /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: inputs are
     /// rounded to 8 bits and take integer dot products (Q8_0, Q4_0, Q4_1; AVX-512 VNNI where the
@@ -128,6 +132,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode, UsageError> {
         kv_cache_bytes: a.kv_cache_bytes.unwrap_or_else(default_kv_budget),
         lora_root,
         max_connections: a.max_connections.max(1),
+        max_queue: a.max_queue.max(1),
         request_timeout: std::time::Duration::try_from_secs_f64(a.request_timeout)
             .ok()
             .filter(|d| !d.is_zero())

@@ -173,7 +173,21 @@ pub fn generate_constrained<B: Backend>(
     prompt: &[u32],
     params: &SamplingParams,
     grammar: Option<&Constraint>,
+    on_text: impl FnMut(usize, &str),
+) -> Result<Generation, ModelError> {
+    generate_until(model, tokenizer, prompt, params, grammar, on_text, || true)
+}
+
+/// [`generate_constrained`], asking `go_on` before each token: once it says no (the client that
+/// asked has gone), the replies still running end there, with finish reason `length`.
+pub fn generate_until<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &SamplingParams,
+    grammar: Option<&Constraint>,
     mut on_text: impl FnMut(usize, &str),
+    go_on: impl Fn() -> bool,
 ) -> Result<Generation, ModelError> {
     params.validate()?;
     if prompt.is_empty() {
@@ -209,7 +223,7 @@ pub fn generate_constrained<B: Backend>(
     let mut grammars: Vec<Constraint> = grammar.map(|g| (0..params.n).map(|_| g.fork()).collect()).unwrap_or_default();
 
     let penalised = params.frequency_penalty != 0.0 || params.presence_penalty != 0.0;
-    while !active.is_empty() && params.max_new_tokens > 0 {
+    while !active.is_empty() && params.max_new_tokens > 0 && go_on() {
         if penalised {
             logits
                 .par_iter_mut()

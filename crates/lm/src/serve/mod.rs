@@ -1,23 +1,28 @@
 //! The OpenAI-compatible HTTP server for a Llama-family checkpoint (`nasc serve`), as a library.
 //!
-//! One thread accepts connections and hands each to its own thread, which reads the request, checks it
-//! and answers errors itself. Valid generation requests go through a channel to the one model thread
-//! (the thread that opened the checkpoint), which runs them one at a time and sends back either a whole
-//! result or streamed text pieces. The server keeps accepting and answering (models list, errors) while
-//! a generation runs. HTTP is HTTP/1.1 with `Connection: close`: one request per connection.
+//! HTTP is hyper's HTTP/1.1 with axum's routing on a small tokio runtime (`http`): framing,
+//! keep-alive, chunked bodies, `Expect: 100-continue`, header limits and timeouts come from them.
+//! Handlers check each request and answer errors themselves; valid generation requests go
+//! through a channel to the one model thread (the thread that opened the checkpoint), which runs
+//! them one at a time and sends back either a whole result or streamed text pieces, stopping a
+//! generation at the next token once its client has gone. SIGTERM (or Ctrl-C) stops accepting,
+//! lets the requests in flight finish, then ends the model thread: the process exits 0.
 
 use crate::chat::Message;
 use crate::constrain::{Constrainer, Grammar};
-use crate::generate::{generate_constrained, Generation, SamplingParams};
+use crate::generate::{generate_until, Generation, SamplingParams};
 use crate::model::{Checkpoint, Llama, LoadOptions, ModelError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use nasc_runtime::{BackendJob, Device};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+
+mod http;
 
 /// What to serve and how: the CLI fills it from its flags.
 pub struct ServeOptions {
@@ -37,6 +42,8 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// The most connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// The most generation requests waiting or running at once; more are answered 429.
+    pub max_queue: usize,
     /// The longest a client may take to send a whole request (and each write of the answer);
     /// past it, a 408.
     pub request_timeout: Duration,
@@ -87,6 +94,40 @@ struct Info {
     lora_root: Option<PathBuf>,
     api_key: Option<Arc<str>>,
     request_timeout: Duration,
+    /// Generation requests sent to the model thread and not yet finished, and the most allowed.
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
+    stats: Arc<Stats>,
+}
+
+/// What `/metrics` counts, in Prometheus's text format.
+#[derive(Default)]
+struct Stats {
+    /// Generation requests the model thread has finished, with a result or an error.
+    generations: AtomicU64,
+    /// Those whose client had gone before the result: stopped at the next token.
+    cancelled: AtomicU64,
+    /// Tokens generated, all replies together.
+    tokens: AtomicU64,
+}
+
+impl Stats {
+    fn text(&self, queued: usize) -> String {
+        let c = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        format!(
+            "# HELP nasc_requests_queued Generation requests waiting for the model or running.\n\
+             # TYPE nasc_requests_queued gauge\nnasc_requests_queued {queued}\n\
+             # HELP nasc_generations_total Generation requests finished.\n\
+             # TYPE nasc_generations_total counter\nnasc_generations_total {}\n\
+             # HELP nasc_generations_cancelled_total Generations stopped because their client had gone.\n\
+             # TYPE nasc_generations_cancelled_total counter\nnasc_generations_cancelled_total {}\n\
+             # HELP nasc_generated_tokens_total Tokens generated.\n\
+             # TYPE nasc_generated_tokens_total counter\nnasc_generated_tokens_total {}\n",
+            c(&self.generations),
+            c(&self.cancelled),
+            c(&self.tokens)
+        )
+    }
 }
 
 impl Info {
@@ -104,11 +145,11 @@ enum Msg {
         name: String,
         dir: PathBuf,
         inplace: bool,
-        reply: mpsc::Sender<Result<String, HttpError>>,
+        reply: oneshot::Sender<Result<String, HttpError>>,
     },
     Unload {
         name: String,
-        reply: mpsc::Sender<Result<String, HttpError>>,
+        reply: oneshot::Sender<Result<String, HttpError>>,
     },
 }
 
@@ -123,7 +164,8 @@ struct Work {
     stream: bool,
     /// `stream_options.include_usage`: a last chunk with no choices and the usage.
     include_usage: bool,
-    reply: mpsc::Sender<Event>,
+    /// Where the model thread sends the request's events; closed once the client has gone.
+    reply: async_mpsc::UnboundedSender<Event>,
 }
 
 enum Input {
@@ -164,50 +206,31 @@ impl BackendJob for Job {
             lora_root: a.lora_root.clone(),
             api_key: a.api_key.as_deref().map(Arc::from),
             request_timeout: a.request_timeout,
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_queue: a.max_queue.max(1),
+            stats: Arc::new(Stats::default()),
         };
         let addr = self.listener.local_addr().map_err(|e| e.to_string())?;
-        let listener = self.listener;
-        let max_connections = a.max_connections;
-        std::thread::spawn(move || {
-            // A thread per connection, at most `max_connections` at once: past that, or when a
-            // thread cannot be started, the connection is answered 503 and closed (never a
-            // panic of the acceptor).
-            let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            for conn in listener.incoming().flatten() {
-                use std::sync::atomic::Ordering;
-                if open.fetch_add(1, Ordering::SeqCst) >= max_connections {
-                    open.fetch_sub(1, Ordering::SeqCst);
-                    refuse_busy(conn);
-                    continue;
-                }
-                let (info, open2) = (info.clone(), open.clone());
-                let Ok(spare) = conn.try_clone() else {
-                    open.fetch_sub(1, Ordering::SeqCst);
-                    continue;
-                };
-                let started = std::thread::Builder::new().spawn(move || {
-                    handle(conn, &info);
-                    open2.fetch_sub(1, Ordering::SeqCst);
-                });
-                if started.is_err() {
-                    open.fetch_sub(1, Ordering::SeqCst);
-                    refuse_busy(spare);
-                }
-            }
-        });
+        let (queued, stats) = (info.queued.clone(), info.stats.clone());
+        let http = http::start(self.listener, info, a.max_connections)?;
         eprintln!("nasc serve: {} on http://{addr}/v1 (model {})", a.model.display(), a.base_name);
         let end_of_turn = crate::run::end_of_turn_ids(&ckpt);
         // The vocabulary's table for grammars, built on the first request that has one.
         let mut constrainer = None;
         for msg in rx {
             match msg {
-                Msg::Generate(w) => match weights.iter().find(|(n, _)| *n == w.model) {
-                    Some((_, model)) => run_work(&ckpt, model, (&end_of_turn, &mut constrainer), a.kv_cache_bytes, w),
-                    // Unloaded after the request was checked.
-                    None => {
-                        let _ = w.reply.send(Event::Failed(not_served(&w.model, &names(&weights))));
+                Msg::Generate(w) => {
+                    match weights.iter().find(|(n, _)| *n == w.model) {
+                        Some((_, model)) => {
+                            run_work(&ckpt, model, (&end_of_turn, &mut constrainer), a.kv_cache_bytes, &stats, w)
+                        }
+                        // Unloaded after the request was checked.
+                        None => {
+                            let _ = w.reply.send(Event::Failed(not_served(&w.model, &names(&weights))));
+                        }
                     }
-                },
+                    queued.fetch_sub(1, Ordering::SeqCst);
+                }
                 Msg::Load { name, dir, inplace, reply } => {
                     let result = load_runtime(&ckpt.model, &mut weights, name, &dir, inplace);
                     // The served names change before the answer, so a client that heard 200 finds them.
@@ -228,7 +251,10 @@ impl BackendJob for Job {
                 }
             }
         }
-        Ok(())
+        // Every sender is gone: the HTTP side has stopped, after a signal or an error.
+        let stopped = http.join().map_err(|_| "the HTTP server thread panicked".to_string())?;
+        eprintln!("nasc serve: stopped");
+        stopped
     }
 }
 
@@ -286,6 +312,7 @@ fn run_work<B: Backend>(
     model: &Llama<B>,
     (end_of_turn, constrainer): (&[u32], &mut Option<Result<Constrainer, String>>),
     kv_budget: u64,
+    stats: &Stats,
     mut w: Work,
 ) {
     let fail = |w: &Work, e: HttpError| {
@@ -365,11 +392,22 @@ fn run_work<B: Backend>(
     }
     let reply = w.reply.clone();
     let stream = w.stream;
-    let result = generate_constrained(model, &ckpt.tokenizer, &ids, &w.params, constraint.as_ref(), |i, piece| {
+    let on_text = |i: usize, piece: &str| {
         if stream && !piece.is_empty() {
             let _ = reply.send(Event::Piece(i, piece.to_string()));
         }
-    });
+    };
+    // A client that has gone (its stream dropped, its connection closed) stops the generation
+    // at the next token.
+    let client_waits = || !w.reply.is_closed();
+    let result = generate_until(model, &ckpt.tokenizer, &ids, &w.params, constraint.as_ref(), on_text, client_waits);
+    stats.generations.fetch_add(1, Ordering::SeqCst);
+    if w.reply.is_closed() {
+        stats.cancelled.fetch_add(1, Ordering::SeqCst);
+    }
+    if let Ok(g) = &result {
+        stats.tokens.fetch_add(g.generated_tokens() as u64, Ordering::SeqCst);
+    }
     let _ = w.reply.send(match result {
         Ok(g) => Event::Done(g),
         Err(ModelError::Input { what }) => Event::Failed(HttpError::bad(what, None)),
@@ -412,232 +450,8 @@ impl HttpError {
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
-
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_BODY: usize = 32 * 1024 * 1024;
-
-/// Reads one HTTP/1.x request: request line, headers, and a body of Content-Length bytes.
-/// With `api_key`, every path but /health needs `Authorization: Bearer KEY`; a request without
-/// it is refused before its body is read (and before any `100 Continue`).
-fn read_request(
-    conn: &mut BufReader<TcpStream>,
-    api_key: Option<&str>,
-    timeout: Duration,
-) -> Result<Request, HttpError> {
-    // One deadline for the whole request, not a timeout per read: a client trickling a byte at
-    // a time cannot hold its thread.
-    let deadline = std::time::Instant::now() + timeout;
-    let late =
-        || HttpError { status: 408, ..HttpError::bad(format!("the request took over {timeout:?} to arrive"), None) };
-    let arm = |conn: &mut BufReader<TcpStream>| -> Result<(), HttpError> {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(late());
-        }
-        conn.get_ref().set_read_timeout(Some(left)).map_err(|e| HttpError::bad(e.to_string(), None))
-    };
-    let mut head = Vec::new();
-    loop {
-        arm(conn)?;
-        let mut line = Vec::new();
-        let n = conn.by_ref().take((MAX_HEAD + 1 - head.len().min(MAX_HEAD)) as u64).read_until(b'\n', &mut line);
-        let n = n.map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => late(),
-            _ => HttpError::bad(format!("reading the request: {e}"), None),
-        })?;
-        if n == 0 {
-            return Err(HttpError::bad("the connection closed before the request's headers ended".into(), None));
-        }
-        head.extend_from_slice(&line);
-        if head.len() > MAX_HEAD {
-            return Err(HttpError {
-                status: 431,
-                ..HttpError::bad("the request's headers are too large".into(), None)
-            });
-        }
-        if line == b"\r\n" || line == b"\n" {
-            if head.len() == line.len() {
-                head.clear(); // Tolerate blank lines before the request line.
-                continue;
-            }
-            break;
-        }
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(HttpError::bad("an incomplete HTTP request".into(), None)),
-        Err(e) => return Err(HttpError::bad(format!("a malformed HTTP request: {e}"), None)),
-    }
-    let method = req.method.unwrap_or("").to_string();
-    let path = req.path.unwrap_or("").split('?').next().unwrap_or("").to_string();
-    let mut length: Option<usize> = None;
-    let (mut expects_continue, mut authorized) = (false, api_key.is_none() || path == "/health");
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| HttpError::bad("a malformed Content-Length header".into(), None))?;
-            // Two lengths that differ are how requests are smuggled past a proxy.
-            if length.is_some_and(|l| l != value) {
-                return Err(HttpError::bad("two different Content-Length headers".into(), None));
-            }
-            length = Some(value);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError {
-                status: 411,
-                ..HttpError::bad("chunked request bodies are not supported; send Content-Length".into(), None)
-            });
-        } else if h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue") {
-            expects_continue = true;
-        } else if h.name.eq_ignore_ascii_case("authorization") {
-            if let (Some(key), Some(token)) = (api_key, h.value.strip_prefix(b"Bearer ")) {
-                authorized |= same_secret(token, key.as_bytes());
-            }
-        }
-    }
-    if !authorized {
-        return Err(HttpError {
-            status: 401,
-            code: Some("invalid_api_key"),
-            ..HttpError::bad("this server needs `Authorization: Bearer KEY` (its --api-key)".into(), None)
-        });
-    }
-    let length = length.unwrap_or(0);
-    if length > MAX_BODY {
-        return Err(HttpError { status: 413, ..HttpError::bad(format!("the body is over {MAX_BODY} bytes"), None) });
-    }
-    if expects_continue {
-        let _ = conn.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-    }
-    let mut body = vec![0; length];
-    let mut filled = 0;
-    while filled < length {
-        arm(conn)?;
-        match conn.read(&mut body[filled..]) {
-            Ok(0) => return Err(HttpError::bad("the connection closed before the request's body ended".into(), None)),
-            Ok(k) => filled += k,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(late())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(HttpError::bad(format!("reading the request's body: {e}"), None)),
-        }
-    }
-    Ok(Request { method, path, body })
-}
-
-/// Answers a connection the server has no room for: 503, and closes it.
-fn refuse_busy(mut conn: TcpStream) {
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-    let e = HttpError {
-        status: 503,
-        ..HttpError::server("the server has as many connections open as it serves (--max-connections); retry".into())
-    };
-    respond_error(&mut conn, &e);
-}
-
-/// Compares a token with the key in time that does not depend on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        411 => "Length Required",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        503 => "Service Unavailable",
-        431 => "Request Header Fields Too Large",
-        _ => "Internal Server Error",
-    }
-}
-
-fn respond(conn: &mut TcpStream, status: u16, body: &Value) {
-    let body = body.to_string();
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        reason(status),
-        body.len()
-    );
-    let _ = conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(body.as_bytes())).and_then(|_| conn.flush());
-}
-
-fn respond_error(conn: &mut TcpStream, e: &HttpError) {
-    respond(conn, e.status, &e.body());
-}
-
-fn handle(conn: TcpStream, info: &Info) {
-    let _ = conn.set_write_timeout(Some(info.request_timeout));
-    let Ok(mut writer) = conn.try_clone() else { return };
-    let mut reader = BufReader::new(conn);
-    let req = match read_request(&mut reader, info.api_key.as_deref(), info.request_timeout) {
-        Ok(r) => r,
-        Err(e) => return respond_error(&mut writer, &e),
-    };
-    let not_allowed = |m: &str| HttpError {
-        status: 405,
-        ..HttpError::bad(format!("{} {} is not allowed; use {m}", req.method, req.path), None)
-    };
-    match req.path.trim_end_matches('/') {
-        "/v1/models" if req.method == "GET" => respond(&mut writer, 200, &models(info)),
-        "/v1/models" => respond_error(&mut writer, &not_allowed("GET")),
-        p if p.starts_with("/v1/models/") => {
-            if req.method != "GET" {
-                return respond_error(&mut writer, &not_allowed("GET"));
-            }
-            let id = &p["/v1/models/".len()..];
-            match models(info)["data"].as_array().and_then(|d| d.iter().find(|m| m["id"] == id)) {
-                Some(m) => respond(&mut writer, 200, m),
-                None => respond_error(&mut writer, &not_served(id, &info.names())),
-            }
-        }
-        "/health" => respond(&mut writer, 200, &json!({})),
-        p @ ("/v1/load_lora_adapter" | "/v1/unload_lora_adapter") => {
-            if req.method != "POST" {
-                return respond_error(&mut writer, &not_allowed("POST"));
-            }
-            match adapter_request(&req.body, p == "/v1/load_lora_adapter", info) {
-                Ok(message) => respond(&mut writer, 200, &json!(message)),
-                Err(e) => respond_error(&mut writer, &e),
-            }
-        }
-        p @ ("/v1/chat/completions" | "/v1/completions") => {
-            if req.method != "POST" {
-                return respond_error(&mut writer, &not_allowed("POST"));
-            }
-            let chat = p == "/v1/chat/completions";
-            match parse(&req.body, chat, info) {
-                Ok(w) => complete(&mut writer, info, w, chat),
-                Err(e) => respond_error(&mut writer, &e),
-            }
-        }
-        _ => respond_error(
-            &mut writer,
-            &HttpError {
-                status: 404,
-                code: Some("not_found"),
-                ..HttpError::bad(format!("no route for {} {}", req.method, req.path), None)
-            },
-        ),
-    }
-}
-
 /// Checks a load or unload request and has the model thread carry it out.
-fn adapter_request(body: &[u8], load: bool, info: &Info) -> Result<String, HttpError> {
+async fn adapter_request(body: &[u8], load: bool, info: &Info) -> Result<String, HttpError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| HttpError::bad(format!("the body is not valid JSON: {e}"), None))?;
     let field = |key: &'static str| {
@@ -658,7 +472,7 @@ fn adapter_request(body: &[u8], load: bool, info: &Info) -> Result<String, HttpE
         });
     };
     let name = field("lora_name")?;
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = oneshot::channel();
     let msg = if load {
         // Only a folder under the root, after links are resolved; outside it, the same answer
         // whether or not the path exists.
@@ -680,7 +494,7 @@ fn adapter_request(body: &[u8], load: bool, info: &Info) -> Result<String, HttpE
         Msg::Unload { name, reply: tx }
     };
     info.work.send(msg).map_err(|_| HttpError::server("the model thread has stopped".into()))?;
-    rx.recv().map_err(|_| HttpError::server("the model thread has stopped".into()))?
+    rx.await.map_err(|_| HttpError::server("the model thread has stopped".into()))?
 }
 
 fn models(info: &Info) -> Value {
@@ -945,7 +759,7 @@ fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
         seed,
         n: n as usize,
     };
-    let (reply, _) = mpsc::channel();
+    let (reply, _) = async_mpsc::unbounded_channel();
     let include_usage = match f.get("stream_options") {
         None => false,
         Some(Value::Object(o)) => match o.get("include_usage") {
@@ -1075,118 +889,4 @@ fn constraint(f: &Fields<'_>) -> Result<Option<Grammar>, HttpError> {
 fn request_id(chat: bool) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{}-{nanos:x}", if chat { "chatcmpl" } else { "cmpl" })
-}
-
-/// Sends the work to the model thread and answers with its result, whole or streamed.
-fn complete(conn: &mut TcpStream, info: &Info, mut w: Work, chat: bool) {
-    let (tx, rx) = mpsc::channel();
-    w.reply = tx;
-    let stream = w.stream;
-    let include_usage = w.include_usage;
-    let n = w.params.n;
-    let model = w.model.clone();
-    if info.work.send(Msg::Generate(w)).is_err() {
-        return respond_error(conn, &HttpError::server("the model thread has stopped".into()));
-    }
-    let id = request_id(chat);
-    let created = now();
-    let object = if chat { "chat.completion" } else { "text_completion" };
-    let prompt_tokens = match rx.recv() {
-        Ok(Event::Started(p)) => p,
-        Ok(Event::Failed(e)) => return respond_error(conn, &e),
-        _ => return respond_error(conn, &HttpError::server("the generation stopped unexpectedly".into())),
-    };
-    let usage = |g: &Generation| {
-        json!({"prompt_tokens": prompt_tokens, "completion_tokens": g.generated_tokens(),
-               "total_tokens": prompt_tokens + g.generated_tokens()})
-    };
-    if !stream {
-        return match rx.recv() {
-            Ok(Event::Done(g)) => {
-                let choices: Vec<Value> = g
-                    .completions
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        let body = if chat {
-                            ("message", json!({"role": "assistant", "content": c.text}))
-                        } else {
-                            ("text", json!(c.text))
-                        };
-                        // `completion_tokens` per choice is ours: the usage only counts all choices together.
-                        let mut choice = json!({"index": i, "finish_reason": c.finish.as_str(), "logprobs": null,
-                                                "completion_tokens": c.tokens.len()});
-                        choice[body.0] = body.1;
-                        choice
-                    })
-                    .collect();
-                respond(
-                    conn,
-                    200,
-                    &json!({"id": id, "object": object, "created": created, "model": model,
-                            "choices": choices, "usage": usage(&g)}),
-                )
-            }
-            Ok(Event::Failed(e)) => respond_error(conn, &e),
-            _ => respond_error(conn, &HttpError::server("the generation stopped unexpectedly".into())),
-        };
-    }
-    // Server-sent events: one chunk per text piece, then each choice's finish reason, usage, and [DONE].
-    let head =
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
-    if conn.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
-    let chunk = |choices: Value, usage: Value| {
-        let mut c = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
-        if !usage.is_null() {
-            c["usage"] = usage;
-        }
-        format!("data: {c}\n\n")
-    };
-    let piece = |i: usize, text: &str, finish: Value| {
-        if chat {
-            let delta = if text.is_empty() { json!({}) } else { json!({"content": text}) };
-            json!([{"index": i, "delta": delta, "finish_reason": finish, "logprobs": null}])
-        } else {
-            json!([{"index": i, "text": text, "finish_reason": finish, "logprobs": null}])
-        }
-    };
-    let mut send = |s: String| conn.write_all(s.as_bytes()).and_then(|_| conn.flush()).is_ok();
-    if chat {
-        for i in 0..n {
-            let first = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null,
-                                "logprobs": null}]);
-            if !send(chunk(first, Value::Null)) {
-                return;
-            }
-        }
-    }
-    let mut open = true;
-    for event in rx {
-        match event {
-            Event::Piece(i, text) => {
-                // A client that left no longer reads; the generation runs out regardless.
-                open = open && send(chunk(piece(i, &text, Value::Null), Value::Null));
-            }
-            Event::Done(g) => {
-                for (i, c) in g.completions.iter().enumerate() {
-                    open = open && send(chunk(piece(i, "", json!(c.finish.as_str())), Value::Null));
-                }
-                if include_usage {
-                    open = open && send(chunk(json!([]), usage(&g)));
-                }
-                break;
-            }
-            Event::Failed(e) => {
-                open = open && send(format!("data: {}\n\n", e.body()));
-                break;
-            }
-            Event::Started(_) => {}
-        }
-    }
-    if open {
-        send("data: [DONE]\n\n".into());
-    }
 }
