@@ -262,6 +262,44 @@ fn with_a_dataset_added_lines_keep_the_shape_that_later_lines_need() {
     for bad in ["conv(32, k=3, p=1)", "conv(classes, k=3)", "down(128)"] {
         assert!(checker.accepts(&insert(stem, bad)).is_err(), "{bad} before basic(64)");
     }
+    // A block is called only at the widths where it checks: after basic(512), another identity
+    // block at 512 and a projecting one at any width, but not basic(128).
+    let last = at("basic(512)", 0);
+    for ok in ["basic(512)", "down(1024)"] {
+        checker.accepts(&insert(last, ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    assert!(checker.accepts(&insert(last, "basic(128)")).is_err(), "basic(128) on 512 channels");
+}
+
+/// Where the map may halve once but not twice (LeNet-5 after its first convolution: 24x24, and
+/// the second 5x5 convolution needs 5 pixels after the pool), added lines are unstrided and
+/// one line of its own may halve it; a pool's default stride (its kernel) is not offered.
+#[test]
+fn with_a_dataset_added_lines_halve_a_map_only_as_often_as_the_rest_allows() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, fmnist).unwrap()).unwrap();
+    let after_relu = |added: &str| {
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -10,3 +10,4 @@\n net {{\n   conv(6, k=5)\n   relu\n{added}   maxpool(k=2)\n"
+        ))
+    };
+    for ok in [
+        "+  maxpool(k=2)\n",
+        "+  conv(6, k=3, s=2, p=1)\n+  relu\n",
+        "+  conv(8, k=3)\n",
+        "+  maxpool(k=3, s=1, p=1)\n",
+    ] {
+        checker.accepts(&after_relu(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in [
+        "+  maxpool(k=2)\n+  maxpool(k=2)\n",
+        "+  maxpool(k=3)\n",
+        "+  maxpool(k=2) |> maxpool(k=2)\n",
+        "+  conv(8, k=3, s=3)\n",
+    ] {
+        assert!(checker.accepts(&after_relu(bad)).is_err(), "{bad}");
+    }
 }
 
 /// With the dataset known, a line added where the flow is a vector offers no pooling or

@@ -134,29 +134,56 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     };
     // What lines added at each place must keep, where the dataset is known (a probe per
     // property, checked).
-    let found: Vec<Option<Lock>> = (0..=n)
+    let texts: Vec<&str> = lines.iter().map(|l| l.text).collect();
+    let place = |texts: &[&str], i: usize, binding: Binding| -> Option<Lock> {
+        let (k, (kind, width)) = (item_of(&lines, i)?, flows[i]?);
+        if depth_at(i) == 0 || Some(i) == net_close {
+            return None;
+        }
+        let (_, scope) = &scopes[k];
+        let values = &scope.values[..bound_above[i].min(scope.values.len())];
+        let p = Place {
+            texts,
+            at: i,
+            depth: depth_at(i),
+            kind,
+            width,
+            numbers: &scope.numbers,
+            values,
+            callees: &callees,
+            uncallable: &scope.uncallable,
+        };
+        Some(Lock::at(&p, binding))
+    };
+    let found: Vec<Option<Lock>> = (0..=n).map(|i| place(&texts, i, binding?)).collect();
+    // Lines that replace line i keep what the parent without it needs there; where the parent
+    // without it does not check (line i did something the rest needs, such as a stride), they
+    // are typed by kind only.
+    let budget = nasc_lang::check::Budget::default();
+    let replacing: Vec<Option<Lock>> = (0..n)
         .map(|i| {
-            let (binding, k, (kind, w)) = (binding?, item_of(&lines, i)?, flows[i]?);
-            if depth_at(i) == 0 || Some(i) == net_close {
-                return None;
-            }
-            let values = &scopes[k].1.values;
-            let bound = &values[..bound_above[i].min(values.len())];
-            Some(Lock::at(&lines, i, depth_at(i), kind, w, &scopes[k].1.numbers, bound, binding))
+            let binding = binding.filter(|_| lines[i].removable)?;
+            let without: Vec<&str> = texts.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, t)| *t).collect();
+            nasc_lang::check::check_source(&(without.join("\n") + "\n"), binding, &budget).ok()?;
+            place(&without, i, binding)
         })
         .collect();
     // The distinct locks, and each place's.
     let mut lock_table: Vec<Lock> = Vec::new();
-    let locks: Vec<Option<usize>> = found
-        .into_iter()
-        .map(|l| {
-            let l = l?;
-            Some(lock_table.iter().position(|m| *m == l).unwrap_or_else(|| {
-                lock_table.push(l);
-                lock_table.len() - 1
-            }))
-        })
-        .collect();
+    let mut intern = |locks: Vec<Option<Lock>>| -> Vec<Option<usize>> {
+        locks
+            .into_iter()
+            .map(|l| {
+                let l = l?;
+                Some(lock_table.iter().position(|m| *m == l).unwrap_or_else(|| {
+                    lock_table.push(l);
+                    lock_table.len() - 1
+                }))
+            })
+            .collect()
+    };
+    let locks = intern(found);
+    let replace_locks = intern(replacing);
     // Statements of item k where the flow is of `kind` (when known: only the operations that
     // keep it) and `bound` of the body's values are bound above (only those can be used); with
     // `lock` (an index into `lock_table`), keeping what the place must.
@@ -176,56 +203,75 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                 ..scopes[k].1.clone()
             };
             if let Some(l) = lock {
-                scope.keep_size = l.size;
+                scope.keep_size = l.halvings == 0;
+                scope.unstrided = (1..3).contains(&l.halvings);
                 scope.widths = l.widths.clone();
+                scope.calls = Some(l.calls.clone());
                 scope.merges = Some(l.merges.clone());
                 scope.sources = Some(l.sources.clone());
             }
             stmts::define_statement(g, &name, &scope, &callees);
+            // Where the lines may halve the map once or twice, a line of its own does.
+            if let (Some(l), Some(kind)) = (lock.filter(|l| (1..3).contains(&l.halvings)), kind) {
+                stmts::define_halving(g, &name, l.widths.as_deref(), kinds::keeping(kind));
+            }
         }
         name
     };
-    // Whether line i leaves the flow's shape as it found it (at every call of its block).
-    let neutral = |i: usize| shapes[i].is_some() && shapes[i] == shapes[i + 1];
+    // How many times lines added with a scope may halve the map (3: as often as they like).
+    let halvings_of = |lock: Option<usize>| lock.map_or(3, |id| lock_table[id].halvings);
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation.
     // With `calling` (j, width), one of the lines calls the block the diff added as j, with the
     // width of the flow there when it is known.
-    let body_adds = |g: &mut Grammar, scope: &str, depth: usize, calling: Option<(usize, Option<u64>)>| -> Expr {
-        let call_tag =
-            |(j, w): (usize, Option<u64>)| format!("_call{j}{}", w.map(|w| format!("w{w}")).unwrap_or_default());
-        let name = format!("adds_{scope}_d{depth}{}", calling.map(call_tag).unwrap_or_default());
-        if g.get(&name).is_some() {
-            return Expr::rule(name);
-        }
-        let stmt = Expr::rule(format!("{scope}_stmt"));
-        // `+` and the indentation are one literal wherever a line starts, and what follows
-        // another: llguidance's lexer is greedy and does not back out of a longer literal.
-        let line = |d: usize, what: Expr| Expr::seq([Expr::text(format!("+{}", indent(d))), what, Expr::text("\n")]);
-        let repeat = Expr::seq([
-            Expr::text(format!("+{}", indent(depth))),
-            Expr::text("repeat("),
-            Expr::rule(format!("{scope}_int")),
-            Expr::text(") {\n"),
-            Expr::Repeat(Box::new(line(depth + 1, stmt.clone())), 1, Some(MAX_ADDED / 2)),
-            Expr::text(format!("+{}}}\n", indent(depth))),
-        ]);
-        let any = Expr::alt([line(depth, stmt.clone()), repeat]);
-        let body = match calling {
-            Some((j, w)) => {
-                let some = Expr::Repeat(Box::new(any), 0, Some(MAX_ADDED / 2));
-                // A block the diff adds keeps the width of the flow it is called on (its one
-                // parameter is that width): called with another, its merges cannot match.
-                let arg = match w {
-                    Some(w) => Expr::text(w.to_string()),
-                    None => Expr::rule(format!("{scope}_int")),
-                };
-                let call = stmts::new_block_call(&new_names[j], arg);
-                Expr::seq([some.clone(), line(depth, call), some])
+    // With `halvings` 1 or 2, the run may hold that many lines of their own that halve the map
+    // (the scope's statements keep its size).
+    let body_adds =
+        |g: &mut Grammar, scope: &str, depth: usize, calling: Option<(usize, Option<u64>)>, halvings: u8| -> Expr {
+            let call_tag =
+                |(j, w): (usize, Option<u64>)| format!("_call{j}{}", w.map(|w| format!("w{w}")).unwrap_or_default());
+            let name = format!("adds_{scope}_d{depth}{}", calling.map(call_tag).unwrap_or_default());
+            if g.get(&name).is_some() {
+                return Expr::rule(name);
             }
-            None => Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED)),
+            let stmt = Expr::rule(format!("{scope}_stmt"));
+            // `+` and the indentation are one literal wherever a line starts, and what follows
+            // another: llguidance's lexer is greedy and does not back out of a longer literal.
+            let line =
+                |d: usize, what: Expr| Expr::seq([Expr::text(format!("+{}", indent(d))), what, Expr::text("\n")]);
+            let repeat = Expr::seq([
+                Expr::text(format!("+{}", indent(depth))),
+                Expr::text("repeat("),
+                Expr::rule(format!("{scope}_int")),
+                Expr::text(") {\n"),
+                Expr::Repeat(Box::new(line(depth + 1, stmt.clone())), 1, Some(MAX_ADDED / 2)),
+                Expr::text(format!("+{}}}\n", indent(depth))),
+            ]);
+            let any = Expr::alt([line(depth, stmt.clone()), repeat]);
+            let body = match calling {
+                Some((j, w)) => {
+                    let some = Expr::Repeat(Box::new(any), 0, Some(MAX_ADDED / 2));
+                    // A block the diff adds keeps the width of the flow it is called on (its one
+                    // parameter is that width): called with another, its merges cannot match.
+                    let arg = match w {
+                        Some(w) => Expr::text(w.to_string()),
+                        None => Expr::rule(format!("{scope}_int")),
+                    };
+                    let call = stmts::new_block_call(&new_names[j], arg);
+                    Expr::seq([some.clone(), line(depth, call), some])
+                }
+                None if (1..3).contains(&halvings) => {
+                    let some = Expr::Repeat(Box::new(any.clone()), 0, Some(MAX_ADDED / 2));
+                    let halve = line(depth, Expr::rule(format!("{scope}_halve")));
+                    let mut halving = vec![some.clone(), halve.clone(), some.clone()];
+                    if halvings == 2 {
+                        halving.push(Expr::opt(Expr::seq([halve, some])));
+                    }
+                    Expr::alt([Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED)), Expr::seq(halving)])
+                }
+                None => Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED)),
+            };
+            g.define(&name, body)
         };
-        g.define(&name, body)
-    };
     // A new block at the top level, with a blank line before or after it as canonical text has.
     let blank = Expr::opt(Expr::text("+\n"));
     let top_adds: Vec<Expr> = new_names
@@ -250,9 +296,8 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // added and not yet called (the diff cannot end: an uncalled block changes no network).
     // What may be added before line i (or at the end, i = n) in a state, and the state after it.
     let states: Vec<usize> = [NONE, CALLED].into_iter().chain((0..new_names.len()).map(|j| ADDED + j)).collect();
-    // With `locked`, the added lines keep what the place must (they go between lines of the
-    // parent); without, they replace a line that changed the shape, and are typed by kind only.
-    let adds_at = |g: &mut Grammar, i: usize, state: usize, locked: bool| -> Vec<(Expr, usize)> {
+    // With `lock` (an index into `lock_table`), the added lines keep what it says.
+    let adds_at = |g: &mut Grammar, i: usize, state: usize, lock: Option<usize>| -> Vec<(Expr, usize)> {
         match (depth_at(i), item_of(&lines, i)) {
             (0, _) | (_, None) if state < ADDED => {
                 top_adds.iter().enumerate().map(|(j, a)| (a.clone(), ADDED + j)).collect()
@@ -262,11 +307,11 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             // would act on the logits.
             _ if Some(i) == net_close => vec![],
             (d, Some(k)) => {
-                let lock = locks[i].filter(|_| locked);
                 let scope = scope_for(g, k, flow[i], bound_above[i], lock);
-                let mut out = vec![(body_adds(g, &scope, d, None), state)];
+                let halvings = halvings_of(lock);
+                let mut out = vec![(body_adds(g, &scope, d, None, halvings), state)];
                 if state >= ADDED && (entry.is_none() || flow[i] == entry) {
-                    out.push((body_adds(g, &scope, d, Some((state - ADDED, width[i]))), CALLED));
+                    out.push((body_adds(g, &scope, d, Some((state - ADDED, width[i])), halvings), CALLED));
                 }
                 out
             }
@@ -371,7 +416,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // least one); hunk_i: a hunk starting at line i.
     for i in (0..=n).rev() {
         for &state in &states {
-            let adds = adds_at(&mut g, i, state, true);
+            let adds = adds_at(&mut g, i, state, locks[i]);
             let end = r(format!("after_{i}_{state}"));
             let then = |suffix: &str| -> Vec<Expr> {
                 adds.iter().map(|(a, s)| Expr::seq([a.clone(), r(format!("added_{i}_{s}{suffix}"))])).collect()
@@ -388,7 +433,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             if i > 0 && lines[i - 1].removable {
                 let text = lines[i - 1].text;
                 let excluded = Excluded::StartingWith(format!("+{text}\n"));
-                let replacing = if neutral(i - 1) { adds.clone() } else { adds_at(&mut g, i, state, false) };
+                let replacing = adds_at(&mut g, i, state, replace_locks[i - 1]);
                 let again: Vec<Expr> = replacing
                     .iter()
                     .map(|(a, s)| {
@@ -728,62 +773,91 @@ fn kind_and_width(shapes: &[Vec<u64>]) -> Option<(Kind, Option<u64>)> {
 /// by checking the parent with a probe line there (`Lock::at`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Lock {
-    /// A map's size: a line that halves it (`maxpool(k=2)`) does not check here.
-    size: bool,
+    /// How many times the lines may halve a map's size: 0 when a line that halves it
+    /// (`maxpool(k=2)`) does not check here, 1 when one that quarters it does not, 2 when one
+    /// that divides it by 8 does not; 3, free.
+    halvings: u8,
     /// The widths a line may write, when one that doubles the width does not check here.
     widths: Option<Vec<String>>,
+    /// The blocks that may be called here, each with the widths it may be called at (`None`:
+    /// any, as a call at a doubled width checks).
+    calls: Vec<(String, Option<Vec<String>>)>,
     /// The merges that check here, each with the values (bound above) it may take.
     merges: Vec<(&'static str, Vec<String>)>,
     /// The values a pipeline may start from here (`in`, bound names): those of the flow's shape.
     sources: Vec<String>,
 }
 
+/// Where a lock is probed: the parent's lines (perhaps less one that a change removes), the
+/// place (before line `at`, at `depth`), the flow there, and the item's names.
+struct Place<'a> {
+    texts: &'a [&'a str],
+    at: usize,
+    depth: usize,
+    kind: Kind,
+    width: Option<u64>,
+    numbers: &'a [String],
+    values: &'a [String],
+    callees: &'a [stmts::Callee],
+    uncallable: &'a [String],
+}
+
 impl Lock {
-    /// The lock of the place before line `i`, where the flow is of `kind` and `width` and the
-    /// item's integer names are `numbers` and its values bound above `values`.
-    #[allow(clippy::too_many_arguments)]
-    fn at(
-        lines: &[Line],
-        i: usize,
-        depth: usize,
-        kind: Kind,
-        width: Option<u64>,
-        numbers: &[String],
-        values: &[String],
-        binding: Binding,
-    ) -> Lock {
+    fn at(p: &Place, binding: Binding) -> Lock {
         let budget = nasc_lang::check::Budget::default();
         let checks = |probe: &str| {
             let mut src = String::new();
-            for l in &lines[..i] {
-                src.push_str(l.text);
+            for l in &p.texts[..p.at] {
+                src.push_str(l);
                 src.push('\n');
             }
-            src.push_str(&"  ".repeat(depth));
+            src.push_str(&"  ".repeat(p.depth));
             src.push_str(probe);
             src.push('\n');
-            for l in &lines[i..] {
-                src.push_str(l.text);
+            for l in &p.texts[p.at..] {
+                src.push_str(l);
                 src.push('\n');
             }
             nasc_lang::check::check_source(&src, binding, &budget).is_ok()
         };
-        let size = kind == Kind::Map && !checks("maxpool(k=2)");
+        let halvings = if p.kind == Kind::Map {
+            ["maxpool(k=2)", "maxpool(k=4)", "maxpool(k=8)"].iter().take_while(|probe| checks(probe)).count() as u8
+        } else {
+            3
+        };
         // A width no place has: double the flow's, or one many group counts divide.
-        let widen = |w: &str| if kind == Kind::Map { format!("conv({w}, k=1)") } else { format!("linear({w})") };
-        let widths = (!checks(&widen(&width.map_or(96, |w| 2 * w).to_string()))).then(|| {
-            let candidates = width.map(|w| w.to_string()).into_iter().chain(numbers.iter().cloned());
-            candidates.filter(|w| checks(&widen(w))).collect()
-        });
+        let odd = p.width.map_or(96, |w| 2 * w).to_string();
+        // The flow's width, half of it (a narrower layer), and the item's integer names.
+        let known = p.width.into_iter().flat_map(|w| [w.to_string(), (w / 2).max(1).to_string()]);
+        let mut candidates: Vec<String> = known.chain(p.numbers.iter().cloned()).collect();
+        candidates.dedup();
+        let fitting = |line: &dyn Fn(&str) -> String| -> Option<Vec<String>> {
+            (!checks(&line(&odd))).then(|| candidates.iter().filter(|w| checks(&line(w))).cloned().collect())
+        };
+        let widen = |w: &str| if p.kind == Kind::Map { format!("conv({w}, k=1)") } else { format!("linear({w})") };
+        let widths = fitting(&widen);
+        let calls = p
+            .callees
+            .iter()
+            .filter(|b| !p.uncallable.contains(&b.name))
+            .filter_map(|b| {
+                if b.params.is_empty() {
+                    return checks(&b.name).then(|| (b.name.clone(), None));
+                }
+                // Its other parameters at their defaults, or 3 where they have none.
+                let rest: String = b.params[1..].iter().filter(|(_, d)| !d).map(|(n, _)| format!(", {n}=3")).collect();
+                Some((b.name.clone(), fitting(&|w: &str| format!("{}({w}{rest})", b.name))))
+            })
+            .collect();
         let merges = ["add", "mul", "concat"]
             .into_iter()
-            .map(|m| (m, values.iter().filter(|v| checks(&format!("{m}({v})"))).cloned().collect()))
+            .map(|m| (m, p.values.iter().filter(|v| checks(&format!("{m}({v})"))).cloned().collect()))
             .collect();
         let sources = std::iter::once("in".to_string())
-            .chain(values.iter().cloned())
+            .chain(p.values.iter().cloned())
             .filter(|v| checks(&format!("{v} |> identity")))
             .collect();
-        Lock { size, widths, merges, sources }
+        Lock { halvings, widths, calls, merges, sources }
     }
 }
 

@@ -35,9 +35,16 @@ pub struct Scope {
     /// only in forms that keep it (stride 1, an odd kernel, padding half of it), and no other
     /// operation that resizes (`adaptive_avgpool`).
     pub keep_size: bool,
+    /// Where the map may shrink a little but not be strided down (a run of added lines halves
+    /// it on lines of its own, `define_halving`): windows of stride 1, pools with `s=1` written
+    /// (their stride is their kernel by default), no `adaptive_avgpool`.
+    pub unstrided: bool,
     /// Where the width must stay: the widths a convolution, a linear layer or a call of a
     /// block may write (none: those calls are left out), and no `slice`. `None`: any width.
     pub widths: Option<Vec<String>>,
+    /// The blocks that may be called here, each with the first arguments (widths) that check,
+    /// or `None` for any. `None`: every block not in `uncallable`, as `widths` allows.
+    pub calls: Option<Vec<(String, Option<Vec<String>>)>>,
     /// The merges that check here, each with the values it may take, bare. `None`: every merge
     /// of every value in `values`, through branches.
     pub merges: Option<Vec<(&'static str, Vec<String>)>>,
@@ -176,7 +183,18 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
             {
                 continue
             }
-            Args::Params { .. } if scope.keep_size && sig.name == "adaptive_avgpool" => continue,
+            Args::Params { .. } if (scope.keep_size || scope.unstrided) && sig.name == "adaptive_avgpool" => continue,
+            Args::Params { params, positional } if scope.unstrided && is_window_op(sig.name) => {
+                let typed: Vec<(&str, Expr, bool)> = params
+                    .iter()
+                    .filter(|q| !matches!(q.name, "s" | "d") || is_pool(sig.name) && q.name == "s")
+                    .map(|q: &ParamSpec| match q.name {
+                        "s" => (q.name, Expr::text("1"), true),
+                        _ => (q.name, value_of(sig.name, q.name, q.ty), matches!(q.default, ArgDefault::Required)),
+                    })
+                    .collect();
+                call(g, &rule, sig.name, &typed, positional)
+            }
             Args::Params { params, positional } if scope.keep_size && is_window_op(sig.name) => {
                 Expr::alt(keeping_calls(g, &rule, sig.name, params, positional, &value_of))
             }
@@ -219,17 +237,23 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         if scope.uncallable.contains(&b.name) {
             continue;
         }
-        // Where the width must stay, a block's first argument (its width, in every zoo program)
-        // is one of those the place allows.
-        if no_width || (widths.is_some() && b.params.is_empty()) {
-            continue;
-        }
+        // A block's first argument (its width, in every zoo program) is one of those that check
+        // here when the scope knows them, else one of the widths the place allows.
+        let first = match &scope.calls {
+            Some(calls) => match calls.iter().find(|(name, _)| *name == b.name) {
+                None => continue,
+                Some((_, Some(args))) if args.is_empty() => continue,
+                Some((_, args)) => args.as_ref().map(alt_texts),
+            },
+            None if no_width || (widths.is_some() && b.params.is_empty()) => continue,
+            None => widths.clone(),
+        };
         let typed: Vec<(&str, Expr, bool)> = b
             .params
             .iter()
             .enumerate()
             .map(|(j, (n, d))| {
-                (n.as_str(), if j == 0 { widths.clone().unwrap_or(int.clone()) } else { int.clone() }, !d)
+                (n.as_str(), if j == 0 { first.clone().unwrap_or(int.clone()) } else { int.clone() }, !d)
             })
             .collect();
         // The canonical form writes a block's first parameter by position when it has no default.
@@ -375,6 +399,52 @@ fn keeping_calls(
             g.define(&format!("{rule}_keep{k}"), body)
         })
         .collect()
+}
+
+/// Defines `{prefix}_halve`: one call that halves a map's size (`conv(W, k=K, s=2)` with a
+/// padding up to (K-1)/2 and W from `widths` or the scope's integers, `dwconv` alike,
+/// `maxpool(k=2)`, `avgpool(k=2)`, `maxpool(k=3, s=2, p=1)`), as a line of its own where a run
+/// of added lines may halve the map once. Returns a reference to it.
+pub fn define_halving(g: &mut Grammar, prefix: &str, widths: Option<&[String]>, ops: &[&str]) -> Expr {
+    shared(g);
+    let width = match widths {
+        Some(w) => alt_texts(w),
+        None => Expr::rule(format!("{prefix}_int")),
+    };
+    let t = |v: &str| Expr::text(v);
+    // Written through `call`, so that the text splits into the same literals as every other
+    // call's (llguidance's lexer does not back out of a longer literal).
+    let mut forms = Vec::new();
+    let mut form = |g: &mut Grammar, name: &str, op: &str, params: Vec<(&str, Expr, bool)>, positional: usize| {
+        let rule = format!("{prefix}_halve_{name}");
+        let body = call(g, &rule, op, &params, positional);
+        forms.push(g.define(&rule, body));
+    };
+    for k in [1u32, 3, 5, 7] {
+        // Padding up to half the kernel: the map's size halves, give or take a few pixels.
+        let ks = k.to_string();
+        let pads = class(&[('0', char::from(b'0' + ((k - 1) / 2) as u8))]);
+        if ops.contains(&"conv") && widths.is_none_or(|w| !w.is_empty()) {
+            let mut params = vec![("c", width.clone(), true), ("k", t(&ks), true), ("s", t("2"), true)];
+            if k > 1 {
+                params.push(("p", pads.clone(), false));
+            }
+            params.push(("bias", Expr::rule("st_bool"), false));
+            form(g, &format!("conv{k}"), "conv", params, 1);
+        }
+        if k > 1 && ops.contains(&"dwconv") {
+            let params = vec![("k", t(&ks), true), ("s", t("2"), true), ("p", pads.clone(), false)];
+            form(g, &format!("dwconv{k}"), "dwconv", params, 0);
+        }
+    }
+    for pool in ["maxpool", "avgpool"] {
+        if ops.contains(&pool) {
+            form(g, &format!("{pool}2"), pool, vec![("k", t("2"), true)], 0);
+            let params = vec![("k", t("3"), true), ("s", t("2"), true), ("p", t("1"), true)];
+            form(g, &format!("{pool}3"), pool, params, 0);
+        }
+    }
+    g.define(&format!("{prefix}_halve"), Expr::alt(forms))
 }
 
 fn is_pool(op: &str) -> bool {
