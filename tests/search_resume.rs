@@ -98,3 +98,89 @@ fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGKILL at moments drawn at random (from the run's creation to its end, printed so that a
+/// failure can be replayed), `--resume` after each: the run completes with every slot once, and
+/// with the same candidates, slot by slot, as the same run never interrupted.
+#[test]
+fn a_run_killed_at_random_moments_ends_as_the_run_never_killed() {
+    let dir = std::env::temp_dir().join(format!("nasc-kills-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = 2\n\
+             candidates = 4\nseed = 5\n[train]\ndata_root = \"{}\"\nlimit = 500\neval_batch = 1000\n",
+            data_root().display()
+        ),
+    )
+    .unwrap();
+    let search = |args: &[&str], run: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_nasc"))
+            .arg("search")
+            .args(args)
+            .arg(run)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The run never killed.
+    let whole = dir.join("whole");
+    let status = search(&["--config", config.to_str().unwrap(), "--out"], &whole).wait().unwrap();
+    assert!(status.success());
+
+    // The same run, killed at random moments. Millisecond delays from a small generator
+    // seeded by the clock, said on stderr.
+    let mut state = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let run = dir.join("killed");
+    let mut kills = Vec::new();
+    for round in 0..6 {
+        let mut child = if round == 0 {
+            search(&["--config", config.to_str().unwrap(), "--out"], &run)
+        } else {
+            search(&["--resume"], &run)
+        };
+        // The first kills come early (creating the run, training the baseline), later ones anywhere.
+        let ms = if round < 2 { next() % 400 } else { next() % 3000 };
+        std::thread::sleep(Duration::from_millis(ms));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills.push(ms);
+    }
+    eprintln!("killed after {kills:?} ms");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_nasc")).args(["search", "--json", "--resume"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "kills {kills:?}: {}", String::from_utf8_lossy(&out.stderr));
+
+    let rows = |run: &std::path::Path| {
+        let mut all: Vec<_> = Store::open(run)
+            .unwrap()
+            .all()
+            .unwrap()
+            .into_iter()
+            .map(|c| ((c.cycle, c.slot, format!("{:?}", c.role)), c.status, c.program, c.diff, c.verdict))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    };
+    let (a, b) = (rows(&whole), rows(&run));
+    assert!(b.iter().all(|r| r.1 == Status::Finished), "kills {kills:?}: the run completes");
+    assert_eq!(a.len(), b.len(), "kills {kills:?}: as many rows as the run never killed");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.0, &x.2, &x.3, &x.4), (&y.0, &y.2, &y.3, &y.4), "kills {kills:?}: the same candidate");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,7 +17,9 @@ curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
 Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, and, as vLLM names them, \
 POST /v1/load_lora_adapter {\"lora_name\", \"lora_path\", \"load_inplace\"} and POST /v1/unload_lora_adapter \
 {\"lora_name\"} to add, replace or drop an adapter while serving (with --allow-runtime-lora, from folders under \
---lora-root). GET /v1/models/{id} gives one model. Sampling fields: temperature \
+--lora-root). GET /v1/models/{id} gives one model; GET /metrics counts the queue, generations, cancelled ones \
+and tokens (Prometheus text). A client that disconnects stops its generation at the next token; SIGTERM or Ctrl-C \
+stops accepting, finishes the requests in flight and exits 0. Sampling fields: temperature \
 (default 1), top_p, top_k (0 or -1: all), frequency_penalty and presence_penalty (-2 to 2), max_tokens / max_completion_tokens, n (replies decoded in one batch \
 sharing the prompt's cache), stop (a string or a list), seed, stream (server-sent events ending in \
 `data: [DONE]`; stream_options.include_usage adds a usage chunk). A request's `model` names the base model or an adapter; without it the base model answers.\n\n\
