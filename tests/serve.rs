@@ -811,3 +811,63 @@ fn a_client_that_leaves_stops_its_generation_and_sigterm_finishes_what_is_in_fli
     assert!(status.success(), "nasc serve exited with {status} after SIGTERM");
     assert!(TcpStream::connect(s.addr()).is_err(), "still accepting after SIGTERM");
 }
+
+/// What hyper now does for the server, as a client sees it: chunked request bodies are read,
+/// keep-alive serves several requests on one connection, a head over the limit or with too
+/// many headers is a 431, a declared body over the limit a 413 before anything is read.
+#[test]
+fn http_framing_chunked_bodies_keep_alive_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let s = Server::start(&model, &[]);
+    let exchange = |request: &[u8]| {
+        let mut raw = TcpStream::connect(s.addr()).unwrap();
+        raw.write_all(request).unwrap();
+        let mut answer = String::new();
+        let _ = raw.read_to_string(&mut answer);
+        answer
+    };
+    let body = br#"{"prompt": "hello", "max_tokens": 2, "seed": 1}"#;
+    let mut chunked = format!(
+        "POST /v1/completions HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    chunked.extend_from_slice(body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = exchange(&chunked);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"choices\""), "{answer}");
+    // Two requests on one connection, the second closing it.
+    let two = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let answer = exchange(two);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    let big = format!("GET /v1/models HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(300_000));
+    assert!(exchange(big.as_bytes()).starts_with("HTTP/1.1 431"));
+    let many: String = (0..200).map(|i| format!("X-H{i}: a\r\n")).collect();
+    assert!(exchange(format!("GET /v1/models HTTP/1.1\r\n{many}\r\n").as_bytes()).starts_with("HTTP/1.1 431"));
+    let answer = exchange(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 40000000\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("the body is over"), "{answer}");
+    let (status, _) = s.get("/v1/models");
+    assert_eq!(status, 200);
+}
+
+/// A client that never finishes its request cannot hold the process after SIGTERM: past
+/// --shutdown-timeout its connection is closed and the server exits 0.
+#[test]
+fn sigterm_does_not_wait_past_the_shutdown_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let mut s = Server::start(&model, &["--shutdown-timeout", "1", "--request-timeout", "60"]);
+    // A request in flight: its head, and half of its body.
+    let mut raw = TcpStream::connect(s.addr()).unwrap();
+    raw.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"prompt\": ").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap().success());
+    let status = s.child.wait().unwrap();
+    let waited = started.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(waited > std::time::Duration::from_millis(900), "did not wait for the request in flight: {waited:?}");
+    assert!(waited < std::time::Duration::from_secs(10), "waited {waited:?}");
+    drop(raw);
+}

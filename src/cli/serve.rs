@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// answered 429 (retry later) rather than queued without end.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_queue: usize,
+    /// After SIGTERM or Ctrl-C, seconds the requests in flight may take to finish before their
+    /// connections are closed; the process then exits 0.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    shutdown_timeout: f64,
     /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
     /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: inputs are
     /// rounded to 8 bits and take integer dot products (Q8_0, Q4_0, Q4_1; AVX-512 VNNI where the
@@ -135,6 +139,9 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode, UsageError> {
         lora_root,
         max_connections: a.max_connections.max(1),
         max_queue: a.max_queue.max(1),
+        shutdown_timeout: std::time::Duration::try_from_secs_f64(a.shutdown_timeout).map_err(|_| {
+            UsageError(format!("--shutdown-timeout {}: a number of seconds, 0 or more", a.shutdown_timeout))
+        })?,
         request_timeout: std::time::Duration::try_from_secs_f64(a.request_timeout)
             .ok()
             .filter(|d| !d.is_zero())

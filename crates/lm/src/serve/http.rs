@@ -81,7 +81,7 @@ async fn accept(
     (mut term, mut int): (Signal, Signal),
 ) -> Result<(), String> {
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-    let timeout = info.request_timeout;
+    let (timeout, grace) = (info.request_timeout, info.shutdown_timeout);
     let app = router(info);
     let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
@@ -135,7 +135,11 @@ async fn accept(
     }
     drop(listener);
     eprintln!("nasc serve: stopping; answering the requests in flight first");
-    graceful.shutdown().await;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        // A client that does not read its answer cannot hold the process: its generation stops
+        // once its connection is dropped with the runtime.
+        eprintln!("nasc serve: some requests were still open after {grace:?} (--shutdown-timeout); closing them");
+    }
     Ok(())
 }
 

@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// The most generation requests waiting or running at once; more are answered 429.
     pub max_queue: usize,
+    /// After SIGTERM or SIGINT, how long the requests in flight may take to finish.
+    pub shutdown_timeout: Duration,
     /// The longest a client may take to send a whole request (and each write of the answer);
     /// past it, a 408.
     pub request_timeout: Duration,
@@ -94,6 +96,7 @@ struct Info {
     lora_root: Option<PathBuf>,
     api_key: Option<Arc<str>>,
     request_timeout: Duration,
+    shutdown_timeout: Duration,
     /// Generation requests sent to the model thread and not yet finished, and the most allowed.
     queued: Arc<AtomicUsize>,
     max_queue: usize,
@@ -206,6 +209,7 @@ impl BackendJob for Job {
             lora_root: a.lora_root.clone(),
             api_key: a.api_key.as_deref().map(Arc::from),
             request_timeout: a.request_timeout,
+            shutdown_timeout: a.shutdown_timeout,
             queued: Arc::new(AtomicUsize::new(0)),
             max_queue: a.max_queue.max(1),
             stats: Arc::new(Stats::default()),
