@@ -871,3 +871,75 @@ fn sigterm_does_not_wait_past_the_shutdown_timeout() {
     assert!(waited < std::time::Duration::from_secs(10), "waited {waited:?}");
     drop(raw);
 }
+
+/// A bounded load test: 8 clients send 300 requests in all (n of 1, 2 or 4; half streamed; one
+/// in ten leaving its stream after the first event), and every request that stays gets a whole
+/// 200 answer: no server error, no lost stream, and the server serves on. The latencies and
+/// throughput are printed (`--nocapture`) for the notes; the tiny model makes them a measure of
+/// the server, not of a model.
+#[test]
+fn three_hundred_mixed_requests_from_eight_clients_all_get_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path());
+    let s = std::sync::Arc::new(Server::start(&model, &["--max-queue", "16"]));
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..8u64)
+        .map(|c| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut refused = 0;
+                for r in 0..300u64 / 8 + u64::from(c < 300 % 8) {
+                    let (n, stream, leave) = (1 << (r % 3), (r + c) % 2 == 0, (r * 8 + c) % 10 == 3);
+                    let body = json!({"prompt": format!("request {r} of {c}"), "max_tokens": 12 + r % 20,
+                                      "n": n, "seed": r, "stream": stream});
+                    let t = std::time::Instant::now();
+                    if stream && leave {
+                        let body = body.to_string();
+                        let mut raw = TcpStream::connect(s.addr()).unwrap();
+                        write!(raw, "POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                            .unwrap();
+                        let mut first = [0u8; 64];
+                        let _ = raw.read(&mut first);
+                        continue;
+                    }
+                    let (status, _, text) = s.post_raw("/v1/completions", &body.to_string());
+                    if status == 429 {
+                        refused += 1;
+                        continue;
+                    }
+                    assert_eq!(status, 200, "{text}");
+                    if stream {
+                        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+                        assert_eq!(text.matches("\"finish_reason\":\"").count(), n as usize, "{text}");
+                    } else {
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        assert_eq!(v["choices"].as_array().unwrap().len(), n as usize, "{v}");
+                    }
+                    latencies.push(t.elapsed());
+                }
+                (latencies, refused)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    for c in clients {
+        let (l, r) = c.join().unwrap();
+        latencies.extend(l);
+        refused += r;
+    }
+    let wall = started.elapsed();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "{} answered, {refused} refused (429) in {wall:?}: {:.0} requests/s, p50 {:?}, p99 {:?}",
+        latencies.len(),
+        latencies.len() as f64 / wall.as_secs_f64(),
+        at(0.5),
+        at(0.99)
+    );
+    assert!(latencies.len() >= 250, "{} answered", latencies.len());
+    let (status, _) = s.get("/v1/models");
+    assert_eq!(status, 200);
+}
