@@ -647,8 +647,6 @@ fn abusive_requests_get_defined_answers() {
     assert_error(status, &v, 400, Some("presence_penalty"), "[-2, 2]");
     // Fields nasc does not implement are refused by name; at their neutral values they pass.
     for (field, value) in [
-        ("logprobs", json!(true)),
-        ("top_logprobs", json!(3)),
         ("echo", json!(true)),
         ("best_of", json!(4)),
         ("suffix", json!("}")),
@@ -660,6 +658,29 @@ fn abusive_requests_get_defined_answers() {
         assert_error(status, &v, 400, Some(field), field);
     }
     let neutral = json!({"logprobs": false, "echo": false, "best_of": 1, "suffix": null, "tools": [], "user": "u1"});
+    // Log-probabilities, as each endpoint gives them, with whole answers only.
+    let (status, v) = s.post("/v1/completions", &prompt(json!({"logprobs": 2})));
+    assert_eq!(status, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens = v["choices"][0]["completion_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), tokens, "{v}");
+    assert!(lp["token_logprobs"].as_array().unwrap().iter().all(|x| x.as_f64().unwrap() <= 0.0), "{v}");
+    assert!(lp["top_logprobs"].as_array().unwrap().iter().all(|m| m.as_object().unwrap().len() <= 2), "{v}");
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "logprobs": true,
+                      "top_logprobs": 3, "temperature": 0});
+    let (status, v) = s.post("/v1/chat/completions", &chat);
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(!content.is_empty() && content.iter().all(|t| t["top_logprobs"].as_array().unwrap().len() == 3), "{v}");
+    // Greedy: the token drawn is the most likely one.
+    assert!(content.iter().all(|t| t["top_logprobs"][0]["token"] == t["token"]), "{v}");
+    let (status, v) = s.post("/v1/completions", &prompt(json!({"logprobs": 2, "stream": true})));
+    assert_error(status, &v, 400, Some("logprobs"), "stream");
+    let (status, v) = s.post("/v1/completions", &prompt(json!({"logprobs": 9})));
+    assert_error(status, &v, 400, Some("logprobs"), "0 to 5");
+    let (status, v) =
+        s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}));
+    assert_error(status, &v, 400, Some("top_logprobs"), "logprobs");
     let (status, v) = s.post("/v1/completions", &prompt(neutral));
     assert_eq!(status, 200, "{v}");
     let (status, v) = s.post("/v1/completions", &prompt(json!({"frobnicate": 1})));

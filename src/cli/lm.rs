@@ -196,6 +196,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<ExitCode, UsageError> {
             n: a.n,
             frequency_penalty: a.frequency_penalty,
             presence_penalty: a.presence_penalty,
+            logprobs: None,
         },
         grammar,
     };

@@ -19,7 +19,9 @@ POST /v1/load_lora_adapter {\"lora_name\", \"lora_path\", \"load_inplace\"} and 
 {\"lora_name\"} to add, replace or drop an adapter while serving (with --allow-runtime-lora, from folders under \
 --lora-root). GET /v1/models/{id} gives one model; GET /metrics counts the queue, generations, cancelled ones \
 and tokens (Prometheus text). A client that disconnects stops its generation at the next token; SIGTERM or Ctrl-C \
-stops accepting, finishes the requests in flight and exits 0. Sampling fields: temperature \
+stops accepting, finishes the requests in flight and exits 0. Log-probabilities of the model's own \
+distribution, with whole answers: `logprobs: N` (0 to 5 alternatives) on /v1/completions, `logprobs: true` and \
+`top_logprobs` (0 to 20) on /v1/chat/completions. Sampling fields: temperature \
 (default 1), top_p, top_k (0 or -1: all), frequency_penalty and presence_penalty (-2 to 2), max_tokens / max_completion_tokens, n (replies decoded in one batch \
 sharing the prompt's cache), stop (a string or a list), seed, stream (server-sent events ending in \
 `data: [DONE]`; stream_options.include_usage adds a usage chunk). A request's `model` names the base model or an adapter; without it the base model answers.\n\n\
@@ -29,7 +31,7 @@ Constrained decoding (llguidance; one constraint per request, every reply held t
 `structured_outputs` also takes `json` (a JSON schema), `regex` and `choice` (a list of strings), as do vLLM's \
 `guided_json`, `guided_regex` and `guided_choice`; `response_format` takes `json_object` and `json_schema`. A reply \
 ends when its grammar is complete; one that can go no further ends with finish_reason `no_allowed_token`. \
-A grammar that does not compile, or a field nasc does not implement (logprobs, echo, best_of, suffix, tools, \
+A grammar that does not compile, or a field nasc does not implement (echo, best_of, suffix, tools, \
 logit_bias, ... other than at their neutral values), is a 400 that says which. A request whose KV cache, \
 n × (prompt + max_tokens) positions, would pass --kv-cache-bytes is a 400 that says how much it needs.")]
 pub struct ServeArgs {

@@ -19,6 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::time::Instant;
 
+/// The most alternatives a token's log-probability comes with (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
 /// How tokens are chosen and when a reply ends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -41,6 +44,10 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Subtracted from the logit of every token the reply has drawn (`presence_penalty`).
     pub presence_penalty: f32,
+    /// Each drawn token's log-probability under the model (its raw distribution, before
+    /// temperature, penalties and grammars), with this many most likely alternatives (at most
+    /// [`MAX_TOP_LOGPROBS`]); `None`: none.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -56,6 +63,7 @@ impl Default for SamplingParams {
             n: 1,
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            logprobs: None,
         }
     }
 }
@@ -72,6 +80,9 @@ impl SamplingParams {
         }
         if self.n == 0 {
             return bad("n must be at least 1".into());
+        }
+        if self.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return bad(format!("top logprobs {} must be at most {MAX_TOP_LOGPROBS}", self.logprobs.unwrap_or(0)));
         }
         if self.stop.iter().any(String::is_empty) {
             return bad("a stop string must not be empty".into());
@@ -115,6 +126,49 @@ pub struct Completion {
     /// The reply's text, without the stop token or stop string and what follows it.
     pub text: String,
     pub finish: FinishReason,
+    /// One per token of `tokens` when `SamplingParams::logprobs` asked for them.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// A drawn token's natural-log probability, and the most likely tokens at its place with theirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// A row's distribution as the model gave it, kept for log-probabilities.
+struct RawRow {
+    norm: f32,
+    top: Vec<(u32, f32)>,
+    logits: Vec<f32>,
+}
+
+/// The log-probabilities of a row of logits: each token's is its logit less this.
+fn log_normaliser(row: &[f32]) -> f32 {
+    let max = row.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return max;
+    }
+    max + row.iter().filter(|v| !v.is_nan()).map(|v| (v - max).exp()).sum::<f32>().ln()
+}
+
+/// The `k` tokens of `row` with the highest logits (ties by id), with their log-probabilities.
+fn top_logprobs(row: &[f32], k: usize, norm: f32) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return top;
+    }
+    for (id, &v) in row.iter().enumerate() {
+        if v.is_nan() || top.len() == k && v <= top[k - 1].1 {
+            continue;
+        }
+        let at = top.partition_point(|&(_, w)| w >= v);
+        top.insert(at, (id as u32, v));
+        top.truncate(k);
+    }
+    top.into_iter().map(|(id, v)| (id, v - norm)).collect()
 }
 
 /// All replies to one prompt, with timings.
@@ -145,6 +199,7 @@ struct Stream {
     /// Bytes of text already handed to the caller.
     emitted: usize,
     done: Option<(FinishReason, String)>,
+    logprobs: Vec<TokenLogprob>,
 }
 
 /// Samples `params.n` replies to `prompt` (token ids, already templated). `on_text(stream,
@@ -209,7 +264,7 @@ pub fn generate_until<B: Backend>(
         .map(|i| {
             let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
             rng.set_stream(i as u64);
-            Stream { rng, tokens: vec![], emitted: 0, done: None }
+            Stream { rng, tokens: vec![], emitted: 0, done: None, logprobs: vec![] }
         })
         .collect();
     // Rows of the batch, by stream index; the logits of row r belong to stream active[r].
@@ -224,6 +279,17 @@ pub fn generate_until<B: Backend>(
 
     let penalised = params.frequency_penalty != 0.0 || params.presence_penalty != 0.0;
     while !active.is_empty() && params.max_new_tokens > 0 && go_on() {
+        // The raw distribution of each row, before penalties and grammars change the logits.
+        let raw: Vec<RawRow> = match params.logprobs {
+            Some(k) => logits
+                .par_iter()
+                .map(|row| {
+                    let norm = log_normaliser(row);
+                    RawRow { norm, top: top_logprobs(row, k, norm), logits: row.clone() }
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         if penalised {
             logits
                 .par_iter_mut()
@@ -259,6 +325,10 @@ pub fn generate_until<B: Backend>(
             };
             if step.is_ok() {
                 stream.tokens.push(token);
+                if let Some(r) = raw.get(row) {
+                    let logprob = r.logits.get(token as usize).map_or(f32::NEG_INFINITY, |v| v - r.norm);
+                    stream.logprobs.push(TokenLogprob { token, logprob, top: r.top.clone() });
+                }
             }
             // The token would be fed at position cache.len(); past the context there is none.
             let at_limit = stream.tokens.len() >= params.max_new_tokens || cache.len() >= context;
@@ -325,7 +395,7 @@ pub fn generate_until<B: Backend>(
         .into_iter()
         .map(|s| {
             let (finish, text) = s.done.unwrap_or((FinishReason::Length, String::new()));
-            Completion { tokens: s.tokens, text, finish }
+            Completion { tokens: s.tokens, text, finish, logprobs: s.logprobs }
         })
         .collect();
     Ok(Generation {

@@ -670,3 +670,31 @@ fn a_hugging_face_folder_generates_what_its_gguf_twin_does() {
     let e = Checkpoint::<B>::open(hf.path(), &Default::default()).err().unwrap().to_string();
     assert!(e.contains("tokenizer.json"), "{e}");
 }
+
+/// Log-probabilities come from the raw distribution: each is at most 0, the alternatives are in
+/// order, a greedy draw is the first of them, and they sum to at most 1 in probability.
+#[test]
+fn logprobs_are_the_models_own_and_greedy_draws_are_the_most_likely() {
+    let (model, tok) = tiny_checkpoint();
+    let prompt = tok.encode("hello world", false).unwrap();
+    let params = SamplingParams { max_new_tokens: 8, logprobs: Some(5), n: 2, ..Default::default() };
+    let g = generate(&model, &tok, &prompt, &params, |_, _| {}).unwrap();
+    for c in &g.completions {
+        assert_eq!(c.logprobs.len(), c.tokens.len());
+        for (t, lp) in c.tokens.iter().zip(&c.logprobs) {
+            assert_eq!(*t, lp.token);
+            assert!(lp.logprob <= 0.0, "{lp:?}");
+            assert_eq!(lp.top.len(), 5);
+            assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1), "{lp:?}");
+            assert_eq!(lp.top[0], (lp.token, lp.logprob), "a greedy draw is the most likely token");
+            assert!(lp.top.iter().map(|&(_, v)| v.exp()).sum::<f32>() <= 1.0 + 1e-5);
+        }
+    }
+    // Sampled at a temperature, the log-probabilities stay the model's (not the tempered ones).
+    let hot = SamplingParams { temperature: 5.0, seed: 3, logprobs: Some(0), ..params };
+    let g = generate(&model, &tok, &prompt, &hot, |_, _| {}).unwrap();
+    assert!(g.completions[0].logprobs.iter().all(|lp| lp.top.is_empty() && lp.logprob <= 0.0));
+    let none = generate(&model, &tok, &prompt, &SamplingParams { logprobs: None, ..hot }, |_, _| {}).unwrap();
+    assert!(none.completions[0].logprobs.is_empty());
+    assert!(SamplingParams { logprobs: Some(21), ..Default::default() }.validate().is_err());
+}

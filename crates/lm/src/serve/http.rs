@@ -6,7 +6,8 @@
 //! limit (413), the API key (401, before any body is read), the queue bound (429), errors as the
 //! OpenAI protocol's error objects, and a graceful stop on SIGTERM or Ctrl-C.
 
-use super::{adapter_request, models, not_served, now, parse, request_id, Event, HttpError, Info, Msg};
+use super::{adapter_request, models, not_served, now, parse, request_id, Event, HttpError, Info, Msg, TokenTexts};
+use crate::generate::TokenLogprob;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -316,6 +317,7 @@ async fn generate(info: Info, request: Request, chat: bool) -> Response {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     w.reply = tx;
     let (stream, include_usage, n, model) = (w.stream, w.include_usage, w.params.n, w.model.clone());
+    let with_logprobs = w.params.logprobs.is_some();
     if info.queued.fetch_add(1, Ordering::SeqCst) >= info.max_queue {
         info.queued.fetch_sub(1, Ordering::SeqCst);
         return HttpError {
@@ -336,10 +338,10 @@ async fn generate(info: Info, request: Request, chat: bool) -> Response {
         Some(Event::Failed(e)) => return e.into_response(),
         _ => return HttpError::server("the generation stopped unexpectedly".into()).into_response(),
     };
-    let reply = Reply { id: request_id(chat), created: now(), model, chat, prompt_tokens };
+    let reply = Reply { id: request_id(chat), created: now(), model, chat, prompt_tokens, with_logprobs };
     if !stream {
         return match rx.recv().await {
-            Some(Event::Done(g)) => json_response(StatusCode::OK, &reply.whole(&g)),
+            Some(Event::Done(g, texts)) => json_response(StatusCode::OK, &reply.whole(&g, &texts)),
             Some(Event::Failed(e)) => e.into_response(),
             _ => HttpError::server("the generation stopped unexpectedly".into()).into_response(),
         };
@@ -359,7 +361,7 @@ async fn generate(info: Info, request: Request, chat: bool) -> Response {
                     return Some((Ok(reply.chunk(reply.piece(i, &text, Value::Null), None)), Some(rx)))
                 }
                 Event::Started(_) => return Some((Ok(String::new()), Some(rx))),
-                Event::Done(g) => {
+                Event::Done(g, _) => {
                     let mut out: String = g
                         .completions
                         .iter()
@@ -391,6 +393,8 @@ struct Reply {
     model: String,
     chat: bool,
     prompt_tokens: usize,
+    /// Whether the request asked for log-probabilities.
+    with_logprobs: bool,
 }
 
 impl Reply {
@@ -399,8 +403,58 @@ impl Reply {
                "total_tokens": self.prompt_tokens + g.generated_tokens()})
     }
 
+    /// A reply's log-probabilities as the endpoint gives them: chat's `content` list of tokens
+    /// with their top alternatives, or the completions API's parallel lists.
+    fn logprobs(&self, tokens: &[TokenLogprob], texts: &TokenTexts, text: &str) -> Value {
+        let t = |id: u32| texts.get(&id).map_or("", String::as_str);
+        // A JSON number, or null where the model gave none (NaN logits).
+        let lp = |v: f32| {
+            if v.is_finite() {
+                json!(v)
+            } else if v < 0.0 {
+                json!(-9999.0)
+            } else {
+                Value::Null
+            }
+        };
+        // UTF-8 bytes of a token's text, unless it is part of a character (shown as U+FFFD).
+        let bytes = |s: &str| if s.contains('\u{FFFD}') { Value::Null } else { json!(s.as_bytes()) };
+        if self.chat {
+            let content: Vec<Value> = tokens
+                .iter()
+                .map(|tl| {
+                    let top: Vec<Value> = tl
+                        .top
+                        .iter()
+                        .map(|&(id, v)| json!({"token": t(id), "logprob": lp(v), "bytes": bytes(t(id))}))
+                        .collect();
+                    json!({"token": t(tl.token), "logprob": lp(tl.logprob), "bytes": bytes(t(tl.token)),
+                           "top_logprobs": top})
+                })
+                .collect();
+            return json!({"content": content});
+        }
+        let mut offset = 0;
+        let mut offsets = Vec::with_capacity(tokens.len());
+        for tl in tokens {
+            offsets.push(offset.min(text.len()));
+            offset += t(tl.token).len();
+        }
+        let top: Vec<Value> = tokens
+            .iter()
+            .map(|tl| {
+                let map: serde_json::Map<String, Value> =
+                    tl.top.iter().map(|&(id, v)| (t(id).to_string(), lp(v))).collect();
+                Value::Object(map)
+            })
+            .collect();
+        json!({"tokens": tokens.iter().map(|tl| t(tl.token)).collect::<Vec<_>>(),
+               "token_logprobs": tokens.iter().map(|tl| lp(tl.logprob)).collect::<Vec<_>>(),
+               "top_logprobs": top, "text_offset": offsets})
+    }
+
     /// The whole answer, when not streamed.
-    fn whole(&self, g: &crate::generate::Generation) -> Value {
+    fn whole(&self, g: &crate::generate::Generation, texts: &TokenTexts) -> Value {
         let choices: Vec<Value> = g
             .completions
             .iter()
@@ -412,7 +466,9 @@ impl Reply {
                     ("text", json!(c.text))
                 };
                 // `completion_tokens` per choice is ours: the usage only counts all choices together.
-                let mut choice = json!({"index": i, "finish_reason": c.finish.as_str(), "logprobs": null,
+                let logprobs =
+                    if self.with_logprobs { self.logprobs(&c.logprobs, texts, &c.text) } else { Value::Null };
+                let mut choice = json!({"index": i, "finish_reason": c.finish.as_str(), "logprobs": logprobs,
                                         "completion_tokens": c.tokens.len()});
                 choice[body.0] = body.1;
                 choice

@@ -171,6 +171,9 @@ struct Work {
     reply: async_mpsc::UnboundedSender<Event>,
 }
 
+/// Token ids' texts, for log-probabilities.
+type TokenTexts = std::collections::HashMap<u32, String>;
+
 enum Input {
     Chat(Vec<Message>),
     Text(String),
@@ -180,7 +183,8 @@ enum Event {
     /// The prompt's token count, once it is known to fit.
     Started(usize),
     Piece(usize, String),
-    Done(Generation),
+    /// The replies, and the text of every token their log-probabilities name.
+    Done(Generation, TokenTexts),
     Failed(HttpError),
 }
 
@@ -413,7 +417,15 @@ fn run_work<B: Backend>(
         stats.tokens.fetch_add(g.generated_tokens() as u64, Ordering::SeqCst);
     }
     let _ = w.reply.send(match result {
-        Ok(g) => Event::Done(g),
+        Ok(g) => {
+            let mut texts = TokenTexts::new();
+            for t in g.completions.iter().flat_map(|c| &c.logprobs) {
+                for id in std::iter::once(t.token).chain(t.top.iter().map(|&(id, _)| id)) {
+                    texts.entry(id).or_insert_with(|| ckpt.tokenizer.decode(&[id], false).unwrap_or_default());
+                }
+            }
+            Event::Done(g, texts)
+        }
         Err(ModelError::Input { what }) => Event::Failed(HttpError::bad(what, None)),
         Err(e) => Event::Failed(HttpError::server(e.to_string())),
     });
@@ -572,6 +584,8 @@ const FIELDS: &[&str] = &[
     "stream_options",
     "frequency_penalty",
     "presence_penalty",
+    "logprobs",
+    "top_logprobs",
     "grammar",
     "guided_grammar",
     "guided_json",
@@ -594,11 +608,9 @@ type Neutral = fn(&Value, &serde_json::Map<String, Value>) -> bool;
 /// The fields of OpenAI's and vLLM's requests that nasc does not implement, each with its
 /// neutral values.
 const UNSUPPORTED: &[(&str, Neutral)] = &[
-    ("logprobs", |v, _| matches!(v, Value::Null | Value::Bool(false))),
     ("echo", |v, _| matches!(v, Value::Null | Value::Bool(false))),
     ("ignore_eos", |v, _| matches!(v, Value::Null | Value::Bool(false))),
     ("parallel_tool_calls", |v, _| matches!(v, Value::Null | Value::Bool(false))),
-    ("top_logprobs", |v, _| v.is_null() || v.as_i64() == Some(0)),
     ("best_of", |v, obj| v.is_null() || v.as_i64() == Some(1) || obj.get("n") == Some(v)),
     ("suffix", |v, _| v.is_null() || v.as_str() == Some("")),
     ("tools", |v, _| v.is_null() || v.as_array().is_some_and(Vec::is_empty)),
@@ -751,7 +763,49 @@ fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
         }
         *slot = v as f32;
     }
+    // Chat: `logprobs: true` and `top_logprobs` 0 to 20; completions: `logprobs` 0 to 5, the
+    // number of alternatives. Given with whole answers only: a streamed piece of text is not
+    // one token.
+    let logprobs = if chat {
+        let on = match f.get("logprobs") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(HttpError::bad("'logprobs' must be true or false".into(), Some("logprobs"))),
+        };
+        let top = f.integer("top_logprobs")?;
+        match (on, top) {
+            (_, Some(k)) if !(0..=20).contains(&k) => {
+                return Err(HttpError::bad(format!("top_logprobs {k} must be between 0 and 20"), Some("top_logprobs")))
+            }
+            (false, Some(k)) if k > 0 => {
+                return Err(HttpError::bad("top_logprobs needs \"logprobs\": true".into(), Some("top_logprobs")))
+            }
+            (true, k) => Some(k.unwrap_or(0) as usize),
+            (false, _) => None,
+        }
+    } else {
+        if f.get("top_logprobs").is_some() {
+            return Err(HttpError::bad(
+                "top_logprobs is a chat field; completions take \"logprobs\": N alternatives".into(),
+                Some("top_logprobs"),
+            ));
+        }
+        match f.get("logprobs") {
+            None | Some(Value::Bool(false)) => None,
+            Some(v) => match v.as_i64() {
+                Some(k) if (0..=5).contains(&k) => Some(k as usize),
+                _ => return Err(HttpError::bad("'logprobs' must be an integer from 0 to 5".into(), Some("logprobs"))),
+            },
+        }
+    };
+    if logprobs.is_some() && stream {
+        return Err(HttpError::bad(
+            "logprobs come with whole answers only; set \"stream\": false".into(),
+            Some("logprobs"),
+        ));
+    }
     let params = SamplingParams {
+        logprobs,
         frequency_penalty: penalties[0],
         presence_penalty: penalties[1],
         temperature: temperature as f32,
