@@ -173,7 +173,7 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
         assert!(checker.accepts(&fenced(&with(body))).is_err(), "{why}");
     }
     // x is merged only while the flow keeps its shape: windows that keep the size, widths of
-    // `c`, the gate vector of width `c`.
+    // `c`, the gate vector of width `c`. With x or without, a new block keeps a map's size.
     checker.accepts(&fenced(&with("+  x = in\n+  maxpool(k=3, s=1, p=1)\n+  conv(c, k=5, p=2)\n+  add(x)\n"))).unwrap();
     let reshaped = [
         ("+  x = in\n+  maxpool(k=2)\n+  add(x)\n", "merging x after halving the map"),
@@ -181,6 +181,7 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
         ("+  x = in\n+  conv(16, k=3, p=1)\n+  add(x)\n", "merging x after changing the width"),
         ("+  x = in\n+  gap\n+  linear(c / 4)\n+  mul(x)\n", "gating by a vector of another width"),
         ("+  bn\n+  x = in\n+  add(x)\n", "a line before `x = in`, which drops it"),
+        ("+  maxpool(k=2)\n", "a new block that resizes the map: it may be called where it is small"),
     ];
     for (body, why) in reshaped {
         assert!(checker.accepts(&fenced(&with(body))).is_err(), "{why}");

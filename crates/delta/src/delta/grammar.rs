@@ -520,14 +520,11 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
     let tag = |k: Kind| kind_tag(Some(k));
     let base = Scope { numbers: vec!["c".to_string()], no_merges: true, ..Scope::default() };
     // Free lines per kind, and the changes of kind, x bound or not (free lines do not use x:
-    // its shape may not be the flow's).
+    // its shape may not be the flow's). Maps keep their size: the block may be called where
+    // the map is already small, and nothing here knows where.
     for k in all {
-        stmts::define_statement(
-            g,
-            &format!("snew{}", tag(k)),
-            &Scope { ops: Some(kinds::keeping(k).to_vec()), ..base.clone() },
-            callees,
-        );
+        let scope = Scope { ops: Some(kinds::keeping(k).to_vec()), keep_size: k == Kind::Map, ..base.clone() };
+        stmts::define_statement(g, &format!("snew{}", tag(k)), &scope, callees);
         for to in all {
             if to != k && !kinds::changing(k, to).is_empty() {
                 let ops = Some(kinds::changing(k, to).to_vec());
