@@ -165,11 +165,11 @@ fn grammar_prints_the_parents_diff_grammar_as_lark_or_gbnf() {
     let bad = nasc(&["grammar", "/nonexistent.arch"]);
     assert_eq!(bad.status.code(), Some(2));
     // With a dataset, lines added where the flow is a vector offer no pooling: the grammar has
-    // statement rules by kind of flow.
+    // statement rules by kind of flow (and by what each place must keep, `_l{n}`).
     let typed = nasc(&["grammar", "zoo/lenet5.arch", "--dataset", "fashion-mnist"]);
     assert!(typed.status.success(), "{}", String::from_utf8_lossy(&typed.stderr));
     let typed = String::from_utf8(typed.stdout).unwrap();
-    assert!(typed.contains("s0v_b0_stmt") && typed.contains("s0m_b0_stmt"), "{typed}");
+    assert!(typed.contains("s0v_b0_l") && typed.contains("s0m_b0_l"), "{typed}");
     let unknown = nasc(&["grammar", "zoo/lenet5.arch", "--dataset", "nope"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("--dataset nope: unknown"));
