@@ -13,9 +13,10 @@ fn data_root() -> PathBuf {
     std::env::var_os("NASC_TEST_DATA").map_or_else(|| PathBuf::from("/usr/share/datasets"), PathBuf::from)
 }
 
-#[test]
-fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
-    let dir = std::env::temp_dir().join(format!("nasc-resume-{}", std::process::id()));
+/// A fresh folder named `name` (with the process id) holding `run.toml`: 2 cycles of 4 LeNet-5
+/// candidates on Fashion-MNIST, with `seed` and a training subset of `limit` images.
+fn lenet5_run(name: &str, seed: u64, limit: u32) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
@@ -24,11 +25,17 @@ fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
         &config,
         format!(
             "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = 2\n\
-             candidates = 4\nseed = 3\n[train]\ndata_root = \"{}\"\nlimit = 2000\neval_batch = 1000\n",
+             candidates = 4\nseed = {seed}\n[train]\ndata_root = \"{}\"\nlimit = {limit}\neval_batch = 1000\n",
             data_root().display()
         ),
     )
     .unwrap();
+    (dir, config)
+}
+
+#[test]
+fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
+    let (dir, config) = lenet5_run("nasc-resume", 3, 2000);
     let run = dir.join("run");
     let mut child = Command::new(env!("CARGO_BIN_EXE_nasc"))
         .args(["search", "--json", "--config"])
@@ -104,20 +111,7 @@ fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
 /// with the same candidates, slot by slot, as the same run never interrupted.
 #[test]
 fn a_run_killed_at_random_moments_ends_as_the_run_never_killed() {
-    let dir = std::env::temp_dir().join(format!("nasc-kills-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let config = dir.join("run.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "datasets = [\"fashion-mnist\"]\nbaselines = [\"{root}/zoo/lenet5.arch\"]\ncycles = 2\n\
-             candidates = 4\nseed = 5\n[train]\ndata_root = \"{}\"\nlimit = 500\neval_batch = 1000\n",
-            data_root().display()
-        ),
-    )
-    .unwrap();
+    let (dir, config) = lenet5_run("nasc-kills", 5, 500);
     let search = |args: &[&str], run: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_nasc"))
             .arg("search")
