@@ -298,6 +298,7 @@ fn with_a_dataset_added_lines_halve_a_map_only_as_often_as_the_rest_allows() {
         "+  maxpool(k=3)\n",
         "+  maxpool(k=2) |> maxpool(k=2)\n",
         "+  conv(8, k=3, s=3)\n",
+        "+  maxpool(k=1, s=1, p=1)\n",
     ] {
         assert!(checker.accepts(&after_relu(bad)).is_err(), "{bad}");
     }

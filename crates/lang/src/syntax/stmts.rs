@@ -36,8 +36,8 @@ pub struct Scope {
     /// operation that resizes (`adaptive_avgpool`).
     pub keep_size: bool,
     /// Where the map may shrink a little but not be strided down (a run of added lines halves
-    /// it on lines of its own, `define_halving`): windows of stride 1, pools with `s=1` written
-    /// (their stride is their kernel by default), no `adaptive_avgpool`.
+    /// it on lines of its own, `define_halving`): convolutions of stride 1, pools in the forms
+    /// that keep the size, no `adaptive_avgpool`.
     pub unstrided: bool,
     /// Where the width must stay: the widths a convolution, a linear layer or a call of a
     /// block may write (none: those calls are left out), and no `slice`. `None`: any width.
@@ -184,18 +184,21 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
                 continue
             }
             Args::Params { .. } if (scope.keep_size || scope.unstrided) && sig.name == "adaptive_avgpool" => continue,
-            Args::Params { params, positional } if scope.unstrided && is_window_op(sig.name) => {
+            Args::Params { params, positional } if scope.unstrided && is_window_op(sig.name) && !is_pool(sig.name) => {
                 let typed: Vec<(&str, Expr, bool)> = params
                     .iter()
-                    .filter(|q| !matches!(q.name, "s" | "d") || is_pool(sig.name) && q.name == "s")
-                    .map(|q: &ParamSpec| match q.name {
-                        "s" => (q.name, Expr::text("1"), true),
-                        _ => (q.name, value_of(sig.name, q.name, q.ty), matches!(q.default, ArgDefault::Required)),
+                    .filter(|q| !matches!(q.name, "s" | "d"))
+                    .map(|q: &ParamSpec| {
+                        (q.name, value_of(sig.name, q.name, q.ty), matches!(q.default, ArgDefault::Required))
                     })
                     .collect();
                 call(g, &rule, sig.name, &typed, positional)
             }
-            Args::Params { params, positional } if scope.keep_size && is_window_op(sig.name) => {
+            // Unstrided pools keep the size too: a pool's padding is at most half its kernel,
+            // which the forms that keep the size hold.
+            Args::Params { params, positional }
+                if (scope.keep_size || scope.unstrided && is_pool(sig.name)) && is_window_op(sig.name) =>
+            {
                 Expr::alt(keeping_calls(g, &rule, sig.name, params, positional, &value_of))
             }
             Args::Params { params, positional } if is_pool(sig.name) => {
