@@ -73,9 +73,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let (callees, scopes) = stmts::program_names(&program);
     let mut lines = lines_of(parent);
     let n = lines.len();
-    let shapes = binding.map(|b| flow_shapes(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
-    let flows: Vec<Option<(Kind, Option<u64>)>> =
-        shapes.iter().map(|s| s.as_deref().and_then(kind_and_width)).collect();
+    let flows = binding.map(|b| flow_kinds(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
     let flow: Vec<Option<Kind>> = flows.iter().map(|f| f.map(|(kind, _)| kind)).collect();
     let width: Vec<Option<u64>> = flows.iter().map(|f| f.and_then(|(_, w)| w)).collect();
     // The net's closing brace, and its last line of code before it, which gives the classes.
@@ -193,9 +191,8 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         if kind.is_none() && bound == values.len() && lock.is_none() {
             return format!("s{k}");
         }
-        let id = lock;
+        let name = format!("s{k}{}_b{bound}{}", kind_tag(kind), lock.map(|id| format!("_l{id}")).unwrap_or_default());
         let lock = lock.map(|id| &lock_table[id]);
-        let name = format!("s{k}{}_b{bound}{}", kind_tag(kind), id.map(|id| format!("_l{id}")).unwrap_or_default());
         if g.get(&format!("{name}_stmt")).is_none() {
             let mut scope = Scope {
                 ops: kind.map(|kind| kinds::keeping(kind).to_vec()),
@@ -714,27 +711,35 @@ fn lines_of(parent: &str) -> Vec<Line<'_>> {
     out
 }
 
-/// The shapes of the flow at each place a line may be added (before parent line i, i = 0..=n),
-/// read off the parent's shape table under `binding`: those after the nearest statement above
-/// it in the same item, one per call of a block, sorted. `None` where they are not known (the
-/// top of a block's body, or a parent that does not check).
-fn flow_shapes(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<Vec<Vec<u64>>>> {
+/// The kind of the flow at each place a line may be added (before parent line i, i = 0..=n),
+/// read off the parent's shape table under `binding`: the kind after the nearest statement
+/// above it in the same item. `None` where it is not one kind (a block called on several), or
+/// the parent does not check.
+fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<(Kind, Option<u64>)>> {
     let n = lines.len();
     let Ok(checked) = nasc_lang::check::check_source(parent, binding, &nasc_lang::check::Budget::default()) else {
         return vec![None; n + 1];
     };
-    // The shapes each line's rows give, by 0-based line.
-    let mut after: Vec<Vec<Vec<u64>>> = vec![Vec::new(); n];
+    // The kind and width (channels of maps, the last axis otherwise) of a shape.
+    let flow_of = |dims: &[u64]| {
+        let width = if dims.len() == 3 { dims.first() } else { dims.last() };
+        Kind::of_dims(dims).zip(width.copied())
+    };
+    // The flows each line's rows give, by 0-based line.
+    let mut after: Vec<Vec<(Kind, u64)>> = vec![Vec::new(); n];
     for row in checked.table_rows(parent) {
-        if let Some(slot) = row.line.checked_sub(1).and_then(|l| after.get_mut(l)) {
-            if Kind::of_dims(&row.dims).is_some() && !slot.contains(&row.dims) {
-                slot.push(row.dims.clone());
+        if let (Some(flow), Some(slot)) = (flow_of(&row.dims), row.line.checked_sub(1).and_then(|l| after.get_mut(l))) {
+            if !slot.contains(&flow) {
+                slot.push(flow);
             }
         }
     }
-    for slot in &mut after {
-        slot.sort();
-    }
+    // One kind, and its width if that is one too (a block called at several widths has none).
+    let one = |flows: &[(Kind, u64)]| -> Option<(Kind, Option<u64>)> {
+        let kind = flows.first()?.0;
+        flows.iter().all(|f| f.0 == kind).then(|| (kind, flows.iter().all(|f| f.1 == flows[0].1).then_some(flows[0].1)))
+    };
+    let input = flow_of(&binding.input);
     (0..=n)
         .map(|i| {
             let item = lines.get(i).and_then(|l| l.item)?;
@@ -743,27 +748,16 @@ fn flow_shapes(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<Vec
                     break;
                 }
                 if !after[j].is_empty() {
-                    return Some(after[j].clone());
+                    return one(&after[j]);
                 }
             }
             // The top of the item's body: the net starts from the input; a block, from wherever
             // it is called.
             let head = lines[..i].iter().rposition(|l| l.item == Some(item) && l.depth == 0)?;
-            lines[head].text.trim_start().starts_with("net").then(|| vec![binding.input.to_vec()])
+            let (kind, width) = lines[head].text.trim_start().starts_with("net").then_some(input).flatten()?;
+            Some((kind, Some(width)))
         })
         .collect()
-}
-
-/// The kind of a place's shapes, and their width (channels of maps, the last axis otherwise)
-/// when that is one too: a block called at several widths has none.
-fn kind_and_width(shapes: &[Vec<u64>]) -> Option<(Kind, Option<u64>)> {
-    let width = |dims: &Vec<u64>| if dims.len() == 3 { dims.first().copied() } else { dims.last().copied() };
-    let kind = Kind::of_dims(shapes.first()?)?;
-    if !shapes.iter().all(|d| Kind::of_dims(d) == Some(kind)) {
-        return None;
-    }
-    let w = width(&shapes[0]);
-    Some((kind, shapes.iter().all(|d| width(d) == w).then_some(w).flatten()))
 }
 
 /// What lines added at one place must keep so that the rest of the parent still checks, found
