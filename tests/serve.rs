@@ -77,6 +77,15 @@ impl Server {
             .collect()
     }
 
+    /// Writes `request` on a new connection and reads the answer until the server closes it.
+    fn exchange(&self, request: &[u8]) -> String {
+        let mut raw = TcpStream::connect(self.addr()).unwrap();
+        raw.write_all(request).unwrap();
+        let mut answer = String::new();
+        let _ = raw.read_to_string(&mut answer);
+        answer
+    }
+
     /// The server's address as host:port, for raw TCP.
     fn addr(&self) -> String {
         self.base.trim_start_matches("http://").to_string()
@@ -317,10 +326,7 @@ fn bad_requests_get_error_objects_and_the_server_stays_up() {
 
     // Not HTTP at all: a 400 (hyper's, with no body: the request has no route to answer it),
     // not a dropped connection.
-    let mut raw = TcpStream::connect(s.addr()).unwrap();
-    raw.write_all(b"\x01\x02 garbage\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    raw.read_to_string(&mut answer).unwrap();
+    let answer = s.exchange(b"\x01\x02 garbage\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     // A body shorter than its Content-Length, then the client leaves.
     let mut raw = TcpStream::connect(s.addr()).unwrap();
@@ -722,10 +728,7 @@ fn an_api_key_guards_every_route_but_health() {
     assert_eq!(with("Bearer s3cre").0, 401);
     assert_eq!(with("s3cret").0, 401);
     // No 100 Continue for a request that will be refused.
-    let mut raw = TcpStream::connect(s.addr()).unwrap();
-    raw.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    raw.read_to_string(&mut answer).unwrap();
+    let answer = s.exchange(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     // Two lengths that differ.
     let mut raw = TcpStream::connect(s.addr()).unwrap();
@@ -841,13 +844,6 @@ fn http_framing_chunked_bodies_keep_alive_and_limits() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_gguf(dir.path());
     let s = Server::start(&model, &[]);
-    let exchange = |request: &[u8]| {
-        let mut raw = TcpStream::connect(s.addr()).unwrap();
-        raw.write_all(request).unwrap();
-        let mut answer = String::new();
-        let _ = raw.read_to_string(&mut answer);
-        answer
-    };
     let body = br#"{"prompt": "hello", "max_tokens": 2, "seed": 1}"#;
     let mut chunked = format!(
         "POST /v1/completions HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
@@ -856,17 +852,17 @@ fn http_framing_chunked_bodies_keep_alive_and_limits() {
     .into_bytes();
     chunked.extend_from_slice(body);
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
-    let answer = exchange(&chunked);
+    let answer = s.exchange(&chunked);
     assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"choices\""), "{answer}");
     // Two requests on one connection, the second closing it.
     let two = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
-    let answer = exchange(two);
+    let answer = s.exchange(two);
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
     let big = format!("GET /v1/models HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(300_000));
-    assert!(exchange(big.as_bytes()).starts_with("HTTP/1.1 431"));
+    assert!(s.exchange(big.as_bytes()).starts_with("HTTP/1.1 431"));
     let many: String = (0..200).map(|i| format!("X-H{i}: a\r\n")).collect();
-    assert!(exchange(format!("GET /v1/models HTTP/1.1\r\n{many}\r\n").as_bytes()).starts_with("HTTP/1.1 431"));
-    let answer = exchange(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 40000000\r\n\r\n");
+    assert!(s.exchange(format!("GET /v1/models HTTP/1.1\r\n{many}\r\n").as_bytes()).starts_with("HTTP/1.1 431"));
+    let answer = s.exchange(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 40000000\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("the body is over"), "{answer}");
     let (status, _) = s.get("/v1/models");
     assert_eq!(status, 200);
