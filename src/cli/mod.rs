@@ -61,6 +61,9 @@ enum Command {
     Eval(train::EvalArgs),
     /// Run a search: cycles of generate → verdict → train → curate, recorded in a run folder; or resume one.
     Search(search::SearchArgs),
+    /// Train a run's candidates from its store (PostgreSQL or SQLite), beside a driver started
+    /// with `nasc search --store URL`: one lease at a time, renewed while training.
+    Worker(search::WorkerArgs),
     /// Print a run's tables (per generator × dataset × cycle) and write its plots; several runs
     /// (an experiment's arms) side by side; --json, --csv.
     Report(search::ReportArgs),
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
         Command::Search(a) => search::search(a),
+        Command::Worker(a) => search::worker(a),
         Command::Report(a) => search::report(a),
         Command::Corpus(a) => search::corpus(a),
         Command::Reeval(a) => search::reeval(a),

@@ -3,9 +3,13 @@
 
 use super::UsageError;
 use clap::Args;
+use nasc_runtime::Device;
+use nasc_search::store::{Location, DB_FILE, STORE_FILE};
+use nasc_search::worker::{self, WorkerOptions};
 use nasc_search::{self, report, RunOptions, SearchConfig, Store};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Args)]
 #[command(after_help = "Example:\n  nasc corpus --out format.jsonl\n  \
@@ -55,27 +59,74 @@ pub struct SearchArgs {
     /// The run folder to create [default: runs/<config file's name>].
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     out: Option<PathBuf>,
-    /// Local training workers (overrides the config's `workers`).
+    /// Training threads of this process (overrides the config's `workers`); 0 leaves all
+    /// training to `nasc worker` processes.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Where the run is stored: postgres://USER@HOST:PORT/DATABASE (an empty database; workers
+    /// on other machines reach it) or sqlite:PATH [default: RUN/run.db]. The run folder notes
+    /// it, so `--resume RUN` and `nasc report RUN` find it.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Print the end-of-run summary as JSON, and no progress bars.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  \
+nasc search --config run.toml --out runs/a --store postgres://nasc@db:5432/runs --workers 0\n  \
+nasc worker --store postgres://nasc@db:5432/runs --device cuda:0\n\n\
+A worker leases one candidate at a time, trains it with the run's [train] settings and renews its lease \
+every [queue] heartbeat_s while it trains; a worker that is killed loses nothing: its lease runs out after \
+heartbeat_s + grace_s and another worker takes the candidate. Workers may start before the driver (they wait \
+for the run, see --wait-for-run), join or leave at any time, and leave by themselves once the driver has \
+finished and nothing is left to train. On PostgreSQL an idle worker sleeps until told of new work \
+(LISTEN/NOTIFY); on SQLite (workers on the driver's machine only) it polls.")]
+pub struct WorkerArgs {
+    /// The run's store: postgres://USER@HOST:PORT/DATABASE, sqlite:PATH, or a run folder.
+    #[arg(long, value_name = "URL")]
+    store: String,
+    /// Where to train: cpu, cuda:N, wgpu[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// The folder holding the datasets [default: the run's [train] data_root].
+    #[arg(long, value_name = "DIR")]
+    data_root: Option<PathBuf>,
+    /// Train only candidates of these datasets [default: all of the run's].
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    datasets: Option<Vec<String>>,
+    /// The worker's name in the store [default: HOST-PID].
+    #[arg(long)]
+    name: Option<String>,
+    /// Leave after this many candidates.
+    #[arg(long, value_name = "N")]
+    max_candidates: Option<usize>,
+    /// Leave after this many seconds without work.
+    #[arg(long, value_name = "SECONDS")]
+    idle_exit: Option<f64>,
+    /// Wait this long for the run to exist (the driver may start after its workers).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    wait_for_run: f64,
+    /// Print what the worker did as JSON when it leaves, and no progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 pub struct ReportArgs {
-    /// The run folder; with several (the arms of an experiment), their rows side by side under
-    /// each folder's name.
+    /// The run folder (or a store URL: postgres://…, sqlite:PATH); with several (the arms of
+    /// an experiment), their rows side by side under each one's name.
     #[arg(required = true, value_name = "RUN")]
-    runs: Vec<PathBuf>,
+    runs: Vec<String>,
     /// Print the report as JSON.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
     /// Print the per-cycle table as CSV.
     #[arg(long)]
     csv: bool,
-    /// Write the plots (SVG, and PNG when a font is found) into this folder [default: RUN/plots].
+    /// Write the plots (SVG, and PNG when a font is found) into this folder [default: RUN/plots;
+    /// none for a store URL].
     #[arg(long, value_name = "DIR")]
     plots: Option<PathBuf>,
     /// Write no plots.
@@ -85,8 +136,8 @@ pub struct ReportArgs {
 
 #[derive(Args)]
 pub struct ReevalArgs {
-    /// The run folder.
-    run: PathBuf,
+    /// The run folder, or a store URL (postgres://…, sqlite:PATH).
+    run: String,
     /// Retrain this many candidates, the best by first-epoch accuracy.
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
@@ -103,18 +154,13 @@ fn failed(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn search(a: SearchArgs) -> Result<ExitCode, UsageError> {
-    if a.workers == Some(0) {
-        return Err(UsageError("--workers must be at least 1".into()));
-    }
-    let opts = RunOptions { workers: a.workers, progress: !a.json };
+    let store =
+        a.store.as_deref().map(Location::parse).transpose().map_err(|e| UsageError(format!("--store {}", e.0)))?;
+    let opts = RunOptions { workers: a.workers, store, progress: !a.json };
     let result = match (&a.config, &a.resume) {
         (_, Some(run)) => {
-            if !run.join(nasc_search::store::DB_FILE).is_file() {
-                return Err(UsageError(format!(
-                    "{} is not a run folder: it has no {}",
-                    run.display(),
-                    nasc_search::store::DB_FILE
-                )));
+            if opts.store.is_none() && !run.join(DB_FILE).is_file() && !run.join(STORE_FILE).is_file() {
+                return Err(UsageError(format!("{} is not a run folder: it has no {DB_FILE}", run.display())));
             }
             nasc_search::resume(run, &opts)
         }
@@ -123,7 +169,7 @@ pub fn search(a: SearchArgs) -> Result<ExitCode, UsageError> {
             let out = a.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(path.file_stem().map_or_else(|| "search".into(), |s| s.to_os_string()))
             });
-            if out.join(nasc_search::store::DB_FILE).exists() {
+            if out.join(DB_FILE).exists() || out.join(STORE_FILE).exists() {
                 return Err(UsageError(format!(
                     "{} already holds a run; continue it with `nasc search --resume {}` or choose another --out",
                     out.display(),
@@ -158,27 +204,44 @@ pub fn search(a: SearchArgs) -> Result<ExitCode, UsageError> {
 
 pub fn report(a: ReportArgs) -> Result<ExitCode, UsageError> {
     // Each run under the name it is shown by: its folder's name, or its path where two share one.
-    let label =
-        |run: &PathBuf| run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into());
+    let label = |run: &String| {
+        if run.contains(':') && Location::parse(run).is_ok() {
+            return Location::parse(run).map(|l| l.shown()).unwrap_or_default();
+        }
+        let path = Path::new(run);
+        path.file_name().map_or_else(|| run.clone(), |n| n.to_string_lossy().into())
+    };
     let mut runs = Vec::new();
     for run in &a.runs {
-        let store = Store::open(run).map_err(|e| UsageError(e.0))?;
+        let location = Location::resolve(run).map_err(|e| UsageError(e.0))?;
+        let store = Store::open_at(&location).map_err(|e| UsageError(e.0))?;
         let all = store.all().map_err(|e| UsageError(e.0))?;
         let shared = a.runs.iter().filter(|r| label(r) == label(run)).count() > 1;
-        let name = if shared { run.display().to_string() } else { label(run) };
-        runs.push((run, name, all));
+        let name = if shared { run.clone() } else { label(run) };
+        let folder = match location {
+            Location::Sqlite(_) if Path::new(run).is_dir() => Some(PathBuf::from(run)),
+            Location::Sqlite(ref db) if !run.starts_with("sqlite:") => db.parent().map(Path::to_path_buf),
+            _ if Path::new(run).is_dir() => Some(PathBuf::from(run)),
+            _ => None,
+        };
+        runs.push((folder, name, all));
     }
     let several = runs.len() > 1;
     let mut reports = Vec::new();
-    for (run, name, all) in &runs {
+    for (folder, name, all) in &runs {
         let r = report::build(all);
-        if !a.no_plots {
-            // One folder of plots per run: RUN/plots, or DIR/NAME under --plots with several runs.
-            let dir = match &a.plots {
-                Some(dir) if several => dir.join(name.replace('/', "_")),
-                Some(dir) => dir.clone(),
-                None => run.join("plots"),
-            };
+        // One folder of plots per run: RUN/plots, or DIR/NAME under --plots with several runs; a
+        // store given by URL has no folder, so its plots need --plots.
+        let plots_dir = match (&a.plots, folder) {
+            (Some(dir), _) if several => Some(dir.join(name.replace(['/', ':', '@', '?'], "_"))),
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Some(folder)) => Some(folder.join("plots")),
+            (None, None) => None,
+        };
+        if !a.no_plots && plots_dir.is_none() {
+            eprintln!("plots: none for {name} (a store URL has no run folder); give --plots DIR for them");
+        }
+        if let (false, Some(dir)) = (a.no_plots, plots_dir) {
             match report::plots(&r, all, &dir) {
                 Ok(plots) => {
                     if !a.json && !a.csv {
@@ -227,14 +290,13 @@ pub fn reeval(a: ReevalArgs) -> Result<ExitCode, UsageError> {
     if a.top < 2 || a.epochs == 0 {
         return Err(UsageError("--top must be at least 2 and --epochs at least 1".into()));
     }
-    if !a.run.join(nasc_search::store::DB_FILE).is_file() {
-        return Err(UsageError(format!(
-            "{} is not a run folder: it has no {}",
-            a.run.display(),
-            nasc_search::store::DB_FILE
-        )));
+    let location = Location::resolve(&a.run).map_err(|e| UsageError(e.0))?;
+    if let Location::Sqlite(db) = &location {
+        if !db.is_file() {
+            return Err(UsageError(format!("{} is not a run folder: it has no {DB_FILE}", a.run)));
+        }
     }
-    match nasc_search::reeval(&a.run, a.top, a.epochs, !a.json) {
+    match nasc_search::reeval(&location, a.top, a.epochs, !a.json) {
         Ok(r) => {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("the result serialises"));
@@ -325,4 +387,65 @@ pub fn corpus(a: CorpusArgs) -> Result<ExitCode, UsageError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn worker(a: WorkerArgs) -> Result<ExitCode, UsageError> {
+    let location = Location::resolve(&a.store).map_err(|e| UsageError(format!("--store {}", e.0)))?;
+    for (flag, v) in [("--idle-exit", a.idle_exit), ("--wait-for-run", Some(a.wait_for_run))] {
+        if v.is_some_and(|s| !(s >= 0.0 && s.is_finite())) {
+            return Err(UsageError(format!("{flag} must be a number of seconds ≥ 0")));
+        }
+    }
+    if a.max_candidates == Some(0) {
+        return Err(UsageError("--max-candidates must be at least 1".into()));
+    }
+    if let Some(names) = &a.datasets {
+        for d in names {
+            if nasc_lang::check::binding::dataset(d).is_none() {
+                return Err(UsageError(format!("--datasets: unknown dataset `{d}` (see `nasc datasets`)")));
+            }
+        }
+    }
+    nasc_runtime::available(a.device).map_err(UsageError)?;
+    let name = a.name.clone().unwrap_or_else(|| format!("{}-{}", worker::hostname(), std::process::id()));
+    let opts = WorkerOptions {
+        name: worker::owner_name(&name),
+        device: a.device,
+        data_root: a.data_root.clone(),
+        datasets: a.datasets.clone(),
+        max_candidates: a.max_candidates,
+        idle_exit: a.idle_exit.map(Duration::from_secs_f64),
+        until_run_ends: true,
+        wait: Duration::from_secs(5),
+    };
+    let visible = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if visible { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
+    if visible {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("training {prefix} [{bar:30}] {pos}/{len} {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+    }
+    eprintln!("worker {} on {} for {}", opts.name, a.device, location.shown());
+    match worker::run_worker(&location, &opts, Duration::from_secs_f64(a.wait_for_run), &bar) {
+        Ok(summary) => {
+            bar.finish_and_clear();
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&summary).expect("the summary serialises"));
+            } else {
+                println!(
+                    "worker {}: trained {}, refused {}, handed back {} in {:.0} s ({})",
+                    summary.worker,
+                    summary.trained,
+                    summary.refused,
+                    summary.released,
+                    summary.elapsed_s,
+                    summary.stopped
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(failed(e)),
+    }
 }

@@ -37,9 +37,12 @@ pub struct SearchConfig {
     pub tournament: usize,
     /// Seeds parent choice, mutations and sampling.
     pub seed: u64,
-    /// Local training workers. On a GPU, worker i trains on device index (configured index + i):
-    /// one worker per device.
+    /// Training threads of the driver's own process. On a GPU, worker i trains on device index
+    /// (configured index + i): one worker per device. 0: the driver trains nothing, and
+    /// `nasc worker` processes (any number, on any machine that reaches the store) do.
     pub workers: usize,
+    /// How candidates are handed to workers and how long the driver waits for them.
+    pub queue: Queue,
     pub sampling: Sampling,
     pub mutate: MutateConfig,
     pub openai: OpenAiConfig,
@@ -64,6 +67,7 @@ impl Default for SearchConfig {
             tournament: 4,
             seed: 0,
             workers: 1,
+            queue: Queue::default(),
             sampling: Sampling::default(),
             mutate: MutateConfig::default(),
             openai: OpenAiConfig::default(),
@@ -71,6 +75,39 @@ impl Default for SearchConfig {
             curation: Curation::default(),
             finetune: Finetune::default(),
         }
+    }
+}
+
+/// The training queue: leases (Optuna's heartbeat model: an interval, a grace time, a retry
+/// limit for a candidate whose worker keeps getting lost) and a cycle's quorum.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Queue {
+    /// A training worker renews its lease this often (seconds).
+    pub heartbeat_s: f64,
+    /// A lease not renewed for `heartbeat_s + grace_s` runs out, and its candidate goes back to
+    /// the queue; a result the lost worker sends later is refused.
+    pub grace_s: f64,
+    /// A candidate whose lease ran out this many times is finished as `crashed` (a program
+    /// that kills its worker is not retried forever).
+    pub max_leases: i64,
+    /// A cycle ends when this share of its candidates to train has finished, in (0, 1]; the
+    /// rest keep training and count when they finish.
+    pub quorum: f64,
+    /// ... or this many seconds after its candidates were all enqueued, when set.
+    pub deadline_s: Option<f64>,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue { heartbeat_s: 10.0, grace_s: 30.0, max_leases: 3, quorum: 1.0, deadline_s: None }
+    }
+}
+
+impl Queue {
+    /// The lease terms these settings make.
+    pub fn terms(&self) -> crate::store::LeaseTerms {
+        crate::store::LeaseTerms { lease_s: self.heartbeat_s + self.grace_s, max_leases: self.max_leases }
     }
 }
 
@@ -355,8 +392,19 @@ impl SearchConfig {
         if self.cycles == 0 || self.candidates == 0 {
             return bad("`cycles` and `candidates` must be at least 1".into());
         }
-        if self.workers == 0 || self.tournament == 0 || self.mutate.max_mutations == 0 {
-            return bad("`workers`, `tournament` and `mutate.max_mutations` must be at least 1".into());
+        if self.tournament == 0 || self.mutate.max_mutations == 0 {
+            return bad("`tournament` and `mutate.max_mutations` must be at least 1".into());
+        }
+        let q = &self.queue;
+        if !(q.heartbeat_s > 0.0 && q.heartbeat_s.is_finite() && q.grace_s >= 0.0 && q.grace_s.is_finite())
+            || q.max_leases < 1
+            || !(q.quorum > 0.0 && q.quorum <= 1.0)
+            || q.deadline_s.is_some_and(|d| !(d > 0.0 && d.is_finite()))
+        {
+            return bad(
+                "[queue]: heartbeat_s must be positive, grace_s ≥ 0, max_leases ≥ 1, quorum in (0, 1], deadline_s positive"
+                    .into(),
+            );
         }
         if !(self.novelty_threshold > 0.0 && self.novelty_threshold <= 1.0) {
             return bad(format!("`novelty_threshold` must be in (0, 1], got {}", self.novelty_threshold));

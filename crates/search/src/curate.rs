@@ -190,6 +190,8 @@ mod tests {
             train_s: None,
             finished_at: None,
             tolerances: Vec::new(),
+            leases: 0,
+            trained_by: None,
         }
     }
 

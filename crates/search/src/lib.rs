@@ -15,6 +15,7 @@ pub mod mutate;
 pub mod report;
 pub mod run;
 pub mod store;
+pub mod worker;
 
 pub use config::{ConfigError, GeneratorKind, SearchConfig};
 pub use run::{reeval, resume, start, Reeval, RunOptions, SearchError, Summary};

@@ -4,7 +4,8 @@
 use super::config::{GeneratorKind, SearchConfig};
 use super::curate;
 use super::generate::{self, GenError, Generator, Request};
-use super::store::{Candidate, NewCandidate, Role, Status, Store, Trained};
+use super::store::{Candidate, Location, NewCandidate, Role, Status, Store, Trained, LOCAL_OWNER_PREFIX};
+use super::worker::{self, DataCache, WorkerOptions};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nasc_backend::train::{self, TrainConfig};
 use nasc_datasets::Dataset;
@@ -18,8 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Why a run stopped before its end.
 #[derive(Debug)]
@@ -46,8 +48,11 @@ impl From<GenError> for SearchError {
 /// How this process runs the search (not stored: a resumed run may use other values).
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Overrides the config's `workers`.
+    /// Overrides the config's `workers` (0: only `nasc worker` processes train).
     pub workers: Option<usize>,
+    /// The store of a new run (default: `RUN/run.db`), or of a resumed one (default: the one
+    /// the run folder names).
+    pub store: Option<Location>,
     /// Progress bars on stderr (when it is a terminal).
     pub progress: bool,
 }
@@ -89,13 +94,34 @@ pub fn start(config: &SearchConfig, dir: &Path, opts: &RunOptions) -> Result<Sum
     std::fs::create_dir_all(dir).map_err(|e| SearchError(format!("cannot create {}: {e}", dir.display())))?;
     let lock = RunLock::take(dir)?;
     let baselines = serde_json::to_string(&baselines).expect("strings serialise");
-    let store = Store::create(dir, &json, &[("baselines", &baselines), ("template", &template)])?;
+    let meta = [("baselines", baselines.as_str()), ("template", template.as_str())];
+    let store = match &opts.store {
+        None => Store::create(dir, &json, &meta)?,
+        Some(location) => {
+            let store = Store::create_at(location, &json, &meta)?;
+            if *location != Location::Sqlite(dir.join(super::store::DB_FILE)) {
+                // The folder names its store, so `--resume RUN` and `nasc report RUN` find it.
+                let named = dir.join(super::store::STORE_FILE);
+                std::fs::write(&named, format!("{}\n", location.url()))
+                    .map_err(|e| SearchError(format!("cannot write {}: {e}", named.display())))?;
+            }
+            store
+        }
+    };
     drive(store, dir, opts, lock)
 }
 
 /// Continues the run in `dir`: unfinished candidates are redone, finished ones kept.
 pub fn resume(dir: &Path, opts: &RunOptions) -> Result<Summary, SearchError> {
-    let store = Store::open(dir)?;
+    let store = match &opts.store {
+        Some(location) => {
+            let store = Store::open_at(location)?;
+            // A run stored elsewhere may be driven from a new folder (another machine's).
+            std::fs::create_dir_all(dir).map_err(|e| SearchError(format!("cannot create {}: {e}", dir.display())))?;
+            store
+        }
+        None => Store::open_at(&Location::of_run(dir)?)?,
+    };
     let lock = RunLock::take(dir)?;
     drive(store, dir, opts, lock)
 }
@@ -143,10 +169,9 @@ impl RunLock {
 
 /// The run's config as stored.
 pub fn stored_config(store: &Store) -> Result<SearchConfig, SearchError> {
-    let text =
-        store.meta("config")?.ok_or_else(|| SearchError(format!("{} holds no config", store.path().display())))?;
+    let text = store.meta("config")?.ok_or_else(|| SearchError(format!("{} holds no config", store.shown())))?;
     serde_json::from_str(&text)
-        .map_err(|e| SearchError(format!("{}: the stored config does not read: {e}", store.path().display())))
+        .map_err(|e| SearchError(format!("{}: the stored config does not read: {e}", store.shown())))
 }
 
 /// One slot of a cycle while it is generated and judged.
@@ -175,8 +200,9 @@ struct Driver {
     template: String,
     baselines: Vec<(String, String)>,
     archives: HashMap<String, Archive>,
-    data: HashMap<String, Arc<(Dataset, Dataset)>>,
     workers: usize,
+    /// The first error of a training thread, which ends the run.
+    failure: Arc<Mutex<Option<String>>>,
     bars: Bars,
     started: Instant,
     finished_here: usize,
@@ -219,7 +245,7 @@ fn drive(store: Store, dir: &Path, opts: &RunOptions, _lock: RunLock) -> Result<
     let baselines: Vec<(String, String)> = store
         .meta("baselines")?
         .and_then(|t| serde_json::from_str(&t).ok())
-        .ok_or_else(|| SearchError(format!("{} holds no baselines", store.path().display())))?;
+        .ok_or_else(|| SearchError(format!("{} holds no baselines", store.shown())))?;
     let template = store.meta("template")?.unwrap_or_else(|| generate::DEFAULT_TEMPLATE.to_string());
     nasc_runtime::available(config.train.device).map_err(SearchError)?;
     let generator: Box<dyn Generator> = match config.generator {
@@ -235,9 +261,14 @@ fn drive(store: Store, dir: &Path, opts: &RunOptions, _lock: RunLock) -> Result<
         }
         generator.set_model(&model);
     }
+    store.lock_driver()?;
+    // The threads of a driver before this one are gone: their leases go back at once.
+    let handed_back = store.release_owned_by(LOCAL_OWNER_PREFIX)?;
+    store.set_meta("state", "running")?;
+    store.listen_for_results()?;
     let visible = opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut d = Driver {
-        workers: opts.workers.unwrap_or(config.workers).max(1),
+        workers: opts.workers.unwrap_or(config.workers),
         config,
         store,
         dir: dir.to_path_buf(),
@@ -245,16 +276,85 @@ fn drive(store: Store, dir: &Path, opts: &RunOptions, _lock: RunLock) -> Result<
         template,
         baselines,
         archives: HashMap::new(),
-        data: HashMap::new(),
+        failure: Arc::new(Mutex::new(None)),
         bars: Bars::new(visible),
         started: Instant::now(),
         finished_here: 0,
     };
-    d.rebuild_archives()?;
-    d.baselines_phase()?;
-    for cycle in 1..=d.config.cycles as i64 {
-        d.cycle(cycle)?;
+    if handed_back > 0 {
+        d.bars.log(&format!("{handed_back} candidates the last driver's threads were training go back to the queue"));
     }
+    if d.workers == 0 {
+        d.bars.log(&format!(
+            "this process trains nothing (workers = 0): start workers with `nasc worker --store {}`",
+            d.store.location().url()
+        ));
+    }
+    let stop = AtomicBool::new(false);
+    let location = d.store.location().clone();
+    let base = d.config.train.clone();
+    let cache = DataCache::new(base.clone());
+    let (terms, heartbeat) = (d.config.queue.terms(), Duration::from_secs_f64(d.config.queue.heartbeat_s));
+    let host = worker::hostname();
+    let multi = d.bars.multi.clone();
+    let log = move |line: &str| {
+        if visible {
+            multi.suspend(|| eprintln!("{line}"));
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    let bars: Vec<ProgressBar> = (0..d.workers)
+        .map(|_| {
+            let b = d.bars.multi.add(ProgressBar::new(0));
+            b.set_style(
+                ProgressStyle::with_template("  training {prefix} [{bar:30}] {pos}/{len} {msg}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            b
+        })
+        .collect();
+    let result = std::thread::scope(|s| {
+        for (i, bar) in bars.iter().enumerate() {
+            // One worker per device: worker i trains on GPU i (counting from the configured one).
+            let device = match base.device {
+                d if i == 0 => d,
+                Device::Cpu => Device::Cpu,
+                Device::Cuda(k) => Device::Cuda(k + i),
+                Device::Wgpu(k) => Device::Wgpu(Some(k.unwrap_or(0) + i)),
+            };
+            let opts = WorkerOptions {
+                name: worker::owner_name(&format!("{LOCAL_OWNER_PREFIX}{host}:{}:{i}", std::process::id())),
+                device,
+                data_root: None,
+                datasets: None,
+                max_candidates: None,
+                idle_exit: None,
+                until_run_ends: false,
+                wait: Duration::from_millis(500),
+            };
+            let config = TrainConfig { device, ..base.clone() };
+            let (location, cache, stop, log, failure) = (&location, &cache, &stop, &log, d.failure.clone());
+            s.spawn(move || {
+                let outcome = Store::open_at(location)
+                    .map_err(SearchError::from)
+                    .and_then(|store| worker::work(&store, &opts, terms, heartbeat, &config, cache, bar, stop, log));
+                if let Err(e) = outcome {
+                    failure.lock().expect("no panic holding the failure").get_or_insert(e.0);
+                }
+            });
+        }
+        let r = d.cycles();
+        stop.store(true, Ordering::SeqCst);
+        r
+    });
+    for b in bars {
+        b.finish_and_clear();
+        d.bars.multi.remove(&b);
+    }
+    result?;
+    d.store.set_meta("state", "finished")?;
     d.bars.summary.finish_and_clear();
     d.bars.cycle.finish_and_clear();
     d.summary()
@@ -366,7 +466,7 @@ impl Driver {
             }
         }
         self.bars.cycle.set_position(total - self.store.claimed(0)?.len().min(total as usize) as u64);
-        self.train_claimed(0, "baselines")
+        self.wait_for_cycle(0, "baselines")
     }
 
     /// The trained programs of `dataset` from cycles before `cycle`, the parents a candidate may have.
@@ -390,9 +490,9 @@ impl Driver {
         let n = self.config.candidates as i64;
         let done = self.store.slots(cycle)?;
         let pending: Vec<i64> = (0..n).filter(|s| !done.contains(s)).collect();
-        let claimed = self.store.claimed(cycle)?;
         let finetuned = self.store.meta(&format!("curated_{cycle}"))?.is_some();
-        if pending.is_empty() && claimed.is_empty() && finetuned {
+        // A curated cycle is done; rows a quorum left behind are the workers' to finish.
+        if pending.is_empty() && finetuned {
             return Ok(());
         }
         self.bars.cycle.set_prefix(format!("cycle {cycle}/{}", self.config.cycles));
@@ -403,7 +503,7 @@ impl Driver {
             self.generate(cycle, &pending)?;
         }
         self.bars.cycle.set_message("training");
-        self.train_claimed(cycle, "candidates")?;
+        self.wait_for_cycle(cycle, "candidates")?;
         if !finetuned {
             self.curate(cycle)?;
         }
@@ -629,90 +729,84 @@ impl Driver {
         Ok(())
     }
 
-    fn data(&mut self, dataset: &str) -> Result<Arc<(Dataset, Dataset)>, SearchError> {
-        if let Some(d) = self.data.get(dataset) {
-            return Ok(d.clone());
+    /// Cycle 0, then every cycle; then, where this process trains, what quorums left behind.
+    fn cycles(&mut self) -> Result<(), SearchError> {
+        self.rebuild_archives()?;
+        self.baselines_phase()?;
+        for cycle in 1..=self.config.cycles as i64 {
+            self.cycle(cycle)?;
         }
-        let config = TrainConfig { dataset: dataset.to_string(), ..self.config.train.clone() };
-        let (train_set, test_set) = train::load_data(&config).map_err(|e| {
-            SearchError(format!(
-                "cannot load {dataset} from {}: {e} (fetch it with `nasc data fetch {dataset}`, or set [train] data_root)",
-                config.data_root.join(dataset).display()
-            ))
-        })?;
-        let d = Arc::new((train_set, test_set));
-        self.data.insert(dataset.to_string(), d.clone());
-        Ok(d)
+        if self.workers > 0 && self.store.unfinished()? > 0 {
+            self.bars.cycle.set_message("finishing what the quorums left");
+            while self.store.unfinished()? > 0 {
+                self.check_workers()?;
+                self.store.wait(Duration::from_millis(500), Duration::from_millis(200))?;
+            }
+        }
+        Ok(())
     }
 
-    /// Trains every claimed row of `cycle` on the workers, finishing each in the store as it ends.
-    fn train_claimed(&mut self, cycle: i64, what: &str) -> Result<(), SearchError> {
-        let claimed = self.store.claimed(cycle)?;
-        if claimed.is_empty() {
+    /// The first error of a training thread, as the run's.
+    fn check_workers(&self) -> Result<(), SearchError> {
+        match self.failure.lock().expect("no panic holding the failure").take() {
+            Some(e) => Err(SearchError(format!("a training thread stopped: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the workers have trained `cycle`'s claimed rows: all of them for cycle 0;
+    /// for later cycles, the `[queue]` quorum, or until its deadline.
+    fn wait_for_cycle(&mut self, cycle: i64, what: &str) -> Result<(), SearchError> {
+        let q = self.config.queue.clone();
+        let first = self.store.progress(cycle)?;
+        if first.claimed == 0 {
             return Ok(());
         }
-        let mut jobs = Vec::new();
-        for c in claimed {
-            let data = self.data(&c.dataset)?;
-            jobs.push((c, data));
-        }
         if cycle == 0 {
-            self.bars.log(&format!("training {} {what}", jobs.len()));
+            self.bars.log(&format!("training {} {what}", first.claimed));
         }
-        let queue = Mutex::new(jobs.into_iter().collect::<std::collections::VecDeque<_>>());
-        let (tx, rx) = mpsc::channel::<(i64, Trained)>();
-        let base_config = self.config.train.clone();
-        let workers = self.workers;
-        let bars: Vec<ProgressBar> = (0..workers)
-            .map(|_| {
-                let b = self.bars.multi.add(ProgressBar::new(0));
-                b.set_style(
-                    ProgressStyle::with_template("  training {prefix} [{bar:30}] {pos}/{len} {msg}")
-                        .expect("a valid template")
-                        .progress_chars("=> "),
-                );
-                b
-            })
-            .collect();
-        let result = std::thread::scope(|s| -> Result<(), SearchError> {
-            for (worker, bar) in bars.iter().enumerate() {
-                let tx = tx.clone();
-                let queue = &queue;
-                // One worker per device: worker i trains on GPU i (counting from the configured one).
-                let device = match base_config.device {
-                    d if worker == 0 => d,
-                    Device::Cpu => Device::Cpu,
-                    Device::Cuda(i) => Device::Cuda(i + worker),
-                    Device::Wgpu(i) => Device::Wgpu(Some(i.unwrap_or(0) + worker)),
-                };
-                let worker_config = TrainConfig { device, ..base_config.clone() };
-                s.spawn(move || loop {
-                    let job = queue.lock().expect("no worker panics holding the queue").pop_front();
-                    let Some((c, data)) = job else { break };
-                    bar.reset();
-                    bar.set_prefix(format!("#{}", c.id));
-                    let trained = train_one(&c, &data, &worker_config, bar);
-                    if tx.send((c.id, trained)).is_err() {
-                        break;
-                    }
-                });
+        let enqueued = Instant::now();
+        let mut seen = first.to_train - first.claimed;
+        let mut said_waiting = false;
+        loop {
+            self.check_workers()?;
+            let p = self.store.progress(cycle)?;
+            let done = p.to_train - p.claimed;
+            self.finished_here += (done - seen).max(0) as usize;
+            seen = done;
+            self.bars.cycle.set_position(p.finished as u64);
+            if cycle > 0 {
+                self.bars.summary.set_message(self.summary_line(cycle)?);
             }
-            drop(tx);
-            for (id, trained) in rx {
-                self.store.finish(id, &trained)?;
-                self.finished_here += 1;
-                self.bars.cycle.inc(1);
-                if cycle > 0 {
-                    self.bars.summary.set_message(self.summary_line(cycle)?);
+            if p.claimed == 0 {
+                return Ok(());
+            }
+            if cycle > 0 && done as f64 >= (q.quorum * p.to_train as f64).ceil() {
+                self.bars.log(&format!(
+                    "cycle {cycle}: quorum reached ({done} of {} trained); {} keep training",
+                    p.to_train, p.claimed
+                ));
+                return Ok(());
+            }
+            if cycle > 0 && q.deadline_s.is_some_and(|d| enqueued.elapsed().as_secs_f64() >= d) {
+                self.bars.log(&format!(
+                    "cycle {cycle}: deadline reached ({done} of {} trained); {} keep training",
+                    p.to_train, p.claimed
+                ));
+                return Ok(());
+            }
+            if self.workers == 0 && !said_waiting && enqueued.elapsed() > Duration::from_secs(30) {
+                let live = self.store.workers()?.iter().filter(|w| w.state != "stopped").count();
+                if live == 0 {
+                    self.bars.log(&format!(
+                        "waiting for workers: none is running; start one with `nasc worker --store {}`",
+                        self.store.location().url()
+                    ));
+                    said_waiting = true;
                 }
             }
-            Ok(())
-        });
-        for b in bars {
-            b.finish_and_clear();
-            self.bars.multi.remove(&b);
+            self.store.wait(Duration::from_millis(500), Duration::from_millis(200))?;
         }
-        result
     }
 
     fn curate(&mut self, cycle: i64) -> Result<(), SearchError> {
@@ -865,9 +959,9 @@ pub struct Reeval {
     pub kendall_tau: Option<f64>,
 }
 
-/// Retrains the `top` candidates of the run in `dir` (by first-epoch accuracy) for `epochs` epochs.
-pub fn reeval(dir: &Path, top: usize, epochs: usize, progress: bool) -> Result<Reeval, SearchError> {
-    let store = Store::open(dir)?;
+/// Retrains the `top` candidates of the run stored at `run` (by first-epoch accuracy) for `epochs` epochs.
+pub fn reeval(run: &Location, top: usize, epochs: usize, progress: bool) -> Result<Reeval, SearchError> {
+    let store = Store::open_at(run)?;
     let config = stored_config(&store)?;
     nasc_runtime::available(config.train.device).map_err(SearchError)?;
     let mut cands: Vec<Candidate> =
@@ -877,7 +971,7 @@ pub fn reeval(dir: &Path, top: usize, epochs: usize, progress: bool) -> Result<R
     if cands.len() < 2 {
         return Err(SearchError(format!(
             "{} has {} trained candidates; a ranking needs at least 2",
-            dir.display(),
+            store.shown(),
             cands.len()
         )));
     }
