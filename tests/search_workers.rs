@@ -244,3 +244,38 @@ fn a_killed_driver_resumes_while_its_workers_go_on_and_a_second_driver_is_refuse
     every_candidate_trained_once(&store, &["steady"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_worker_stopped_by_sigterm_hands_its_candidate_back_at_once() {
+    let (dir, config) = run_folder("workers-term");
+    let store = fresh_postgres("term");
+    let run = dir.join("run");
+    let mut procs = Procs(vec![driver(&config, &run, &store), worker(&store, "preempted", &[])]);
+    wait_until(&store, "the worker to train a cycle-1 candidate", Duration::from_secs(300), |s| {
+        s.all().is_ok_and(|all| all.iter().any(|c| c.cycle == 1 && c.status == Status::Claimed && c.leases == 1))
+    });
+    let status = Command::new("kill").args(["-TERM", &procs.0[1].id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = procs.0[1].try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the worker did not end on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(143));
+    // Handed back, uncounted, before any lease could have run out (heartbeat 1 s + grace 2 s).
+    let now = Store::open_at(&store).unwrap().all().unwrap();
+    assert!(
+        now.iter().all(|c| c.status == Status::Finished || c.leases == 0),
+        "no candidate is left leased: {:?}",
+        now.iter().map(|c| (c.id, c.status, c.leases)).collect::<Vec<_>>()
+    );
+    procs.0.push(worker(&store, "next", &[]));
+    finished(&mut procs.0[0], "the driver", Duration::from_secs(600));
+    finished(&mut procs.0[2], "the next worker", Duration::from_secs(60));
+    let all = every_candidate_trained_once(&store, &["preempted", "next"]);
+    assert!(all.iter().all(|c| c.leases <= 1), "a hand-back is not a lost lease");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -64,6 +64,9 @@ enum Command {
     /// Train a run's candidates from its store (PostgreSQL or SQLite), beside a driver started
     /// with `nasc search --store URL`: one lease at a time, renewed while training.
     Worker(search::WorkerArgs),
+    /// Serve a web dashboard of runs (folders or store URLs), live while they run: charts per
+    /// cycle, the candidates table, each candidate's diff, reply, diagnostic and shapes.
+    Dashboard(search::DashboardArgs),
     /// Print a run's tables (per generator × dataset × cycle) and write its plots; several runs
     /// (an experiment's arms) side by side; --json, --csv.
     Report(search::ReportArgs),
@@ -100,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Eval(a) => train::eval(a),
         Command::Search(a) => search::search(a),
         Command::Worker(a) => search::worker(a),
+        Command::Dashboard(a) => search::dashboard(a),
         Command::Report(a) => search::report(a),
         Command::Corpus(a) => search::corpus(a),
         Command::Reeval(a) => search::reeval(a),

@@ -417,6 +417,7 @@ pub fn worker(a: WorkerArgs) -> Result<ExitCode, UsageError> {
         idle_exit: a.idle_exit.map(Duration::from_secs_f64),
         until_run_ends: true,
         wait: Duration::from_secs(5),
+        held: Default::default(),
     };
     let visible = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let bar = if visible { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
@@ -446,6 +447,84 @@ pub fn worker(a: WorkerArgs) -> Result<ExitCode, UsageError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Err(e) => Ok(failed(e)),
+    }
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  nasc dashboard runs/fashion\n  \
+nasc dashboard runs/mutate runs/smollm2            # two arms, their cycles overlaid under /#/compare\n  \
+nasc dashboard postgres://nasc@db:5432/search1 --host 0.0.0.0 --api-key \"$KEY\"\n\n\
+Pages: the runs (state, progress, workers); a run (valid rate, accuracy, verdicts and novelty per cycle, the \
+accuracy distribution, every trained candidate as a point that opens it); its candidates (filter by dataset, \
+cycle, verdict, generator; sort by accuracy, parameters, MACs, novelty); a candidate (the diff, parent and child \
+side by side, the reply with the extracted part marked, the diagnostic, the shape table, training, lineage, \
+children). New candidates and verdicts appear as the search records them. The stores are opened read-only.")]
+pub struct DashboardArgs {
+    /// Run folders or store URLs (postgres://…, sqlite:PATH).
+    #[arg(value_name = "RUN")]
+    runs: Vec<String>,
+    /// A store URL, as one more run.
+    #[arg(long, value_name = "URL")]
+    store: Vec<String>,
+    /// The address to listen on; anything but loopback exposes the runs (give --api-key).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8378)]
+    port: u16,
+    /// Every request needs this key (default: the NASC_API_KEY environment variable, if set):
+    /// open /?key=KEY once in the browser, or send Authorization: Bearer KEY.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// How often the stores are looked at for changes, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    poll: f64,
+}
+
+pub fn dashboard(a: DashboardArgs) -> Result<ExitCode, UsageError> {
+    let mut runs = Vec::new();
+    for run in a.runs.iter().chain(&a.store) {
+        let location = Location::resolve(run).map_err(|e| UsageError(e.0))?;
+        if let Location::Sqlite(db) = &location {
+            if !db.is_file() {
+                return Err(UsageError(format!("{run} is not a run folder: it has no {DB_FILE}")));
+            }
+        }
+        let label = match &location {
+            Location::Postgres(_) => location.shown(),
+            Location::Sqlite(_) => {
+                Path::new(run).file_name().map_or_else(|| run.clone(), |n| n.to_string_lossy().into_owned())
+            }
+        };
+        runs.push((label, location));
+    }
+    if runs.is_empty() {
+        return Err(UsageError("give a run folder or a store URL (see --help)".into()));
+    }
+    if !(a.poll > 0.0 && a.poll.is_finite()) {
+        return Err(UsageError("--poll must be a positive number of seconds".into()));
+    }
+    if a.api_key.as_deref() == Some("") {
+        return Err(UsageError("--api-key is empty".into()));
+    }
+    let api_key = a.api_key.clone().or_else(|| std::env::var("NASC_API_KEY").ok()).filter(|k| !k.is_empty());
+    let opts = nasc_dashboard::Options {
+        runs,
+        host: a.host.clone(),
+        port: a.port,
+        api_key,
+        poll: Duration::from_secs_f64(a.poll),
+    };
+    let exposed = !(a.host == "127.0.0.1" || a.host == "localhost" || a.host == "::1");
+    match nasc_dashboard::serve(&opts, |addr| {
+        eprintln!("nasc dashboard: http://{addr}/ ({} runs; Ctrl-C stops it)", opts.runs.len());
+        if exposed && opts.api_key.is_none() {
+            eprintln!(
+                "nasc dashboard: listening beyond this machine without --api-key: anyone who reaches it sees the runs"
+            );
+        }
+    }) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Ok(failed(e)),
     }
 }

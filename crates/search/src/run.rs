@@ -333,6 +333,7 @@ fn drive(store: Store, dir: &Path, opts: &RunOptions, _lock: RunLock) -> Result<
                 idle_exit: None,
                 until_run_ends: false,
                 wait: Duration::from_millis(500),
+                held: Default::default(),
             };
             let config = TrainConfig { device, ..base.clone() };
             let (location, cache, stop, log, failure) = (&location, &cache, &stop, &log, d.failure.clone());
@@ -772,12 +773,15 @@ impl Driver {
             self.check_workers()?;
             let p = self.store.progress(cycle)?;
             let done = p.to_train - p.claimed;
-            self.finished_here += (done - seen).max(0) as usize;
-            seen = done;
-            self.bars.cycle.set_position(p.finished as u64);
-            if cycle > 0 {
-                self.bars.summary.set_message(self.summary_line(cycle)?);
+            if done != seen {
+                self.finished_here += (done - seen).max(0) as usize;
+                seen = done;
+                // The summary reads every row: only when something finished.
+                if cycle > 0 {
+                    self.bars.summary.set_message(self.summary_line(cycle)?);
+                }
             }
+            self.bars.cycle.set_position(p.finished as u64);
             if p.claimed == 0 {
                 return Ok(());
             }

@@ -11,7 +11,7 @@ use nasc_runtime::Device;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,9 @@ pub struct WorkerOptions {
     /// How long one wait for work lasts before the queue is looked at again (leases that ran out
     /// are noticed then; new work wakes a PostgreSQL worker at once).
     pub wait: Duration,
+    /// The id of the candidate it holds a lease on now (0: none), for a signal handler that
+    /// hands it back.
+    pub held: Arc<AtomicI64>,
 }
 
 /// What a worker did.
@@ -226,12 +229,14 @@ pub fn work(
                 }
             };
             lost.store(false, Ordering::SeqCst);
+            opts.held.store(c.id, Ordering::SeqCst);
             let _ = tx.send(Some(c.id));
             set_state("training", summary.trained)?;
             bar.reset();
             bar.set_prefix(format!("#{}", c.id));
             let trained = train_one(&c, &data, base, bar);
             let _ = tx.send(None);
+            opts.held.store(0, Ordering::SeqCst);
             if store.finish_leased(c.id, &opts.name, &trained)? {
                 summary.trained += 1;
             } else {
@@ -282,6 +287,8 @@ pub fn run_worker(
     let cache = DataCache::new(base.clone());
     let stop = AtomicBool::new(false);
     let log = |line: &str| eprintln!("{line}");
+    let (at, owner, held) = (location.clone(), opts.name.clone(), opts.held.clone());
+    std::thread::spawn(move || hand_back_on_termination(&at, &owner, &held));
     work(
         &store,
         opts,
@@ -293,4 +300,30 @@ pub fn run_worker(
         &stop,
         &log,
     )
+}
+
+/// Waits for SIGTERM (what Slurm and Kubernetes send before they kill) or SIGINT, then hands
+/// the lease the worker holds back to the queue, uncounted, and ends the process (exit 143 or
+/// 130): a preempted worker's candidate is trained again at once, not after its lease runs out.
+fn hand_back_on_termination(location: &Location, owner: &str, held: &AtomicI64) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let code = rt.block_on(async {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+            return None;
+        };
+        tokio::select! {
+            _ = term.recv() => Some(143),
+            _ = tokio::signal::ctrl_c() => Some(130),
+        }
+    });
+    let Some(code) = code else { return };
+    let id = held.load(Ordering::SeqCst);
+    if id > 0 {
+        match Store::open_at(location).and_then(|s| s.release(id, owner)) {
+            Ok(true) => eprintln!("{owner}: stopped by a signal; candidate {id} goes back to the queue"),
+            Ok(false) => {}
+            Err(e) => eprintln!("{owner}: stopped by a signal; candidate {id} could not be handed back ({e}): its lease runs out instead"),
+        }
+    }
+    std::process::exit(code);
 }

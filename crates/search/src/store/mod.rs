@@ -191,7 +191,7 @@ impl Location {
 
     /// What a command is given as a run: a store URL, or a run folder.
     pub fn resolve(arg: &str) -> Result<Location, StoreError> {
-        if arg.starts_with("postgres://") || arg.starts_with("postgresql://") || arg.starts_with("sqlite:") {
+        if arg.contains("://") || arg.starts_with("sqlite:") {
             Location::parse(arg)
         } else {
             Location::of_run(Path::new(arg))
@@ -1313,6 +1313,307 @@ impl Store {
             &[int(id), int(epochs), opt_real(accuracy), text(verdict.as_str()), real(train_s)],
         )
         .map(|_| ())
+    }
+}
+
+/// What a candidates table asks for: filters, one sort, one page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableQuery {
+    pub dataset: Option<String>,
+    pub cycle: Option<i64>,
+    pub verdict: Option<String>,
+    pub generator: Option<String>,
+    pub sort: SortKey,
+    pub descending: bool,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+impl Default for TableQuery {
+    fn default() -> Self {
+        TableQuery {
+            dataset: None,
+            cycle: None,
+            verdict: None,
+            generator: None,
+            sort: SortKey::Id,
+            descending: false,
+            offset: 0,
+            limit: 50,
+        }
+    }
+}
+
+/// The columns a candidates table sorts by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    Id,
+    Cycle,
+    Accuracy,
+    Params,
+    Macs,
+    /// 1 − similarity to the nearest network seen before it.
+    Novelty,
+}
+
+impl SortKey {
+    pub const ALL: [(&'static str, SortKey); 6] = [
+        ("id", SortKey::Id),
+        ("cycle", SortKey::Cycle),
+        ("accuracy", SortKey::Accuracy),
+        ("params", SortKey::Params),
+        ("macs", SortKey::Macs),
+        ("novelty", SortKey::Novelty),
+    ];
+
+    /// The SQL that orders by it, highest first when `descending`; rows without a value last
+    /// either way (the engines disagree on where NULLs go, so it is said).
+    fn order(self, descending: bool) -> String {
+        let (column, flip) = match self {
+            SortKey::Id => ("id", false),
+            SortKey::Cycle => ("cycle", false),
+            SortKey::Accuracy => ("accuracy", false),
+            SortKey::Params => ("params", false),
+            SortKey::Macs => ("macs", false),
+            SortKey::Novelty => ("similarity", true),
+        };
+        let dir = if descending != flip { "DESC" } else { "ASC" };
+        format!("({column} IS NULL), {column} {dir}, id {}", if descending { "DESC" } else { "ASC" })
+    }
+}
+
+/// One line of a candidates table.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TableRow {
+    pub id: i64,
+    pub cycle: i64,
+    pub slot: i64,
+    pub role: String,
+    pub status: String,
+    pub dataset: String,
+    pub generator: String,
+    pub parent_id: Option<i64>,
+    pub front_verdict: String,
+    pub verdict: String,
+    pub accuracy: Option<f64>,
+    pub params: Option<i64>,
+    pub macs: Option<i64>,
+    pub novelty: Option<f64>,
+    pub train_s: Option<f64>,
+}
+
+const TABLE_COLUMNS: &str = "id, cycle, slot, role, status, dataset, generator, parent_id, front_verdict, verdict, \
+     accuracy, params, macs, similarity, train_s";
+
+fn table_row(r: &[Value]) -> TableRow {
+    let t = |i: usize| match &r[i] {
+        Value::Text(s) => s.clone(),
+        _ => String::new(),
+    };
+    let n = |i: usize| match &r[i] {
+        Value::Integer(v) => Some(*v),
+        _ => None,
+    };
+    let f = |i: usize| match &r[i] {
+        Value::Real(v) => Some(*v),
+        Value::Integer(v) => Some(*v as f64),
+        _ => None,
+    };
+    TableRow {
+        id: n(0).unwrap_or(0),
+        cycle: n(1).unwrap_or(0),
+        slot: n(2).unwrap_or(0),
+        role: t(3),
+        status: t(4),
+        dataset: t(5),
+        generator: t(6),
+        parent_id: n(7),
+        front_verdict: t(8),
+        verdict: t(9),
+        accuracy: f(10),
+        params: n(11),
+        macs: n(12),
+        novelty: f(13).map(|s| 1.0 - s),
+        train_s: f(14),
+    }
+}
+
+/// Everything stored of one candidate, for a page about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Detail {
+    #[serde(flatten)]
+    pub candidate: Candidate,
+    pub reply: Option<String>,
+    pub extracted: Option<String>,
+    pub diagnostic: Option<String>,
+    pub novelty: Option<String>,
+    pub train_loss: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub images_per_s: Option<f64>,
+    /// The training result as nasc train --json prints it.
+    pub train_result: Option<serde_json::Value>,
+    pub claimed_at: Option<f64>,
+}
+
+/// The values a candidates table can be filtered by.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Facets {
+    pub datasets: Vec<String>,
+    pub generators: Vec<String>,
+    pub verdicts: Vec<String>,
+    pub cycles: Vec<i64>,
+}
+
+impl Store {
+    /// Opens a run's store for reading only (SQLite: a read-only connection; PostgreSQL: every
+    /// transaction read-only). Refuses a store whose schema is not this nasc's: it is not
+    /// upgraded from here.
+    pub fn open_read_only(location: &Location) -> Result<Store, StoreError> {
+        let shown = location.shown();
+        let err = |e: String| StoreError(format!("{shown}: {e}"));
+        let store = match location {
+            Location::Sqlite(path) => {
+                if !path.is_file() {
+                    return Store::open_at(location);
+                }
+                let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(|e| err(e.to_string()))?;
+                conn.busy_timeout(Duration::from_secs(30)).map_err(|e| err(e.to_string()))?;
+                Store { db: RefCell::new(Db::Sqlite(conn)), location: location.clone(), shown: shown.clone() }
+            }
+            Location::Postgres(_) => {
+                let store = Store::connect(location)?;
+                store.db.borrow_mut().batch("SET default_transaction_read_only = on").map_err(err)?;
+                if !store.has_meta_table()? {
+                    return Err(err("holds no nasc run".into()));
+                }
+                store
+            }
+        };
+        let version = store.meta("schema_version")?;
+        if version.as_deref() != Some(&SCHEMA_VERSION.to_string()) {
+            return Err(err(format!(
+                "has schema version {}, and this reads version {SCHEMA_VERSION} (`nasc report` upgrades an older one)",
+                version.unwrap_or_else(|| "none".into())
+            )));
+        }
+        Ok(store)
+    }
+
+    /// One page of the candidates `q` filters, in its order, and how many it filters in all.
+    pub fn table(&self, q: &TableQuery) -> Result<(i64, Vec<TableRow>), StoreError> {
+        let mut conditions = Vec::new();
+        let mut args = Vec::new();
+        let mut add = |column: &str, v: Value| {
+            args.push(v);
+            conditions.push(format!("{column} = ?{}", args.len()));
+        };
+        if let Some(d) = &q.dataset {
+            add("dataset", text(d.as_str()));
+        }
+        if let Some(c) = q.cycle {
+            add("cycle", int(c));
+        }
+        if let Some(v) = &q.verdict {
+            add("verdict", text(v.as_str()));
+        }
+        if let Some(g) = &q.generator {
+            add("generator", text(g.as_str()));
+        }
+        let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let total = self.query(&format!("SELECT COUNT(*) FROM candidates {filter}"), &args)?;
+        let n = args.len();
+        args.extend([int(q.limit.clamp(0, 1000)), int(q.offset.max(0))]);
+        let rows = self.query(
+            &format!(
+                "SELECT {TABLE_COLUMNS} FROM candidates {filter} ORDER BY {} LIMIT ?{} OFFSET ?{}",
+                q.sort.order(q.descending),
+                n + 1,
+                n + 2
+            ),
+            &args,
+        )?;
+        Ok((count(total.first().and_then(|r| r.first())), rows.iter().map(|r| table_row(r)).collect()))
+    }
+
+    /// The rows whose parent is `id`, in id order.
+    pub fn children(&self, id: i64) -> Result<Vec<TableRow>, StoreError> {
+        let rows = self
+            .query(&format!("SELECT {TABLE_COLUMNS} FROM candidates WHERE parent_id = ?1 ORDER BY id"), &[int(id)])?;
+        Ok(rows.iter().map(|r| table_row(r)).collect())
+    }
+
+    /// Every stored column of candidate `id`.
+    pub fn detail(&self, id: i64) -> Result<Option<Detail>, StoreError> {
+        let Some(candidate) = self.get(id)? else { return Ok(None) };
+        let rows = self.query(
+            "SELECT reply, extracted, diagnostic, novelty, train_loss, test_loss, images_per_s, train_result, claimed_at \
+             FROM candidates WHERE id = ?1",
+            &[int(id)],
+        )?;
+        let r = rows.into_iter().next().unwrap_or_default();
+        let t = |i: usize| match r.get(i) {
+            Some(Value::Text(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let f = |i: usize| match r.get(i) {
+            Some(Value::Real(v)) => Some(*v),
+            Some(Value::Integer(v)) => Some(*v as f64),
+            _ => None,
+        };
+        Ok(Some(Detail {
+            candidate,
+            reply: t(0),
+            extracted: t(1),
+            diagnostic: t(2),
+            novelty: t(3),
+            train_loss: f(4),
+            test_loss: f(5),
+            images_per_s: f(6),
+            train_result: t(7).filter(|s| !s.is_empty()).and_then(|s| serde_json::from_str(&s).ok()),
+            claimed_at: f(8),
+        }))
+    }
+
+    /// The datasets, generators, verdicts and cycles present.
+    pub fn facets(&self) -> Result<Facets, StoreError> {
+        let texts = |column: &str| -> Result<Vec<String>, StoreError> {
+            let rows = self.query(&format!("SELECT DISTINCT {column} FROM candidates ORDER BY {column}"), &[])?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|r| match r.into_iter().next() {
+                    Some(Value::Text(s)) => Some(s),
+                    _ => None,
+                })
+                .collect())
+        };
+        let cycles = self.query("SELECT DISTINCT cycle FROM candidates ORDER BY cycle", &[])?;
+        Ok(Facets {
+            datasets: texts("dataset")?,
+            generators: texts("generator")?,
+            verdicts: texts("verdict")?,
+            cycles: cycles.iter().map(|r| count(r.first())).collect(),
+        })
+    }
+
+    /// A value that changes whenever a candidate is inserted or finished, or the run's state
+    /// changes: what a page compares to know that its tables are stale.
+    pub fn version(&self) -> Result<String, StoreError> {
+        let rows = self.query(
+            "SELECT COUNT(*), SUM(CASE WHEN status = ?1 THEN 1 ELSE 0 END), MAX(finished_at), \
+             (SELECT COUNT(*) FROM meta), (SELECT MAX(value) FROM meta WHERE key = 'state') FROM candidates",
+            &[text(Status::Finished.as_str())],
+        )?;
+        let r = rows.into_iter().next().unwrap_or_default();
+        Ok(r.iter()
+            .map(|v| match v {
+                Value::Integer(n) => n.to_string(),
+                Value::Real(x) => format!("{x:.3}"),
+                Value::Text(t) => t.clone(),
+                _ => "-".into(),
+            })
+            .collect::<Vec<_>>()
+            .join("."))
     }
 }
 
