@@ -45,6 +45,7 @@ struct Run {
     label: String,
     shown: String,
     store: Mutex<Store>,
+    /// The report and the facets, and the version of the rows they were read from.
     report: Mutex<Option<(String, Value)>>,
 }
 
@@ -225,8 +226,7 @@ async fn runs(State(app): State<Shared>) -> Response {
             let created: Option<f64> = s.meta("created_at").map_err(e)?.and_then(|c| c.parse().ok());
             let (total, _) = s.table(&TableQuery { limit: 0, ..TableQuery::default() }).map_err(e)?;
             let unfinished = s.unfinished().map_err(e)?;
-            let facets = s.facets().map_err(e)?;
-            let cycle = facets.cycles.last().copied().unwrap_or(0);
+            let cycle = s.last_cycle().map_err(e)?;
             Ok(json!({
                 "state": s.meta("state").map_err(e)?,
                 "created_at": created,
@@ -268,17 +268,17 @@ async fn run_report(State(app): State<Shared>, Path(run): Path<String>) -> Respo
     let result = with_store(&app, k, move |s| {
         let e = |e: nasc_search::store::StoreError| e.0;
         let version = s.version().map_err(e)?;
-        let facets = s.facets().map_err(e)?;
         let mut cached = app2.runs[k].report.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, r)) = cached.as_ref() {
+        if let Some((v, answer)) = cached.as_ref() {
             if *v == version {
-                return Ok(json!({"version": version, "report": r, "facets": facets}));
+                return Ok(answer.clone());
             }
         }
         let all = s.all().map_err(e)?;
         let r = serde_json::to_value(report::build(&all)).map_err(|e| e.to_string())?;
-        *cached = Some((version.clone(), r.clone()));
-        Ok(json!({"version": version, "report": r, "facets": facets}))
+        let answer = json!({"version": version, "report": r, "facets": s.facets().map_err(e)?});
+        *cached = Some((version, answer.clone()));
+        Ok(answer)
     })
     .await;
     match result {

@@ -122,6 +122,7 @@ fn a_store_of_schema_version_1_is_upgraded_when_opened() {
             store.execute_raw(&format!("ALTER TABLE candidates DROP COLUMN {column}")).unwrap();
         }
         store.execute_raw("DROP INDEX candidates_queue").unwrap();
+        store.execute_raw("DROP INDEX candidates_parent").unwrap();
         store.execute_raw("DROP TABLE workers").unwrap();
         store.set_meta("schema_version", "1").unwrap();
         drop(store);

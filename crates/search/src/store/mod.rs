@@ -43,7 +43,8 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
              ALTER TABLE candidates ADD COLUMN lease_until DOUBLE PRECISION;
              ALTER TABLE candidates ADD COLUMN leases INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE candidates ADD COLUMN trained_by TEXT;
-             CREATE INDEX IF NOT EXISTS candidates_queue ON candidates (status, cycle, id);",
+             CREATE INDEX IF NOT EXISTS candidates_queue ON candidates (status, cycle, id);
+             CREATE INDEX IF NOT EXISTS candidates_parent ON candidates (parent_id);",
             LATER_TABLES,
         ],
     ),
@@ -130,6 +131,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     UNIQUE (cycle, slot)
 );
 CREATE INDEX IF NOT EXISTS candidates_queue ON candidates (status, cycle, id);
+CREATE INDEX IF NOT EXISTS candidates_parent ON candidates (parent_id);
 CREATE TABLE IF NOT EXISTS reevals (
     candidate_id BIGINT NOT NULL,
     epochs INTEGER NOT NULL,
@@ -1378,7 +1380,13 @@ impl SortKey {
             SortKey::Novelty => ("similarity", true),
         };
         let dir = if descending != flip { "DESC" } else { "ASC" };
-        format!("({column} IS NULL), {column} {dir}, id {}", if descending { "DESC" } else { "ASC" })
+        let tie = if descending { "DESC" } else { "ASC" };
+        match self {
+            // Never NULL: the plain order, which an index serves.
+            SortKey::Id => format!("id {dir}"),
+            SortKey::Cycle => format!("cycle {dir}, id {tie}"),
+            _ => format!("({column} IS NULL), {column} {dir}, id {tie}"),
+        }
     }
 }
 
@@ -1573,6 +1581,12 @@ impl Store {
             train_result: t(7).filter(|s| !s.is_empty()).and_then(|s| serde_json::from_str(&s).ok()),
             claimed_at: f(8),
         }))
+    }
+
+    /// The highest cycle with a row (0 before any candidate).
+    pub fn last_cycle(&self) -> Result<i64, StoreError> {
+        let rows = self.query("SELECT MAX(cycle) FROM candidates", &[])?;
+        Ok(count(rows.first().and_then(|r| r.first())))
     }
 
     /// The datasets, generators, verdicts and cycles present.
