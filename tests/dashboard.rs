@@ -192,3 +192,28 @@ fn bad_runs_and_flags_are_clear_errors() {
     assert!(err.contains("postgres://USER@HOST:PORT/DATABASE or sqlite:PATH"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_run_on_postgres_is_served_read_only() {
+    let at = nasc_search::store::testing::fresh_postgres("dashboard");
+    let store = Store::create_at(&at, "{\"cycles\": 1}", &[]).unwrap();
+    let row = NewCandidate {
+        cycle: 1,
+        dataset: "mnist".into(),
+        generator: "mutate".into(),
+        program: Some(LENET.to_string()),
+        attempt_verdicts: vec![Verdict::ShapeError],
+        diagnostic: Some(HOSTILE.into()),
+        ..NewCandidate::new(Role::Candidate, Verdict::ShapeError)
+    };
+    let id = store.insert(&row, false).unwrap();
+    let d = dashboard(&[&at.url()]);
+    let (_, runs) = get(&format!("{}/api/runs", d.url));
+    assert_eq!((runs[0]["rows"].as_i64(), runs[0]["store"].as_str()), (Some(1), Some(at.shown().as_str())));
+    let (_, c) = get(&format!("{}/api/runs/0/candidates/{id}", d.url));
+    assert_eq!(c["candidate"]["diagnostic"], HOSTILE);
+    // Its connection refuses writes: the store is opened read-only.
+    let ro = Store::open_read_only(&at).unwrap();
+    let e = ro.set_meta("state", "x").unwrap_err().0;
+    assert!(e.contains("read-only"), "{e}");
+}

@@ -123,6 +123,27 @@ fn every_candidate_trained_once(store: &Location, names: &[&str]) -> Vec<nasc_se
     all
 }
 
+/// A PostgreSQL run named `name` driven with one worker, `worker`, once that worker holds a
+/// lease on a cycle-1 candidate: the folder, the store, the processes (driver, worker) and the
+/// candidate's id.
+fn one_worker_training(name: &str, worker_name: &str) -> (PathBuf, Location, Procs, i64) {
+    let (dir, config) = run_folder(&format!("workers-{name}"));
+    let store = fresh_postgres(name);
+    let run = dir.join("run");
+    let procs = Procs(vec![driver(&config, &run, &store), worker(&store, worker_name, &[])]);
+    let leased = |s: &Store| {
+        s.all().ok()?.into_iter().find(|c| c.cycle == 1 && c.status == Status::Claimed && c.leases == 1).map(|c| c.id)
+    };
+    let start = Instant::now();
+    loop {
+        if let Some(held) = Store::open_at(&store).ok().as_ref().and_then(leased) {
+            return (dir, store, procs, held);
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "the worker trained no cycle-1 candidate");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn three_worker_processes_on_postgres_train_every_candidate_once() {
     let (dir, config) = run_folder("workers-three");
@@ -158,22 +179,7 @@ fn three_worker_processes_on_postgres_train_every_candidate_once() {
 
 #[test]
 fn a_worker_killed_mid_training_loses_nothing_and_counts_nothing_twice() {
-    let (dir, config) = run_folder("workers-kill");
-    let store = fresh_postgres("kill");
-    let run = dir.join("run");
-    let mut procs = Procs(vec![driver(&config, &run, &store), worker(&store, "doomed", &[])]);
-    // Kill it while it holds a lease on a cycle-1 candidate.
-    wait_until(&store, "the worker to train a cycle-1 candidate", Duration::from_secs(300), |s| {
-        s.all().is_ok_and(|all| all.iter().any(|c| c.cycle == 1 && c.status == Status::Claimed && c.leases == 1))
-    });
-    let held = Store::open_at(&store)
-        .unwrap()
-        .all()
-        .unwrap()
-        .into_iter()
-        .find(|c| c.cycle == 1 && c.status == Status::Claimed && c.leases == 1)
-        .unwrap()
-        .id;
+    let (dir, store, mut procs, held) = one_worker_training("kill", "doomed");
     procs.0[1].kill().unwrap();
     procs.0[1].wait().unwrap();
     procs.0.push(worker(&store, "rescuer", &[]));
@@ -247,13 +253,7 @@ fn a_killed_driver_resumes_while_its_workers_go_on_and_a_second_driver_is_refuse
 
 #[test]
 fn a_worker_stopped_by_sigterm_hands_its_candidate_back_at_once() {
-    let (dir, config) = run_folder("workers-term");
-    let store = fresh_postgres("term");
-    let run = dir.join("run");
-    let mut procs = Procs(vec![driver(&config, &run, &store), worker(&store, "preempted", &[])]);
-    wait_until(&store, "the worker to train a cycle-1 candidate", Duration::from_secs(300), |s| {
-        s.all().is_ok_and(|all| all.iter().any(|c| c.cycle == 1 && c.status == Status::Claimed && c.leases == 1))
-    });
+    let (dir, store, mut procs, _) = one_worker_training("term", "preempted");
     let status = Command::new("kill").args(["-TERM", &procs.0[1].id().to_string()]).status().unwrap();
     assert!(status.success());
     let start = Instant::now();

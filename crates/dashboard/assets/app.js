@@ -3,9 +3,14 @@
 // attributes), never parsed as markup: a reply holding <script> shows as those characters.
 "use strict";
 
+// What went wrong on the page, for the browser tests: script errors, rejected promises, console
+// errors and anything the content policy refused.
 window.__nascErrors = [];
 window.addEventListener("error", (e) => window.__nascErrors.push(String(e.message || e)));
 window.addEventListener("unhandledrejection", (e) => window.__nascErrors.push(String(e.reason)));
+document.addEventListener("securitypolicyviolation", (e) => window.__nascErrors.push(`refused by the content policy: ${e.violatedDirective} ${e.blockedURI}`));
+const consoleError = console.error.bind(console);
+console.error = (...args) => { window.__nascErrors.push(args.map(String).join(" ")); consoleError(...args); };
 
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = ["#2f6fde", "#d35400", "#2e8b57", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d", "#b7950b"];
@@ -238,6 +243,10 @@ async function pageRuns() {
       el("th", { class: [3, 4, 5, 8].includes(i) ? "num" : i === 1 || i === 7 ? "hide-narrow" : "" }, h)))),
     el("tbody", {}, rows));
   const parts = [el("h1", {}, runs.length === 1 ? "Run" : "Runs"), el("div", { class: "panel" }, table)];
+  for (const r of runs) {
+    parts.push(el("details", { "data-role": "config" }, el("summary", {}, `Config of ${r.label}`),
+      el("pre", { class: "code" }, JSON.stringify(r.config, null, 2))));
+  }
   if (runs.length > 1) parts.push(el("p", {}, el("a", { href: "#/compare" }, "Compare the runs' cycles side by side")));
   for (const r of runs) {
     if ((r.workers || []).length === 0) continue;
