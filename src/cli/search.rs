@@ -81,8 +81,9 @@ A worker leases one candidate at a time, trains it with the run's [train] settin
 every [queue] heartbeat_s while it trains; a worker that is killed loses nothing: its lease runs out after \
 heartbeat_s + grace_s and another worker takes the candidate. Workers may start before the driver (they wait \
 for the run, see --wait-for-run), join or leave at any time, and leave by themselves once the driver has \
-finished and nothing is left to train. On PostgreSQL an idle worker sleeps until told of new work \
-(LISTEN/NOTIFY); on SQLite (workers on the driver's machine only) it polls.")]
+finished and nothing is left to train. SIGTERM or Ctrl-C (a preemption, a pod's deletion) hands the \
+candidate being trained back at once (exit 143 or 130). On PostgreSQL an idle worker sleeps until told of \
+new work (LISTEN/NOTIFY); on SQLite (workers on the driver's machine only) it polls. See docs/scale.md.")]
 pub struct WorkerArgs {
     /// The run's store: postgres://USER@HOST:PORT/DATABASE, sqlite:PATH, or a run folder.
     #[arg(long, value_name = "URL")]
@@ -477,7 +478,7 @@ pub struct DashboardArgs {
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
     /// How often the stores are looked at for changes, in seconds.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     poll: f64,
 }
 
