@@ -279,3 +279,27 @@ fn a_worker_stopped_by_sigterm_hands_its_candidate_back_at_once() {
     assert!(all.iter().all(|c| c.leases <= 1), "a hand-back is not a lost lease");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_worker_without_the_runs_data_hands_its_candidate_back_and_says_why() {
+    let (dir, config) = run_folder("workers-nodata");
+    let run = dir.join("run");
+    let store = Location::Sqlite(run.join("run.db"));
+    let mut procs = Procs(vec![driver(&config, &run, &store)]);
+    let empty = dir.join("no-data");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = nasc()
+        .args(["worker", "--store", &store.url(), "--name", "dry", "--data-root", empty.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("none of the run's datasets loads here") && err.contains("fashion-mnist"), "{err}");
+    let all = Store::open_at(&store).unwrap().all().unwrap();
+    assert!(all.iter().all(|c| c.leases == 0 && c.trained_by.is_none()), "handed back, uncounted");
+    procs.0.push(worker(&store, "wet", &[]));
+    finished(&mut procs.0[0], "the driver", Duration::from_secs(600));
+    finished(&mut procs.0[1], "the worker", Duration::from_secs(60));
+    every_candidate_trained_once(&store, &["wet"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -225,6 +225,14 @@ pub fn work(
                     allowed.remove(&c.dataset);
                     store.release(c.id, &opts.name)?;
                     summary.released += 1;
+                    if allowed.is_empty() {
+                        // Waiting on would hold nothing and train nothing: say so and leave.
+                        return Err(SearchError(format!(
+                            "{}: none of the run's datasets loads here ({e}); give --data-root, or --datasets for the ones \
+                             this machine has",
+                            opts.name
+                        )));
+                    }
                     continue;
                 }
             };
