@@ -77,7 +77,7 @@ fn ok_json(v: Value) -> Response {
 fn open(opts: &Options) -> Result<App, String> {
     let mut runs = Vec::new();
     for (label, location) in &opts.runs {
-        let store = Store::open_read_only(location).map_err(|e| e.0)?;
+        let store = Store::open_read_only(location)?;
         runs.push(Run {
             label: label.clone(),
             shown: location.shown(),
@@ -220,24 +220,22 @@ async fn runs(State(app): State<Shared>) -> Response {
     for k in 0..app.runs.len() {
         let (label, shown) = (app.runs[k].label.clone(), app.runs[k].shown.clone());
         let summary = with_store(&app, k, move |s| {
-            let e = |e: nasc_search::store::StoreError| e.0;
-            let config: Value =
-                s.meta("config").map_err(e)?.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or(Value::Null);
-            let created: Option<f64> = s.meta("created_at").map_err(e)?.and_then(|c| c.parse().ok());
-            let (total, _) = s.table(&TableQuery { limit: 0, ..TableQuery::default() }).map_err(e)?;
-            let unfinished = s.unfinished().map_err(e)?;
-            let cycle = s.last_cycle().map_err(e)?;
+            let config: Value = s.meta("config")?.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or(Value::Null);
+            let created: Option<f64> = s.meta("created_at")?.and_then(|c| c.parse().ok());
+            let (total, _) = s.table(&TableQuery { limit: 0, ..TableQuery::default() })?;
+            let unfinished = s.unfinished()?;
+            let cycle = s.last_cycle()?;
             Ok(json!({
-                "state": s.meta("state").map_err(e)?,
+                "state": s.meta("state")?,
                 "created_at": created,
-                "model": s.meta("model").map_err(e)?,
-                "adapter": s.meta("adapter_dir").map_err(e)?,
+                "model": s.meta("model")?,
+                "adapter": s.meta("adapter_dir")?,
                 "config": config,
                 "rows": total,
                 "unfinished": unfinished,
                 "cycle": cycle,
-                "workers": s.workers().map_err(e)?,
-                "version": s.version().map_err(e)?,
+                "workers": s.workers()?,
+                "version": s.version()?,
             }))
         })
         .await;
@@ -266,17 +264,16 @@ async fn run_report(State(app): State<Shared>, Path(run): Path<String>) -> Respo
     };
     let app2 = app.clone();
     let result = with_store(&app, k, move |s| {
-        let e = |e: nasc_search::store::StoreError| e.0;
-        let version = s.version().map_err(e)?;
+        let version = s.version()?;
         let mut cached = app2.runs[k].report.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((v, answer)) = cached.as_ref() {
             if *v == version {
                 return Ok(answer.clone());
             }
         }
-        let all = s.all().map_err(e)?;
+        let all = s.all()?;
         let r = serde_json::to_value(report::build(&all)).map_err(|e| e.to_string())?;
-        let answer = json!({"version": version, "report": r, "facets": s.facets().map_err(e)?});
+        let answer = json!({"version": version, "report": r, "facets": s.facets()?});
         *cached = Some((version, answer.clone()));
         Ok(answer)
     })
@@ -340,7 +337,7 @@ async fn candidates(
         offset: (page - 1).saturating_mul(per_page),
         limit: per_page,
     };
-    match with_store(&app, k, move |s| s.table(&query).map_err(|e| e.0)).await {
+    match with_store(&app, k, move |s| Ok(s.table(&query)?)).await {
         Ok((total, rows)) => ok_json(json!({"total": total, "page": page, "per_page": per_page, "rows": rows})),
         Err(f) => f.into_response(),
     }
@@ -357,10 +354,9 @@ async fn candidate(State(app): State<Shared>, Path((run, id)): Path<(String, Str
         return Failure(StatusCode::NOT_FOUND, format!("no candidate {id:?}")).into_response();
     };
     let result = with_store(&app, k, move |s| {
-        let e = |e: nasc_search::store::StoreError| e.0;
-        let Some(detail) = s.detail(id).map_err(e)? else { return Ok(None) };
+        let Some(detail) = s.detail(id)? else { return Ok(None) };
         let parent = match detail.candidate.parent_id {
-            Some(p) => s.get(p).map_err(e)?,
+            Some(p) => s.get(p)?,
             None => None,
         };
         // The lineage: parents back to the baseline (a stored chain is short; bounded anyway).
@@ -370,7 +366,7 @@ async fn candidate(State(app): State<Shared>, Path((run, id)): Path<(String, Str
             if lineage.len() >= 1000 {
                 break;
             }
-            match s.get(p).map_err(e)? {
+            match s.get(p)? {
                 Some(c) => {
                     next = c.parent_id;
                     lineage.push(json!({"id": c.id, "cycle": c.cycle, "accuracy": c.accuracy, "verdict": c.verdict, "role": c.role}));
@@ -378,7 +374,7 @@ async fn candidate(State(app): State<Shared>, Path((run, id)): Path<(String, Str
                 None => break,
             }
         }
-        let children = s.children(id).map_err(e)?;
+        let children = s.children(id)?;
         let table = detail.candidate.program.as_deref().map(|program| shapes(program, &detail.candidate.dataset));
         Ok(Some(json!({
             "candidate": detail,
@@ -420,7 +416,7 @@ async fn events(State(app): State<Shared>) -> Response {
             }
             let mut versions = Vec::new();
             for k in 0..app.runs.len() {
-                versions.push(with_store(&app, k, |s| s.version().map_err(|e| e.0)).await.unwrap_or_default());
+                versions.push(with_store(&app, k, |s| Ok(s.version()?)).await.unwrap_or_default());
             }
             let now = json!(versions).to_string();
             if now != last {

@@ -292,9 +292,10 @@ fn drive(store: Store, dir: &Path, opts: &RunOptions, _lock: RunLock) -> Result<
     }
     let stop = AtomicBool::new(false);
     let location = d.store.location().clone();
-    let base = d.config.train.clone();
+    // The threads' own copy: the driver's is borrowed mutably while they run.
+    let run_config = d.config.clone();
+    let base = &run_config.train;
     let cache = DataCache::new(base.clone());
-    let (terms, heartbeat) = (d.config.queue.terms(), Duration::from_secs_f64(d.config.queue.heartbeat_s));
     let host = worker::hostname();
     let multi = d.bars.multi.clone();
     let log = move |line: &str| {
@@ -336,11 +337,12 @@ fn drive(store: Store, dir: &Path, opts: &RunOptions, _lock: RunLock) -> Result<
                 held: Default::default(),
             };
             let config = TrainConfig { device, ..base.clone() };
-            let (location, cache, stop, log, failure) = (&location, &cache, &stop, &log, d.failure.clone());
+            let (location, run_config, cache, stop, log) = (&location, &run_config, &cache, &stop, &log);
+            let failure = d.failure.clone();
             s.spawn(move || {
                 let outcome = Store::open_at(location)
                     .map_err(SearchError::from)
-                    .and_then(|store| worker::work(&store, &opts, terms, heartbeat, &config, cache, bar, stop, log));
+                    .and_then(|store| worker::work(&store, &opts, run_config, &config, cache, bar, stop, log));
                 if let Err(e) = outcome {
                     failure.lock().expect("no panic holding the failure").get_or_insert(e.0);
                 }

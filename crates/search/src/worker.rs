@@ -2,8 +2,9 @@
 //! the lease, record the result only while the lease is still held. The driver's own threads
 //! (`workers = N`) and `nasc worker` processes on other machines run this one loop.
 
+use super::config::SearchConfig;
 use super::run::{stored_config, train_one, SearchError};
-use super::store::{LeaseTerms, Location, Store, WorkerRow};
+use super::store::{Location, Store, WorkerRow};
 use indicatif::ProgressBar;
 use nasc_backend::train::{self, TrainConfig};
 use nasc_datasets::Dataset;
@@ -106,15 +107,15 @@ pub fn owner_name(name: &str) -> String {
 }
 
 /// Renews the lease of the candidate the trainer says it holds, every `every`, on its own
-/// connection, and keeps the worker's row fresh. Sets `lost` when a renewal finds the lease
-/// gone. Ends when the trainer hangs up.
+/// connection, and keeps the worker's row fresh. A renewal that finds the lease gone stops
+/// renewing it (the trainer learns so when its result is refused). Ends when the trainer hangs
+/// up.
 fn heartbeat(
     store: &Store,
     row: &Mutex<WorkerRow>,
     rx: &mpsc::Receiver<Option<i64>>,
     every: Duration,
     lease_s: f64,
-    lost: &AtomicBool,
     log: &(dyn Fn(&str) + Sync),
 ) {
     let mut held = None;
@@ -125,10 +126,7 @@ fn heartbeat(
                 if let Some(id) = held {
                     match store.renew(id, &row.lock().expect("no panic holding the row").name, lease_s) {
                         Ok(true) => {}
-                        Ok(false) => {
-                            lost.store(true, Ordering::SeqCst);
-                            held = None;
-                        }
+                        Ok(false) => held = None,
                         // The store may be back before the lease runs out: keep trying.
                         Err(e) => log(&format!("heartbeat of candidate {id}: {e}")),
                     }
@@ -142,14 +140,13 @@ fn heartbeat(
 }
 
 /// Runs one worker on `store` until it has reason to leave (see [`WorkerOptions`]) or `stop`
-/// is set. `base` is the run's training config (device and data root already chosen);
-/// `log` takes lines for the user.
+/// is set. `config` is the run's (its datasets and `[queue]`); `base` its training config with
+/// this worker's device and data root; `log` takes lines for the user.
 #[allow(clippy::too_many_arguments)]
 pub fn work(
     store: &Store,
     opts: &WorkerOptions,
-    terms: LeaseTerms,
-    heartbeat_every: Duration,
+    config: &SearchConfig,
     base: &TrainConfig,
     cache: &DataCache,
     bar: &ProgressBar,
@@ -157,7 +154,7 @@ pub fn work(
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<WorkerSummary, SearchError> {
     let started = Instant::now();
-    let config = stored_config(store)?;
+    let (terms, heartbeat_every) = (config.queue.terms(), Duration::from_secs_f64(config.queue.heartbeat_s));
     let mut allowed: BTreeSet<String> = opts.datasets.clone().unwrap_or(config.datasets.clone()).into_iter().collect();
     let row = Mutex::new(WorkerRow {
         name: opts.name.clone(),
@@ -177,7 +174,6 @@ pub fn work(
     set_state("idle", 0)?;
     store.listen_for_work()?;
     let beat_store = store.reopen()?;
-    let lost = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<Option<i64>>();
     let mut summary = WorkerSummary {
         worker: opts.name.clone(),
@@ -188,10 +184,10 @@ pub fn work(
         stopped: String::new(),
     };
     let result = std::thread::scope(|s| -> Result<(), SearchError> {
-        let (row, lost) = (&row, &lost);
+        let row = &row;
         // Owned here, so the heartbeat hears the hang-up when this loop returns.
         let tx = tx;
-        s.spawn(move || heartbeat(&beat_store, row, &rx, heartbeat_every, terms.lease_s, lost, log));
+        s.spawn(move || heartbeat(&beat_store, row, &rx, heartbeat_every, terms.lease_s, log));
         let mut idle_since = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -236,7 +232,6 @@ pub fn work(
                     continue;
                 }
             };
-            lost.store(false, Ordering::SeqCst);
             opts.held.store(c.id, Ordering::SeqCst);
             let _ = tx.send(Some(c.id));
             set_state("training", summary.trained)?;
@@ -297,17 +292,7 @@ pub fn run_worker(
     let log = |line: &str| eprintln!("{line}");
     let (at, owner, held) = (location.clone(), opts.name.clone(), opts.held.clone());
     std::thread::spawn(move || hand_back_on_termination(&at, &owner, &held));
-    work(
-        &store,
-        opts,
-        config.queue.terms(),
-        Duration::from_secs_f64(config.queue.heartbeat_s),
-        &base,
-        &cache,
-        bar,
-        &stop,
-        &log,
-    )
+    work(&store, opts, &config, &base, &cache, bar, &stop, &log)
 }
 
 /// Waits for SIGTERM (what Slurm and Kubernetes send before they kill) or SIGINT, then hands

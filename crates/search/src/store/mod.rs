@@ -630,6 +630,12 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl From<StoreError> for String {
+    fn from(e: StoreError) -> String {
+        e.0
+    }
+}
+
 /// How long a training lease lasts and how often it may be lost.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseTerms {
@@ -698,13 +704,34 @@ fn opt_real(v: Option<f64>) -> Value {
     v.map_or(Value::Null, Value::Real)
 }
 
+/// A column read as text; `None` for NULL or a value of another kind.
+fn as_text(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::Text(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A column read as an integer; `None` for NULL or a value of another kind.
+fn as_int(v: Option<&Value>) -> Option<i64> {
+    match v {
+        Some(Value::Integer(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+/// A column read as a number (an integer counts); `None` for NULL or text.
+fn as_real(v: Option<&Value>) -> Option<f64> {
+    match v {
+        Some(Value::Real(x)) => Some(*x),
+        Some(Value::Integer(n)) => Some(*n as f64),
+        _ => None,
+    }
+}
+
 /// A count or sum from an aggregate row (NULL over no rows).
 fn count(v: Option<&Value>) -> i64 {
-    match v {
-        Some(Value::Integer(n)) => *n,
-        Some(Value::Real(n)) => *n as i64,
-        _ => 0,
-    }
+    as_int(v).or_else(|| as_real(v).map(|x| x as i64)).unwrap_or(0)
 }
 
 /// The owner names of leases taken by a driver's own training threads: a new driver of the
@@ -716,17 +743,7 @@ impl Store {
     /// that already holds one.
     pub fn create(dir: &Path, config_json: &str, meta: &[(&str, &str)]) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
-        Store::create_at(&Location::Sqlite(dir.join(DB_FILE)), config_json, meta).map_err(|e| {
-            if e.0.ends_with("already holds a run") {
-                StoreError(format!(
-                    "{} already holds a run; continue it with `nasc search --resume {}` or choose another --out",
-                    dir.display(),
-                    dir.display()
-                ))
-            } else {
-                e
-            }
-        })
+        Store::create_at(&Location::Sqlite(dir.join(DB_FILE)), config_json, meta)
     }
 
     /// Creates a run's store with its config and `meta` entries, in one transaction: a process
@@ -783,12 +800,35 @@ impl Store {
             || matches!(&version, Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table"))
     }
 
+    /// Refuses a PostgreSQL database that holds no run (SQLite's file is checked before it is
+    /// opened).
+    fn holds_a_run(&self) -> Result<(), StoreError> {
+        if self.is_postgres() && !self.has_meta_table()? {
+            return Err(StoreError(format!(
+                "{} holds no nasc run; start one with `nasc search --config FILE --store URL`",
+                self.shown
+            )));
+        }
+        Ok(())
+    }
+
     fn has_meta_table(&self) -> Result<bool, StoreError> {
-        let rows = self.query(
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'meta'",
-            &[],
-        )?;
-        Ok(count(rows.first().and_then(|r| r.first())) > 0)
+        let sql = "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() \
+                   AND table_name = 'meta'";
+        Ok(self.scalar(sql, &[])? > 0)
+    }
+
+    /// Refuses a store whose schema version is not this nasc's; `hint` says what to do.
+    fn current_schema(&self, hint: &str) -> Result<(), StoreError> {
+        let version = self.meta("schema_version")?;
+        if version.as_deref() == Some(&SCHEMA_VERSION.to_string()) {
+            return Ok(());
+        }
+        Err(StoreError(format!(
+            "{} has schema version {}, and this nasc reads version {SCHEMA_VERSION}{hint}",
+            self.shown,
+            version.unwrap_or_else(|| "none".into())
+        )))
     }
 
     /// Opens the SQLite database of an existing run folder.
@@ -814,13 +854,7 @@ impl Store {
             _ => {}
         }
         let store = Store::connect(location)?;
-        if let Location::Postgres(_) = location {
-            if !store.has_meta_table()? {
-                return Err(StoreError(format!(
-                    "{shown} holds no nasc run; start one with `nasc search --config FILE --store URL`"
-                )));
-            }
-        }
+        store.holds_a_run()?;
         let mut version = store.meta("schema_version")?;
         while let Some(&(from, parts)) =
             MIGRATIONS.iter().find(|(from, _)| version.as_deref() == Some(from.to_string().as_str()))
@@ -840,12 +874,7 @@ impl Store {
                 .map_err(|e| StoreError(format!("{shown}: upgrading to schema version {next}: {e}")))?;
             version = Some(next.to_string());
         }
-        if version.as_deref() != Some(&SCHEMA_VERSION.to_string()) {
-            return Err(StoreError(format!(
-                "{shown} has schema version {}, and this nasc reads version {SCHEMA_VERSION}",
-                version.unwrap_or_else(|| "none".into())
-            )));
-        }
+        store.current_schema("")?;
         Ok(store)
     }
 
@@ -895,6 +924,11 @@ impl Store {
         self.db.borrow_mut().execute(sql, args).map_err(|e| self.err(e))
     }
 
+    /// The first column of the first row of a query that counts or sums (0 over no rows).
+    fn scalar(&self, sql: &str, args: &[Value]) -> Result<i64, StoreError> {
+        Ok(count(self.query(sql, args)?.first().and_then(|r| r.first())))
+    }
+
     fn transaction<T>(&self, f: impl FnOnce(&mut Db) -> Result<T, String>) -> Result<T, StoreError> {
         self.db.borrow_mut().transaction(f).map_err(|e| self.err(e))
     }
@@ -920,10 +954,7 @@ impl Store {
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         let rows = self.query("SELECT value FROM meta WHERE key = ?1", &[text(key)])?;
-        Ok(rows.into_iter().next().and_then(|r| match r.into_iter().next() {
-            Some(Value::Text(t)) => Some(t),
-            _ => None,
-        }))
+        Ok(as_text(rows.first().and_then(|r| r.first())))
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
@@ -942,8 +973,7 @@ impl Store {
         if !self.is_postgres() {
             return Ok(());
         }
-        let rows = self.query("SELECT pg_try_advisory_lock(1851880291, hashtext(current_schema()))", &[])?;
-        if count(rows.first().and_then(|r| r.first())) == 1 {
+        if self.scalar("SELECT pg_try_advisory_lock(1851880291, hashtext(current_schema()))", &[])? == 1 {
             return Ok(());
         }
         let holder = self
@@ -956,13 +986,7 @@ impl Store {
             .ok()
             .and_then(|r| r.into_iter().next())
             .map(|r| {
-                r.iter()
-                    .map(|v| match v {
-                        Value::Text(t) => t.clone(),
-                        _ => "local".into(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                r.iter().map(|v| as_text(Some(v)).unwrap_or_else(|| "local".into())).collect::<Vec<_>>().join(", ")
             })
             .unwrap_or_default();
         Err(StoreError(format!(
@@ -1152,31 +1176,28 @@ impl Store {
     /// Hands `owner`'s lease on `id` back untrained (the worker cannot train it: its dataset
     /// does not load there), without counting it as lost.
     pub fn release(&self, id: i64, owner: &str) -> Result<bool, StoreError> {
-        let n = self.transaction(|db| {
-            let n = db.execute(
-                "UPDATE candidates SET lease_owner = NULL, lease_until = NULL, \
-                 leases = CASE WHEN leases > 0 THEN leases - 1 ELSE 0 END \
-                 WHERE id = ?1 AND lease_owner = ?2 AND status = ?3",
-                &[int(id), text(owner), text(Status::Claimed.as_str())],
-            )?;
-            if n > 0 {
-                db.notify(WORK)?;
-            }
-            Ok(n)
-        })?;
-        Ok(n == 1)
+        Ok(self.hand_back("id = ?2 AND lease_owner = ?3", &[int(id), text(owner)])? == 1)
     }
 
     /// Hands back every lease whose owner's name starts with `prefix` (a driver's own threads,
     /// gone when a new driver starts), uncounted. The number handed back.
     pub fn release_owned_by(&self, prefix: &str) -> Result<u64, StoreError> {
         let pattern = format!("{}%", prefix.replace('%', "\\%").replace('_', "\\_"));
+        self.hand_back("lease_owner LIKE ?2 ESCAPE '\\'", &[text(pattern)])
+    }
+
+    /// Hands back, uncounted, the leases on the claimed rows `condition` picks (its parameters
+    /// are `?2` on, from `args`), and tells waiting workers. The number handed back.
+    fn hand_back(&self, condition: &str, args: &[Value]) -> Result<u64, StoreError> {
+        let mut all = vec![text(Status::Claimed.as_str())];
+        all.extend_from_slice(args);
         self.transaction(|db| {
             let n = db.execute(
-                "UPDATE candidates SET lease_owner = NULL, lease_until = NULL, \
-                 leases = CASE WHEN leases > 0 THEN leases - 1 ELSE 0 END \
-                 WHERE status = ?1 AND lease_owner LIKE ?2 ESCAPE '\\'",
-                &[text(Status::Claimed.as_str()), text(pattern)],
+                &format!(
+                    "UPDATE candidates SET lease_owner = NULL, lease_until = NULL, \
+                     leases = CASE WHEN leases > 0 THEN leases - 1 ELSE 0 END WHERE status = ?1 AND {condition}"
+                ),
+                &all,
             )?;
             if n > 0 {
                 db.notify(WORK)?;
@@ -1220,9 +1241,7 @@ impl Store {
 
     /// Rows waiting for, or in, training, over all cycles.
     pub fn unfinished(&self) -> Result<i64, StoreError> {
-        let rows =
-            self.query("SELECT COUNT(*) FROM candidates WHERE status = ?1", &[text(Status::Claimed.as_str())])?;
-        Ok(count(rows.first().and_then(|r| r.first())))
+        self.scalar("SELECT COUNT(*) FROM candidates WHERE status = ?1", &[text(Status::Claimed.as_str())])
     }
 
     /// Records a worker's state (`idle`, `training`, `stopped`) and count, as seen now.
@@ -1250,18 +1269,12 @@ impl Store {
     pub fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
         let rows = self
             .query("SELECT name, host, device, state, trained, started_at, seen_at FROM workers ORDER BY name", &[])?;
-        rows.into_iter()
+        Ok(rows
+            .iter()
             .map(|r| {
-                let t = |i: usize| match &r[i] {
-                    Value::Text(s) => s.clone(),
-                    _ => String::new(),
-                };
-                let f = |i: usize| match &r[i] {
-                    Value::Real(x) => *x,
-                    Value::Integer(x) => *x as f64,
-                    _ => 0.0,
-                };
-                Ok(WorkerRow {
+                let t = |i: usize| as_text(r.get(i)).unwrap_or_default();
+                let f = |i: usize| as_real(r.get(i)).unwrap_or(0.0);
+                WorkerRow {
                     name: t(0),
                     host: t(1),
                     device: t(2),
@@ -1269,9 +1282,9 @@ impl Store {
                     trained: count(r.get(4)),
                     started_at: f(5),
                     seen_at: f(6),
-                })
+                }
             })
-            .collect()
+            .collect())
     }
 
     fn select(&self, filter: &str, args: &[Value]) -> Result<Vec<Candidate>, StoreError> {
@@ -1414,19 +1427,9 @@ const TABLE_COLUMNS: &str = "id, cycle, slot, role, status, dataset, generator, 
      accuracy, params, macs, similarity, train_s";
 
 fn table_row(r: &[Value]) -> TableRow {
-    let t = |i: usize| match &r[i] {
-        Value::Text(s) => s.clone(),
-        _ => String::new(),
-    };
-    let n = |i: usize| match &r[i] {
-        Value::Integer(v) => Some(*v),
-        _ => None,
-    };
-    let f = |i: usize| match &r[i] {
-        Value::Real(v) => Some(*v),
-        Value::Integer(v) => Some(*v as f64),
-        _ => None,
-    };
+    let t = |i: usize| as_text(r.get(i)).unwrap_or_default();
+    let n = |i: usize| as_int(r.get(i));
+    let f = |i: usize| as_real(r.get(i));
     TableRow {
         id: n(0).unwrap_or(0),
         cycle: n(1).unwrap_or(0),
@@ -1492,19 +1495,11 @@ impl Store {
             Location::Postgres(_) => {
                 let store = Store::connect(location)?;
                 store.db.borrow_mut().batch("SET default_transaction_read_only = on").map_err(err)?;
-                if !store.has_meta_table()? {
-                    return Err(err("holds no nasc run".into()));
-                }
                 store
             }
         };
-        let version = store.meta("schema_version")?;
-        if version.as_deref() != Some(&SCHEMA_VERSION.to_string()) {
-            return Err(err(format!(
-                "has schema version {}, and this reads version {SCHEMA_VERSION} (`nasc report` upgrades an older one)",
-                version.unwrap_or_else(|| "none".into())
-            )));
-        }
+        store.holds_a_run()?;
+        store.current_schema(" (`nasc report` upgrades an older one)")?;
         Ok(store)
     }
 
@@ -1529,7 +1524,7 @@ impl Store {
             add("generator", text(g.as_str()));
         }
         let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
-        let total = self.query(&format!("SELECT COUNT(*) FROM candidates {filter}"), &args)?;
+        let total = self.scalar(&format!("SELECT COUNT(*) FROM candidates {filter}"), &args)?;
         let n = args.len();
         args.extend([int(q.limit.clamp(0, 1000)), int(q.offset.max(0))]);
         let rows = self.query(
@@ -1541,7 +1536,7 @@ impl Store {
             ),
             &args,
         )?;
-        Ok((count(total.first().and_then(|r| r.first())), rows.iter().map(|r| table_row(r)).collect()))
+        Ok((total, rows.iter().map(|r| table_row(r)).collect()))
     }
 
     /// The rows whose parent is `id`, in id order.
@@ -1553,22 +1548,19 @@ impl Store {
 
     /// Every stored column of candidate `id`.
     pub fn detail(&self, id: i64) -> Result<Option<Detail>, StoreError> {
-        let Some(candidate) = self.get(id)? else { return Ok(None) };
         let rows = self.query(
-            "SELECT reply, extracted, diagnostic, novelty, train_loss, test_loss, images_per_s, train_result, claimed_at \
-             FROM candidates WHERE id = ?1",
+            &format!(
+                "SELECT {}, reply, extracted, diagnostic, novelty, train_loss, test_loss, images_per_s, train_result, \
+                 claimed_at FROM candidates WHERE id = ?1",
+                CANDIDATE_COLUMNS.join(", ")
+            ),
             &[int(id)],
         )?;
-        let r = rows.into_iter().next().unwrap_or_default();
-        let t = |i: usize| match r.get(i) {
-            Some(Value::Text(s)) => Some(s.clone()),
-            _ => None,
-        };
-        let f = |i: usize| match r.get(i) {
-            Some(Value::Real(v)) => Some(*v),
-            Some(Value::Integer(v)) => Some(*v as f64),
-            _ => None,
-        };
+        let Some(row) = rows.first() else { return Ok(None) };
+        let (columns, more) = row.split_at(CANDIDATE_COLUMNS.len());
+        let candidate = candidate(columns).map_err(|e| self.err(e))?;
+        let t = |i: usize| as_text(more.get(i));
+        let f = |i: usize| as_real(more.get(i));
         Ok(Some(Detail {
             candidate,
             reply: t(0),
@@ -1585,21 +1577,14 @@ impl Store {
 
     /// The highest cycle with a row (0 before any candidate).
     pub fn last_cycle(&self) -> Result<i64, StoreError> {
-        let rows = self.query("SELECT MAX(cycle) FROM candidates", &[])?;
-        Ok(count(rows.first().and_then(|r| r.first())))
+        self.scalar("SELECT MAX(cycle) FROM candidates", &[])
     }
 
     /// The datasets, generators, verdicts and cycles present.
     pub fn facets(&self) -> Result<Facets, StoreError> {
         let texts = |column: &str| -> Result<Vec<String>, StoreError> {
             let rows = self.query(&format!("SELECT DISTINCT {column} FROM candidates ORDER BY {column}"), &[])?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|r| match r.into_iter().next() {
-                    Some(Value::Text(s)) => Some(s),
-                    _ => None,
-                })
-                .collect())
+            Ok(rows.iter().filter_map(|r| as_text(r.first())).collect())
         };
         let cycles = self.query("SELECT DISTINCT cycle FROM candidates ORDER BY cycle", &[])?;
         Ok(Facets {
