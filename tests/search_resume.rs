@@ -33,6 +33,35 @@ fn lenet5_run(name: &str, seed: u64, limit: u32) -> (PathBuf, PathBuf) {
     (dir, config)
 }
 
+/// A kill between the creation of `run.db` and the commit of the run in it leaves a database
+/// without a run. `--resume` says so and how to start again; `--config` starts it again.
+#[test]
+fn a_run_whose_creation_never_committed_is_started_again() {
+    let (dir, config) = lenet5_run("nasc-uncommitted", 3, 200);
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("run.db"), b"").unwrap(); // what SQLite holds before the first commit
+    assert!(!Store::holds_run(&run));
+    let nasc = || Command::new(env!("CARGO_BIN_EXE_nasc"));
+    let out = nasc().args(["search", "--resume"]).arg(&run).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("creation was interrupted") && err.contains("--config FILE --out"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = nasc().args(["search", "--json", "--config"]).arg(&config).arg("--out").arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(Store::holds_run(&run));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["candidates"], 8);
+
+    // A committed run is never overwritten.
+    let out = nasc().args(["search", "--config"]).arg(&config).arg("--out").arg(&run).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a run"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_run_killed_mid_training_resumes_without_losing_or_repeating_a_candidate() {
     let (dir, config) = lenet5_run("nasc-resume", 3, 2000);
@@ -139,10 +168,11 @@ fn a_run_killed_at_random_moments_ends_as_the_run_never_killed() {
     let run = dir.join("killed");
     let mut kills = Vec::new();
     for round in 0..6 {
-        let mut child = if round == 0 {
-            search(&["--config", config.to_str().unwrap(), "--out"], &run)
-        } else {
+        // A kill before the run's creation committed leaves no run: it is started again.
+        let mut child = if Store::holds_run(&run) {
             search(&["--resume"], &run)
+        } else {
+            search(&["--config", config.to_str().unwrap(), "--out"], &run)
         };
         // The first kills come early (creating the run, training the baseline), later ones anywhere.
         let ms = if round < 2 { next() % 400 } else { next() % 3000 };
@@ -155,8 +185,14 @@ fn a_run_killed_at_random_moments_ends_as_the_run_never_killed() {
         kills.push(ms);
     }
     eprintln!("killed after {kills:?} ms");
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_nasc")).args(["search", "--json", "--resume"]).arg(&run).output().unwrap();
+    let mut last = Command::new(env!("CARGO_BIN_EXE_nasc"));
+    last.args(["search", "--json"]);
+    if Store::holds_run(&run) {
+        last.arg("--resume");
+    } else {
+        last.args(["--config", config.to_str().unwrap(), "--out"]);
+    }
+    let out = last.arg(&run).output().unwrap();
     assert!(out.status.success(), "kills {kills:?}: {}", String::from_utf8_lossy(&out.stderr));
 
     let rows = |run: &std::path::Path| {

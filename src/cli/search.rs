@@ -170,7 +170,7 @@ pub fn search(a: SearchArgs) -> Result<ExitCode, UsageError> {
             let out = a.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(path.file_stem().map_or_else(|| "search".into(), |s| s.to_os_string()))
             });
-            if out.join(DB_FILE).exists() || out.join(STORE_FILE).exists() {
+            if Store::holds_run(&out) {
                 return Err(UsageError(format!(
                     "{} already holds a run; continue it with `nasc search --resume {}` or choose another --out",
                     out.display(),

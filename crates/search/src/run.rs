@@ -102,7 +102,10 @@ pub fn start(config: &SearchConfig, dir: &Path, opts: &RunOptions) -> Result<Sum
             if *location != Location::Sqlite(dir.join(super::store::DB_FILE)) {
                 // The folder names its store, so `--resume RUN` and `nasc report RUN` find it.
                 let named = dir.join(super::store::STORE_FILE);
-                std::fs::write(&named, format!("{}\n", location.url()))
+                // Written whole or not at all: a kill mid-write leaves no half a URL.
+                let partial = dir.join(format!("{}.partial", super::store::STORE_FILE));
+                std::fs::write(&partial, format!("{}\n", location.url()))
+                    .and_then(|()| std::fs::rename(&partial, &named))
                     .map_err(|e| SearchError(format!("cannot write {}: {e}", named.display())))?;
             }
             store
@@ -282,7 +285,8 @@ fn drive(store: Store, dir: &Path, opts: &RunOptions, _lock: RunLock) -> Result<
         finished_here: 0,
     };
     if handed_back > 0 {
-        d.bars.log(&format!("{handed_back} candidates the last driver's threads were training go back to the queue"));
+        let (noun, verb) = if handed_back == 1 { ("candidate", "goes") } else { ("candidates", "go") };
+        d.bars.log(&format!("{handed_back} {noun} the last driver's threads were training {verb} back to the queue"));
     }
     if d.workers == 0 {
         d.bars.log(&format!(

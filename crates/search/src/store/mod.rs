@@ -788,6 +788,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether the folder `dir` holds a run whose creation committed: a named store, or a
+    /// `run.db` that is not an interrupted creation. A folder that fails this may be started
+    /// afresh with [`Store::create`], which clears what an interrupted creation left.
+    pub fn holds_run(dir: &Path) -> bool {
+        let db = dir.join(DB_FILE);
+        dir.join(STORE_FILE).is_file() || (db.is_file() && !Store::interrupted(&db))
+    }
+
     /// Whether the SQLite database at `path` is a creation that never committed (no schema
     /// version).
     fn interrupted(path: &Path) -> bool {
@@ -850,6 +858,18 @@ impl Store {
                     }
                     _ => format!("{shown} does not exist: no run is stored there"),
                 }));
+            }
+            Location::Sqlite(path) if Store::interrupted(path) => {
+                let start = match path.parent() {
+                    Some(dir) if path.file_name().is_some_and(|n| n == DB_FILE) => {
+                        format!("nasc search --config FILE --out {}", dir.display())
+                    }
+                    _ => format!("nasc search --config FILE --store {shown}"),
+                };
+                return Err(StoreError(format!(
+                    "{shown}: the run's creation was interrupted before it committed, so it holds no run; \
+                     start it again with `{start}`"
+                )));
             }
             _ => {}
         }
