@@ -1,7 +1,7 @@
 """Where a CPU training run spends its time, per operation, from a perf recording.
 
     RAYON_NUM_THREADS=2 perf record -e cpu-clock -F 299 --call-graph dwarf,32768 -o run.data \
-        target/release/deps/train_lenet5-HASH --model smallcnn --limit 2560
+        target/release/deps/train-HASH --one smallcnn 28 64 --seconds 3
     perf script -i run.data | python3 benches/profile_ops.py --from 0.4 --to TRAIN_S
 
 --from/--to keep the samples of the training loop (seconds after the first sample: skip loading

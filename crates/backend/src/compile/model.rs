@@ -204,7 +204,8 @@ pub fn build<B: Backend>(graph: &Graph, seed: u64, device: &B::Device) -> GraphM
     }
     for id in 0..steps.len() {
         if let (Op::Relu, &[conv]) = (&steps[id].op, &steps[id].inputs[..]) {
-            if matches!(steps[conv].op, Op::Conv { .. }) && readers[conv] == 1 && conv != graph.output {
+            let fuses = matches!(steps[conv].op, Op::Conv { .. } | Op::BatchNorm);
+            if fuses && readers[conv] == 1 && conv != graph.output {
                 steps[conv].epilogue.relu = true;
                 steps[id].op = Op::Identity;
             }
@@ -354,8 +355,8 @@ impl<B: Backend> GraphModel<B> {
                 ))
             }
             (Op::BatchNorm, Some(Layer::BatchNorm(bn))) => match x {
-                Value::Map(t) => Value::Map(batch_norm(bn, t)),
-                Value::Vector(t) => Value::Vector(batch_norm(bn, t)),
+                Value::Map(t) => Value::Map(batch_norm(bn, t, step.epilogue.relu)),
+                Value::Vector(t) => Value::Vector(batch_norm(bn, t, step.epilogue.relu)),
                 Value::Tokens(_) => unreachable!("the checker refuses bn on tokens"),
             },
             (Op::LayerNorm, Some(Layer::LayerNorm(ln))) => match x {
@@ -491,13 +492,24 @@ impl<B: Backend> GraphModel<B> {
 /// uses the running statistics. Burn's `BatchNorm` holds the parameters;
 /// this forward pass replaces its own, which broadcasts `[1, C, 1, 1]`
 /// statistics, a pattern the CPU backend runs far slower than per-row
-/// `[B, C, 1]` ones (see BENCHMARKS.md).
-fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+/// `[B, C, 1]` ones (see BENCHMARKS.md). On the CPU backend, training runs the fused kernel of
+/// [`cpu::batch_norm_train`]. A fused ReLU (`relu`) follows.
+fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>, relu: bool) -> Tensor<B, D> {
     let dims = x.dims();
     let (b, c) = (dims[0], dims[1]);
     let rest: usize = dims[2..].iter().product();
     let x = x.reshape([b, c, rest]);
     let per_row = |t: Tensor<B, 1>| t.reshape([1, c, 1]).repeat_dim(0, b);
+    let device = x.device();
+    if let Some((y, mean, var)) = cpu::batch_norm_train(&x, &bn.gamma.val(), &bn.beta.val(), bn.epsilon, relu) {
+        let n = (b * rest) as f64;
+        let m = bn.momentum;
+        let vector = |v: Vec<f32>| Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(v, [c]), &device);
+        let unbiased = vector(var).mul_scalar(n / (n - 1.0).max(1.0));
+        bn.running_mean.update(bn.running_mean.value_sync().mul_scalar(1.0 - m) + vector(mean).mul_scalar(m));
+        bn.running_var.update(bn.running_var.value_sync().mul_scalar(1.0 - m) + unbiased.mul_scalar(m));
+        return y.reshape(dims);
+    }
     let (mean, var) = if B::ad_enabled(&x.device()) {
         let n = (b * rest) as f64;
         let mean = x.clone().sum_dim(2).sum_dim(0).div_scalar(n).reshape([c]);
@@ -514,7 +526,12 @@ fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>) ->
     // (x - mean) / √(var + ε) · γ + β, as x · scale + shift.
     let scale = bn.gamma.val() / var.add_scalar(bn.epsilon).sqrt();
     let shift = bn.beta.val() - mean * scale.clone();
-    (x * per_row(scale) + per_row(shift)).reshape(dims)
+    let y = (x * per_row(scale) + per_row(shift)).reshape(dims);
+    if relu {
+        activation::relu(y)
+    } else {
+        y
+    }
 }
 
 /// Inverted dropout while training (an autodiff backend), the identity otherwise.

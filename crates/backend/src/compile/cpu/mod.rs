@@ -12,7 +12,8 @@
 //! * input gradient: `dX_b = col⁻¹(Wᵀ · dY_b)` (col2im adds overlapping patches back);
 //! * bias gradient: `db = Σ_b Σ_positions dY_b`.
 //!
-//! Other backends, grouped convolutions and other dtypes take Burn's own `conv2d`.
+//! Grouped and depthwise convolutions run the same products group by group (`Cin/groups·kh·kw`
+//! rows each). Other backends and other dtypes take Burn's own `conv2d`.
 //! [`conv2d`] picks at run time from the backend's type, so the model stays generic.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -29,6 +30,9 @@ use nasc_runtime::cpu::{is, matmul_strided, with_scratch};
 use rayon::prelude::*;
 use std::any::Any;
 
+mod norm;
+pub use norm::batch_norm_train;
+
 type Ad = Autodiff<Flex>;
 type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;
 
@@ -42,7 +46,7 @@ pub struct Epilogue {
 }
 
 /// A 2-D convolution of `[B, Cin, H, W]` by `[Cout, Cin/groups, kh, kw]` with optional bias, then
-/// the epilogue. On the CPU backend (groups 1, f32) it runs the kernels of this module; elsewhere
+/// the epilogue. On the CPU backend (f32, any groups) it runs the kernels of this module; elsewhere
 /// Burn's convolution, activation and pooling.
 ///
 /// With pooling fused, the convolution's full output is never stored: each batch item's is
@@ -56,7 +60,7 @@ pub fn conv2d<B: Backend>(
     epilogue: Epilogue,
 ) -> Tensor<B, 4> {
     let Epilogue { relu, pool } = epilogue;
-    let cpu = options.groups == 1 && x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    let cpu = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
     let fused_pool = |g: &Geometry| pool.is_some_and(|ceil| g.pools(ceil));
     if cpu && is::<B, Ad>() {
         let (x, w, b) = (prim::<B, AdTensor, 4>(x), prim::<B, AdTensor, 4>(weight), bias.map(prim::<B, AdTensor, 1>));
@@ -119,10 +123,12 @@ fn wrap<B: Backend, P: 'static>(p: P) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
-/// The sizes of one convolution.
+/// The sizes of one convolution. `cin` and `cout` count all channels; each of the `groups`
+/// groups convolves `cin / groups` of them into `cout / groups`.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
     batch: usize,
+    groups: usize,
     cin: usize,
     h: usize,
     w: usize,
@@ -145,6 +151,7 @@ impl Geometry {
             |size: usize, k: usize, i: usize| (size + 2 * o.padding[i] - o.dilation[i] * (k - 1) - 1) / o.stride[i] + 1;
         Geometry {
             batch,
+            groups: o.groups,
             cin,
             h,
             w: wd,
@@ -158,9 +165,27 @@ impl Geometry {
             wo: out(wd, kw, 1),
         }
     }
-    /// Rows of the unfolded input: `Cin·kh·kw`.
+    /// Input channels of one group.
+    fn cin_g(&self) -> usize {
+        self.cin / self.groups
+    }
+    /// Output channels of one group.
+    fn cout_g(&self) -> usize {
+        self.cout / self.groups
+    }
+    /// Rows of one group's unfolded input: `Cin/groups·kh·kw`.
     fn k(&self) -> usize {
-        self.cin * self.kh * self.kw
+        self.cin_g() * self.kh * self.kw
+    }
+    /// One group's part of an input image: `Cin/groups·H·W`.
+    fn group_image(&self) -> usize {
+        self.cin_g() * self.h * self.w
+    }
+    /// The weights of group `gi` (`[Cout/groups, k]`), its input channels within an image, and
+    /// its output rows within an item's `[Cout, n]`: each as (offset, length).
+    fn group(&self, gi: usize) -> [(usize, usize); 3] {
+        let (k, n, cout_g) = (self.k(), self.n(), self.cout_g());
+        [(gi * cout_g * k, cout_g * k), (gi * self.group_image(), self.group_image()), (gi * cout_g * n, cout_g * n)]
     }
     /// Output positions per map: `Ho·Wo`.
     fn n(&self) -> usize {
@@ -192,7 +217,8 @@ fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// Unfolds one image `[Cin, H, W]` into `col`, `[Cin·kh·kw, Ho·Wo]` row-major; padding reads 0.
+/// Unfolds one group's part of an image, `[Cin/groups, H, W]`, into `col`,
+/// `[Cin/groups·kh·kw, Ho·Wo]` row-major; padding reads 0.
 fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
     let n = g.n();
     if g.stride[0] == 1 && g.stride[1] == 1 && g.wo == g.w {
@@ -200,7 +226,7 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
         // one constant shift of the flat plane, so each row of `col` is one copy of the rows
         // that exist, with the columns that fell off either edge zeroed afterwards (a row of
         // short copies and fills spent more time in memmove and memset calls than copying).
-        for c in 0..g.cin {
+        for c in 0..g.cin_g() {
             let plane = &x[c * g.h * g.w..][..g.h * g.w];
             for i in 0..g.kh {
                 let di = (i * g.dil[0]) as isize - g.pad[0] as isize;
@@ -236,7 +262,7 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
         }
         return;
     }
-    for c in 0..g.cin {
+    for c in 0..g.cin_g() {
         let plane = &x[c * g.h * g.w..][..g.h * g.w];
         for i in 0..g.kh {
             for j in 0..g.kw {
@@ -280,10 +306,11 @@ fn zero_few(s: &mut [f32]) {
     }
 }
 
-/// Adds the columns `col` (`[Cin·kh·kw, Ho·Wo]`) back onto one image gradient `[Cin, H, W]`.
+/// Adds the columns `col` (`[Cin/groups·kh·kw, Ho·Wo]`) back onto one group's part of an image
+/// gradient, `[Cin/groups, H, W]`.
 fn col2im(g: &Geometry, col: &[f32], x: &mut [f32]) {
     let n = g.n();
-    for c in 0..g.cin {
+    for c in 0..g.cin_g() {
         let plane = &mut x[c * g.h * g.w..][..g.h * g.w];
         for i in 0..g.kh {
             for j in 0..g.kw {
@@ -330,8 +357,20 @@ fn forward(g: &Geometry, x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTenso
         |co| bias.as_ref().map_or(0.0, |bias| bias[co]),
         |b, out| {
             with_scratch(k * n, |col| {
-                im2col(g, &xs[b * g.image()..][..g.image()], col);
-                matmul_strided((g.cout, n, k), out, true, &ws, (k, 1), col, (n, 1));
+                let image = &xs[b * g.image()..][..g.image()];
+                for gi in 0..g.groups {
+                    let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
+                    im2col(g, &image[io..][..il], col);
+                    matmul_strided(
+                        (g.cout_g(), n, k),
+                        &mut out[oo..][..ol],
+                        true,
+                        &ws[wo..][..wl],
+                        (k, 1),
+                        col,
+                        (n, 1),
+                    );
+                }
             });
             if relu {
                 // PyTorch's relu: negatives to 0, NaN kept.
@@ -368,8 +407,12 @@ fn forward_pooled(
             for (co, row) in full.chunks_mut(n).enumerate() {
                 row.fill(bias.as_ref().map_or(0.0, |bias| bias[co]));
             }
-            im2col(g, &xs[b * g.image()..][..g.image()], col);
-            matmul_strided((g.cout, n, k), full, true, &ws, (k, 1), col, (n, 1));
+            let image = &xs[b * g.image()..][..g.image()];
+            for gi in 0..g.groups {
+                let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
+                im2col(g, &image[io..][..il], col);
+                matmul_strided((g.cout_g(), n, k), &mut full[oo..][..ol], true, &ws[wo..][..wl], (k, 1), col, (n, 1));
+            }
             // Inference keeps no winners: one row's are written and dropped.
             let mut discard = vec![0u8; if codes.is_some() { 0 } else { wp }];
             let mut codes = codes;
@@ -443,9 +486,21 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bool; 3]) -> 
             |_| 0.0,
             |b, dxb| {
                 with_scratch(k * n, |dcol| {
-                    // dcol = Wᵀ (k × Cout) · dY_b (Cout × n)
-                    matmul_strided((k, n, g.cout), dcol, false, w, (1, k), &dy[b * g.cout * n..][..g.cout * n], (n, 1));
-                    col2im(g, dcol, dxb);
+                    let dyb = &dy[b * g.cout * n..][..g.cout * n];
+                    for gi in 0..g.groups {
+                        let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
+                        // dcol = Wᵀ (k × Cout/groups) · dY_b (Cout/groups × n), per group
+                        matmul_strided(
+                            (k, n, g.cout_g()),
+                            dcol,
+                            false,
+                            &w[wo..][..wl],
+                            (1, k),
+                            &dyb[oo..][..ol],
+                            (n, 1),
+                        );
+                        col2im(g, dcol, &mut dxb[io..][..il]);
+                    }
                 });
             },
         )
@@ -457,17 +512,14 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bool; 3]) -> 
                 let mut dw = vec![0.0f32; g.cout * k];
                 with_scratch(k * n, |col| {
                     for (i, b) in range.enumerate() {
-                        im2col(g, &x[b * g.image()..][..g.image()], col);
-                        // dW += dY_b (Cout × n) · col_bᵀ (n × k)
-                        matmul_strided(
-                            (g.cout, k, n),
-                            &mut dw,
-                            i > 0,
-                            &dy[b * g.cout * n..][..g.cout * n],
-                            (n, 1),
-                            col,
-                            (1, n),
-                        );
+                        let (image, dyb) = (&x[b * g.image()..][..g.image()], &dy[b * g.cout * n..][..g.cout * n]);
+                        for gi in 0..g.groups {
+                            let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
+                            im2col(g, &image[io..][..il], col);
+                            // dW += dY_b (Cout/groups × n) · col_bᵀ (n × k), per group
+                            let dw = &mut dw[wo..][..wl];
+                            matmul_strided((g.cout_g(), k, n), dw, i > 0, &dyb[oo..][..ol], (n, 1), col, (1, n));
+                        }
                     }
                 });
                 dw
@@ -540,15 +592,35 @@ fn backward_pooled(
                         }
                         *db += sum;
                     }
-                    if want[1] {
-                        im2col(g, &x[b * g.image()..][..g.image()], col);
-                        // dW += dY_b (Cout × n) · col_bᵀ (n × k)
-                        matmul_strided((g.cout, k, n), &mut dw, true, dy, (n, 1), col, (1, n));
-                    }
-                    if want[0] {
-                        // dcol = Wᵀ (k × Cout) · dY_b (Cout × n), added back onto the image.
-                        matmul_strided((k, n, g.cout), col, false, w, (1, k), dy, (n, 1));
-                        col2im(g, col, &mut dx[i * g.image()..][..g.image()]);
+                    let image = &x[b * g.image()..][..g.image()];
+                    for gi in 0..g.groups {
+                        let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
+                        if want[1] {
+                            im2col(g, &image[io..][..il], col);
+                            // dW += dY_b (Cout/groups × n) · col_bᵀ (n × k), per group
+                            matmul_strided(
+                                (g.cout_g(), k, n),
+                                &mut dw[wo..][..wl],
+                                true,
+                                &dy[oo..][..ol],
+                                (n, 1),
+                                col,
+                                (1, n),
+                            );
+                        }
+                        if want[0] {
+                            // dcol = Wᵀ (k × Cout/groups) · dY_b (Cout/groups × n), added back onto the image.
+                            matmul_strided(
+                                (k, n, g.cout_g()),
+                                col,
+                                false,
+                                &w[wo..][..wl],
+                                (1, k),
+                                &dy[oo..][..ol],
+                                (n, 1),
+                            );
+                            col2im(g, col, &mut dx[i * g.image()..][..g.image()][io..][..il]);
+                        }
                     }
                 }
             });
@@ -612,7 +684,7 @@ type ConvGradients = (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>);
 /// Registers `dx`, `dw` and `db` for the input, weight and (when there is one) bias among
 /// `parents`.
 fn register(grads: &mut Gradients, parents: &[Option<NodeId>], g: &Geometry, (dx, dw, db): ConvGradients) {
-    let shapes = [vec![g.batch, g.cin, g.h, g.w], vec![g.cout, g.cin, g.kh, g.kw], vec![g.cout]];
+    let shapes = [vec![g.batch, g.cin, g.h, g.w], vec![g.cout, g.cin_g(), g.kh, g.kw], vec![g.cout]];
     for ((parent, values), shape) in parents.iter().zip([dx, dw, db]).zip(shapes) {
         if let (Some(id), Some(values)) = (parent, values) {
             grads.register::<Flex>(*id, FlexTensor::from_data(TensorData::new(values, shape)));
@@ -1098,6 +1170,54 @@ mod tests {
             let inner =
                 conv2d(x.clone().inner(), wt.clone().inner(), b.clone().map(|b| b.inner()), options.clone(), epilogue);
             let reference = burn_conv(x.inner(), wt.inner(), b.map(|b| b.inner()), options, relu);
+            close(inner, reference, &format!("{case} inference"));
+        }
+    }
+
+    #[test]
+    fn grouped_and_depthwise_convolutions_match_burn_forward_and_backward() {
+        // (cin, cout, groups, h, w, k, stride, padding, bias, relu, pool)
+        let cases = [
+            (4, 6, 2, 7, 6, 3, 1, 1, true, false, false),
+            (6, 6, 6, 8, 8, 3, 1, 1, false, true, false),  // depthwise
+            (4, 8, 4, 9, 7, 3, 2, 1, false, false, false), // depthwise, channel multiplier 2, stride 2
+            (6, 3, 3, 6, 6, 1, 1, 0, true, true, false),   // grouped 1x1 (ShuffleNet's)
+            (4, 4, 4, 10, 10, 5, 1, 2, true, true, true),  // depthwise 5x5 with fused pooling
+            (6, 4, 2, 8, 9, 3, 1, 1, false, true, true),
+        ];
+        for (n, &(cin, cout, groups, h, w, k, s, p, bias, relu, pool)) in cases.iter().enumerate() {
+            let seed = 700 + 10 * n as u64;
+            let x = random([3, cin, h, w], seed).require_grad();
+            let wt = random([cout, cin / groups, k, k], seed + 1).require_grad();
+            let b = bias.then(|| random([cout], seed + 2).require_grad());
+            let options = ConvOptions::new([s, s], [p, p], [1, 1], groups);
+            let epilogue = Epilogue { relu, pool: pool.then_some(false) };
+            let ours = conv2d(x.clone(), wt.clone(), b.clone(), options.clone(), epilogue);
+            let then_pool = |y: Tensor<Ad, 4>| {
+                if pool {
+                    burn::tensor::module::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], false)
+                } else {
+                    y
+                }
+            };
+            let theirs = then_pool(burn_conv(x.clone(), wt.clone(), b.clone(), options.clone(), relu));
+            let case = format!("grouped case {n}");
+            close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
+            let r = random(ours.dims(), seed + 3).detach();
+            let (g1, g2) = ((ours * r.clone()).sum().backward(), (theirs * r).sum().backward());
+            close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), &format!("{case} input gradient"));
+            close(wt.grad(&g1).unwrap(), wt.grad(&g2).unwrap(), &format!("{case} weight gradient"));
+            if let Some(b) = &b {
+                close(b.grad(&g1).unwrap(), b.grad(&g2).unwrap(), &format!("{case} bias gradient"));
+            }
+            let inner =
+                conv2d(x.clone().inner(), wt.clone().inner(), b.clone().map(|b| b.inner()), options.clone(), epilogue);
+            let reference = burn_conv(x.inner(), wt.inner(), b.map(|b| b.inner()), options, relu);
+            let reference = if pool {
+                burn::tensor::module::max_pool2d(reference, [2, 2], [2, 2], [0, 0], [1, 1], false)
+            } else {
+                reference
+            };
             close(inner, reference, &format!("{case} inference"));
         }
     }
