@@ -371,10 +371,10 @@ impl<B: Backend> GraphModel<B> {
             (Op::LeakyRelu { slope }, _) => each!(x, |t| activation::leaky_relu(t, *slope)),
             (Op::Elu { alpha }, _) => each!(x, |t| activation::elu(t, *alpha)),
             (Op::Gelu, _) => each!(x, |t| activation::gelu(t)),
-            (Op::Silu, _) => each!(x, |t| activation::silu(t)),
+            (Op::Silu, _) => each!(x, |t| cpu::activation(t, cpu::Activation::Silu)),
             (Op::Hardswish, _) => each!(x, |t| activation::hard_swish(t)),
             (Op::Hardsigmoid, _) => each!(x, |t| activation::hard_sigmoid(t, 1.0 / 6.0, 0.5)),
-            (Op::Sigmoid, _) => each!(x, |t| activation::sigmoid(t)),
+            (Op::Sigmoid, _) => each!(x, |t| cpu::activation(t, cpu::Activation::Sigmoid)),
             (Op::Tanh, _) => each!(x, |t| activation::tanh(t)),
             (Op::Identity, _) => x,
             (Op::Dropout { p }, _) => each!(x, |t| dropout(t, *p)),
@@ -416,8 +416,17 @@ impl<B: Backend> GraphModel<B> {
             }),
             (Op::Mul, _) => {
                 if matches!(step.shape, Shape::Map { .. }) {
-                    // Per-channel gates broadcast over the maps.
-                    Value::Map(args.into_iter().fold(x.into_map(), |acc, y| acc * y.into_map()))
+                    // Per-channel gates broadcast over the maps: a `[B, C]` vector (or a
+                    // `[B, C, 1, 1]` map) times maps, in either order.
+                    Value::Map(args.into_iter().fold(x.into_map(), |acc, y| {
+                        let y = y.into_map();
+                        let ([b, c, h, w], [_, _, gh, gw]) = (acc.dims(), y.dims());
+                        match ((h, w) == (1, 1), (gh, gw) == (1, 1)) {
+                            (false, true) => cpu::gate(acc, y.reshape([b, c])),
+                            (true, false) => cpu::gate(y, acc.reshape([b, c])),
+                            _ => acc * y,
+                        }
+                    }))
                 } else {
                     args.into_iter().fold(x, |acc, y| match (acc, y) {
                         (Value::Tokens(a), Value::Tokens(b)) => Value::Tokens(a * b),

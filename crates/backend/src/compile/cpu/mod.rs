@@ -30,7 +30,10 @@ use nasc_runtime::cpu::{is, matmul_strided, with_scratch};
 use rayon::prelude::*;
 use std::any::Any;
 
+mod elementwise;
 mod norm;
+mod simd;
+pub use elementwise::{activation, gate, Activation};
 pub use norm::batch_norm_train;
 
 type Ad = Autodiff<Flex>;
@@ -119,6 +122,11 @@ fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
 }
 
 fn wrap<B: Backend, P: 'static>(p: P) -> Tensor<B, 4> {
+    wrap_rank(p)
+}
+
+/// `p`, which the caller knows to be `B`'s float primitive, as a tensor of rank `D`.
+fn wrap_rank<B: Backend, P: 'static, const D: usize>(p: P) -> Tensor<B, D> {
     let p = cast::<P, B::FloatTensorPrimitive>(p).unwrap_or_else(|_| unreachable!("P is B's float tensor"));
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }

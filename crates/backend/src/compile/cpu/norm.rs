@@ -11,6 +11,7 @@
 //!
 //! Only the input is kept for the backward pass; the ReLU's mask is recomputed from it.
 
+use super::simd::{avx2_twin, dispatch, wide};
 use super::{f32s, prim, whole, Ad, AdTensor};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -23,52 +24,9 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use nasc_runtime::cpu::is;
 use rayon::prelude::*;
 
-/// Whether the CPU has AVX2: the release build targets baseline x86-64, so the loops below are
-/// also compiled for AVX2 (8 lanes where SSE has 4) and picked at run time.
-fn wide() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// `name(args)`, through its AVX2 twin `wide_name` when the CPU has AVX2.
-macro_rules! dispatch {
-    ($name:ident, $wide:ident :: <$k:literal> ($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if wide() {
-                // SAFETY: the CPU has AVX2, the one feature the twin is compiled for.
-                unsafe { $wide::<$k>($($arg),*) }
-            } else {
-                $name::<$k>($($arg),*)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $name::<$k>($($arg),*)
-        }
-    }};
-}
-
-/// Compiles `name` again for AVX2 as `wide_name`.
-macro_rules! avx2_twin {
-    ($name:ident, $wide:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $wide<const RELU: bool>($($arg: $ty),*) $(-> $ret)? {
-            $name::<RELU>($($arg),*)
-        }
-    };
-}
-
-avx2_twin!(affine, wide_affine, (out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], a: f32, b: f32));
-avx2_twin!(gradient_sums, wide_gradient_sums, (g: &[f32], x: &[f32], a: f32, t: f32, mean: f32) -> (f32, f32));
-avx2_twin!(input_gradient, wide_input_gradient, (g: &mut [f32], x: &[f32], p: Pass2));
+avx2_twin!(affine, wide_affine, bool, (out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], a: f32, b: f32));
+avx2_twin!(gradient_sums, wide_gradient_sums, bool, (g: &[f32], x: &[f32], a: f32, t: f32, mean: f32) -> (f32, f32));
+avx2_twin!(input_gradient, wide_input_gradient, bool, (g: &mut [f32], x: &[f32], p: Pass2));
 
 /// Training-mode batch norm of `x` (`[B, C, R]`) with `gamma` and `beta` (`[C]`), then ReLU if
 /// `relu`: the output and the batch's mean and biased variance per channel (for the running
