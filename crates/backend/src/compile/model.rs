@@ -367,7 +367,7 @@ impl<B: Backend> GraphModel<B> {
             },
             (Op::GroupNorm { .. }, Some(Layer::GroupNorm(gn))) => Value::Map(gn.forward(x.map())),
             (Op::Relu, _) => each!(x, |t| activation::relu(t)),
-            (Op::Relu6, _) => each!(x, |t| t.clamp(0.0, 6.0)),
+            (Op::Relu6, _) => each!(x, |t| cpu::activation(t, cpu::Activation::Relu6)),
             (Op::LeakyRelu { slope }, _) => each!(x, |t| activation::leaky_relu(t, *slope)),
             (Op::Elu { alpha }, _) => each!(x, |t| activation::elu(t, *alpha)),
             (Op::Gelu, _) => each!(x, |t| activation::gelu(t)),
@@ -445,12 +445,7 @@ impl<B: Backend> GraphModel<B> {
                 )),
                 Value::Tokens(_) => unreachable!("the checker refuses concat of tokens"),
             },
-            (Op::Shuffle { groups }, _) => {
-                let t = x.map();
-                let [b, c, h, w] = t.dims();
-                let g = *groups as usize;
-                Value::Map(t.reshape([b, g, c / g, h, w]).swap_dims(1, 2).reshape([b, c, h, w]))
-            }
+            (Op::Shuffle { groups }, _) => Value::Map(cpu::shuffle(x.map(), *groups as usize)),
             (Op::Slice { lo, hi }, _) => {
                 let (lo, len) = (*lo as usize, (*hi - *lo) as usize);
                 match x {

@@ -5,9 +5,12 @@
 //!   `exp` ([`exp`], within 2 ulp of the library's over the range that matters).
 //!   SiLU keeps its input (`dx = dy·σ·(1 + x·(1 − σ))`), sigmoid its output
 //!   (`dx = dy·y·(1 − y)`).
+//!   ReLU6 (MobileNet's) likewise: Burn's clamp is two masked fills each way.
 //! * Channel gates, `[B, C, H, W] × [B, C]` (squeeze-excitation): Burn broadcasts the gate
 //!   through a strided iterator element by element; here one multiply per row forward and,
 //!   backward, `dx = dy·g` and `dg = Σ dy·x` per row.
+//! * Channel shuffles (ShuffleNet's): Burn's reshape, transpose and reshape gather the result
+//!   element by element through strides; here one copy per channel plane each way.
 
 use super::simd::{avx2_twin, dispatch, wide};
 use super::{f32s, prim, whole, wrap_rank, Ad, AdTensor};
@@ -27,10 +30,13 @@ use rayon::prelude::*;
 pub enum Activation {
     Silu,
     Sigmoid,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
 }
 
 const SILU: u8 = 0;
 const SIGMOID: u8 = 1;
+const RELU6: u8 = 2;
 
 /// Values per parallel task: large enough to amortise a task, small enough to split a layer.
 const CHUNK: usize = 1 << 14;
@@ -47,6 +53,7 @@ pub fn activation<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) 
     match act {
         Activation::Silu => burn_activation::silu(x),
         Activation::Sigmoid => burn_activation::sigmoid(x),
+        Activation::Relu6 => x.clamp(0.0, 6.0),
     }
 }
 
@@ -78,19 +85,34 @@ fn sigmoid(x: f32) -> f32 {
 #[inline(always)]
 fn forward_values<const K: u8>(x: &[f32], y: &mut [std::mem::MaybeUninit<f32>]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        y.write(if K == SILU { x * sigmoid(x) } else { sigmoid(x) });
+        y.write(match K {
+            SILU => x * sigmoid(x),
+            SIGMOID => sigmoid(x),
+            // A NaN compares false both times and stays.
+            _ => {
+                let low = if x < 0.0 { 0.0 } else { x };
+                if low > 6.0 {
+                    6.0
+                } else {
+                    low
+                }
+            }
+        });
     }
 }
 
-/// `g ← g·act'(…)` from SiLU's input or sigmoid's output `v`.
+/// `g ← g·act'(…)` from SiLU's or ReLU6's input, or sigmoid's output, `v`.
 #[inline(always)]
 fn backward_values<const K: u8>(g: &mut [f32], v: &[f32]) {
     for (g, &v) in g.iter_mut().zip(v) {
-        *g *= if K == SILU {
-            let s = sigmoid(v);
-            s * (1.0 + v * (1.0 - s))
-        } else {
-            v * (1.0 - v)
+        *g = match K {
+            SILU => {
+                let s = sigmoid(v);
+                *g * (s * (1.0 + v * (1.0 - s)))
+            }
+            SIGMOID => *g * (v * (1.0 - v)),
+            // Gradient only strictly inside (0, 6), as PyTorch's hardtanh; a select, not a branch.
+            _ => f32::from_bits(g.to_bits() & ((v > 0.0 && v < 6.0) as u32).wrapping_neg()),
         };
     }
 }
@@ -104,6 +126,7 @@ fn forward(x: &FlexTensor, act: Activation) -> FlexTensor {
     y.spare_capacity_mut().par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(y, x)| match act {
         Activation::Silu => dispatch!(forward_values, wide_forward_values::<SILU>(x, y)),
         Activation::Sigmoid => dispatch!(forward_values, wide_forward_values::<SIGMOID>(x, y)),
+        Activation::Relu6 => dispatch!(forward_values, wide_forward_values::<RELU6>(x, y)),
     });
     // SAFETY: the chunks cover every element, and each was written.
     unsafe { y.set_len(xs.len()) };
@@ -116,7 +139,7 @@ struct ActivationOp;
 #[derive(Clone, Debug)]
 struct ActivationState {
     act: Activation,
-    /// SiLU's input, or sigmoid's output.
+    /// SiLU's and ReLU6's input, or sigmoid's output.
     kept: FlexTensor,
 }
 
@@ -134,6 +157,7 @@ impl Backward<Flex, 1> for ActivationOp {
         dy.storage_mut::<f32>().par_chunks_mut(CHUNK).zip(kept.par_chunks(CHUNK)).for_each(|(g, v)| match act {
             Activation::Silu => dispatch!(backward_values, wide_backward_values::<SILU>(g, v)),
             Activation::Sigmoid => dispatch!(backward_values, wide_backward_values::<SIGMOID>(g, v)),
+            Activation::Relu6 => dispatch!(backward_values, wide_backward_values::<RELU6>(g, v)),
         });
         grads.register::<Flex>(node.id, dy);
     }
@@ -144,7 +168,7 @@ fn autodiff_activation(x: AdTensor, act: Activation) -> AdTensor {
     match ActivationOp.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
             let kept = match act {
-                Activation::Silu => x.primitive.clone(),
+                Activation::Silu | Activation::Relu6 => x.primitive.clone(),
                 Activation::Sigmoid => y.clone(),
             };
             prep.finish(ActivationState { act, kept }, y)
@@ -228,6 +252,60 @@ impl Backward<Flex, 2> for GateOp {
     }
 }
 
+/// ShuffleNet's channel shuffle of `[B, C, H, W]` in `groups` groups: output channel
+/// `j·groups + i` is input channel `i·C/groups + j`. Burn's reshape and transpose off the CPU
+/// backend.
+pub fn shuffle<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    if x.dtype() == DType::F32 && is::<B, Ad>() {
+        let x = prim::<B, AdTensor, 4>(x);
+        let y = permute_planes(&x.primitive, groups, false);
+        let out = match ShuffleOp.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(groups, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        return wrap_rank::<B, _, 4>(out);
+    }
+    if x.dtype() == DType::F32 && is::<B, Flex>() {
+        return wrap_rank::<B, _, 4>(permute_planes(&prim::<B, FlexTensor, 4>(x), groups, false));
+    }
+    x.reshape([b, groups, c / groups, h, w]).swap_dims(1, 2).reshape([b, c, h, w])
+}
+
+/// The channel planes of `[B, C, H, W]` shuffled in `groups` groups, or (`inverse`) put back.
+fn permute_planes(x: &FlexTensor, groups: usize, inverse: bool) -> FlexTensor {
+    let [_, c, h, w] = x.shape().dims::<4>();
+    let xs = f32s(x);
+    let (plane, per) = (h * w, c / groups.max(1));
+    let mut y: Vec<f32> = Vec::with_capacity(xs.len());
+    y.spare_capacity_mut().par_chunks_mut(plane.max(1)).enumerate().for_each(|(at, out)| {
+        let (item, o) = (at / c, at % c);
+        // Output o = j·groups + i reads input i·per + j; the inverse reads the other way.
+        let src = if inverse { (o % per) * groups + o / per } else { (o % groups) * per + o / groups };
+        let from = &xs[(item * c + src) * plane..][..plane];
+        for (d, &v) in out.iter_mut().zip(from) {
+            d.write(v);
+        }
+    });
+    // SAFETY: one chunk per plane covers every element, and each was written.
+    unsafe { y.set_len(xs.len()) };
+    FlexTensor::from_data(TensorData::new(y, x.shape()))
+}
+
+#[derive(Debug)]
+struct ShuffleOp;
+
+impl Backward<Flex, 1> for ShuffleOp {
+    type State = usize;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node);
+        if let Some(node) = &ops.parents[0] {
+            grads.register::<Flex>(node.id, permute_planes(&dy, ops.state, true));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Each kernel against Burn's own operations: outputs and gradients.
@@ -259,7 +337,7 @@ mod tests {
     #[test]
     fn activations_match_burn_forward_and_backward() {
         let device = Default::default();
-        for (n, act) in [Activation::Silu, Activation::Sigmoid].into_iter().enumerate() {
+        for (n, act) in [Activation::Silu, Activation::Sigmoid, Activation::Relu6].into_iter().enumerate() {
             for shape in [[3, 5, 7, 9], [2, 1, 1, 40_000]] {
                 <Ad as Backend>::seed(&device, 90 + n as u64);
                 let x = Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, 4.0), &device);
@@ -268,6 +346,7 @@ mod tests {
                 let theirs = match act {
                     Activation::Silu => burn_activation::silu(xb.clone()),
                     Activation::Sigmoid => burn_activation::sigmoid(xb.clone()),
+                    Activation::Relu6 => xb.clone().clamp(0.0, 6.0),
                 };
                 let case = format!("{act:?} {shape:?}");
                 close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
@@ -278,6 +357,7 @@ mod tests {
                 let reference = match act {
                     Activation::Silu => burn_activation::silu(x.inner()),
                     Activation::Sigmoid => burn_activation::sigmoid(x.inner()),
+                    Activation::Relu6 => x.inner().clamp(0.0, 6.0),
                 };
                 close(inner, reference, &format!("{case} inference"));
             }
@@ -306,6 +386,28 @@ mod tests {
             close(xa.grad(&g1).unwrap(), xb.grad(&g2).unwrap(), &format!("{case} input gradient"));
             close(ga.grad(&g1).unwrap(), gb.grad(&g2).unwrap(), &format!("{case} gate gradient"));
             close(gate(x.clone().inner(), g.clone().inner()), x.inner() * g.inner().reshape([b, c, 1, 1]), &case);
+        }
+    }
+
+    #[test]
+    fn shuffles_match_burn_reshape_and_transpose_forward_and_backward() {
+        let device = Default::default();
+        for (n, ([b, c, h, w], groups)) in
+            [([2, 6, 3, 4], 2), ([3, 12, 2, 2], 3), ([1, 8, 5, 1], 4), ([2, 4, 3, 3], 1)].into_iter().enumerate()
+        {
+            <Ad as Backend>::seed(&device, 150 + n as u64);
+            let x = Tensor::<Ad, 4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let (xa, xb) = (x.clone().require_grad(), x.clone().require_grad());
+            let ours = shuffle(xa.clone(), groups);
+            let theirs = xb.clone().reshape([b, groups, c / groups, h, w]).swap_dims(1, 2).reshape([b, c, h, w]);
+            let case = format!("case {n}");
+            close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
+            let r = Tensor::<Ad, 4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let (g1, g2) = ((ours * r.clone()).sum().backward(), (theirs * r).sum().backward());
+            close(xa.grad(&g1).unwrap(), xb.grad(&g2).unwrap(), &format!("{case} gradient"));
+            let reference =
+                x.clone().inner().reshape([b, groups, c / groups, h, w]).swap_dims(1, 2).reshape([b, c, h, w]);
+            close(shuffle(x.inner(), groups), reference, &format!("{case} inference"));
         }
     }
 }

@@ -30,10 +30,11 @@ use nasc_runtime::cpu::{is, matmul_strided, with_scratch};
 use rayon::prelude::*;
 use std::any::Any;
 
+mod depthwise;
 mod elementwise;
 mod norm;
 mod simd;
-pub use elementwise::{activation, gate, Activation};
+pub use elementwise::{activation, gate, shuffle, Activation};
 pub use norm::batch_norm_train;
 
 type Ad = Autodiff<Flex>;
@@ -172,6 +173,11 @@ impl Geometry {
             ho: out(h, kh, 0),
             wo: out(wd, kw, 1),
         }
+    }
+    /// Whether each group reads one input channel: a depthwise convolution, computed tap by
+    /// tap ([`depthwise`]) rather than unfolded.
+    fn depthwise(&self) -> bool {
+        self.groups > 1 && self.cin_g() == 1
     }
     /// Input channels of one group.
     fn cin_g(&self) -> usize {
@@ -364,22 +370,26 @@ fn forward(g: &Geometry, x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTenso
         n,
         |co| bias.as_ref().map_or(0.0, |bias| bias[co]),
         |b, out| {
-            with_scratch(k * n, |col| {
-                let image = &xs[b * g.image()..][..g.image()];
-                for gi in 0..g.groups {
-                    let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
-                    im2col(g, &image[io..][..il], col);
-                    matmul_strided(
-                        (g.cout_g(), n, k),
-                        &mut out[oo..][..ol],
-                        true,
-                        &ws[wo..][..wl],
-                        (k, 1),
-                        col,
-                        (n, 1),
-                    );
-                }
-            });
+            if g.depthwise() {
+                depthwise::forward(g, &xs[b * g.image()..][..g.image()], &ws, out);
+            } else {
+                with_scratch(k * n, |col| {
+                    let image = &xs[b * g.image()..][..g.image()];
+                    for gi in 0..g.groups {
+                        let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
+                        im2col(g, &image[io..][..il], col);
+                        matmul_strided(
+                            (g.cout_g(), n, k),
+                            &mut out[oo..][..ol],
+                            true,
+                            &ws[wo..][..wl],
+                            (k, 1),
+                            col,
+                            (n, 1),
+                        );
+                    }
+                });
+            }
             if relu {
                 // PyTorch's relu: negatives to 0, NaN kept.
                 out.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
@@ -493,6 +503,9 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bool; 3]) -> 
             g.image(),
             |_| 0.0,
             |b, dxb| {
+                if g.depthwise() {
+                    return depthwise::input_gradient(g, w, &dy[b * g.cout * n..][..g.cout * n], dxb);
+                }
                 with_scratch(k * n, |dcol| {
                     let dyb = &dy[b * g.cout * n..][..g.cout * n];
                     for gi in 0..g.groups {
@@ -514,6 +527,9 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bool; 3]) -> 
         )
     });
     let dw = want[1].then(|| {
+        if g.depthwise() {
+            return depthwise::weight_gradient(g, x, dy);
+        }
         let partials: Vec<Vec<f32>> = batch_chunks(g.batch)
             .into_par_iter()
             .map(|range| {
@@ -1184,21 +1200,25 @@ mod tests {
 
     #[test]
     fn grouped_and_depthwise_convolutions_match_burn_forward_and_backward() {
-        // (cin, cout, groups, h, w, k, stride, padding, bias, relu, pool)
+        // (cin, cout, groups, h, w, k, stride, padding, dilation, bias, relu, pool)
         let cases = [
-            (4, 6, 2, 7, 6, 3, 1, 1, true, false, false),
-            (6, 6, 6, 8, 8, 3, 1, 1, false, true, false),  // depthwise
-            (4, 8, 4, 9, 7, 3, 2, 1, false, false, false), // depthwise, channel multiplier 2, stride 2
-            (6, 3, 3, 6, 6, 1, 1, 0, true, true, false),   // grouped 1x1 (ShuffleNet's)
-            (4, 4, 4, 10, 10, 5, 1, 2, true, true, true),  // depthwise 5x5 with fused pooling
-            (6, 4, 2, 8, 9, 3, 1, 1, false, true, true),
+            (4, 6, 2, 7, 6, 3, 1, 1, 1, true, false, false),
+            (6, 6, 6, 8, 8, 3, 1, 1, 1, false, true, false),  // depthwise
+            (4, 8, 4, 9, 7, 3, 2, 1, 1, false, false, false), // depthwise, channel multiplier 2, stride 2
+            (6, 3, 3, 6, 6, 1, 1, 0, 1, true, true, false),   // grouped 1x1 (ShuffleNet's)
+            (4, 4, 4, 10, 10, 5, 1, 2, 1, true, true, true),  // depthwise 5x5 with fused pooling
+            (6, 4, 2, 8, 9, 3, 1, 1, 1, false, true, true),
+            (3, 3, 3, 7, 9, 5, 2, 2, 1, true, false, false), // depthwise 5x5 stride 2 (EfficientNet's)
+            (5, 10, 5, 6, 6, 3, 1, 0, 1, false, false, false), // depthwise without padding
+            (4, 4, 4, 9, 8, 3, 1, 2, 2, true, true, false),  // depthwise dilated
+            (2, 2, 2, 3, 4, 3, 3, 2, 1, false, false, false), // padding beyond the input
         ];
-        for (n, &(cin, cout, groups, h, w, k, s, p, bias, relu, pool)) in cases.iter().enumerate() {
+        for (n, &(cin, cout, groups, h, w, k, s, p, d, bias, relu, pool)) in cases.iter().enumerate() {
             let seed = 700 + 10 * n as u64;
             let x = random([3, cin, h, w], seed).require_grad();
             let wt = random([cout, cin / groups, k, k], seed + 1).require_grad();
             let b = bias.then(|| random([cout], seed + 2).require_grad());
-            let options = ConvOptions::new([s, s], [p, p], [1, 1], groups);
+            let options = ConvOptions::new([s, s], [p, p], [d, d], groups);
             let epilogue = Epilogue { relu, pool: pool.then_some(false) };
             let ours = conv2d(x.clone(), wt.clone(), b.clone(), options.clone(), epilogue);
             let then_pool = |y: Tensor<Ad, 4>| {
