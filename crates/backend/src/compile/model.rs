@@ -58,7 +58,7 @@ impl<B: Backend> Attention<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, n, d] = x.dims();
         let (h, dh) = (self.heads, d / self.heads);
-        let qkv = linear(x, self.in_proj_weight.val().transpose(), self.in_proj_bias.as_ref().map(|b| b.val()));
+        let qkv = tokens_linear(x, self.in_proj_weight.val().transpose(), self.in_proj_bias.as_ref().map(|b| b.val()));
         // [B, N, 3·D] → [3, B, H, N, dh]
         let qkv = qkv.reshape([batch, n, 3, h, dh]).permute([2, 0, 3, 1, 4]);
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([batch, h, n, dh]);
@@ -66,8 +66,16 @@ impl<B: Backend> Attention<B> {
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt());
         let out = activation::softmax(scores, 3).matmul(v);
         let out = out.swap_dims(1, 2).reshape([batch, n, d]);
-        linear(out, self.out_proj_weight.val().transpose(), self.out_proj_bias.as_ref().map(|b| b.val()))
+        tokens_linear(out, self.out_proj_weight.val().transpose(), self.out_proj_bias.as_ref().map(|b| b.val()))
     }
+}
+
+/// A linear layer (`weight` `[in, out]`) applied to every token of `[B, N, in]`, as one matrix
+/// product of `[B·N, in]` rather than `B` products of `[N, in]` (a broadcast weight).
+fn tokens_linear<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
+    let [b, n, d] = x.dims();
+    let out = weight.dims()[1];
+    linear(x.reshape([b * n, d]), weight, bias).reshape([b, n, out])
 }
 
 /// What the forward pass needs of one node besides its parameters.
@@ -370,7 +378,7 @@ impl<B: Backend> GraphModel<B> {
             (Op::Relu6, _) => each!(x, |t| cpu::activation(t, cpu::Activation::Relu6)),
             (Op::LeakyRelu { slope }, _) => each!(x, |t| activation::leaky_relu(t, *slope)),
             (Op::Elu { alpha }, _) => each!(x, |t| activation::elu(t, *alpha)),
-            (Op::Gelu, _) => each!(x, |t| activation::gelu(t)),
+            (Op::Gelu, _) => each!(x, |t| cpu::activation(t, cpu::Activation::Gelu)),
             (Op::Silu, _) => each!(x, |t| cpu::activation(t, cpu::Activation::Silu)),
             (Op::Hardswish, _) => each!(x, |t| activation::hard_swish(t)),
             (Op::Hardsigmoid, _) => each!(x, |t| activation::hard_sigmoid(t, 1.0 / 6.0, 0.5)),
@@ -405,7 +413,7 @@ impl<B: Backend> GraphModel<B> {
             },
             (Op::Linear { .. }, Some(Layer::Linear(l))) => match x {
                 Value::Vector(t) => Value::Vector(l.forward(t)),
-                Value::Tokens(t) => Value::Tokens(l.forward(t)),
+                Value::Tokens(t) => Value::Tokens(tokens_linear(t, l.weight.val(), l.bias.as_ref().map(|b| b.val()))),
                 Value::Map(_) => unreachable!("the checker refuses linear on feature maps"),
             },
             (Op::Add, _) => args.into_iter().fold(x, |acc, y| match (acc, y) {

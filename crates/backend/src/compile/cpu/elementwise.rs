@@ -5,7 +5,9 @@
 //!   `exp` ([`exp`], within 2 ulp of the library's over the range that matters).
 //!   SiLU keeps its input (`dx = dy·σ·(1 + x·(1 − σ))`), sigmoid its output
 //!   (`dx = dy·y·(1 − y)`).
-//!   ReLU6 (MobileNet's) likewise: Burn's clamp is two masked fills each way.
+//!   ReLU6 (MobileNet's) likewise: Burn's clamp is two masked fills each way. GELU (the
+//!   exact form, `x·Φ(x)`) with an `erfc` built on the same `exp`, where Burn calls the
+//!   library's scalar `erf` per value.
 //! * Channel gates, `[B, C, H, W] × [B, C]` (squeeze-excitation): Burn broadcasts the gate
 //!   through a strided iterator element by element; here one multiply per row forward and,
 //!   backward, `dx = dy·g` and `dg = Σ dy·x` per row.
@@ -32,11 +34,14 @@ pub enum Activation {
     Sigmoid,
     /// `min(max(x, 0), 6)`.
     Relu6,
+    /// `x·Φ(x)`, with the exact normal CDF (PyTorch's default GELU, not its tanh form).
+    Gelu,
 }
 
 const SILU: u8 = 0;
 const SIGMOID: u8 = 1;
 const RELU6: u8 = 2;
+const GELU: u8 = 3;
 
 /// Values per parallel task: large enough to amortise a task, small enough to split a layer.
 const CHUNK: usize = 1 << 14;
@@ -54,6 +59,7 @@ pub fn activation<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) 
         Activation::Silu => burn_activation::silu(x),
         Activation::Sigmoid => burn_activation::sigmoid(x),
         Activation::Relu6 => x.clamp(0.0, 6.0),
+        Activation::Gelu => burn_activation::gelu(x),
     }
 }
 
@@ -82,12 +88,40 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// The complementary error function, by the Chebyshev fit of Press et al. (Numerical Recipes,
+/// `erfcc`: relative error below 1.2e-7 for every x) on top of [`exp`].
+#[inline(always)]
+fn erfc(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_9 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * exp(-z * z + poly);
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
+}
+
+/// Φ(x), the standard normal CDF: `erfc(−x/√2) / 2`.
+#[inline(always)]
+fn normal_cdf(x: f32) -> f32 {
+    0.5 * erfc(-x * std::f32::consts::FRAC_1_SQRT_2)
+}
+
 #[inline(always)]
 fn forward_values<const K: u8>(x: &[f32], y: &mut [std::mem::MaybeUninit<f32>]) {
     for (y, &x) in y.iter_mut().zip(x) {
         y.write(match K {
             SILU => x * sigmoid(x),
             SIGMOID => sigmoid(x),
+            GELU => x * normal_cdf(x),
             // A NaN compares false both times and stays.
             _ => {
                 let low = if x < 0.0 { 0.0 } else { x };
@@ -111,6 +145,12 @@ fn backward_values<const K: u8>(g: &mut [f32], v: &[f32]) {
                 *g * (s * (1.0 + v * (1.0 - s)))
             }
             SIGMOID => *g * (v * (1.0 - v)),
+            // Φ(x) + x·φ(x)
+            GELU => {
+                let density =
+                    exp(-0.5 * v * v) * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+                *g * (normal_cdf(v) + v * density)
+            }
             // Gradient only strictly inside (0, 6), as PyTorch's hardtanh; a select, not a branch.
             _ => f32::from_bits(g.to_bits() & ((v > 0.0 && v < 6.0) as u32).wrapping_neg()),
         };
@@ -127,6 +167,7 @@ fn forward(x: &FlexTensor, act: Activation) -> FlexTensor {
         Activation::Silu => dispatch!(forward_values, wide_forward_values::<SILU>(x, y)),
         Activation::Sigmoid => dispatch!(forward_values, wide_forward_values::<SIGMOID>(x, y)),
         Activation::Relu6 => dispatch!(forward_values, wide_forward_values::<RELU6>(x, y)),
+        Activation::Gelu => dispatch!(forward_values, wide_forward_values::<GELU>(x, y)),
     });
     // SAFETY: the chunks cover every element, and each was written.
     unsafe { y.set_len(xs.len()) };
@@ -139,7 +180,7 @@ struct ActivationOp;
 #[derive(Clone, Debug)]
 struct ActivationState {
     act: Activation,
-    /// SiLU's and ReLU6's input, or sigmoid's output.
+    /// SiLU's, ReLU6's and GELU's input, or sigmoid's output.
     kept: FlexTensor,
 }
 
@@ -158,6 +199,7 @@ impl Backward<Flex, 1> for ActivationOp {
             Activation::Silu => dispatch!(backward_values, wide_backward_values::<SILU>(g, v)),
             Activation::Sigmoid => dispatch!(backward_values, wide_backward_values::<SIGMOID>(g, v)),
             Activation::Relu6 => dispatch!(backward_values, wide_backward_values::<RELU6>(g, v)),
+            Activation::Gelu => dispatch!(backward_values, wide_backward_values::<GELU>(g, v)),
         });
         grads.register::<Flex>(node.id, dy);
     }
@@ -168,7 +210,7 @@ fn autodiff_activation(x: AdTensor, act: Activation) -> AdTensor {
     match ActivationOp.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
             let kept = match act {
-                Activation::Silu | Activation::Relu6 => x.primitive.clone(),
+                Activation::Silu | Activation::Relu6 | Activation::Gelu => x.primitive.clone(),
                 Activation::Sigmoid => y.clone(),
             };
             prep.finish(ActivationState { act, kept }, y)
@@ -337,7 +379,8 @@ mod tests {
     #[test]
     fn activations_match_burn_forward_and_backward() {
         let device = Default::default();
-        for (n, act) in [Activation::Silu, Activation::Sigmoid, Activation::Relu6].into_iter().enumerate() {
+        let all = [Activation::Silu, Activation::Sigmoid, Activation::Relu6, Activation::Gelu];
+        for (n, act) in all.into_iter().enumerate() {
             for shape in [[3, 5, 7, 9], [2, 1, 1, 40_000]] {
                 <Ad as Backend>::seed(&device, 90 + n as u64);
                 let x = Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, 4.0), &device);
@@ -347,6 +390,7 @@ mod tests {
                     Activation::Silu => burn_activation::silu(xb.clone()),
                     Activation::Sigmoid => burn_activation::sigmoid(xb.clone()),
                     Activation::Relu6 => xb.clone().clamp(0.0, 6.0),
+                    Activation::Gelu => burn_activation::gelu(xb.clone()),
                 };
                 let case = format!("{act:?} {shape:?}");
                 close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
@@ -358,6 +402,7 @@ mod tests {
                     Activation::Silu => burn_activation::silu(x.inner()),
                     Activation::Sigmoid => burn_activation::sigmoid(x.inner()),
                     Activation::Relu6 => x.inner().clamp(0.0, 6.0),
+                    Activation::Gelu => burn_activation::gelu(x.inner()),
                 };
                 close(inner, reference, &format!("{case} inference"));
             }
