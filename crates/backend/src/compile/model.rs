@@ -12,7 +12,7 @@ use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, linear};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use nasc_lang::check::{Graph, Op, Shape};
 
 /// The parameters of one node. Nodes without parameters have none (`None`
@@ -551,6 +551,5 @@ fn dropout<B: Backend, const D: usize>(t: Tensor<B, D>, p: f64) -> Tensor<B, D> 
     if p == 0.0 || !B::ad_enabled(&t.device()) {
         return t;
     }
-    let keep = t.random_like(Distribution::Bernoulli(1.0 - p));
-    t * keep * (1.0 / (1.0 - p))
+    cpu::dropout(t, p)
 }

@@ -31,9 +31,11 @@ use rayon::prelude::*;
 use std::any::Any;
 
 mod depthwise;
+mod dropout;
 mod elementwise;
 mod norm;
 mod simd;
+pub use dropout::dropout;
 pub use elementwise::{activation, gate, shuffle, Activation};
 pub use norm::batch_norm_train;
 
@@ -1171,6 +1173,9 @@ mod tests {
             // Stride 1 with padding wider than the kernel.
             (2, 3, 5, 4, 1, 1, 1, 1, false, false),
             (3, 2, 6, 6, 2, 1, 2, 1, true, false),
+            // Larger maps (576 positions), unaligned widths.
+            (2, 3, 24, 24, 3, 1, 1, 1, true, true),
+            (3, 2, 25, 23, 3, 1, 0, 1, false, false),
         ];
         for (n, &(cin, cout, h, w, k, s, p, d, bias, relu)) in cases.iter().enumerate() {
             let seed = 10 * n as u64;
