@@ -114,9 +114,11 @@ fn apply(x: &FlexTensor, m: Mask) -> FlexTensor {
     let x = if whole(x) { x.clone() } else { x.clone().to_contiguous() };
     let xs = f32s(&x);
     let mut y: Vec<f32> = Vec::with_capacity(xs.len());
-    y.spare_capacity_mut().par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).enumerate().for_each(|(c, (y, x))| {
-        dispatch!(forward_values, wide_forward_values::<0>(&m, c * CHUNK, x, y))
-    });
+    y.spare_capacity_mut()
+        .par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, (y, x))| dispatch!(forward_values, wide_forward_values::<0>(&m, c * CHUNK, x, y)));
     // SAFETY: the chunks cover every element, and each was written.
     unsafe { y.set_len(xs.len()) };
     FlexTensor::from_data(TensorData::new(y, x.shape()))
@@ -135,9 +137,10 @@ impl Backward<Flex, 1> for DropoutOp {
             dy = dy.to_contiguous();
         }
         let m = ops.state;
-        dy.storage_mut::<f32>().par_chunks_mut(CHUNK).enumerate().for_each(|(c, g)| {
-            dispatch!(backward_values, wide_backward_values::<0>(&m, c * CHUNK, g))
-        });
+        dy.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, g)| dispatch!(backward_values, wide_backward_values::<0>(&m, c * CHUNK, g)));
         grads.register::<Flex>(node.id, dy);
     }
 }
