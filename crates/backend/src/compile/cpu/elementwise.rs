@@ -355,11 +355,7 @@ mod tests {
     use burn::tensor::{Distribution, Tolerance};
 
     fn close<const D: usize>(ours: Tensor<Flex, D>, theirs: Tensor<Flex, D>, what: &str) {
-        assert_eq!(ours.dims(), theirs.dims(), "{what}: shapes");
-        ours.into_data().assert_approx_eq::<f32>(
-            &theirs.into_data(),
-            Tolerance::relative(1e-5).set_single_precision_absolute(1e-6),
-        );
+        super::super::assert_close(ours, theirs, Tolerance::relative(1e-5).set_single_precision_absolute(1e-6), what);
     }
 
     #[test]

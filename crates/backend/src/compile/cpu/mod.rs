@@ -110,6 +110,18 @@ fn burn_conv<B: Backend>(
     }
 }
 
+/// Asserts that two tensors have one shape and agree within `tolerance` (the kernels' tests).
+#[cfg(test)]
+fn assert_close<const D: usize>(
+    ours: Tensor<Flex, D>,
+    theirs: Tensor<Flex, D>,
+    tolerance: burn::tensor::Tolerance<f32>,
+    what: &str,
+) {
+    assert_eq!(ours.dims(), theirs.dims(), "{what}: shapes");
+    ours.into_data().assert_approx_eq::<f32>(&theirs.into_data(), tolerance);
+}
+
 /// `t`'s float primitive as `P`, which the caller knows `B`'s to be (see [`is`]).
 fn prim<B: Backend, P: 'static, const D: usize>(t: Tensor<B, D>) -> P {
     cast::<_, P>(t.into_primitive().tensor()).unwrap_or_else(|_| unreachable!("B's float primitive is P"))
@@ -1148,13 +1160,52 @@ mod tests {
     }
 
     fn close<const D: usize>(ours: Tensor<Inner, D>, theirs: Tensor<Inner, D>, what: &str) {
-        assert_eq!(ours.dims(), theirs.dims(), "{what}: shapes");
-        ours.into_data()
-            // An absolute floor for sums that cancel to near zero (a wrong value is off by O(1)).
-            .assert_approx_eq::<f32>(
-                &theirs.into_data(),
-                Tolerance::relative(1e-4).set_half_precision_absolute(1e-4).set_single_precision_absolute(1e-5),
-            );
+        // An absolute floor for sums that cancel to near zero (a wrong value is off by O(1)).
+        let tolerance = Tolerance::relative(1e-4).set_half_precision_absolute(1e-4).set_single_precision_absolute(1e-5);
+        assert_close(ours, theirs, tolerance, what);
+    }
+
+    /// Burn's convolution (and a following `relu`), then its 2x2 stride-2 max pool when `pool` is
+    /// `Some(ceil)`: what [`conv2d`] with that epilogue must compute.
+    fn reference<B: Backend>(
+        x: Tensor<B, 4>,
+        wt: Tensor<B, 4>,
+        b: Option<Tensor<B, 1>>,
+        options: ConvOptions<2>,
+        epilogue: Epilogue,
+    ) -> Tensor<B, 4> {
+        let y = burn_conv(x, wt, b, options, epilogue.relu);
+        match epilogue.pool {
+            Some(ceil) => burn::tensor::module::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], ceil),
+            None => y,
+        }
+    }
+
+    /// [`conv2d`] against [`reference`]: the output and the gradients of input, weight and bias
+    /// (under a random cotangent drawn from `seed`) while training, the output in inference.
+    fn check_conv(
+        x: Tensor<Ad, 4>,
+        wt: Tensor<Ad, 4>,
+        b: Option<Tensor<Ad, 1>>,
+        options: ConvOptions<2>,
+        epilogue: Epilogue,
+        seed: u64,
+        case: &str,
+    ) {
+        let ours = conv2d(x.clone(), wt.clone(), b.clone(), options.clone(), epilogue);
+        let theirs = reference(x.clone(), wt.clone(), b.clone(), options.clone(), epilogue);
+        close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
+        let r = random(ours.dims(), seed).detach();
+        let (g1, g2) = ((ours * r.clone()).sum().backward(), (theirs * r).sum().backward());
+        close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), &format!("{case} input gradient"));
+        close(wt.grad(&g1).unwrap(), wt.grad(&g2).unwrap(), &format!("{case} weight gradient"));
+        if let Some(b) = &b {
+            close(b.grad(&g1).unwrap(), b.grad(&g2).unwrap(), &format!("{case} bias gradient"));
+        }
+        // Inference, on the backend without autodiff.
+        let b = b.map(|b| b.inner());
+        let inner = conv2d(x.clone().inner(), wt.clone().inner(), b.clone(), options.clone(), epilogue);
+        close(inner, reference(x.inner(), wt.inner(), b, options, epilogue), &format!("{case} inference"));
     }
 
     #[test]
@@ -1183,23 +1234,7 @@ mod tests {
             let wt = random([cout, cin, k, k], seed + 1).require_grad();
             let b = bias.then(|| random([cout], seed + 2).require_grad());
             let options = ConvOptions::new([s, s], [p, p], [d, d], 1);
-            let ours = conv2d(x.clone(), wt.clone(), b.clone(), options.clone(), Epilogue { relu, pool: None });
-            let theirs = burn_conv(x.clone(), wt.clone(), b.clone(), options.clone(), relu);
-            let case = format!("case {n}");
-            close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
-            let r = random(ours.dims(), seed + 3).detach();
-            let (g1, g2) = ((ours * r.clone()).sum().backward(), (theirs * r).sum().backward());
-            close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), &format!("{case} input gradient"));
-            close(wt.grad(&g1).unwrap(), wt.grad(&g2).unwrap(), &format!("{case} weight gradient"));
-            if let Some(b) = &b {
-                close(b.grad(&g1).unwrap(), b.grad(&g2).unwrap(), &format!("{case} bias gradient"));
-            }
-            // Inference, on the backend without autodiff.
-            let epilogue = Epilogue { relu, pool: None };
-            let inner =
-                conv2d(x.clone().inner(), wt.clone().inner(), b.clone().map(|b| b.inner()), options.clone(), epilogue);
-            let reference = burn_conv(x.inner(), wt.inner(), b.map(|b| b.inner()), options, relu);
-            close(inner, reference, &format!("{case} inference"));
+            check_conv(x, wt, b, options, Epilogue { relu, pool: None }, seed + 3, &format!("case {n}"));
         }
     }
 
@@ -1225,33 +1260,7 @@ mod tests {
             let b = bias.then(|| random([cout], seed + 2).require_grad());
             let options = ConvOptions::new([s, s], [p, p], [d, d], groups);
             let epilogue = Epilogue { relu, pool: pool.then_some(false) };
-            let ours = conv2d(x.clone(), wt.clone(), b.clone(), options.clone(), epilogue);
-            let then_pool = |y: Tensor<Ad, 4>| {
-                if pool {
-                    burn::tensor::module::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], false)
-                } else {
-                    y
-                }
-            };
-            let theirs = then_pool(burn_conv(x.clone(), wt.clone(), b.clone(), options.clone(), relu));
-            let case = format!("grouped case {n}");
-            close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
-            let r = random(ours.dims(), seed + 3).detach();
-            let (g1, g2) = ((ours * r.clone()).sum().backward(), (theirs * r).sum().backward());
-            close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), &format!("{case} input gradient"));
-            close(wt.grad(&g1).unwrap(), wt.grad(&g2).unwrap(), &format!("{case} weight gradient"));
-            if let Some(b) = &b {
-                close(b.grad(&g1).unwrap(), b.grad(&g2).unwrap(), &format!("{case} bias gradient"));
-            }
-            let inner =
-                conv2d(x.clone().inner(), wt.clone().inner(), b.clone().map(|b| b.inner()), options.clone(), epilogue);
-            let reference = burn_conv(x.inner(), wt.inner(), b.map(|b| b.inner()), options, relu);
-            let reference = if pool {
-                burn::tensor::module::max_pool2d(reference, [2, 2], [2, 2], [0, 0], [1, 1], false)
-            } else {
-                reference
-            };
-            close(inner, reference, &format!("{case} inference"));
+            check_conv(x, wt, b, options, epilogue, seed + 3, &format!("grouped case {n}"));
         }
     }
 
@@ -1272,30 +1281,7 @@ mod tests {
             let wt = random([cout, cin, k, k], seed + 1).require_grad();
             let b = bias.then(|| random([cout], seed + 2).require_grad());
             let options = ConvOptions::new([s, s], [p, p], [1, 1], 1);
-            let epilogue = Epilogue { relu, pool: Some(ceil) };
-            let ours = conv2d(x.clone(), wt.clone(), b.clone(), options.clone(), epilogue);
-            let pool = |y| burn::tensor::module::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], ceil);
-            let theirs = pool(burn_conv(x.clone(), wt.clone(), b.clone(), options.clone(), relu));
-            let case = format!("case {n}");
-            close(ours.clone().inner(), theirs.clone().inner(), &format!("{case} output"));
-            let r = random(ours.dims(), seed + 3).detach();
-            let (g1, g2) = ((ours * r.clone()).sum().backward(), (theirs * r).sum().backward());
-            close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), &format!("{case} input gradient"));
-            close(wt.grad(&g1).unwrap(), wt.grad(&g2).unwrap(), &format!("{case} weight gradient"));
-            if let Some(b) = &b {
-                close(b.grad(&g1).unwrap(), b.grad(&g2).unwrap(), &format!("{case} bias gradient"));
-            }
-            let inner =
-                conv2d(x.clone().inner(), wt.clone().inner(), b.clone().map(|b| b.inner()), options.clone(), epilogue);
-            let reference = burn::tensor::module::max_pool2d(
-                burn_conv(x.inner(), wt.inner(), b.map(|b| b.inner()), options, relu),
-                [2, 2],
-                [2, 2],
-                [0, 0],
-                [1, 1],
-                ceil,
-            );
-            close(inner, reference, &format!("{case} inference"));
+            check_conv(x, wt, b, options, Epilogue { relu, pool: Some(ceil) }, seed + 3, &format!("case {n}"));
         }
     }
 

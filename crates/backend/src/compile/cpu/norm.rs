@@ -308,11 +308,7 @@ mod tests {
     use burn::tensor::{activation, Distribution, Tolerance};
 
     fn close<const D: usize>(ours: Tensor<Flex, D>, theirs: Tensor<Flex, D>, what: &str) {
-        assert_eq!(ours.dims(), theirs.dims(), "{what}: shapes");
-        ours.into_data().assert_approx_eq::<f32>(
-            &theirs.into_data(),
-            Tolerance::relative(1e-3).set_single_precision_absolute(1e-4),
-        );
+        super::super::assert_close(ours, theirs, Tolerance::relative(1e-3).set_single_precision_absolute(1e-4), what);
     }
 
     #[test]
