@@ -445,7 +445,7 @@ impl<B: Backend> GraphModel<B> {
             }
             (Op::Concat, _) => match x {
                 Value::Map(t) => {
-                    Value::Map(Tensor::cat(std::iter::once(t).chain(args.into_iter().map(Value::map)).collect(), 1))
+                    Value::Map(cpu::concat(std::iter::once(t).chain(args.into_iter().map(Value::map)).collect()))
                 }
                 Value::Vector(t) => Value::Vector(Tensor::cat(
                     std::iter::once(t).chain(args.into_iter().map(Value::vector)).collect(),

@@ -30,11 +30,13 @@ use nasc_runtime::cpu::{is, matmul_strided, with_scratch};
 use rayon::prelude::*;
 use std::any::Any;
 
+mod concat;
 mod depthwise;
 mod dropout;
 mod elementwise;
 mod norm;
 mod simd;
+pub use concat::concat;
 pub use dropout::dropout;
 pub use elementwise::{activation, gate, shuffle, Activation};
 pub use norm::batch_norm_train;
