@@ -10,11 +10,22 @@ use nasc_lm::generate::{generate, top_indices, SamplingParams};
 use nasc_lm::model::{load_gguf_with, Kernels, LoadOptions};
 use nasc_lm::tokenizer::Tokenizer;
 
-/// With 8-bit inputs, how far a top-five logit of the first step may sit from transformers'
-/// float32 one. Rounding every product's input to 8 bits per block of 32 (as llama.cpp does)
-/// moved them by up to 0.53 here, on logits of 24-35; a wrong block term or a row mixed up
-/// with another moves them by whole units or reorders the top five.
-const INT8_LOGIT_TOLERANCE: f64 = 0.75;
+/// With 8-bit inputs, how far the first step's logits may stray from the exact products' (which
+/// this test holds to transformers to 1e-3): the spread (standard deviation) of their difference
+/// over the whole vocabulary, as a share of the spread of the logits themselves. Rounding every
+/// product's input to 8 bits per block of 32 (as llama.cpp does) gave 0.06-0.13 on five prompts
+/// (on AVX2; the figure moves with the order of float sums, see below); a scale taken from the
+/// wrong block or a block left out gave 1.4-1.7. Only the spread is held:
+/// the rounding also shifts every logit alike (by up to 0.4 here), which changes no probability.
+const INT8_SPREAD_SHARE: f64 = 0.25;
+
+/// With 8-bit inputs, how far below the best exact logit the first choice's exact logit may be.
+/// The rounding's error is chaotic: an input near half a step rounds one way or the other with the
+/// order of float sums, so CPUs that sum differently (AVX-512 VNNI, AVX2, plain code) get
+/// different errors. Where the exact top two are a near tie ("What is the capital of France?":
+/// 0.08 apart) the rounding may pick the second (0.38 below on AVX2); wrong block terms chose
+/// tokens 13-35 below the best.
+const INT8_CHOICE_GAP: f64 = 1.5;
 
 #[test]
 fn smollm2_on_a_quantised_base_decodes_as_transformers_and_batches_rows_as_alone() {
@@ -43,14 +54,15 @@ fn smollm2_on_a_quantised_base_decodes_as_transformers_and_batches_rows_as_alone
             let text = template.render(&[Message::new("user", prompt)], true).unwrap();
             let ids = tokenizer.encode(&text, false).unwrap();
             let logits = first_logits(&model, &ids);
-            let top5 = case["top5_first_step"].as_array().unwrap();
-            assert_eq!(top_indices(&logits, 1)[0], top5[0][0].as_u64().unwrap() as usize, "{prompt:?}: first choice");
-            let mut worst: f64 = 0.0;
-            for want in top5 {
-                let (id, logit) = (want[0].as_u64().unwrap() as usize, want[1].as_f64().unwrap());
-                worst = worst.max((logits[id] as f64 - logit).abs());
-            }
-            assert!(worst < INT8_LOGIT_TOLERANCE, "{prompt:?}: 8-bit inputs moved a top-5 logit by {worst}");
+            let exact_logits = first_logits(&exact, &ids);
+            let share = difference_spread(&logits, &exact_logits) / spread(&exact_logits);
+            assert!(
+                share < INT8_SPREAD_SHARE,
+                "{prompt:?}: 8-bit inputs moved the logits by {share:.3} of their spread"
+            );
+            let best = exact_logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let gap = f64::from(best - exact_logits[top_indices(&logits, 1)[0]]);
+            assert!(gap < INT8_CHOICE_GAP, "{prompt:?}: the 8-bit first choice is {gap} below the best");
             let alone = SamplingParams { max_new_tokens, stop_token_ids: vec![eos], ..Default::default() };
             let lone = generate(&model, &tokenizer, &ids, &alone, |_, _| {}).unwrap();
             let batch = generate(&model, &tokenizer, &ids, &SamplingParams { n: 3, ..alone }, |_, _| {}).unwrap();
@@ -61,10 +73,23 @@ fn smollm2_on_a_quantised_base_decodes_as_transformers_and_batches_rows_as_alone
                 );
             }
             println!(
-                "{prompt:?}: 8-bit inputs, largest top-5 logit difference {worst:.2}; {} tokens greedy, {:.1} tokens/s alone",
+                "{prompt:?}: 8-bit inputs, difference spread {share:.3} of the logits', first choice {gap:.2} below the best; {} tokens greedy, {:.1} tokens/s alone",
                 lone.completions[0].tokens.len(),
                 lone.tokens_per_second()
             );
         }
     }
+}
+
+/// Standard deviation of `a - b` over all entries.
+fn difference_spread(a: &[f32], b: &[f32]) -> f64 {
+    let d: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    spread(&d)
+}
+
+/// Standard deviation of `v`.
+fn spread(v: &[f32]) -> f64 {
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    (v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n).sqrt()
 }
