@@ -960,3 +960,64 @@ fn three_hundred_mixed_requests_from_eight_clients_all_get_answers() {
     let (status, _) = s.get("/v1/models");
     assert_eq!(status, 200);
 }
+
+/// Requests that arrive while another decodes join it (continuous batching): a step decodes
+/// their rows together, and every reply, the long one's included, is what it is alone. On the
+/// real SmolLM2 with its quantised base, whose products are exact row by row.
+#[test]
+fn requests_that_arrive_while_another_decodes_join_it_and_reply_as_alone() {
+    let Some(path) = smollm2::smollm2_path() else { return };
+    let s = Server::start(Path::new(&path), &["--quantized-base"]);
+    let metric = |name: &str| -> u64 {
+        let mut r = s.agent.get(format!("{}/metrics", s.base)).call().unwrap();
+        let text = r.body_mut().read_to_string().unwrap();
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{text}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let long = json!({"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0});
+    let short = [
+        ("/v1/completions", json!({"prompt": "The capital of France is", "max_tokens": 12, "temperature": 0})),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 16,
+                   "temperature": 0.8, "seed": 3, "n": 2}),
+        ),
+    ];
+    let replies = |v: &Value| -> Vec<(String, String)> {
+        v["choices"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|c| {
+                let text = c["text"].as_str().or(c["message"]["content"].as_str()).unwrap().to_string();
+                (text, c["finish_reason"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let (status, long_alone) = s.post("/v1/completions", &long);
+    assert_eq!(status, 200, "{long_alone}");
+    let short_alone: Vec<Value> = short.iter().map(|(route, body)| s.post(route, body).1).collect();
+
+    let (steps, rows) = (metric("nasc_decode_steps_total"), metric("nasc_decoded_rows_total"));
+    let (long_streamed, short_together) = std::thread::scope(|scope| {
+        let mut body = long.clone();
+        body["stream"] = json!(true);
+        let streaming = scope.spawn(|| s.stream("/v1/completions", &body));
+        // The short requests go once the long one decodes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while metric("nasc_decode_steps_total") < steps + 3 {
+            assert!(std::time::Instant::now() < deadline, "the long request never started decoding");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let together: Vec<Value> = short.iter().map(|(route, body)| s.post(route, body).1).collect();
+        (streaming.join().unwrap(), together)
+    });
+    for (alone, together) in short_alone.iter().zip(&short_together) {
+        assert_eq!(replies(together), replies(alone), "a request that joined a running batch");
+    }
+    let (texts, finish, _) = gather(&long_streamed, false, 1);
+    assert_eq!(vec![(texts[0].clone(), finish[0].clone())], replies(&long_alone), "the request others joined");
+    let (steps, rows) = (metric("nasc_decode_steps_total") - steps, metric("nasc_decoded_rows_total") - rows);
+    // Alone, the three requests' 4 replies would each have had their own steps.
+    assert!(rows > steps, "{rows} rows in {steps} steps: no step decoded requests together");
+}

@@ -33,7 +33,11 @@ Constrained decoding (llguidance; one constraint per request, every reply held t
 ends when its grammar is complete; one that can go no further ends with finish_reason `no_allowed_token`. \
 A grammar that does not compile, or a field nasc does not implement (echo, best_of, suffix, tools, \
 logit_bias, ... other than at their neutral values), is a 400 that says which. A request whose KV cache, \
-n × (prompt + max_tokens) positions, would pass --kv-cache-bytes is a 400 that says how much it needs.")]
+n × (prompt + max_tokens) positions, would pass --kv-cache-bytes is a 400 that says how much it needs.\n\n\
+Concurrent requests decode together (continuous batching): each joins the replies decoding at the next \
+token and leaves when it ends, as long as it asks for the same model and the KV caches fit; otherwise it \
+waits its turn. On the CPU a reply is the same alone or in company (on a --quantized-base exactly; with \
+f32 weights to the last bits of a float, since one row alone takes a matrix-vector product).")]
 pub struct ServeArgs {
     /// A .gguf file, or a folder with config.json, *.safetensors and tokenizer.json.
     #[arg(long, value_name = "PATH")]
@@ -55,9 +59,10 @@ pub struct ServeArgs {
     /// The most replies one request may ask for (`n`); they decode together in one batch.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_batch: usize,
-    /// The most memory one request's KV cache may take, in bytes (suffixes K, M, G: binary):
-    /// a request whose n × (prompt + max_tokens) tokens would need more is a 400 that says how
-    /// much. Default: half the memory available when the server starts.
+    /// The most memory the KV caches of the requests decoding together may take, in bytes
+    /// (suffixes K, M, G: binary). A request whose n × (prompt + max_tokens) tokens would need
+    /// more alone is a 400 that says how much; one that fits alone but not beside the requests
+    /// decoding waits for them. Default: half the memory available when the server starts.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     kv_cache_bytes: Option<u64>,
     /// Allow POST /v1/load_lora_adapter to load adapters while serving, from folders under

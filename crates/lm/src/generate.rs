@@ -8,7 +8,9 @@
 //! stream that finishes (a stop token, a stop string, `max_new_tokens`)
 //! leaves the batch, so the rest run at its smaller size. Each stream draws
 //! from its own generator, seeded from `seed` and the stream's index, so its
-//! reply does not depend on how many others run beside it.
+//! reply does not depend on how many others run beside it. A [`Batch`] runs
+//! several requests so (continuous batching): each joins the rows decoding
+//! once its prompt is prefilled.
 
 use crate::constrain::{Constraint, Step};
 use crate::model::{KvCache, Llama, ModelError};
@@ -235,105 +237,300 @@ pub fn generate_constrained<B: Backend>(
 
 /// [`generate_constrained`], asking `go_on` before each token: once it says no (the client that
 /// asked has gone), the replies still running end there, with finish reason `length`.
-pub fn generate_until<B: Backend>(
+pub fn generate_until<'a, B: Backend>(
     model: &Llama<B>,
-    tokenizer: &Tokenizer,
+    tokenizer: &'a Tokenizer,
     prompt: &[u32],
     params: &SamplingParams,
     grammar: Option<&Constraint>,
-    mut on_text: impl FnMut(usize, &str),
-    go_on: impl Fn() -> bool,
+    on_text: impl FnMut(usize, &str) + 'a,
+    go_on: impl Fn() -> bool + 'a,
 ) -> Result<Generation, ModelError> {
-    params.validate()?;
-    if prompt.is_empty() {
-        return Err(ModelError::Input { what: "the prompt has no tokens".into() });
+    let mut batch = Batch::new(model.clone(), tokenizer);
+    let id = batch.add(prompt, params.clone(), grammar, on_text, go_on)?;
+    loop {
+        if let Some((_, generation)) = batch.step()?.into_iter().find(|(done, _)| *done == id) {
+            return Ok(generation);
+        }
     }
-    let context = model.config.max_position_embeddings;
-    if prompt.len() >= context {
-        return Err(ModelError::Input {
-            what: format!("the prompt has {} tokens; the model's context holds {context}", prompt.len()),
-        });
-    }
-    let start = Instant::now();
-    let mut cache = KvCache::new(&model.config);
-    let first = logits_rows(model.forward_last(prompt, 1, &mut cache)?)?;
-    let prefill_seconds = start.elapsed().as_secs_f64();
-    let start = Instant::now();
+}
 
-    let mut streams: Vec<Stream> = (0..params.n)
-        .map(|i| {
-            let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
-            rng.set_stream(i as u64);
-            Stream { rng, tokens: vec![], emitted: 0, done: None, logprobs: vec![] }
-        })
-        .collect();
-    // Rows of the batch, by stream index; the logits of row r belong to stream active[r].
-    let mut active: Vec<usize> = (0..params.n).collect();
-    let mut logits: Vec<Vec<f32>> = vec![first[0].clone(); params.n];
-    if params.max_new_tokens > 0 && params.n > 1 {
-        cache = cache.repeat_rows(params.n);
-    }
-    let hold = params.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
-    // Each row's place in the grammar, aligned with `active`.
-    let mut grammars: Vec<Constraint> = grammar.map(|g| (0..params.n).map(|_| g.fork()).collect()).unwrap_or_default();
+/// Which request of a [`Batch`] a result belongs to.
+pub type RequestId = u64;
 
-    let penalised = params.frequency_penalty != 0.0 || params.presence_penalty != 0.0;
-    while !active.is_empty() && params.max_new_tokens > 0 && go_on() {
-        // The raw distribution of each row, before penalties and grammars change the logits.
-        let raw: Vec<RawRow> = match params.logprobs {
-            Some(k) => logits
-                .par_iter()
-                .map(|row| {
+/// Requests decoding together, as a server runs them (continuous batching): a request's prompt
+/// is prefilled when it is [added](Batch::add), its rows join the running ones at the next
+/// token boundary, and each row leaves once its reply ends, so that every [step](Batch::step)
+/// runs one pass of the model for all live replies of all requests.
+///
+/// On the CPU kernels each row keeps its own cache length and its own positions, and every row
+/// computes what it computes alone: a request's replies do not depend on what decodes beside
+/// it. Burn's own passes keep one length for all rows, so there a request joins only an empty
+/// batch ([`Batch::joinable`]).
+pub struct Batch<'a, B: Backend> {
+    model: Llama<B>,
+    tokenizer: &'a Tokenizer,
+    cache: Option<KvCache<B>>,
+    /// The live replies, aligned with the cache's rows, `logits` and `grammars`.
+    rows: Vec<Row>,
+    logits: Vec<Vec<f32>>,
+    grammars: Vec<Option<Constraint>>,
+    requests: std::collections::HashMap<RequestId, Request>,
+    callers: std::collections::HashMap<RequestId, Caller<'a>>,
+    next: RequestId,
+}
+
+/// A live reply: which request, which of its streams.
+struct Row {
+    request: RequestId,
+    stream: usize,
+    params: std::sync::Arc<SamplingParams>,
+}
+
+/// A request's replies while they decode.
+struct Request {
+    streams: Vec<Stream>,
+    prompt_tokens: usize,
+    prefill_seconds: f64,
+    started: Instant,
+}
+
+/// Where a request's text goes, and whether its caller still waits.
+struct Caller<'a> {
+    on_text: Box<dyn FnMut(usize, &str) + 'a>,
+    go_on: Box<dyn Fn() -> bool + 'a>,
+}
+
+impl<'a, B: Backend> Batch<'a, B> {
+    /// An empty batch of `model` (a clone shares the weights) with its tokenizer.
+    pub fn new(model: Llama<B>, tokenizer: &'a Tokenizer) -> Self {
+        Batch {
+            model,
+            tokenizer,
+            cache: None,
+            rows: Vec::new(),
+            logits: Vec::new(),
+            grammars: Vec::new(),
+            requests: Default::default(),
+            callers: Default::default(),
+            next: 0,
+        }
+    }
+
+    /// Whether another request may [`add`](Self::add) now: always on the CPU kernels, else only
+    /// when nothing decodes.
+    pub fn joinable(&self) -> bool {
+        self.rows.is_empty() || self.cache.as_ref().is_none_or(KvCache::joinable)
+    }
+
+    /// The model it decodes with.
+    pub fn model(&self) -> &Llama<B> {
+        &self.model
+    }
+
+    /// The tokenizer its replies are decoded with.
+    pub fn tokenizer(&self) -> &'a Tokenizer {
+        self.tokenizer
+    }
+
+    /// Requests added and not yet returned by [`step`](Self::step).
+    pub fn requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Replies decoding, all requests together.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Prefills `prompt` (token ids, already templated) and adds its `params.n` replies to the
+    /// rows decoding, each held to its own copy of `grammar` when one is given. `on_text(stream,
+    /// piece)` receives each reply's text as it grows (text that could still begin a stop string
+    /// is held back until it cannot); once `go_on` says no, the request's replies end at the next
+    /// step with finish reason `length`. Errors: bad parameters or prompt, a batch that is not
+    /// [`joinable`](Self::joinable), and the model's own.
+    pub fn add(
+        &mut self,
+        prompt: &[u32],
+        params: SamplingParams,
+        grammar: Option<&Constraint>,
+        on_text: impl FnMut(usize, &str) + 'a,
+        go_on: impl Fn() -> bool + 'a,
+    ) -> Result<RequestId, ModelError> {
+        params.validate()?;
+        if prompt.is_empty() {
+            return Err(ModelError::Input { what: "the prompt has no tokens".into() });
+        }
+        let context = self.model.config.max_position_embeddings;
+        if prompt.len() >= context {
+            return Err(ModelError::Input {
+                what: format!("the prompt has {} tokens; the model's context holds {context}", prompt.len()),
+            });
+        }
+        if !self.joinable() {
+            return Err(ModelError::Input {
+                what: "this backend decodes one request at a time; wait until the batch is empty".into(),
+            });
+        }
+        let start = Instant::now();
+        let mut cache = KvCache::new(&self.model.config);
+        let first = logits_rows(self.model.forward_last(prompt, 1, &mut cache)?)?;
+        let prefill_seconds = start.elapsed().as_secs_f64();
+        let id = self.next;
+        self.next += 1;
+        let streams: Vec<Stream> = (0..params.n)
+            .map(|i| {
+                let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
+                rng.set_stream(i as u64);
+                Stream { rng, tokens: vec![], emitted: 0, done: None, logprobs: vec![] }
+            })
+            .collect();
+        if params.max_new_tokens > 0 {
+            let cache = if params.n > 1 { cache.repeat_rows(params.n) } else { cache };
+            let joined = match self.cache.take().filter(|_| !self.rows.is_empty()) {
+                None => Some(cache),
+                Some(running) => running.join(cache),
+            };
+            self.cache = Some(joined.ok_or_else(|| ModelError::Input { what: "the caches cannot join".into() })?);
+            let shared = std::sync::Arc::new(params.clone());
+            for stream in 0..params.n {
+                self.rows.push(Row { request: id, stream, params: shared.clone() });
+                self.logits.push(first[0].clone());
+                self.grammars.push(grammar.map(Constraint::fork));
+            }
+        }
+        let request = Request { streams, prompt_tokens: prompt.len(), prefill_seconds, started: Instant::now() };
+        self.requests.insert(id, request);
+        self.callers.insert(id, Caller { on_text: Box::new(on_text), go_on: Box::new(go_on) });
+        Ok(id)
+    }
+
+    /// Draws the next token of every live reply, hands over their text, drops the replies that
+    /// ended and runs the model once for the rest. Returns the requests whose replies have all
+    /// ended. After an error the batch is in no defined state: drop it.
+    pub fn step(&mut self) -> Result<Vec<(RequestId, Generation)>, ModelError> {
+        // The replies of requests whose caller has gone end here.
+        let gone: Vec<RequestId> = self.callers.iter().filter(|(_, c)| !(c.go_on)()).map(|(&id, _)| id).collect();
+        if !gone.is_empty() {
+            let keep: Vec<usize> = (0..self.rows.len()).filter(|&r| !gone.contains(&self.rows[r].request)).collect();
+            if keep.len() < self.rows.len() {
+                self.retain(&keep);
+            }
+            for id in &gone {
+                let request = self.requests.get_mut(id).expect("a caller has a request");
+                for stream in request.streams.iter_mut().filter(|s| s.done.is_none()) {
+                    let text = self.tokenizer.decode(&stream.tokens, true)?;
+                    stream.done = Some((FinishReason::Length, text));
+                }
+            }
+        }
+        if !self.rows.is_empty() {
+            self.decode()?;
+        }
+        // Requests with no live reply left are done.
+        let live: std::collections::HashSet<RequestId> = self.rows.iter().map(|r| r.request).collect();
+        let done: Vec<RequestId> = self.requests.keys().copied().filter(|id| !live.contains(id)).collect();
+        let mut finished = Vec::with_capacity(done.len());
+        for id in done {
+            let request = self.requests.remove(&id).expect("listed above");
+            self.callers.remove(&id);
+            let completions = request
+                .streams
+                .into_iter()
+                .map(|s| {
+                    let (finish, text) = s.done.unwrap_or((FinishReason::Length, String::new()));
+                    Completion { tokens: s.tokens, text, finish, logprobs: s.logprobs }
+                })
+                .collect();
+            let generation = Generation {
+                completions,
+                prompt_tokens: request.prompt_tokens,
+                prefill_seconds: request.prefill_seconds,
+                decode_seconds: request.started.elapsed().as_secs_f64(),
+            };
+            finished.push((id, generation));
+        }
+        finished.sort_by_key(|(id, _)| *id);
+        Ok(finished)
+    }
+
+    /// Keeps the rows `keep` (indices, ascending) of the batch, and their caches.
+    fn retain(&mut self, keep: &[usize]) {
+        keep_only(&mut self.rows, keep);
+        keep_only(&mut self.logits, keep);
+        keep_only(&mut self.grammars, keep);
+        self.cache = if keep.is_empty() { None } else { self.cache.as_ref().map(|c| c.select_rows(keep)) };
+    }
+
+    /// One token for every live row: sampling, text, rows that end, and the model's next pass.
+    fn decode(&mut self) -> Result<(), ModelError> {
+        let context = self.model.config.max_position_embeddings;
+        let requests = &mut self.requests;
+        let rows = &self.rows;
+        // The raw distribution of each row that asked for log-probabilities, before penalties
+        // and grammars change the logits.
+        let raw: Vec<Option<RawRow>> = rows
+            .par_iter()
+            .zip(self.logits.par_iter())
+            .map(|(r, row)| {
+                r.params.logprobs.map(|k| {
                     let norm = log_normaliser(row);
                     RawRow { norm, top: top_logprobs(row, k, norm), logits: row.clone() }
                 })
-                .collect(),
-            None => Vec::new(),
-        };
-        if penalised {
-            logits
-                .par_iter_mut()
-                .zip(active.par_iter())
-                .for_each(|(row, &s)| penalise(row, &streams[s].tokens, params));
+            })
+            .collect();
+        {
+            let streams = &*requests;
+            self.logits.par_iter_mut().zip(rows.par_iter()).for_each(|(row, r)| {
+                if r.params.frequency_penalty != 0.0 || r.params.presence_penalty != 0.0 {
+                    penalise(row, &streams[&r.request].streams[r.stream].tokens, &r.params);
+                }
+            });
         }
-        // Tokens the grammar does not allow get no weight, rows in parallel; a row at a dead end
-        // draws nothing and ends.
-        let dead: Vec<bool> = if grammars.is_empty() {
-            vec![false; active.len()]
-        } else {
-            grammars.par_iter_mut().zip(logits.par_iter_mut()).map(|(g, row)| g.mask(row).is_err()).collect()
-        };
+        // Tokens a row's grammar does not allow get no weight, rows in parallel; a row at a dead
+        // end draws nothing and ends.
+        let dead: Vec<bool> = self
+            .grammars
+            .par_iter_mut()
+            .zip(self.logits.par_iter_mut())
+            .map(|(g, row)| g.as_mut().is_some_and(|g| g.mask(row).is_err()))
+            .collect();
         // Each row's next token from its own stream's generator, rows in parallel (a softmax
-        // over the vocabulary each): the same draws whatever the order.
-        let mut rngs: Vec<ChaCha8Rng> = active.iter().map(|&s| streams[s].rng.clone()).collect();
-        let drawn: Vec<u32> =
-            rngs.par_iter_mut().zip(logits.par_iter()).map(|(rng, row)| sample(row, params, rng)).collect();
-        for (&s, rng) in active.iter().zip(rngs) {
-            streams[s].rng = rng;
-        }
-        let mut next = Vec::with_capacity(active.len());
-        for (row, &s) in active.iter().enumerate() {
-            let stream = &mut streams[s];
-            let token = drawn[row];
-            let stopped_by_token = !dead[row] && params.stop_token_ids.contains(&token);
+        // over the vocabulary each): the same draws whatever the order or the company.
+        let mut rngs: Vec<ChaCha8Rng> =
+            rows.iter().map(|r| requests[&r.request].streams[r.stream].rng.clone()).collect();
+        let drawn: Vec<u32> = rngs
+            .par_iter_mut()
+            .zip(self.logits.par_iter())
+            .zip(rows.par_iter())
+            .map(|((rng, row), r)| sample(row, &r.params, rng))
+            .collect();
+        let mut next = Vec::with_capacity(rows.len());
+        for (i, (r, rng)) in rows.iter().zip(rngs).enumerate() {
+            let params = &*r.params;
+            let stream = &mut requests.get_mut(&r.request).expect("a row's request").streams[r.stream];
+            stream.rng = rng;
+            let token = drawn[i];
+            let stopped_by_token = !dead[i] && params.stop_token_ids.contains(&token);
             // The grammar moves past the token (a stop token ends the reply without it); a
             // grammar that fails here is at a dead end too.
-            let step = match grammars.get_mut(row) {
-                Some(_) if dead[row] => Err(()),
+            let step = match self.grammars[i].as_mut() {
+                Some(_) if dead[i] => Err(()),
                 Some(g) if !stopped_by_token => g.advance(token).map_err(|_| ()),
                 _ => Ok(Step::Going),
             };
             if step.is_ok() {
                 stream.tokens.push(token);
-                if let Some(r) = raw.get(row) {
-                    let logprob = r.logits.get(token as usize).map_or(f32::NEG_INFINITY, |v| v - r.norm);
-                    stream.logprobs.push(TokenLogprob { token, logprob, top: r.top.clone() });
+                if let Some(raw) = &raw[i] {
+                    let logprob = raw.logits.get(token as usize).map_or(f32::NEG_INFINITY, |v| v - raw.norm);
+                    stream.logprobs.push(TokenLogprob { token, logprob, top: raw.top.clone() });
                 }
             }
-            // The token would be fed at position cache.len(); past the context there is none.
-            let at_limit = stream.tokens.len() >= params.max_new_tokens || cache.len() >= context;
+            // The token would be fed at the row's next position; past the context there is none.
+            let fed_at = self.cache.as_ref().map_or(0, |c| c.row_len(i));
+            let at_limit = stream.tokens.len() >= params.max_new_tokens || fed_at >= context;
             let body = if stopped_by_token { &stream.tokens[..stream.tokens.len() - 1] } else { &stream.tokens[..] };
-            let text = tokenizer.decode(body, true)?;
+            let text = self.tokenizer.decode(body, true)?;
             let stop_at = params.stop.iter().filter_map(|s| text.find(s.as_str())).min();
             if step.is_err() {
                 stream.done = Some((FinishReason::NoAllowedToken, text.clone()));
@@ -344,8 +541,9 @@ pub fn generate_until<B: Backend>(
             } else if at_limit {
                 stream.done = Some((FinishReason::Length, text.clone()));
             }
-            // Hand over what is settled: all of it when done; otherwise all but what could begin a
-            // stop string, and never half a character (decoding shows those as U+FFFD).
+            // Hand over what is settled: all of it when done; otherwise all but what could begin
+            // a stop string, and never half a character (decoding shows those as U+FFFD).
+            let hold = params.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
             let settled = match &stream.done {
                 Some((_, final_text)) => final_text.len(),
                 None => {
@@ -358,52 +556,38 @@ pub fn generate_until<B: Backend>(
             };
             let shown = stream.done.as_ref().map_or(text.as_str(), |(_, t)| t.as_str());
             if settled > stream.emitted && shown.is_char_boundary(stream.emitted) {
-                on_text(s, &shown[stream.emitted..settled]);
+                let caller = self.callers.get_mut(&r.request).expect("a row's caller");
+                (caller.on_text)(r.stream, &shown[stream.emitted..settled]);
                 stream.emitted = settled;
             }
             if stream.done.is_none() {
-                next.push((row, token));
+                next.push((i, token));
             }
         }
-        if next.len() < active.len() {
-            let rows: Vec<usize> = next.iter().map(|&(r, _)| r).collect();
-            active = rows.iter().map(|&r| active[r]).collect();
-            if !grammars.is_empty() {
-                let mut kept = rows.iter().peekable();
-                let mut r = 0;
-                grammars.retain(|_| {
-                    let keep = kept.peek() == Some(&&r);
-                    if keep {
-                        kept.next();
-                    }
-                    r += 1;
-                    keep
-                });
-            }
-            if !rows.is_empty() {
-                cache = cache.select_rows(&rows);
-            }
+        if next.len() < self.rows.len() {
+            let keep: Vec<usize> = next.iter().map(|&(r, _)| r).collect();
+            self.retain(&keep);
         }
-        if active.is_empty() {
-            break;
+        if let Some(cache) = self.cache.as_mut().filter(|_| !next.is_empty()) {
+            let tokens: Vec<u32> = next.iter().map(|&(_, t)| t).collect();
+            self.logits = logits_rows(self.model.forward_last(&tokens, tokens.len(), cache)?)?;
         }
-        let tokens: Vec<u32> = next.iter().map(|&(_, t)| t).collect();
-        logits = logits_rows(model.forward_last(&tokens, tokens.len(), &mut cache)?)?;
+        Ok(())
     }
+}
 
-    let completions = streams
-        .into_iter()
-        .map(|s| {
-            let (finish, text) = s.done.unwrap_or((FinishReason::Length, String::new()));
-            Completion { tokens: s.tokens, text, finish, logprobs: s.logprobs }
-        })
-        .collect();
-    Ok(Generation {
-        completions,
-        prompt_tokens: prompt.len(),
-        prefill_seconds,
-        decode_seconds: start.elapsed().as_secs_f64(),
-    })
+/// Keeps the items of `v` at `keep` (indices, ascending).
+fn keep_only<T>(v: &mut Vec<T>, keep: &[usize]) {
+    let mut at = 0;
+    let mut wanted = keep.iter().peekable();
+    v.retain(|_| {
+        let hit = wanted.peek() == Some(&&at);
+        if hit {
+            wanted.next();
+        }
+        at += 1;
+        hit
+    });
 }
 
 /// `[rows, vocab]` logits as one vector per row, on the host.

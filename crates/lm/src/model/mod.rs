@@ -174,7 +174,9 @@ struct Pass {
 }
 
 /// Keys and values of every past position, per block: `[batch, kv_heads, positions, head_dim]`.
-/// Every row of the batch holds the same number of positions.
+/// In Burn's passes every row of the batch holds the same number of positions; the CPU kernels'
+/// cache keeps a number per row, so that requests that began at different times decode
+/// together ([`KvCache::join`]), and `len` is then the longest row's.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
@@ -209,11 +211,7 @@ impl<B: Backend> KvCache<B> {
     pub fn repeat_rows(&self, n: usize) -> Self {
         if let Some(flat) = &self.flat {
             let rows: Vec<usize> = (0..n).flat_map(|_| 0..flat.batch()).collect();
-            return KvCache {
-                layers: self.layers.clone(),
-                flat: Some(flat.gather_rows(&rows, self.len)),
-                len: self.len,
-            };
+            return KvCache { layers: self.layers.clone(), flat: Some(flat.gather_rows(&rows)), len: self.len };
         }
         let layers = self
             .layers
@@ -222,14 +220,36 @@ impl<B: Backend> KvCache<B> {
         KvCache { layers: layers.collect(), flat: None, len: self.len }
     }
 
+    /// Whether other rows can [`join`](Self::join) this cache: it is the CPU kernels' (Burn's
+    /// own passes keep one length for every row), or holds nothing yet.
+    pub fn joinable(&self) -> bool {
+        self.flat.is_some() || self.layers.iter().all(Option::is_none)
+    }
+
+    /// Positions row `r` holds (rows that joined at different times hold different numbers).
+    pub fn row_len(&self, r: usize) -> usize {
+        self.flat.as_ref().map_or(self.len, |f| f.row_len(r))
+    }
+
+    /// This cache's rows, then `other`'s, each going on from its own length: how a request joins
+    /// the requests decoding (continuous batching). `None` unless both are the CPU kernels'
+    /// caches (or one holds nothing).
+    pub fn join(self, other: KvCache<B>) -> Option<KvCache<B>> {
+        if self.batch() == 0 {
+            return Some(other);
+        }
+        if other.batch() == 0 {
+            return Some(self);
+        }
+        let flat = self.flat.as_ref()?.join(other.flat.as_ref()?);
+        Some(KvCache { layers: self.layers, len: flat.longest(), flat: Some(flat) })
+    }
+
     /// Keeps only the given rows, in that order (finished streams leave the batch).
     pub fn select_rows(&self, rows: &[usize]) -> Self {
         if let Some(flat) = &self.flat {
-            return KvCache {
-                layers: self.layers.clone(),
-                flat: Some(flat.gather_rows(rows, self.len)),
-                len: self.len,
-            };
+            let flat = flat.gather_rows(rows);
+            return KvCache { layers: self.layers.clone(), len: flat.longest(), flat: Some(flat) };
         }
         let Some((k0, _)) = self.layers.iter().flatten().next() else { return self.clone() };
         let device = k0.device();

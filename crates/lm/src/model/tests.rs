@@ -698,3 +698,103 @@ fn logprobs_are_the_models_own_and_greedy_draws_are_the_most_likely() {
     assert!(none.completions[0].logprobs.is_empty());
     assert!(SamplingParams { logprobs: Some(21), ..Default::default() }.validate().is_err());
 }
+
+// ---- continuous batching ----
+
+/// Requests added to a running [`Batch`] at different steps, each with its own prompt length,
+/// `n`, sampling and stop strings, reply exactly as they do alone, while their rows decode in
+/// one pass; a request whose caller goes ends there without disturbing the others.
+#[test]
+fn requests_that_join_a_running_batch_reply_as_they_would_alone() {
+    use crate::generate::{Batch, Generation};
+    use std::cell::{Cell, RefCell};
+    let (model, tok) = tiny_checkpoint();
+    let asks = [
+        ("hello world", SamplingParams { max_new_tokens: 12, ..Default::default() }),
+        (
+            "the quick brown fox jumps over",
+            SamplingParams { temperature: 0.9, top_k: 40, max_new_tokens: 9, seed: 7, n: 3, ..Default::default() },
+        ),
+        (
+            "a",
+            SamplingParams {
+                temperature: 1.0,
+                max_new_tokens: 15,
+                seed: 3,
+                n: 2,
+                stop: vec!["e".into()],
+                logprobs: Some(2),
+                frequency_penalty: 0.5,
+                ..Default::default()
+            },
+        ),
+    ];
+    let ids: Vec<Vec<u32>> = asks.iter().map(|(p, _)| tok.encode(p, false).unwrap()).collect();
+    let alone: Vec<Generation> =
+        asks.iter().zip(&ids).map(|((_, p), ids)| generate(&model, &tok, ids, p, |_, _| {}).unwrap()).collect();
+
+    let streamed: RefCell<Vec<Vec<String>>> =
+        RefCell::new(asks.iter().map(|(_, p)| vec![String::new(); p.n]).collect());
+    let mut batch = Batch::new(model.clone(), &tok);
+    let mut done: Vec<Option<Generation>> = vec![None, None, None];
+    let mut widest = 0;
+    let mut step = 0;
+    while done.iter().any(Option::is_none) {
+        // The second request joins after two steps, the third after five.
+        for (r, joins_at) in [(0, 0), (1, 2), (2, 5)] {
+            if step == joins_at {
+                let streamed = &streamed;
+                let on_text = move |s: usize, piece: &str| streamed.borrow_mut()[r][s].push_str(piece);
+                let id = batch.add(&ids[r], asks[r].1.clone(), None, on_text, || true).unwrap();
+                assert_eq!(id, r as u64);
+            }
+        }
+        widest = widest.max(batch.rows());
+        for (id, g) in batch.step().unwrap() {
+            done[id as usize] = Some(g);
+        }
+        step += 1;
+        assert!(step < 100, "the batch never ended");
+    }
+    assert!(widest > asks[1].1.n + 1, "the requests decoded together ({widest} rows at most)");
+    for (r, (together, alone)) in done.iter().map(Option::as_ref).map(Option::unwrap).zip(&alone).enumerate() {
+        assert_eq!(together.completions, alone.completions, "request {r}");
+        for (s, c) in together.completions.iter().enumerate() {
+            assert_eq!(streamed.borrow()[r][s], c.text, "request {r} stream {s}: streamed text");
+        }
+    }
+
+    // A request whose caller goes ends at the next step with what it has; the other goes on.
+    let waits = Cell::new(true);
+    let mut batch = Batch::new(model.clone(), &tok);
+    let long = SamplingParams { max_new_tokens: 20, stop_token_ids: vec![], ..Default::default() };
+    batch.add(&ids[0], long.clone(), None, |_, _| {}, || true).unwrap();
+    batch.add(&ids[1], long.clone(), None, |_, _| {}, || waits.get()).unwrap();
+    for _ in 0..4 {
+        assert!(batch.step().unwrap().is_empty());
+    }
+    waits.set(false);
+    let gone = batch.step().unwrap();
+    assert_eq!(gone.len(), 1);
+    let (id, g) = &gone[0];
+    assert_eq!((*id, g.completions[0].finish, g.completions[0].tokens.len()), (1, FinishReason::Length, 4));
+    let mut rest = Vec::new();
+    while rest.is_empty() {
+        rest = batch.step().unwrap();
+    }
+    let first = generate(&model, &tok, &ids[0], &long, |_, _| {}).unwrap();
+    assert_eq!(rest[0].1.completions, first.completions, "the request left running");
+
+    // Burn's passes keep one length for all rows: a request joins only an empty batch there.
+    let burn = model.clone().with_kernels(crate::model::Kernels::burn());
+    let mut batch = Batch::new(burn.clone(), &tok);
+    batch.add(&ids[0], long.clone(), None, |_, _| {}, || true).unwrap();
+    batch.step().unwrap();
+    assert!(!batch.joinable());
+    assert!(batch.add(&ids[1], long.clone(), None, |_, _| {}, || true).is_err());
+    let mut rest = Vec::new();
+    while rest.is_empty() {
+        rest = batch.step().unwrap();
+    }
+    assert_eq!(rest[0].1.completions, generate(&burn, &tok, &ids[0], &long, |_, _| {}).unwrap().completions);
+}

@@ -3,18 +3,22 @@
 //! HTTP is hyper's HTTP/1.1 with axum's routing on a small tokio runtime (`http`): framing,
 //! keep-alive, chunked bodies, `Expect: 100-continue`, header limits and timeouts come from them.
 //! Handlers check each request and answer errors themselves; valid generation requests go
-//! through a channel to the one model thread (the thread that opened the checkpoint), which runs
-//! them one at a time and sends back either a whole result or streamed text pieces, stopping a
-//! generation at the next token once its client has gone. SIGTERM (or Ctrl-C) stops accepting,
+//! through a channel to the one model thread (the thread that opened the checkpoint), which
+//! decodes them together (continuous batching, [`Batch`]): a request is prefilled and joins the
+//! running replies at the next token, as long as it asks for the same served model and the KV
+//! caches of all fit `--kv-cache-bytes` (else it waits, in order), and each reply leaves when it
+//! ends. The thread sends back either a whole result or streamed text pieces, and ends a
+//! request's replies at the next token once its client has gone. SIGTERM (or Ctrl-C) stops accepting,
 //! lets the requests in flight finish, then ends the model thread: the process exits 0.
 
 use crate::chat::Message;
-use crate::constrain::{Constrainer, Grammar};
-use crate::generate::{generate_until, Generation, SamplingParams};
+use crate::constrain::{Constrainer, Constraint, Grammar};
+use crate::generate::{Batch, Generation, RequestId, SamplingParams};
 use crate::model::{Checkpoint, Llama, LoadOptions, ModelError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use nasc_runtime::{BackendJob, Device};
 use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,7 +38,8 @@ pub struct ServeOptions {
     pub adapters: Vec<Adapter>,
     /// The most replies one request may ask for (`n`), at least 1.
     pub max_batch: usize,
-    /// The most bytes one request's KV cache may take.
+    /// The most bytes the KV caches of the requests decoding together may take: a request that
+    /// alone needs more is refused, one that needs more beside the others waits.
     pub kv_cache_bytes: u64,
     /// Where adapters loaded while serving must be (canonical); `None`: runtime loading is off.
     pub lora_root: Option<PathBuf>,
@@ -112,6 +117,10 @@ struct Stats {
     cancelled: AtomicU64,
     /// Tokens generated, all replies together.
     tokens: AtomicU64,
+    /// Decoding steps: one pass of the model for every reply decoding then.
+    steps: AtomicU64,
+    /// The replies those steps decoded, summed over steps (over `steps`: the mean batch).
+    rows: AtomicU64,
 }
 
 impl Stats {
@@ -125,10 +134,16 @@ impl Stats {
              # HELP nasc_generations_cancelled_total Generations stopped because their client had gone.\n\
              # TYPE nasc_generations_cancelled_total counter\nnasc_generations_cancelled_total {}\n\
              # HELP nasc_generated_tokens_total Tokens generated.\n\
-             # TYPE nasc_generated_tokens_total counter\nnasc_generated_tokens_total {}\n",
+             # TYPE nasc_generated_tokens_total counter\nnasc_generated_tokens_total {}\n\
+             # HELP nasc_decode_steps_total Decoding steps: one pass of the model for every reply decoding.\n\
+             # TYPE nasc_decode_steps_total counter\nnasc_decode_steps_total {}\n\
+             # HELP nasc_decoded_rows_total Replies decoded, summed over steps (divided by the steps: the mean batch).\n\
+             # TYPE nasc_decoded_rows_total counter\nnasc_decoded_rows_total {}\n",
             c(&self.generations),
             c(&self.cancelled),
-            c(&self.tokens)
+            c(&self.tokens),
+            c(&self.steps),
+            c(&self.rows)
         )
     }
 }
@@ -225,38 +240,100 @@ impl BackendJob for Job {
         let end_of_turn = crate::run::end_of_turn_ids(&ckpt);
         // The vocabulary's table for grammars, built on the first request that has one.
         let mut constrainer = None;
-        for msg in rx {
-            match msg {
-                Msg::Generate(w) => {
-                    match weights.iter().find(|(n, _)| *n == w.model) {
-                        Some((_, model)) => {
-                            run_work(&ckpt, model, (&end_of_turn, &mut constrainer), a.kv_cache_bytes, &stats, w)
+        let mut waiting: VecDeque<Ready> = VecDeque::new();
+        let mut running: Option<Running<'_, B::InnerBackend>> = None;
+        let mut senders_gone = false;
+        loop {
+            // Messages: wait for one when nothing decodes or waits, else take what has come.
+            let idle = running.is_none() && waiting.is_empty();
+            let mut first = if idle {
+                match rx.recv() {
+                    Ok(msg) => Some(msg),
+                    Err(_) => break,
+                }
+            } else {
+                None
+            };
+            loop {
+                let msg = match first.take() {
+                    Some(msg) => msg,
+                    None => match rx.try_recv() {
+                        Ok(msg) => msg,
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            senders_gone = true;
+                            break;
                         }
-                        // Unloaded after the request was checked.
-                        None => {
-                            let _ = w.reply.send(Event::Failed(not_served(&w.model, &names(&weights))));
+                    },
+                };
+                match msg {
+                    Msg::Generate(w) => {
+                        if let Some(ready) = prepare(&ckpt, (&end_of_turn, &mut constrainer), a.kv_cache_bytes, w) {
+                            waiting.push_back(ready);
+                        } else {
+                            queued.fetch_sub(1, Ordering::SeqCst);
                         }
                     }
+                    Msg::Load { name, dir, inplace, reply } => {
+                        // A batch decoding with the adapter replaced keeps its own copy.
+                        let result = load_runtime(&ckpt.model, &mut weights, name, &dir, inplace);
+                        // The served names change before the answer, so a client that heard 200 finds them.
+                        publish(&models, &weights);
+                        let _ = reply.send(result);
+                    }
+                    Msg::Unload { name, reply } => {
+                        let result = if name == weights[0].0 {
+                            Err(HttpError::bad(
+                                format!("`{name}` is the base model; only adapters can be unloaded"),
+                                None,
+                            ))
+                        } else if let Some(i) = weights.iter().position(|(n, _)| *n == name) {
+                            weights.remove(i);
+                            Ok(format!("Success: LoRA adapter '{name}' removed successfully."))
+                        } else {
+                            Err(not_served(&name, &names(&weights)))
+                        };
+                        publish(&models, &weights);
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            // Requests join the batch in order while their model is the batch's and their KV
+            // cache fits beside it; the first that cannot waits, and so do those behind it.
+            while let Some(front) = waiting.front() {
+                let Some((_, model)) = weights.iter().find(|(n, _)| *n == front.work.model) else {
+                    // Unloaded after the request was checked.
+                    let ready = waiting.pop_front().expect("front");
+                    let _ = ready.work.reply.send(Event::Failed(not_served(&ready.work.model, &names(&weights))));
+                    queued.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                };
+                let batch =
+                    running.get_or_insert_with(|| Running::new(front.work.model.clone(), model, &ckpt.tokenizer));
+                if batch.batch.requests() > 0
+                    && (batch.model != front.work.model
+                        || !batch.batch.joinable()
+                        || batch.kv_bytes_with(front, &ckpt.model.config) > a.kv_cache_bytes)
+                {
+                    break;
+                }
+                if batch.batch.requests() == 0 && batch.model != front.work.model {
+                    *batch = Running::new(front.work.model.clone(), model, &ckpt.tokenizer);
+                }
+                let ready = waiting.pop_front().expect("front");
+                if batch.admit(ready).is_err() {
                     queued.fetch_sub(1, Ordering::SeqCst);
                 }
-                Msg::Load { name, dir, inplace, reply } => {
-                    let result = load_runtime(&ckpt.model, &mut weights, name, &dir, inplace);
-                    // The served names change before the answer, so a client that heard 200 finds them.
-                    publish(&models, &weights);
-                    let _ = reply.send(result);
+            }
+            if let Some(batch) = running.as_mut() {
+                let finished = batch.step(&ckpt.tokenizer, &stats);
+                queued.fetch_sub(finished, Ordering::SeqCst);
+                if batch.batch.requests() == 0 {
+                    running = None;
                 }
-                Msg::Unload { name, reply } => {
-                    let result = if name == weights[0].0 {
-                        Err(HttpError::bad(format!("`{name}` is the base model; only adapters can be unloaded"), None))
-                    } else if let Some(i) = weights.iter().position(|(n, _)| *n == name) {
-                        weights.remove(i);
-                        Ok(format!("Success: LoRA adapter '{name}' removed successfully."))
-                    } else {
-                        Err(not_served(&name, &names(&weights)))
-                    };
-                    publish(&models, &weights);
-                    let _ = reply.send(result);
-                }
+            }
+            if senders_gone && running.is_none() && waiting.is_empty() {
+                break;
             }
         }
         // Every sender is gone: the HTTP side has stopped, after a signal or an error.
@@ -314,28 +391,38 @@ fn load_runtime<B: Backend>(
     Ok(format!("Success: LoRA adapter '{name}' added successfully."))
 }
 
-/// Runs one request on `model` (the base or an adapter's), with the checkpoint's tokenizer and template.
-fn run_work<B: Backend>(
+/// A checked request, tokenised, with its grammar compiled and its KV cache's size known,
+/// waiting to join the batch.
+struct Ready {
+    work: Work,
+    ids: Vec<u32>,
+    constraint: Option<Constraint>,
+    /// Positions each of its rows' caches may grow to (doubling from 64, up to the context).
+    positions: u64,
+}
+
+/// Checks `w` against the model (prompt and completion within the context, the KV cache within
+/// the budget, a grammar that compiles), answering a failure itself (`None`).
+fn prepare<B: Backend>(
     ckpt: &Checkpoint<B>,
-    model: &Llama<B>,
     (end_of_turn, constrainer): (&[u32], &mut Option<Result<Constrainer, String>>),
     kv_budget: u64,
-    stats: &Stats,
     mut w: Work,
-) {
-    let fail = |w: &Work, e: HttpError| {
+) -> Option<Ready> {
+    let fail = |w: Work, e: HttpError| {
         let _ = w.reply.send(Event::Failed(e));
+        None
     };
     let ids = match &w.input {
         Input::Chat(messages) => match ckpt.template.render(messages, true) {
             Ok(text) => ckpt.tokenizer.encode(&text, false),
-            Err(e) => return fail(&w, HttpError::bad(format!("the chat template failed: {e}"), Some("messages"))),
+            Err(e) => return fail(w, HttpError::bad(format!("the chat template failed: {e}"), Some("messages"))),
         },
         Input::Text(text) => ckpt.tokenizer.encode(text, true),
     };
     let ids = match ids {
         Ok(ids) => ids,
-        Err(e) => return fail(&w, HttpError::server(format!("tokenizer: {e}"))),
+        Err(e) => return fail(w, HttpError::server(format!("tokenizer: {e}"))),
     };
     if matches!(w.input, Input::Chat(_)) {
         w.params.stop_token_ids = end_of_turn.to_vec();
@@ -345,7 +432,7 @@ fn run_work<B: Backend>(
     let context = ckpt.model.config.max_position_embeddings;
     let field = if matches!(w.input, Input::Chat(_)) { "messages" } else { "prompt" };
     if ids.is_empty() {
-        return fail(&w, HttpError::bad("the prompt is empty".into(), Some(field)));
+        return fail(w, HttpError::bad("the prompt is empty".into(), Some(field)));
     }
     // max_tokens == usize::MAX means "what the context leaves".
     if w.params.max_new_tokens == usize::MAX {
@@ -359,7 +446,7 @@ fn run_work<B: Backend>(
             ids.len(),
             w.params.max_new_tokens
         );
-        return fail(&w, HttpError::bad(msg, Some(field)));
+        return fail(w, HttpError::bad(msg, Some(field)));
     }
     // The KV cache of every row, as it grows (doubling from 64 positions, up to the context).
     let c = &ckpt.model.config;
@@ -369,7 +456,7 @@ fn run_work<B: Backend>(
     if need > kv_budget {
         let msg = format!(
             "n = {} replies of up to {} tokens ({} in the {field}, {} in the completion) need {} of KV cache; \
-             this server allows {} per request (--kv-cache-bytes). Ask for fewer replies or fewer tokens.",
+             this server's KV cache holds {} in all (--kv-cache-bytes). Ask for fewer replies or fewer tokens.",
             w.params.n,
             ids.len() + w.params.max_new_tokens,
             ids.len(),
@@ -377,7 +464,7 @@ fn run_work<B: Backend>(
             human_bytes(need),
             human_bytes(kv_budget)
         );
-        return fail(&w, HttpError::bad(msg, Some("n")));
+        return fail(w, HttpError::bad(msg, Some("n")));
     }
     // The grammar compiles before anything is sent, so a bad one is a 400 naming its line.
     let constraint = match &w.grammar {
@@ -387,48 +474,123 @@ fn run_work<B: Backend>(
             let table = constrainer.get_or_insert_with(|| Constrainer::new(&ckpt.tokenizer, end_of_turn, vocab));
             let compiled = match table {
                 Ok(table) => table.compile(grammar),
-                Err(e) => return fail(&w, HttpError::server(format!("constrained decoding: {e}"))),
+                Err(e) => return fail(w, HttpError::server(format!("constrained decoding: {e}"))),
             };
             match compiled {
                 Ok(c) => Some(c),
-                Err(e) => return fail(&w, HttpError::bad(e, None)),
+                Err(e) => return fail(w, HttpError::bad(e, None)),
             }
         }
     };
-    if w.reply.send(Event::Started(ids.len())).is_err() {
-        return;
+    Some(Ready { work: w, ids, constraint, positions })
+}
+
+/// The batch decoding on the model thread: one served model's requests, each joining at a token
+/// boundary and leaving when its replies end.
+struct Running<'t, B: Backend> {
+    /// The served name whose weights it decodes with.
+    model: String,
+    batch: Batch<'t, B>,
+    /// What each request in it needs at its end: its reply channel, its rows and their positions.
+    members: HashMap<RequestId, Member>,
+}
+
+struct Member {
+    reply: async_mpsc::UnboundedSender<Event>,
+    rows: u64,
+    positions: u64,
+}
+
+impl<'t, B: Backend> Running<'t, B> {
+    fn new(name: String, model: &Llama<B>, tokenizer: &'t crate::tokenizer::Tokenizer) -> Self {
+        Running { model: name, batch: Batch::new(model.clone(), tokenizer), members: HashMap::new() }
     }
-    let reply = w.reply.clone();
-    let stream = w.stream;
-    let on_text = |i: usize, piece: &str| {
-        if stream && !piece.is_empty() {
-            let _ = reply.send(Event::Piece(i, piece.to_string()));
+
+    /// The KV cache the batch may grow to with `ready` in it: every row as long as the longest
+    /// request's (the kernels' cache is one block per row).
+    fn kv_bytes_with(&self, ready: &Ready, c: &crate::model::LlamaConfig) -> u64 {
+        let per_position = (c.n_layers * 2 * c.n_kv_heads * c.head_dim * std::mem::size_of::<f32>()) as u64;
+        let rows = self.members.values().map(|m| m.rows).sum::<u64>() + ready.work.params.n as u64;
+        let positions = self.members.values().map(|m| m.positions).max().unwrap_or(0).max(ready.positions);
+        per_position.saturating_mul(rows).saturating_mul(positions)
+    }
+
+    /// Prefills `ready` and adds its rows; a failure is answered here (`Err`).
+    fn admit(&mut self, ready: Ready) -> Result<(), ()> {
+        let Ready { work: w, ids, constraint, positions } = ready;
+        if w.reply.send(Event::Started(ids.len())).is_err() {
+            return Err(());
         }
-    };
-    // A client that has gone (its stream dropped, its connection closed) stops the generation
-    // at the next token.
-    let client_waits = || !w.reply.is_closed();
-    let result = generate_until(model, &ckpt.tokenizer, &ids, &w.params, constraint.as_ref(), on_text, client_waits);
-    stats.generations.fetch_add(1, Ordering::SeqCst);
-    if w.reply.is_closed() {
-        stats.cancelled.fetch_add(1, Ordering::SeqCst);
+        let (pieces, gone) = (w.reply.clone(), w.reply.clone());
+        let stream = w.stream;
+        let on_text = move |i: usize, piece: &str| {
+            if stream && !piece.is_empty() {
+                let _ = pieces.send(Event::Piece(i, piece.to_string()));
+            }
+        };
+        // A client that has gone (its stream dropped, its connection closed) ends its replies at
+        // the next token.
+        let client_waits = move || !gone.is_closed();
+        match self.batch.add(&ids, w.params.clone(), constraint.as_ref(), on_text, client_waits) {
+            Ok(id) => {
+                let member = Member { reply: w.reply, rows: w.params.n as u64, positions };
+                self.members.insert(id, member);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = w.reply.send(Event::Failed(model_error(e)));
+                Err(())
+            }
+        }
     }
-    if let Ok(g) = &result {
-        stats.tokens.fetch_add(g.generated_tokens() as u64, Ordering::SeqCst);
-    }
-    let _ = w.reply.send(match result {
-        Ok(g) => {
+
+    /// One token for every row; answers the requests that finished and returns how many did. A
+    /// model error fails every request in the batch.
+    fn step(&mut self, tokenizer: &crate::tokenizer::Tokenizer, stats: &Stats) -> usize {
+        let rows = self.batch.rows() as u64;
+        if rows > 0 {
+            stats.steps.fetch_add(1, Ordering::SeqCst);
+            stats.rows.fetch_add(rows, Ordering::SeqCst);
+        }
+        let finished = match self.batch.step() {
+            Ok(finished) => finished,
+            Err(e) => {
+                let message = e.to_string();
+                let n = self.members.len();
+                for (_, m) in self.members.drain() {
+                    stats.generations.fetch_add(1, Ordering::SeqCst);
+                    let _ = m.reply.send(Event::Failed(HttpError::server(message.clone())));
+                }
+                self.batch = Batch::new(self.batch.model().clone(), self.batch.tokenizer());
+                return n;
+            }
+        };
+        let n = finished.len();
+        for (id, g) in finished {
+            let Some(m) = self.members.remove(&id) else { continue };
+            stats.generations.fetch_add(1, Ordering::SeqCst);
+            if m.reply.is_closed() {
+                stats.cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+            stats.tokens.fetch_add(g.generated_tokens() as u64, Ordering::SeqCst);
             let mut texts = TokenTexts::new();
             for t in g.completions.iter().flat_map(|c| &c.logprobs) {
                 for id in std::iter::once(t.token).chain(t.top.iter().map(|&(id, _)| id)) {
-                    texts.entry(id).or_insert_with(|| ckpt.tokenizer.decode(&[id], false).unwrap_or_default());
+                    texts.entry(id).or_insert_with(|| tokenizer.decode(&[id], false).unwrap_or_default());
                 }
             }
-            Event::Done(g, texts)
+            let _ = m.reply.send(Event::Done(g, texts));
         }
-        Err(ModelError::Input { what }) => Event::Failed(HttpError::bad(what, None)),
-        Err(e) => Event::Failed(HttpError::server(e.to_string())),
-    });
+        n
+    }
+}
+
+/// A model error as the answer to its request.
+fn model_error(e: ModelError) -> HttpError {
+    match e {
+        ModelError::Input { what } => HttpError::bad(what, None),
+        e => HttpError::server(e.to_string()),
+    }
 }
 
 fn human_bytes(b: u64) -> String {

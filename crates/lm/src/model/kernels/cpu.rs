@@ -61,20 +61,33 @@ pub(crate) struct FlatKv {
     kv_heads: usize,
     d: usize,
     cap: usize,
+    /// Positions each row holds: rows of one prompt hold the same number, rows of requests
+    /// decoding together (continuous batching) each their own.
+    lens: Vec<usize>,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
 }
 
 impl FlatKv {
     fn new(layers: usize, batch: usize, kv_heads: usize, d: usize) -> Self {
-        FlatKv { batch, kv_heads, d, cap: 0, k: vec![vec![]; layers], v: vec![vec![]; layers] }
+        FlatKv { batch, kv_heads, d, cap: 0, lens: vec![0; batch], k: vec![vec![]; layers], v: vec![vec![]; layers] }
     }
 
     pub(crate) fn batch(&self) -> usize {
         self.batch
     }
 
-    /// Room for `need` positions, keeping the first `len`; grows by doubling (up to `limit`).
+    /// The most positions a row holds.
+    pub(crate) fn longest(&self) -> usize {
+        self.lens.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Positions row `r` holds.
+    pub(crate) fn row_len(&self, r: usize) -> usize {
+        self.lens[r]
+    }
+
+    /// Room for `need` positions per row, keeping the first `len`; grows by doubling (up to `limit`).
     fn reserve(&mut self, len: usize, need: usize, limit: usize) {
         if need <= self.cap {
             return;
@@ -92,24 +105,65 @@ impl FlatKv {
         self.cap = cap;
     }
 
-    /// The batch's rows taken in the order `rows` gives (a row may repeat).
-    pub(crate) fn gather_rows(&self, rows: &[usize], len: usize) -> Self {
-        let per_row = self.kv_heads * self.cap * self.d;
+    /// The batch's rows taken in the order `rows` gives (a row may repeat), in a buffer sized
+    /// for the longest of them (doubling from 64), so that rows leaving give memory back.
+    pub(crate) fn gather_rows(&self, rows: &[usize]) -> Self {
+        let lens: Vec<usize> = rows.iter().map(|&r| self.lens[r]).collect();
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let cap = longest.next_power_of_two().max(64).min(self.cap).max(longest);
+        let (per_old, per_new) = (self.kv_heads * self.cap * self.d, self.kv_heads * cap * self.d);
         let take = |buf: &Vec<f32>| {
-            let mut out = vec![0.0; rows.len() * per_row];
+            let mut out = vec![0.0; rows.len() * per_new];
             for (i, &r) in rows.iter().enumerate() {
                 for h in 0..self.kv_heads {
-                    let at = h * self.cap * self.d;
-                    out[i * per_row + at..][..len * self.d].copy_from_slice(&buf[r * per_row + at..][..len * self.d]);
+                    let (from, to) = (r * per_old + h * self.cap * self.d, i * per_new + h * cap * self.d);
+                    out[to..][..lens[i] * self.d].copy_from_slice(&buf[from..][..lens[i] * self.d]);
                 }
             }
             out
         };
         FlatKv {
             batch: rows.len(),
+            cap,
             k: self.k.iter().map(take).collect(),
             v: self.v.iter().map(take).collect(),
+            lens,
             ..*self
+        }
+    }
+
+    /// `self`'s rows, then `other`'s, each keeping its own length: how a request joins the
+    /// requests already decoding.
+    pub(crate) fn join(&self, other: &FlatKv) -> FlatKv {
+        assert_eq!(
+            (self.kv_heads, self.d, self.k.len()),
+            (other.kv_heads, other.d, other.k.len()),
+            "one model's caches"
+        );
+        let cap = self.cap.max(other.cap);
+        let per_new = self.kv_heads * cap * self.d;
+        let layer = |a: &Vec<f32>, b: &Vec<f32>| {
+            let mut out = vec![0.0; (self.batch + other.batch) * per_new];
+            for (part, buf, offset) in [(self, a, 0), (other, b, self.batch)] {
+                let per_old = part.kv_heads * part.cap * part.d;
+                for r in 0..part.batch {
+                    for h in 0..part.kv_heads {
+                        let (from, to) =
+                            (r * per_old + h * part.cap * part.d, (offset + r) * per_new + h * cap * part.d);
+                        out[to..][..part.lens[r] * part.d].copy_from_slice(&buf[from..][..part.lens[r] * part.d]);
+                    }
+                }
+            }
+            out
+        };
+        FlatKv {
+            batch: self.batch + other.batch,
+            kv_heads: self.kv_heads,
+            d: self.d,
+            cap,
+            lens: self.lens.iter().chain(&other.lens).copied().collect(),
+            k: self.k.iter().zip(&other.k).map(|(a, b)| layer(a, b)).collect(),
+            v: self.v.iter().zip(&other.v).map(|(a, b)| layer(a, b)).collect(),
         }
     }
 }
@@ -130,9 +184,12 @@ pub(crate) fn logits<B: Backend>(
     let inputs = model.kernels.inputs();
     let rows = tokens.len();
     let seq = rows / batch;
-    let past = cache.len;
     let flat = cache.flat.get_or_insert_with(|| FlatKv::new(c.n_layers, batch, kvh, d));
-    flat.reserve(past, past + seq, c.max_position_embeddings);
+    // Each row goes on from its own length (rows of requests that joined at different times
+    // hold different numbers of positions).
+    let past = flat.lens.clone();
+    let longest = flat.longest();
+    flat.reserve(longest, longest + seq, c.max_position_embeddings);
 
     let embed = prim::<B, FlexTensor, 2>(model.embed.val());
     let embed = f32s(&embed);
@@ -140,7 +197,8 @@ pub(crate) fn logits<B: Backend>(
     for (xr, &t) in x.chunks_exact_mut(h).zip(tokens) {
         xr.copy_from_slice(&embed[t as usize * h..][..h]);
     }
-    let (cos, sin) = rope_tables(&c.inv_freq(), past, seq);
+    let positions: Vec<usize> = (0..rows).map(|r| past[r / seq] + r % seq).collect();
+    let (cos, sin) = rope_at(&c.inv_freq(), &positions);
 
     let mut normed = vec![0f32; rows * h];
     let (mut q, mut k, mut v) = (vec![0f32; rows * heads * d], vec![0f32; rows * kvh * d], vec![0f32; rows * kvh * d]);
@@ -152,18 +210,18 @@ pub(crate) fn logits<B: Backend>(
         project(block, Target::Q, &normed, rows, &mut q, inputs);
         project(block, Target::K, &normed, rows, &mut k, inputs);
         project(block, Target::V, &normed, rows, &mut v, inputs);
-        rope(&mut q, seq, heads, d, &cos, &sin);
-        rope(&mut k, seq, kvh, d, &cos, &sin);
+        rope(&mut q, rows, heads, d, &cos, &sin);
+        rope(&mut k, rows, kvh, d, &cos, &sin);
         let (kc, vc) = (&mut flat.k[layer], &mut flat.v[layer]);
         for (r, (kr, vr)) in k.chunks_exact(kvh * d).zip(v.chunks_exact(kvh * d)).enumerate() {
             let (b, s) = (r / seq, r % seq);
             for g in 0..kvh {
-                let at = ((b * kvh + g) * flat.cap + past + s) * d;
+                let at = ((b * kvh + g) * flat.cap + past[b] + s) * d;
                 kc[at..at + d].copy_from_slice(&kr[g * d..][..d]);
                 vc[at..at + d].copy_from_slice(&vr[g * d..][..d]);
             }
         }
-        let geometry = Attention { batch, seq, past, heads, kv_heads: kvh, d, cap: flat.cap };
+        let geometry = Attention { batch, seq, past: &past, heads, kv_heads: kvh, d, cap: flat.cap };
         attention(&geometry, &q, &flat.k[layer], &flat.v[layer], &mut att);
         project(block, Target::O, &att, rows, &mut out, inputs);
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
@@ -175,7 +233,8 @@ pub(crate) fn logits<B: Backend>(
         project(block, Target::Down, &gate, rows, &mut out, inputs);
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
     }
-    cache.len += seq;
+    flat.lens.iter_mut().for_each(|l| *l += seq);
+    cache.len = flat.longest();
 
     let x = if last_only {
         (0..batch).flat_map(|b| x[(b * seq + seq - 1) * h..][..h].iter().copied()).collect()
@@ -359,8 +418,12 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// cos and sin of positions `past..past + seq` at each frequency, `[seq, d/2]` (f32 angles, as
 /// the Burn path and transformers compute them).
 pub(super) fn rope_tables(inv_freq: &[f64], past: usize, seq: usize) -> (Vec<f32>, Vec<f32>) {
-    let angles: Vec<f32> =
-        (past..past + seq).flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f as f32)).collect();
+    rope_at(inv_freq, &(past..past + seq).collect::<Vec<_>>())
+}
+
+/// [`rope_tables`] for the given positions, one entry each.
+fn rope_at(inv_freq: &[f64], positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    let angles: Vec<f32> = positions.iter().flat_map(|&p| inv_freq.iter().map(move |&f| p as f32 * f as f32)).collect();
     (angles.iter().map(|a| a.cos()).collect(), angles.iter().map(|a| a.sin()).collect())
 }
 
@@ -380,10 +443,11 @@ pub(super) fn rope(x: &mut [f32], seq: usize, heads: usize, d: usize, cos: &[f32
     }
 }
 
-struct Attention {
+struct Attention<'a> {
     batch: usize,
     seq: usize,
-    past: usize,
+    /// Positions each batch row held before this pass.
+    past: &'a [usize],
     heads: usize,
     kv_heads: usize,
     d: usize,
@@ -392,7 +456,7 @@ struct Attention {
 
 /// Causal grouped-query attention of `q` (`[batch·seq, heads·d]`, rotated) over the cached keys
 /// and values of this block, into `out` (same layout as `q`). One (batch row, head) per task.
-fn attention(g: &Attention, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) {
+fn attention(g: &Attention<'_>, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) {
     let rep = g.heads / g.kv_heads;
     let d = g.d;
     let scale = 1.0 / (d as f32).sqrt();
@@ -402,12 +466,12 @@ fn attention(g: &Attention, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) 
     (0..g.batch * g.heads).into_par_iter().for_each(|unit| {
         let (b, head) = (unit / g.heads, unit % g.heads);
         let base = (b * g.kv_heads + head / rep) * g.cap * d;
-        let mut scores = vec![0f32; g.past + g.seq];
+        let mut scores = vec![0f32; g.past[b] + g.seq];
         for s in 0..g.seq {
             let row = b * g.seq + s;
             let at = (row * g.heads + head) * d;
             let qv = &q[at..at + d];
-            let total = g.past + s + 1;
+            let total = g.past[b] + s + 1;
             let (keys, values) = (&kc[base..base + total * d], &vc[base..base + total * d]);
             // SAFETY: each (row, head) owns out[at..at + d]; no other task writes it.
             let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(at), d) };

@@ -1,0 +1,169 @@
+//! Continuous batching in `nasc serve`, as clients see it: the same requests one at a time, then all at once.
+//! It must not change what it measures between runs: fixed prompts, greedy replies, fixed lengths; it only reads the model file.
+
+//! `cargo run --release -p nasc-lm --example bench_serve -- [MODEL.gguf] [--clients N] [--tokens N] [--rounds N] [--quantized-base]`
+//!
+//! Serves the model in this process on a loopback port, then per round sends `--clients`
+//! chat requests (different prompts asking for a story, greedy, at most `--tokens` each) one after another, and the
+//! same requests from that many client threads at once. It prints each mode's aggregate
+//! tokens/s (all replies' tokens over the wall time) and request latencies, and the ratios:
+//! together ÷ alone for throughput, and for latency the mean latency together ÷ the mean alone.
+//! Greedy replies are the same in both modes, so both decode the same tokens.
+
+use nasc_lm::model::LoadOptions;
+use nasc_lm::serve::{serve, ServeOptions};
+use nasc_runtime::Device;
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+struct Args {
+    model: String,
+    clients: usize,
+    tokens: usize,
+    rounds: usize,
+    quantized: bool,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        model: std::env::var("NASC_SMOLLM2_GGUF").unwrap_or_default(),
+        clients: 8,
+        tokens: 64,
+        rounds: 2,
+        quantized: false,
+    };
+    let mut it = std::env::args().skip(1);
+    let number = |it: &mut std::iter::Skip<std::env::Args>, flag: &str| -> Result<usize, String> {
+        it.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).ok_or(format!("{flag} needs a whole number above 0"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--clients" => a.clients = number(&mut it, "--clients")?,
+            "--tokens" => a.tokens = number(&mut it, "--tokens")?,
+            "--rounds" => a.rounds = number(&mut it, "--rounds")?,
+            "--quantized-base" => a.quantized = true,
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            s => a.model = s.to_string(),
+        }
+    }
+    if a.model.is_empty() {
+        return Err("give the model's path (or set NASC_SMOLLM2_GGUF)".into());
+    }
+    Ok(a)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// One mode's figures: tokens of all replies, wall time, each request's latency.
+struct Measured {
+    tokens: u64,
+    wall: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.tokens as f64 / self.wall.as_secs_f64()
+    }
+    fn mean_latency(&self) -> f64 {
+        self.latencies.iter().map(Duration::as_secs_f64).sum::<f64>() / self.latencies.len() as f64
+    }
+    fn max_latency(&self) -> f64 {
+        self.latencies.iter().map(Duration::as_secs_f64).fold(0.0, f64::max)
+    }
+}
+
+fn run() -> Result<(), String> {
+    let a = args()?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    let options = ServeOptions {
+        model: a.model.clone().into(),
+        base_name: "bench".into(),
+        adapters: Vec::new(),
+        max_batch: 256,
+        kv_cache_bytes: 8 << 30,
+        lora_root: None,
+        api_key: None,
+        max_connections: 64,
+        max_queue: 256,
+        shutdown_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(600),
+        load: LoadOptions { quantised_base: a.quantized, ..LoadOptions::default() },
+    };
+    std::thread::spawn(move || {
+        if let Err(e) = serve(options, listener, Device::Cpu) {
+            eprintln!("error: nasc serve: {e}");
+            std::process::exit(1);
+        }
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    // The server answers once the model has loaded.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while agent.get(format!("{base}/health")).call().map(|r| r.status().as_u16()).ok() != Some(200) {
+        if Instant::now() > deadline {
+            return Err("the server did not come up".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let prompts: Vec<String> = (0..a.clients)
+        .map(|i| format!("Write a short story about a robot who learns to paint, chapter {}.", i + 1))
+        .collect();
+    let ask = |prompt: &str| -> Result<(u64, Duration), String> {
+        let messages = json!([{"role": "user", "content": prompt}]);
+        let body = json!({"model": "bench", "messages": messages, "max_tokens": a.tokens, "temperature": 0});
+        let t = Instant::now();
+        let mut r = agent
+            .post(format!("{base}/v1/chat/completions"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map_err(|e| e.to_string())?;
+        let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        let tokens = v["usage"]["completion_tokens"].as_u64().ok_or(format!("no usage in {text}"))?;
+        Ok((tokens, t.elapsed()))
+    };
+    // Warm-up: the first request reorders quantised weights.
+    ask(&prompts[0])?;
+    println!("{} clients, at most {} tokens each, greedy; model {}", a.clients, a.tokens, a.model);
+    println!("| round | alone (tok/s) | together (tok/s) | throughput ratio | mean latency alone / together (s) | latency ratio | worst latency together (s) |");
+    println!("|---|---|---|---|---|---|---|");
+    for round in 0..a.rounds {
+        let t = Instant::now();
+        let mut alone = Measured { tokens: 0, wall: Duration::ZERO, latencies: Vec::new() };
+        for p in &prompts {
+            let (tokens, latency) = ask(p)?;
+            alone.tokens += tokens;
+            alone.latencies.push(latency);
+        }
+        alone.wall = t.elapsed();
+        let t = Instant::now();
+        let answers: Vec<Result<(u64, Duration), String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = prompts.iter().map(|p| scope.spawn(|| ask(p))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a client panicked".into()))).collect()
+        });
+        let mut together = Measured { tokens: 0, wall: t.elapsed(), latencies: Vec::new() };
+        for answer in answers {
+            let (tokens, latency) = answer?;
+            together.tokens += tokens;
+            together.latencies.push(latency);
+        }
+        println!(
+            "| {round} | {:.1} | {:.1} | {:.2}x | {:.2} / {:.2} | {:.2}x | {:.2} |",
+            alone.rate(),
+            together.rate(),
+            together.rate() / alone.rate(),
+            alone.mean_latency(),
+            together.mean_latency(),
+            together.mean_latency() / alone.mean_latency(),
+            together.max_latency()
+        );
+    }
+    Ok(())
+}
