@@ -1,11 +1,13 @@
 //! Throughput of generation (one greedy stream; 50 sampled replies to one prompt) and of LoRA training on the CPU.
 //! It must not change what it measures between runs: fixed prompt, seed, lengths; it only reads the model file.
 
-//! `cargo run --release -p nasc-lm --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--quantized-base] [--only generate|stream|batch|train] [--epochs N]`
+//! `cargo run --release -p nasc-lm --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--row-dots] [--quantized-base] [--only generate|stream|batch|train] [--epochs N]`
 //!
 //! The model defaults to `$NASC_SMOLLM2_GGUF`. `--burn-too` runs every measurement twice per
 //! round, once with nasc-lm's CPU kernels and once through Burn's generic ops, interleaved, and
 //! prints the ratio: on a shared machine only ratios measured side by side mean anything.
+//! `--row-dots` (with `--quantized-base`) likewise runs the 8-bit products as one-row integer
+//! dot products beside the packed kernel (AVX-512 VNNI or AVX2).
 //! `--grammar FILE` (Lark or GBNF, e.g. `nasc grammar zoo/resnet18.arch`) runs the 50 samples
 //! twice per round, held to the grammar and free, interleaved, and prints the ratio.
 
@@ -30,6 +32,8 @@ struct Args {
     epochs: usize,
     /// A grammar file: the batch runs held to it and free, interleaved.
     grammar: Option<String>,
+    /// Also run 8-bit products as one-row dot products (the path without the packed kernel).
+    row_dots: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -41,6 +45,7 @@ fn args() -> Result<Args, String> {
         only: None,
         epochs: 3,
         grammar: None,
+        row_dots: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,6 +58,7 @@ fn args() -> Result<Args, String> {
                     it.next().and_then(|n| n.parse().ok()).filter(|&n| n >= 2).ok_or("--epochs needs 2 or more")?;
             }
             "--burn-too" => a.burn_too = true,
+            "--row-dots" => a.row_dots = true,
             "--grammar" => a.grammar = Some(it.next().ok_or("--grammar needs a file")?),
             "--quantized-base" => a.quantized = true,
             "--only" => {
@@ -114,14 +120,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let one = SamplingParams { max_new_tokens: 64, ..Default::default() };
     let many =
         SamplingParams { max_new_tokens: 32, temperature: 0.8, top_p: 0.95, n: 50, seed: 7, ..Default::default() };
-    let modes: &[bool] = if a.burn_too { &[true, false] } else { &[true] };
-    // The kernels on (the default) or, with --burn-too, off: Burn's generic ops.
+    // The kernels as by default; with --burn-too also off (Burn's generic ops); with --row-dots
+    // also 8-bit products as one-row integer dot products instead of the packed kernel.
+    let mut modes = vec![("default", options.kernels)];
+    if a.burn_too {
+        modes.push(("burn   ", Kernels { cpu: false, ..options.kernels }));
+    }
+    if a.row_dots {
+        modes.push(("row dots", Kernels { vnni: false, ..options.kernels }));
+    }
     let kernels_for = |on: bool| Kernels { cpu: on, ..options.kernels };
     let only = |part: &str| a.only.as_deref().is_none_or(|o| o == part || (o == "generate" && part != "train"));
     for round in 0..if only("stream") || only("batch") { a.rounds } else { 0 } {
-        for &kernels in modes {
-            let model = ckpt.model.clone().with_kernels(kernels_for(kernels));
-            let label = if kernels { "default" } else { "burn   " };
+        for &(label, kernels) in &modes {
+            let model = ckpt.model.clone().with_kernels(kernels);
             let mut line = format!("round {round} {label}:");
             if only("stream") {
                 let g1 = generate(&model, &ckpt.tokenizer, &prompt, &one, |_, _| {})?;
@@ -170,7 +182,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             encode_conversation(&convo, &ad.template, &ad.tokenizer, 256)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    for &kernels in modes {
+    let training: &[bool] = if a.burn_too { &[true, false] } else { &[true] };
+    for &kernels in training {
         let model = attach(ad.model.clone().with_kernels(kernels_for(kernels)), &LoraConfig::default(), 0)?;
         // Epochs of two steps (three unless --epochs); the rate after the first epoch leaves out
         // the first allocations, as the PyTorch reference's later epochs do.

@@ -48,8 +48,8 @@ pub struct Kernels {
     /// the product is the dequantised weight's to float rounding. Training always takes the
     /// exact product, which it differentiates. On by default.
     pub int8_activations: bool,
-    /// 8-bit products take [`vnni`]'s AVX-512 VNNI kernel where the CPU has it (auto); off,
-    /// the per-row integer dot products that other CPUs take. On by default.
+    /// 8-bit products take [`vnni`]'s packed kernel (AVX-512 VNNI, else AVX2) where the CPU has
+    /// one (auto); off, the per-row integer dot products that other CPUs take. On by default.
     pub vnni: bool,
 }
 
@@ -82,7 +82,7 @@ pub enum Inputs {
     /// for the K-quants whatever was asked, and always in training).
     Exact,
     /// Rounded to 8 bits per block of 32 and multiplied in integers (Q8_0, Q4_0, Q4_1); `vnni`:
-    /// through the AVX-512 VNNI kernel where the CPU has it.
+    /// through the packed kernel (AVX-512 VNNI, else AVX2) where the CPU has one.
     Int8 { vnni: bool },
 }
 

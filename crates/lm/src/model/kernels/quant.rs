@@ -4,8 +4,8 @@
 //! [`QuantMatrix`]: a PyTorch-layout `[out, in]` weight whose rows are GGUF
 //! blocks along `in`. Products dequantise on the fly or take 8-bit inputs
 //! (as the caller's [`Inputs`] says). In 8 bits, products take `vnni.rs`'s kernel
-//! over a reordered copy of the weight where the CPU has AVX-512 VNNI, and
-//! elsewhere an integer dot product per block, input row and weight row.
+//! over a reordered copy of the weight where the CPU has AVX-512 VNNI or AVX2,
+//! and elsewhere an integer dot product per block, input row and weight row.
 //! Dequantising, one row takes a fused dot product per block; more rows
 //! dequantise a tile of the weight into a per-thread scratch buffer and run
 //! `gemm` on it, so the f32 matrix never exists whole.

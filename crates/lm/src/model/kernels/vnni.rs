@@ -1,4 +1,4 @@
-//! Products of 8-bit input rows with a Q8_0, Q4_0 or Q4_1 weight on AVX-512 VNNI: how a quantised base decodes, one stream or a batch.
+//! Products of 8-bit input rows with a Q8_0, Q4_0 or Q4_1 weight on AVX-512 VNNI or AVX2: how a quantised base decodes, one stream or a batch.
 //! It must give what quant.rs's one-row integer dot product gives for each row (same rounding of the input, same block terms), to float summation order.
 
 //! A quantised base's products (one decoding stream, 50 samples decoding together, a
@@ -54,19 +54,10 @@ impl Packed {
         matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
     }
 
-    /// Whether this CPU runs [`product`] (whether products take it is the caller's
-    /// [`super::Inputs`]).
+    /// Whether this CPU runs [`product`]: with AVX-512 VNNI, or with AVX2 (whether products
+    /// take it is the caller's [`super::Inputs`]).
     pub(crate) fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        has_vnni() || has_avx2()
     }
 
     /// Reorders `outputs` rows of `row_bytes` bytes each, `data`, of type `ty` (one that
@@ -151,16 +142,55 @@ fn block_bytes(nibbles: bool) -> usize {
     }
 }
 
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Outputs `[g0·16, g1·16)` (clipped to the weight's) of `y = x Wᵀ` for every row of `x`, `y`
 /// with row stride `ldy`. `x` holds whole rows of the weight's inputs, rounded as one: blocks of
-/// 32 round alone, so several rows rounded together are each rounded as alone.
+/// 32 round alone, so several rows rounded together are each rounded as alone. AVX-512 VNNI's
+/// kernel where the CPU has it, else AVX2's: the same integer sums and the same float
+/// operations in the same order, so both give the same bits.
 ///
 /// # Safety
 /// [`Packed::available`] holds; `g0 < g1 ≤` the weight's groups; `y` holds `(m-1)·ldy +` the
 /// weight's outputs values, where `m` is the rows of `x`; no other thread writes these outputs.
 #[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn product(w: &Packed, x: &Q8Input, groups: (usize, usize), y: *mut f32, ldy: usize) {
+    // SAFETY: the caller's promise, and the CPU has the kernel's features.
+    unsafe {
+        if has_vnni() {
+            product_vnni(w, x, groups, y, ldy)
+        } else {
+            product_avx2(w, x, groups, y, ldy)
+        }
+    }
+}
+
+/// [`product`] on AVX-512 VNNI: tiles of up to [`ROWS`] rows × two groups.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn product(w: &Packed, x: &Q8Input, (g0, g1): (usize, usize), y: *mut f32, ldy: usize) {
+unsafe fn product_vnni(w: &Packed, x: &Q8Input, (g0, g1): (usize, usize), y: *mut f32, ldy: usize) {
     let m = x.scales().len() / w.blocks.max(1);
     let tiles = m.div_ceil(ROWS);
     let mut g = g0;
@@ -282,7 +312,172 @@ unsafe fn tile_at<const R: usize, const C: usize>(t: Tile<'_>) {
     }
 }
 
+/// Input rows one AVX2 tile holds (4 integer and 4 float sums of 8 lanes, of 16 registers).
+const ROWS_AVX2: usize = 4;
+
+/// [`product`] on AVX2: each group's two halves of 8 outputs in turn, tiles of up to
+/// [`ROWS_AVX2`] rows. `vpdpbusd`'s four products per lane become `maddubs` (pairs, in 16 bits)
+/// and `madd` (the two pairs, in 32).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn product_avx2(w: &Packed, x: &Q8Input, (g0, g1): (usize, usize), y: *mut f32, ldy: usize) {
+    let m = x.scales().len() / w.blocks.max(1);
+    let tiles = m.div_ceil(ROWS_AVX2);
+    for g in g0..g1 {
+        for half in 0..2 {
+            if g * GROUP + half * HALF >= w.outputs {
+                continue;
+            }
+            for tile in 0..tiles {
+                let (r0, r1) = (tile * m / tiles, (tile + 1) * m / tiles);
+                // SAFETY: rows r0..r1 of x and group g of w exist; y's promise is the caller's.
+                unsafe {
+                    let at = Tile { w, x, r0, g, y, ldy };
+                    match r1 - r0 {
+                        1 => half_at::<1>(at, half),
+                        2 => half_at::<2>(at, half),
+                        3 => half_at::<3>(at, half),
+                        _ => half_at::<4>(at, half),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Outputs one AVX2 register holds: half a group.
+const HALF: usize = 8;
+
+/// `R` input rows from `r0` × outputs `8·half..8·half + 8` of group `g`, over every block: the
+/// low or high 32 bytes of each of the group's 64-byte registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn half_at<const R: usize>(t: Tile<'_>, half: usize) {
+    use std::arch::x86_64::*;
+    let (w, x) = (t.w, t.x);
+    let (blocks, bytes) = (w.blocks, w.block_bytes());
+    let k = blocks * 32;
+    let low = _mm256_set1_epi8(0xF);
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    let mut sums = [_mm256_setzero_ps(); R];
+    // SAFETY (every load below): block b of group g lies in `weights` and `terms`; rows r0..r0+R
+    // of the inputs hold k bytes and `blocks` scales and sums each.
+    unsafe {
+        let (scales, qsums, sums_x) = (x.scales(), x.rounded_sums(), x.sums());
+        let xq = x.values().as_ptr().add(t.r0 * k);
+        let four = |r: usize, b: usize, s: usize| {
+            _mm256_set1_epi32(xq.add(r * k + b * 32 + 4 * s).cast::<i32>().read_unaligned())
+        };
+        for b in 0..blocks {
+            let mut dots = [_mm256_setzero_si256(); R];
+            let base = w.weights.as_ptr().add((t.g * blocks + b) * bytes + 32 * half);
+            if w.nibbles {
+                // Nibbles (0..16) times inputs (|x| ≤ 127): pairs stay below 2¹⁵.
+                for s in 0..4 {
+                    let packed = _mm256_loadu_si256(base.add(64 * s).cast());
+                    let (lo, hi) = (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low));
+                    for (r, dot) in dots.iter_mut().enumerate() {
+                        let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, four(r, b, s)), ones);
+                        let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, four(r, b, s + 4)), ones);
+                        *dot = _mm256_add_epi32(*dot, _mm256_add_epi32(pl, ph));
+                    }
+                }
+            } else {
+                // Q8_0 is stored plus 128, whose pairs of products could pass 2¹⁵: the signed
+                // weight's magnitude multiplies the input given the weight's sign instead (the
+                // same integer sum, with no bias to take off).
+                for s in 0..8 {
+                    let signed = _mm256_xor_si256(_mm256_loadu_si256(base.add(64 * s).cast()), flip);
+                    let magnitude = _mm256_sign_epi8(signed, signed);
+                    for (r, dot) in dots.iter_mut().enumerate() {
+                        let signs = _mm256_sign_epi8(four(r, b, s), signed);
+                        *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signs), ones));
+                    }
+                }
+            }
+            let terms = w.terms.as_ptr().add((t.g * blocks + b) * 2 * GROUP + HALF * half);
+            let d = _mm256_loadu_ps(terms);
+            for (r, (dot, sum)) in dots.iter().zip(sums.iter_mut()).enumerate() {
+                let at = (t.r0 + r) * blocks + b;
+                let scale = _mm256_set1_ps(*scales.get_unchecked(at));
+                let dot = if w.nibbles && w.bias != 0 {
+                    _mm256_sub_epi32(*dot, _mm256_set1_epi32(w.bias * *qsums.get_unchecked(at)))
+                } else {
+                    *dot
+                };
+                *sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d, scale), *sum);
+                if w.bias == 0 {
+                    let o = _mm256_loadu_ps(terms.add(GROUP));
+                    *sum = _mm256_fmadd_ps(o, _mm256_set1_ps(*sums_x.get_unchecked(at)), *sum);
+                }
+            }
+        }
+        let j0 = t.g * GROUP + HALF * half;
+        let lanes = w.outputs.saturating_sub(j0).min(HALF);
+        for (r, &v) in sums.iter().enumerate() {
+            let out = t.y.add((t.r0 + r) * t.ldy).wrapping_add(j0);
+            if lanes == HALF {
+                _mm256_storeu_ps(out, v);
+            } else {
+                // SAFETY: only lanes of outputs below the weight's count are written, inside y by
+                // the caller's promise.
+                let mut all = [0f32; HALF];
+                _mm256_storeu_ps(all.as_mut_ptr(), v);
+                std::ptr::copy_nonoverlapping(all.as_ptr(), out, lanes);
+            }
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) unsafe fn product(_: &Packed, _: &Q8Input, _: (usize, usize), _: *mut f32, _: usize) {
-    unreachable!("the VNNI product runs only where `Packed::available` holds")
+    unreachable!("the packed product runs only where `Packed::available` holds")
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::gguf::GgmlType;
+
+    /// The two kernels' products are the same bits. It can only run where the CPU has both
+    /// (AVX-512 VNNI machines); elsewhere the AVX2 kernel is held to the one-row integer dot
+    /// products by `kernel_tests`.
+    #[test]
+    fn the_avx2_kernel_gives_the_vnni_kernels_bits() {
+        if !(has_vnni() && has_avx2()) {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI, so there is nothing to compare");
+            return;
+        }
+        let (outputs, cols, m) = (40, 4 * 32, 7);
+        let mut state = 7u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+            let bb = ty.block_bytes() as usize;
+            let mut data: Vec<u8> = (0..outputs * cols / 32 * bb).map(|_| next() as u8).collect();
+            for block in data.chunks_exact_mut(bb) {
+                // Finite f16 scales (and minima): 0x3800 ± a little is about 0.5.
+                block[..2].copy_from_slice(&(0x3000 + (next() % 0x800) as u16).to_le_bytes());
+                if ty == GgmlType::Q4_1 {
+                    block[2..4].copy_from_slice(&(0xB000 + (next() % 0x800) as u16).to_le_bytes());
+                }
+            }
+            let packed = Packed::new(ty, outputs, cols, &data);
+            let x: Vec<f32> = (0..m * cols).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let inputs = Q8Input::new(&x);
+            let (mut a, mut b) = (vec![0f32; m * outputs], vec![1f32; m * outputs]);
+            // SAFETY: both kernels' features were checked; y holds m rows of `outputs`.
+            unsafe {
+                product_vnni(&packed, &inputs, (0, packed.groups()), a.as_mut_ptr(), outputs);
+                product_avx2(&packed, &inputs, (0, packed.groups()), b.as_mut_ptr(), outputs);
+            }
+            assert_eq!(a, b, "{ty}");
+        }
+    }
 }
