@@ -691,13 +691,20 @@ fn abusive_requests_get_defined_answers() {
     assert_eq!(status, 200, "{v}");
     let (status, v) = s.post("/v1/completions", &prompt(json!({"frobnicate": 1})));
     assert_error(status, &v, 400, None, "'frobnicate' is not a field");
-    // The KV budget: 2 replies of 128 positions fit, 8 do not.
+    // The KV budget: 2 replies of 128 positions fit (and a request that fits alone waits for
+    // room beside others rather than being refused), 8 do not.
     let (status, v) = s.post("/v1/completions", &prompt(json!({"n": 2, "max_tokens": 100})));
     assert_eq!(status, 200, "{v}");
+    let both = std::thread::scope(|scope| {
+        let ask = || s.post("/v1/completions", &prompt(json!({"n": 2, "max_tokens": 100}))).0;
+        let (a, b) = (scope.spawn(ask), scope.spawn(ask));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(both, (200, 200), "two requests that each fill the budget");
     let (status, v) = s.post("/v1/completions", &prompt(json!({"n": 8, "max_tokens": 100})));
     assert_error(status, &v, 400, Some("n"), "KV cache");
     let message = v["error"]["message"].as_str().unwrap();
-    assert!(message.contains("need 256.0 KiB") && message.contains("allows 64.0 KiB"), "{v}");
+    assert!(message.contains("need 256.0 KiB") && message.contains("holds 64.0 KiB in all"), "{v}");
     // One model by id.
     let (status, v) = s.get("/v1/models/tiny");
     assert_eq!((status, v["id"].as_str()), (200, Some("tiny")), "{v}");
@@ -999,10 +1006,10 @@ fn requests_that_arrive_while_another_decodes_join_it_and_reply_as_alone() {
     let short_alone: Vec<Value> = short.iter().map(|(route, body)| s.post(route, body).1).collect();
 
     let (steps, rows) = (metric("nasc_decode_steps_total"), metric("nasc_decoded_rows_total"));
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
     let (long_streamed, short_together) = std::thread::scope(|scope| {
-        let mut body = long.clone();
-        body["stream"] = json!(true);
-        let streaming = scope.spawn(|| s.stream("/v1/completions", &body));
+        let streaming = scope.spawn(|| s.stream("/v1/completions", &streamed));
         // The short requests go once the long one decodes.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while metric("nasc_decode_steps_total") < steps + 3 {

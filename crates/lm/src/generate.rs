@@ -295,9 +295,12 @@ struct Request {
     started: Instant,
 }
 
+/// Receives a request's text, stream by stream, as it settles.
+type OnText<'a> = Box<dyn FnMut(usize, &str) + 'a>;
+
 /// Where a request's text goes, and whether its caller still waits.
 struct Caller<'a> {
-    on_text: Box<dyn FnMut(usize, &str) + 'a>,
+    on_text: OnText<'a>,
     go_on: Box<dyn Fn() -> bool + 'a>,
 }
 
