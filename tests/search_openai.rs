@@ -583,3 +583,114 @@ fn a_resumed_group_gets_each_missing_slot_its_own_reply() {
     assert_eq!(ns, [4], "one request, for the group up to its last missing slot");
     assert_eq!(diffs(&run), whole, "each slot has the reply it had");
 }
+
+/// SIGKILL over a search whose candidates come from a language-model server, `--resume` after
+/// each: every other kill lands while a request is in flight (generation), the rest at moments
+/// drawn over the whole run (judging, training, curation too). The run completes with the same
+/// candidates, slot by slot, as the run never killed: none lost, none twice. The server's reply
+/// is a function of the request (its seed), as a seeded model's is, and takes 300 ms.
+#[test]
+fn a_search_killed_while_it_generates_ends_as_the_run_never_killed() {
+    use nasc_search::store::Status;
+    use std::process::{Command, Stdio};
+    let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let busy = in_flight.clone();
+    let (url, served, _) = serve(move |_, _, body| {
+        busy.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        busy.fetch_sub(1, Ordering::SeqCst);
+        let seed = body["seed"].as_u64().unwrap_or(0);
+        chat(&format!("A wider first convolution.\n{}", widened(&lenet, 7 + (seed % 20) as usize)))
+    });
+    let dir = std::env::temp_dir().join(format!("nasc-openai-kills-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = search_config_with(&dir, &url, 2, 4, "");
+    let search = |args: &[&str], run: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_nasc"))
+            .arg("search")
+            .args(args)
+            .arg(run)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The run never killed, and how long it takes.
+    let whole = dir.join("whole");
+    let started = std::time::Instant::now();
+    let status = search(&["--config", config.to_str().unwrap(), "--out"], &whole).wait().unwrap();
+    assert!(status.success());
+    let span = started.elapsed().as_millis() as u64;
+    assert!(served.load(Ordering::SeqCst) >= 8, "every candidate asked the server");
+
+    // The same run, killed at moments drawn over its span from a generator seeded by the clock
+    // (said on stderr, so that a failure can be replayed).
+    let mut state = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let run = dir.join("killed");
+    let mut kills = Vec::new();
+    let mut in_generation = 0;
+    for round in 0..6 {
+        let mut child = if Store::holds_run(&run) {
+            search(&["--resume"], &run)
+        } else {
+            search(&["--config", config.to_str().unwrap(), "--out"], &run)
+        };
+        let t = std::time::Instant::now();
+        if round % 2 == 0 {
+            // Until a request is in flight (or the run ends), then up to 150 ms more: less than
+            // the 300 ms the request takes.
+            while in_flight.load(Ordering::SeqCst) == 0 && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(next() % 150));
+        } else {
+            std::thread::sleep(Duration::from_millis(next() % span.max(1)));
+        }
+        let generating = in_flight.load(Ordering::SeqCst) > 0;
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills.push(t.elapsed().as_millis());
+        in_generation += usize::from(generating);
+    }
+    eprintln!("killed after {kills:?} ms of a {span} ms run, {in_generation} with a request in flight");
+    assert!(in_generation > 0, "no kill landed while a request was in flight: {kills:?}");
+    let mut last = Command::new(env!("CARGO_BIN_EXE_nasc"));
+    last.args(["search", "--json"]);
+    if Store::holds_run(&run) {
+        last.arg("--resume");
+    } else {
+        last.args(["--config", config.to_str().unwrap(), "--out"]);
+    }
+    let out = last.arg(&run).output().unwrap();
+    assert!(out.status.success(), "kills {kills:?}: {}", String::from_utf8_lossy(&out.stderr));
+
+    let rows = |run: &std::path::Path| {
+        let mut all: Vec<_> = Store::open(run)
+            .unwrap()
+            .all()
+            .unwrap()
+            .into_iter()
+            .map(|c| ((c.cycle, c.slot, format!("{:?}", c.role)), c.status, c.diff, c.program, c.verdict))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    };
+    let (a, b) = (rows(&whole), rows(&run));
+    assert!(b.iter().all(|r| r.1 == Status::Finished), "kills {kills:?}: the run completes");
+    assert_eq!(a.len(), b.len(), "kills {kills:?}: as many rows as the run never killed");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.0, &x.2, &x.3, &x.4), (&y.0, &y.2, &y.3, &y.4), "kills {kills:?}: the same candidate");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
