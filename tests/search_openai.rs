@@ -2,6 +2,9 @@
 //! replies (chat and completions), 429 then success, 500, a slow server past the timeout, a server
 //! that is down; and a whole `nasc search` through one, with a retry fed the verdict's diagnostic.
 
+#[path = "common/killed_runs.rs"]
+mod killed_runs;
+
 use nasc_delta::Verdict;
 use nasc_search::config::{Api, Constrain, OpenAiConfig, Sampling};
 use nasc_search::generate::{Generator, OpenAi, Request};
@@ -591,7 +594,6 @@ fn a_resumed_group_gets_each_missing_slot_its_own_reply() {
 /// is a function of the request (its seed), as a seeded model's is, and takes 300 ms.
 #[test]
 fn a_search_killed_while_it_generates_ends_as_the_run_never_killed() {
-    use nasc_search::store::Status;
     use std::process::{Command, Stdio};
     let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -665,32 +667,6 @@ fn a_search_killed_while_it_generates_ends_as_the_run_never_killed() {
     }
     eprintln!("killed after {kills:?} ms of a {span} ms run, {in_generation} with a request in flight");
     assert!(in_generation > 0, "no kill landed while a request was in flight: {kills:?}");
-    let mut last = Command::new(env!("CARGO_BIN_EXE_nasc"));
-    last.args(["search", "--json"]);
-    if Store::holds_run(&run) {
-        last.arg("--resume");
-    } else {
-        last.args(["--config", config.to_str().unwrap(), "--out"]);
-    }
-    let out = last.arg(&run).output().unwrap();
-    assert!(out.status.success(), "kills {kills:?}: {}", String::from_utf8_lossy(&out.stderr));
-
-    let rows = |run: &std::path::Path| {
-        let mut all: Vec<_> = Store::open(run)
-            .unwrap()
-            .all()
-            .unwrap()
-            .into_iter()
-            .map(|c| ((c.cycle, c.slot, format!("{:?}", c.role)), c.status, c.diff, c.program, c.verdict))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
-    };
-    let (a, b) = (rows(&whole), rows(&run));
-    assert!(b.iter().all(|r| r.1 == Status::Finished), "kills {kills:?}: the run completes");
-    assert_eq!(a.len(), b.len(), "kills {kills:?}: as many rows as the run never killed");
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!((&x.0, &x.2, &x.3, &x.4), (&y.0, &y.2, &y.3, &y.4), "kills {kills:?}: the same candidate");
-    }
+    killed_runs::finish_and_compare(&config, &whole, &run, &kills);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,6 +3,9 @@
 //!
 //! Data: /usr/share/datasets/fashion-mnist (Debian's `dataset-fashion-mnist`) or `$NASC_TEST_DATA`.
 
+#[path = "common/killed_runs.rs"]
+mod killed_runs;
+
 use nasc_search::store::{Role, Status};
 use nasc_search::Store;
 use std::path::PathBuf;
@@ -185,32 +188,6 @@ fn a_run_killed_at_random_moments_ends_as_the_run_never_killed() {
         kills.push(ms);
     }
     eprintln!("killed after {kills:?} ms");
-    let mut last = Command::new(env!("CARGO_BIN_EXE_nasc"));
-    last.args(["search", "--json"]);
-    if Store::holds_run(&run) {
-        last.arg("--resume");
-    } else {
-        last.args(["--config", config.to_str().unwrap(), "--out"]);
-    }
-    let out = last.arg(&run).output().unwrap();
-    assert!(out.status.success(), "kills {kills:?}: {}", String::from_utf8_lossy(&out.stderr));
-
-    let rows = |run: &std::path::Path| {
-        let mut all: Vec<_> = Store::open(run)
-            .unwrap()
-            .all()
-            .unwrap()
-            .into_iter()
-            .map(|c| ((c.cycle, c.slot, format!("{:?}", c.role)), c.status, c.program, c.diff, c.verdict))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
-    };
-    let (a, b) = (rows(&whole), rows(&run));
-    assert!(b.iter().all(|r| r.1 == Status::Finished), "kills {kills:?}: the run completes");
-    assert_eq!(a.len(), b.len(), "kills {kills:?}: as many rows as the run never killed");
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!((&x.0, &x.2, &x.3, &x.4), (&y.0, &y.2, &y.3, &y.4), "kills {kills:?}: the same candidate");
-    }
+    killed_runs::finish_and_compare(&config, &whole, &run, &kills);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -450,7 +450,7 @@ fn prepare<B: Backend>(
     }
     // The KV cache of every row, as it grows (doubling from 64 positions, up to the context).
     let c = &ckpt.model.config;
-    let per_position = (c.n_layers * 2 * c.n_kv_heads * c.head_dim * std::mem::size_of::<f32>()) as u64;
+    let per_position = kv_bytes_per_position(c);
     let positions = (ids.len() + w.params.max_new_tokens).next_power_of_two().clamp(64, context.max(64)) as u64;
     let need = per_position.saturating_mul(positions).saturating_mul(w.params.n as u64);
     if need > kv_budget {
@@ -509,7 +509,7 @@ impl<'t, B: Backend> Running<'t, B> {
     /// The KV cache the batch may grow to with `ready` in it: every row as long as the longest
     /// request's (the kernels' cache is one block per row).
     fn kv_bytes_with(&self, ready: &Ready, c: &crate::model::LlamaConfig) -> u64 {
-        let per_position = (c.n_layers * 2 * c.n_kv_heads * c.head_dim * std::mem::size_of::<f32>()) as u64;
+        let per_position = kv_bytes_per_position(c);
         let rows = self.members.values().map(|m| m.rows).sum::<u64>() + ready.work.params.n as u64;
         let positions = self.members.values().map(|m| m.positions).max().unwrap_or(0).max(ready.positions);
         per_position.saturating_mul(rows).saturating_mul(positions)
@@ -583,6 +583,11 @@ impl<'t, B: Backend> Running<'t, B> {
         }
         n
     }
+}
+
+/// Bytes of KV cache one position of one row takes: keys and values of every layer, in f32.
+fn kv_bytes_per_position(c: &crate::model::LlamaConfig) -> u64 {
+    (c.n_layers * 2 * c.n_kv_heads * c.head_dim * std::mem::size_of::<f32>()) as u64
 }
 
 /// A model error as the answer to its request.
