@@ -1,7 +1,7 @@
 //! Throughput of generation (one greedy stream; 50 sampled replies to one prompt) and of LoRA training on the CPU.
 //! It must not change what it measures between runs: fixed prompt, seed, lengths; it only reads the model file.
 
-//! `cargo run --release -p nasc-lm --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--row-dots] [--quantized-base] [--only generate|stream|batch|train] [--epochs N]`
+//! `cargo run --release -p nasc-lm --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--row-dots] [--quantized-base] [--only generate|stream|batch|train] [--n N] [--epochs N]`
 //!
 //! The model defaults to `$NASC_SMOLLM2_GGUF`. `--burn-too` runs every measurement twice per
 //! round, once with nasc-lm's CPU kernels and once through Burn's generic ops, interleaved, and
@@ -10,6 +10,7 @@
 //! dot products beside the packed kernel (AVX-512 VNNI or AVX2).
 //! `--grammar FILE` (Lark or GBNF, e.g. `nasc grammar zoo/resnet18.arch`) runs the 50 samples
 //! twice per round, held to the grammar and free, interleaved, and prints the ratio.
+//! `--n N` sets the batch's samples (50 unless given).
 
 use burn::backend::{Autodiff, Flex};
 use nasc_lm::chat::Message;
@@ -34,6 +35,8 @@ struct Args {
     grammar: Option<String>,
     /// Also run 8-bit products as one-row dot products (the path without the packed kernel).
     row_dots: bool,
+    /// Samples in the batch measurement.
+    n: usize,
 }
 
 fn args() -> Result<Args, String> {
@@ -46,6 +49,7 @@ fn args() -> Result<Args, String> {
         epochs: 3,
         grammar: None,
         row_dots: false,
+        n: 50,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -56,6 +60,13 @@ fn args() -> Result<Args, String> {
             "--epochs" => {
                 a.epochs =
                     it.next().and_then(|n| n.parse().ok()).filter(|&n| n >= 2).ok_or("--epochs needs 2 or more")?;
+            }
+            "--n" => {
+                a.n = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n >= 1)
+                    .ok_or("--n needs a whole number above 0")?;
             }
             "--burn-too" => a.burn_too = true,
             "--row-dots" => a.row_dots = true,
@@ -119,7 +130,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let one = SamplingParams { max_new_tokens: 64, ..Default::default() };
     let many =
-        SamplingParams { max_new_tokens: 32, temperature: 0.8, top_p: 0.95, n: 50, seed: 7, ..Default::default() };
+        SamplingParams { max_new_tokens: 32, temperature: 0.8, top_p: 0.95, n: a.n, seed: 7, ..Default::default() };
     // The kernels as by default; with --burn-too also off (Burn's generic ops); with --row-dots
     // also 8-bit products as one-row integer dot products instead of the packed kernel.
     let mut modes = vec![("default", options.kernels)];
@@ -148,8 +159,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             if only("batch") {
                 let g50 = generate(&model, &ckpt.tokenizer, &prompt, &many, |_, _| {})?;
                 line += &format!(
-                    " n=50 {:.1} tok/s aggregate ({} tokens)",
+                    " n={} {:.1} tok/s aggregate (decode only {:.1}; {} tokens)",
+                    a.n,
                     g50.tokens_per_second(),
+                    g50.generated_tokens() as f64 / g50.decode_seconds.max(1e-9),
                     g50.generated_tokens()
                 );
                 if let Some(c) = &constraint {

@@ -1,7 +1,7 @@
 //! Continuous batching in `nasc serve`, as clients see it: the same requests one at a time, then all at once.
 //! It must not change what it measures between runs: fixed prompts, greedy replies, fixed lengths; it only reads the model file.
 
-//! `cargo run --release -p nasc-lm --example bench_serve -- [MODEL.gguf] [--clients N] [--tokens N] [--rounds N] [--quantized-base]`
+//! `cargo run --release -p nasc-lm --example bench_serve -- [MODEL.gguf] [--clients N] [--tokens N] [--rounds N] [--quantized-base] [--together-only]`
 //!
 //! Serves the model in this process on a loopback port, then per round sends `--clients`
 //! chat requests (different prompts asking for a story, greedy, at most `--tokens` each) one after another, and the
@@ -9,6 +9,7 @@
 //! tokens/s (all replies' tokens over the wall time) and request latencies, and the ratios:
 //! together ÷ alone for throughput, and for latency the mean latency together ÷ the mean alone.
 //! Greedy replies are the same in both modes, so both decode the same tokens.
+//! `--together-only` skips the requests one at a time (to profile the batched mode alone).
 
 use nasc_lm::model::LoadOptions;
 use nasc_lm::serve::{serve, ServeOptions};
@@ -23,6 +24,7 @@ struct Args {
     tokens: usize,
     rounds: usize,
     quantized: bool,
+    together_only: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -32,6 +34,7 @@ fn args() -> Result<Args, String> {
         tokens: 64,
         rounds: 2,
         quantized: false,
+        together_only: false,
     };
     let mut it = std::env::args().skip(1);
     let number = |it: &mut std::iter::Skip<std::env::Args>, flag: &str| -> Result<usize, String> {
@@ -43,6 +46,7 @@ fn args() -> Result<Args, String> {
             "--tokens" => a.tokens = number(&mut it, "--tokens")?,
             "--rounds" => a.rounds = number(&mut it, "--rounds")?,
             "--quantized-base" => a.quantized = true,
+            "--together-only" => a.together_only = true,
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s => a.model = s.to_string(),
         }
@@ -137,7 +141,7 @@ fn run() -> Result<(), String> {
     for round in 0..a.rounds {
         let t = Instant::now();
         let mut alone = Measured { tokens: 0, wall: Duration::ZERO, latencies: Vec::new() };
-        for p in &prompts {
+        for p in prompts.iter().filter(|_| !a.together_only) {
             let (tokens, latency) = ask(p)?;
             alone.tokens += tokens;
             alone.latencies.push(latency);

@@ -207,9 +207,7 @@ pub(crate) fn logits<B: Backend>(
     let (mut gate, mut up) = (vec![0f32; rows * ff], vec![0f32; rows * ff]);
     for (layer, block) in model.blocks.iter().enumerate() {
         rms_norm(&x, &f32s(&prim::<B, FlexTensor, 1>(block.attn_norm.val())), eps, &mut normed);
-        project(block, Target::Q, &normed, rows, &mut q, inputs);
-        project(block, Target::K, &normed, rows, &mut k, inputs);
-        project(block, Target::V, &normed, rows, &mut v, inputs);
+        project_many(block, &[Target::Q, Target::K, Target::V], &normed, rows, &mut [&mut q, &mut k, &mut v], inputs);
         rope(&mut q, rows, heads, d, &cos, &sin);
         rope(&mut k, rows, kvh, d, &cos, &sin);
         let (kc, vc) = (&mut flat.k[layer], &mut flat.v[layer]);
@@ -227,8 +225,7 @@ pub(crate) fn logits<B: Backend>(
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
 
         rms_norm(&x, &f32s(&prim::<B, FlexTensor, 1>(block.mlp_norm.val())), eps, &mut normed);
-        project(block, Target::Gate, &normed, rows, &mut gate, inputs);
-        project(block, Target::Up, &normed, rows, &mut up, inputs);
+        project_many(block, &[Target::Gate, Target::Up], &normed, rows, &mut [&mut gate, &mut up], inputs);
         gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| super::fastexp::swiglu(g, u));
         project(block, Target::Down, &gate, rows, &mut out, inputs);
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
@@ -256,6 +253,33 @@ pub(crate) fn logits<B: Backend>(
     wrap::<B, _, 2>(FlexTensor::from_data(TensorData::new(logits, [n, vocab])))
 }
 
+/// [`project`] for several targets of the same input: on a quantised base, their products as one
+/// parallel region ([`QuantMatrix::matmul_many`]), the same bits as one by one.
+fn project_many<B: Backend>(
+    block: &Block<B>,
+    targets: &[Target],
+    x: &[f32],
+    rows: usize,
+    outs: &mut [&mut Vec<f32>],
+    inputs: Inputs,
+) {
+    let quantised: Option<Vec<&QuantMatrix>> = targets.iter().map(|&t| block.base(t).1.map(|q| &**q)).collect();
+    match quantised {
+        Some(ws) => {
+            let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            QuantMatrix::matmul_many(&ws, rows, x, &mut ys, inputs);
+            for (&target, out) in targets.iter().zip(outs.iter_mut()) {
+                project_extras(block, target, x, rows, out);
+            }
+        }
+        None => {
+            for (&target, out) in targets.iter().zip(outs.iter_mut()) {
+                project(block, target, x, rows, out, inputs);
+            }
+        }
+    }
+}
+
 /// `out = x Wᵀ(+ bias) + scale · x A B` for `target`'s projection of `block`, `x` `[rows, in]`.
 fn project<B: Backend>(block: &Block<B>, target: Target, x: &[f32], rows: usize, out: &mut [f32], inputs: Inputs) {
     let (linear, quantised) = block.base(target);
@@ -268,6 +292,15 @@ fn project<B: Backend>(block: &Block<B>, target: Target, x: &[f32], rows: usize,
             matmul((rows, d_in, d_out), x, &f32s(&w), out, None);
         }
     }
+    project_extras(block, target, x, rows, out);
+}
+
+/// What [`project`] adds to the base product already in `out`: the bias and the adapter's
+/// low-rank product.
+fn project_extras<B: Backend>(block: &Block<B>, target: Target, x: &[f32], rows: usize, out: &mut [f32]) {
+    let linear = block.base(target).0;
+    let d_in = x.len() / rows;
+    let d_out = out.len() / rows;
     if let Some(bias) = &linear.bias {
         let bias = prim::<B, FlexTensor, 1>(bias.val());
         let bias = f32s(&bias);
@@ -462,7 +495,7 @@ fn attention(g: &Attention<'_>, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f3
     let scale = 1.0 / (d as f32).sqrt();
     let dst = SendPtr::new(out.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    let wide = avx512_heads(d);
+    let (wide, avx2) = (avx512_heads(d), avx2_heads(d));
     (0..g.batch * g.heads).into_par_iter().for_each(|unit| {
         let (b, head) = (unit / g.heads, unit % g.heads);
         let base = (b * g.kv_heads + head / rep) * g.cap * d;
@@ -490,6 +523,25 @@ fn attention(g: &Attention<'_>, q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f3
                         7 => attend_avx512::<7>(qv, keys, values, scale, scores, o),
                         8 => attend_avx512::<8>(qv, keys, values, scale, scores, o),
                         _ => unreachable!("avx512_heads admits heads of 16 to 128 values"),
+                    }
+                }
+                continue;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                let scores = &mut scores[..total];
+                // SAFETY: `avx2_heads` checked the CPU and the head size.
+                unsafe {
+                    match d / 8 {
+                        1 => attend_avx2::<1>(qv, keys, values, scale, scores, o),
+                        2 => attend_avx2::<2>(qv, keys, values, scale, scores, o),
+                        3 => attend_avx2::<3>(qv, keys, values, scale, scores, o),
+                        4 => attend_avx2::<4>(qv, keys, values, scale, scores, o),
+                        5 => attend_avx2::<5>(qv, keys, values, scale, scores, o),
+                        6 => attend_avx2::<6>(qv, keys, values, scale, scores, o),
+                        7 => attend_avx2::<7>(qv, keys, values, scale, scores, o),
+                        8 => attend_avx2::<8>(qv, keys, values, scale, scores, o),
+                        _ => unreachable!("avx2_heads admits heads of 8 to 64 values"),
                     }
                 }
                 continue;
@@ -566,6 +618,66 @@ unsafe fn attend_avx512<const C: usize>(
         }
         for (c, &acc) in acc.iter().enumerate() {
             _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(acc, inv));
+        }
+    }
+}
+
+/// Whether [`attend_avx2`] takes heads of `d` on this CPU (asked where [`attend_avx512`] does
+/// not take them).
+#[cfg(target_arch = "x86_64")]
+fn avx2_heads(d: usize) -> bool {
+    d > 0
+        && d.is_multiple_of(8)
+        && d <= 64
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// [`attend_avx512`] in AVX2 registers, for heads of `8·C` values (at most 64: the query and the
+/// output's sums take 16 of the 16 registers' worth between them, in turn).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `qv.len()` is `8·C`; `keys` and `values` hold `scores.len()` rows
+/// of `8·C`; `o` holds `8·C`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2<const C: usize>(
+    qv: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let d = 8 * C;
+    // SAFETY (every load and store): the bounds in the function's contract.
+    unsafe {
+        let q: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(qv.as_ptr().add(8 * c)));
+        let mut max = f32::NEG_INFINITY;
+        for (j, score) in scores.iter_mut().enumerate() {
+            let k = keys.as_ptr().add(j * d);
+            let mut acc = _mm256_mul_ps(q[0], _mm256_loadu_ps(k));
+            #[allow(clippy::needless_range_loop)] // an index over a const range unrolls
+            for c in 1..C {
+                acc = _mm256_fmadd_ps(q[c], _mm256_loadu_ps(k.add(8 * c)), acc);
+            }
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            *score = _mm_cvtss_f32(s) * scale;
+            max = max.max(*score);
+        }
+        let inv = _mm256_set1_ps((1.0 / super::fastexp::exp_shifted(scores, max, 1.0)) as f32);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for (j, &p) in scores.iter().enumerate() {
+            let (p, v) = (_mm256_set1_ps(p), values.as_ptr().add(j * d));
+            for (c, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(8 * c)), *acc);
+            }
+        }
+        for (c, &acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(o.as_mut_ptr().add(8 * c), _mm256_mul_ps(acc, inv));
         }
     }
 }

@@ -8,7 +8,8 @@
 //! subtracting 1.5·2²³ (so no rounding call), `y = x - n·ln 2` (ln 2 in two parts, so `y` keeps
 //! its precision), and `eʸ` for `|y| ≤ ½ln 2` by its Taylor series to the 7th power (remainder
 //! below 6e-9). The loops below run it 16 lanes wide where
-//! the CPU has AVX-512 and 4 wide elsewhere.
+//! the CPU has AVX-512, 8 wide where it has AVX2 and 4 wide elsewhere: the same operations in
+//! the same order on every path, so each gives the same bits.
 
 /// `eˣ` to within about 2e-7 relative error; 0 below -87.3 (where f32 leaves normal numbers),
 /// `e^88.3` above 88.3, NaN for NaN.
@@ -47,7 +48,17 @@ pub(crate) fn exp_shifted(xs: &mut [f32], shift: f32, mul: f32) -> f64 {
             // SAFETY: the CPU has the feature the function is compiled for.
             return unsafe { exp_shifted_avx512(xs, shift, mul) };
         }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { exp_shifted_avx2(xs, shift, mul) };
+        }
     }
+    exp_shifted_portable(xs, shift, mul)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_shifted_avx2(xs: &mut [f32], shift: f32, mul: f32) -> f64 {
     exp_shifted_portable(xs, shift, mul)
 }
 
@@ -83,7 +94,17 @@ pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
             // SAFETY: the CPU has the feature the function is compiled for.
             return unsafe { swiglu_avx512(gate, up) };
         }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { swiglu_avx2(gate, up) };
+        }
     }
+    swiglu_portable(gate, up)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
     swiglu_portable(gate, up)
 }
 
@@ -130,6 +151,35 @@ mod tests {
         for (got, &x) in v.iter().zip(&original) {
             let want = ((f64::from(x) - 3.0) * 0.5).exp();
             assert!(((f64::from(*got) - want) / want).abs() < 1e-6, "exp at {x}: {got} against {want}");
+        }
+        // Every wide path gives the portable loop's bits.
+        #[cfg(target_arch = "x86_64")]
+        {
+            let up: Vec<f32> = (0..1000).map(|i| i as f32 / 100.0).collect();
+            let (mut plain, mut plain_gate) = (original.clone(), original.clone());
+            let plain_total = exp_shifted_portable(&mut plain, 3.0, 0.5);
+            swiglu_portable(&mut plain_gate, &up);
+            for (name, available) in [
+                ("AVX-512", std::arch::is_x86_feature_detected!("avx512f")),
+                ("AVX2", std::arch::is_x86_feature_detected!("avx2")),
+            ] {
+                if !available {
+                    continue;
+                }
+                let (mut wide, mut wide_gate) = (original.clone(), original.clone());
+                // SAFETY: the CPU has the feature (checked above).
+                let total = unsafe {
+                    if name == "AVX2" {
+                        swiglu_avx2(&mut wide_gate, &up);
+                        exp_shifted_avx2(&mut wide, 3.0, 0.5)
+                    } else {
+                        swiglu_avx512(&mut wide_gate, &up);
+                        exp_shifted_avx512(&mut wide, 3.0, 0.5)
+                    }
+                };
+                assert_eq!((total, &wide), (plain_total, &plain), "{name}: exp_shifted");
+                assert_eq!(wide_gate, plain_gate, "{name}: swiglu");
+            }
         }
         let mut gate = original.clone();
         let up: Vec<f32> = (0..1000).map(|i| i as f32 / 100.0).collect();

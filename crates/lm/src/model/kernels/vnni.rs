@@ -374,15 +374,21 @@ unsafe fn half_at<const R: usize>(t: Tile<'_>, half: usize) {
             let mut dots = [_mm256_setzero_si256(); R];
             let base = w.weights.as_ptr().add((t.g * blocks + b) * bytes + 32 * half);
             if w.nibbles {
-                // Nibbles (0..16) times inputs (|x| ≤ 127): pairs stay below 2¹⁵.
+                // Nibbles (0..16) times inputs (|x| ≤ 127): a pair is at most 2·15·127 = 3810,
+                // so a block's 8 pairs per 16-bit lane (30480) add up in 16 bits without
+                // saturating, and one `madd` per block and row widens them: half the multiplies.
+                let mut pairs = [_mm256_setzero_si256(); R];
                 for s in 0..4 {
                     let packed = _mm256_loadu_si256(base.add(64 * s).cast());
                     let (lo, hi) = (_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low));
-                    for (r, dot) in dots.iter_mut().enumerate() {
-                        let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, four(r, b, s)), ones);
-                        let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, four(r, b, s + 4)), ones);
-                        *dot = _mm256_add_epi32(*dot, _mm256_add_epi32(pl, ph));
+                    for (r, pairs) in pairs.iter_mut().enumerate() {
+                        let pl = _mm256_maddubs_epi16(lo, four(r, b, s));
+                        let ph = _mm256_maddubs_epi16(hi, four(r, b, s + 4));
+                        *pairs = _mm256_add_epi16(*pairs, _mm256_add_epi16(pl, ph));
                     }
+                }
+                for (dot, &pairs) in dots.iter_mut().zip(&pairs) {
+                    *dot = _mm256_madd_epi16(pairs, ones);
                 }
             } else {
                 // Q8_0 is stored plus 128, whose pairs of products could pass 2¹⁵: the signed
@@ -440,6 +446,109 @@ pub(crate) unsafe fn product(_: &Packed, _: &Q8Input, _: (usize, usize), _: *mut
 mod tests {
     use super::*;
     use crate::gguf::GgmlType;
+
+    /// Blocks at the extremes of their types (every nibble 15, Q8_0's -128 and 127) times
+    /// inputs at ±127 give the exact integer sums: no 16-bit pair or partial sum saturates.
+    #[test]
+    fn extreme_blocks_sum_exactly_without_saturating() {
+        if !Packed::available() {
+            eprintln!("skipped: this CPU runs no packed kernel (neither AVX-512 VNNI nor AVX2)");
+            return;
+        }
+        let (outputs, cols, m) = (24, 3 * 32, 5);
+        // Rows of inputs: all 127, all -127, alternating, and two mixes; each block's maximum
+        // is 127, so its scale is 1 and the rounded values are the inputs themselves.
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| {
+                let (r, c) = (i / cols, i % cols);
+                match r {
+                    0 => 127.0,
+                    1 => -127.0,
+                    2 => {
+                        if c % 2 == 0 {
+                            127.0
+                        } else {
+                            -127.0
+                        }
+                    }
+                    _ => {
+                        if (c * (r + 3)) % 5 < 2 {
+                            -127.0
+                        } else {
+                            127.0
+                        }
+                    }
+                }
+            })
+            .collect();
+        let inputs = Q8Input::new(&x);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+            let bb = ty.block_bytes() as usize;
+            let blocks = cols / 32;
+            let mut data = vec![0u8; outputs * blocks * bb];
+            let mut want = vec![0f64; m * outputs];
+            for j in 0..outputs {
+                for b in 0..blocks {
+                    let block = &mut data[(j * blocks + b) * bb..][..bb];
+                    block[..2].copy_from_slice(&0x3C00u16.to_le_bytes()); // d = 1
+                                                                          // The weight's integer values, by output: all at the top, all at the
+                                                                          // bottom, or mixed.
+                    let q: Vec<i32> = (0..32)
+                        .map(|t| match (ty, j % 3) {
+                            (GgmlType::Q8_0, 0) => 127,
+                            (GgmlType::Q8_0, 1) => -128,
+                            (GgmlType::Q8_0, _) => {
+                                if t % 3 == 0 {
+                                    127
+                                } else {
+                                    -128
+                                }
+                            }
+                            (_, 0) => 15,
+                            (_, 1) => 0,
+                            _ => {
+                                if t % 2 == 0 {
+                                    15
+                                } else {
+                                    0
+                                }
+                            }
+                        })
+                        .collect();
+                    if ty == GgmlType::Q8_0 {
+                        for (w, &q) in block[2..34].iter_mut().zip(&q) {
+                            *w = q as i8 as u8;
+                        }
+                    } else {
+                        let at = if ty == GgmlType::Q4_0 { 2 } else { 4 };
+                        for t in 0..16 {
+                            block[at + t] = (q[t] | (q[t + 16] << 4)) as u8;
+                        }
+                        if ty == GgmlType::Q4_1 {
+                            block[2..4].copy_from_slice(&0xBC00u16.to_le_bytes());
+                            // minimum -1
+                        }
+                    }
+                    for (r, want) in want.chunks_exact_mut(outputs).enumerate() {
+                        let xs = &x[r * cols + b * 32..][..32];
+                        let dot: f64 = q.iter().zip(xs).map(|(&q, &x)| f64::from(q) * f64::from(x)).sum();
+                        want[j] += match ty {
+                            GgmlType::Q4_0 => dot - 8.0 * xs.iter().map(|&x| f64::from(x)).sum::<f64>(),
+                            GgmlType::Q4_1 => dot - xs.iter().map(|&x| f64::from(x)).sum::<f64>(),
+                            _ => dot,
+                        };
+                    }
+                }
+            }
+            let packed = Packed::new(ty, outputs, cols, &data);
+            let mut got = vec![f32::NAN; m * outputs];
+            // SAFETY: `available` held; y holds m rows of `outputs`.
+            unsafe { product(&packed, &inputs, (0, packed.groups()), got.as_mut_ptr(), outputs) };
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(f64::from(g), w, "{ty}: row {}, output {}", i / outputs, i % outputs);
+            }
+        }
+    }
 
     /// The two kernels' products are the same bits. It can only run where the CPU has both
     /// (AVX-512 VNNI machines); elsewhere the AVX2 kernel is held to the one-row integer dot
