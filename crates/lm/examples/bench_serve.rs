@@ -1,7 +1,7 @@
 //! Continuous batching in `nasc serve`, as clients see it: the same requests one at a time, then all at once.
 //! It must not change what it measures between runs: fixed prompts, greedy replies, fixed lengths; it only reads the model file.
 
-//! `cargo run --release -p nasc-lm --example bench_serve -- [MODEL.gguf] [--clients N] [--tokens N] [--rounds N] [--quantized-base] [--together-only]`
+//! `cargo run --release -p nasc-lm --example bench_serve -- [MODEL.gguf] [--clients N] [--tokens N] [--rounds N] [--quantized-base] [--together-only] [--load N]`
 //!
 //! Serves the model in this process on a loopback port, then per round sends `--clients`
 //! chat requests (different prompts asking for a story, greedy, at most `--tokens` each) one after another, and the
@@ -10,6 +10,9 @@
 //! together ÷ alone for throughput, and for latency the mean latency together ÷ the mean alone.
 //! Greedy replies are the same in both modes, so both decode the same tokens.
 //! `--together-only` skips the requests one at a time (to profile the batched mode alone).
+//! `--load N` runs a load test instead: `--clients` threads send N requests in all (n of 1, 2
+//! or 4; 12 to 31 tokens; half streamed; one in ten leaving its stream after the first event),
+//! and prints the answers by status, the p50 and p99 latencies and the tokens/s of all replies.
 
 use nasc_lm::model::LoadOptions;
 use nasc_lm::serve::{serve, ServeOptions};
@@ -25,6 +28,7 @@ struct Args {
     rounds: usize,
     quantized: bool,
     together_only: bool,
+    load: Option<usize>,
 }
 
 fn args() -> Result<Args, String> {
@@ -35,6 +39,7 @@ fn args() -> Result<Args, String> {
         rounds: 2,
         quantized: false,
         together_only: false,
+        load: None,
     };
     let mut it = std::env::args().skip(1);
     let number = |it: &mut std::iter::Skip<std::env::Args>, flag: &str| -> Result<usize, String> {
@@ -47,6 +52,7 @@ fn args() -> Result<Args, String> {
             "--rounds" => a.rounds = number(&mut it, "--rounds")?,
             "--quantized-base" => a.quantized = true,
             "--together-only" => a.together_only = true,
+            "--load" => a.load = Some(number(&mut it, "--load")?),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s => a.model = s.to_string(),
         }
@@ -135,6 +141,9 @@ fn run() -> Result<(), String> {
     };
     // Warm-up: the first request reorders quantised weights.
     ask(&prompts[0])?;
+    if let Some(requests) = a.load {
+        return load_test(&base, &a, requests);
+    }
     println!("{} clients, at most {} tokens each, greedy; model {}", a.clients, a.tokens, a.model);
     println!("| round | alone (tok/s) | together (tok/s) | throughput ratio | mean latency alone / together (s) | latency ratio | worst latency together (s) |");
     println!("|---|---|---|---|---|---|---|");
@@ -168,6 +177,92 @@ fn run() -> Result<(), String> {
             together.mean_latency() / alone.mean_latency(),
             together.max_latency()
         );
+    }
+    Ok(())
+}
+
+/// The load test of `--load`: see the file's header.
+fn load_test(base: &str, a: &Args, requests: usize) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    let results: Vec<Result<(Vec<Duration>, Vec<u16>, u64, usize), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..a.clients)
+            .map(|c| {
+                let addr = addr.clone();
+                scope.spawn(move || -> Result<(Vec<Duration>, Vec<u16>, u64, usize), String> {
+                    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                    let (mut latencies, mut statuses, mut tokens, mut left) = (Vec::new(), Vec::new(), 0u64, 0);
+                    for r in (c..requests).step_by(a.clients) {
+                        let (n, stream, leave) = (1u64 << (r % 3), (r / a.clients + c) % 2 == 0, r % 10 == 3);
+                        let body = json!({"model": "bench", "prompt": format!("Request {r} from client {c}: once upon a time"),
+                                          "max_tokens": 12 + r % 20, "n": n, "seed": r, "temperature": 0.8,
+                                          "stream": stream, "stream_options": {"include_usage": true}})
+                        .to_string();
+                        let t = Instant::now();
+                        if stream && leave {
+                            let mut raw = std::net::TcpStream::connect(&addr).map_err(|e| e.to_string())?;
+                            write!(raw, "POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                                .map_err(|e| e.to_string())?;
+                            let _ = raw.read(&mut [0u8; 64]);
+                            left += 1;
+                            continue;
+                        }
+                        let mut reply = agent
+                            .post(format!("http://{addr}/v1/completions"))
+                            .header("Content-Type", "application/json")
+                            .send(body)
+                            .map_err(|e| e.to_string())?;
+                        let status = reply.status().as_u16();
+                        let text = reply.body_mut().read_to_string().map_err(|e| e.to_string())?;
+                        statuses.push(status);
+                        if status != 200 {
+                            continue;
+                        }
+                        latencies.push(t.elapsed());
+                        // The usage of a whole answer, or of a stream's last chunk.
+                        let usage = if stream {
+                            text.lines()
+                                .filter_map(|l| l.strip_prefix("data: "))
+                                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                                .find_map(|v| v["usage"]["completion_tokens"].as_u64())
+                        } else {
+                            serde_json::from_str::<Value>(&text).ok().and_then(|v| v["usage"]["completion_tokens"].as_u64())
+                        };
+                        tokens += usage.ok_or(format!("no usage in a 200 answer: {text}"))?;
+                    }
+                    Ok((latencies, statuses, tokens, left))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a client panicked".into()))).collect()
+    });
+    let wall = started.elapsed();
+    let (mut latencies, mut statuses, mut tokens, mut left) = (Vec::new(), Vec::new(), 0, 0);
+    for r in results {
+        let (l, s, t, g) = r?;
+        latencies.extend(l);
+        statuses.extend(s);
+        tokens += t;
+        left += g;
+    }
+    latencies.sort();
+    let mut by_status = std::collections::BTreeMap::new();
+    for s in statuses {
+        *by_status.entry(s).or_insert(0) += 1;
+    }
+    let at =
+        |q: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * q) as usize).map_or(0.0, Duration::as_secs_f64);
+    println!("load: {requests} requests from {} clients over {:.1} s", a.clients, wall.as_secs_f64());
+    println!("answers by status: {by_status:?}; {left} streams left after the first event");
+    println!(
+        "latency of 200 answers: p50 {:.2} s, p99 {:.2} s; {:.1} tokens/s in all ({tokens} tokens)",
+        at(0.5),
+        at(0.99),
+        tokens as f64 / wall.as_secs_f64()
+    );
+    if by_status.keys().any(|&s| s >= 500) {
+        return Err("the server answered with an error".into());
     }
     Ok(())
 }
