@@ -181,20 +181,24 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// What one client of the load test saw: latencies of its 200 answers, every status, the
+/// tokens of its replies, and the streams it left early.
+type ClientResult = Result<(Vec<Duration>, Vec<u16>, u64, usize), String>;
+
 /// The load test of `--load`: see the file's header.
 fn load_test(base: &str, a: &Args, requests: usize) -> Result<(), String> {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://").to_string();
     let started = Instant::now();
-    let results: Vec<Result<(Vec<Duration>, Vec<u16>, u64, usize), String>> = std::thread::scope(|scope| {
+    let results: Vec<ClientResult> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..a.clients)
             .map(|c| {
                 let addr = addr.clone();
-                scope.spawn(move || -> Result<(Vec<Duration>, Vec<u16>, u64, usize), String> {
+                scope.spawn(move || -> ClientResult {
                     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
                     let (mut latencies, mut statuses, mut tokens, mut left) = (Vec::new(), Vec::new(), 0u64, 0);
                     for r in (c..requests).step_by(a.clients) {
-                        let (n, stream, leave) = (1u64 << (r % 3), (r / a.clients + c) % 2 == 0, r % 10 == 3);
+                        let (n, stream, leave) = (1u64 << (r % 3), (r / a.clients + c).is_multiple_of(2), r % 10 == 3);
                         let body = json!({"model": "bench", "prompt": format!("Request {r} from client {c}: once upon a time"),
                                           "max_tokens": 12 + r % 20, "n": n, "seed": r, "temperature": 0.8,
                                           "stream": stream, "stream_options": {"include_usage": true}})
