@@ -58,10 +58,15 @@ impl<B: Backend> Attention<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, n, d] = x.dims();
         let (h, dh) = (self.heads, d / self.heads);
-        let qkv = tokens_linear(x, self.in_proj_weight.val().transpose(), self.in_proj_bias.as_ref().map(|b| b.val()));
-        // [B, N, 3·D] → [3, B, H, N, dh]
-        let qkv = qkv.reshape([batch, n, 3, h, dh]).permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([batch, h, n, dh]);
+        // q, k and v each from its own rows of the packed weight, as [B, N, D] (contiguous, so
+        // the reshape to heads is free) viewed as [B, H, N, dh]: the batched products read
+        // strided views, where slicing one [B, N, 3·D] product into heads copied each part
+        // (and its gradient was a zero-filled [3, B, H, N, dh] per part).
+        let part = |i: usize| {
+            let weight = self.in_proj_weight.val().narrow(0, i * d, d).transpose();
+            let bias = self.in_proj_bias.as_ref().map(|b| b.val().narrow(0, i * d, d));
+            tokens_linear(x.clone(), weight, bias).reshape([batch, n, h, dh]).swap_dims(1, 2)
+        };
         let (q, k, v) = (part(0), part(1), part(2));
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt());
         let out = activation::softmax(scores, 3).matmul(v);
