@@ -8,8 +8,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
+use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -253,7 +252,7 @@ impl Batch {
 /// The optimizer the config names, with PyTorch's defaults where Burn's differ
 /// (SGD without dampening, Adam's ε = 1e-8).
 enum Optim<B: AutodiffBackend> {
-    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, GraphModel<B>, B>),
+    Sgd(OptimizerAdaptor<crate::compile::cpu::Sgd, GraphModel<B>, B>),
     Adam(OptimizerAdaptor<Adam, GraphModel<B>, B>),
     AdamW(OptimizerAdaptor<AdamW, GraphModel<B>, B>),
 }
@@ -263,9 +262,11 @@ impl<B: AutodiffBackend> Optim<B> {
         let decay = (cfg.weight_decay != 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
         match cfg.optimizer {
             OptimizerKind::Sgd => {
-                let momentum = (cfg.momentum != 0.0)
-                    .then(|| MomentumConfig::new().with_momentum(cfg.momentum).with_dampening(0.0));
-                Optim::Sgd(SgdConfig::new().with_momentum(momentum).with_weight_decay(decay).init())
+                // One pass per parameter on the CPU backend (`compile::cpu::Sgd`), Burn's
+                // arithmetic to the bit.
+                let momentum = (cfg.momentum != 0.0).then_some((cfg.momentum, 0.0));
+                let decay = (cfg.weight_decay != 0.0).then_some(cfg.weight_decay as f32);
+                Optim::Sgd(OptimizerAdaptor::from(crate::compile::cpu::Sgd::new(momentum, decay)))
             }
             OptimizerKind::Adam => Optim::Adam(AdamConfig::new().with_epsilon(1e-8).with_weight_decay(decay).init()),
             OptimizerKind::Adamw => {

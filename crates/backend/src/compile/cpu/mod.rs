@@ -35,11 +35,13 @@ mod depthwise;
 mod dropout;
 mod elementwise;
 mod norm;
+mod sgd;
 mod simd;
 pub use concat::concat;
 pub use dropout::dropout;
 pub use elementwise::{activation, gate, shuffle, Activation};
 pub use norm::batch_norm_train;
+pub use sgd::Sgd;
 
 type Ad = Autodiff<Flex>;
 type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;
