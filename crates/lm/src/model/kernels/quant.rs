@@ -741,24 +741,11 @@ mod tests {
     fn products_with_several_weights_at_once_equal_each_alone() {
         use super::{Inputs, QuantMatrix};
         use crate::gguf::GgmlType;
-        let mut state = 11u32;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        use crate::model::kernels::vnni::{random_blocks, xorshift};
+        let mut next = xorshift(11);
         let (cols, m) = (3 * 32, 5);
         let mut weight = |ty: GgmlType, rows: usize| {
-            let bb = ty.block_bytes() as usize;
-            let mut data: Vec<u8> = (0..rows * cols / 32 * bb).map(|_| next() as u8).collect();
-            for block in data.chunks_exact_mut(bb) {
-                block[..2].copy_from_slice(&(0x3000 + (next() % 0x800) as u16).to_le_bytes());
-                if ty == GgmlType::Q4_1 {
-                    block[2..4].copy_from_slice(&(0xB000 + (next() % 0x800) as u16).to_le_bytes());
-                }
-            }
-            QuantMatrix::new(ty, rows, cols, data).expect("whole blocks")
+            QuantMatrix::new(ty, rows, cols, random_blocks(ty, rows, cols, &mut next)).expect("whole blocks")
         };
         // Output counts that are not whole groups of 16, and types the packed kernel takes.
         let ws = [weight(GgmlType::Q4_1, 40), weight(GgmlType::Q8_0, 24), weight(GgmlType::Q4_0, 7)];

@@ -442,6 +442,33 @@ pub(crate) unsafe fn product(_: &Packed, _: &Q8Input, _: (usize, usize), _: *mut
     unreachable!("the packed product runs only where `Packed::available` holds")
 }
 
+/// Random numbers for the kernels' tests (xorshift32 from `seed`).
+#[cfg(test)]
+pub(crate) fn xorshift(seed: u32) -> impl FnMut() -> u32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    }
+}
+
+/// `rows` rows of `cols` values of `ty` (Q8_0, Q4_0 or Q4_1) with random values and finite
+/// scales (about 0.1-0.5) and minima, for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn random_blocks(ty: GgmlType, rows: usize, cols: usize, next: &mut impl FnMut() -> u32) -> Vec<u8> {
+    let bb = ty.block_bytes() as usize;
+    let mut data: Vec<u8> = (0..rows * cols / 32 * bb).map(|_| next() as u8).collect();
+    for block in data.chunks_exact_mut(bb) {
+        block[..2].copy_from_slice(&(0x3000 + (next() % 0x800) as u16).to_le_bytes());
+        if ty == GgmlType::Q4_1 {
+            block[2..4].copy_from_slice(&(0xB000 + (next() % 0x800) as u16).to_le_bytes());
+        }
+    }
+    data
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
@@ -560,23 +587,9 @@ mod tests {
             return;
         }
         let (outputs, cols, m) = (40, 4 * 32, 7);
-        let mut state = 7u32;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = xorshift(7);
         for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
-            let bb = ty.block_bytes() as usize;
-            let mut data: Vec<u8> = (0..outputs * cols / 32 * bb).map(|_| next() as u8).collect();
-            for block in data.chunks_exact_mut(bb) {
-                // Finite f16 scales (and minima): 0x3800 ± a little is about 0.5.
-                block[..2].copy_from_slice(&(0x3000 + (next() % 0x800) as u16).to_le_bytes());
-                if ty == GgmlType::Q4_1 {
-                    block[2..4].copy_from_slice(&(0xB000 + (next() % 0x800) as u16).to_le_bytes());
-                }
-            }
+            let data = random_blocks(ty, outputs, cols, &mut next);
             let packed = Packed::new(ty, outputs, cols, &data);
             let x: Vec<f32> = (0..m * cols).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
             let inputs = Q8Input::new(&x);
