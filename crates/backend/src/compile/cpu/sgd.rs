@@ -51,11 +51,17 @@ impl Sgd {
         }
     }
 
-    /// The step on `f32` slices, over the parameter `p` and the last velocity `v` (with momentum).
-    fn step_in_place(&self, lr: f32, p: &mut [f32], g: &[f32], v: Option<&mut [f32]>) {
+    /// The step on `f32` slices, in place: the parameter `p`, and with momentum the velocity
+    /// `v` and whether it holds the last step's (else this is the first step).
+    fn step_in_place(&self, lr: f32, p: &mut [f32], g: &[f32], v: Option<(&mut [f32], bool)>) {
         let c = Coefs { lr, decay: self.decay.unwrap_or(0.0), m: self.momentum.unwrap_or(0.0), d: self.undamped };
-        let case = u8::from(self.decay.is_some()) * DECAY + if v.is_some() { MOMENTUM | OLD } else { 0 };
-        let mut vels = v.map_or_else(Vec::new, |v| v.chunks_mut(CHUNK).collect()).into_iter();
+        let case = u8::from(self.decay.is_some()) * DECAY
+            + match v {
+                Some((_, true)) => MOMENTUM | OLD,
+                Some((_, false)) => MOMENTUM,
+                None => 0,
+            };
+        let mut vels = v.map_or_else(Vec::new, |(v, _)| v.chunks_mut(CHUNK).collect()).into_iter();
         let tasks: Vec<(usize, &mut [f32], &mut [f32])> =
             p.chunks_mut(CHUNK).enumerate().map(|(t, p)| (t * CHUNK, p, vels.next().unwrap_or_default())).collect();
         tasks.into_par_iter().for_each(|(at, p, v)| {
@@ -68,64 +74,14 @@ impl Sgd {
             match case {
                 0 => run!(0),
                 1 => run!(1),
-                6 => run!(6),
-                _ => run!(7),
-            }
-        });
-    }
-
-    /// The step on `f32` slices: new parameter and new velocity (empty without momentum).
-    fn step_values(&self, lr: f32, p: &[f32], g: &[f32], v: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
-        let n = p.len();
-        let mut out: Vec<f32> = Vec::with_capacity(n);
-        let mut velocity: Vec<f32> = Vec::with_capacity(if self.momentum.is_some() { n } else { 0 });
-        let c = Coefs { lr, decay: self.decay.unwrap_or(0.0), m: self.momentum.unwrap_or(0.0), d: self.undamped };
-        let case = u8::from(self.decay.is_some()) * DECAY
-            + match (self.momentum.is_some(), v.is_some()) {
-                (true, true) => MOMENTUM | OLD,
-                (true, false) => MOMENTUM,
-                _ => 0,
-            };
-        let v = v.unwrap_or(&[]);
-        let with_velocity = self.momentum.is_some();
-        let mut vels =
-            if with_velocity { velocity.spare_capacity_mut()[..n].chunks_mut(CHUNK).collect() } else { Vec::new() }
-                .into_iter();
-        let tasks: Vec<Task<'_>> = out.spare_capacity_mut()[..n]
-            .chunks_mut(CHUNK)
-            .enumerate()
-            .map(|(t, o)| (t * CHUNK, o, vels.next().unwrap_or_default()))
-            .collect();
-        tasks.into_par_iter().for_each(|(at, o, vel)| {
-            let (p, g) = (&p[at..], &g[at..]);
-            let old = if v.is_empty() { v } else { &v[at..] };
-            macro_rules! run {
-                ($k:tt) => {
-                    dispatch!(sgd_values, wide_sgd_values::<$k>(o, vel, p, g, old, c))
-                };
-            }
-            match case {
-                0 => run!(0),
-                1 => run!(1),
                 4 => run!(4),
                 5 => run!(5),
                 6 => run!(6),
                 _ => run!(7),
             }
         });
-        // SAFETY: every task above wrote all its values of `out`, and of `velocity` with momentum.
-        unsafe {
-            out.set_len(n);
-            if self.momentum.is_some() {
-                velocity.set_len(n);
-            }
-        }
-        (out, velocity)
     }
 }
-
-/// One task of [`Sgd::step_values`]: where its values start, its new parameter and velocity.
-type Task<'a> = (usize, &'a mut [std::mem::MaybeUninit<f32>], &'a mut [std::mem::MaybeUninit<f32>]);
 
 /// The step's constants: learning rate, λ, μ and `1 − dampening`.
 #[derive(Clone, Copy)]
@@ -136,26 +92,18 @@ struct Coefs {
     d: f32,
 }
 
-/// The cases of [`sgd_values`], as bits of its constant.
+/// The cases of [`sgd_in_place`], as bits of its constant.
 const DECAY: u8 = 1;
 const OLD: u8 = 2;
 const MOMENTUM: u8 = 4;
 
-/// One task's part of the step, one loop without branches per case (`K`), so that it
-/// vectorises: `o` the new parameter, `vel` the new velocity (with momentum), `old` the last.
+/// One task's part of the step over the parameter `p` and the velocity `v` (with momentum),
+/// one loop without branches per case (`K`), so that it vectorises.
 #[inline(always)]
-fn sgd_values<const K: u8>(
-    o: &mut [std::mem::MaybeUninit<f32>],
-    vel: &mut [std::mem::MaybeUninit<f32>],
-    p: &[f32],
-    g: &[f32],
-    old: &[f32],
-    c: Coefs,
-) {
-    let n = o.len();
-    let (p, g) = (&p[..n], &g[..n]);
-    let old = if K & OLD != 0 { &old[..n] } else { old };
-    let vel = if K & MOMENTUM != 0 { &mut vel[..n] } else { vel };
+fn sgd_in_place<const K: u8>(p: &mut [f32], v: &mut [f32], g: &[f32], c: Coefs) {
+    let n = p.len();
+    let g = &g[..n];
+    let v = if K & MOMENTUM != 0 { &mut v[..n] } else { v };
     for i in 0..n {
         // The operations of Burn's Sgd, Momentum and WeightDecay, in their order.
         let mut grad = g[i];
@@ -164,28 +112,8 @@ fn sgd_values<const K: u8>(
         }
         if K & MOMENTUM != 0 {
             if K & OLD != 0 {
-                grad = grad * c.d + old[i] * c.m;
+                grad = grad * c.d + v[i] * c.m;
             }
-            vel[i].write(grad);
-        }
-        o[i].write(p[i] - grad * c.lr);
-    }
-}
-
-/// [`sgd_values`] over the parameter `p` and the velocity `v` in place (`K` without `MOMENTUM`
-/// alone: the first step with momentum has no velocity to overwrite).
-#[inline(always)]
-fn sgd_in_place<const K: u8>(p: &mut [f32], v: &mut [f32], g: &[f32], c: Coefs) {
-    let n = p.len();
-    let g = &g[..n];
-    let v = if K & OLD != 0 { &mut v[..n] } else { v };
-    for i in 0..n {
-        let mut grad = g[i];
-        if K & DECAY != 0 {
-            grad += p[i] * c.decay;
-        }
-        if K & OLD != 0 {
-            grad = grad * c.d + v[i] * c.m;
             v[i] = grad;
         }
         p[i] -= grad * c.lr;
@@ -194,7 +122,15 @@ fn sgd_in_place<const K: u8>(p: &mut [f32], v: &mut [f32], g: &[f32], c: Coefs) 
 
 avx2_twin!(sgd_in_place, wide_sgd_in_place, u8, (p: &mut [f32], v: &mut [f32], g: &[f32], c: Coefs));
 
-avx2_twin!(sgd_values, wide_sgd_values, u8, (o: &mut [std::mem::MaybeUninit<f32>], vel: &mut [std::mem::MaybeUninit<f32>], p: &[f32], g: &[f32], old: &[f32], c: Coefs));
+/// `t` as a buffer this step may write: itself where its elements are its whole buffer and no
+/// one else holds it (the parameter and velocity of a training step), else a copy.
+fn owned<const D: usize>(t: FlexTensor, dims: [usize; D]) -> FlexTensor {
+    if whole(&t) && t.is_unique() {
+        t
+    } else {
+        FlexTensor::from_data(TensorData::new(f32s(&t).into_owned(), dims))
+    }
+}
 
 impl<B: Backend> SimpleOptimizer<B> for Sgd {
     type State<const D: usize> = SgdState<B, D>;
@@ -208,25 +144,18 @@ impl<B: Backend> SimpleOptimizer<B> for Sgd {
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
         let old = state.and_then(|s| s.velocity);
         if is::<B, Flex>() {
+            // In place: no new buffers, whose first writes would fault pages in every step.
             let dims = tensor.dims();
-            let (mut p, g) = (prim::<B, FlexTensor, D>(tensor), prim::<B, FlexTensor, D>(grad));
-            let mut v = old.map(prim::<B, FlexTensor, D>);
-            // In place where the parameter (and the velocity, after the first step) is this
-            // step's alone: no new buffers, whose first writes fault pages in every step.
-            let ours = |t: &FlexTensor| whole(t) && t.is_unique();
-            if ours(&p) && (self.momentum.is_none() || v.as_ref().is_some_and(ours)) {
-                let g = f32s(&g);
-                let params = p.try_storage_mut::<f32>().expect("unique");
-                let velocity = v.as_mut().map(|v| v.try_storage_mut::<f32>().expect("unique"));
-                self.step_in_place(lr as f32, params, &g, velocity);
-                let velocity = v.map(|v| wrap_rank::<B, _, D>(v));
-                return (wrap_rank::<B, _, D>(p), Some(SgdState { velocity }));
-            }
-            let v = v.as_ref().map(f32s);
-            let (out, velocity) = self.step_values(lr as f32, &f32s(&p), &f32s(&g), v.as_deref());
-            let make = |values: Vec<f32>| wrap_rank::<B, _, D>(FlexTensor::from_data(TensorData::new(values, dims)));
-            let velocity = self.momentum.map(|_| make(velocity));
-            return (make(out), Some(SgdState { velocity }));
+            let mut p = owned(prim::<B, FlexTensor, D>(tensor), dims);
+            let mut v = self.momentum.map(|_| match old {
+                Some(v) => (owned(prim::<B, FlexTensor, D>(v), dims), true),
+                None => (FlexTensor::from_data(TensorData::new(vec![0f32; p.layout().num_elements()], dims)), false),
+            });
+            let g = prim::<B, FlexTensor, D>(grad);
+            let velocity = v.as_mut().map(|(v, last)| (v.try_storage_mut::<f32>().expect("owned"), *last));
+            self.step_in_place(lr as f32, p.try_storage_mut::<f32>().expect("owned"), &f32s(&g), velocity);
+            let velocity = v.map(|(v, _)| wrap_rank::<B, _, D>(v));
+            return (wrap_rank::<B, _, D>(p), Some(SgdState { velocity }));
         }
         let mut grad = grad;
         if let Some(decay) = self.decay {
@@ -256,7 +185,8 @@ mod tests {
     use burn::optim::SgdConfig;
 
     /// Five steps on parameters of several sizes (one and several tasks, a partial last one),
-    /// with and without momentum and decay: Burn's own Sgd's values, bit for bit.
+    /// with and without momentum and decay, the parameter alone or shared: Burn's own Sgd's
+    /// values, bit for bit.
     #[test]
     fn steps_give_burns_sgd_bits() {
         let device = Default::default();
@@ -288,7 +218,14 @@ mod tests {
                     let g: Vec<f32> = (0..n).map(|_| next()).collect();
                     let lr = 0.01 * (step + 1) as f64;
                     (p_theirs, s_theirs) = theirs.step(lr, p_theirs, tensor(g.clone()), s_theirs);
+                    // On odd steps another holder shares the parameter: the step must copy it,
+                    // not write through that holder's values.
+                    let shared = (step % 2 == 1).then(|| p_ours.clone());
+                    let before = shared.as_ref().map(|t| t.to_data());
                     (p_ours, s_ours) = SimpleOptimizer::<Flex>::step(&ours, lr, p_ours, tensor(g), s_ours);
+                    if let (Some(t), Some(before)) = (shared, before) {
+                        assert_eq!(t.to_data(), before, "a shared parameter was written in place");
+                    }
                     let (a, b) =
                         (p_theirs.to_data().to_vec::<f32>().unwrap(), p_ours.to_data().to_vec::<f32>().unwrap());
                     assert!(
