@@ -207,7 +207,14 @@ pub(crate) fn logits<B: Backend>(
     let (mut gate, mut up) = (vec![0f32; rows * ff], vec![0f32; rows * ff]);
     for (layer, block) in model.blocks.iter().enumerate() {
         rms_norm(&x, &f32s(&prim::<B, FlexTensor, 1>(block.attn_norm.val())), eps, &mut normed);
-        project_many(block, &[Target::Q, Target::K, Target::V], &normed, rows, &mut [&mut q, &mut k, &mut v], inputs);
+        project_many(
+            block,
+            &[Target::Q, Target::K, Target::V],
+            &normed,
+            rows,
+            &mut [&mut q[..], &mut k[..], &mut v[..]],
+            inputs,
+        );
         rope(&mut q, rows, heads, d, &cos, &sin);
         rope(&mut k, rows, kvh, d, &cos, &sin);
         let (kc, vc) = (&mut flat.k[layer], &mut flat.v[layer]);
@@ -225,7 +232,7 @@ pub(crate) fn logits<B: Backend>(
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
 
         rms_norm(&x, &f32s(&prim::<B, FlexTensor, 1>(block.mlp_norm.val())), eps, &mut normed);
-        project_many(block, &[Target::Gate, Target::Up], &normed, rows, &mut [&mut gate, &mut up], inputs);
+        project_many(block, &[Target::Gate, Target::Up], &normed, rows, &mut [&mut gate[..], &mut up[..]], inputs);
         gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| super::fastexp::swiglu(g, u));
         project(block, Target::Down, &gate, rows, &mut out, inputs);
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
@@ -260,14 +267,13 @@ fn project_many<B: Backend>(
     targets: &[Target],
     x: &[f32],
     rows: usize,
-    outs: &mut [&mut Vec<f32>],
+    outs: &mut [&mut [f32]],
     inputs: Inputs,
 ) {
     let quantised: Option<Vec<&QuantMatrix>> = targets.iter().map(|&t| block.base(t).1.map(|q| &**q)).collect();
     match quantised {
         Some(ws) => {
-            let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            QuantMatrix::matmul_many(&ws, rows, x, &mut ys, inputs);
+            QuantMatrix::matmul_many(&ws, rows, x, outs, inputs);
             for (&target, out) in targets.iter().zip(outs.iter_mut()) {
                 project_extras(block, target, x, rows, out);
             }

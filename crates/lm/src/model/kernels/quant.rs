@@ -195,25 +195,11 @@ impl QuantMatrix {
             return;
         }
         let threads = rayon::current_num_threads().max(1);
-        let out = SendPtr::new(y.as_mut_ptr());
         if vnni && Packed::available() {
-            let packed = self.packed.get_or_init(|| Packed::new(self.ty, self.rows, self.cols, &self.data));
-            let inputs = Q8Input::new(x);
-            // Tasks of whole pairs of groups (the kernel's widest tile), several per thread.
-            let groups = packed.groups();
-            let pairs = groups.div_ceil(2);
-            let tasks = (threads * 4).min(pairs).max(1);
-            (0..tasks).into_par_iter().for_each(|t| {
-                let (g0, g1) = (2 * (t * pairs / tasks), (2 * ((t + 1) * pairs / tasks)).min(groups));
-                // SAFETY: `available` held; tasks take disjoint groups of outputs below the
-                // weight's; y holds m rows of self.rows (asserted by the caller).
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    vnni::product(packed, &inputs, (g0, g1), out.get(), self.rows)
-                };
-            });
+            Self::packed_products(&[self], x, &mut [y]);
             return;
         }
+        let out = SendPtr::new(y.as_mut_ptr());
         let inputs: Vec<Q8Input> = x.par_chunks(self.cols).map(Q8Input::new).collect();
         let chunk = self.rows.div_ceil(threads * 4).max(1);
         (0..self.rows.div_ceil(chunk)).into_par_iter().for_each(|t| {
@@ -247,26 +233,32 @@ impl QuantMatrix {
             assert_eq!(x.len(), m * w.cols, "input of the quantised product");
             assert_eq!(y.len(), m * w.rows, "output of the quantised product");
         }
+        Self::packed_products(ws, x, ys);
+    }
+
+    /// `ys[i] = x Wᵢᵀ` through the packed kernel (which the CPU has; the weights take 8-bit
+    /// inputs and share a nonzero input width; the outputs hold the input's rows): the input
+    /// rounded once, each weight's pairs of groups (the kernel's widest tile) split evenly into
+    /// tasks, about four per thread in all, every weight's in one parallel region.
+    fn packed_products(ws: &[&QuantMatrix], x: &[f32], ys: &mut [&mut [f32]]) {
         let packs: Vec<&Packed> =
             ws.iter().map(|w| w.packed.get_or_init(|| Packed::new(w.ty, w.rows, w.cols, &w.data))).collect();
         let inputs = Q8Input::new(x);
         let outs: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr::new(y.as_mut_ptr())).collect();
-        // Tasks of whole pairs of groups (the kernel's widest tile), about as many in all as one
-        // product makes, each weight's share by its size.
-        let pairs: Vec<usize> = packs.iter().map(|p| p.groups().div_ceil(2)).collect();
-        let all: usize = pairs.iter().sum();
-        let per = all.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
-        let tasks: Vec<(usize, usize, usize)> = pairs
+        let budget = rayon::current_num_threads().max(1) * 4;
+        let all: usize = packs.iter().map(|p| p.groups().div_ceil(2)).sum();
+        let tasks: Vec<(usize, usize, usize)> = packs
             .iter()
             .enumerate()
-            .flat_map(|(i, &n)| {
-                let groups = packs[i].groups();
-                (0..n.div_ceil(per)).map(move |t| (i, 2 * t * per, (2 * (t + 1) * per).min(groups)))
+            .flat_map(|(i, p)| {
+                let (groups, pairs) = (p.groups(), p.groups().div_ceil(2));
+                let n = (budget * pairs).div_ceil(all).clamp(1, pairs.max(1));
+                (0..n).map(move |t| (i, 2 * (t * pairs / n), (2 * ((t + 1) * pairs / n)).min(groups)))
             })
             .collect();
         tasks.into_par_iter().for_each(|(i, g0, g1)| {
-            // SAFETY: `available` held; the tasks of weight i take disjoint groups of its outputs;
-            // ys[i] holds m rows of its outputs (asserted above).
+            // SAFETY: `available` held (the caller's promise); the tasks of weight i take
+            // disjoint groups of its outputs; ys[i] holds the input's rows of its outputs.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 vnni::product(packs[i], &inputs, (g0, g1), outs[i].get(), ws[i].rows)
