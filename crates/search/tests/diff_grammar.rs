@@ -465,6 +465,32 @@ fn window_sizes_are_small() {
     checker.accepts(&fenced(&diff)).unwrap();
 }
 
+/// A width, a count, a group or a head number written as a literal is never 0, which cannot
+/// check; a slice still starts at channel 0.
+#[test]
+fn widths_and_counts_are_never_zero() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
+    let add = |line: &str| {
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   relu\n   maxpool(k=2)\n+  {line}\n   conv(16, k=5)\n"
+        ))
+    };
+    for ok in ["conv(10, k=3, p=1)", "linear(120)", "gn(2)", "slice(0, 3)", "conv(classes * 2, k=1)"] {
+        checker.accepts(&add(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in ["conv(0, k=3)", "linear(0)", "gn(0)", "shuffle(0)", "conv(00, k=1)", "linear(0 + 4)"] {
+        assert!(checker.accepts(&add(bad)).is_err(), "{bad}");
+    }
+    let repeat = |count: &str| {
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,6 @@\n   relu\n   maxpool(k=2)\n+  repeat({count}) {{\n+    conv(6, k=3, p=1)\n+  }}\n   conv(16, k=5)\n"
+        ))
+    };
+    checker.accepts(&repeat("2")).unwrap();
+    assert!(checker.accepts(&repeat("0")).is_err(), "repeat(0)");
+}
+
 /// In a body of the parent a line may bind only a value whose binding it replaces, and a line
 /// that binds one cannot go: a new name could not be merged by anything, an existing one cannot
 /// be bound twice, and without its binding a value's merges are unbound.

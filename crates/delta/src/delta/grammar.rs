@@ -238,7 +238,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             let repeat = Expr::seq([
                 Expr::text(format!("+{}", indent(depth))),
                 Expr::text("repeat("),
-                Expr::rule(format!("{scope}_int")),
+                Expr::rule(format!("{scope}_pos")),
                 Expr::text(") {\n"),
                 Expr::Repeat(Box::new(line(depth + 1, stmt.clone())), 1, Some(MAX_ADDED / 2)),
                 Expr::text(format!("+{}}}\n", indent(depth))),
@@ -251,7 +251,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                     // parameter is that width): called with another, its merges cannot match.
                     let arg = match w {
                         Some(w) => Expr::text(w.to_string()),
-                        None => Expr::rule(format!("{scope}_int")),
+                        None => Expr::rule(format!("{scope}_pos")),
                     };
                     let call = stmts::new_block_call(&new_names[j], arg);
                     Expr::seq([some.clone(), line(depth, call), some])
@@ -371,7 +371,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             Expr::seq([
                 Expr::text(format!("+{}", indent(l.depth))),
                 Expr::text("repeat("),
-                Expr::rule(format!("s{k}_int")),
+                Expr::rule(format!("s{k}_pos")),
                 Expr::text(") {\n"),
             ])
         } else {

@@ -84,6 +84,8 @@ fn shared(g: &mut Grammar) {
             Expr::seq([class(&[('1', '9')]), Expr::Repeat(Box::new(digit.clone()), 0, Some(4))]),
         ]),
     );
+    // A count or a width: never 0 (`linear(0)` cannot check, nor a `repeat(0)` of anything).
+    g.define_token("st_positive", Expr::seq([class(&[('1', '9')]), Expr::Repeat(Box::new(digit.clone()), 0, Some(4))]));
     g.define_token(
         "st_float",
         Expr::seq([
@@ -118,6 +120,13 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
     let op = alt_texts([" * ", " / ", " + ", " - "]);
     let int =
         g.define(&format!("{p}_int"), Expr::seq([atom.clone(), Expr::opt(Expr::seq([op.clone(), atom.clone()]))]));
+    // Where 0 cannot check (widths, counts, heads, groups: every integer but a slice's start),
+    // a literal is positive; a name, or arithmetic on it, the checker judges.
+    let mut positive_atoms = vec![Expr::rule("st_positive"), Expr::text("classes")];
+    positive_atoms.extend(scope.numbers.iter().map(Expr::text));
+    let positive_atom = g.define(&format!("{p}_pos_atom"), Expr::alt(positive_atoms));
+    let positive =
+        g.define(&format!("{p}_pos"), Expr::seq([positive_atom, Expr::opt(Expr::seq([op.clone(), atom.clone()]))]));
     // A window's sizes (kernel, stride, padding, dilation of convolutions and pools) are small
     // numbers or the scope's names, never arithmetic: `s=64` on a 28-pixel image cannot check.
     let window_names: Vec<Expr> = scope.numbers.iter().map(Expr::text).collect();
@@ -133,7 +142,8 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         Ty::Int if is_width(op, param) && widths.is_some() => widths.clone().unwrap_or(Expr::Empty),
         Ty::Int if is_window(op, param) => window(param == "p"),
         Ty::Pad if is_window(op, param) => Expr::alt([window(true), Expr::text("same")]),
-        Ty::Int => int.clone(),
+        Ty::Int if op == "slice" && param == "lo" => int.clone(),
+        Ty::Int => positive.clone(),
         Ty::Float => Expr::rule("st_float"),
         Ty::Prob => Expr::rule("st_prob"),
         Ty::Bool => Expr::rule("st_bool"),
@@ -256,7 +266,7 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
             .iter()
             .enumerate()
             .map(|(j, (n, d))| {
-                (n.as_str(), if j == 0 { first.clone().unwrap_or(int.clone()) } else { int.clone() }, !d)
+                (n.as_str(), if j == 0 { first.clone().unwrap_or(positive.clone()) } else { int.clone() }, !d)
             })
             .collect();
         // The canonical form writes a block's first parameter by position when it has no default.
@@ -412,7 +422,7 @@ pub fn define_halving(g: &mut Grammar, prefix: &str, widths: Option<&[String]>, 
     shared(g);
     let width = match widths {
         Some(w) => alt_texts(w),
-        None => Expr::rule(format!("{prefix}_int")),
+        None => Expr::rule(format!("{prefix}_pos")),
     };
     let t = |v: &str| Expr::text(v);
     // Written through `call`, so that the text splits into the same literals as every other
