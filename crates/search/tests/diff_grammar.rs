@@ -414,16 +414,24 @@ fn a_removed_line_cannot_be_added_back_unchanged() {
     assert!(checker.accepts(&head("16")).is_err(), "the same repeat head back");
 }
 
+/// LeNet-5's grammar, with no dataset.
+fn lenet5_checker() -> Checker {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap()
+}
+
+/// A fenced diff adding `line` to LeNet-5 after its first pooling.
+fn after_first_pool(line: &str) -> String {
+    fenced(&format!(
+        "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   relu\n   maxpool(k=2)\n+  {line}\n   conv(16, k=5)\n"
+    ))
+}
+
 /// Dropout's probability is below 1: the checker would refuse more.
 #[test]
 fn a_probability_is_below_one() {
-    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
-    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
-    let dropout = |p: &str| {
-        fenced(&format!(
-            "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   relu\n   maxpool(k=2)\n+  dropout({p})\n   conv(16, k=5)\n"
-        ))
-    };
+    let checker = lenet5_checker();
+    let dropout = |p: &str| after_first_pool(&format!("dropout({p})"));
     checker.accepts(&dropout("0.25")).unwrap();
     checker.accepts(&dropout("0")).unwrap();
     for p in ["1.0", "1", "29", "0.5.5"] {
@@ -435,25 +443,19 @@ fn a_probability_is_below_one() {
 /// `s=64` on a 28-pixel image.
 #[test]
 fn window_sizes_are_small() {
-    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
-    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
-    let add = |line: &str| {
-        fenced(&format!(
-            "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   relu\n   maxpool(k=2)\n+  {line}\n   conv(16, k=5)\n"
-        ))
-    };
+    let checker = lenet5_checker();
     for ok in ["conv(64, k=3, p=1)", "conv(64, k=11, s=4, p=2)", "maxpool(k=3, s=2, p=1)", "dwconv(k=5, p=same)"] {
-        checker.accepts(&add(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        checker.accepts(&after_first_pool(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
     for ok in ["maxpool(k=1)", "maxpool(k=5, p=2)", "avgpool(k=3, s=1, p=1, ceil=true)", "maxpool(k=15, p=7)"] {
-        checker.accepts(&add(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        checker.accepts(&after_first_pool(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
     // A pool's padding is at most half its kernel.
     for bad in ["maxpool(k=1, p=1)", "maxpool(k=3, s=2, p=2)", "avgpool(k=5, p=3)"] {
-        assert!(checker.accepts(&add(bad)).is_err(), "{bad}");
+        assert!(checker.accepts(&after_first_pool(bad)).is_err(), "{bad}");
     }
     for bad in ["maxpool(k=3, s=64, p=64)", "conv(64, k=33)", "conv(64, k=3, p=10)", "avgpool(k=3 * 2)"] {
-        assert!(checker.accepts(&add(bad)).is_err(), "{bad}");
+        assert!(checker.accepts(&after_first_pool(bad)).is_err(), "{bad}");
     }
     // In a block, a parameter may size the window, with one operator.
     let googlenet = std::fs::read_to_string(common::root().join("zoo/googlenet.arch")).unwrap();
@@ -469,18 +471,12 @@ fn window_sizes_are_small() {
 /// check; a slice still starts at channel 0.
 #[test]
 fn widths_and_counts_are_never_zero() {
-    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
-    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
-    let add = |line: &str| {
-        fenced(&format!(
-            "--- a/program.arch\n+++ b/program.arch\n@@ -12,3 +12,4 @@\n   relu\n   maxpool(k=2)\n+  {line}\n   conv(16, k=5)\n"
-        ))
-    };
+    let checker = lenet5_checker();
     for ok in ["conv(10, k=3, p=1)", "linear(120)", "gn(2)", "slice(0, 3)", "conv(classes * 2, k=1)"] {
-        checker.accepts(&add(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        checker.accepts(&after_first_pool(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
     for bad in ["conv(0, k=3)", "linear(0)", "gn(0)", "shuffle(0)", "conv(00, k=1)", "linear(0 + 4)"] {
-        assert!(checker.accepts(&add(bad)).is_err(), "{bad}");
+        assert!(checker.accepts(&after_first_pool(bad)).is_err(), "{bad}");
     }
     let repeat = |count: &str| {
         fenced(&format!(
