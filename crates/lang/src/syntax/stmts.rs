@@ -77,15 +77,11 @@ fn shared(g: &mut Grammar) {
         return;
     }
     let digit = class(&[('0', '9')]);
-    g.define_token(
-        "st_integer",
-        Expr::alt([
-            Expr::text("0"),
-            Expr::seq([class(&[('1', '9')]), Expr::Repeat(Box::new(digit.clone()), 0, Some(4))]),
-        ]),
-    );
-    // A count or a width: never 0 (`linear(0)` cannot check, nor a `repeat(0)` of anything).
-    g.define_token("st_positive", Expr::seq([class(&[('1', '9')]), Expr::Repeat(Box::new(digit.clone()), 0, Some(4))]));
+    // A count or a width is positive (`linear(0)` cannot check, nor a `repeat(0)` of anything);
+    // any other integer may also be 0.
+    let positive = Expr::seq([class(&[('1', '9')]), Expr::Repeat(Box::new(digit.clone()), 0, Some(4))]);
+    g.define_token("st_integer", Expr::alt([Expr::text("0"), positive.clone()]));
+    g.define_token("st_positive", positive);
     g.define_token(
         "st_float",
         Expr::seq([
@@ -114,19 +110,15 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
     shared(g);
     let p = prefix;
     // Integers: literals and the scope's names, with at most one operator (`c / 4`, `cin * t`).
-    let mut names: Vec<Expr> = vec![Expr::text("classes")];
-    names.extend(scope.numbers.iter().map(Expr::text));
-    let atom = g.define(&format!("{p}_int_atom"), Expr::alt([Expr::rule("st_integer"), Expr::alt(names)]));
+    let names = Expr::alt(std::iter::once(Expr::text("classes")).chain(scope.numbers.iter().map(Expr::text)));
+    let atom = g.define(&format!("{p}_int_atom"), Expr::alt([Expr::rule("st_integer"), names.clone()]));
     let op = alt_texts([" * ", " / ", " + ", " - "]);
-    let int =
-        g.define(&format!("{p}_int"), Expr::seq([atom.clone(), Expr::opt(Expr::seq([op.clone(), atom.clone()]))]));
+    let led_by = |lead: Expr| Expr::seq([lead, Expr::opt(Expr::seq([op.clone(), atom.clone()]))]);
+    let int = g.define(&format!("{p}_int"), led_by(atom.clone()));
     // Where 0 cannot check (widths, counts, heads, groups: every integer but a slice's start),
     // a literal is positive; a name, or arithmetic on it, the checker judges.
-    let mut positive_atoms = vec![Expr::rule("st_positive"), Expr::text("classes")];
-    positive_atoms.extend(scope.numbers.iter().map(Expr::text));
-    let positive_atom = g.define(&format!("{p}_pos_atom"), Expr::alt(positive_atoms));
-    let positive =
-        g.define(&format!("{p}_pos"), Expr::seq([positive_atom, Expr::opt(Expr::seq([op.clone(), atom.clone()]))]));
+    let positive_atom = g.define(&format!("{p}_pos_atom"), Expr::alt([Expr::rule("st_positive"), names]));
+    let positive = g.define(&format!("{p}_pos"), led_by(positive_atom));
     // A window's sizes (kernel, stride, padding, dilation of convolutions and pools) are small
     // numbers or the scope's names, never arithmetic: `s=64` on a 28-pixel image cannot check.
     let window_names: Vec<Expr> = scope.numbers.iter().map(Expr::text).collect();
