@@ -414,6 +414,41 @@ fn a_removed_line_cannot_be_added_back_unchanged() {
     assert!(checker.accepts(&head("16")).is_err(), "the same repeat head back");
 }
 
+/// A block's body starts from the flows it is called on: in ResNet-18's `basic`, called down to
+/// 4×4 maps and merging `x` with its output, a binding's replacement (`x = in |> …`) and lines
+/// added at the top of the body keep the map's size, with the dataset known; without it they
+/// are typed by kind only.
+#[test]
+fn with_a_dataset_a_blocks_top_keeps_what_its_calls_need() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/resnet18.arch")).unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    let typed = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, fmnist).unwrap()).unwrap();
+    let untyped = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, None).unwrap()).unwrap();
+    let head = parent.lines().position(|l| l.starts_with("block basic(c)")).unwrap() + 1;
+    let conv = parent.lines().nth(head + 1).unwrap();
+    let rebind = |rhs: &str| {
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -{head},3 +{head},3 @@\n block basic(c) {{\n-  x = in\n+  x = {rhs}\n {conv}\n"
+        ))
+    };
+    for ok in ["in |> relu", "in |> maxpool(k=3, s=1, p=1)", "in |> conv(c, k=1)"] {
+        typed.accepts(&rebind(ok)).unwrap_or_else(|e| panic!("x = {ok}: {e}"));
+    }
+    for bad in ["in |> conv(c, k=3, s=2, bias=false)", "in |> maxpool(k=2)", "in |> conv(96, k=1)"] {
+        untyped.accepts(&rebind(bad)).unwrap_or_else(|e| panic!("x = {bad}, untyped: {e}"));
+        assert!(typed.accepts(&rebind(bad)).is_err(), "x = {bad} in basic");
+    }
+    let after_x = |line: &str| {
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -{head},3 +{head},4 @@\n block basic(c) {{\n   x = in\n+  {line}\n {conv}\n"
+        ))
+    };
+    typed.accepts(&after_x("maxpool(k=3, s=1, p=1)")).unwrap();
+    untyped.accepts(&after_x("maxpool(k=2)")).unwrap();
+    assert!(typed.accepts(&after_x("maxpool(k=2)")).is_err(), "a halving pool before basic's add(x)");
+    assert!(typed.accepts(&after_x("linear(c)")).is_err(), "a linear layer on basic's maps");
+}
+
 /// LeNet-5's grammar, with no dataset.
 fn lenet5_checker() -> Checker {
     let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();

@@ -133,8 +133,11 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // What lines added at each place must keep, where the dataset is known (a probe per
     // property, checked).
     let texts: Vec<&str> = lines.iter().map(|l| l.text).collect();
-    let place = |texts: &[&str], i: usize, binding: Binding| -> Option<Lock> {
-        let (k, (kind, width)) = (item_of(&lines, i)?, flows[i]?);
+    // With `rebinding`, the lines replace line i, a binding: they make its value, whose flow
+    // is the one after the line.
+    let place = |texts: &[&str], i: usize, binding: Binding, rebinding: Option<(&str, &str)>| -> Option<Lock> {
+        let flow_at = if rebinding.is_some() { flows[i + 1] } else { flows[i] };
+        let (k, (kind, width)) = (item_of(&lines, i)?, flow_at?);
         if depth_at(i) == 0 || Some(i) == net_close {
             return None;
         }
@@ -150,10 +153,11 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             values,
             callees: &callees,
             uncallable: &scope.uncallable,
+            rebinding,
         };
         Some(Lock::at(&p, binding))
     };
-    let found: Vec<Option<Lock>> = (0..=n).map(|i| place(&texts, i, binding?)).collect();
+    let found: Vec<Option<Lock>> = (0..=n).map(|i| place(&texts, i, binding?, None)).collect();
     // Lines that replace line i keep what the parent without it needs there; where the parent
     // without it does not check (line i did something the rest needs, such as a stride), they
     // are typed by kind only.
@@ -163,7 +167,16 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             let binding = binding.filter(|_| lines[i].removable)?;
             let without: Vec<&str> = texts.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, t)| *t).collect();
             nasc_lang::check::check_source(&(without.join("\n") + "\n"), binding, &budget).ok()?;
-            place(&without, i, binding)
+            place(&without, i, binding, None)
+        })
+        .collect();
+    // A binding's replacement makes the value the lines below it use: probed in its place, as
+    // another right-hand side (`x = in |> maxpool(k=2)`), without the value itself.
+    let rebinding: Vec<Option<Lock>> = (0..n)
+        .map(|i| {
+            let value = bound_name(lines[i].text).filter(|_| lines[i].depth > 0)?;
+            let rhs = lines[i].text.split('#').next()?.split_once('=')?.1.trim();
+            place(&texts, i, binding?, Some((value, rhs)))
         })
         .collect();
     // The distinct locks, and each place's.
@@ -182,6 +195,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     };
     let locks = intern(found);
     let replace_locks = intern(replacing);
+    let rebind_locks = intern(rebinding);
     // Statements of item k where the flow is of `kind` (when known: only the operations that
     // keep it) and `bound` of the body's values are bound above (only those can be used); with
     // `lock` (an index into `lock_table`), keeping what the place must.
@@ -351,20 +365,26 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     };
     // A line that binds a value cannot be removed (the body's later lines use it), only
     // replaced by another binding of that value, from the statements of its place.
-    let binding_scope: Vec<Option<(String, &str)>> = (0..n)
+    // Typed by the kind of the value (none where the line changes the kind), keeping what its
+    // lock says; bare `in` only where the lock lets a pipeline start from it.
+    let binding_scope: Vec<Option<(String, &str, bool)>> = (0..n)
         .map(|i| {
             let v = bound_name(lines[i].text).filter(|_| lines[i].depth > 0)?;
-            Some((scope_for(&mut g, lines[i].item?, flow[i], bound_above[i], None), v))
+            let kind = flow[i + 1].filter(|_| flow[i].is_none() || flow[i] == flow[i + 1]);
+            let lock = rebind_locks[i];
+            let bare_in = lock.is_none_or(|id| lock_table[id].sources.iter().any(|s| s == "in"));
+            Some((scope_for(&mut g, lines[i].item?, kind, bound_above[i], lock), v, bare_in))
         })
         .collect();
     // A `repeat` head may be replaced by one with another count (the body stays).
     let mut new_head = |i: usize| -> Option<Expr> {
         let l = &lines[i];
         let k = l.item?;
-        let head = if let Some((scope, v)) = &binding_scope[i] {
+        let head = if let Some((scope, v, bare_in)) = &binding_scope[i] {
+            let bare = bare_in.then(|| Expr::text("in"));
             Expr::seq([
                 Expr::text(format!("+{}{v} = ", indent(l.depth))),
-                Expr::alt([Expr::text("in"), Expr::rule(format!("{scope}_pipe"))]),
+                Expr::alt(bare.into_iter().chain([Expr::rule(format!("{scope}_pipe"))])),
                 Expr::text("\n"),
             ])
         } else if l.text.trim_start().starts_with("repeat(") {
@@ -740,6 +760,16 @@ fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<(Kin
         flows.iter().all(|f| f.0 == kind).then(|| (kind, flows.iter().all(|f| f.1 == flows[0].1).then_some(flows[0].1)))
     };
     let input = flow_of(&binding.input);
+    // What each block's body receives: the flows of its calls, when they are of one kind.
+    let mut calls: HashMap<&str, Vec<(Kind, u64)>> = HashMap::new();
+    for (name, dims) in checked.block_inputs() {
+        if let Some(flow) = flow_of(&dims) {
+            let slot = calls.entry(name).or_default();
+            if !slot.contains(&flow) {
+                slot.push(flow);
+            }
+        }
+    }
     (0..=n)
         .map(|i| {
             let item = lines.get(i).and_then(|l| l.item)?;
@@ -751,11 +781,17 @@ fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<(Kin
                     return one(&after[j]);
                 }
             }
-            // The top of the item's body: the net starts from the input; a block, from wherever
-            // it is called.
+            // The top of the item's body: the net starts from the input; a block, from the flows
+            // it is called on.
             let head = lines[..i].iter().rposition(|l| l.item == Some(item) && l.depth == 0)?;
-            let (kind, width) = lines[head].text.trim_start().starts_with("net").then_some(input).flatten()?;
-            Some((kind, Some(width)))
+            let head = lines[head].text.trim_start();
+            if head.starts_with("net") {
+                let (kind, width) = input?;
+                return Some((kind, Some(width)));
+            }
+            let name = head.strip_prefix("block")?.trim_start();
+            let name = &name[..name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?];
+            one(calls.get(name)?)
         })
         .collect()
 }
@@ -791,25 +827,35 @@ struct Place<'a> {
     values: &'a [String],
     callees: &'a [stmts::Callee],
     uncallable: &'a [String],
+    /// Where the lines replace a binding of the parent (line `at`, `value = rhs`) rather than
+    /// go before line `at`: the value and the right-hand side it had.
+    rebinding: Option<(&'a str, &'a str)>,
 }
 
 impl Lock {
     fn at(p: &Place, binding: Binding) -> Lock {
         let budget = nasc_lang::check::Budget::default();
-        let checks = |probe: &str| {
+        // The parent with `line` at the place.
+        let checks_line = |line: &str| {
             let mut src = String::new();
             for l in &p.texts[..p.at] {
                 src.push_str(l);
                 src.push('\n');
             }
             src.push_str(&"  ".repeat(p.depth));
-            src.push_str(probe);
+            src.push_str(line);
             src.push('\n');
-            for l in &p.texts[p.at..] {
+            let after = p.at + usize::from(p.rebinding.is_some());
+            for l in p.texts.get(after..).unwrap_or_default() {
                 src.push_str(l);
                 src.push('\n');
             }
             nasc_lang::check::check_source(&src, binding, &budget).is_ok()
+        };
+        // A statement at the place; in a binding, a stage after what it bound.
+        let checks = |probe: &str| match p.rebinding {
+            None => checks_line(probe),
+            Some((value, rhs)) => checks_line(&format!("{value} = {rhs} |> {probe}")),
         };
         let halvings = if p.kind == Kind::Map {
             ["maxpool(k=2)", "maxpool(k=4)", "maxpool(k=8)"].iter().take_while(|probe| checks(probe)).count() as u8
@@ -846,7 +892,10 @@ impl Lock {
             .collect();
         let sources = std::iter::once("in".to_string())
             .chain(p.values.iter().cloned())
-            .filter(|v| checks(&format!("{v} |> identity")))
+            .filter(|v| match p.rebinding {
+                None => checks_line(&format!("{v} |> identity")),
+                Some((value, _)) => checks_line(&format!("{value} = {v}")),
+            })
             .collect();
         Lock { halvings, widths, calls, merges, sources }
     }

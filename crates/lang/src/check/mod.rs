@@ -200,6 +200,24 @@ impl Checked {
             .collect()
     }
 
+    /// Each block call's block name and the dims of the flow it is called on (its `in`), in the
+    /// order of the table: what the top of a block's body receives.
+    pub fn block_inputs(&self) -> Vec<(&str, Vec<u64>)> {
+        self.rows
+            .iter()
+            .filter_map(|r| match &r.kind {
+                RowKind::Block { name, first, end, .. } => {
+                    // The one value from outside a body is its `in`: the first operand of its
+                    // nodes that comes before them.
+                    let nodes = self.graph.nodes.get(*first..*end)?;
+                    let input = nodes.iter().flat_map(|n| n.inputs.iter()).find(|&&id| id < *first)?;
+                    Some((name.as_str(), self.graph.nodes[*input].shape.dims()))
+                }
+                RowKind::Node(_) => None,
+            })
+            .collect()
+    }
+
     /// The shape table as text: line, operation, output shape, parameters, MACs; then totals.
     pub fn table(&self, src: &str, binding: Binding) -> String {
         use std::fmt::Write;

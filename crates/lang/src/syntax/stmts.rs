@@ -386,7 +386,7 @@ fn keeping_calls(
     value_of: &dyn Fn(&str, &str, Ty) -> Expr,
 ) -> Vec<Expr> {
     let pool = is_pool(op);
-    let kernels: &[u32] = if pool { &[3, 5] } else { &[1, 3, 5, 7] };
+    let kernels: &[u32] = &[1, 3, 5, 7];
     kernels
         .iter()
         .map(|&k| {
@@ -394,7 +394,8 @@ fn keeping_calls(
                 .iter()
                 .filter_map(|q: &ParamSpec| match q.name {
                     "k" => Some((q.name, Expr::text(k.to_string()), true)),
-                    "s" if pool => Some((q.name, Expr::text("1"), true)),
+                    // A pool's stride is its kernel unless given: 1 for k=1, as written.
+                    "s" if pool && k > 1 => Some((q.name, Expr::text("1"), true)),
                     "p" if k > 1 => Some((q.name, Expr::text(((k - 1) / 2).to_string()), true)),
                     "s" | "p" | "d" => None,
                     _ => Some((q.name, value_of(op, q.name, q.ty), matches!(q.default, ArgDefault::Required))),
