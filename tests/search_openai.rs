@@ -111,6 +111,7 @@ fn request() -> Request {
         dataset: "cifar10".into(),
         seed: 5,
         feedback: Vec::new(),
+        temperature: None,
     }
 }
 
@@ -271,6 +272,36 @@ fn a_search_through_an_openai_server_records_replies_tokens_and_retries() {
     let retry = requests.iter().find(|(_, b)| b["messages"].as_array().unwrap().len() == 3).expect("a retry");
     assert!(retry.1["messages"][2]["content"].as_str().unwrap().contains("no_diff"), "{:?}", retry.1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A retry after a duplicate is sampled hotter (`[sampling] retry_temperature`) and with a seed
+/// of its own: a server that, like a small model held to the grammar, writes the same edit at
+/// the same temperature gets the chance to write another.
+#[test]
+fn a_retry_after_a_duplicate_is_sampled_hotter_and_with_its_own_seed() {
+    let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    let (url, _, seen) = serve(move |n, _, body| {
+        let hot = body["temperature"].as_f64().unwrap() > 0.5;
+        chat(&widened(&lenet, if hot { 20 + n } else { 10 }))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let extra = "[sampling]\ntemperature = 0.3\nretry_temperature = 0.9\n";
+    let out = nasc_search(search_config_with(dir.path(), &url, 1, 2, extra), &run);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let all = Store::open(&run).unwrap().all().unwrap();
+    let mut verdicts: Vec<Vec<Verdict>> =
+        all.iter().filter(|c| c.role == Role::Candidate).map(|c| c.attempt_verdicts.clone()).collect();
+    verdicts.sort_by_key(Vec::len);
+    assert_eq!(verdicts, [vec![Verdict::Ok], vec![Verdict::Duplicate, Verdict::Ok]]);
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3);
+    let (first, retry): (Vec<_>, Vec<_>) =
+        requests.iter().map(|(_, b)| b).partition(|b| b["messages"].as_array().unwrap().len() == 1);
+    assert_eq!(retry[0]["temperature"].as_f64(), Some(0.9));
+    assert!(first.iter().all(|b| b["temperature"].as_f64() == Some(0.3)));
+    assert!(first.iter().all(|b| b["seed"] != retry[0]["seed"]), "the retry's seed is its own");
+    assert!(retry[0]["messages"][2]["content"].as_str().unwrap().contains("duplicate"));
 }
 
 #[test]

@@ -145,6 +145,10 @@ pub struct Sampling {
     /// default, is not sent): a small model that repeats a line can be pushed off it.
     pub frequency_penalty: f64,
     pub presence_penalty: f64,
+    /// The temperature of a retry after a `duplicate` or `near_duplicate` verdict, when above
+    /// `temperature`: a small model held to the grammar tends to write the same small edit
+    /// again, diagnostic or not.
+    pub retry_temperature: f64,
 }
 
 impl Default for Sampling {
@@ -157,6 +161,7 @@ impl Default for Sampling {
             n: 1,
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            retry_temperature: 1.0,
         }
     }
 }
@@ -412,6 +417,8 @@ impl SearchConfig {
         let s = &self.sampling;
         if s.temperature.is_nan()
             || s.temperature < 0.0
+            || s.retry_temperature.is_nan()
+            || s.retry_temperature < 0.0
             || s.top_p.is_nan()
             || s.top_p <= 0.0
             || s.top_p > 1.0
@@ -421,7 +428,7 @@ impl SearchConfig {
             || !(-2.0..=2.0).contains(&s.presence_penalty)
         {
             return bad(
-                "[sampling]: temperature must be ≥ 0, top_p in (0, 1], max_tokens and n ≥ 1, the penalties in [-2, 2]"
+                "[sampling]: temperature and retry_temperature must be ≥ 0, top_p in (0, 1], max_tokens and n ≥ 1, the penalties in [-2, 2]"
                     .into(),
             );
         }

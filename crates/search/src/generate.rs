@@ -22,6 +22,8 @@ pub struct Request {
     pub seed: u64,
     /// The previous attempts' replies and the diagnostics they got, oldest first.
     pub feedback: Vec<(String, String)>,
+    /// The sampling temperature of this request, instead of `[sampling] temperature`.
+    pub temperature: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -172,7 +174,7 @@ impl OpenAi {
         let mut body = serde_json::json!({
             "model": model,
             "n": n,
-            "temperature": s.temperature,
+            "temperature": req.temperature.unwrap_or(s.temperature),
             "top_p": s.top_p,
             "top_k": s.top_k,
             "max_tokens": s.max_tokens,

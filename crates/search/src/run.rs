@@ -546,7 +546,14 @@ impl Driver {
             let program = parent.program.clone().unwrap_or_default();
             let prompt = generate::render(&self.template, &program, &dataset, parent.accuracy, &self.config.goal);
             let base = Base::new(&program, &self.options(&dataset));
-            let request = Request { prompt, base: program, dataset: dataset.clone(), seed, feedback: Vec::new() };
+            let request = Request {
+                prompt,
+                base: program,
+                dataset: dataset.clone(),
+                seed,
+                feedback: Vec::new(),
+                temperature: None,
+            };
             work.push(SlotWork {
                 slot,
                 lead,
@@ -666,6 +673,17 @@ impl Driver {
                     }
                 } else if attempt < self.config.retries {
                     w.request.feedback.push((reply.text.clone(), format!("{}: {}", j.verdict, j.message)));
+                    // A language model's retry is sampled with a seed of its own (the group's
+                    // would draw its first reply's tokens again where the prompts agree), and
+                    // hotter after a reply that repeated a network. (`mutate` mixes the
+                    // attempt into its seed itself.)
+                    if openai {
+                        w.request.seed = slot_seed(self.config.seed ^ ((attempt as u64 + 1) << 48), cycle, w.slot);
+                    }
+                    if openai && matches!(j.verdict, Verdict::Duplicate | Verdict::NearDuplicate) {
+                        let s = &self.config.sampling;
+                        w.request.temperature = Some(s.temperature.max(s.retry_temperature));
+                    }
                 }
                 w.result = Some((j, reply));
             }
