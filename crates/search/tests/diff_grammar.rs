@@ -158,9 +158,13 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
     };
     let gate = "+  x = in\n+  gap\n+  linear(c / 4)\n+  relu\n+  linear(c)\n+  sigmoid\n+  mul(x)\n";
     checker.accepts(&fenced(&with(gate))).unwrap();
-    checker.accepts(&fenced(&with("+  conv(c, k=3, p=1)\n+  bn\n"))).unwrap();
     checker.accepts(&fenced(&with("+  x = in\n+  conv(c, k=3, p=1)\n+  add(x |> conv(c, k=1))\n"))).unwrap();
+    checker.accepts(&fenced(&with("+  x = in\n+  conv(c, k=3, p=1)\n+  add(x) |> relu\n+  bn\n"))).unwrap();
     let bad = [
+        // A new block is a residual or a gate: x bound first, and merged back before it ends.
+        ("+  conv(c, k=3, p=1)\n+  bn\n", "a plain stack, no x"),
+        ("+  x = in\n+  conv(c, k=3, p=1)\n+  bn\n", "x never merged"),
+        ("+  x = in\n+  conv(classes, k=3, p=1)\n+  add(x)\n", "a width of classes"),
         ("+  linear(c)\n", "a linear layer on maps"),
         ("+  x = in\n+  gap\n+  linear(c)\n", "ends on a vector"),
         ("+  x = in\n+  gap\n+  maxpool(k=2)\n+  mul(x)\n", "pooling a vector"),
@@ -192,7 +196,7 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
     let gate_body = with(gate);
     assert!(checker.accepts(&fenced(&gate_body.replace("+  se(6)", "+  se(7)"))).is_err(), "se(7) on 6 channels");
     // Called where the flow is a vector (after `flatten`, line 17), a map block cannot be.
-    let late = "--- a/program.arch\n+++ b/program.arch\n@@ -8,5 +8,12 @@\n arch lenet5\n \n+block res(c) {\n+  conv(c, k=3, p=1)\n+}\n+\n net {\n@@ -17,2 +21,3 @@\n   flatten\n+  res(6)\n   linear(120)\n";
+    let late = "--- a/program.arch\n+++ b/program.arch\n@@ -8,5 +8,12 @@\n arch lenet5\n \n+block res(c) {\n+  x = in\n+  conv(c, k=3, p=1)\n+  add(x)\n+}\n+\n net {\n@@ -17,2 +21,3 @@\n   flatten\n+  res(6)\n   linear(120)\n";
     assert!(checker.accepts(&fenced(late)).is_err(), "a map block called on a vector");
     // In an all-vector network, the new block works on vectors.
     let mlp = std::fs::read_to_string(common::root().join("zoo/mlp.arch")).unwrap();
@@ -205,8 +209,12 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
             net, net, lines[net - 1], lines[net], lines[net + 1]
         )
     };
-    checker.accepts(&fenced(&block("+  linear(c)\n+  relu\n"))).unwrap();
-    assert!(checker.accepts(&fenced(&block("+  conv(c, k=3)\n"))).is_err(), "a convolution in an MLP");
+    checker.accepts(&fenced(&block("+  x = in\n+  linear(c)\n+  relu\n+  add(x)\n"))).unwrap();
+    assert!(checker.accepts(&fenced(&block("+  linear(c)\n+  relu\n"))).is_err(), "a plain stack");
+    assert!(
+        checker.accepts(&fenced(&block("+  x = in\n+  conv(c, k=3)\n+  add(x)\n"))).is_err(),
+        "a convolution in an MLP"
+    );
 }
 
 /// With the dataset known, a line added where the rest of the parent needs the flow's shape
@@ -507,7 +515,7 @@ fn window_sizes_are_small() {
 #[test]
 fn widths_and_counts_are_never_zero() {
     let checker = lenet5_checker();
-    for ok in ["conv(10, k=3, p=1)", "linear(120)", "gn(2)", "slice(0, 3)", "conv(classes * 2, k=1)"] {
+    for ok in ["conv(10, k=3, p=1)", "linear(120)", "gn(2)", "slice(0, 3)", "conv(6 * 2, k=1)"] {
         checker.accepts(&after_first_pool(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
     for bad in ["conv(0, k=3)", "linear(0)", "gn(0)", "shuffle(0)", "conv(00, k=1)", "linear(0 + 4)"] {
@@ -520,6 +528,42 @@ fn widths_and_counts_are_never_zero() {
     };
     checker.accepts(&repeat("2")).unwrap();
     assert!(checker.accepts(&repeat("0")).is_err(), "repeat(0)");
+}
+
+/// The class count is the output's width, and the output line is the parent's: an added line
+/// does not narrow the flow to it (session 17's children that did were mostly at chance), save
+/// one that replaces a line that did (SqueezeNet's `conv(classes, k=1)` head).
+#[test]
+fn only_a_line_that_replaces_one_naming_classes_may_name_them() {
+    let checker = lenet5_checker();
+    for bad in ["linear(classes)", "conv(classes, k=1)", "conv(classes * 2, k=1)"] {
+        assert!(checker.accepts(&after_first_pool(bad)).is_err(), "{bad}");
+    }
+    let squeezenet = std::fs::read_to_string(common::root().join("zoo/squeezenet1_1.arch")).unwrap();
+    let lines: Vec<&str> = squeezenet.lines().collect();
+    let head = lines.iter().position(|l| l.trim() == "conv(classes, k=1)").unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    for binding in [None, fmnist] {
+        let checker = Checker::lark(&diff_lark(&squeezenet, PROGRAM_FILE, binding).unwrap()).unwrap();
+        let replace = |new: &str| {
+            fenced(&format!(
+                "--- a/program.arch\n+++ b/program.arch\n@@ -{},3 +{},3 @@\n {}\n-  conv(classes, k=1)\n+  {new}\n {}\n",
+                head,
+                head,
+                lines[head - 1],
+                lines[head + 1]
+            ))
+        };
+        checker.accepts(&replace("conv(classes, k=3, p=1)")).unwrap();
+        let insert = format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -{},2 +{},3 @@\n {}\n+  conv(classes, k=1)\n {}\n",
+            head,
+            head,
+            lines[head - 1],
+            lines[head]
+        );
+        assert!(checker.accepts(&fenced(&insert)).is_err(), "another conv(classes, k=1) added");
+    }
 }
 
 /// In a body of the parent a line may bind only a value whose binding it replaces, and a line

@@ -70,7 +70,16 @@ struct Line<'a> {
 /// takes no pooling. Errors when the parent does not parse.
 pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Result<Grammar, String> {
     let program = nasc_lang::syntax::parse(parent).map_err(|d| format!("the parent does not parse: {}", d.message))?;
-    let (callees, scopes) = stmts::program_names(&program);
+    let (callees, mut scopes) = stmts::program_names(&program);
+    // The output line gives the classes and is the parent's: added lines do not narrow the flow
+    // to the class count, save those replacing a line that did (`conv(classes, k=1)`).
+    for (_, scope) in scopes.iter_mut() {
+        scope.no_classes = true;
+    }
+    let uses_classes = |text: &str| {
+        let code = text.split('#').next().unwrap_or("");
+        code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).any(|w| w == "classes")
+    };
     let mut lines = lines_of(parent);
     let n = lines.len();
     let flows = binding.map(|b| flow_kinds(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
@@ -198,37 +207,45 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let rebind_locks = intern(rebinding);
     // Statements of item k where the flow is of `kind` (when known: only the operations that
     // keep it) and `bound` of the body's values are bound above (only those can be used); with
-    // `lock` (an index into `lock_table`), keeping what the place must.
-    let scope_for = |g: &mut Grammar, k: usize, kind: Option<Kind>, bound: usize, lock: Option<usize>| -> String {
-        let values = &scopes[k].1.values;
-        let bound = bound.min(values.len());
-        if kind.is_none() && bound == values.len() && lock.is_none() {
-            return format!("s{k}");
-        }
-        let name = format!("s{k}{}_b{bound}{}", kind_tag(kind), lock.map(|id| format!("_l{id}")).unwrap_or_default());
-        let lock = lock.map(|id| &lock_table[id]);
-        if g.get(&format!("{name}_stmt")).is_none() {
-            let mut scope = Scope {
-                ops: kind.map(|kind| kinds::keeping(kind).to_vec()),
-                values: values[..bound].to_vec(),
-                ..scopes[k].1.clone()
-            };
-            if let Some(l) = lock {
-                scope.keep_size = l.halvings == 0;
-                scope.unstrided = (1..3).contains(&l.halvings);
-                scope.widths = l.widths.clone();
-                scope.calls = Some(l.calls.clone());
-                scope.merges = Some(l.merges.clone());
-                scope.sources = Some(l.sources.clone());
+    // `lock` (an index into `lock_table`), keeping what the place must; with `classes`, the
+    // integers may name the class count.
+    let scope_for =
+        |g: &mut Grammar, k: usize, kind: Option<Kind>, bound: usize, lock: Option<usize>, classes: bool| -> String {
+            let values = &scopes[k].1.values;
+            let bound = bound.min(values.len());
+            if kind.is_none() && bound == values.len() && lock.is_none() && !classes {
+                return format!("s{k}");
             }
-            stmts::define_statement(g, &name, &scope, &callees);
-            // Where the lines may halve the map once or twice, a line of its own does.
-            if let (Some(l), Some(kind)) = (lock.filter(|l| (1..3).contains(&l.halvings)), kind) {
-                stmts::define_halving(g, &name, l.widths.as_deref(), kinds::keeping(kind));
+            let name = format!(
+                "s{k}{}_b{bound}{}{}",
+                kind_tag(kind),
+                lock.map(|id| format!("_l{id}")).unwrap_or_default(),
+                if classes { "_c" } else { "" }
+            );
+            let lock = lock.map(|id| &lock_table[id]);
+            if g.get(&format!("{name}_stmt")).is_none() {
+                let mut scope = Scope {
+                    ops: kind.map(|kind| kinds::keeping(kind).to_vec()),
+                    values: values[..bound].to_vec(),
+                    no_classes: !classes,
+                    ..scopes[k].1.clone()
+                };
+                if let Some(l) = lock {
+                    scope.keep_size = l.halvings == 0;
+                    scope.unstrided = (1..3).contains(&l.halvings);
+                    scope.widths = l.widths.clone();
+                    scope.calls = Some(l.calls.clone());
+                    scope.merges = Some(l.merges.clone());
+                    scope.sources = Some(l.sources.clone());
+                }
+                stmts::define_statement(g, &name, &scope, &callees);
+                // Where the lines may halve the map once or twice, a line of its own does.
+                if let (Some(l), Some(kind)) = (lock.filter(|l| (1..3).contains(&l.halvings)), kind) {
+                    stmts::define_halving(g, &name, l.widths.as_deref(), kinds::keeping(kind));
+                }
             }
-        }
-        name
-    };
+            name
+        };
     // How many times lines added with a scope may halve the map (3: as often as they like).
     let halvings_of = |lock: Option<usize>| lock.map_or(3, |id| lock_table[id].halvings);
     // Lines added inside a body: statements, or a `repeat` of them, at the body's indentation.
@@ -307,8 +324,9 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // added and not yet called (the diff cannot end: an uncalled block changes no network).
     // What may be added before line i (or at the end, i = n) in a state, and the state after it.
     let states: Vec<usize> = [NONE, CALLED].into_iter().chain((0..new_names.len()).map(|j| ADDED + j)).collect();
-    // With `lock` (an index into `lock_table`), the added lines keep what it says.
-    let adds_at = |g: &mut Grammar, i: usize, state: usize, lock: Option<usize>| -> Vec<(Expr, usize)> {
+    // With `lock` (an index into `lock_table`), the added lines keep what it says; with
+    // `classes`, they may name the class count.
+    let adds_at = |g: &mut Grammar, i: usize, state: usize, lock: Option<usize>, classes: bool| -> Vec<(Expr, usize)> {
         match (depth_at(i), item_of(&lines, i)) {
             (0, _) | (_, None) if state < ADDED => {
                 top_adds.iter().enumerate().map(|(j, a)| (a.clone(), ADDED + j)).collect()
@@ -318,7 +336,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             // would act on the logits.
             _ if Some(i) == net_close => vec![],
             (d, Some(k)) => {
-                let scope = scope_for(g, k, flow[i], bound_above[i], lock);
+                let scope = scope_for(g, k, flow[i], bound_above[i], lock, classes);
                 let halvings = halvings_of(lock);
                 let mut out = vec![(body_adds(g, &scope, d, None, halvings), state)];
                 if state >= ADDED && (entry.is_none() || flow[i] == entry) {
@@ -373,7 +391,8 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             let kind = flow[i + 1].filter(|_| flow[i].is_none() || flow[i] == flow[i + 1]);
             let lock = rebind_locks[i];
             let bare_in = lock.is_none_or(|id| lock_table[id].sources.iter().any(|s| s == "in"));
-            Some((scope_for(&mut g, lines[i].item?, kind, bound_above[i], lock), v, bare_in))
+            let classes = uses_classes(lines[i].text);
+            Some((scope_for(&mut g, lines[i].item?, kind, bound_above[i], lock, classes), v, bare_in))
         })
         .collect();
     // A `repeat` head may be replaced by one with another count (the body stays).
@@ -433,7 +452,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // least one); hunk_i: a hunk starting at line i.
     for i in (0..=n).rev() {
         for &state in &states {
-            let adds = adds_at(&mut g, i, state, locks[i]);
+            let adds = adds_at(&mut g, i, state, locks[i], false);
             let end = r(format!("after_{i}_{state}"));
             let then = |suffix: &str| -> Vec<Expr> {
                 adds.iter().map(|(a, s)| Expr::seq([a.clone(), r(format!("added_{i}_{s}{suffix}"))])).collect()
@@ -450,7 +469,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             if i > 0 && lines[i - 1].removable {
                 let text = lines[i - 1].text;
                 let excluded = Excluded::StartingWith(format!("+{text}\n"));
-                let replacing = adds_at(&mut g, i, state, replace_locks[i - 1]);
+                let replacing = adds_at(&mut g, i, state, replace_locks[i - 1], uses_classes(text));
                 let again: Vec<Expr> = replacing
                     .iter()
                     .map(|(a, s)| {
@@ -523,22 +542,24 @@ fn entry_kind(lines: &[Line], flow: &[Option<Kind>], net: Option<usize>) -> Opti
 /// The body of a new block called on a flow of kind `entry` (any kind when the dataset is not
 /// known), one line at a time as a walk over kinds and one value. Its parameter is `c`, the
 /// width of the flow it is called on; a line keeps the kind (`check::kinds::keeping`) or changes
-/// it (`gap`: maps to a vector). The block's one value is `x`, bound by `x = in` as its first
-/// line or never: lines before it would be dropped. Once bound, and while the flow keeps x's
-/// shape (lines that preserve it: `kinds::preserving`, windows that keep the size, widths of
-/// `c`), merges of `x` may follow (`add(x)`, a residual); a `gap` of such a flow is a vector of
-/// width `c`, which stays one through lines that keep it and `linear(c)`, and `mul(x)` gates the
-/// maps by it (squeeze-excitation). It ends on the entry kind, as the place it is called needs,
-/// after at most [`MAX_BLOCK`] lines. A context-free grammar cannot keep the names a model
-/// makes up, so the value is always `x` and the parameter `c`.
+/// it (`gap`: maps to a vector). A new block is a residual or a gate: its first line binds its
+/// one value, `x = in`, and it ends only after merging x back. While the flow keeps x's shape
+/// (lines that preserve it: `kinds::preserving`, windows that keep the size, widths of `c`), a
+/// line may start with a merge of `x` (`add(x)`, a residual); a `gap` of such a flow is a vector
+/// of width `c`, which stays one through lines that keep it and `linear(c)`, and `mul(x)` gates
+/// the maps by it (squeeze-excitation). A stack of plain layers with no path around it, which a
+/// small model writes readily and which one epoch does not train (session 17's arms: 12 of 15
+/// such children at chance), is not offered. It ends on the entry kind, as the place it is
+/// called needs, after at most [`MAX_BLOCK`] lines. A context-free grammar cannot keep the names
+/// a model makes up, so the value is always `x` and the parameter `c`.
 fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee]) -> Expr {
     let Some(entry) = entry else { return untyped_block_body(g, callees) };
     let all = [Kind::Map, Kind::Tokens, Kind::Vector];
     let tag = |k: Kind| kind_tag(Some(k));
-    let base = Scope { numbers: vec!["c".to_string()], no_merges: true, ..Scope::default() };
-    // Free lines per kind, and the changes of kind, x bound or not (free lines do not use x:
-    // its shape may not be the flow's). Maps keep their size: the block may be called where
-    // the map is already small, and nothing here knows where.
+    let base = Scope { numbers: vec!["c".to_string()], no_merges: true, no_classes: true, ..Scope::default() };
+    // Free lines per kind, and the changes of kind (free lines do not use x: its shape may not
+    // be the flow's). Maps keep their size: the block may be called where the map is already
+    // small, and nothing here knows where.
     for k in all {
         let scope = Scope { ops: Some(kinds::keeping(k).to_vec()), keep_size: k == Kind::Map, ..base.clone() };
         stmts::define_statement(g, &format!("snew{}", tag(k)), &scope, callees);
@@ -554,7 +575,7 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
             }
         }
     }
-    // Lines that keep x's shape, merges of x among them.
+    // Lines that keep x's shape (`snews`), and lines that start with a merge of x (`snewm`).
     let windows = ["conv", "dwconv", "maxpool", "avgpool", "linear"];
     let mut same: Vec<&'static str> = kinds::preserving(entry).to_vec();
     same.extend(kinds::keeping(entry).iter().filter(|op| windows.contains(op)));
@@ -565,11 +586,16 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
         widths: Some(vec!["c".to_string()]),
         values: x.clone(),
         sources: Some(x.clone()),
-        merges: Some(vec![("add", x.clone()), ("mul", x.clone())]),
-        no_merges: false,
         ..base.clone()
     };
     stmts::define_statement(g, "snews", &keep, callees);
+    let merging = Scope {
+        merges: Some(vec![("add", x.clone()), ("mul", x.clone())]),
+        no_merges: false,
+        merge_first: true,
+        ..keep.clone()
+    };
+    stmts::define_statement(g, "snewm", &merging, callees);
     // A vector of width c, from the gap of maps of x's shape (a gate, once `mul(x)` merges it).
     let gate = entry == Kind::Map;
     if gate {
@@ -580,38 +606,43 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
     }
     let line = |stmt: Expr| Expr::seq([Expr::text("+  "), stmt, Expr::text("\n")]);
     let stmt = |scope: &str| Expr::rule(format!("{scope}_stmt"));
-    // States: u{kind}, x never bound; s, x bound and the flow of its shape; g, the gate vector;
-    // o{kind}, x bound and the flow of another shape. `nb_{state}_{r}`: r lines left.
-    let to = |state: &str, r: u32| Expr::rule(format!("nb_{state}_{}", r - 1));
-    // The lines that may come next in each state, with r > 0 lines left.
-    let lines_from = |state: &str, r: u32| -> Vec<Expr> {
-        let (bound, kind) = match state {
-            "s" => (true, entry),
-            "g" => (true, Kind::Vector),
-            _ => (state.starts_with('o'), all.into_iter().find(|&k| state[1..] == *tag(k)).unwrap_or(entry)),
-        };
-        let other = |k: Kind| format!("{}{}", if bound { "o" } else { "u" }, tag(k));
+    // States: s, the flow of x's shape; g, the gate vector; o{kind}, the flow of another shape;
+    // each with `m` once x has been merged. `nb_{state}_{r}`: r lines left.
+    let named = |state: &str, merged: bool| format!("{state}{}", if merged { "m" } else { "" });
+    let kind_of = |state: &str| match state {
+        "s" => entry,
+        "g" => Kind::Vector,
+        _ => all.into_iter().find(|&k| state[1..] == *tag(k)).unwrap_or(entry),
+    };
+    // The lines that may come next in a state, with r > 0 lines left.
+    let lines_from = |state: &str, merged: bool, r: u32| -> Vec<Expr> {
+        let to = |state: &str, merged: bool| Expr::rule(format!("nb_{}_{}", named(state, merged), r - 1));
+        let kind = kind_of(state);
         let mut alts = Vec::new();
         match state {
             "s" => {
-                alts.push(Expr::seq([line(stmt("snews")), to("s", r)]));
+                alts.push(Expr::seq([line(stmt("snews")), to("s", merged)]));
+                alts.push(Expr::seq([line(stmt("snewm")), to("s", true)]));
                 if gate {
-                    alts.push(Expr::seq([line(Expr::text("gap")), to("g", r)]));
+                    alts.push(Expr::seq([line(Expr::text("gap")), to("g", merged)]));
                 }
             }
             "g" => {
-                alts.push(Expr::seq([line(stmt("snewg")), to("g", r)]));
-                alts.push(Expr::seq([line(Expr::text("mul(x)")), to("s", r)]));
+                alts.push(Expr::seq([line(stmt("snewg")), to("g", merged)]));
+                alts.push(Expr::seq([line(Expr::text("mul(x)")), to("s", true)]));
             }
-            _ if bound && gate && kind == Kind::Vector => {
-                alts.push(Expr::seq([line(Expr::rule("nb_linear_c")), to("g", r)]));
+            _ if gate && kind == Kind::Vector => {
+                alts.push(Expr::seq([line(Expr::rule("nb_linear_c")), to("g", merged)]));
             }
             _ => {}
         }
-        alts.push(Expr::seq([line(stmt(&format!("snew{}", tag(kind)))), to(&other(kind), r)]));
+        alts.push(Expr::seq([line(stmt(&format!("snew{}", tag(kind)))), to(&format!("o{}", tag(kind)), merged)]));
         for k in all {
             if k != kind && !kinds::changing(kind, k).is_empty() {
-                alts.push(Expr::seq([line(stmt(&format!("snew{}{}", tag(kind), tag(k)))), to(&other(k), r)]));
+                alts.push(Expr::seq([
+                    line(stmt(&format!("snew{}{}", tag(kind), tag(k)))),
+                    to(&format!("o{}", tag(k)), merged),
+                ]));
             }
         }
         alts
@@ -620,48 +651,44 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
     if gate {
         states.push("g".to_string());
     }
-    for k in all {
-        states.push(format!("u{}", tag(k)));
-        states.push(format!("o{}", tag(k)));
-    }
+    states.extend(all.iter().map(|&k| format!("o{}", tag(k))));
     for r in 0..MAX_BLOCK {
         for state in &states {
-            let kind = match state.as_str() {
-                "s" => Some(entry),
-                "g" => None,
-                _ => all.into_iter().find(|&k| state[1..] == *tag(k)),
-            };
-            let end = (kind == Some(entry)).then_some(Expr::Empty);
-            let alts = if r == 0 { Vec::new() } else { lines_from(state, r) };
-            g.define(&format!("nb_{state}_{r}"), Expr::alt(end.into_iter().chain(alts)));
+            for merged in [false, true] {
+                let end = (merged && state != "g" && kind_of(state) == entry).then_some(Expr::Empty);
+                let alts = if r == 0 { Vec::new() } else { lines_from(state, merged, r) };
+                g.define(&format!("nb_{}_{r}", named(state, merged)), Expr::alt(end.into_iter().chain(alts)));
+            }
         }
     }
     // Split as the statements split it: llguidance's lexer does not back out of a longer
     // literal (`linear(c)` against `linear(` and `c / 4`).
     let bias = Expr::seq([Expr::text(", "), Expr::text("bias="), Expr::alt([Expr::text("true"), Expr::text("false")])]);
     g.define("nb_linear_c", Expr::seq([Expr::text("linear("), Expr::text("c"), Expr::opt(bias), Expr::text(")")]));
-    // At least one line: `x = in`, or a line of a body that never binds it.
-    let first = Expr::seq([line(Expr::text("x = in")), to("s", MAX_BLOCK)]);
-    g.define("new_block_body", Expr::alt([first].into_iter().chain(lines_from(&format!("u{}", tag(entry)), MAX_BLOCK))))
+    g.define("new_block_body", Expr::seq([line(Expr::text("x = in")), Expr::rule(format!("nb_s_{}", MAX_BLOCK - 1))]))
 }
 
-/// [`new_block_body`] where the kind of flow is not known: any operation and any block of the
-/// parent, and merges of `x` once `x = in` (its first line) binds it.
+/// [`new_block_body`] where the kind of flow is not known: `x = in` first, then any operation
+/// and any block of the parent, and it ends only after a line that starts with a merge of `x`.
 fn untyped_block_body(g: &mut Grammar, callees: &[stmts::Callee]) -> Expr {
-    let base = Scope { numbers: vec!["c".to_string()], no_merges: true, ..Scope::default() };
+    let x = vec!["x".to_string()];
+    let base = Scope { numbers: vec!["c".to_string()], no_merges: true, no_classes: true, ..Scope::default() };
     stmts::define_statement(g, "snew", &base, callees);
-    let bound = Scope { values: vec!["x".to_string()], no_merges: false, ..base };
-    stmts::define_statement(g, "snewx", &bound, callees);
+    let merging = Scope { values: x.clone(), sources: Some(x), no_merges: false, merge_first: true, ..base };
+    stmts::define_statement(g, "snewx", &merging, callees);
     let line = |stmt: &str| Expr::seq([Expr::text("+  "), Expr::rule(format!("{stmt}_stmt")), Expr::text("\n")]);
+    // nb_u_r: x not merged yet, r lines left; nb_b_r: merged.
     for r in 0..MAX_BLOCK {
-        for (state, scope) in [("u", "snew"), ("b", "snewx")] {
-            let more = (r > 0).then(|| Expr::seq([line(scope), Expr::rule(format!("nb_{state}_{}", r - 1))]));
-            g.define(&format!("nb_{state}_{r}"), Expr::alt([Expr::Empty].into_iter().chain(more)));
+        for (state, merged) in [("u", false), ("b", true)] {
+            let end = merged.then_some(Expr::Empty);
+            let more = (r > 0).then(|| {
+                let next = |s: &str| Expr::rule(format!("nb_{s}_{}", r - 1));
+                Expr::alt([Expr::seq([line("snew"), next(state)]), Expr::seq([line("snewx"), next("b")])])
+            });
+            g.define(&format!("nb_{state}_{r}"), Expr::alt(end.into_iter().chain(more)));
         }
     }
-    let first = Expr::seq([Expr::text("+  x = in\n"), Expr::rule(format!("nb_b_{}", MAX_BLOCK - 1))]);
-    let other = Expr::seq([line("snew"), Expr::rule(format!("nb_u_{}", MAX_BLOCK - 1))]);
-    g.define("new_block_body", Expr::alt([first, other]))
+    g.define("new_block_body", Expr::seq([Expr::text("+  x = in\n"), Expr::rule(format!("nb_u_{}", MAX_BLOCK - 1))]))
 }
 
 /// The letter rule names give a kind of flow (none when it is not known).

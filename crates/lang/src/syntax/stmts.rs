@@ -18,6 +18,9 @@ use nasc_grammar::{Class, Expr, Grammar};
 pub struct Scope {
     /// Names of integers other than `classes`: the block's parameters.
     pub numbers: Vec<String>,
+    /// No `classes` among the integers: where the output line, which gives the classes, is
+    /// another's (a diff's added lines), a width of `classes` is a bottleneck to the class count.
+    pub no_classes: bool,
     /// Values bound in the body (`x = in`), which merges (`add(x)`) take.
     pub values: Vec<String>,
     /// The built-in operations that may be called (merges aside), when the flow's kind at the
@@ -110,7 +113,8 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
     shared(g);
     let p = prefix;
     // Integers: literals and the scope's names, with at most one operator (`c / 4`, `cin * t`).
-    let names = Expr::alt(std::iter::once(Expr::text("classes")).chain(scope.numbers.iter().map(Expr::text)));
+    let classes = (!scope.no_classes).then(|| Expr::text("classes"));
+    let names = Expr::alt(classes.into_iter().chain(scope.numbers.iter().map(Expr::text)));
     let atom = g.define(&format!("{p}_int_atom"), Expr::alt([Expr::rule("st_integer"), names.clone()]));
     let op = alt_texts([" * ", " / ", " + ", " - "]);
     let led_by = |lead: Expr| Expr::seq([lead, Expr::opt(Expr::seq([op.clone(), atom.clone()]))]);
