@@ -147,7 +147,8 @@ pub struct Sampling {
     pub presence_penalty: f64,
     /// The temperature of a retry after a `duplicate` or `near_duplicate` verdict, when above
     /// `temperature`: a small model held to the grammar tends to write the same small edit
-    /// again, diagnostic or not.
+    /// again, diagnostic or not. The default is the best of the temperatures measured in
+    /// BENCHMARKS.md (section "2026-12-07 (session 18)").
     pub retry_temperature: f64,
 }
 
@@ -161,7 +162,7 @@ impl Default for Sampling {
             n: 1,
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
-            retry_temperature: 1.0,
+            retry_temperature: 1.3,
         }
     }
 }
