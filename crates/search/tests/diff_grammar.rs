@@ -164,6 +164,7 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
         // A new block is a residual or a gate: x bound first, and merged back before it ends.
         ("+  conv(c, k=3, p=1)\n+  bn\n", "a plain stack, no x"),
         ("+  x = in\n+  conv(c, k=3, p=1)\n+  bn\n", "x never merged"),
+        ("+  x = in\n+  conv(c, k=3, p=1)\n+  mul(x)\n", "a product with x that is not a gate"),
         ("+  x = in\n+  conv(classes, k=3, p=1)\n+  add(x)\n", "a width of classes"),
         ("+  linear(c)\n", "a linear layer on maps"),
         ("+  x = in\n+  gap\n+  linear(c)\n", "ends on a vector"),
@@ -211,6 +212,7 @@ fn with_a_dataset_a_new_block_fits_the_flow_it_is_called_on() {
     };
     checker.accepts(&fenced(&block("+  x = in\n+  linear(c)\n+  relu\n+  add(x)\n"))).unwrap();
     assert!(checker.accepts(&fenced(&block("+  linear(c)\n+  relu\n"))).is_err(), "a plain stack");
+    assert!(checker.accepts(&fenced(&block("+  x = in\n+  linear(c)\n+  mul(x)\n"))).is_err(), "no gate on vectors");
     assert!(
         checker.accepts(&fenced(&block("+  x = in\n+  conv(c, k=3)\n+  add(x)\n"))).is_err(),
         "a convolution in an MLP"

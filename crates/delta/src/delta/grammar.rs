@@ -545,7 +545,7 @@ fn entry_kind(lines: &[Line], flow: &[Option<Kind>], net: Option<usize>) -> Opti
 /// it (`gap`: maps to a vector). A new block is a residual or a gate: its first line binds its
 /// one value, `x = in`, and it ends only after merging x back. While the flow keeps x's shape
 /// (lines that preserve it: `kinds::preserving`, windows that keep the size, widths of `c`), a
-/// line may start with a merge of `x` (`add(x)`, a residual); a `gap` of such a flow is a vector
+/// line may start with `add(x)` (a residual); on maps, a `gap` of such a flow is a vector
 /// of width `c`, which stays one through lines that keep it and `linear(c)`, and `mul(x)` gates
 /// the maps by it (squeeze-excitation). A stack of plain layers with no path around it, which a
 /// small model writes readily and which one epoch does not train (session 17's arms: 12 of 15
@@ -575,7 +575,7 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
             }
         }
     }
-    // Lines that keep x's shape (`snews`), and lines that start with a merge of x (`snewm`).
+    // Lines that keep x's shape (`snews`), and lines that start with a residual of x (`snewm`).
     let windows = ["conv", "dwconv", "maxpool", "avgpool", "linear"];
     let mut same: Vec<&'static str> = kinds::preserving(entry).to_vec();
     same.extend(kinds::keeping(entry).iter().filter(|op| windows.contains(op)));
@@ -589,12 +589,9 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
         ..base.clone()
     };
     stmts::define_statement(g, "snews", &keep, callees);
-    let merging = Scope {
-        merges: Some(vec![("add", x.clone()), ("mul", x.clone())]),
-        no_merges: false,
-        merge_first: true,
-        ..keep.clone()
-    };
+    // Only the gate multiplies by x: a product of two unbounded flows is no block of the field
+    // (session 18's MLP children that did were at chance 3 times in 3).
+    let merging = Scope { merges: Some(vec![("add", x.clone())]), no_merges: false, merge_first: true, ..keep.clone() };
     stmts::define_statement(g, "snewm", &merging, callees);
     // A vector of width c, from the gap of maps of x's shape (a gate, once `mul(x)` merges it).
     let gate = entry == Kind::Map;
