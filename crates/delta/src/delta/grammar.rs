@@ -76,10 +76,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     for (_, scope) in scopes.iter_mut() {
         scope.no_classes = true;
     }
-    let uses_classes = |text: &str| {
-        let code = text.split('#').next().unwrap_or("");
-        code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).any(|w| w == "classes")
-    };
+    let uses_classes = |text: &str| code_of(text).split(|c: char| !is_name_char(c)).any(|w| w == "classes");
     let mut lines = lines_of(parent);
     let n = lines.len();
     let flows = binding.map(|b| flow_kinds(parent, &lines, b)).unwrap_or_else(|| vec![None; n + 1]);
@@ -184,7 +181,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     let rebinding: Vec<Option<Lock>> = (0..n)
         .map(|i| {
             let value = bound_name(lines[i].text).filter(|_| lines[i].depth > 0)?;
-            let rhs = lines[i].text.split('#').next()?.split_once('=')?.1.trim();
+            let rhs = code_of(lines[i].text).split_once('=')?.1.trim();
             place(&texts, i, binding?, Some((value, rhs)))
         })
         .collect();
@@ -652,7 +649,7 @@ fn new_block_body(g: &mut Grammar, entry: Option<Kind>, callees: &[stmts::Callee
     for r in 0..MAX_BLOCK {
         for state in &states {
             for merged in [false, true] {
-                let end = (merged && state != "g" && kind_of(state) == entry).then_some(Expr::Empty);
+                let end = (merged && kind_of(state) == entry).then_some(Expr::Empty);
                 let alts = if r == 0 { Vec::new() } else { lines_from(state, merged, r) };
                 g.define(&format!("nb_{}_{r}", named(state, merged)), Expr::alt(end.into_iter().chain(alts)));
             }
@@ -706,9 +703,24 @@ fn item_of(lines: &[Line], i: usize) -> Option<usize> {
 /// The value a statement line binds (`b2 = x |> cbr(r3)`), if it binds one.
 fn bound_name(line: &str) -> Option<&str> {
     let t = line.trim_start();
-    let end = t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
-    let rest = t[end..].trim_start();
-    (end > 0 && rest.starts_with('=') && !rest.starts_with("==")).then(|| &t[..end])
+    let name = leading_name(t)?;
+    let rest = t[name.len()..].trim_start();
+    rest.starts_with('=').then_some(name).filter(|_| !rest.starts_with("=="))
+}
+
+/// The name `text` starts with (`basic` of `basic(c) {`), if it starts with one.
+fn leading_name(text: &str) -> Option<&str> {
+    let end = text.find(|c: char| !is_name_char(c)).unwrap_or(text.len());
+    (end > 0).then(|| &text[..end])
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// A line's code: what comes before its comment.
+fn code_of(text: &str) -> &str {
+    text.split('#').next().unwrap_or("")
 }
 
 /// [`NEW_NAMES`], each made free of the parent's blocks, the operations and reserved words by a
@@ -734,7 +746,7 @@ fn lines_of(parent: &str) -> Vec<Line<'_>> {
     let mut depth = 0usize;
     let mut items = 0usize;
     for text in parent.lines().map(|l| l.trim_end_matches('\r')) {
-        let code = text.split('#').next().unwrap_or("");
+        let code = code_of(text);
         let braces = code.contains('{') || code.contains('}');
         let trimmed = code.trim();
         // A top-level line that opens a brace starts the next item (a block or the net).
@@ -813,9 +825,7 @@ fn flow_kinds(parent: &str, lines: &[Line], binding: Binding) -> Vec<Option<(Kin
                 let (kind, width) = input?;
                 return Some((kind, Some(width)));
             }
-            let name = head.strip_prefix("block")?.trim_start();
-            let name = &name[..name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?];
-            one(calls.get(name)?)
+            one(calls.get(leading_name(head.strip_prefix("block")?.trim_start())?)?)
         })
         .collect()
 }
