@@ -314,6 +314,40 @@ fn with_a_dataset_added_lines_halve_a_map_only_as_often_as_the_rest_allows() {
     }
 }
 
+/// Where a few pixels are left (LeNet-5 after its last pool: 4x4 on Fashion-MNIST), a line that
+/// shrinks the map is one of its own and takes off no more than the map has: `conv(16, k=5)`,
+/// the parent's own line copied there (what SmolLM2 wrote, and the checker refused), is not
+/// offered, nor two shrinking lines that each fit alone.
+#[test]
+fn with_a_dataset_a_line_shrinks_a_small_map_only_as_far_as_it_goes() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    let checker = Checker::lark(&diff_lark(&parent, PROGRAM_FILE, fmnist).unwrap()).unwrap();
+    let after_last_pool = |added: &str| {
+        fenced(&format!(
+            "--- a/program.arch\n+++ b/program.arch\n@@ -15,3 +15,4 @@\n   relu\n   maxpool(k=2)\n{added}   flatten\n"
+        ))
+    };
+    for ok in [
+        "+  conv(16, k=3)\n",
+        "+  conv(16, k=5, p=1)\n+  relu\n",
+        "+  conv(16, k=5, p=2)\n+  relu\n+  conv(16, k=3, p=1)\n",
+        "+  maxpool(k=2)\n",
+        "+  dwconv(k=3)\n",
+    ] {
+        checker.accepts(&after_last_pool(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in [
+        "+  conv(16, k=5)\n",
+        "+  conv(16, k=7, p=1)\n",
+        "+  conv(16, k=3)\n+  conv(16, k=3)\n",
+        "+  conv(16, k=3) |> relu\n",
+        "+  relu\n+  conv(16, k=5)\n+  relu\n",
+    ] {
+        assert!(checker.accepts(&after_last_pool(bad)).is_err(), "{bad}");
+    }
+}
+
 /// With the dataset known, a line added where the flow is a vector offers no pooling or
 /// convolution, and one added where it is still feature maps offers no linear layer.
 #[test]

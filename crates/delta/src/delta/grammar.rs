@@ -230,6 +230,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                 if let Some(l) = lock {
                     scope.keep_size = l.halvings == 0;
                     scope.unstrided = (1..3).contains(&l.halvings);
+                    scope.shrink = l.shrink;
                     scope.widths = l.widths.clone();
                     scope.calls = Some(l.calls.clone());
                     scope.merges = Some(l.merges.clone());
@@ -289,9 +290,15 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
                     let halve = line(depth, Expr::rule(format!("{scope}_halve")));
                     let mut halving = vec![some.clone(), halve.clone(), some.clone()];
                     if halvings == 2 {
-                        halving.push(Expr::opt(Expr::seq([halve, some])));
+                        halving.push(Expr::opt(Expr::seq([halve, some.clone()])));
                     }
-                    Expr::alt([Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED)), Expr::seq(halving)])
+                    let mut runs = vec![Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED)), Expr::seq(halving)];
+                    // Or one line of its own that takes a few pixels off (`conv(16, k=3)`).
+                    let shrink = format!("{scope}_shrink");
+                    if g.get(&shrink).is_some() {
+                        runs.push(Expr::seq([some.clone(), line(depth, Expr::rule(shrink)), some]));
+                    }
+                    Expr::alt(runs)
                 }
                 None => Expr::Repeat(Box::new(any), 1, Some(MAX_ADDED)),
             };
@@ -838,6 +845,9 @@ struct Lock {
     /// (`maxpool(k=2)`) does not check here, 1 when one that quarters it does not, 2 when one
     /// that divides it by 8 does not; 3, free.
     halvings: u8,
+    /// Where `halvings` is 1 or 2, how many pixels a line may take off the map's side (2, 4 or
+    /// 6: the most that a stride-1 pool of kernel 3, 5 or 7 leaves checking; 0, none).
+    shrink: u8,
     /// The widths a line may write, when one that doubles the width does not check here.
     widths: Option<Vec<String>>,
     /// The blocks that may be called here, each with the widths it may be called at (`None`:
@@ -896,6 +906,11 @@ impl Lock {
         } else {
             3
         };
+        let shrink = if p.kind == Kind::Map && (1..3).contains(&halvings) {
+            [6u8, 4, 2].into_iter().find(|s| checks(&format!("maxpool(k={}, s=1)", s + 1))).unwrap_or(0)
+        } else {
+            0
+        };
         // A width no place has: double the flow's, or one many group counts divide.
         let odd = p.width.map_or(96, |w| 2 * w).to_string();
         // The flow's width, half of it (a narrower layer), and the item's integer names.
@@ -931,7 +946,7 @@ impl Lock {
                 Some((value, _)) => checks_line(&format!("{value} = {v}")),
             })
             .collect();
-        Lock { halvings, widths, calls, merges, sources }
+        Lock { halvings, shrink, widths, calls, merges, sources }
     }
 }
 

@@ -39,9 +39,13 @@ pub struct Scope {
     /// operation that resizes (`adaptive_avgpool`).
     pub keep_size: bool,
     /// Where the map may shrink a little but not be strided down (a run of added lines halves
-    /// it on lines of its own, `define_halving`): convolutions of stride 1, pools in the forms
-    /// that keep the size, no `adaptive_avgpool`.
+    /// it on lines of its own, `define_halving`): convolutions and pools in the forms that keep
+    /// the size, no `adaptive_avgpool`.
     pub unstrided: bool,
+    /// With `unstrided`, how many pixels one line of its own may take off the map's side
+    /// (`{prefix}_shrink`: a convolution of stride 1 whose kernel passes its padding by up to
+    /// this much); 0, none. Shrinking lines in a row would add up, so a run holds one.
+    pub shrink: u8,
     /// Where the width must stay: the widths a convolution, a linear layer or a call of a
     /// block may write (none: those calls are left out), and no `slice`. `None`: any width.
     pub widths: Option<Vec<String>>,
@@ -146,7 +150,7 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         Ty::Pad => Expr::alt([int.clone(), Expr::text("same")]),
     };
     let stage = Expr::rule(format!("{p}_stage"));
-    let (mut stages, mut merges) = (Vec::new(), Vec::new());
+    let (mut stages, mut merges, mut shrinks) = (Vec::new(), Vec::new(), Vec::new());
     // Values merges may take: names bound in the body, bare or through a branch.
     let value_names: Vec<Expr> = scope.values.iter().map(Expr::text).collect();
     let merge_arg = (!value_names.is_empty()).then(|| {
@@ -190,21 +194,13 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
                 continue
             }
             Args::Params { .. } if (scope.keep_size || scope.unstrided) && sig.name == "adaptive_avgpool" => continue,
-            Args::Params { params, positional } if scope.unstrided && is_window_op(sig.name) && !is_pool(sig.name) => {
-                let typed: Vec<(&str, Expr, bool)> = params
-                    .iter()
-                    .filter(|q| !matches!(q.name, "s" | "d"))
-                    .map(|q: &ParamSpec| {
-                        (q.name, value_of(sig.name, q.name, q.ty), matches!(q.default, ArgDefault::Required))
-                    })
-                    .collect();
-                call(g, &rule, sig.name, &typed, positional)
-            }
-            // Unstrided pools keep the size too: a pool's padding is at most half its kernel,
-            // which the forms that keep the size hold.
-            Args::Params { params, positional }
-                if (scope.keep_size || scope.unstrided && is_pool(sig.name)) && is_window_op(sig.name) =>
-            {
+            // Unstrided lines keep the size too; the one line of a run that may shrink the map is
+            // `{prefix}_shrink`, below. (A pool's padding is at most half its kernel, which the
+            // forms that keep the size hold.)
+            Args::Params { params, positional } if (scope.keep_size || scope.unstrided) && is_window_op(sig.name) => {
+                if scope.unstrided && scope.shrink > 0 && !is_pool(sig.name) {
+                    shrinks.extend(shrinking_calls(g, &rule, sig.name, params, positional, scope.shrink, &value_of));
+                }
                 Expr::alt(keeping_calls(g, &rule, sig.name, params, positional, &value_of))
             }
             Args::Params { params, positional } if is_pool(sig.name) => {
@@ -272,6 +268,9 @@ pub fn define_statement(g: &mut Grammar, prefix: &str, scope: &Scope, blocks: &[
         stages.push(g.define(&rule, body));
     }
     g.define(&format!("{p}_stage"), Expr::alt(stages));
+    if !shrinks.is_empty() {
+        g.define(&format!("{p}_shrink"), Expr::alt(shrinks));
+    }
     let more = Expr::Repeat(Box::new(Expr::seq([Expr::text(" |> "), stage.clone()])), 0, Some(MAX_STAGES - 1));
     // A pipeline starts with a call, or takes a value (`in`, a bound name) and goes on from it.
     let mut sources = Vec::new();
@@ -409,6 +408,41 @@ fn keeping_calls(
             g.define(&format!("{rule}_keep{k}"), body)
         })
         .collect()
+}
+
+/// The calls of convolution `op` that take 1 to `budget` pixels off a map's side: stride 1, no
+/// dilation, an odd kernel K of 3, 5 or 7 and a padding P under (K - 1) / 2 with K - 1 - 2P at
+/// most `budget`; the other parameters as `value_of` types them.
+fn shrinking_calls(
+    g: &mut Grammar,
+    rule: &str,
+    op: &str,
+    params: &[ParamSpec],
+    positional: usize,
+    budget: u8,
+    value_of: &dyn Fn(&str, &str, Ty) -> Expr,
+) -> Vec<Expr> {
+    let mut forms = Vec::new();
+    for k in [3u32, 5, 7] {
+        for pad in 0..(k - 1) / 2 {
+            if k - 1 - 2 * pad > u32::from(budget) {
+                continue;
+            }
+            let typed: Vec<(&str, Expr, bool)> = params
+                .iter()
+                .filter_map(|q: &ParamSpec| match q.name {
+                    "k" => Some((q.name, Expr::text(k.to_string()), true)),
+                    "p" if pad > 0 => Some((q.name, Expr::text(pad.to_string()), true)),
+                    "s" | "p" | "d" => None,
+                    _ => Some((q.name, value_of(op, q.name, q.ty), matches!(q.default, ArgDefault::Required))),
+                })
+                .collect();
+            let name = format!("{rule}_shrink{k}p{pad}");
+            let body = call(g, &name, op, &typed, positional);
+            forms.push(g.define(&name, body));
+        }
+    }
+    forms
 }
 
 /// Defines `{prefix}_halve`: one call that halves a map's size (`conv(W, k=K, s=2)` with a
