@@ -6,6 +6,7 @@
 mod killed_runs;
 
 use nasc_delta::Verdict;
+use nasc_grammar::engine::Checker;
 use nasc_search::config::{Api, Constrain, OpenAiConfig, Sampling};
 use nasc_search::generate::{Generator, OpenAi, Request};
 use nasc_search::store::Role;
@@ -112,6 +113,7 @@ fn request() -> Request {
         seed: 5,
         feedback: Vec::new(),
         temperature: None,
+        avoid: Vec::new(),
     }
 }
 
@@ -274,20 +276,26 @@ fn a_search_through_an_openai_server_records_replies_tokens_and_retries() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A retry after a duplicate is sampled hotter (`[sampling] retry_temperature`) and with a seed
-/// of its own: a server that, like a small model held to the grammar, writes the same edit at
-/// the same temperature gets the chance to write another.
+/// A retry after a duplicate is sampled hotter (`[sampling] retry_temperature`), with a seed of
+/// its own, and under a grammar without the edit that repeated a network: a server that, like a
+/// small model held to the grammar, writes the same edit at the same temperature gets the
+/// chance to write another, and a model held to the retry's grammar could not write it again.
 #[test]
-fn a_retry_after_a_duplicate_is_sampled_hotter_and_with_its_own_seed() {
+fn a_retry_after_a_duplicate_is_sampled_hotter_with_its_own_seed_and_without_the_edit() {
     let lenet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/lenet5.arch")).unwrap();
+    let served = lenet.clone();
     let (url, _, seen) = serve(move |n, _, body| {
         let hot = body["temperature"].as_f64().unwrap() > 0.5;
-        chat(&widened(&lenet, if hot { 20 + n } else { 10 }))
+        chat(&widened(&served, if hot { 20 + n } else { 10 }))
     });
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let extra = "[sampling]\ntemperature = 0.3\nretry_temperature = 0.9\n";
-    let out = nasc_search(search_config_with(dir.path(), &url, 1, 2, extra), &run);
+    let config = search_config_with(dir.path(), &url, 1, 2, extra);
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("retries = 0\n", "retries = 0\nconstrain = \"lark\"\n");
+    std::fs::write(&config, text).unwrap();
+    let out = nasc_search(config, &run);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let all = Store::open(&run).unwrap().all().unwrap();
     let mut verdicts: Vec<Vec<Verdict>> =
@@ -302,6 +310,11 @@ fn a_retry_after_a_duplicate_is_sampled_hotter_and_with_its_own_seed() {
     assert!(first.iter().all(|b| b["temperature"].as_f64() == Some(0.3)));
     assert!(first.iter().all(|b| b["seed"] != retry[0]["seed"]), "the retry's seed is its own");
     assert!(retry[0]["messages"][2]["content"].as_str().unwrap().contains("duplicate"));
+    let grammar = |b: &serde_json::Value| Checker::lark(b["structured_outputs"]["grammar"].as_str().unwrap()).unwrap();
+    let again = widened(&lenet, 10);
+    grammar(first[0]).accepts(again.trim_end()).unwrap();
+    assert!(grammar(retry[0]).accepts(again.trim_end()).is_err(), "the retry's grammar offers the duplicate's edit");
+    grammar(retry[0]).accepts(widened(&lenet, 20).trim_end()).unwrap();
 }
 
 #[test]

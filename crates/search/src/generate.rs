@@ -3,7 +3,7 @@
 
 use super::config::{Api, Constrain, OpenAiConfig, Sampling};
 use super::mutate;
-use nasc_delta::delta::grammar::{diff_gbnf, diff_lark, PROGRAM_FILE};
+use nasc_delta::delta::grammar::{diff_grammar, diff_grammar_avoiding, Avoid, PROGRAM_FILE};
 use std::time::{Duration, Instant};
 
 /// The built-in prompt template (`prompts/search.md`).
@@ -24,6 +24,9 @@ pub struct Request {
     pub feedback: Vec<(String, String)>,
     /// The sampling temperature of this request, instead of `[sampling] temperature`.
     pub temperature: Option<f64>,
+    /// Edits the diff grammar leaves out (a retry after a duplicate: the runs of lines whose
+    /// network the archive had).
+    pub avoid: Vec<Avoid>,
 }
 
 #[derive(Clone, Debug)]
@@ -204,22 +207,25 @@ impl OpenAi {
                 body["prompt"] = serde_json::Value::String(prompt);
             }
         }
-        let grammar = |g: Result<String, String>| {
-            g.map_err(|e| GenError::request(format!("the diff grammar of the parent cannot be built: {e}")))
+        // The parent's grammar, less the edits to avoid; where leaving them out leaves no diff
+        // at all, the whole grammar.
+        let grammar = |gbnf: bool| -> Result<String, GenError> {
+            let b = binding(&req.dataset);
+            let g = match diff_grammar_avoiding(&req.base, PROGRAM_FILE, b, &req.avoid) {
+                Err(_) if !req.avoid.is_empty() => diff_grammar(&req.base, PROGRAM_FILE, b),
+                g => g,
+            };
+            let text = g.and_then(|g| {
+                if gbnf { nasc_grammar::gbnf::print(&g) } else { nasc_grammar::lark::print(&g) }
+                    .map_err(|e| e.to_string())
+            });
+            text.map_err(|e| GenError::request(format!("the diff grammar of the parent cannot be built: {e}")))
         };
         match self.config.constrain {
             Constrain::Off => {}
-            Constrain::Lark => {
-                body["structured_outputs"] =
-                    serde_json::json!({"grammar": grammar(diff_lark(&req.base, PROGRAM_FILE, binding(&req.dataset)))?})
-            }
-            Constrain::Vllm => {
-                body["structured_outputs"] =
-                    serde_json::json!({"grammar": grammar(diff_gbnf(&req.base, PROGRAM_FILE, binding(&req.dataset)))?})
-            }
-            Constrain::LlamaCpp => {
-                body["grammar"] = serde_json::json!(grammar(diff_gbnf(&req.base, PROGRAM_FILE, binding(&req.dataset)))?)
-            }
+            Constrain::Lark => body["structured_outputs"] = serde_json::json!({"grammar": grammar(false)?}),
+            Constrain::Vllm => body["structured_outputs"] = serde_json::json!({"grammar": grammar(true)?}),
+            Constrain::LlamaCpp => body["grammar"] = serde_json::json!(grammar(true)?),
         }
         Ok(body)
     }

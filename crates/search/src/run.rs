@@ -9,6 +9,7 @@ use super::worker::{self, DataCache, WorkerOptions};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nasc_backend::train::{self, TrainConfig};
 use nasc_datasets::Dataset;
+use nasc_delta::delta::grammar::avoid_of;
 use nasc_delta::delta::{judge_reply, Base, Judgement, Options};
 use nasc_delta::novelty::{self, Archive};
 use nasc_delta::Verdict;
@@ -553,6 +554,7 @@ impl Driver {
                 seed,
                 feedback: Vec::new(),
                 temperature: None,
+                avoid: Vec::new(),
             };
             work.push(SlotWork {
                 slot,
@@ -680,9 +682,11 @@ impl Driver {
                     if openai {
                         w.request.seed = slot_seed(self.config.seed ^ ((attempt as u64 + 1) << 48), cycle, w.slot);
                     }
+                    // Its grammar also leaves out the lines that made the repeated network.
                     if openai && matches!(j.verdict, Verdict::Duplicate | Verdict::NearDuplicate) {
                         let s = &self.config.sampling;
                         w.request.temperature = Some(s.temperature.max(s.retry_temperature));
+                        w.request.avoid.extend(j.diff.as_deref().map(avoid_of).unwrap_or_default());
                     }
                 }
                 w.result = Some((j, reply));

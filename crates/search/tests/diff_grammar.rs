@@ -2,7 +2,7 @@
 //! llguidance, fed a reply byte by byte, accepts every canonical diff `mutate` proposes over the
 //! zoo, fenced as the prompt asks, and refuses a diff whose context line is not the parent's.
 
-use nasc_delta::delta::grammar::{diff_gbnf, diff_lark, PROGRAM_FILE};
+use nasc_delta::delta::grammar::{avoid_of, diff_gbnf, diff_grammar_avoiding, diff_lark, PROGRAM_FILE};
 use nasc_grammar::engine::Checker;
 use nasc_search::mutate::{self, propose, Mutation};
 use rand_chacha::rand_core::SeedableRng;
@@ -345,6 +345,37 @@ fn with_a_dataset_a_line_shrinks_a_small_map_only_as_far_as_it_goes() {
         "+  relu\n+  conv(16, k=5)\n+  relu\n",
     ] {
         assert!(checker.accepts(&after_last_pool(bad)).is_err(), "{bad}");
+    }
+}
+
+/// A retry's grammar leaves out the edit that repeated a network: after a duplicate that added
+/// `linear(84)` before LeNet-5's output line, that one line cannot be added there again, while
+/// more lines there, the same line elsewhere, and a replacement still can.
+#[test]
+fn a_retry_grammar_leaves_out_the_edit_that_made_a_duplicate() {
+    let parent = std::fs::read_to_string(common::root().join("zoo/lenet5.arch")).unwrap();
+    let fmnist = nasc_lang::check::binding::dataset("fashion-mnist");
+    let output = parent.lines().position(|l| l.trim() == "linear(classes)").unwrap();
+    let duplicate = format!("@@ -{0},2 +{0},3 @@\n   relu\n+  linear(84)\n   linear(classes)\n", output);
+    let avoid = avoid_of(&duplicate);
+    assert_eq!(avoid.len(), 1);
+    let lark = |avoid: &[_]| {
+        nasc_grammar::lark::print(&diff_grammar_avoiding(&parent, PROGRAM_FILE, fmnist, avoid).unwrap()).unwrap()
+    };
+    let (whole, retry) = (Checker::lark(&lark(&[])).unwrap(), Checker::lark(&lark(&avoid)).unwrap());
+    let diff = |body: &str| fenced(&format!("--- a/program.arch\n+++ b/program.arch\n{body}"));
+    whole.accepts(&diff(&duplicate)).unwrap();
+    assert!(retry.accepts(&diff(&duplicate)).is_err(), "the duplicate's edit again");
+    let at = |line: usize, added: &str| {
+        let lines: Vec<&str> = parent.lines().collect();
+        format!("@@ -{line},2 +{line},3 @@\n {}\n{added} {}\n", lines[line - 1], lines[line])
+    };
+    for ok in [
+        at(output, "+  linear(84)\n+  relu\n"),
+        at(output - 2, "+  linear(84)\n"),
+        format!("@@ -{0},2 +{0},2 @@\n-  relu\n+  linear(84)\n   linear(classes)\n", output),
+    ] {
+        retry.accepts(&diff(&ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
 }
 

@@ -69,6 +69,82 @@ struct Line<'a> {
 /// of flow (maps, tokens, a vector) where they go (`check::kinds`): a network's flattened half
 /// takes no pooling. Errors when the parent does not parse.
 pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Result<Grammar, String> {
+    diff_grammar_avoiding(parent, file, binding, &[])
+}
+
+/// A run of lines an earlier diff added to the parent, which a retry's grammar leaves out: the
+/// edit that made a network the archive already had.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Avoid {
+    /// The parent's line (0-based) the run went before; the parent's length for the end.
+    pub at: usize,
+    /// Whether the run replaced the lines just above `at`, which the diff removed.
+    pub replacing: bool,
+    /// The added lines as the diff has them, each `+…` and a newline.
+    pub run: String,
+}
+
+/// The runs of added lines in `diff`, a unified diff against the parent (its line numbers the
+/// parent's), each with where it goes.
+pub fn avoid_of(diff: &str) -> Vec<Avoid> {
+    let mut out = Vec::new();
+    let (mut at, mut in_hunk, mut after_removal) = (0usize, false, false);
+    let mut run: Option<(bool, String)> = None;
+    let flush = |out: &mut Vec<Avoid>, run: &mut Option<(bool, String)>, at: usize| {
+        if let Some((replacing, text)) = run.take() {
+            out.push(Avoid { at, replacing, run: text });
+        }
+    };
+    for line in diff.lines() {
+        if let Some(rest) = line.strip_prefix("@@ -") {
+            flush(&mut out, &mut run, at);
+            // `@@ -a,b`: the hunk's first parent line is a (1-based); with b = 0 it goes after
+            // line a.
+            let old = rest.split(' ').next().unwrap_or("");
+            let (start, count) = old.split_once(',').unwrap_or((old, "1"));
+            let (Ok(start), Ok(count)) = (start.parse::<usize>(), count.parse::<usize>()) else {
+                in_hunk = false;
+                continue;
+            };
+            at = if count == 0 { start } else { start.saturating_sub(1) };
+            (in_hunk, after_removal) = (true, false);
+            continue;
+        }
+        if !in_hunk {
+            continue;
+        }
+        match line.as_bytes().first() {
+            Some(b'+') => {
+                let (_, text) = run.get_or_insert_with(|| (after_removal, String::new()));
+                text.push_str(line);
+                text.push('\n');
+            }
+            Some(b'-') => {
+                flush(&mut out, &mut run, at);
+                at += 1;
+                after_removal = true;
+            }
+            Some(b'\\') => {}
+            _ => {
+                flush(&mut out, &mut run, at);
+                at += 1;
+                after_removal = false;
+            }
+        }
+    }
+    flush(&mut out, &mut run, at);
+    out
+}
+
+/// [`diff_grammar`] without the runs in `avoid`: at each run's place, the added lines may not
+/// be exactly that run (they may be more, or other lines). A retry after a duplicate asks for
+/// it, so that the model cannot make the same edit again.
+pub fn diff_grammar_avoiding(
+    parent: &str,
+    file: &str,
+    binding: Option<Binding>,
+    avoid: &[Avoid],
+) -> Result<Grammar, String> {
     let program = nasc_lang::syntax::parse(parent).map_err(|d| format!("the parent does not parse: {}", d.message))?;
     let (callees, mut scopes) = stmts::program_names(&program);
     // The output line gives the classes and is the parent's: added lines do not narrow the flow
@@ -375,15 +451,23 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // starts with the removed one. Each such set of lines is a rule `again_k`, defined once the
     // grammar is complete (`Grammar::without_each` copies what it must of the rules then, shared
     // between places that remove the same text).
+    // A retry's grammar leaves out the runs it was given the same way.
     let mut again: Vec<(Expr, Vec<Excluded>)> = Vec::new();
-    let mut again_index: HashMap<(Expr, Excluded), usize> = HashMap::new();
-    let mut not_again = |adds: &Expr, excluded: Excluded| -> Expr {
+    let mut again_index: HashMap<(Expr, Vec<Excluded>), usize> = HashMap::new();
+    let mut not_again = |adds: &Expr, excluded: Vec<Excluded>| -> Expr {
         let key = (adds.clone(), excluded.clone());
         let k = *again_index.entry(key).or_insert_with(|| {
-            again.push((adds.clone(), vec![excluded]));
+            again.push((adds.clone(), excluded));
             again.len() - 1
         });
         Expr::rule(format!("again_{k}"))
+    };
+    let avoided = |i: usize, replacing: bool| -> Vec<Excluded> {
+        avoid
+            .iter()
+            .filter(|a| a.at == i && a.replacing == replacing)
+            .map(|a| Excluded::Exactly(a.run.clone()))
+            .collect()
     };
     // A line that binds a value cannot be removed (the body's later lines use it), only
     // replaced by another binding of that value, from the statements of its place.
@@ -420,7 +504,7 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
         } else {
             return None;
         };
-        let head = not_again(&head, Excluded::Exactly(format!("+{}\n", l.text)));
+        let head = not_again(&head, vec![Excluded::Exactly(format!("+{}\n", l.text))]);
         Some(Expr::seq([removed(i), head]))
     };
     let r = |name: String| Expr::rule(name);
@@ -456,7 +540,13 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
     // least one); hunk_i: a hunk starting at line i.
     for i in (0..=n).rev() {
         for &state in &states {
-            let adds = adds_at(&mut g, i, state, locks[i], false);
+            let mut adds = adds_at(&mut g, i, state, locks[i], false);
+            let avoided_here = avoided(i, false);
+            if !avoided_here.is_empty() {
+                for (a, _) in adds.iter_mut() {
+                    *a = not_again(a, avoided_here.clone());
+                }
+            }
             let end = r(format!("after_{i}_{state}"));
             let then = |suffix: &str| -> Vec<Expr> {
                 adds.iter().map(|(a, s)| Expr::seq([a.clone(), r(format!("added_{i}_{s}{suffix}"))])).collect()
@@ -472,7 +562,8 @@ pub fn diff_grammar(parent: &str, file: &str, binding: Option<Binding>) -> Resul
             // with the one removed.
             if i > 0 && lines[i - 1].removable {
                 let text = lines[i - 1].text;
-                let excluded = Excluded::StartingWith(format!("+{text}\n"));
+                let mut excluded = vec![Excluded::StartingWith(format!("+{text}\n"))];
+                excluded.extend(avoided(i, true));
                 let replacing = adds_at(&mut g, i, state, replace_locks[i - 1], uses_classes(text));
                 let again: Vec<Expr> = replacing
                     .iter()
@@ -958,4 +1049,22 @@ pub fn diff_lark(parent: &str, file: &str, binding: Option<Binding>) -> Result<S
 /// [`diff_grammar`] as GBNF, for llama.cpp's server and vLLM's default backend.
 pub fn diff_gbnf(parent: &str, file: &str, binding: Option<Binding>) -> Result<String, String> {
     nasc_grammar::gbnf::print(&diff_grammar(parent, file, binding)?).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{avoid_of, Avoid};
+
+    #[test]
+    fn avoid_of_finds_each_run_of_added_lines_and_its_place() {
+        let diff = "--- a/program.arch\n+++ b/program.arch\n@@ -3,4 +3,5 @@\n   relu\n+  linear(84)\n   dropout\n\
+                    -  linear(10)\n+  linear(12)\n+  relu\n   linear(classes)\n@@ -20,0 +22,1 @@\n+  gelu\n";
+        let avoid = avoid_of(diff);
+        let run = |at: usize, replacing: bool, run: &str| Avoid { at, replacing, run: run.to_string() };
+        assert_eq!(
+            avoid,
+            [run(3, false, "+  linear(84)\n"), run(5, true, "+  linear(12)\n+  relu\n"), run(20, false, "+  gelu\n"),]
+        );
+        assert!(avoid_of("no diff here\n+  relu\n").is_empty(), "lines before a hunk are headers");
+    }
 }
