@@ -272,10 +272,13 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
                     if oh1 == oh0 {
                         continue;
                     }
-                    // Positions q = oh·W + ow read plane[q + di·W + dj]; clip q to the plane.
+                    // Positions q = oh·W + ow read plane[q + di·W + dj]; clip q to the plane,
+                    // within the rows kept (a shift past the plane, as a tap of a 5x5 'same'
+                    // kernel on a 1x1 map, leaves an empty range, q0 = q1).
                     let shift = di * g.w as isize + dj;
-                    let q0 = ((oh0 * g.wo) as isize).max(-shift) as usize;
-                    let q1 = ((oh1 * g.wo) as isize).min((g.h * g.w) as isize - shift) as usize;
+                    let (lo_q, hi_q) = ((oh0 * g.wo) as isize, (oh1 * g.wo) as isize);
+                    let q0 = lo_q.max(-shift).min(hi_q) as usize;
+                    let q1 = hi_q.min((g.h * g.w) as isize - shift).max(q0 as isize) as usize;
                     row[oh0 * g.wo..q0].fill(0.0);
                     row[q1..oh1 * g.wo].fill(0.0);
                     if q1 > q0 {
@@ -358,6 +361,11 @@ fn col2im(g: &Geometry, col: &[f32], x: &mut [f32]) {
                     if g.stride[1] == 1 {
                         let lo = (-offset).clamp(0, g.wo as isize) as usize;
                         let hi = (g.w as isize - offset).clamp(lo as isize, g.wo as isize) as usize;
+                        // No column of this tap lands on the map (a wide 'same' kernel's tap
+                        // on a narrow one).
+                        if hi == lo {
+                            continue;
+                        }
                         let dst = &mut dst[(lo as isize + offset) as usize..][..hi - lo];
                         for (d, s) in dst.iter_mut().zip(&src[lo..hi]) {
                             *d += s;
@@ -1231,6 +1239,11 @@ mod tests {
             // Larger maps (576 positions), unaligned widths.
             (2, 3, 24, 24, 3, 1, 1, 1, true, true),
             (3, 2, 25, 23, 3, 1, 0, 1, false, false),
+            // A 'same' convolution on maps smaller than its padding: 1x1 and 2x2 under 5x5, p=2
+            // (a search's child after LeNet-5's pools; the one-copy path's shifts overran).
+            (3, 2, 1, 1, 5, 1, 2, 1, true, true),
+            (2, 3, 2, 2, 5, 1, 2, 1, false, false),
+            (2, 2, 1, 3, 7, 1, 3, 1, true, false),
         ];
         for (n, &(cin, cout, h, w, k, s, p, d, bias, relu)) in cases.iter().enumerate() {
             let seed = 10 * n as u64;
@@ -1256,6 +1269,8 @@ mod tests {
             (5, 10, 5, 6, 6, 3, 1, 0, 1, false, false, false), // depthwise without padding
             (4, 4, 4, 9, 8, 3, 1, 2, 2, true, true, false),  // depthwise dilated
             (2, 2, 2, 3, 4, 3, 3, 2, 1, false, false, false), // padding beyond the input
+            (4, 4, 4, 1, 1, 5, 1, 2, 1, true, true, false),  // depthwise 5x5 'same' on 1x1 maps
+            (4, 6, 2, 2, 1, 5, 1, 2, 1, false, false, false), // grouped, on maps under the padding
         ];
         for (n, &(cin, cout, groups, h, w, k, s, p, d, bias, relu, pool)) in cases.iter().enumerate() {
             let seed = 700 + 10 * n as u64;
