@@ -119,6 +119,26 @@ fn a_mutate_search_on_fashion_mnist_records_every_candidate_and_reports_them() {
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     let after = Store::open(&run).unwrap().all().unwrap();
     assert_eq!(after.len(), all.len());
+
+    // `reeval` trains the best candidates longer. Run again, it keeps what it stored and trains
+    // only what is missing, as after a reeval stopped partway.
+    let reeval = || nasc().args(["reeval", "--top", "3", "--epochs", "2", "--json"]).arg(&run).output().unwrap();
+    let first = reeval();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let r1: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let ids: Vec<i64> = r1["candidates"].as_array().unwrap().iter().map(|c| c["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    let db = rusqlite::Connection::open(run.join("run.db")).unwrap();
+    db.execute("DELETE FROM reevals WHERE candidate_id = ?1", [ids[0]]).unwrap();
+    let second = reeval();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    let line = |id: i64| stderr.lines().find(|l| l.starts_with(&format!("candidate {id}:"))).unwrap_or_default();
+    assert!(!line(ids[0]).contains("earlier reeval"), "{stderr}");
+    assert!(ids[1..].iter().all(|&id| line(id).contains("stored by an earlier reeval")), "{stderr}");
+    let r2: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(r2["candidates"][1]["accuracy"], r1["candidates"][1]["accuracy"]);
+    assert!(r2["candidates"][0]["accuracy"].as_f64().is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

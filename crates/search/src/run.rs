@@ -1018,24 +1018,33 @@ pub fn reeval(run: &Location, top: usize, epochs: usize, progress: bool) -> Resu
             let d = train::load_data(&cfg).map_err(|e| SearchError(format!("cannot load {}: {e}", c.dataset)))?;
             data.insert(c.dataset.clone(), d);
         }
-        let t = train_one(c, &data[&c.dataset], &long, &bar);
-        store.record_reeval(c.id, epochs as i64, t.accuracy, t.verdict, t.train_s.unwrap_or(0.0))?;
+        // A candidate an earlier reeval of as many epochs finished (one that was stopped) is
+        // kept, not trained again: a stopped reeval goes on where it was.
+        let (accuracy, verdict, train_s, kept) = match store.reeval_of(c.id, epochs as i64)? {
+            Some((accuracy, verdict, train_s)) => (accuracy, verdict, Some(train_s), true),
+            None => {
+                let t = train_one(c, &data[&c.dataset], &long, &bar);
+                store.record_reeval(c.id, epochs as i64, t.accuracy, t.verdict, t.train_s.unwrap_or(0.0))?;
+                (t.accuracy, t.verdict, t.train_s, false)
+            }
+        };
         if !visible {
             eprintln!(
-                "candidate {}: one epoch {:.4}, {epochs} epochs {} ({})",
+                "candidate {}: one epoch {:.4}, {epochs} epochs {} ({}){}",
                 c.id,
                 c.accuracy.unwrap_or(0.0),
-                t.accuracy.map_or("-".to_string(), |a| format!("{a:.4}")),
-                t.verdict
+                accuracy.map_or("-".to_string(), |a| format!("{a:.4}")),
+                verdict,
+                if kept { ", stored by an earlier reeval" } else { "" }
             );
         }
         out.push(Reevaluated {
             id: c.id,
             dataset: c.dataset.clone(),
             proxy_accuracy: c.accuracy.unwrap_or(0.0),
-            verdict: t.verdict,
-            accuracy: t.accuracy,
-            train_s: t.train_s,
+            verdict,
+            accuracy,
+            train_s,
         });
     }
     bar.finish_and_clear();

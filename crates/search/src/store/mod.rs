@@ -1333,6 +1333,18 @@ impl Store {
         Ok(self.select("WHERE id = ?1", &[int(id)])?.into_iter().next())
     }
 
+    /// What an earlier reeval stored for candidate `id` trained `epochs` epochs: accuracy,
+    /// verdict and seconds.
+    pub fn reeval_of(&self, id: i64, epochs: i64) -> Result<Option<(Option<f64>, Verdict, f64)>, StoreError> {
+        let rows = self.query(
+            "SELECT accuracy, verdict, train_s FROM reevals WHERE candidate_id = ?1 AND epochs = ?2",
+            &[int(id), int(epochs)],
+        )?;
+        let Some(r) = rows.first() else { return Ok(None) };
+        let verdict = as_text(r.get(1)).and_then(|v| v.parse::<Verdict>().ok());
+        Ok(verdict.map(|v| (as_real(r.first()), v, as_real(r.get(2)).unwrap_or(0.0))))
+    }
+
     pub fn record_reeval(
         &self,
         id: i64,
