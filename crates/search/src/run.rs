@@ -1013,16 +1013,18 @@ pub fn reeval(run: &Location, top: usize, epochs: usize, progress: bool) -> Resu
     let mut data: HashMap<String, (Dataset, Dataset)> = HashMap::new();
     let mut out = Vec::new();
     for c in &cands {
-        if !data.contains_key(&c.dataset) {
-            let cfg = TrainConfig { dataset: c.dataset.clone(), ..long.clone() };
-            let d = train::load_data(&cfg).map_err(|e| SearchError(format!("cannot load {}: {e}", c.dataset)))?;
-            data.insert(c.dataset.clone(), d);
-        }
         // A candidate an earlier reeval of as many epochs finished (one that was stopped) is
-        // kept, not trained again: a stopped reeval goes on where it was.
+        // kept, not trained again: a stopped reeval goes on where it was. Its dataset is loaded
+        // only for the first candidate that trains on it.
         let (accuracy, verdict, train_s, kept) = match store.reeval_of(c.id, epochs as i64)? {
             Some((accuracy, verdict, train_s)) => (accuracy, verdict, Some(train_s), true),
             None => {
+                if !data.contains_key(&c.dataset) {
+                    let cfg = TrainConfig { dataset: c.dataset.clone(), ..long.clone() };
+                    let d =
+                        train::load_data(&cfg).map_err(|e| SearchError(format!("cannot load {}: {e}", c.dataset)))?;
+                    data.insert(c.dataset.clone(), d);
+                }
                 let t = train_one(c, &data[&c.dataset], &long, &bar);
                 store.record_reeval(c.id, epochs as i64, t.accuracy, t.verdict, t.train_s.unwrap_or(0.0))?;
                 (t.accuracy, t.verdict, t.train_s, false)
