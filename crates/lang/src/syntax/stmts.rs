@@ -388,26 +388,37 @@ fn keeping_calls(
     positional: usize,
     value_of: &dyn Fn(&str, &str, Ty) -> Expr,
 ) -> Vec<Expr> {
-    let pool = is_pool(op);
-    let kernels: &[u32] = &[1, 3, 5, 7];
-    kernels
+    [1u32, 3, 5, 7]
         .iter()
-        .map(|&k| {
-            let typed: Vec<(&str, Expr, bool)> = params
-                .iter()
-                .filter_map(|q: &ParamSpec| match q.name {
-                    "k" => Some((q.name, Expr::text(k.to_string()), true)),
-                    // A pool's stride is its kernel unless given: 1 for k=1, as written.
-                    "s" if pool && k > 1 => Some((q.name, Expr::text("1"), true)),
-                    "p" if k > 1 => Some((q.name, Expr::text(((k - 1) / 2).to_string()), true)),
-                    "s" | "p" | "d" => None,
-                    _ => Some((q.name, value_of(op, q.name, q.ty), matches!(q.default, ArgDefault::Required))),
-                })
-                .collect();
-            let body = call(g, &format!("{rule}_keep{k}"), op, &typed, positional);
-            g.define(&format!("{rule}_keep{k}"), body)
-        })
+        .map(|&k| window_call(g, &format!("{rule}_keep{k}"), op, params, positional, (k, (k - 1) / 2), value_of))
         .collect()
+}
+
+/// Defines rule `name`: a call of window operation `op` with kernel K and padding P (`(K, P)`;
+/// a padding of 0 unwritten), stride 1 and no dilation, the other parameters as `value_of`
+/// types them.
+fn window_call(
+    g: &mut Grammar,
+    name: &str,
+    op: &str,
+    params: &[ParamSpec],
+    positional: usize,
+    (k, pad): (u32, u32),
+    value_of: &dyn Fn(&str, &str, Ty) -> Expr,
+) -> Expr {
+    let typed: Vec<(&str, Expr, bool)> = params
+        .iter()
+        .filter_map(|q: &ParamSpec| match q.name {
+            "k" => Some((q.name, Expr::text(k.to_string()), true)),
+            // A pool's stride is its kernel unless given: 1 for k=1, as written.
+            "s" if is_pool(op) && k > 1 => Some((q.name, Expr::text("1"), true)),
+            "p" if pad > 0 => Some((q.name, Expr::text(pad.to_string()), true)),
+            "s" | "p" | "d" => None,
+            _ => Some((q.name, value_of(op, q.name, q.ty), matches!(q.default, ArgDefault::Required))),
+        })
+        .collect();
+    let body = call(g, name, op, &typed, positional);
+    g.define(name, body)
 }
 
 /// The calls of convolution `op` that take 1 to `budget` pixels off a map's side: stride 1, no
@@ -424,22 +435,9 @@ fn shrinking_calls(
 ) -> Vec<Expr> {
     let mut forms = Vec::new();
     for k in [3u32, 5, 7] {
-        for pad in 0..(k - 1) / 2 {
-            if k - 1 - 2 * pad > u32::from(budget) {
-                continue;
-            }
-            let typed: Vec<(&str, Expr, bool)> = params
-                .iter()
-                .filter_map(|q: &ParamSpec| match q.name {
-                    "k" => Some((q.name, Expr::text(k.to_string()), true)),
-                    "p" if pad > 0 => Some((q.name, Expr::text(pad.to_string()), true)),
-                    "s" | "p" | "d" => None,
-                    _ => Some((q.name, value_of(op, q.name, q.ty), matches!(q.default, ArgDefault::Required))),
-                })
-                .collect();
+        for pad in (0..(k - 1) / 2).filter(|pad| k - 1 - 2 * pad <= u32::from(budget)) {
             let name = format!("{rule}_shrink{k}p{pad}");
-            let body = call(g, &name, op, &typed, positional);
-            forms.push(g.define(&name, body));
+            forms.push(window_call(g, &name, op, params, positional, (k, pad), value_of));
         }
     }
     forms
