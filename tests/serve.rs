@@ -177,6 +177,11 @@ fn serves_models_chat_and_completions_like_the_library() {
     let (status, v2) = s.post("/v1/chat/completions", &parts);
     assert_eq!(status, 200, "{v2}");
     assert_eq!(v2["choices"][0]["message"]["content"], c["message"]["content"]);
+    // The same prompt again reuses the first one's prefill (prefix caching), all but its last
+    // token, and the usage says so; the first computed all of its own.
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "{v}");
+    let prompt_tokens = v2["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(v2["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(), Some(prompt_tokens - 1), "{v2}");
 
     // A raw completion equals `nasc lm generate --raw`'s.
     let want = lm_json(&["--model", m, "--prompt", "hello", "--raw", "--max-new-tokens", "5"]);
@@ -488,6 +493,11 @@ fn adapters_load_replace_and_unload_while_serving_as_vllm_names_it() {
     let tuned = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     let args = ["--model", m, "--prompt", "hi", "--max-new-tokens", "6", "--adapter", a];
     assert_eq!(tuned, lm_json(&args)["completions"][0]["text"].as_str().unwrap());
+    // Its prefill is reused by its own next request (prefix caching), never by another model's.
+    let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert_eq!(cached(&v), 0, "{v}");
+    let (_, v) = ask("coder");
+    assert_eq!(cached(&v), v["usage"]["prompt_tokens"].as_u64().unwrap() - 1, "{v}");
 
     // Loading the name again needs load_inplace; bad requests name their field.
     let (status, v) = server.post("/v1/load_lora_adapter", &json!({"lora_name": "coder", "lora_path": a}));
@@ -495,6 +505,9 @@ fn adapters_load_replace_and_unload_while_serving_as_vllm_names_it() {
     let (status, v) =
         server.post("/v1/load_lora_adapter", &json!({"lora_name": "coder", "lora_path": a, "load_inplace": true}));
     assert_eq!(status, 200, "{v}");
+    // Replaced weights start from nothing kept of the old ones.
+    let (_, v) = ask("coder");
+    assert_eq!((cached(&v), v["choices"][0]["message"]["content"].as_str().unwrap()), (0, &tuned[..]), "{v}");
     // Outside the root, or missing: one answer that says nothing of what exists.
     let missing = dir.path().join("missing");
     for path in [missing.to_str().unwrap(), "/etc", "/nonexistent/adapter", &format!("{root}/../..")] {

@@ -1,13 +1,15 @@
 //! Throughput of generation (one greedy stream; 50 sampled replies to one prompt) and of LoRA training on the CPU.
 //! It must not change what it measures between runs: fixed prompt, seed, lengths; it only reads the model file.
 
-//! `cargo run --release -p nasc-lm --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--row-dots] [--quantized-base] [--only generate|stream|batch|train] [--n N] [--epochs N]`
+//! `cargo run --release -p nasc-lm --example bench_generate -- [MODEL.gguf] [--rounds N] [--burn-too] [--row-dots] [--no-panels] [--quantized-base] [--only generate|stream|batch|train] [--n N] [--epochs N]`
 //!
 //! The model defaults to `$NASC_SMOLLM2_GGUF`. `--burn-too` runs every measurement twice per
 //! round, once with nasc-lm's CPU kernels and once through Burn's generic ops, interleaved, and
 //! prints the ratio: on a shared machine only ratios measured side by side mean anything.
 //! `--row-dots` (with `--quantized-base`) likewise runs the 8-bit products as one-row integer
 //! dot products beside the packed kernel (AVX-512 VNNI or AVX2).
+//! `--no-panels` likewise runs the f32 products of decoding steps through `gemm` and the one-row
+//! `gemv` beside the packed column panels (`Kernels::panels`).
 //! `--grammar FILE` (Lark or GBNF, e.g. `nasc grammar zoo/resnet18.arch`) runs the 50 samples
 //! twice per round, held to the grammar and free, interleaved, and prints the ratio.
 //! `--n N` sets the batch's samples (50 unless given).
@@ -35,6 +37,8 @@ struct Args {
     grammar: Option<String>,
     /// Also run 8-bit products as one-row dot products (the path without the packed kernel).
     row_dots: bool,
+    /// Also run f32 products without the packed panels.
+    no_panels: bool,
     /// Samples in the batch measurement.
     n: usize,
 }
@@ -49,6 +53,7 @@ fn args() -> Result<Args, String> {
         epochs: 3,
         grammar: None,
         row_dots: false,
+        no_panels: false,
         n: 50,
     };
     let mut it = std::env::args().skip(1);
@@ -70,6 +75,7 @@ fn args() -> Result<Args, String> {
             }
             "--burn-too" => a.burn_too = true,
             "--row-dots" => a.row_dots = true,
+            "--no-panels" => a.no_panels = true,
             "--grammar" => a.grammar = Some(it.next().ok_or("--grammar needs a file")?),
             "--quantized-base" => a.quantized = true,
             "--only" => {
@@ -139,6 +145,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     if a.row_dots {
         modes.push(("row dots", Kernels { vnni: false, ..options.kernels }));
+    }
+    if a.no_panels {
+        modes.push(("no panels", Kernels { panels: false, ..options.kernels }));
     }
     let kernels_for = |on: bool| Kernels { cpu: on, ..options.kernels };
     let only = |part: &str| a.only.as_deref().is_none_or(|o| o == part || (o == "generate" && part != "train"));

@@ -1,7 +1,7 @@
 //! Continuous batching in `nasc serve`, as clients see it: the same requests one at a time, then all at once.
 //! It must not change what it measures between runs: fixed prompts, greedy replies, fixed lengths; it only reads the model file.
 
-//! `cargo run --release -p nasc-lm --example bench_serve -- [MODEL.gguf] [--clients N] [--tokens N] [--rounds N] [--quantized-base] [--together-only] [--load N]`
+//! `cargo run --release -p nasc-lm --example bench_serve -- [MODEL.gguf] [--clients N] [--tokens N] [--rounds N] [--quantized-base] [--no-panels] [--together-only] [--load N]`
 //!
 //! Serves the model in this process on a loopback port, then per round sends `--clients`
 //! chat requests (different prompts asking for a story, greedy, at most `--tokens` each) one after another, and the
@@ -9,12 +9,14 @@
 //! tokens/s (all replies' tokens over the wall time) and request latencies, and the ratios:
 //! together ÷ alone for throughput, and for latency the mean latency together ÷ the mean alone.
 //! Greedy replies are the same in both modes, so both decode the same tokens.
+//! `--no-panels` serves f32 decoding steps through `gemm` and the one-row `gemv` instead of the
+//! packed column panels (`Kernels::panels`), to compare.
 //! `--together-only` skips the requests one at a time (to profile the batched mode alone).
 //! `--load N` runs a load test instead: `--clients` threads send N requests in all (n of 1, 2
 //! or 4; 12 to 31 tokens; half streamed; one in ten leaving its stream after the first event),
 //! and prints the answers by status, the p50 and p99 latencies and the tokens/s of all replies.
 
-use nasc_lm::model::LoadOptions;
+use nasc_lm::model::{Kernels, LoadOptions};
 use nasc_lm::serve::{serve, ServeOptions};
 use nasc_runtime::Device;
 use serde_json::{json, Value};
@@ -27,6 +29,7 @@ struct Args {
     tokens: usize,
     rounds: usize,
     quantized: bool,
+    no_panels: bool,
     together_only: bool,
     load: Option<usize>,
 }
@@ -38,6 +41,7 @@ fn args() -> Result<Args, String> {
         tokens: 64,
         rounds: 2,
         quantized: false,
+        no_panels: false,
         together_only: false,
         load: None,
     };
@@ -51,6 +55,7 @@ fn args() -> Result<Args, String> {
             "--tokens" => a.tokens = number(&mut it, "--tokens")?,
             "--rounds" => a.rounds = number(&mut it, "--rounds")?,
             "--quantized-base" => a.quantized = true,
+            "--no-panels" => a.no_panels = true,
             "--together-only" => a.together_only = true,
             "--load" => a.load = Some(number(&mut it, "--load")?),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
@@ -105,7 +110,10 @@ fn run() -> Result<(), String> {
         max_queue: 256,
         shutdown_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(600),
-        load: LoadOptions { quantised_base: a.quantized, ..LoadOptions::default() },
+        load: LoadOptions {
+            quantised_base: a.quantized,
+            kernels: Kernels { panels: !a.no_panels, ..Kernels::default() },
+        },
     };
     std::thread::spawn(move || {
         if let Err(e) = serve(options, listener, Device::Cpu) {

@@ -178,6 +178,9 @@ fn top_logprobs(row: &[f32], k: usize, norm: f32) -> Vec<(u32, f32)> {
 pub struct Generation {
     pub completions: Vec<Completion>,
     pub prompt_tokens: usize,
+    /// The prompt's first tokens whose keys and values came from an earlier prefill
+    /// ([`Prefixes`]) instead of being computed again.
+    pub cached_prompt_tokens: usize,
     pub prefill_seconds: f64,
     pub decode_seconds: f64,
 }
@@ -258,6 +261,74 @@ pub fn generate_until<'a, B: Backend>(
 /// Which request of a [`Batch`] a result belongs to.
 pub type RequestId = u64;
 
+/// Prefills of recent prompts, kept so that a prompt that begins as one of them does (a chat's
+/// system prompt and template, the search's instructions, a retry of the same request) computes
+/// only the rest: vLLM's automatic prefix caching, for the CPU kernels' caches. Entries are
+/// keyed by the model (a served name) and let go, least recently used first, past a budget of
+/// bytes; an entry larger than the budget is not kept.
+pub struct Prefixes<B: Backend> {
+    /// Most recently used first.
+    entries: std::collections::VecDeque<Prefix<B>>,
+    budget: u64,
+}
+
+struct Prefix<B: Backend> {
+    key: String,
+    tokens: Vec<u32>,
+    cache: KvCache<B>,
+}
+
+impl<B: Backend> Prefixes<B> {
+    /// An empty store that holds at most `budget` bytes of keys and values.
+    pub fn new(budget: u64) -> Self {
+        Prefixes { entries: Default::default(), budget }
+    }
+
+    /// Bytes the kept prefills hold.
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.cache.bytes()).sum()
+    }
+
+    /// Lets go of every prefill kept under a key that starts with `start` (their weights
+    /// changed or went).
+    pub fn forget(&mut self, start: &str) {
+        self.entries.retain(|e| !e.key.starts_with(start));
+    }
+
+    /// The cache of the longest kept start of `prompt` under `key`, and its length: never the
+    /// whole prompt, whose last position must run to give the first logits.
+    fn longest(&mut self, key: &str, prompt: &[u32]) -> Option<(KvCache<B>, usize)> {
+        let shared = |e: &Prefix<B>| e.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let (i, len) = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.key == key)
+            .map(|(i, e)| (i, shared(e).min(prompt.len() - 1)))
+            .max_by_key(|&(i, len)| (len, std::cmp::Reverse(i)))?;
+        if len == 0 {
+            return None;
+        }
+        let entry = self.entries.remove(i)?;
+        let cache = entry.cache.prefix(len);
+        self.entries.push_front(entry);
+        cache.map(|c| (c, len))
+    }
+
+    /// Keeps `cache`, the prefill of `prompt` (one row), in place of any kept prefill it extends.
+    fn keep(&mut self, key: &str, prompt: &[u32], cache: &KvCache<B>) {
+        let Some(copy) = cache.prefix(prompt.len()) else { return };
+        if copy.bytes() > self.budget {
+            return;
+        }
+        self.entries.retain(|e| e.key != key || !prompt.starts_with(&e.tokens));
+        self.entries.push_front(Prefix { key: key.to_string(), tokens: prompt.to_vec(), cache: copy });
+        while self.bytes() > self.budget {
+            self.entries.pop_back();
+        }
+    }
+}
+
 /// Requests decoding together, as a server runs them (continuous batching): a request's prompt
 /// is prefilled when it is [added](Batch::add), its rows join the running ones at the next
 /// token boundary, and each row leaves once its reply ends, so that every [step](Batch::step)
@@ -278,6 +349,8 @@ pub struct Batch<'a, B: Backend> {
     requests: std::collections::HashMap<RequestId, Request>,
     callers: std::collections::HashMap<RequestId, Caller<'a>>,
     next: RequestId,
+    /// Earlier prefills that a new request's prompt may start from, and this model's key in them.
+    prefixes: Option<(&'a std::cell::RefCell<Prefixes<B>>, String)>,
 }
 
 /// A live reply: which request, which of its streams.
@@ -291,6 +364,7 @@ struct Row {
 struct Request {
     streams: Vec<Stream>,
     prompt_tokens: usize,
+    cached_tokens: usize,
     prefill_seconds: f64,
     started: Instant,
 }
@@ -317,7 +391,16 @@ impl<'a, B: Backend> Batch<'a, B> {
             requests: Default::default(),
             callers: Default::default(),
             next: 0,
+            prefixes: None,
         }
+    }
+
+    /// The batch, its requests' prefills kept in `store` under `key` (the served model's name:
+    /// keys and values hold only for the weights that made them) and each prompt started from
+    /// the longest prefix kept there.
+    pub fn reusing(mut self, store: &'a std::cell::RefCell<Prefixes<B>>, key: &str) -> Self {
+        self.prefixes = Some((store, key.to_string()));
+        self
     }
 
     /// Whether another request may [`add`](Self::add) now: always on the CPU kernels, else only
@@ -376,8 +459,15 @@ impl<'a, B: Backend> Batch<'a, B> {
             });
         }
         let start = Instant::now();
-        let mut cache = KvCache::new(&self.model.config);
-        let first = logits_rows(self.model.forward_last(prompt, 1, &mut cache)?)?;
+        let (mut cache, reused) = match self.prefixes {
+            Some((store, ref key)) => store.borrow_mut().longest(key, prompt),
+            None => None,
+        }
+        .unwrap_or_else(|| (KvCache::new(&self.model.config), 0));
+        let first = logits_rows(self.model.forward_last(&prompt[reused..], 1, &mut cache)?)?;
+        if let Some((store, ref key)) = self.prefixes {
+            store.borrow_mut().keep(key, prompt, &cache);
+        }
         let prefill_seconds = start.elapsed().as_secs_f64();
         let id = self.next;
         self.next += 1;
@@ -402,7 +492,13 @@ impl<'a, B: Backend> Batch<'a, B> {
                 self.grammars.push(grammar.map(Constraint::fork));
             }
         }
-        let request = Request { streams, prompt_tokens: prompt.len(), prefill_seconds, started: Instant::now() };
+        let request = Request {
+            streams,
+            prompt_tokens: prompt.len(),
+            cached_tokens: reused,
+            prefill_seconds,
+            started: Instant::now(),
+        };
         self.requests.insert(id, request);
         self.callers.insert(id, Caller { on_text: Box::new(on_text), go_on: Box::new(go_on) });
         Ok(id)
@@ -448,6 +544,7 @@ impl<'a, B: Backend> Batch<'a, B> {
             let generation = Generation {
                 completions,
                 prompt_tokens: request.prompt_tokens,
+                cached_prompt_tokens: request.cached_tokens,
                 prefill_seconds: request.prefill_seconds,
                 decode_seconds: request.started.elapsed().as_secs_f64(),
             };

@@ -153,6 +153,85 @@ fn products_of_row_major_operands_equal_plain_sums() {
     }
 }
 
+#[test]
+fn products_through_packed_panels_equal_plain_sums() {
+    // Every row count a decoding step takes (and 11: two groups of rows), widths that end inside
+    // a panel or a group of panels, and a single panel.
+    use super::kernels::panels::Panels;
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for (k, n) in [(5, 7), (64, 8), (200, 40 + 3), (577, 1536 + 9), (96, 4 * 8 * 5 + 8)] {
+        let b = uniform(&mut rng, k * n, 1.0);
+        let panels = Panels::pack(&b, k, n);
+        for m in (1..=8).chain([11]) {
+            let a = uniform(&mut rng, m * k, 1.0);
+            let plain = |i: usize, j: usize| (0..k).map(|r| a[i * k + r] as f64 * b[r * n + j] as f64).sum::<f64>();
+            let want: Vec<f32> = (0..m * n).map(|e| plain(e / n, e % n) as f32).collect();
+            let mut y = vec![f32::NAN; m * n];
+            panels.matmul(m, &a, &mut y, None);
+            let d = max_diff(&y, &want);
+            assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] through panels: differs by {d}");
+            let start = uniform(&mut rng, m * n, 1.0);
+            let mut y = start.clone();
+            panels.matmul(m, &a, &mut y, Some(-0.5));
+            let added: Vec<f32> = start.iter().zip(&want).map(|(s, w)| s - 0.5 * w).collect();
+            let d = max_diff(&y, &added);
+            assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] through panels, added at -0.5: differs by {d}");
+        }
+    }
+}
+
+/// Logits of a batch of three rows decoding four tokens after a prefill (the steps go through the
+/// panels when they are on).
+fn three_rows_decoding(model: &Llama<Flex>) -> Vec<f32> {
+    let mut cache = KvCache::new(&model.config);
+    let mut out = values(model.forward_all(&TOKENS[..5], 1, &mut cache).unwrap());
+    let mut three = cache.repeat_rows(3);
+    for step in 0..4u32 {
+        out.extend(values(model.forward_last(&[step, 40 + step, 200 - step], 3, &mut three).unwrap()));
+    }
+    out
+}
+
+#[test]
+fn decoding_steps_through_panels_follow_the_weights_they_read() {
+    let mut c = tiny_config(268);
+    c.tie_word_embeddings = false;
+    let model = weights::build::<Flex>(c.clone(), &random_tensors(&c, 21), &Default::default(), false).unwrap();
+    let plain = model.clone().with_kernels(Kernels { panels: false, ..model.kernels() });
+    assert!(model.kernels().panels, "panels are on by default");
+    let (ours, gemm) = (three_rows_decoding(&model), three_rows_decoding(&plain));
+    let d = max_diff(&ours, &gemm);
+    assert!(d < 1e-4, "decoding through panels differs from gemm by {d}");
+    // Every projection and the output head were packed once, and a clone shares them.
+    let packed = model.panels.packed_values();
+    let weights = c.n_layers
+        * (c.hidden_size * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
+            + c.n_heads * c.head_dim * c.hidden_size
+            + 3 * c.hidden_size * c.intermediate_size)
+        + c.hidden_size * c.vocab_size;
+    assert!(packed >= weights && packed < weights + weights / 2, "{packed} values packed for {weights} weights");
+    three_rows_decoding(&model.clone());
+    assert_eq!(model.panels.packed_values(), packed, "a clone packed its weights again");
+
+    // New weights (a merge, a load) are read, never the panels of the old ones; the old panels go
+    // once nothing but the cache holds their weights.
+    let before = ours;
+    let mut changed = model.clone();
+    let device = Default::default();
+    for block in &mut changed.blocks {
+        let [k, n] = block.down.weight.dims();
+        let w = burn::tensor::TensorData::new(vec![0.01f32; k * n], [k, n]);
+        block.down.weight = Param::from_data(w, &device);
+    }
+    drop((model, plain));
+    let changed_plain = changed.clone().with_kernels(Kernels { panels: false, ..changed.kernels() });
+    let (ours, gemm) = (three_rows_decoding(&changed), three_rows_decoding(&changed_plain));
+    let d = max_diff(&ours, &gemm);
+    assert!(d < 1e-4, "after new weights, decoding through panels differs from gemm by {d}");
+    assert!(max_diff(&ours, &before) > 1e-3, "the new weights changed nothing");
+    assert_eq!(changed.panels.packed_values(), packed, "the old weights' panels were kept beside the new");
+}
+
 // ---- quantised weights ----
 
 fn f16_bytes(x: f32) -> [u8; 2] {

@@ -162,6 +162,10 @@ pub struct Llama<B: Backend> {
     /// Which code runs its passes ([`Kernels`]; from [`LoadOptions::kernels`]).
     #[module(skip)]
     pub kernels: Kernels,
+    /// The f32 weights packed for decoding steps ([`Kernels::panels`]), built on first use and
+    /// shared by the model's clones.
+    #[module(skip)]
+    pub(crate) panels: kernels::panels::PanelCache,
 }
 
 /// What a pass's layers take from the model's [`Kernels`] and backend.
@@ -205,6 +209,21 @@ impl<B: Backend> KvCache<B> {
             return flat.batch();
         }
         self.layers.iter().flatten().next().map_or(0, |(k, _)| k.dims()[0])
+    }
+
+    /// The first `len` positions of a one-row cache of the CPU kernels (at most those it holds),
+    /// as a new cache that goes on from there: the prefill of a prompt's first `len` tokens.
+    /// `None` for other caches.
+    pub fn prefix(&self, len: usize) -> Option<Self> {
+        let flat = self.flat.as_ref().filter(|f| f.batch() == 1)?;
+        let flat = flat.row_prefix(0, len);
+        let len = flat.row_len(0);
+        Some(KvCache { layers: self.layers.clone(), flat: Some(flat), len })
+    }
+
+    /// Bytes the cache's buffers hold (the CPU kernels' cache; 0 for others).
+    pub fn bytes(&self) -> u64 {
+        self.flat.as_ref().map_or(0, |f| f.bytes())
     }
 
     /// A cache of one row repeated `n` times: the prompt prefilled once, shared by `n` continuations.

@@ -798,3 +798,55 @@ fn requests_that_join_a_running_batch_reply_as_they_would_alone() {
     }
     assert_eq!(rest[0].1.completions, generate(&burn, &tok, &ids[0], &long, |_, _| {}).unwrap().completions);
 }
+
+/// A prompt that starts as an earlier one in a batch that keeps its prefills computes only the
+/// rest, and replies as it does from a prefill of its own: the same tokens, the same
+/// log-probabilities to float rounding. Other models' prefills, forgotten ones and ones past the
+/// budget are not reused.
+#[test]
+fn a_prompt_that_starts_as_an_earlier_one_reuses_its_prefill() {
+    use crate::generate::{Batch, Generation, Prefixes};
+    use std::cell::RefCell;
+    let (model, tok) = tiny_checkpoint();
+    let first = tok.encode("the quick brown fox jumps over the lazy dog", false).unwrap();
+    let mut second = first[..first.len() - 3].to_vec();
+    second.extend(tok.encode(" and runs", false).unwrap());
+    let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
+    assert!(shared >= 4 && shared < second.len(), "the prompts share {shared} tokens");
+    let params = SamplingParams { max_new_tokens: 8, logprobs: Some(2), stop_token_ids: vec![], ..Default::default() };
+    let run = |batch: &mut Batch<'_, Flex>, prompt: &[u32]| -> Generation {
+        let id = batch.add(prompt, params.clone(), None, |_, _| {}, || true).unwrap();
+        loop {
+            if let Some((_, g)) = batch.step().unwrap().into_iter().find(|(done, _)| *done == id) {
+                return g;
+            }
+        }
+    };
+    let store = RefCell::new(Prefixes::new(1 << 30));
+    let mut batch = Batch::new(model.clone(), &tok).reusing(&store, "base");
+    assert_eq!(run(&mut batch, &first).cached_prompt_tokens, 0);
+    let reused = run(&mut batch, &second);
+    assert_eq!(reused.cached_prompt_tokens, shared);
+    let own = generate(&model, &tok, &second, &params, |_, _| {}).unwrap();
+    assert_eq!(own.cached_prompt_tokens, 0);
+    let (a, b) = (&reused.completions[0], &own.completions[0]);
+    assert_eq!(a.tokens, b.tokens, "reusing a prefill changed the reply");
+    for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+        assert!((x.logprob - y.logprob).abs() < 1e-4, "log-probability {} against {}", x.logprob, y.logprob);
+    }
+    // The same prompt again: all but its last token come from the store.
+    assert_eq!(run(&mut batch, &second).cached_prompt_tokens, second.len() - 1);
+
+    // Another model's key finds nothing; after `forget`, neither does this one's.
+    let mut other = Batch::new(model.clone(), &tok).reusing(&store, "adapter");
+    assert_eq!(run(&mut other, &second).cached_prompt_tokens, 0);
+    store.borrow_mut().forget("base");
+    assert_eq!(run(&mut batch, &second).cached_prompt_tokens, 0);
+
+    // A budget smaller than one prefill keeps none.
+    let small = RefCell::new(Prefixes::new(1024));
+    let mut batch = Batch::new(model.clone(), &tok).reusing(&small, "base");
+    run(&mut batch, &first);
+    assert_eq!(small.borrow().bytes(), 0);
+    assert_eq!(run(&mut batch, &first).cached_prompt_tokens, 0);
+}

@@ -491,7 +491,16 @@ pub(crate) fn build<B: Backend>(
         });
     }
     let norm = vector("model.norm.weight", h)?;
-    Ok(Llama { embed, blocks, norm, lm_head, config, quantised_head, kernels: Kernels::default() })
+    Ok(Llama {
+        embed,
+        blocks,
+        norm,
+        lm_head,
+        config,
+        quantised_head,
+        kernels: Kernels::default(),
+        panels: Default::default(),
+    })
 }
 
 /// A row-major `[rows, cols]` matrix as `[cols, rows]`, in tiles that stay in cache (a plain

@@ -399,8 +399,10 @@ struct Reply {
 
 impl Reply {
     fn usage(&self, g: &crate::generate::Generation) -> Value {
+        // OpenAI's field for the prompt's tokens that came from the prefix cache.
         json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": g.generated_tokens(),
-               "total_tokens": self.prompt_tokens + g.generated_tokens()})
+               "total_tokens": self.prompt_tokens + g.generated_tokens(),
+               "prompt_tokens_details": {"cached_tokens": g.cached_prompt_tokens}})
     }
 
     /// A reply's log-probabilities as the endpoint gives them: chat's `content` list of tokens

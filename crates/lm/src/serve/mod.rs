@@ -13,11 +13,12 @@
 
 use crate::chat::Message;
 use crate::constrain::{Constrainer, Constraint, Grammar};
-use crate::generate::{Batch, Generation, RequestId, SamplingParams};
+use crate::generate::{Batch, Generation, Prefixes, RequestId, SamplingParams};
 use crate::model::{Checkpoint, Llama, LoadOptions, ModelError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use nasc_runtime::{BackendJob, Device};
 use serde_json::{json, Value};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -241,6 +242,11 @@ impl BackendJob for Job {
         // The vocabulary's table for grammars, built on the first request that has one.
         let mut constrainer = None;
         let mut waiting: VecDeque<Ready> = VecDeque::new();
+        // Recent prefills, so that a prompt that starts as an earlier one computes only the rest.
+        // Their key is the served name and how many times adapters were loaded or unloaded before
+        // the batch began, since a batch decoding with replaced weights goes on with its own.
+        let prefixes = RefCell::new(Prefixes::new((a.kv_cache_bytes / 8).min(PREFIX_BYTES)));
+        let mut reloads = 0u64;
         let mut running: Option<Running<'_, B::InnerBackend>> = None;
         let mut senders_gone = false;
         loop {
@@ -276,12 +282,16 @@ impl BackendJob for Job {
                     }
                     Msg::Load { name, dir, inplace, reply } => {
                         // A batch decoding with the adapter replaced keeps its own copy.
+                        prefixes.borrow_mut().forget(&prefix_key(&name, None));
+                        reloads += 1;
                         let result = load_runtime(&ckpt.model, &mut weights, name, &dir, inplace);
                         // The served names change before the answer, so a client that heard 200 finds them.
                         publish(&models, &weights);
                         let _ = reply.send(result);
                     }
                     Msg::Unload { name, reply } => {
+                        prefixes.borrow_mut().forget(&prefix_key(&name, None));
+                        reloads += 1;
                         let result = if name == weights[0].0 {
                             Err(HttpError::bad(
                                 format!("`{name}` is the base model; only adapters can be unloaded"),
@@ -308,8 +318,10 @@ impl BackendJob for Job {
                     queued.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 };
-                let batch =
-                    running.get_or_insert_with(|| Running::new(front.work.model.clone(), model, &ckpt.tokenizer));
+                let batch = running.get_or_insert_with(|| {
+                    let key = prefix_key(&front.work.model, Some(reloads));
+                    Running::new(&front.work.model, &key, model, &ckpt.tokenizer, &prefixes)
+                });
                 if batch.batch.requests() > 0
                     && (batch.model != front.work.model
                         || !batch.batch.joinable()
@@ -318,7 +330,8 @@ impl BackendJob for Job {
                     break;
                 }
                 if batch.batch.requests() == 0 && batch.model != front.work.model {
-                    *batch = Running::new(front.work.model.clone(), model, &ckpt.tokenizer);
+                    let key = prefix_key(&front.work.model, Some(reloads));
+                    *batch = Running::new(&front.work.model, &key, model, &ckpt.tokenizer, &prefixes);
                 }
                 let ready = waiting.pop_front().expect("front");
                 if batch.admit(ready).is_err() {
@@ -493,6 +506,9 @@ struct Running<'t, B: Backend> {
     batch: Batch<'t, B>,
     /// What each request in it needs at its end: its reply channel, its rows and their positions.
     members: HashMap<RequestId, Member>,
+    /// The prefills its requests start from and add to, under `key` ([`prefix_key`]).
+    prefixes: &'t RefCell<Prefixes<B>>,
+    key: String,
 }
 
 struct Member {
@@ -502,8 +518,15 @@ struct Member {
 }
 
 impl<'t, B: Backend> Running<'t, B> {
-    fn new(name: String, model: &Llama<B>, tokenizer: &'t crate::tokenizer::Tokenizer) -> Self {
-        Running { model: name, batch: Batch::new(model.clone(), tokenizer), members: HashMap::new() }
+    fn new(
+        name: &str,
+        key: &str,
+        model: &Llama<B>,
+        tokenizer: &'t crate::tokenizer::Tokenizer,
+        prefixes: &'t RefCell<Prefixes<B>>,
+    ) -> Self {
+        let batch = Batch::new(model.clone(), tokenizer).reusing(prefixes, key);
+        Running { model: name.to_string(), key: key.to_string(), batch, members: HashMap::new(), prefixes }
     }
 
     /// The KV cache the batch may grow to with `ready` in it: every row as long as the longest
@@ -561,7 +584,8 @@ impl<'t, B: Backend> Running<'t, B> {
                     stats.generations.fetch_add(1, Ordering::SeqCst);
                     let _ = m.reply.send(Event::Failed(HttpError::server(message.clone())));
                 }
-                self.batch = Batch::new(self.batch.model().clone(), self.batch.tokenizer());
+                self.batch =
+                    Batch::new(self.batch.model().clone(), self.batch.tokenizer()).reusing(self.prefixes, &self.key);
                 return n;
             }
         };
@@ -582,6 +606,19 @@ impl<'t, B: Backend> Running<'t, B> {
             let _ = m.reply.send(Event::Done(g, texts));
         }
         n
+    }
+}
+
+/// The most bytes of keys and values kept for prefix reuse ([`Prefixes`]), whatever the KV
+/// budget: an eighth of it up to this.
+const PREFIX_BYTES: u64 = 256 << 20;
+
+/// The key of a served model's prefills: its name and the number of adapter loads and unloads
+/// before its batch began (`None`: the start every key of that name shares).
+fn prefix_key(name: &str, reloads: Option<u64>) -> String {
+    match reloads {
+        Some(n) => format!("{name}\u{0}{n}"),
+        None => format!("{name}\u{0}"),
     }
 }
 

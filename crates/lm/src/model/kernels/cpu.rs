@@ -12,6 +12,7 @@
 //! [`super::inference`] decides per call, from the model's [`super::Kernels`], the
 //! backend and the cache (a cache keeps the path it started on).
 
+use super::panels::{PanelCache, MAX_ROWS};
 use super::quant::QuantMatrix;
 use super::{Cpu, Inputs};
 use crate::model::adapter::Target;
@@ -105,6 +106,20 @@ impl FlatKv {
         self.cap = cap;
     }
 
+    /// Bytes its buffers hold.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.k.iter().chain(&self.v).map(|b| (b.len() * std::mem::size_of::<f32>()) as u64).sum()
+    }
+
+    /// Row `r`'s first `len` positions (at most the row's) as a cache of one row: what a prefill
+    /// of that row's first `len` tokens leaves (keys and values of a position depend only on the
+    /// tokens up to it).
+    pub(crate) fn row_prefix(&self, r: usize, len: usize) -> Self {
+        let mut one = self.gather_rows(&[r]);
+        one.lens[0] = len.min(self.lens[r]);
+        one
+    }
+
     /// The batch's rows taken in the order `rows` gives (a row may repeat), in a buffer sized
     /// for the longest of them (doubling from 64), so that rows leaving give memory back.
     pub(crate) fn gather_rows(&self, rows: &[usize]) -> Self {
@@ -182,6 +197,7 @@ pub(crate) fn logits<B: Backend>(
     let (h, heads, kvh, d, ff) = (c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.intermediate_size);
     let eps = c.rms_norm_eps as f32;
     let inputs = model.kernels.inputs();
+    let panels = model.kernels.panels.then_some(&model.panels);
     let rows = tokens.len();
     let seq = rows / batch;
     let flat = cache.flat.get_or_insert_with(|| FlatKv::new(c.n_layers, batch, kvh, d));
@@ -214,6 +230,7 @@ pub(crate) fn logits<B: Backend>(
             rows,
             &mut [&mut q[..], &mut k[..], &mut v[..]],
             inputs,
+            panels,
         );
         rope(&mut q, rows, heads, d, &cos, &sin);
         rope(&mut k, rows, kvh, d, &cos, &sin);
@@ -228,13 +245,21 @@ pub(crate) fn logits<B: Backend>(
         }
         let geometry = Attention { batch, seq, past: &past, heads, kv_heads: kvh, d, cap: flat.cap };
         attention(&geometry, &q, &flat.k[layer], &flat.v[layer], &mut att);
-        project(block, Target::O, &att, rows, &mut out, inputs);
+        project(block, Target::O, &att, rows, &mut out, inputs, panels);
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
 
         rms_norm(&x, &f32s(&prim::<B, FlexTensor, 1>(block.mlp_norm.val())), eps, &mut normed);
-        project_many(block, &[Target::Gate, Target::Up], &normed, rows, &mut [&mut gate[..], &mut up[..]], inputs);
+        project_many(
+            block,
+            &[Target::Gate, Target::Up],
+            &normed,
+            rows,
+            &mut [&mut gate[..], &mut up[..]],
+            inputs,
+            panels,
+        );
         gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| super::fastexp::swiglu(g, u));
-        project(block, Target::Down, &gate, rows, &mut out, inputs);
+        project(block, Target::Down, &gate, rows, &mut out, inputs, panels);
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
     }
     flat.lens.iter_mut().for_each(|l| *l += seq);
@@ -254,7 +279,7 @@ pub(crate) fn logits<B: Backend>(
         Some(head) => head.matmul(n, &normed, &mut logits, inputs),
         None => {
             let head = prim::<B, FlexTensor, 2>(model.lm_head.val());
-            matmul((n, h, vocab), &normed, &f32s(&head), &mut logits, None);
+            weight_product(panels, &head, (n, h, vocab), &normed, &mut logits);
         }
     }
     wrap::<B, _, 2>(FlexTensor::from_data(TensorData::new(logits, [n, vocab])))
@@ -269,6 +294,7 @@ fn project_many<B: Backend>(
     rows: usize,
     outs: &mut [&mut [f32]],
     inputs: Inputs,
+    panels: Option<&PanelCache>,
 ) {
     let quantised: Option<Vec<&QuantMatrix>> = targets.iter().map(|&t| block.base(t).1.map(|q| &**q)).collect();
     match quantised {
@@ -280,14 +306,22 @@ fn project_many<B: Backend>(
         }
         None => {
             for (&target, out) in targets.iter().zip(outs.iter_mut()) {
-                project(block, target, x, rows, out, inputs);
+                project(block, target, x, rows, out, inputs, panels);
             }
         }
     }
 }
 
 /// `out = x Wᵀ(+ bias) + scale · x A B` for `target`'s projection of `block`, `x` `[rows, in]`.
-fn project<B: Backend>(block: &Block<B>, target: Target, x: &[f32], rows: usize, out: &mut [f32], inputs: Inputs) {
+fn project<B: Backend>(
+    block: &Block<B>,
+    target: Target,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    inputs: Inputs,
+    panels: Option<&PanelCache>,
+) {
     let (linear, quantised) = block.base(target);
     let d_in = x.len() / rows;
     let d_out = out.len() / rows;
@@ -295,10 +329,29 @@ fn project<B: Backend>(block: &Block<B>, target: Target, x: &[f32], rows: usize,
         Some(q) => q.matmul(rows, x, out, inputs),
         None => {
             let w = prim::<B, FlexTensor, 2>(linear.weight.val());
-            matmul((rows, d_in, d_out), x, &f32s(&w), out, None);
+            weight_product(panels, &w, (rows, d_in, d_out), x, out);
         }
     }
     project_extras(block, target, x, rows, out);
+}
+
+/// `out (m×n) = x (m×k) · w` for an f32 weight `w` `[k, n]` of the model: through its packed
+/// panels ([`PanelCache`]) for a decoding step's few rows when the model keeps them, else
+/// [`matmul`].
+fn weight_product(
+    panels: Option<&PanelCache>,
+    w: &FlexTensor,
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let values = f32s(w);
+    match (panels, &values) {
+        (Some(cache), Cow::Borrowed(v)) if m <= MAX_ROWS && v.len() == k * n => {
+            cache.get(w, v, k, n).matmul(m, x, out, None)
+        }
+        _ => matmul((m, k, n), x, &values, out, None),
+    }
 }
 
 /// What [`project`] adds to the base product already in `out`: the bias and the adapter's

@@ -18,6 +18,7 @@
 
 pub(crate) mod cpu;
 pub(crate) mod fastexp;
+pub(crate) mod panels;
 pub mod quant;
 pub(crate) mod train_ops;
 pub(crate) mod vnni;
@@ -51,11 +52,16 @@ pub struct Kernels {
     /// 8-bit products take [`vnni`]'s packed kernel (AVX-512 VNNI, else AVX2) where the CPU has
     /// one (auto); off, the per-row integer dot products that other CPUs take. On by default.
     pub vnni: bool,
+    /// Products of an f32 weight with at most [`panels::MAX_ROWS`] rows (a decoding step) read
+    /// the weight repacked once into column panels ([`panels`]), kept for the model's life (a
+    /// second copy of its f32 weights, made on first use); off, `gemm` and the one-row `gemv`
+    /// read the weight as stored. On by default.
+    pub panels: bool,
 }
 
 impl Default for Kernels {
     fn default() -> Self {
-        Kernels { cpu: true, int8_activations: true, vnni: true }
+        Kernels { cpu: true, int8_activations: true, vnni: true, panels: true }
     }
 }
 

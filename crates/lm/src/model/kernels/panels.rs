@@ -1,0 +1,311 @@
+//! f32 products of a few rows (a decoding batch) with a weight repacked once into column panels, and the cache of those panels.
+//! It must compute what `x · W` computes (up to float rounding), never read a weight that has since changed, and keep one copy of each weight only.
+
+//! Why: a step of a decoding batch multiplies a handful of rows (one per sequence) by every
+//! weight of the model, so it is bound by reading the weights from memory, and 8 rows should
+//! cost about what one does. `gemm` packs the weight on every call (a copy of all 540 MB of
+//! SmolLM2's f32 weights per step), and reading the `[in, out]` matrix in 8-column strips
+//! without packing touches a new cache line half-used per input (tried in session 16: 8 rows
+//! slowed down). Here each weight is packed once into panels of [`NR`] output columns,
+//! `[panels][in][NR]`, so a panel is one contiguous stream; the kernel keeps every row's sums
+//! of a panel in registers, loads each weight vector once for all rows, and broadcasts the
+//! rows' inputs. The packed copies are built on first use and live in a [`PanelCache`] shared
+//! by the model's clones.
+
+use burn::backend::flex::FlexTensor;
+use nasc_runtime::cpu::SendPtr;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Output columns per panel: one AVX2 register of f32.
+pub(crate) const NR: usize = 8;
+
+/// The most rows [`Panels::matmul`] is chosen for: a decoding step's batch. Beyond it the
+/// product is bound by arithmetic, and `gemm`'s blocking does better.
+pub(crate) const MAX_ROWS: usize = 8;
+
+/// A `[k, n]` row-major matrix packed as `ceil(n / NR)` panels of `[k][NR]`, the last one padded
+/// with zeros.
+#[derive(Debug)]
+pub(crate) struct Panels {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl Panels {
+    pub(crate) fn pack(b: &[f32], k: usize, n: usize) -> Panels {
+        assert!(b.len() >= k * n, "a [{k}, {n}] matrix");
+        let count = n.div_ceil(NR);
+        let mut data = vec![0f32; count * k * NR];
+        data.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
+            let (c0, width) = (p * NR, NR.min(n - p * NR));
+            for (r, out) in panel.chunks_exact_mut(NR).enumerate() {
+                out[..width].copy_from_slice(&b[r * n + c0..][..width]);
+            }
+        });
+        Panels { k, n, data }
+    }
+
+    fn count(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// `dst (m×n) = x (m×k) · b`, or `dst += beta · x · b` with `Some(beta)`; all row-major.
+    /// Panels go in chunks over rayon's threads; every row of `x` is read against each panel
+    /// while it streams past.
+    pub(crate) fn matmul(&self, m: usize, x: &[f32], dst: &mut [f32], add: Option<f32>) {
+        let (k, n) = (self.k, self.n);
+        assert!(x.len() >= m * k && dst.len() >= m * n, "operands of a [{m}, {k}] x [{k}, {n}] product");
+        if m == 0 || n == 0 {
+            return;
+        }
+        // Each group of rows interleaved, `[k][rows]`: the kernel's broadcasts of one input
+        // position then lie side by side, at fixed offsets from one pointer.
+        let interleaved;
+        let x = if m == 1 {
+            &x[..k]
+        } else {
+            let mut xi = vec![0f32; m * k];
+            for (r0, group) in (0..m).step_by(MAX_ROWS).zip(xi.chunks_mut(MAX_ROWS * k)) {
+                let rows = (m - r0).min(MAX_ROWS);
+                for (kk, at) in group.chunks_exact_mut(rows).enumerate() {
+                    at.iter_mut().enumerate().for_each(|(r, v)| *v = x[(r0 + r) * k + kk]);
+                }
+            }
+            interleaved = xi;
+            &interleaved[..]
+        };
+        let count = self.count();
+        let tasks = (rayon::current_num_threads().max(1) * 4).min(count);
+        let per_task = count.div_ceil(tasks).next_multiple_of(4);
+        let out = SendPtr::new(dst.as_mut_ptr());
+        let run = |t: usize| {
+            let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(count));
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = (m - r0).min(MAX_ROWS);
+                // SAFETY: `x` holds rows `r0..r0 + rows` of `k` values, interleaved; `dst` holds `m` rows of
+                // `n`, and this task writes only the columns of panels `p0..p1`, which no other
+                // task writes; `dst` does not alias `x` or the panels.
+                unsafe { self.rows(rows, x.as_ptr().add(r0 * k), out.get().add(r0 * n), (p0, p1), add) };
+                r0 += rows;
+            }
+        };
+        if per_task >= count {
+            run(0);
+        } else {
+            (0..count.div_ceil(per_task)).into_par_iter().for_each(run);
+        }
+    }
+
+    /// Rows `x[..rows]` (`rows` ≤ [`MAX_ROWS`], interleaved: `x[kk · rows + r]` is row `r`'s
+    /// input `kk`) against panels `p0..p1`.
+    ///
+    /// # Safety
+    /// `x` holds `rows × k` values, `dst` `rows` rows of `n`.
+    unsafe fn rows(&self, rows: usize, x: *const f32, dst: *mut f32, (p0, p1): (usize, usize), add: Option<f32>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                macro_rules! go {
+                    ($mr:literal, $np:literal) => {
+                        // SAFETY: the CPU has AVX2 and FMA; the caller's bounds.
+                        unsafe { avx2::rows::<$mr, $np>(self, x, dst, (p0, p1), add) }
+                    };
+                }
+                // Enough independent sums to cover the multiply-add's latency, and with the
+                // weight vectors and a broadcast, no more than the 16 registers.
+                match rows {
+                    1 => go!(1, 4),
+                    2 => go!(2, 4),
+                    3 => go!(3, 3),
+                    4 => go!(4, 2),
+                    5 => go!(5, 2),
+                    6 => go!(6, 2),
+                    7 => go!(7, 1),
+                    _ => go!(8, 1),
+                }
+                return;
+            }
+        }
+        // SAFETY: the caller's bounds.
+        unsafe { self.rows_portable(rows, x, dst, (p0, p1), add) }
+    }
+
+    /// # Safety
+    /// As [`Panels::rows`].
+    unsafe fn rows_portable(
+        &self,
+        rows: usize,
+        x: *const f32,
+        dst: *mut f32,
+        (p0, p1): (usize, usize),
+        add: Option<f32>,
+    ) {
+        let (k, n) = (self.k, self.n);
+        for p in p0..p1 {
+            let panel = &self.data[p * k * NR..][..k * NR];
+            // SAFETY: the caller's bounds.
+            let x = unsafe { std::slice::from_raw_parts(x, rows * k) };
+            for r in 0..rows {
+                let mut acc = [0f32; NR];
+                for (w, xs) in panel.chunks_exact(NR).zip(x.chunks_exact(rows)) {
+                    acc.iter_mut().zip(w).for_each(|(a, &w)| *a += xs[r] * w);
+                }
+                // SAFETY: the panel's columns that exist lie in row `r` of `dst`.
+                unsafe { store(&acc, dst.add(r * n + p * NR), NR.min(n - p * NR), add) };
+            }
+        }
+    }
+}
+
+/// Writes a panel's `width` sums of one row (`+= beta ·` them with `Some(beta)`).
+///
+/// # Safety
+/// `dst` holds `width` values.
+#[inline(always)]
+unsafe fn store(acc: &[f32; NR], dst: *mut f32, width: usize, add: Option<f32>) {
+    // SAFETY: the caller's bound.
+    let out = unsafe { std::slice::from_raw_parts_mut(dst, width) };
+    match add {
+        None => out.copy_from_slice(&acc[..width]),
+        Some(beta) => out.iter_mut().zip(acc).for_each(|(o, a)| *o += beta * a),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{store, Panels, NR};
+    use std::arch::x86_64::*;
+
+    /// How far ahead of the loads (in f32) the kernel asks for a panel's lines: with one or two
+    /// streams per core, the hardware's prefetcher alone left the loads waiting on memory.
+    const PREFETCH: usize = 512;
+
+    /// `MR` rows against `NP` panels at a time (then one at a time for the rest).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; as [`Panels::rows`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn rows<const MR: usize, const NP: usize>(
+        w: &Panels,
+        x: *const f32,
+        dst: *mut f32,
+        (p0, p1): (usize, usize),
+        add: Option<f32>,
+    ) {
+        let mut p = p0;
+        while p + NP <= p1 {
+            // SAFETY: the caller's bounds.
+            unsafe { block::<MR, NP>(w, x, dst, p, add) };
+            p += NP;
+        }
+        while p < p1 {
+            // SAFETY: the caller's bounds.
+            unsafe { block::<MR, 1>(w, x, dst, p, add) };
+            p += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block<const MR: usize, const NP: usize>(
+        w: &Panels,
+        x: *const f32,
+        dst: *mut f32,
+        p: usize,
+        add: Option<f32>,
+    ) {
+        let (k, n) = (w.k, w.n);
+        let base = w.data.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); NP]; MR];
+        // One input position of every row against the NP panels' weights there.
+        let step = |acc: &mut [[__m256; NP]; MR], kk: usize| {
+            let mut wv = [_mm256_setzero_ps(); NP];
+            for (j, v) in wv.iter_mut().enumerate() {
+                // SAFETY: panel `p + j` exists (the caller's `p1` bounds it); `kk < k`.
+                *v = unsafe { _mm256_loadu_ps(base.add(((p + j) * k + kk) * NR)) };
+            }
+            for (r, sums) in acc.iter_mut().enumerate() {
+                // SAFETY: `x` holds `k` inputs of `MR` rows, interleaved.
+                let xv = _mm256_set1_ps(unsafe { *x.add(kk * MR + r) });
+                for (s, &v) in sums.iter_mut().zip(&wv) {
+                    *s = _mm256_fmadd_ps(xv, v, *s);
+                }
+            }
+        };
+        // Two positions a turn: one cache line of each panel, and one hint for it.
+        let mut kk = 0;
+        while kk + 2 <= k {
+            for j in 0..NP {
+                // A hint only (it never faults): the line PREFETCH ahead in this panel's stream.
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(((p + j) * k + kk) * NR + PREFETCH) as *const i8);
+            }
+            step(&mut acc, kk);
+            step(&mut acc, kk + 1);
+            kk += 2;
+        }
+        if kk < k {
+            step(&mut acc, kk);
+        }
+        for (r, sums) in acc.iter().enumerate() {
+            for (j, s) in sums.iter().enumerate() {
+                let mut lanes = [0f32; NR];
+                // SAFETY: `lanes` holds NR values.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *s) };
+                let c0 = (p + j) * NR;
+                // SAFETY: the panel's existing columns lie in row `r` of `dst`.
+                unsafe { store(&lanes, dst.add(r * n + c0), NR.min(n - c0), add) };
+            }
+        }
+    }
+}
+
+/// Packed copies of a model's f32 weights, built on first use and shared by the model's clones.
+/// An entry holds a clone of the weight's tensor (its buffer, shared, not copied): the buffer
+/// cannot be freed and reused for another weight, nor changed in place (Burn writes in place only
+/// into buffers nothing else holds), so finding the buffer's address means finding these values.
+#[derive(Clone, Default)]
+pub struct PanelCache {
+    entries: Arc<Mutex<HashMap<BufferKey, Entry>>>,
+}
+
+/// A weight's values by their address and length.
+type BufferKey = (usize, usize);
+
+/// The weight's tensor (holding its buffer) and its panels.
+type Entry = (FlexTensor, Arc<Panels>);
+
+impl std::fmt::Debug for PanelCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.entries.lock().map(|e| e.len()).unwrap_or(0);
+        write!(f, "PanelCache({n} weights)")
+    }
+}
+
+impl PanelCache {
+    /// The panels of `weight` (`[k, n]`, its values `values`, borrowed from its buffer), packed
+    /// now if this buffer has none yet. Entries whose weight only the cache still holds (a
+    /// model replaced or dropped it) are let go then.
+    pub(crate) fn get(&self, weight: &FlexTensor, values: &[f32], k: usize, n: usize) -> Arc<Panels> {
+        let key = (values.as_ptr() as usize, values.len());
+        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, panels)) = entries.get(&key) {
+            if (panels.k, panels.n) == (k, n) {
+                return panels.clone();
+            }
+        }
+        entries.retain(|_, (tensor, _)| !tensor.is_unique());
+        let panels = Arc::new(Panels::pack(values, k, n));
+        entries.insert(key, (weight.clone(), panels.clone()));
+        panels
+    }
+
+    /// Values packed so far.
+    #[cfg(test)]
+    pub(crate) fn packed_values(&self) -> usize {
+        self.entries.lock().map(|e| e.values().map(|(_, p)| p.data.len()).sum()).unwrap_or(0)
+    }
+}
