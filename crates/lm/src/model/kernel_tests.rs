@@ -159,9 +159,12 @@ fn products_through_packed_panels_equal_plain_sums() {
     // a panel or a group of panels, and a single panel.
     use super::kernels::panels::Panels;
     let mut rng = ChaCha8Rng::seed_from_u64(12);
-    for (k, n) in [(5, 7), (64, 8), (200, 40 + 3), (577, 1536 + 9), (96, 4 * 8 * 5 + 8)] {
+    // Both widths (AVX-512's and AVX2's kernels where the CPU has them) and an odd one (the
+    // portable loop), and the width this CPU takes.
+    let shapes = [(5, 7), (64, 8), (200, 40 + 3), (577, 1536 + 9), (96, 4 * 16 * 5 + 8), (0, 9)];
+    for ((k, n), nr) in shapes.into_iter().flat_map(|s| [(s, 16), (s, 8), (s, 3), (s, 0)]) {
         let b = uniform(&mut rng, k * n, 1.0);
-        let panels = Panels::pack(&b, k, n);
+        let panels = if nr == 0 { Panels::pack(&b, k, n) } else { Panels::pack_with(&b, k, n, nr) };
         for m in (1..=8).chain([11]) {
             let a = uniform(&mut rng, m * k, 1.0);
             let plain = |i: usize, j: usize| (0..k).map(|r| a[i * k + r] as f64 * b[r * n + j] as f64).sum::<f64>();
@@ -169,13 +172,13 @@ fn products_through_packed_panels_equal_plain_sums() {
             let mut y = vec![f32::NAN; m * n];
             panels.matmul(m, &a, &mut y, None);
             let d = max_diff(&y, &want);
-            assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] through panels: differs by {d}");
+            assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] through panels of {nr}: differs by {d}");
             let start = uniform(&mut rng, m * n, 1.0);
             let mut y = start.clone();
             panels.matmul(m, &a, &mut y, Some(-0.5));
             let added: Vec<f32> = start.iter().zip(&want).map(|(s, w)| s - 0.5 * w).collect();
             let d = max_diff(&y, &added);
-            assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] through panels, added at -0.5: differs by {d}");
+            assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] through panels of {nr}, added at -0.5: differs by {d}");
         }
     }
 }

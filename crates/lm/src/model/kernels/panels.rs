@@ -6,8 +6,9 @@
 //! cost about what one does. `gemm` packs the weight on every call (a copy of all 540 MB of
 //! SmolLM2's f32 weights per step), and reading the `[in, out]` matrix in 8-column strips
 //! without packing touches a new cache line half-used per input (tried in session 16: 8 rows
-//! slowed down). Here each weight is packed once into panels of [`NR`] output columns,
-//! `[panels][in][NR]`, so a panel is one contiguous stream; the kernel keeps every row's sums
+//! slowed down). Here each weight is packed once into panels of one vector register's width
+//! of output columns (16 with AVX-512, else 8), `[panels][in][width]`, so a panel is one
+//! contiguous stream; the kernel keeps every row's sums
 //! of a panel in registers, loads each weight vector once for all rows, and broadcasts the
 //! rows' inputs. The packed copies are built on first use and live in a [`PanelCache`] shared
 //! by the model's clones.
@@ -18,38 +19,63 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Output columns per panel: one AVX2 register of f32.
-pub(crate) const NR: usize = 8;
+/// Output columns per panel where the CPU has AVX-512: one of its registers of f32, and each
+/// input a multiply-add's broadcast operand.
+const WIDE: usize = 16;
+
+/// Output columns per panel otherwise: one AVX2 register of f32.
+const NARROW: usize = 8;
+
+/// The panel width the CPU's kernel takes.
+fn width() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return WIDE;
+        }
+    }
+    NARROW
+}
 
 /// The most rows [`Panels::matmul`] is chosen for: a decoding step's batch. Beyond it the
 /// product is bound by arithmetic, and `gemm`'s blocking does better.
 pub(crate) const MAX_ROWS: usize = 8;
 
-/// A `[k, n]` row-major matrix packed as `ceil(n / NR)` panels of `[k][NR]`, the last one padded
+/// A `[k, n]` row-major matrix packed as `ceil(n / nr)` panels of `[k][nr]`, the last one padded
 /// with zeros.
 #[derive(Debug)]
 pub(crate) struct Panels {
     k: usize,
     n: usize,
+    nr: usize,
     data: Vec<f32>,
 }
 
 impl Panels {
+    /// Packed in the width this CPU's kernel takes.
     pub(crate) fn pack(b: &[f32], k: usize, n: usize) -> Panels {
-        assert!(b.len() >= k * n, "a [{k}, {n}] matrix");
-        let count = n.div_ceil(NR);
-        let mut data = vec![0f32; count * k * NR];
-        data.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
-            let (c0, width) = (p * NR, NR.min(n - p * NR));
-            for (r, out) in panel.chunks_exact_mut(NR).enumerate() {
-                out[..width].copy_from_slice(&b[r * n + c0..][..width]);
-            }
-        });
-        Panels { k, n, data }
+        Panels::pack_with(b, k, n, width())
+    }
+
+    /// Packed in panels `nr` columns wide: 16 or 8 take the AVX-512 or AVX2 kernel where the CPU
+    /// has it, any width the portable loop.
+    pub(crate) fn pack_with(b: &[f32], k: usize, n: usize, nr: usize) -> Panels {
+        assert!(b.len() >= k * n && nr > 0, "a [{k}, {n}] matrix");
+        let count = n.div_ceil(nr);
+        let mut data = vec![0f32; count * k * nr];
+        if k > 0 {
+            data.par_chunks_mut(k * nr).enumerate().for_each(|(p, panel)| {
+                let (c0, width) = (p * nr, nr.min(n - p * nr));
+                for (r, out) in panel.chunks_exact_mut(nr).enumerate() {
+                    out[..width].copy_from_slice(&b[r * n + c0..][..width]);
+                }
+            });
+        }
+        Panels { k, n, nr, data }
     }
 
     fn count(&self) -> usize {
-        self.n.div_ceil(NR)
+        self.n.div_ceil(self.nr)
     }
 
     /// `dst (m×n) = x (m×k) · b`, or `dst += beta · x · b` with `Some(beta)`; all row-major.
@@ -59,6 +85,13 @@ impl Panels {
         let (k, n) = (self.k, self.n);
         assert!(x.len() >= m * k && dst.len() >= m * n, "operands of a [{m}, {k}] x [{k}, {n}] product");
         if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            // Empty sums.
+            if add.is_none() {
+                dst[..m * n].fill(0.0);
+            }
             return;
         }
         // Each group of rows interleaved, `[k][rows]`: the kernel's broadcasts of one input
@@ -108,7 +141,31 @@ impl Panels {
     unsafe fn rows(&self, rows: usize, x: *const f32, dst: *mut f32, (p0, p1): (usize, usize), add: Option<f32>) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if self.nr == WIDE && std::arch::is_x86_feature_detected!("avx512f") {
+                macro_rules! go {
+                    ($mr:literal, $np:literal) => {
+                        // SAFETY: the CPU has AVX-512F; the caller's bounds.
+                        unsafe { avx512::rows::<$mr, $np>(self, x, dst, (p0, p1), add) }
+                    };
+                }
+                // 32 registers: up to 16 sums, each weight vector once, broadcasts folded into
+                // the multiply-adds.
+                match rows {
+                    1 => go!(1, 4),
+                    2 => go!(2, 4),
+                    3 => go!(3, 4),
+                    4 => go!(4, 4),
+                    5 => go!(5, 3),
+                    6 => go!(6, 2),
+                    7 => go!(7, 2),
+                    _ => go!(8, 2),
+                }
+                return;
+            }
+            if self.nr == NARROW
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 macro_rules! go {
                     ($mr:literal, $np:literal) => {
                         // SAFETY: the CPU has AVX2 and FMA; the caller's bounds.
@@ -144,18 +201,18 @@ impl Panels {
         (p0, p1): (usize, usize),
         add: Option<f32>,
     ) {
-        let (k, n) = (self.k, self.n);
+        let (k, n, nr) = (self.k, self.n, self.nr);
         for p in p0..p1 {
-            let panel = &self.data[p * k * NR..][..k * NR];
+            let panel = &self.data[p * k * nr..][..k * nr];
             // SAFETY: the caller's bounds.
             let x = unsafe { std::slice::from_raw_parts(x, rows * k) };
             for r in 0..rows {
-                let mut acc = [0f32; NR];
-                for (w, xs) in panel.chunks_exact(NR).zip(x.chunks_exact(rows)) {
+                let mut acc = vec![0f32; nr];
+                for (w, xs) in panel.chunks_exact(nr).zip(x.chunks_exact(rows)) {
                     acc.iter_mut().zip(w).for_each(|(a, &w)| *a += xs[r] * w);
                 }
                 // SAFETY: the panel's columns that exist lie in row `r` of `dst`.
-                unsafe { store(&acc, dst.add(r * n + p * NR), NR.min(n - p * NR), add) };
+                unsafe { store(&acc, dst.add(r * n + p * nr), nr.min(n - p * nr), add) };
             }
         }
     }
@@ -166,7 +223,7 @@ impl Panels {
 /// # Safety
 /// `dst` holds `width` values.
 #[inline(always)]
-unsafe fn store(acc: &[f32; NR], dst: *mut f32, width: usize, add: Option<f32>) {
+unsafe fn store(acc: &[f32], dst: *mut f32, width: usize, add: Option<f32>) {
     // SAFETY: the caller's bound.
     let out = unsafe { std::slice::from_raw_parts_mut(dst, width) };
     match add {
@@ -177,7 +234,7 @@ unsafe fn store(acc: &[f32; NR], dst: *mut f32, width: usize, add: Option<f32>) 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{store, Panels, NR};
+    use super::{store, Panels, NARROW as NR};
     use std::arch::x86_64::*;
 
     /// How far ahead of the loads (in f32) the kernel asks for a panel's lines: with one or two
@@ -255,6 +312,81 @@ mod avx2 {
                 let mut lanes = [0f32; NR];
                 // SAFETY: `lanes` holds NR values.
                 unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *s) };
+                let c0 = (p + j) * NR;
+                // SAFETY: the panel's existing columns lie in row `r` of `dst`.
+                unsafe { store(&lanes, dst.add(r * n + c0), NR.min(n - c0), add) };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{store, Panels, WIDE as NR};
+    use std::arch::x86_64::*;
+
+    /// How far ahead of the loads (in f32) the kernel asks for a panel's lines.
+    const PREFETCH: usize = 1024;
+
+    /// `MR` rows against `NP` panels at a time (then one at a time for the rest).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; as [`Panels::rows`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rows<const MR: usize, const NP: usize>(
+        w: &Panels,
+        x: *const f32,
+        dst: *mut f32,
+        (p0, p1): (usize, usize),
+        add: Option<f32>,
+    ) {
+        let mut p = p0;
+        while p + NP <= p1 {
+            // SAFETY: the caller's bounds.
+            unsafe { block::<MR, NP>(w, x, dst, p, add) };
+            p += NP;
+        }
+        while p < p1 {
+            // SAFETY: the caller's bounds.
+            unsafe { block::<MR, 1>(w, x, dst, p, add) };
+            p += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block<const MR: usize, const NP: usize>(
+        w: &Panels,
+        x: *const f32,
+        dst: *mut f32,
+        p: usize,
+        add: Option<f32>,
+    ) {
+        let (k, n) = (w.k, w.n);
+        let base = w.data.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+        for kk in 0..k {
+            let mut wv = [_mm512_setzero_ps(); NP];
+            for (j, v) in wv.iter_mut().enumerate() {
+                // A hint only (it never faults): the line PREFETCH ahead in this panel's stream
+                // (one position of a panel is one cache line).
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(((p + j) * k + kk) * NR + PREFETCH) as *const i8);
+                // SAFETY: panel `p + j` exists (the caller's `p1` bounds it); `kk < k`.
+                *v = unsafe { _mm512_loadu_ps(base.add(((p + j) * k + kk) * NR)) };
+            }
+            for (r, sums) in acc.iter_mut().enumerate() {
+                // SAFETY: `x` holds `k` inputs of `MR` rows, interleaved.
+                let xv = _mm512_set1_ps(unsafe { *x.add(kk * MR + r) });
+                for (s, &v) in sums.iter_mut().zip(&wv) {
+                    *s = _mm512_fmadd_ps(xv, v, *s);
+                }
+            }
+        }
+        for (r, sums) in acc.iter().enumerate() {
+            for (j, s) in sums.iter().enumerate() {
+                let mut lanes = [0f32; NR];
+                // SAFETY: `lanes` holds NR values.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *s) };
                 let c0 = (p + j) * NR;
                 // SAFETY: the panel's existing columns lie in row `r` of `dst`.
                 unsafe { store(&lanes, dst.add(r * n + c0), NR.min(n - c0), add) };
