@@ -175,16 +175,26 @@ fn run() -> Result<(), String> {
             together.tokens += tokens;
             together.latencies.push(latency);
         }
-        println!(
-            "| {round} | {:.1} | {:.1} | {:.2}x | {:.2} / {:.2} | {:.2}x | {:.2} |",
-            alone.rate(),
-            together.rate(),
-            together.rate() / alone.rate(),
-            alone.mean_latency(),
-            together.mean_latency(),
-            together.mean_latency() / alone.mean_latency(),
-            together.max_latency()
-        );
+        if a.together_only {
+            // Nothing ran alone: no ratios.
+            println!(
+                "| {round} | - | {:.1} | - | - / {:.2} | - | {:.2} |",
+                together.rate(),
+                together.mean_latency(),
+                together.max_latency()
+            );
+        } else {
+            println!(
+                "| {round} | {:.1} | {:.1} | {:.2}x | {:.2} / {:.2} | {:.2}x | {:.2} |",
+                alone.rate(),
+                together.rate(),
+                together.rate() / alone.rate(),
+                alone.mean_latency(),
+                together.mean_latency(),
+                together.mean_latency() / alone.mean_latency(),
+                together.max_latency()
+            );
+        }
     }
     Ok(())
 }
