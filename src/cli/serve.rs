@@ -37,7 +37,11 @@ n × (prompt + max_tokens) positions, would pass --kv-cache-bytes is a 400 that 
 Concurrent requests decode together (continuous batching): each joins the replies decoding at the next \
 token and leaves when it ends, as long as it asks for the same model and the KV caches fit; otherwise it \
 waits its turn. On the CPU a reply is the same alone or in company (on a --quantized-base exactly; with \
-f32 weights to the last bits of a float, since one row alone takes a matrix-vector product).")]
+f32 weights exactly while at most 8 rows decode together, to the last bits of a float beyond). A prompt \
+that starts as a recent one of the same model computes only the rest (prefix caching; \
+usage.prompt_tokens_details.cached_tokens counts the tokens reused; with f32 weights the reused part may \
+differ from a prefill of its own in the last bits of a float). With f32 weights on the CPU, decoding \
+reads a copy of the weights packed for it, made on first use: twice the weights' memory.")]
 pub struct ServeArgs {
     /// A .gguf file, or a folder with config.json, *.safetensors and tokenizer.json.
     #[arg(long, value_name = "PATH")]
@@ -94,8 +98,8 @@ pub struct ServeArgs {
     /// Keep the base's projection weights block-quantised as the GGUF file stores them (Q8_0,
     /// Q4_0, Q4_1, Q4_K, Q6_K) and compute with the blocks, as llama.cpp does: inputs are
     /// rounded to 8 bits and take integer dot products (Q8_0, Q4_0, Q4_1; AVX-512 VNNI where the
-    /// CPU has it), faster than f32 weights for one stream and for a batch (figures in
-    /// BENCHMARKS.md). CPU only.
+    /// CPU has it), faster than f32 weights for one stream and for a batch, in about a third of
+    /// their memory (figures in BENCHMARKS.md). CPU only.
     #[arg(long)]
     quantized_base: bool,
 }
