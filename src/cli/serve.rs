@@ -37,7 +37,7 @@ n × (prompt + max_tokens) positions, would pass --kv-cache-bytes is a 400 that 
 Concurrent requests decode together (continuous batching): each joins the replies decoding at the next \
 token and leaves when it ends, as long as it asks for the same model and the KV caches fit; otherwise it \
 waits its turn. On the CPU a reply is the same alone or in company (on a --quantized-base exactly; with \
-f32 weights exactly while at most 8 rows decode together, to the last bits of a float beyond). A prompt \
+f32 weights exactly while at most 32 rows decode together, to the last bits of a float beyond). A prompt \
 that starts as a recent one of the same model computes only the rest (prefix caching; \
 usage.prompt_tokens_details.cached_tokens counts the tokens reused; with f32 weights the reused part may \
 differ from a prefill of its own in the last bits of a float). With f32 weights on the CPU, decoding \

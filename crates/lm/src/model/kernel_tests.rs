@@ -179,6 +179,18 @@ fn products_through_packed_panels_equal_plain_sums() {
             let added: Vec<f32> = start.iter().zip(&want).map(|(s, w)| s - 0.5 * w).collect();
             let d = max_diff(&y, &added);
             assert!(d < 1e-3, "[{m}, {k}] x [{k}, {n}] through panels of {nr}, added at -0.5: differs by {d}");
+            // Every row gets the bits it gets alone, whatever rows share its group: a reply is
+            // the same alone or in a batch.
+            let mut y = vec![f32::NAN; m * n];
+            panels.matmul(m, &a, &mut y, None);
+            for (r, row) in y.chunks_exact(n).enumerate() {
+                let mut alone = vec![f32::NAN; n];
+                panels.matmul(1, &a[r * k..][..k], &mut alone, None);
+                assert!(
+                    row.iter().zip(&alone).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "row {r} of {m}, panels of {nr}"
+                );
+            }
         }
     }
 }

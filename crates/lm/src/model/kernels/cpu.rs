@@ -12,7 +12,7 @@
 //! [`super::inference`] decides per call, from the model's [`super::Kernels`], the
 //! backend and the cache (a cache keeps the path it started on).
 
-use super::panels::{PanelCache, MAX_ROWS};
+use super::panels::{PanelCache, CHOSEN_ROWS};
 use super::quant::QuantMatrix;
 use super::{Cpu, Inputs};
 use crate::model::adapter::Target;
@@ -347,7 +347,7 @@ fn weight_product(
 ) {
     let values = f32s(w);
     match (panels, &values) {
-        (Some(cache), Cow::Borrowed(v)) if m <= MAX_ROWS && v.len() == k * n => {
+        (Some(cache), Cow::Borrowed(v)) if m <= CHOSEN_ROWS && v.len() == k * n => {
             cache.get(w, v, k, n).matmul(m, x, out, None)
         }
         _ => matmul((m, k, n), x, &values, out, None),

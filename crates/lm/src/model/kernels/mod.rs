@@ -52,7 +52,7 @@ pub struct Kernels {
     /// 8-bit products take [`vnni`]'s packed kernel (AVX-512 VNNI, else AVX2) where the CPU has
     /// one (auto); off, the per-row integer dot products that other CPUs take. On by default.
     pub vnni: bool,
-    /// Products of an f32 weight with at most [`panels::MAX_ROWS`] rows (a decoding step) read
+    /// Products of an f32 weight with at most [`panels::CHOSEN_ROWS`] rows (a decoding step) read
     /// the weight repacked once into column panels ([`panels`]), kept for the model's life (a
     /// second copy of its f32 weights, made on first use); off, `gemm` and the one-row `gemv`
     /// read the weight as stored. On by default.

@@ -37,9 +37,14 @@ fn width() -> usize {
     NARROW
 }
 
-/// The most rows [`Panels::matmul`] is chosen for: a decoding step's batch. Beyond it the
-/// product is bound by arithmetic, and `gemm`'s blocking does better.
+/// Rows the kernel takes at a time; more go in groups of this many, each streaming the panels
+/// again.
 pub(crate) const MAX_ROWS: usize = 8;
+
+/// The most rows a product is given to [`Panels::matmul`] for: a decoding step's batch. Up to
+/// here streaming the weight once per group of [`MAX_ROWS`] beat `gemm`, which packs it on
+/// every call; by 64 rows the two were even (BENCHMARKS.md, session 20).
+pub(crate) const CHOSEN_ROWS: usize = 32;
 
 /// A `[k, n]` row-major matrix packed as `ceil(n / nr)` panels of `[k][nr]`, the last one padded
 /// with zeros.
