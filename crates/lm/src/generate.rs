@@ -317,6 +317,10 @@ impl<B: Backend> Prefixes<B> {
 
     /// Keeps `cache`, the prefill of `prompt` (one row), in place of any kept prefill it extends.
     fn keep(&mut self, key: &str, prompt: &[u32], cache: &KvCache<B>) {
+        if self.entries.iter().any(|e| e.key == key && e.tokens == prompt) {
+            // Kept already (and made the most recent when it was found).
+            return;
+        }
         let Some(copy) = cache.prefix(prompt.len()) else { return };
         if copy.bytes() > self.budget {
             return;
@@ -401,6 +405,11 @@ impl<'a, B: Backend> Batch<'a, B> {
     pub fn reusing(mut self, store: &'a std::cell::RefCell<Prefixes<B>>, key: &str) -> Self {
         self.prefixes = Some((store, key.to_string()));
         self
+    }
+
+    /// An empty batch with this one's model, tokenizer and kept prefills.
+    pub fn emptied(&self) -> Self {
+        Batch { prefixes: self.prefixes.clone(), ..Batch::new(self.model.clone(), self.tokenizer) }
     }
 
     /// Whether another request may [`add`](Self::add) now: always on the CPU kernels, else only

@@ -506,9 +506,6 @@ struct Running<'t, B: Backend> {
     batch: Batch<'t, B>,
     /// What each request in it needs at its end: its reply channel, its rows and their positions.
     members: HashMap<RequestId, Member>,
-    /// The prefills its requests start from and add to, under `key` ([`prefix_key`]).
-    prefixes: &'t RefCell<Prefixes<B>>,
-    key: String,
 }
 
 struct Member {
@@ -526,7 +523,7 @@ impl<'t, B: Backend> Running<'t, B> {
         prefixes: &'t RefCell<Prefixes<B>>,
     ) -> Self {
         let batch = Batch::new(model.clone(), tokenizer).reusing(prefixes, key);
-        Running { model: name.to_string(), key: key.to_string(), batch, members: HashMap::new(), prefixes }
+        Running { model: name.to_string(), batch, members: HashMap::new() }
     }
 
     /// The KV cache the batch may grow to with `ready` in it: every row as long as the longest
@@ -584,8 +581,7 @@ impl<'t, B: Backend> Running<'t, B> {
                     stats.generations.fetch_add(1, Ordering::SeqCst);
                     let _ = m.reply.send(Event::Failed(HttpError::server(message.clone())));
                 }
-                self.batch =
-                    Batch::new(self.batch.model().clone(), self.batch.tokenizer()).reusing(self.prefixes, &self.key);
+                self.batch = self.batch.emptied();
                 return n;
             }
         };

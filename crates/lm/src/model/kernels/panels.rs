@@ -207,12 +207,13 @@ impl Panels {
         add: Option<f32>,
     ) {
         let (k, n, nr) = (self.k, self.n, self.nr);
+        // SAFETY: the caller's bounds.
+        let x = unsafe { std::slice::from_raw_parts(x, rows * k) };
+        let mut acc = vec![0f32; nr];
         for p in p0..p1 {
             let panel = &self.data[p * k * nr..][..k * nr];
-            // SAFETY: the caller's bounds.
-            let x = unsafe { std::slice::from_raw_parts(x, rows * k) };
             for r in 0..rows {
-                let mut acc = vec![0f32; nr];
+                acc.fill(0.0);
                 for (w, xs) in panel.chunks_exact(nr).zip(x.chunks_exact(rows)) {
                     acc.iter_mut().zip(w).for_each(|(a, &w)| *a += xs[r] * w);
                 }
@@ -220,6 +221,19 @@ impl Panels {
                 unsafe { store(&acc, dst.add(r * n + p * nr), nr.min(n - p * nr), add) };
             }
         }
+    }
+}
+
+/// Calls `block(p, np)` for panels `p0..p1`, `np` at a time, then one at a time for the rest.
+#[inline(always)]
+fn in_steps(np: usize, (p0, p1): (usize, usize), mut block: impl FnMut(usize, usize)) {
+    let mut p = p0;
+    while p + np <= p1 {
+        block(p, np);
+        p += np;
+    }
+    for p in p..p1 {
+        block(p, 1);
     }
 }
 
@@ -255,20 +269,19 @@ mod avx2 {
         w: &Panels,
         x: *const f32,
         dst: *mut f32,
-        (p0, p1): (usize, usize),
+        panels: (usize, usize),
         add: Option<f32>,
     ) {
-        let mut p = p0;
-        while p + NP <= p1 {
-            // SAFETY: the caller's bounds.
-            unsafe { block::<MR, NP>(w, x, dst, p, add) };
-            p += NP;
-        }
-        while p < p1 {
-            // SAFETY: the caller's bounds.
-            unsafe { block::<MR, 1>(w, x, dst, p, add) };
-            p += 1;
-        }
+        super::in_steps(NP, panels, |p, np| {
+            // SAFETY: the caller's bounds; `in_steps` keeps `p + np` within them.
+            unsafe {
+                if np == NP {
+                    block::<MR, NP>(w, x, dst, p, add)
+                } else {
+                    block::<MR, 1>(w, x, dst, p, add)
+                }
+            }
+        });
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -342,20 +355,19 @@ mod avx512 {
         w: &Panels,
         x: *const f32,
         dst: *mut f32,
-        (p0, p1): (usize, usize),
+        panels: (usize, usize),
         add: Option<f32>,
     ) {
-        let mut p = p0;
-        while p + NP <= p1 {
-            // SAFETY: the caller's bounds.
-            unsafe { block::<MR, NP>(w, x, dst, p, add) };
-            p += NP;
-        }
-        while p < p1 {
-            // SAFETY: the caller's bounds.
-            unsafe { block::<MR, 1>(w, x, dst, p, add) };
-            p += 1;
-        }
+        super::in_steps(NP, panels, |p, np| {
+            // SAFETY: the caller's bounds; `in_steps` keeps `p + np` within them.
+            unsafe {
+                if np == NP {
+                    block::<MR, NP>(w, x, dst, p, add)
+                } else {
+                    block::<MR, 1>(w, x, dst, p, add)
+                }
+            }
+        });
     }
 
     #[target_feature(enable = "avx512f")]
