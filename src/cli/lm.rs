@@ -30,8 +30,10 @@ pub struct FinetuneArgs {
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
     /// Chat JSONL: one {"messages": [{"role": ..., "content": ...}, ...]} per line; assistant turns are learned.
-    #[arg(long, value_name = "FILE")]
-    data: PathBuf,
+    /// Give it again to train on several files as one set (e.g. a search's new pairs and the format
+    /// corpus replayed beside them).
+    #[arg(long, value_name = "FILE", required = true)]
+    data: Vec<PathBuf>,
     /// Where the adapter goes (adapter_config.json, adapter_model.safetensors, trainer_state.json).
     #[arg(long, value_name = "ADAPTER_DIR")]
     out: PathBuf,
@@ -256,7 +258,7 @@ fn json(model: &std::path::Path, g: &Generation) -> serde_json::Value {
 
 fn finetune_cmd(a: FinetuneArgs) -> Result<ExitCode, UsageError> {
     nasc_runtime::available(a.device).map_err(UsageError)?;
-    for (what, path) in [("--model", &a.model), ("--data", &a.data)] {
+    for (what, path) in std::iter::once(("--model", &a.model)).chain(a.data.iter().map(|d| ("--data", d))) {
         if !path.exists() {
             return Err(UsageError(format!("{what} {}: no such file or folder", path.display())));
         }

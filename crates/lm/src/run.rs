@@ -112,8 +112,9 @@ pub enum Start {
 pub struct FinetuneRequest {
     pub model: PathBuf,
     pub load: LoadOptions,
-    /// Chat JSONL.
-    pub data: PathBuf,
+    /// Chat JSONL files, read in order and trained on as one set (e.g. a run's own pairs and a
+    /// replayed format corpus).
+    pub data: Vec<PathBuf>,
     /// Where the adapter goes.
     pub out: PathBuf,
     pub config: TrainConfig,
@@ -149,28 +150,35 @@ impl<F: FnMut(&StepReport)> BackendJob for FinetuneJob<'_, F> {
         let mut warnings = vec![];
         let ckpt = Checkpoint::<B>::open_with(&a.model, &device, &a.load)
             .map_err(|e| format!("{}: {e}", a.model.display()))?;
-        let conversations = finetune::read_jsonl(&a.data).map_err(|e| e.to_string())?;
-        let examples = conversations
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                finetune::encode_conversation(c, &ckpt.template, &ckpt.tokenizer, cfg.max_len)
-                    .map_err(|e| format!("{}: conversation {}: {e}", a.data.display(), i + 1))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // A conversation whose prompt alone fills max_len keeps no assistant token: it would cost a
-        // forward pass per epoch and teach nothing.
-        let total = examples.len();
-        let examples: Vec<_> =
-            examples.into_iter().filter(|e| e.labels.iter().any(|&l| l != finetune::IGNORE)).collect();
-        if examples.len() < total && !examples.is_empty() {
-            warnings.push(format!(
-                "{} of {total} conversations in {} keep no assistant token within --max-len {} and are skipped; \
-                 raise --max-len to learn from them",
-                total - examples.len(),
-                a.data.display(),
-                cfg.max_len
-            ));
+        let mut examples = vec![];
+        let mut skipped = vec![];
+        for path in &a.data {
+            let conversations = finetune::read_jsonl(path).map_err(|e| e.to_string())?;
+            let total = conversations.len();
+            let mut kept = 0;
+            for (i, c) in conversations.iter().enumerate() {
+                let e = finetune::encode_conversation(c, &ckpt.template, &ckpt.tokenizer, cfg.max_len)
+                    .map_err(|e| format!("{}: conversation {}: {e}", path.display(), i + 1))?;
+                // A conversation whose prompt alone fills max_len keeps no assistant token: it
+                // would cost a forward pass per epoch and teach nothing.
+                if e.labels.iter().any(|&l| l != finetune::IGNORE) {
+                    examples.push(e);
+                    kept += 1;
+                }
+            }
+            if kept < total {
+                skipped.push((path, total - kept, total));
+            }
+        }
+        if !examples.is_empty() {
+            for (path, lost, total) in skipped {
+                warnings.push(format!(
+                    "{lost} of {total} conversations in {} keep no assistant token within --max-len {} and are skipped; \
+                     raise --max-len to learn from them",
+                    path.display(),
+                    cfg.max_len
+                ));
+            }
         }
         let adapter_err = |e: crate::lora::LoraError| format!("{}: {e}", a.out.display());
         let (model, start) = match &a.start {

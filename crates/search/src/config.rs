@@ -276,6 +276,11 @@ pub struct Finetune {
     /// corpus and served as `[openai] model`); later fine-tunes continue from the previous
     /// cycle's adapter. None: the first starts from a fresh adapter.
     pub init_adapter: Option<PathBuf>,
+    /// Chat JSONL files trained on beside each cycle's new pairs (relative to the config file's
+    /// folder), e.g. the format corpus the cycle-0 adapter learned (`nasc corpus`): replaying it
+    /// keeps what that adapter learned while a few curated pairs are learned on top. With
+    /// `model` only (an external `command` is given its files itself).
+    pub replay: Vec<PathBuf>,
     /// An external command instead of `nasc lm finetune`; `{corpus}`, `{adapter}`, `{cycle}`,
     /// `{base_model}`, `{init_adapter}`, `{rank}`, `{alpha}`, `{lr}` and `{epochs}` are replaced.
     pub command: Vec<String>,
@@ -298,6 +303,7 @@ impl Default for Finetune {
             model: None,
             args: Vec::new(),
             init_adapter: None,
+            replay: Vec::new(),
             command: Vec::new(),
             adapter_name: "search-{cycle}".into(),
             load_adapter: true,
@@ -343,7 +349,8 @@ impl SearchConfig {
                 *t = dir.join(&*t);
             }
         }
-        for p in [&mut config.finetune.model, &mut config.finetune.init_adapter].into_iter().flatten() {
+        let finetune = &mut config.finetune;
+        for p in [&mut finetune.model, &mut finetune.init_adapter].into_iter().flatten().chain(&mut finetune.replay) {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }
@@ -439,6 +446,12 @@ impl SearchConfig {
                 "[finetune]: give `model` (nasc lm finetune) or `command` (an external fine-tuner), not both".into()
             );
         }
+        if !f.replay.is_empty() && f.model.is_none() {
+            return bad(
+                "[finetune] replay needs `model` (nasc lm finetune); an external `command` names its own data files"
+                    .into(),
+            );
+        }
         if f.enabled() && f.adapter_name.is_empty() {
             return bad("[finetune] adapter_name is empty: the generator needs a name for each new adapter".into());
         }
@@ -510,5 +523,7 @@ mod tests {
         assert!(both.contains("not both"), "{both}");
         let unnamed = SearchConfig::parse("[finetune]\nmodel = \"m.gguf\"\nadapter_name = \"\"").unwrap_err().0;
         assert!(unnamed.contains("adapter_name"), "{unnamed}");
+        let replay = SearchConfig::parse("[finetune]\ncommand = [\"x\"]\nreplay = [\"f.jsonl\"]").unwrap_err().0;
+        assert!(replay.contains("replay needs `model`"), "{replay}");
     }
 }

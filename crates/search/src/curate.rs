@@ -87,7 +87,11 @@ pub fn finetune_command(ft: &Finetune, job: &FinetuneJob) -> Result<Vec<String>,
     if let Some(model) = &ft.model {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find the nasc executable: {e}"))?;
         let mut args = vec![path(&exe), "lm".into(), "finetune".into(), "--model".into(), path(model)];
-        args.extend(["--data".into(), path(job.corpus), "--out".into(), path(job.adapter)]);
+        args.extend(["--data".into(), path(job.corpus)]);
+        for extra in &ft.replay {
+            args.extend(["--data".into(), path(extra)]);
+        }
+        args.extend(["--out".into(), path(job.adapter)]);
         match job.init {
             // A continued adapter keeps its own rank, alpha and targets.
             Some(init) => args.extend(["--init-adapter".into(), path(init)]),
@@ -238,6 +242,10 @@ mod tests {
         let args = finetune_command(&ft, &FinetuneJob { init: Some(Path::new("prev")), ..job }).unwrap();
         let tail = "--data c.jsonl --out a --init-adapter prev --lr 0.0002 --epochs 1 --json --max-len 64";
         assert_eq!(args[5..].join(" "), tail);
+        // Replayed files train beside the cycle's corpus.
+        let replaying = Finetune { replay: vec!["format.jsonl".into(), "more.jsonl".into()], ..ft.clone() };
+        let args = finetune_command(&replaying, &job).unwrap();
+        assert_eq!(args[5..11].join(" "), "--data c.jsonl --data format.jsonl --data more.jsonl");
 
         let ft = Finetune {
             command: ["train", "{corpus}", "{adapter}", "{cycle}", "{base_model}", "{init_adapter}", "{rank}"]
