@@ -261,4 +261,17 @@ fn pathological_programs_get_a_verdict_quickly() {
     // Deep nesting of parentheses.
     let src = format!("net {{\n  conv({}1{}, k=3)\n  gap\n  linear(classes)\n}}\n", "(".repeat(5000), ")".repeat(5000));
     let _ = check_source(&src, b, &Budget::default());
+    // Long runs of operators, which nest as deeply as brackets: a syntax error at the first
+    // operator past the limit, on its line.
+    for run in ["1+".repeat(20_000), "-".repeat(20_000), "2*".repeat(300)] {
+        let src = format!("net {{\n  linear({run}1)\n  linear(classes)\n}}\n");
+        let d = check_source(&src, b, &Budget::default()).unwrap_err();
+        assert_eq!(d[0].code.as_str(), "syntax", "{}", d[0].message);
+        assert!(d[0].message.contains("more than 256 arithmetic operators"), "{}", d[0].message);
+        assert_eq!(src[..d[0].span.start as usize].lines().count(), 2, "the error is on the expression's line");
+    }
+    // A line of many operators within the limit checks, and a comment's do not count.
+    let sum = format!("{}1", "1+".repeat(200));
+    let src = format!("# {}\nnet {{\n  flatten\n  linear({sum})\n  linear(classes)\n}}\n", "-".repeat(1000));
+    check_source(&src, b, &Budget::default()).expect("200 operators and a long comment");
 }

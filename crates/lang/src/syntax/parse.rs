@@ -69,15 +69,34 @@ pub fn parse_with_pest(src: &str) -> Result<Program, Diagnostic> {
 /// the parser and evaluator recurse, and machine-written text can nest anything.
 pub const MAX_NESTING: usize = 64;
 
+/// Arithmetic operators one line may hold: an expression of operators in a row (`1+1+…`,
+/// `- - -1`) is a tree as deep as their count, which the parser and evaluator recurse through.
+pub const MAX_OPERATORS: usize = 256;
+
 fn check_nesting(src: &str) -> Result<(), Diagnostic> {
     let mut depth = 0usize;
     let mut in_comment = false;
+    let mut operators = 0usize;
     for (i, ch) in src.char_indices() {
         if in_comment {
             in_comment = ch != '\n';
+            operators = 0;
             continue;
         }
         match ch {
+            '\n' => operators = 0,
+            '+' | '-' | '*' | '/' => {
+                operators += 1;
+                if operators > MAX_OPERATORS {
+                    return Err(Diagnostic::error(
+                        Code::Syntax,
+                        Span::new(i, i + 1),
+                        format!("a line holds more than {MAX_OPERATORS} arithmetic operators"),
+                    )
+                    .label("too many")
+                    .hint("compute the value and write the number"));
+                }
+            }
             '(' | '{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
