@@ -286,6 +286,9 @@ fn bad_requests_get_error_objects_and_the_server_stays_up() {
         ("/v1/chat/completions", json!({"messages": [{"content": "hi"}]}), 400, Some("messages"), "role"),
         ("/v1/completions", json!({"model": "tiny"}), 400, Some("prompt"), "required"),
         ("/v1/completions", json!({"prompt": 7}), 400, Some("prompt"), "string"),
+        // A route's field sent to the other would be ignored.
+        ("/v1/completions", json!({"prompt": "hi", "messages": hello}), 400, Some("messages"), "/v1/chat/completions"),
+        ("/v1/chat/completions", json!({"messages": hello, "prompt": "hi"}), 400, Some("prompt"), "/v1/completions"),
         ("/v1/chat/completions", json!({"model": "gpt-4", "messages": hello}), 404, Some("model"), "gpt-4"),
         ("/v1/chat/completions", json!({"messages": hello, "n": 0}), 400, Some("n"), "n 0"),
         ("/v1/chat/completions", json!({"messages": hello, "n": 1000000}), 400, Some("n"), "between 1 and 64"),
@@ -329,6 +332,15 @@ fn bad_requests_get_error_objects_and_the_server_stays_up() {
     assert_eq!(v["error"]["code"], "not_found");
     let (status, v) = s.get("/v1/chat/completions");
     assert_error(status, &v, 405, None, "POST");
+    // What a client sent is quoted clipped, whatever its length.
+    let long = "m".repeat(100_000);
+    let (status, v) = s.post("/v1/chat/completions", &json!({"model": long, "messages": hello}));
+    assert_error(status, &v, 404, Some("model"), "more bytes");
+    let (status, v) = s.get(&format!("/v1/{}", &long[..5000]));
+    assert_error(status, &v, 404, None, "more bytes");
+    for v in [&v, &s.get(&format!("/v1/models/{}", &long[..5000])).1] {
+        assert!(v.to_string().len() < 1000, "{} bytes", v.to_string().len());
+    }
 
     // Not HTTP at all: a 400 (hyper's, with no body: the request has no route to answer it),
     // not a dropped connection.
@@ -536,6 +548,33 @@ fn adapters_load_replace_and_unload_while_serving_as_vllm_names_it() {
             server.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": hostile.to_str().unwrap()}));
         assert_error(status, &v, 400, Some("lora_path"), mention);
     }
+    // A scale past any real adapter's is refused too (its activations would overflow).
+    let mut c = config.clone();
+    c["lora_alpha"] = json!(1e308);
+    std::fs::write(hostile.join("adapter_config.json"), c.to_string()).unwrap();
+    let (status, v) =
+        server.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": hostile.to_str().unwrap()}));
+    assert_error(status, &v, 400, Some("lora_path"), "lora_alpha");
+    // An adapter's files are resolved as its folder is: links out of the root (whether their
+    // targets exist or not) get the answer a path outside it gets, and a FIFO, which would block
+    // the reader, is refused at once.
+    for (i, target) in ["/etc/passwd", "/nonexistent/adapter_config.json"].into_iter().enumerate() {
+        let linked = dir.path().join(format!("linked{i}"));
+        std::fs::create_dir(&linked).unwrap();
+        std::fs::copy(adapter.join("adapter_model.safetensors"), linked.join("adapter_model.safetensors")).unwrap();
+        std::os::unix::fs::symlink(target, linked.join("adapter_config.json")).unwrap();
+        let (status, v) =
+            server.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": linked.to_str().unwrap()}));
+        assert_error(status, &v, 400, Some("lora_path"), "must be an adapter folder under the server's LoRA root");
+    }
+    let fifo = dir.path().join("fifo");
+    std::fs::create_dir(&fifo).unwrap();
+    std::fs::copy(adapter.join("adapter_config.json"), fifo.join("adapter_config.json")).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(fifo.join("adapter_model.safetensors")).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let (status, v) =
+        server.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": fifo.to_str().unwrap()}));
+    assert_error(status, &v, 400, Some("lora_path"), "as files inside the root");
     let (status, v) = server.post("/v1/load_lora_adapter", &json!({"lora_path": a}));
     assert_error(status, &v, 400, Some("lora_name"), "lora_name");
     let base = ids[0].to_string();
@@ -631,6 +670,20 @@ fn constraint_fields_hold_replies_to_their_grammars_and_unsupported_ones_are_ref
         let (status, v) = s.post("/v1/chat/completions", &body);
         assert_error(status, &v, 400, param, mention);
     }
+    // A grammar's error quotes a clipped snippet of it, however long its line.
+    let long = format!("start: \"{}\n", "a".repeat(1 << 20));
+    let (status, v) = s.post("/v1/chat/completions", &json!({"messages": hello, "max_tokens": 4, "grammar": long}));
+    assert_error(status, &v, 400, None, "more bytes");
+    assert!(v.to_string().len() < 2000, "{} bytes", v.to_string().len());
+    // A chain of thousands of rules (the compilers recurse through it) is compiled and held,
+    // not an overflow of the server's stack, nor an empty reply past the engine's row limit.
+    let chain: String = (0..3000).map(|i| format!("r{i} ::= \"x{i} \" | r{}\n", i + 1)).collect();
+    let chain = format!("root ::= r0\n{chain}r3000 ::= \"end\"\n");
+    let (status, v) = s.post("/v1/chat/completions", &json!({"messages": hello, "max_tokens": 8, "grammar": chain}));
+    assert_eq!(status, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text == "end" || (text.starts_with('x') && text.ends_with(' ')), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
     // And it still serves.
     let (status, _) = s.post("/v1/chat/completions", &json!({"messages": hello, "max_tokens": 4}));
     assert_eq!(status, 200);
@@ -724,6 +777,9 @@ fn abusive_requests_get_defined_answers() {
     assert_eq!((status, v["id"].as_str()), (200, Some("tiny")), "{v}");
     let (status, v) = s.get("/v1/models/gpt-4");
     assert_eq!(status, 404, "{v}");
+    // Ids are percent-decoded.
+    let (status, v) = s.get("/v1/models/t%69ny");
+    assert_eq!((status, v["id"].as_str()), (200, Some("tiny")), "{v}");
     // Still serving.
     let (status, v) = s.post("/v1/completions", &prompt(json!({})));
     assert_eq!(status, 200, "{v}");

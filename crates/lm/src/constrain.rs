@@ -145,17 +145,79 @@ impl Constrainer {
         let env: TokEnv = Arc::new(Env { trie, hf });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         factory.quiet();
-        factory.limits_mut().verbose_errors = false;
+        let limits = factory.limits_mut();
+        limits.verbose_errors = false;
+        // An Earley row holds two items per rule of a chain (`r0: "a" | r1`, ...); past this limit
+        // llguidance allows no token rather than failing, so a chain of a thousand rules ended
+        // every reply at once. Ten times its default.
+        limits.max_items_in_row *= 10;
         Ok(Constrainer { factory: Arc::new(factory) })
     }
 
     /// Compiles `grammar`. The error names the dialect and, where the compiler gives one, the line.
+    ///
+    /// The compilers (nasc's GBNF translation, llguidance's) recurse through the grammar's rules, so
+    /// they run on a thread with a stack of [`COMPILE_STACK`]: a chain of thousands of rules, which
+    /// a client may send, is an error or a grammar, never an overflow of the caller's stack. The
+    /// first mask is computed here too: a grammar past the engine's limits fails there, and is an
+    /// error now rather than an empty reply later.
     pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, String> {
-        let parser = self.factory.create_parser(grammar.top_level()?).map_err(|e| {
-            format!("{} grammar: {}", grammar.dialect(), e.to_string().trim_end_matches("\n<non-verbose/>"))
-        })?;
-        Ok(Constraint { matcher: Matcher::new(Ok(parser)) })
+        let dialect = grammar.dialect();
+        let failed = |e: String| format!("{dialect} grammar: {}", clip(engine_message(&e)));
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("grammar-compile".into())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(scope, || {
+                    let parser = self.factory.create_parser(grammar.top_level()?).map_err(|e| failed(e.to_string()))?;
+                    let mut matcher = Matcher::new(Ok(parser));
+                    if let Err(e) = matcher.compute_mask() {
+                        let e = e.to_string();
+                        // A grammar that allows nothing at all ends its replies at once
+                        // (`no_allowed_token`); one the engine cannot run is the caller's error.
+                        if !e.starts_with("NoExtensionBias") {
+                            return Err(failed(e));
+                        }
+                    }
+                    Ok(Constraint { matcher })
+                })
+                .map_err(|e| format!("cannot start the grammar compiler: {e}"))?
+                .join()
+                .map_err(|_| format!("{dialect} grammar: the compiler failed"))?
+        })
     }
+}
+
+/// The stack the grammar compilers run on (reserved, touched only as deep as they go).
+pub const COMPILE_STACK: usize = 512 << 20;
+
+/// The most of an engine's message a diagnostic shows: grammars are client input, and an error
+/// may quote a whole line of one.
+const MESSAGE_BYTES: usize = 400;
+
+/// llguidance's message, its internal limits said in words.
+fn engine_message(e: &str) -> String {
+    let e = e.trim_end_matches("\n<non-verbose/>");
+    if e.contains("symbols.len() < u16::MAX") {
+        return "the grammar is too large for the engine (at most about 65,000 symbols)".into();
+    }
+    // A caught panic carries its backtrace: the first line says what failed.
+    match e.split_once("\nstack backtrace") {
+        Some((head, _)) => head.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// `text` cut to [`MESSAGE_BYTES`] on a character boundary, saying how much was left out.
+fn clip(text: String) -> String {
+    if text.len() <= MESSAGE_BYTES {
+        return text;
+    }
+    let mut end = MESSAGE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} more bytes]", &text[..end], text.len() - end)
 }
 
 /// One reply's place in its grammar.
