@@ -591,6 +591,11 @@ impl<'a, B: Backend> Batch<'a, B> {
         {
             let streams = &*requests;
             self.logits.par_iter_mut().zip(rows.par_iter()).for_each(|(row, r)| {
+                // A logit that is not a number (a broken adapter, an overflow) ranks below every
+                // number, so that what the grammar masks stays masked and a draw stays total.
+                for v in row.iter_mut().filter(|v| v.is_nan()) {
+                    *v = f32::MIN;
+                }
                 if r.params.frequency_penalty != 0.0 || r.params.presence_penalty != 0.0 {
                     penalise(row, &streams[&r.request].streams[r.stream].tokens, &r.params);
                 }

@@ -43,13 +43,41 @@ pub fn parse_targets(list: &str) -> Result<Vec<Target>, LoraError> {
 }
 
 /// Refuses a rank of 0, a non-positive alpha, dropout outside [0, 1) and no targets.
+/// The largest `lora_alpha` taken: adapters scale their product by alpha / rank, and one past
+/// this makes the base's activations overflow (PEFT's adapters use 8 to a few hundred).
+pub const MAX_ALPHA: f64 = 65536.0;
+
+/// The most bytes an `adapter_config.json` may hold (a real one is under a few kB).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The bytes of `path`, a regular file (after links) of at most `cap` bytes. A FIFO, a device or a
+/// folder is refused before it is opened: reading one could block or never end.
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, LoraError> {
+    use std::io::Read;
+    let err = |message: String| LoraError::File { path: path.to_path_buf(), message };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() > cap {
+        return Err(err(format!("{} bytes, more than the {cap} it may hold", meta.len())));
+    }
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > cap {
+        return Err(err(format!("more than the {cap} bytes it may hold")));
+    }
+    Ok(bytes)
+}
+
 fn check(config: &LoraConfig) -> Result<(), LoraError> {
     let bad = |key: &str, message: String| Err(LoraError::Config { key: key.into(), message });
     if config.rank == 0 {
         return bad("r", "the rank must be at least 1".into());
     }
-    if !(config.alpha.is_finite() && config.alpha > 0.0) {
-        return bad("lora_alpha", format!("{} is not a positive number", config.alpha));
+    if !(config.alpha.is_finite() && config.alpha > 0.0 && config.alpha <= MAX_ALPHA) {
+        return bad("lora_alpha", format!("{} is not a positive number up to {MAX_ALPHA}", config.alpha));
     }
     if !(0.0..1.0).contains(&config.dropout) {
         return bad("lora_dropout", format!("{} is not in [0, 1)", config.dropout));
@@ -235,8 +263,9 @@ pub(crate) fn read_burn_layout(
 /// Reads `adapter_config.json`, checking the keys this crate honours.
 pub fn read_peft_config(dir: impl AsRef<Path>) -> Result<AdapterFile, LoraError> {
     let path = dir.as_ref().join("adapter_config.json");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| LoraError::File { path: path.clone(), message: e.to_string() })?;
+    let bytes = read_capped(&path, MAX_CONFIG_BYTES)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| LoraError::File { path: path.clone(), message: format!("not UTF-8: {e}") })?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| LoraError::File { path: path.clone(), message: format!("not JSON: {e}") })?;
     let bad = |key: &str, message: String| LoraError::Config { key: key.into(), message };
@@ -314,15 +343,13 @@ pub fn load_peft<B: Backend>(model: Llama<B>, dir: impl AsRef<Path>) -> Result<(
     let expected_bytes: u64 =
         file.config.targets.iter().map(|t| t.dims(&c)).map(|(i, o)| (r * (i + o) * 4) as u64).sum::<u64>()
             * c.n_layers as u64;
-    let size =
-        std::fs::metadata(&path).map_err(|e| LoraError::File { path: path.clone(), message: e.to_string() })?.len();
-    if size > expected_bytes + (1 << 20) {
-        return Err(LoraError::File {
-            path: path.clone(),
-            message: format!("{size} bytes, more than rank {r} adapters on {} layers hold", c.n_layers),
-        });
-    }
-    let bytes = std::fs::read(&path).map_err(|e| LoraError::File { path: path.clone(), message: e.to_string() })?;
+    let bytes = read_capped(&path, expected_bytes + (1 << 20)).map_err(|e| match e {
+        LoraError::File { path, message } if message.contains("may hold") => LoraError::File {
+            path,
+            message: format!("{message}: more than rank {r} adapters on {} layers hold", c.n_layers),
+        },
+        e => e,
+    })?;
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| LoraError::File { path: path.clone(), message: e.to_string() })?;
     for i in 0..c.n_layers {
@@ -386,12 +413,15 @@ fn read_tensor(st: &SafeTensors, file: &str, name: &str, shape: &[usize]) -> Res
         return Err(err(format!("has shape {:?}, the config and model need {shape:?}", view.shape())));
     }
     let data = view.data();
-    let values = match view.dtype() {
+    let values: Vec<f32> = match view.dtype() {
         Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         Dtype::F16 => data.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::BF16 => data.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         other => return Err(err(format!("is stored as {other:?}; adapters are read as F32, F16 or BF16"))),
     };
+    if let Some(at) = values.iter().position(|v: &f32| !v.is_finite()) {
+        return Err(err(format!("holds {} at index {at}; an adapter's weights are finite numbers", values[at])));
+    }
     Ok(values)
 }
 

@@ -204,8 +204,26 @@ fn only(request: &Request, method: Method) -> Result<(), HttpError> {
     }
     Err(HttpError {
         status: 405,
-        ..HttpError::bad(format!("{} {} is not allowed; use {method}", request.method(), request.uri().path()), None)
+        ..HttpError::bad(
+            format!(
+                "{} {} is not allowed; use {method}",
+                shown(request.method().as_str()),
+                shown(request.uri().path())
+            ),
+            None,
+        )
     })
+}
+
+/// The most characters of a client's text (a name, a path, a field) an error message quotes.
+const SHOWN_CHARS: usize = 64;
+
+/// `text` as an error message quotes it: up to [`SHOWN_CHARS`] characters, then how much more.
+pub(crate) fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} more bytes)", &text[..end], text.len() - end),
+    }
 }
 
 /// The request's body, whole: at most [`MAX_BODY`] bytes (413), within the request deadline
@@ -258,7 +276,10 @@ async fn one_model(State(info): State<Info>, request: Request) -> Response {
     if let Err(e) = only(&request, Method::GET) {
         return e.into_response();
     }
-    let id = request.uri().path()["/v1/models/".len()..].to_string();
+    // Ids are percent-decoded as other servers decode them (an adapter's name may hold a space).
+    let raw = &request.uri().path()["/v1/models/".len()..];
+    let id =
+        percent_encoding::percent_decode_str(raw).decode_utf8().map_or_else(|_| raw.to_string(), |s| s.into_owned());
     match models(&info)["data"].as_array().and_then(|d| d.iter().find(|m| m["id"] == id.as_str())) {
         Some(m) => json_response(StatusCode::OK, m),
         None => not_served(&id, &info.names()).into_response(),
@@ -269,7 +290,10 @@ async fn no_route(request: Request) -> Response {
     HttpError {
         status: 404,
         code: Some("not_found"),
-        ..HttpError::bad(format!("no route for {} {}", request.method(), request.uri().path()), None)
+        ..HttpError::bad(
+            format!("no route for {} {}", shown(request.method().as_str()), shown(request.uri().path())),
+            None,
+        )
     }
     .into_response()
 }

@@ -371,7 +371,10 @@ fn not_served(name: &str, served: &[String]) -> HttpError {
     HttpError {
         status: 404,
         code: Some("model_not_found"),
-        ..HttpError::bad(format!("The model `{name}` does not exist. Served: {}", served.join(", ")), Some("model"))
+        ..HttpError::bad(
+            format!("The model `{}` does not exist. Served: {}", http::shown(name), served.join(", ")),
+            Some("model"),
+        )
     }
 }
 
@@ -667,6 +670,9 @@ impl HttpError {
 }
 
 /// Checks a load or unload request and has the model thread carry it out.
+/// The files of a PEFT adapter folder that loading reads.
+const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
+
 async fn adapter_request(body: &[u8], load: bool, info: &Info) -> Result<String, HttpError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| HttpError::bad(format!("the body is not valid JSON: {e}"), None))?;
@@ -692,11 +698,21 @@ async fn adapter_request(body: &[u8], load: bool, info: &Info) -> Result<String,
     let msg = if load {
         // Only a folder under the root, after links are resolved; outside it, the same answer
         // whether or not the path exists.
+        // The adapter's files are resolved too: a link inside the folder to a file outside the
+        // root is refused like a path outside it.
         let asked = field("lora_path")?;
-        let dir =
-            std::fs::canonicalize(&asked).ok().filter(|d| d.starts_with(root) && d.is_dir()).ok_or_else(|| {
+        let under = |p: &std::path::Path| std::fs::canonicalize(p).ok().filter(|p| p.starts_with(root));
+        let dir = under(asked.as_ref())
+            .filter(|d| d.is_dir())
+            .filter(|d| ADAPTER_FILES.iter().all(|f| under(&d.join(f)).is_some_and(|p| p.is_file())))
+            .ok_or_else(|| {
                 HttpError::bad(
-                    format!("lora_path must be an adapter folder under the server's LoRA root {}", root.display()),
+                    format!(
+                        "lora_path must be an adapter folder under the server's LoRA root {}, holding {} as files \
+                         inside the root",
+                        root.display(),
+                        ADAPTER_FILES.join(" and ")
+                    ),
                     Some("lora_path"),
                 )
             })?;
@@ -825,8 +841,17 @@ const UNSUPPORTED: &[(&str, Neutral)] = &[
 /// Refuses, by name, a field nasc does not implement, unless it holds the value that asks for
 /// nothing (`logprobs: false`, `echo: false`, `best_of: 1`, `tools: []`, ...), and any field it
 /// does not know: a client must never get a reply that silently ignored what it asked.
-fn unsupported_fields(obj: &serde_json::Map<String, Value>) -> Result<(), HttpError> {
+fn unsupported_fields(obj: &serde_json::Map<String, Value>, chat: bool) -> Result<(), HttpError> {
     for (key, v) in obj {
+        // Each route reads its own input: a chat request's `prompt`, or a completion's
+        // `messages`, would be ignored.
+        let (other, route) = if chat { ("prompt", "/v1/completions") } else { ("messages", "/v1/chat/completions") };
+        if key == other {
+            return Err(HttpError::bad(
+                format!("'{key}' belongs to {route}; this route does not read it"),
+                Some(other),
+            ));
+        }
         if FIELDS.contains(&key.as_str()) {
             continue;
         }
@@ -839,9 +864,11 @@ fn unsupported_fields(obj: &serde_json::Map<String, Value>) -> Result<(), HttpEr
                 ))
             }
             None => {
-                let shown: String = key.chars().take(64).collect();
                 return Err(HttpError::bad(
-                    format!("'{shown}' is not a field nasc serve knows; remove it (see `nasc serve --help`)"),
+                    format!(
+                        "'{}' is not a field nasc serve knows; remove it (see `nasc serve --help`)",
+                        http::shown(key)
+                    ),
                     None,
                 ));
             }
@@ -857,7 +884,7 @@ fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
     let Some(obj) = v.as_object() else {
         return Err(HttpError::bad("the body must be a JSON object".into(), None));
     };
-    unsupported_fields(obj)?;
+    unsupported_fields(obj, chat)?;
     let f = Fields(obj);
     let served = info.names();
     let model = match f.get("model") {
