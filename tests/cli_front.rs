@@ -115,3 +115,25 @@ fn ops_and_datasets_list_the_language() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 7);
 }
+
+#[test]
+fn output_that_cannot_be_written_ends_the_process_without_a_panic() {
+    let zoo = concat!(env!("CARGO_MANIFEST_DIR"), "/zoo/resnet18.arch");
+    // A reader that stops early (`| head`): quiet, with the status a shell gives SIGPIPE.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["grammar", zoo])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A full disk: one line saying so, exit 2.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nasc")).args(["grammar", zoo]).stdout(full).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: cannot write standard output") && !err.contains("panicked"), "{err}");
+}

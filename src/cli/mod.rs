@@ -84,7 +84,32 @@ enum Command {
 /// An error of usage or I/O (exit 2), as opposed to diagnostics about a program (exit 1).
 pub struct UsageError(pub String);
 
+/// Output that cannot be written ends the process with a line instead of a panic: `print!`
+/// panics when standard output fails. A closed pipe (`nasc grammar x | head`) ends it quietly with
+/// the status a shell gives a process its SIGPIPE ended (141); any other failure (a full disk) says
+/// what failed and exits 2.
+fn quiet_on_closed_output() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(why) = message.strip_prefix("failed printing to stdout: ") {
+            if why.contains("Broken pipe") {
+                std::process::exit(141);
+            }
+            eprintln!("error: cannot write standard output: {why}");
+            std::process::exit(2);
+        }
+        default(info)
+    }));
+}
+
 pub fn main() -> ExitCode {
+    quiet_on_closed_output();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compile(a) => front::compile(a),
