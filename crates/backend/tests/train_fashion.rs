@@ -117,6 +117,21 @@ fn saved_weights_evaluate_to_the_same_accuracy() {
     let (acc, loss) = train::evaluate(&model, &data().1, 1000, &device);
     assert_eq!(Some(acc), r.metrics.test_accuracy);
     assert!((loss - r.metrics.test_loss.expect("a test loss")).abs() < 1e-4);
+    // Another network's program is refused, never loaded: another layer count (Burn's loader
+    // panics), another width, another kernel. (A bias the file has and the program lacks is
+    // dropped by Burn's loader unseen.)
+    let zoo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../zoo/lenet5.arch")).unwrap();
+    let b = binding::dataset("fashion-mnist").unwrap();
+    for (from, to) in
+        [("linear(84)", "linear(84)\n  linear(84)"), ("linear(84)", "linear(80)"), ("conv(6, k=5)", "conv(6, k=3)")]
+    {
+        assert!(zoo.contains(from), "{from}");
+        let graph = check_source(&zoo.replacen(from, to, 1), b, &Budget::default()).expect("the variant checks").graph;
+        let e = train::load_weights::<burn::backend::Flex>(&graph, &path, &device)
+            .err()
+            .unwrap_or_else(|| panic!("{to}: another network's weights load"));
+        assert!(e.contains("saved from another network than this program"), "{to}: {e}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -216,11 +216,49 @@ pub fn evaluate<B: Backend>(
     (correct as f64 / n, loss_sum / n)
 }
 
-/// Loads weights saved by a training run into the module built for `graph`.
+/// Loads weights saved by a training run into the module built for `graph`. Weights saved from
+/// another network are an error: Burn's loader panics on a different number of layers and
+/// takes tensors of other shapes, or a bias the program does not have, as they are.
 pub fn load_weights<B: Backend>(graph: &Graph, path: &Path, device: &B::Device) -> Result<GraphModel<B>, String> {
-    compile::build::<B>(graph, 0, device)
-        .load_file(path.to_path_buf(), &WeightsRecorder::new(), device)
-        .map_err(|e| format!("cannot load weights from {}: {e}", path.display()))
+    let model = compile::build::<B>(graph, 0, device);
+    let want = parameter_shapes(&model);
+    let mismatch = || format!("the weights in {} were saved from another network than this program", path.display());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let loaded =
+        catch_unwind(AssertUnwindSafe(|| model.load_file(path.to_path_buf(), &WeightsRecorder::new(), device)));
+    std::panic::set_hook(hook);
+    let model = loaded
+        .map_err(|_| format!("{}: its layers are not the program's", mismatch()))?
+        .map_err(|e| format!("cannot load weights from {}: {e}", path.display()))?;
+    let got = parameter_shapes(&model);
+    if got != want {
+        let at = want.iter().zip(&got).position(|(w, g)| w != g).unwrap_or(want.len().min(got.len()));
+        let show = |s: Option<&Vec<usize>>| s.map_or("nothing".to_string(), |s| format!("{s:?}"));
+        return Err(format!(
+            "{}: parameter {} is {} in the file where the program has {} ({} parameters against {})",
+            mismatch(),
+            at + 1,
+            show(got.get(at)),
+            show(want.get(at)),
+            got.len(),
+            want.len()
+        ));
+    }
+    Ok(model)
+}
+
+/// The shape of every float parameter of `model`, in the order Burn visits them.
+fn parameter_shapes<B: Backend>(model: &GraphModel<B>) -> Vec<Vec<usize>> {
+    struct Shapes(Vec<Vec<usize>>);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            self.0.push(param.val().shape().dims::<D>().to_vec());
+        }
+    }
+    let mut shapes = Shapes(Vec::new());
+    model.visit(&mut shapes);
+    shapes.0
 }
 
 /// Host buffers reused from batch to batch.
