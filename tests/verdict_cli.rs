@@ -126,6 +126,17 @@ fn verdict_archive_and_novelty_work_together() {
     let n = nasc(&["novelty", "zoo/lenet5.arch", "--archive", s(&archive), "--dataset", "mnist"]);
     assert_eq!(n.status.code(), Some(2));
     assert!(stderr(&n).contains("use an archive per dataset"), "{}", stderr(&n));
+
+    // A file cut inside an entry reads the whole entries before the cut, and says so.
+    let bin = archive.join("archive.bin");
+    let bytes = std::fs::read(&bin).unwrap();
+    std::fs::write(&bin, &bytes[..bytes.len() - 3]).unwrap();
+    let list = nasc(&["archive", "list", s(&archive)]);
+    assert!(stdout(&list).starts_with("3 entries under cifar10\n"), "{}", stdout(&list));
+    assert!(stderr(&list).contains("the last") && stderr(&list).contains("are ignored"), "{}", stderr(&list));
+    // And -k 0 is refused as bad usage.
+    let n = nasc(&["novelty", "zoo/lenet5.arch", "--archive", s(&archive), "-k", "0"]);
+    assert_eq!(n.status.code(), Some(2), "{}", stdout(&n));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -3,6 +3,7 @@
 
 use super::front::{display_name, read, BudgetArgs};
 use super::UsageError;
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand};
 use nasc_delta::delta::{self, ApplyOptions, Base, Options, Verdict};
 use nasc_delta::novelty::{self, Archive, NoveltyVerdict};
@@ -120,7 +121,7 @@ pub struct NoveltyArgs {
     #[command(flatten)]
     judge: JudgeArgs,
     /// How many of the most similar archived networks to print.
-    #[arg(long, short = 'k', default_value_t = 5)]
+    #[arg(long, short = 'k', default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..).map(|k| k as usize))]
     top: usize,
     /// Print JSON.
     #[arg(long)]
@@ -183,7 +184,17 @@ fn open_archive(dir: &Path, asked: &Option<String>, create: bool) -> Result<Arch
         None if create => Archive::open_or_create(dir, dataset("cifar10")?),
         _ => return Err(UsageError(format!("no archive in {} (make one with `nasc archive add`)", dir.display()))),
     };
-    archive.map_err(|e| UsageError(e.to_string()))
+    let archive = archive.map_err(|e| UsageError(e.to_string()))?;
+    let tail = archive.ignored_tail();
+    if tail > 0 {
+        eprintln!(
+            "warning: the last {tail} bytes of {} are not whole entries (an interrupted append, or a damaged \
+             file) and are ignored; {} entries are read",
+            dir.join("archive.bin").display(),
+            archive.len()
+        );
+    }
+    Ok(archive)
 }
 
 pub fn apply(a: ApplyArgs) -> Result<ExitCode, UsageError> {

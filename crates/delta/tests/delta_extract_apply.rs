@@ -493,3 +493,17 @@ fn a_repetitive_program_and_many_hunks_stop_at_the_work_limit() {
         assert!([Verdict::DoesNotApply, Verdict::Ambiguous].contains(&e.verdict()), "{e}");
     }
 }
+
+#[test]
+fn a_diff_that_creates_or_deletes_the_file_is_refused() {
+    let base = "net {\n  flatten\n  linear(classes)\n}\n";
+    let creates = "--- /dev/null\n+++ b/program.arch\n@@ -0,0 +1,4 @@\n+net {\n+  gap\n+  linear(classes)\n+}\n";
+    let e = apply(base, creates, ApplyOptions::default()).expect_err("a second program would be prepended");
+    assert!(e.to_string().contains("creates a new file"), "{e}");
+    let deletes = "--- a/program.arch\n+++ /dev/null\n@@ -1,4 +0,0 @@\n-net {\n-  flatten\n-  linear(classes)\n-}\n";
+    let e = apply(base, deletes, ApplyOptions::default()).expect_err("the program would be emptied");
+    assert!(e.to_string().contains("deletes the file"), "{e}");
+    // Against an empty program, a new file is what the diff makes.
+    let made = apply("", creates, ApplyOptions::default()).expect("a new program").text;
+    assert_eq!(made, "net {\n  gap\n  linear(classes)\n}\n");
+}

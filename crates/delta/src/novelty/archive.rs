@@ -108,7 +108,11 @@ impl fmt::Display for ArchiveError {
         match self {
             ArchiveError::Io { path, error } => write!(f, "{}: {error}", path.display()),
             ArchiveError::NotAnArchive { path } => {
-                write!(f, "{} is not a nasc archive (it does not start with `NASCARCH`)", path.display())
+                write!(
+                    f,
+                    "{} is not a nasc archive (it does not start with `NASCARCH` and a whole {HEADER}-byte header)",
+                    path.display()
+                )
             }
             ArchiveError::Incompatible { path, what, found, expected } => write!(
                 f,
@@ -261,6 +265,16 @@ impl Archive {
 
     pub fn binding(&self) -> Binding {
         self.binding
+    }
+
+    /// Bytes at the end of the file that [`Archive::open`] left out because they are not whole
+    /// entries (an append that was interrupted, or a damaged file). The next append overwrites
+    /// them.
+    pub fn ignored_tail(&self) -> u64 {
+        match &self.path {
+            Some(path) => fs::metadata(path).map_or(0, |m| m.len().saturating_sub(self.valid_len)),
+            None => 0,
+        }
     }
 
     pub fn len(&self) -> usize {
