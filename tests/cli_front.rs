@@ -137,3 +137,30 @@ fn output_that_cannot_be_written_ends_the_process_without_a_panic() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.starts_with("error: cannot write standard output") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn weights_files_are_named_as_burn_writes_them() {
+    let p = scratch("w.arch", "net {\n  flatten\n  linear(classes)\n}\n");
+    let p = p.to_str().unwrap();
+    for args in [["train", p, "-d", "mnist", "--save", "w.bin"], ["eval", p, "-d", "mnist", "--weights", "w.bin"]] {
+        let out = nasc(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("w.bin: weights files end in .mpk"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn standard_input_is_read_once_and_a_byte_order_mark_is_skipped() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nasc"))
+        .args(["diff", "-", "-"])
+        .stdin(std::fs::File::open(scratch("in.arch", "net {\n  flatten\n  linear(classes)\n}\n")).unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("more than once"), "{err}");
+    let bom = scratch("bom.arch", "\u{feff}net {\n  flatten\n  linear(classes)\n}\n");
+    let out = nasc(&["check", "-d", "mnist", bom.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -92,6 +92,7 @@ fn bad_input_exits_2_with_a_message() {
         (vec!["--model", m, "--top-p", "0"], "top_p 0"),
         (vec!["--model", m, "--temperature=-2"], "temperature -2"),
         (vec!["--model", m, "--device", "tpu"], "tpu"),
+        (vec!["--model", m, "-n", "100000000"], "1..=1024"),
     ] {
         let mut full = vec!["lm", "generate", "--prompt", "hi"];
         full.extend(args);
@@ -242,6 +243,15 @@ fn finetune_learns_the_replies_and_writes_peft_and_merged_checkpoints() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cont.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(8), Some(16.0)), "{config}");
+
+    // --data given twice trains on both files as one set (a search's pairs and a replayed
+    // corpus): six conversations in batches of three, two steps an epoch.
+    let twice = dir.path().join("twice");
+    let d = data.to_str().unwrap();
+    let args = ["lm", "finetune", "--model", m, "--data", d, "--data", d, "--rank", "2", "--batch", "3"];
+    let mut args = args.to_vec();
+    args.extend(["--epochs", "1", "--json", "--out", twice.to_str().unwrap()]);
+    assert_eq!(json_of(&nasc(&args))["steps"], 2);
 }
 
 #[test]

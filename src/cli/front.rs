@@ -136,20 +136,31 @@ pub struct DatasetsArgs {
     json: bool,
 }
 
-/// A program's text, from a file or (`-`) standard input; a usage error names what failed.
+/// A program's text, from a file or (`-`) standard input, without a leading byte-order mark;
+/// a usage error names what failed. Standard input is read once: a second `-` in one command
+/// would read nothing.
 pub(super) fn read(path: &Path) -> Result<String, UsageError> {
-    if path.as_os_str() == "-" {
+    static STDIN_READ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let text = if path.as_os_str() == "-" {
+        if STDIN_READ.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(UsageError("`-` (standard input) is given more than once; it can be read only once".into()));
+        }
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).map_err(|e| UsageError(format!("cannot read standard input: {e}")))?;
-        return Ok(s);
-    }
-    let bytes = std::fs::read(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes).map_err(|e| {
-        UsageError(format!(
-            "{} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
+        s
+    } else {
+        let bytes = std::fs::read(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+        String::from_utf8(bytes).map_err(|e| {
+            UsageError(format!(
+                "{} is not UTF-8 text (invalid byte at offset {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ))
+        })?
+    };
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
     })
 }
 

@@ -3,6 +3,7 @@
 //! it samples and trains nothing itself.
 
 use super::UsageError;
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use nasc_lm::constrain::Grammar;
@@ -125,8 +126,10 @@ pub struct GenerateArgs {
     presence_penalty: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Replies to sample from the prompt, decoded together in one batch.
-    #[arg(short = 'n', long = "samples", value_name = "N", default_value_t = 1)]
+    /// Replies to sample from the prompt, decoded together in one batch (1 to 1024; each holds its
+    /// own KV cache).
+    #[arg(short = 'n', long = "samples", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1024).map(|n| n as usize))]
     n: usize,
     /// End a reply before this text (repeatable).
     #[arg(long, value_name = "TEXT")]

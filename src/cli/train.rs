@@ -61,7 +61,7 @@ pub struct TrainArgs {
     /// Batch size for evaluation.
     #[arg(long, default_value_t = 500)]
     eval_batch: usize,
-    /// Save the trained weights to this file.
+    /// Save the trained weights to this file (`*.mpk`).
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
     /// Print the result as JSON (verdict, metrics, config, timings) and no progress bar.
@@ -73,7 +73,7 @@ pub struct TrainArgs {
 pub struct EvalArgs {
     /// The program the weights belong to.
     file: PathBuf,
-    /// Weights saved by `nasc train --save`.
+    /// Weights saved by `nasc train --save` (`*.mpk`).
     #[arg(long, value_name = "FILE")]
     weights: PathBuf,
     #[arg(long, short = 'd')]
@@ -125,6 +125,12 @@ pub fn train(a: TrainArgs) -> Result<ExitCode, UsageError> {
     };
     if a.batch == 0 || a.eval_batch == 0 || a.epochs == 0 {
         return Err(UsageError("--batch, --eval-batch and --epochs must be at least 1".into()));
+    }
+    if let Some(save) = &a.save {
+        weights_file(save, "--save")?;
+        if save.is_dir() {
+            return Err(UsageError(format!("--save {}: a folder; name the weights' file", save.display())));
+        }
     }
     let config = TrainConfig {
         dataset: canonical(&a.dataset),
@@ -199,8 +205,19 @@ pub fn report(r: &TrainResult) -> String {
     out
 }
 
+/// Weights are written by Burn's MessagePack recorder, which names its files `*.mpk` whatever it
+/// is given: another extension would make `--save w.bin` write `w.mpk`.
+fn weights_file(path: &std::path::Path, flag: &str) -> Result<(), UsageError> {
+    if path.extension().is_some_and(|e| e == "mpk") {
+        Ok(())
+    } else {
+        Err(UsageError(format!("{flag} {}: weights files end in .mpk", path.display())))
+    }
+}
+
 pub fn eval(a: EvalArgs) -> Result<ExitCode, UsageError> {
     nasc_runtime::available(a.device).map_err(UsageError)?;
+    weights_file(&a.weights, "--weights")?;
     let (_, program) = match checked(&a.file, &a.dataset)? {
         Ok(c) => c,
         Err(code) => return Ok(code),
