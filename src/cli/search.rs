@@ -349,7 +349,12 @@ pub fn corpus(a: CorpusArgs) -> Result<ExitCode, UsageError> {
         return Err(UsageError("--per-program and --max-mutations must be at least 1".into()));
     }
     let template = match &a.template {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| UsageError(format!("--template {}: {e}", p.display())))?,
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| UsageError(format!("--template {}: {e}", p.display())))?;
+            nasc_search::generate::check_template(&t)
+                .map_err(|e| UsageError(format!("--template {}: {e}", p.display())))?;
+            t
+        }
         None => nasc_search::generate::DEFAULT_TEMPLATE.to_string(),
     };
     let goal = a.goal.clone().unwrap_or_else(|| SearchConfig::default().goal);

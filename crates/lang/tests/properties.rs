@@ -270,6 +270,12 @@ fn pathological_programs_get_a_verdict_quickly() {
         assert!(d[0].message.contains("more than 256 arithmetic operators"), "{}", d[0].message);
         assert_eq!(src[..d[0].span.start as usize].lines().count(), 2, "the error is on the expression's line");
     }
+    // Counts that overflow 64 bits are over any budget, and said to overflow.
+    let src = "net {\n  flatten\n  repeat(70000) {\n    linear(16777216, bias=false)\n  }\n  linear(classes)\n}\n";
+    let max = Budget { max_params: u64::MAX, max_macs: u64::MAX, max_activation_bytes: u64::MAX };
+    let d = check_source(src, binding::dataset("mnist").unwrap(), &max).unwrap_err();
+    assert_eq!(d[0].code.as_str(), "over_budget", "{}", d[0].message);
+    assert!(d[0].message.contains("(the count overflows)"), "{}", d[0].message);
     // A line of many operators within the limit checks, and a comment's do not count.
     let sum = format!("{}1", "1+".repeat(200));
     let src = format!("# {}\nnet {{\n  flatten\n  linear({sum})\n  linear(classes)\n}}\n", "-".repeat(1000));

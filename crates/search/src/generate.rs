@@ -85,6 +85,28 @@ pub trait Generator: Send + Sync {
     }
 }
 
+/// The placeholders [`render`] fills.
+pub const PLACEHOLDERS: [&str; 4] = ["{program}", "{dataset}", "{accuracy}", "{goal}"];
+
+/// Whether `template` can make prompts: it shows the program (`{program}`), and every
+/// `{name}` in it is one [`render`] fills (a misspelt one would reach the model as it is).
+pub fn check_template(template: &str) -> Result<(), String> {
+    if !template.contains("{program}") {
+        return Err("it has no {program}: the model would never see the program it is to change".into());
+    }
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open..];
+        let name_len = rest[1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(rest.len() - 1, |n| n);
+        let word = &rest[..1 + name_len];
+        if name_len > 0 && rest[1 + name_len..].starts_with('}') && !PLACEHOLDERS.contains(&&rest[..name_len + 2]) {
+            return Err(format!("{}}} is not a placeholder; the template may use {}", word, PLACEHOLDERS.join(" ")));
+        }
+        rest = &rest[1..];
+    }
+    Ok(())
+}
+
 /// Renders `template`: `{program}` (numbered lines), `{dataset}`, `{accuracy}`, `{goal}`.
 pub fn render(template: &str, program: &str, dataset: &str, accuracy: Option<f64>, goal: &str) -> String {
     let numbered: String = program.lines().enumerate().map(|(i, l)| format!("{:>3} | {l}\n", i + 1)).collect();
@@ -407,4 +429,20 @@ pub fn parallel<T: Sync, R: Send>(items: &[T], concurrency: usize, f: impl Fn(&T
         }
     });
     results.into_iter().map(|m| m.into_inner().expect("unpoisoned").expect("every item ran")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_must_show_the_program_and_use_only_known_placeholders() {
+        check_template(DEFAULT_TEMPLATE).unwrap();
+        check_template(include_str!("../../../prompts/compact.md")).unwrap();
+        // Braces of the language's own text are not placeholders.
+        check_template("{program}\nblock name(c) { … }\n{}\n").unwrap();
+        assert!(check_template("no placeholders at all\n").unwrap_err().contains("no {program}"));
+        let e = check_template("{program} on {datset}").unwrap_err();
+        assert!(e.starts_with("{datset} is not a placeholder"), "{e}");
+    }
 }

@@ -91,6 +91,10 @@ pub fn start(config: &SearchConfig, dir: &Path, opts: &RunOptions) -> Result<Sum
             .map_err(|e| SearchError(format!("cannot read prompt template {}: {e}", p.display())))?,
         None => generate::DEFAULT_TEMPLATE.to_string(),
     };
+    if let Some(p) = &config.prompt_template {
+        generate::check_template(&template)
+            .map_err(|e| SearchError(format!("prompt template {}: {e}", p.display())))?;
+    }
     let json = serde_json::to_string(config).expect("the config serialises");
     std::fs::create_dir_all(dir).map_err(|e| SearchError(format!("cannot create {}: {e}", dir.display())))?;
     let lock = RunLock::take(dir)?;

@@ -71,7 +71,8 @@ pub fn check(program: &Program, binding: Binding, budget: &Budget) -> Result<Che
         ("bytes of activations per sample", t.activation_bytes, budget.max_activation_bytes, "--max-activation-bytes"),
     ]
     .into_iter()
-    .find(|(_, have, max, _)| have > max);
+    // Counts saturate at u64::MAX: a count there overflowed, and is over any budget.
+    .find(|(_, have, max, _)| have > max || *have == u64::MAX);
     if let Some((what, have, max, flag)) = over {
         let span = program
             .net
@@ -86,6 +87,8 @@ pub fn check(program: &Program, binding: Binding, budget: &Budget) -> Result<Che
         } else {
             (group(have), group(max), "make it smaller (fewer channels or layers)")
         };
+        let have_text =
+            if have == u64::MAX { format!("more than {have_text} (the count overflows)") } else { have_text };
         let what = if flag == "--max-activation-bytes" { "of activations per sample" } else { what };
         let mut errs = vec![Diagnostic::error(
             Code::OverBudget,
