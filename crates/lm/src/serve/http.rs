@@ -113,6 +113,8 @@ async fn accept(
         // A second handle on the socket, to answer 408 if hyper gives up waiting for the head.
         let Ok((tcp, spare)) = tcp.into_std().and_then(|s| Ok((s.try_clone()?, s))) else { continue };
         let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else { continue };
+        let tcp = Heard::new(tcp);
+        let partial = tcp.partial.clone();
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(timeout)
@@ -121,7 +123,10 @@ async fn accept(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                if e.is_timeout() {
+                // hyper's head timeout also ends an idle keep-alive connection: that one closes
+                // without a word (a 408 there could be read as the answer to the client's next
+                // request); one with part of a request gets its 408.
+                if e.is_timeout() && partial.load(Ordering::SeqCst) {
                     if let Ok(spare) = tokio::net::TcpStream::from_std(spare) {
                         let late = HttpError {
                             status: 408,
@@ -142,6 +147,58 @@ async fn accept(
         eprintln!("nasc serve: some requests were still open after {grace:?} (--shutdown-timeout); closing them");
     }
     Ok(())
+}
+
+/// A connection's socket that notes whether bytes of a request have arrived since its last
+/// answer was written.
+struct Heard {
+    tcp: tokio::net::TcpStream,
+    partial: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Heard {
+    fn new(tcp: tokio::net::TcpStream) -> Heard {
+        Heard { tcp, partial: Arc::new(std::sync::atomic::AtomicBool::new(false)) }
+    }
+}
+
+impl tokio::io::AsyncRead for Heard {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.partial.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Heard {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        // An answer is written once its request has arrived whole.
+        self.partial.store(false, Ordering::SeqCst);
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, data)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }
 
 /// Writes `e` as a whole HTTP/1.1 response on a connection hyper is not serving, and closes it.
