@@ -164,3 +164,12 @@ fn standard_input_is_read_once_and_a_byte_order_mark_is_skipped() {
     let out = nasc(&["check", "-d", "mnist", bom.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn grammar_of_a_program_without_a_net_says_so() {
+    let p = scratch("blocks.arch", "# only blocks\nblock b(c) {\n  conv(c, k=3, p=1)\n}\n");
+    let out = nasc(&["grammar", p.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("[missing_net]") && err.contains("blocks.arch"), "{err}");
+}

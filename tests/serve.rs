@@ -327,6 +327,9 @@ fn bad_requests_get_error_objects_and_the_server_stays_up() {
         let (status, v) = s.post(path, &body);
         assert_error(status, &v, want, param, mention);
     }
+    // A top_p below f32's range is still a nucleus (of one token), not 0.
+    let (status, v) = s.post("/v1/completions", &json!({"prompt": "hello", "top_p": 1e-50, "max_tokens": 2}));
+    assert_eq!(status, 200, "{v}");
     let (status, v) = s.get("/v1/nothing");
     assert_error(status, &v, 404, None, "/v1/nothing");
     assert_eq!(v["error"]["code"], "not_found");

@@ -346,12 +346,25 @@ pub fn grammar(a: GrammarArgs) -> Result<ExitCode, UsageError> {
         })?),
         None => None,
     };
+    // A program without a net has nothing a diff could change into a network.
+    if let Ok(program) = syntax::parse(&canonical).map_err(drop).and_then(|p| p.net.is_none().then_some(p).ok_or(())) {
+        let end = program.blocks.iter().map(|b| b.span.end).max().unwrap_or(0) as usize;
+        let d = diag::Diagnostic::error(
+            diag::Code::MissingNet,
+            nasc_lang::span::Span::new(end, end),
+            "the program has no `net { … }`",
+        )
+        .label("add `net { … }` here")
+        .hint("a diff changes the network in `net { … }`; without one there is nothing to change");
+        eprint!("{}", diag::render(&[d], &name, &canonical, false));
+        return Ok(ExitCode::from(1));
+    }
     let printed = if a.gbnf {
         delta::grammar::diff_gbnf(&canonical, &a.file, binding)
     } else {
         delta::grammar::diff_lark(&canonical, &a.file, binding)
     };
-    print!("{}", printed.map_err(UsageError)?);
+    print!("{}", printed.map_err(|e| UsageError(format!("{name}: no grammar of diffs against it: {e}")))?);
     Ok(ExitCode::SUCCESS)
 }
 

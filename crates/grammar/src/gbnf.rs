@@ -108,6 +108,11 @@ pub fn parse(src: &str) -> Result<Grammar, GrammarError> {
         p.space(true);
         let body = p.alternatives(false, &mut names)?;
         if !p.done() && !p.eat("\n") && !p.eat("\r\n") {
+            // llama.cpp's token references (`<[1000]>`, `<|im_end|>`) name token ids, which a
+            // grammar over text cannot hold.
+            if p.rest().starts_with('<') {
+                return Err(p.error("token references (`<[id]>`, `<|name|>`) are not supported; write the text"));
+            }
             return Err(p.error("expected the end of the line after the rule"));
         }
         let name = p.rule_name(raw, &mut names);
@@ -268,6 +273,9 @@ impl<'a> Reader<'a> {
                                 let lo = self.char_in("a character class")?;
                                 let hi = if self.peek() == Some('-') && !self.rest().starts_with("-]") {
                                     self.pos += 1;
+                                    if matches!(self.peek(), None | Some('\n') | Some('\r')) {
+                                        return Err(self.error("unterminated character class"));
+                                    }
                                     self.char_in("a character class")?
                                 } else {
                                     lo
@@ -356,7 +364,14 @@ impl<'a> Reader<'a> {
         while self.peek().is_some_and(|c| c.is_ascii_digit()) {
             self.pos += 1;
         }
-        self.src[start..self.pos].parse().map_err(|_| self.error("expected a number"))
+        let digits = &self.src[start..self.pos];
+        if digits.is_empty() {
+            return Err(self.error("expected a number"));
+        }
+        digits.parse().map_err(|_| GrammarError {
+            at: Some(self.line_col()),
+            message: format!("the repetition count {digits} is too large (at most {})", u32::MAX),
+        })
     }
     /// One character of a literal or class, escapes decoded.
     fn char_in(&mut self, what: &str) -> Result<char, GrammarError> {
@@ -450,6 +465,11 @@ move-list ::= (. [\u00e9\U0001F600]){2,} "x"{3}
         assert!(e("root ::= \"a\" \nroot ::= \"b\"").starts_with("line 2, column 1: rule `root` is defined twice"));
         assert!(e("root ::= * \"a\"").contains("must follow something"));
         assert!(e("root ::= \"a\" b ::= \"c\"").contains("starts a new rule"));
+        assert!(
+            e("root ::= \"a\"{99999999999999999999}").contains("repetition count 99999999999999999999 is too large")
+        );
+        assert!(e("root ::= [a-").contains("unterminated character class"), "{}", e("root ::= [a-"));
+        assert!(e("root ::= \"a\" <[1000]>").contains("token references"), "{}", e("root ::= \"a\" <[1000]>"));
     }
 
     #[test]

@@ -1037,7 +1037,8 @@ fn parse(body: &[u8], chat: bool, info: &Info) -> Result<Work, HttpError> {
         presence_penalty: penalties[1],
         temperature: temperature as f32,
         top_k,
-        top_p: top_p as f32,
+        // Below f32's range (1e-50) it is the nucleus of one token still, not 0.
+        top_p: (top_p as f32).max(f32::MIN_POSITIVE),
         max_new_tokens,
         stop,
         stop_token_ids: vec![],
