@@ -36,7 +36,7 @@ logit_bias, ... other than at their neutral values), is a 400 that says which. A
 n × (prompt + max_tokens) positions, would pass --kv-cache-bytes is a 400 that says how much it needs.\n\n\
 Concurrent requests decode together (continuous batching): each joins the replies decoding at the next \
 token and leaves when it ends, as long as it asks for the same model and the KV caches fit; otherwise it \
-waits its turn. On the CPU a reply is the same alone or in company (on a --quantized-base exactly; with \
+waits its turn. A prompt of over 256 tokens is prefilled 256 at a time, a chunk between two tokens of the replies decoding, and stops when its client leaves. On the CPU a reply is the same alone or in company (on a --quantized-base exactly; with \
 f32 weights exactly while at most 32 rows decode together, to the last bits of a float beyond). A prompt \
 that starts as a recent one of the same model computes only the rest (prefix caching; \
 usage.prompt_tokens_details.cached_tokens counts the tokens reused; with f32 weights the reused part may \

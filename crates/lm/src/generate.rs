@@ -334,8 +334,8 @@ impl<B: Backend> Prefixes<B> {
 }
 
 /// Requests decoding together, as a server runs them (continuous batching): a request's prompt
-/// is prefilled when it is [added](Batch::add), its rows join the running ones at the next
-/// token boundary, and each row leaves once its reply ends, so that every [step](Batch::step)
+/// is prefilled when it is [added](Batch::add) (past [`PREFILL_CHUNK`] tokens, a chunk per
+/// step), its rows join the running ones at the next token boundary, and each row leaves once its reply ends, so that every [step](Batch::step)
 /// runs one pass of the model for all live replies of all requests.
 ///
 /// On the CPU kernels each row keeps its own cache length and its own positions, and every row
@@ -355,6 +355,27 @@ pub struct Batch<'a, B: Backend> {
     next: RequestId,
     /// Earlier prefills that a new request's prompt may start from, and this model's key in them.
     prefixes: Option<(&'a std::cell::RefCell<Prefixes<B>>, String)>,
+    /// Prompts longer than `prefill_chunk` tokens, prefilled a chunk per step, first come first.
+    prefilling: std::collections::VecDeque<Prefilling<B>>,
+    prefill_chunk: usize,
+}
+
+/// Tokens of a prompt prefilled in one pass of the model; a longer prompt goes a chunk per
+/// [`Batch::step`], between the steps of the rows decoding, so that one long prompt neither
+/// stalls the replies beside it for its whole prefill nor outlives its client by more than a
+/// chunk.
+pub const PREFILL_CHUNK: usize = 256;
+
+/// A request whose prompt is still being prefilled.
+struct Prefilling<B: Backend> {
+    id: RequestId,
+    prompt: Vec<u32>,
+    /// Tokens of the prompt in `cache` so far.
+    done: usize,
+    cache: KvCache<B>,
+    params: SamplingParams,
+    grammar: Option<Constraint>,
+    started: Instant,
 }
 
 /// A live reply: which request, which of its streams.
@@ -396,7 +417,15 @@ impl<'a, B: Backend> Batch<'a, B> {
             callers: Default::default(),
             next: 0,
             prefixes: None,
+            prefilling: Default::default(),
+            prefill_chunk: PREFILL_CHUNK,
         }
+    }
+
+    /// The batch, prefilling prompts `chunk` tokens per step ([`PREFILL_CHUNK`] unless set).
+    pub fn with_prefill_chunk(mut self, chunk: usize) -> Self {
+        self.prefill_chunk = chunk.max(1);
+        self
     }
 
     /// The batch, its requests' prefills kept in `store` under `key` (the served model's name:
@@ -409,7 +438,11 @@ impl<'a, B: Backend> Batch<'a, B> {
 
     /// An empty batch with this one's model, tokenizer and kept prefills.
     pub fn emptied(&self) -> Self {
-        Batch { prefixes: self.prefixes.clone(), ..Batch::new(self.model.clone(), self.tokenizer) }
+        Batch {
+            prefixes: self.prefixes.clone(),
+            prefill_chunk: self.prefill_chunk,
+            ..Batch::new(self.model.clone(), self.tokenizer)
+        }
     }
 
     /// Whether another request may [`add`](Self::add) now: always on the CPU kernels, else only
@@ -468,16 +501,11 @@ impl<'a, B: Backend> Batch<'a, B> {
             });
         }
         let start = Instant::now();
-        let (mut cache, reused) = match self.prefixes {
+        let (cache, reused) = match self.prefixes {
             Some((store, ref key)) => store.borrow_mut().longest(key, prompt),
             None => None,
         }
         .unwrap_or_else(|| (KvCache::new(&self.model.config), 0));
-        let first = logits_rows(self.model.forward_last(&prompt[reused..], 1, &mut cache)?)?;
-        if let Some((store, ref key)) = self.prefixes {
-            store.borrow_mut().keep(key, prompt, &cache);
-        }
-        let prefill_seconds = start.elapsed().as_secs_f64();
         let id = self.next;
         self.next += 1;
         let streams: Vec<Stream> = (0..params.n)
@@ -487,7 +515,56 @@ impl<'a, B: Backend> Batch<'a, B> {
                 Stream { rng, tokens: vec![], emitted: 0, done: None, logprobs: vec![] }
             })
             .collect();
+        let request = Request {
+            streams,
+            prompt_tokens: prompt.len(),
+            cached_tokens: reused,
+            prefill_seconds: 0.0,
+            started: Instant::now(),
+        };
+        self.requests.insert(id, request);
+        self.callers.insert(id, Caller { on_text: Box::new(on_text), go_on: Box::new(go_on) });
+        let mut pending = Prefilling {
+            id,
+            prompt: prompt.to_vec(),
+            done: reused,
+            cache,
+            params,
+            grammar: grammar.map(Constraint::fork),
+            started: start,
+        };
+        // A prompt of one chunk is prefilled now; a longer one, a chunk per step.
+        if prompt.len() - reused <= self.prefill_chunk {
+            if let Err(e) = self.prefill(&mut pending) {
+                self.requests.remove(&id);
+                self.callers.remove(&id);
+                return Err(e);
+            }
+        } else {
+            self.prefilling.push_back(pending);
+        }
+        Ok(id)
+    }
+
+    /// Runs the model over the next chunk of `p`'s prompt; after its last, its replies join the
+    /// rows decoding. Returns whether the prompt is done.
+    fn prefill(&mut self, p: &mut Prefilling<B>) -> Result<bool, ModelError> {
+        let end = (p.done + self.prefill_chunk).min(p.prompt.len());
+        let last = self.model.forward_last(&p.prompt[p.done..end], 1, &mut p.cache)?;
+        p.done = end;
+        if end < p.prompt.len() {
+            return Ok(false);
+        }
+        let first = logits_rows(last)?;
+        if let Some((store, ref key)) = self.prefixes {
+            store.borrow_mut().keep(key, &p.prompt, &p.cache);
+        }
+        let request = self.requests.get_mut(&p.id).expect("a prefilling request is listed");
+        request.prefill_seconds = p.started.elapsed().as_secs_f64();
+        request.started = Instant::now();
+        let params = &p.params;
         if params.max_new_tokens > 0 {
+            let cache = std::mem::replace(&mut p.cache, KvCache::new(&self.model.config));
             let cache = if params.n > 1 { cache.repeat_rows(params.n) } else { cache };
             let joined = match self.cache.take().filter(|_| !self.rows.is_empty()) {
                 None => Some(cache),
@@ -496,21 +573,12 @@ impl<'a, B: Backend> Batch<'a, B> {
             self.cache = Some(joined.ok_or_else(|| ModelError::Input { what: "the caches cannot join".into() })?);
             let shared = std::sync::Arc::new(params.clone());
             for stream in 0..params.n {
-                self.rows.push(Row { request: id, stream, params: shared.clone() });
+                self.rows.push(Row { request: p.id, stream, params: shared.clone() });
                 self.logits.push(first[0].clone());
-                self.grammars.push(grammar.map(Constraint::fork));
+                self.grammars.push(p.grammar.as_ref().map(Constraint::fork));
             }
         }
-        let request = Request {
-            streams,
-            prompt_tokens: prompt.len(),
-            cached_tokens: reused,
-            prefill_seconds,
-            started: Instant::now(),
-        };
-        self.requests.insert(id, request);
-        self.callers.insert(id, Caller { on_text: Box::new(on_text), go_on: Box::new(go_on) });
-        Ok(id)
+        Ok(true)
     }
 
     /// Draws the next token of every live reply, hands over their text, drops the replies that
@@ -520,6 +588,8 @@ impl<'a, B: Backend> Batch<'a, B> {
         // The replies of requests whose caller has gone end here.
         let gone: Vec<RequestId> = self.callers.iter().filter(|(_, c)| !(c.go_on)()).map(|(&id, _)| id).collect();
         if !gone.is_empty() {
+            // A prompt still prefilling stops where it is.
+            self.prefilling.retain(|p| !gone.contains(&p.id));
             let keep: Vec<usize> = (0..self.rows.len()).filter(|&r| !gone.contains(&self.rows[r].request)).collect();
             if keep.len() < self.rows.len() {
                 self.retain(&keep);
@@ -532,11 +602,18 @@ impl<'a, B: Backend> Batch<'a, B> {
                 }
             }
         }
+        // The first prompt waiting gets one chunk; once whole, its replies decode from this step.
+        if let Some(mut p) = self.prefilling.pop_front() {
+            if !self.prefill(&mut p)? {
+                self.prefilling.push_front(p);
+            }
+        }
         if !self.rows.is_empty() {
             self.decode()?;
         }
-        // Requests with no live reply left are done.
-        let live: std::collections::HashSet<RequestId> = self.rows.iter().map(|r| r.request).collect();
+        // Requests with no live reply left, and no prompt still prefilling, are done.
+        let mut live: std::collections::HashSet<RequestId> = self.rows.iter().map(|r| r.request).collect();
+        live.extend(self.prefilling.iter().map(|p| p.id));
         let done: Vec<RequestId> = self.requests.keys().copied().filter(|id| !live.contains(id)).collect();
         let mut finished = Vec::with_capacity(done.len());
         for id in done {

@@ -850,3 +850,65 @@ fn a_prompt_that_starts_as_an_earlier_one_reuses_its_prefill() {
     assert_eq!(small.borrow().bytes(), 0);
     assert_eq!(run(&mut batch, &first).cached_prompt_tokens, 0);
 }
+
+#[test]
+fn a_long_prompt_prefills_a_chunk_per_step_beside_the_replies_decoding() {
+    use crate::generate::{Batch, Generation};
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (model, tok) = tiny_checkpoint();
+    let long = tok.encode("the quick brown fox jumps over the lazy dog", false).unwrap();
+    let short = tok.encode("hi", false).unwrap();
+    let chunk = 7;
+    assert!(long.len() > 3 * chunk && short.len() <= chunk, "{} and {} tokens", long.len(), short.len());
+    let params = SamplingParams { max_new_tokens: 6, logprobs: Some(2), stop_token_ids: vec![], ..Default::default() };
+    let finish = |batch: &mut Batch<'_, Flex>, id| -> Generation {
+        loop {
+            if let Some((_, g)) = batch.step().unwrap().into_iter().find(|(done, _)| *done == id) {
+                return g;
+            }
+        }
+    };
+    // Prefilled whole or a chunk at a time, the reply is the same.
+    let mut whole = Batch::new(model.clone(), &tok).with_prefill_chunk(usize::MAX);
+    let id = whole.add(&long, params.clone(), None, |_, _| {}, || true).unwrap();
+    let alone = finish(&mut whole, id);
+    let mut batch = Batch::new(model.clone(), &tok).with_prefill_chunk(chunk);
+    // Beside a reply already decoding: the long prompt waits, a chunk per step, while the short
+    // request draws a token every step.
+    let a = batch.add(&short, params.clone(), None, |_, _| {}, || true).unwrap();
+    assert_eq!((batch.requests(), batch.rows()), (1, 1));
+    let b = batch.add(&long, params.clone(), None, |_, _| {}, || true).unwrap();
+    assert_eq!((batch.requests(), batch.rows()), (2, 1), "the long prompt is not prefilled at once");
+    let chunks = long.len().div_ceil(chunk);
+    for _ in 0..chunks - 1 {
+        assert!(batch.step().unwrap().is_empty());
+        assert_eq!(batch.rows(), 1, "still prefilling");
+    }
+    let done = batch.step().unwrap();
+    assert!(done.is_empty() || done.iter().all(|(id, _)| *id == a));
+    assert_eq!(
+        batch.rows(),
+        usize::from(done.is_empty()) + 1,
+        "the long prompt's reply decodes from its last chunk on"
+    );
+    let chunked = finish(&mut batch, b);
+    let (x, y) = (&chunked.completions[0], &alone.completions[0]);
+    assert_eq!(x.tokens, y.tokens, "prefilling in chunks changed the reply");
+    for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
+        assert!((p.logprob - q.logprob).abs() < 1e-4, "log-probability {} against {}", p.logprob, q.logprob);
+    }
+    // A caller that leaves while its prompt prefills: no more chunks run, and the request ends
+    // with nothing drawn at the next step.
+    let here = Rc::new(Cell::new(true));
+    let waits = here.clone();
+    let mut batch = Batch::new(model.clone(), &tok).with_prefill_chunk(chunk);
+    let c = batch.add(&long, params.clone(), None, |_, _| {}, move || waits.get()).unwrap();
+    assert!(batch.step().unwrap().is_empty());
+    here.set(false);
+    let ended = batch.step().unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].0, c);
+    assert!(ended[0].1.completions.iter().all(|r| r.tokens.is_empty() && r.finish == FinishReason::Length));
+    assert_eq!(batch.requests(), 0);
+}
