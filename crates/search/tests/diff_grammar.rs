@@ -677,3 +677,24 @@ fn a_block_cannot_be_made_recursive() {
     assert!(checker.accepts(&add(8, "  bn", "outer(c)")).is_err(), "outer calls itself");
     checker.accepts(&add(12, "  conv(8, k=3, p=1)", "inner(8)")).unwrap();
 }
+
+/// A block the net does not reach changes no network: its lines are context only, nothing is
+/// added in it or removed from it (session 21's base arm lost two slots to such edits, judged
+/// duplicates three attempts each). The net and the blocks it calls stay open.
+#[test]
+fn a_block_the_net_does_not_call_is_not_edited() {
+    let parent = "block idle(c) {\n  conv(c, k=3, p=1)\n  relu\n}\n\nblock used(c) {\n  conv(c, k=3, p=1)\n  bn\n}\n\nnet {\n  conv(8, k=3, p=1)\n  used(8)\n  gap\n  linear(classes)\n}\n";
+    for binding in [None, nasc_lang::check::binding::dataset("fashion-mnist")] {
+        let checker = Checker::lark(&diff_lark(parent, PROGRAM_FILE, binding).unwrap()).unwrap();
+        let head = "--- a/program.arch\n+++ b/program.arch\n";
+        let added_in_idle = format!("{head}@@ -2,2 +2,3 @@\n   conv(c, k=3, p=1)\n+  bn\n   relu\n");
+        let removed_in_idle = format!("{head}@@ -2,3 +2,2 @@\n   conv(c, k=3, p=1)\n-  relu\n }}\n");
+        for diff in [added_in_idle, removed_in_idle] {
+            assert!(checker.accepts(&fenced(&diff)).is_err(), "{binding:?}: an edit of the idle block:\n{diff}");
+        }
+        let added_in_used = format!("{head}@@ -7,2 +7,3 @@\n   conv(c, k=3, p=1)\n+  relu\n   bn\n");
+        checker.accepts(&fenced(&added_in_used)).unwrap_or_else(|e| panic!("{binding:?}: {e}"));
+        let added_in_net = format!("{head}@@ -12,2 +12,3 @@\n   conv(8, k=3, p=1)\n+  relu\n   used(8)\n");
+        checker.accepts(&fenced(&added_in_net)).unwrap_or_else(|e| panic!("{binding:?}: {e}"));
+    }
+}

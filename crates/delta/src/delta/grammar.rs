@@ -172,6 +172,18 @@ pub fn diff_grammar_avoiding(
             line.removable = false;
         }
     }
+    // A block the net does not reach (an earlier child removed its last call) changes no
+    // network: its lines stay as they are, and nothing is added inside it. (Session 21's base
+    // arm lost two slots, three attempts each, to edits there judged duplicates.)
+    let reached = stmts::reached_blocks(&program);
+    let unreached: Vec<bool> =
+        scopes.iter().map(|(name, _)| name.as_ref().is_some_and(|n| !reached.contains(n))).collect();
+    let dead = |item: Option<usize>| item.is_some_and(|k| unreached[k]);
+    for line in lines.iter_mut() {
+        if dead(line.item) {
+            line.removable = false;
+        }
+    }
     for i in 0..n {
         if let (Some(before), Some(after)) = (flow[i], flow[i + 1]) {
             if before != after {
@@ -415,6 +427,7 @@ pub fn diff_grammar_avoiding(
             // Nothing follows the output: what could (an activation, dropout, another layer)
             // would act on the logits.
             _ if Some(i) == net_close => vec![],
+            (_, Some(k)) if unreached[k] => vec![],
             (d, Some(k)) => {
                 let scope = scope_for(g, k, flow[i], bound_above[i], lock, classes);
                 let halvings = halvings_of(lock);
@@ -486,7 +499,7 @@ pub fn diff_grammar_avoiding(
     // A `repeat` head may be replaced by one with another count (the body stays).
     let mut new_head = |i: usize| -> Option<Expr> {
         let l = &lines[i];
-        let k = l.item?;
+        let k = l.item.filter(|&k| !unreached[k])?;
         let head = if let Some((scope, v, bare_in)) = &binding_scope[i] {
             let bare = bare_in.then(|| Expr::text("in"));
             Expr::seq([

@@ -552,28 +552,48 @@ pub fn new_block_call(name: &str, int: Expr) -> Expr {
     Expr::seq([Expr::text(format!("{name}(")), int, Expr::text(")")])
 }
 
-/// The names a program's bodies use, for [`Scope`]s: per top-level item in order of the text
-/// (`None` for the net), its parameters and its bound values; and the blocks as [`Callee`]s.
-pub fn program_names(program: &super::ast::Program) -> (Vec<Callee>, Vec<(Option<String>, Scope)>) {
-    use super::ast::{ArgValue, Body, ItemRef, Pipeline, StmtKind};
-    fn calls(b: &Body, out: &mut Vec<String>) {
-        fn pipeline(p: &Pipeline, out: &mut Vec<String>) {
-            for s in &p.stages {
-                out.push(s.name.name.to_string());
-                for a in s.args.iter().flatten() {
-                    if let ArgValue::Branch(b) = &a.value {
-                        pipeline(b, out);
-                    }
+/// The names `b` calls (operations and blocks), branches included.
+fn calls(b: &super::ast::Body, out: &mut Vec<String>) {
+    use super::ast::{ArgValue, Pipeline, StmtKind};
+    fn pipeline(p: &Pipeline, out: &mut Vec<String>) {
+        for s in &p.stages {
+            out.push(s.name.name.to_string());
+            for a in s.args.iter().flatten() {
+                if let ArgValue::Branch(b) = &a.value {
+                    pipeline(b, out);
                 }
             }
         }
-        for s in &b.stmts {
-            match &s.kind {
-                StmtKind::Pipe { pipe, .. } => pipeline(pipe, out),
-                StmtKind::Repeat { body, .. } => calls(body, out),
+    }
+    for s in &b.stmts {
+        match &s.kind {
+            StmtKind::Pipe { pipe, .. } => pipeline(pipe, out),
+            StmtKind::Repeat { body, .. } => calls(body, out),
+        }
+    }
+}
+
+/// The blocks the net calls, directly or through other blocks (none without a net).
+pub fn reached_blocks(program: &super::ast::Program) -> Vec<String> {
+    let mut reached = Vec::new();
+    let Some(net) = &program.net else { return reached };
+    let mut todo = Vec::new();
+    calls(&net.body, &mut todo);
+    while let Some(name) = todo.pop() {
+        if let Some(b) = program.blocks.iter().find(|b| b.name.name.as_str() == name) {
+            if !reached.contains(&name) {
+                calls(&b.body, &mut todo);
+                reached.push(name);
             }
         }
     }
+    reached
+}
+
+/// The names a program's bodies use, for [`Scope`]s: per top-level item in order of the text
+/// (`None` for the net), its parameters and its bound values; and the blocks as [`Callee`]s.
+pub fn program_names(program: &super::ast::Program) -> (Vec<Callee>, Vec<(Option<String>, Scope)>) {
+    use super::ast::{Body, ItemRef, StmtKind};
     // Which blocks each block calls, then, per block, those that reach it.
     let called: Vec<Vec<String>> = program
         .blocks
