@@ -351,8 +351,11 @@ pub fn corpus(a: CorpusArgs) -> Result<ExitCode, UsageError> {
     let template = match &a.template {
         Some(p) => {
             let t = std::fs::read_to_string(p).map_err(|e| UsageError(format!("--template {}: {e}", p.display())))?;
-            nasc_search::generate::check_template(&t)
+            let warning = nasc_search::generate::check_template(&t)
                 .map_err(|e| UsageError(format!("--template {}: {e}", p.display())))?;
+            if let Some(w) = warning {
+                eprintln!("warning: --template {}: {w}", p.display());
+            }
             t
         }
         None => nasc_search::generate::DEFAULT_TEMPLATE.to_string(),

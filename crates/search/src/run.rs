@@ -92,8 +92,11 @@ pub fn start(config: &SearchConfig, dir: &Path, opts: &RunOptions) -> Result<Sum
         None => generate::DEFAULT_TEMPLATE.to_string(),
     };
     if let Some(p) = &config.prompt_template {
-        generate::check_template(&template)
+        let warning = generate::check_template(&template)
             .map_err(|e| SearchError(format!("prompt template {}: {e}", p.display())))?;
+        if let Some(w) = warning {
+            eprintln!("warning: prompt template {}: {w}", p.display());
+        }
     }
     let json = serde_json::to_string(config).expect("the config serialises");
     std::fs::create_dir_all(dir).map_err(|e| SearchError(format!("cannot create {}: {e}", dir.display())))?;
