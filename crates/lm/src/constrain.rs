@@ -163,7 +163,7 @@ impl Constrainer {
     /// error now rather than an empty reply later.
     pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, String> {
         let dialect = grammar.dialect();
-        let failed = |e: String| format!("{dialect} grammar: {}", clip(engine_message(&e)));
+        let failed = |e: String| format!("{dialect} grammar: {}", crate::clipped(&engine_message(&e), MESSAGE_CHARS));
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("grammar-compile".into())
@@ -191,9 +191,9 @@ impl Constrainer {
 /// The stack the grammar compilers run on (reserved, touched only as deep as they go).
 pub const COMPILE_STACK: usize = 512 << 20;
 
-/// The most of an engine's message a diagnostic shows: grammars are client input, and an error
-/// may quote a whole line of one.
-const MESSAGE_BYTES: usize = 400;
+/// The most of an engine's message a diagnostic shows (characters): grammars are client
+/// input, and an error may quote a whole line of one.
+const MESSAGE_CHARS: usize = 400;
 
 /// llguidance's message, its internal limits said in words.
 fn engine_message(e: &str) -> String {
@@ -206,18 +206,6 @@ fn engine_message(e: &str) -> String {
         Some((head, _)) => head.to_string(),
         None => e.to_string(),
     }
-}
-
-/// `text` cut to [`MESSAGE_BYTES`] on a character boundary, saying how much was left out.
-fn clip(text: String) -> String {
-    if text.len() <= MESSAGE_BYTES {
-        return text;
-    }
-    let mut end = MESSAGE_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [{} more bytes]", &text[..end], text.len() - end)
 }
 
 /// One reply's place in its grammar.

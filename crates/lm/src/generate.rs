@@ -335,8 +335,9 @@ impl<B: Backend> Prefixes<B> {
 
 /// Requests decoding together, as a server runs them (continuous batching): a request's prompt
 /// is prefilled when it is [added](Batch::add) (past [`PREFILL_CHUNK`] tokens, a chunk per
-/// step), its rows join the running ones at the next token boundary, and each row leaves once its reply ends, so that every [step](Batch::step)
-/// runs one pass of the model for all live replies of all requests.
+/// step), its rows join the running ones at the next token boundary, and each row leaves once
+/// its reply ends, so that every [step](Batch::step) runs one pass of the model for all live
+/// replies of all requests.
 ///
 /// On the CPU kernels each row keeps its own cache length and its own positions, and every row
 /// computes what it computes alone: a request's replies do not depend on what decodes beside

@@ -28,3 +28,12 @@ pub mod model;
 pub mod run;
 pub mod serve;
 pub mod tokenizer;
+
+/// Client text (a name, a path, a grammar's error) as a message quotes it: its first `max`
+/// characters, then how many bytes were left out.
+pub(crate) fn clipped(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} more bytes)", &text[..end], text.len() - end),
+    }
+}

@@ -95,15 +95,13 @@ pub const PLACEHOLDERS: [&str; 4] = ["{program}", "{dataset}", "{accuracy}", "{g
 pub fn check_template(template: &str) -> Result<Option<String>, String> {
     let warning = (!template.contains("{program}"))
         .then(|| "it has no {program}: the model will not see the program it is to change".to_string());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        rest = &rest[open..];
-        let name_len = rest[1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(rest.len() - 1, |n| n);
-        let word = &rest[..1 + name_len];
-        if name_len > 0 && rest[1 + name_len..].starts_with('}') && !PLACEHOLDERS.contains(&&rest[..name_len + 2]) {
-            return Err(format!("{}}} is not a placeholder; the template may use {}", word, PLACEHOLDERS.join(" ")));
+    // Each `{` followed by a name and `}`.
+    for after in template.split('{').skip(1) {
+        let name = &after[..after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len())];
+        let placeholder = format!("{{{name}}}");
+        if !name.is_empty() && after[name.len()..].starts_with('}') && !PLACEHOLDERS.contains(&placeholder.as_str()) {
+            return Err(format!("{placeholder} is not a placeholder; the template may use {}", PLACEHOLDERS.join(" ")));
         }
-        rest = &rest[1..];
     }
     Ok(warning)
 }

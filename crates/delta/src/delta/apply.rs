@@ -99,18 +99,12 @@ pub fn apply(base: &str, diff: &str, opts: ApplyOptions) -> Result<Applied, Delt
     // A diff that creates a file (`--- /dev/null`) or deletes one (`+++ /dev/null`) is not a
     // change of this program: spliced in as hunks, it would add a second program to it, or
     // empty it.
-    let (lines, _) = hunk::split_lines(diff);
-    for (i, pair) in lines.windows(2).enumerate() {
-        let creates = pair[0].starts_with("--- /dev/null") && pair[1].starts_with("+++ ");
-        let deletes = pair[0].starts_with("--- ") && pair[1].starts_with("+++ /dev/null");
-        if (creates && !base.trim().is_empty()) || deletes {
-            let what =
-                if creates { "creates a new file (`--- /dev/null`)" } else { "deletes the file (`+++ /dev/null`)" };
-            return Err(DeltaError::malformed(
-                Some(i + 1),
-                format!("the diff {what}; a change of the program names it in both headers (`--- a/program.arch`, `+++ b/program.arch`)"),
-            ));
-        }
+    if let Some((line, creates)) = parsed.new_or_deleted.filter(|&(_, creates)| !creates || !base.trim().is_empty()) {
+        let what = if creates { "creates a new file (`--- /dev/null`)" } else { "deletes the file (`+++ /dev/null`)" };
+        return Err(DeltaError::malformed(
+            Some(line),
+            format!("the diff {what}; a change of the program names it in both headers (`--- a/program.arch`, `+++ b/program.arch`)"),
+        ));
     }
 
     let eol = if base_crlf { "\r\n" } else { "\n" };

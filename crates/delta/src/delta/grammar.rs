@@ -178,9 +178,8 @@ pub fn diff_grammar_avoiding(
     let reached = stmts::reached_blocks(&program);
     let unreached: Vec<bool> =
         scopes.iter().map(|(name, _)| name.as_ref().is_some_and(|n| !reached.contains(n))).collect();
-    let dead = |item: Option<usize>| item.is_some_and(|k| unreached[k]);
     for line in lines.iter_mut() {
-        if dead(line.item) {
+        if line.item.is_some_and(|k| unreached[k]) {
             line.removable = false;
         }
     }

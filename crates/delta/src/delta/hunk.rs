@@ -46,6 +46,9 @@ pub(crate) struct Diff<'a> {
     pub hunks: Vec<Hunk<'a>>,
     /// Some line ended in CR LF.
     pub crlf: bool,
+    /// A pair of file headers that creates a file (`--- /dev/null`, true) or deletes one
+    /// (`+++ /dev/null`, false), and the line it starts on (from 1).
+    pub new_or_deleted: Option<(usize, bool)>,
 }
 
 /// A line of English, not of a program or a diff: several words and none of the arch
@@ -80,7 +83,12 @@ pub(crate) fn parse<'a>(diff: &'a str, limits: &Limits) -> Result<Diff<'a>, Delt
     if !hunks.iter().any(|h| h.lines.iter().any(|l| !matches!(l, Line::Context(_)))) {
         return Err(DeltaError::malformed(None, "the diff changes nothing: no line starts with '+' or '-'"));
     }
-    Ok(Diff { hunks, crlf })
+    let new_or_deleted = lines.windows(2).enumerate().find_map(|(i, pair)| {
+        let creates = pair[0].starts_with("--- /dev/null") && pair[1].starts_with("+++ ");
+        let deletes = pair[0].starts_with("--- ") && pair[1].starts_with("+++ /dev/null");
+        (creates || deletes).then_some((i + 1, creates))
+    });
+    Ok(Diff { hunks, crlf, new_or_deleted })
 }
 
 /// Splits text into lines without their endings; reports whether any ended in CR LF.

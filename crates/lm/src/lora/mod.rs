@@ -42,7 +42,6 @@ pub fn parse_targets(list: &str) -> Result<Vec<Target>, LoraError> {
     Ok(out.into_iter().collect())
 }
 
-/// Refuses a rank of 0, a non-positive alpha, dropout outside [0, 1) and no targets.
 /// The largest `lora_alpha` taken: adapters scale their product by alpha / rank, and one past
 /// this makes the base's activations overflow (PEFT's adapters use 8 to a few hundred).
 pub const MAX_ALPHA: f64 = 65536.0;
@@ -50,27 +49,32 @@ pub const MAX_ALPHA: f64 = 65536.0;
 /// The most bytes an `adapter_config.json` may hold (a real one is under a few kB).
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// The bytes of `path`, a regular file (after links) of at most `cap` bytes. A FIFO, a device or a
-/// folder is refused before it is opened: reading one could block or never end.
-fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, LoraError> {
+/// The bytes of `path`, a regular file (after links) of at most `cap` bytes, which is what
+/// `holds` says holds ("rank 8 adapters on 30 layers hold"). A FIFO, a device or a folder is
+/// refused before it is opened: reading one could block or never end.
+fn read_capped(path: &Path, cap: u64, holds: &str) -> Result<Vec<u8>, LoraError> {
     use std::io::Read;
     let err = |message: String| LoraError::File { path: path.to_path_buf(), message };
     let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
     if !meta.is_file() {
         return Err(err("not a regular file".into()));
     }
+    let over = |len: u64| err(format!("{len} bytes, more than {holds}"));
     if meta.len() > cap {
-        return Err(err(format!("{} bytes, more than the {cap} it may hold", meta.len())));
+        return Err(over(meta.len()));
     }
     let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let mut bytes = Vec::new();
     file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+    // It grew after its size was read.
     if bytes.len() as u64 > cap {
-        return Err(err(format!("more than the {cap} bytes it may hold")));
+        return Err(over(bytes.len() as u64));
     }
     Ok(bytes)
 }
 
+/// Refuses a rank of 0, a non-positive alpha or one past [`MAX_ALPHA`], dropout outside [0, 1)
+/// and no targets.
 fn check(config: &LoraConfig) -> Result<(), LoraError> {
     let bad = |key: &str, message: String| Err(LoraError::Config { key: key.into(), message });
     if config.rank == 0 {
@@ -263,7 +267,7 @@ pub(crate) fn read_burn_layout(
 /// Reads `adapter_config.json`, checking the keys this crate honours.
 pub fn read_peft_config(dir: impl AsRef<Path>) -> Result<AdapterFile, LoraError> {
     let path = dir.as_ref().join("adapter_config.json");
-    let bytes = read_capped(&path, MAX_CONFIG_BYTES)?;
+    let bytes = read_capped(&path, MAX_CONFIG_BYTES, "an adapter config holds (1 MiB)")?;
     let text = String::from_utf8(bytes)
         .map_err(|e| LoraError::File { path: path.clone(), message: format!("not UTF-8: {e}") })?;
     let json: serde_json::Value = serde_json::from_str(&text)
@@ -343,13 +347,8 @@ pub fn load_peft<B: Backend>(model: Llama<B>, dir: impl AsRef<Path>) -> Result<(
     let expected_bytes: u64 =
         file.config.targets.iter().map(|t| t.dims(&c)).map(|(i, o)| (r * (i + o) * 4) as u64).sum::<u64>()
             * c.n_layers as u64;
-    let bytes = read_capped(&path, expected_bytes + (1 << 20)).map_err(|e| match e {
-        LoraError::File { path, message } if message.contains("may hold") => LoraError::File {
-            path,
-            message: format!("{message}: more than rank {r} adapters on {} layers hold", c.n_layers),
-        },
-        e => e,
-    })?;
+    let holds = format!("rank {r} adapters on {} layers hold", c.n_layers);
+    let bytes = read_capped(&path, expected_bytes + (1 << 20), &holds)?;
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| LoraError::File { path: path.clone(), message: e.to_string() })?;
     for i in 0..c.n_layers {

@@ -277,10 +277,7 @@ const SHOWN_CHARS: usize = 64;
 
 /// `text` as an error message quotes it: up to [`SHOWN_CHARS`] characters, then how much more.
 pub(crate) fn shown(text: &str) -> String {
-    match text.char_indices().nth(SHOWN_CHARS) {
-        None => text.to_string(),
-        Some((end, _)) => format!("{}… ({} more bytes)", &text[..end], text.len() - end),
-    }
+    crate::clipped(text, SHOWN_CHARS)
 }
 
 /// The request's body, whole: at most [`MAX_BODY`] bytes (413), within the request deadline

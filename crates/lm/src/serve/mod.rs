@@ -842,10 +842,10 @@ const UNSUPPORTED: &[(&str, Neutral)] = &[
 /// nothing (`logprobs: false`, `echo: false`, `best_of: 1`, `tools: []`, ...), and any field it
 /// does not know: a client must never get a reply that silently ignored what it asked.
 fn unsupported_fields(obj: &serde_json::Map<String, Value>, chat: bool) -> Result<(), HttpError> {
+    // Each route reads its own input: a chat request's `prompt`, or a completion's `messages`,
+    // would be ignored.
+    let (other, route) = if chat { ("prompt", "/v1/completions") } else { ("messages", "/v1/chat/completions") };
     for (key, v) in obj {
-        // Each route reads its own input: a chat request's `prompt`, or a completion's
-        // `messages`, would be ignored.
-        let (other, route) = if chat { ("prompt", "/v1/completions") } else { ("messages", "/v1/chat/completions") };
         if key == other {
             return Err(HttpError::bad(
                 format!("'{key}' belongs to {route}; this route does not read it"),
