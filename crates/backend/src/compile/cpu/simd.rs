@@ -1,4 +1,5 @@
-//! Loops compiled twice, for baseline x86-64 and for AVX2, and picked at run time.
+//! Loops compiled three times, for baseline x86-64, for AVX2 and for AVX-512, and picked at run
+//! time.
 
 /// Whether the CPU has AVX2: the release build targets baseline x86-64, so the loops below are
 /// also compiled for AVX2 (8 lanes where SSE has 4) and picked at run time.
@@ -13,14 +14,30 @@ pub(super) fn wide() -> bool {
     }
 }
 
-/// `name(args)`, through its AVX2 twin `wide_name` when the CPU has AVX2.
+/// Whether the CPU has AVX-512F (16 lanes), the widest twin.
+pub(super) fn widest() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `name(args)`, through its AVX-512 twin `wide_name::avx512` when the CPU has AVX-512F, else its
+/// AVX2 twin `wide_name::avx2` when it has AVX2.
 macro_rules! dispatch {
     ($name:ident, $wide:ident :: <$k:tt> ($($arg:expr),*)) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if wide() {
+            if $crate::compile::cpu::simd::widest() {
+                // SAFETY: the CPU has AVX-512F, the one feature the twin is compiled for.
+                unsafe { $wide::avx512::<$k>($($arg),*) }
+            } else if wide() {
                 // SAFETY: the CPU has AVX2, the one feature the twin is compiled for.
-                unsafe { $wide::<$k>($($arg),*) }
+                unsafe { $wide::avx2::<$k>($($arg),*) }
             } else {
                 $name::<$k>($($arg),*)
             }
@@ -32,13 +49,26 @@ macro_rules! dispatch {
     }};
 }
 
-/// Compiles `name` (generic over one constant of type `K`) again for AVX2 as `wide_name`.
+/// Compiles `name` (generic over one constant of type `K`) again for AVX2 and for AVX-512F, as
+/// `wide_name::avx2` and `wide_name::avx512`. The loops are written so that the compiler
+/// vectorises them; plain `a * b + c` is never fused into one rounding, so every twin gives the
+/// baseline's values bit for bit.
 macro_rules! avx2_twin {
     ($name:ident, $wide:ident, $k:ty, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $wide<const K: $k>($($arg: $ty),*) $(-> $ret)? {
-            $name::<K>($($arg),*)
+        mod $wide {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[target_feature(enable = "avx2")]
+            pub(super) unsafe fn avx2<const K: $k>($($arg: $ty),*) $(-> $ret)? {
+                super::$name::<K>($($arg),*)
+            }
+
+            #[target_feature(enable = "avx512f")]
+            pub(super) unsafe fn avx512<const K: $k>($($arg: $ty),*) $(-> $ret)? {
+                super::$name::<K>($($arg),*)
+            }
         }
     };
 }
