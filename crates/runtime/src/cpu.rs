@@ -47,6 +47,54 @@ pub unsafe fn gemm_at(
 ) {
     // SAFETY: the caller's promise.
     unsafe {
+        gemm_with((m, n, k), dst, dst_rs, accumulate, beta, a, (a_rs, a_cs), b, (b_rs, b_cs), gemm::Parallelism::None)
+    }
+}
+
+/// [`gemm_at`] with `beta` 1, spread over rayon's threads when the product is large enough to
+/// gain from it (about 7 million multiply-adds, as Burn's CPU backend decides), else on this
+/// thread. For the products of a layer as a whole; a kernel that already runs one task per
+/// thread calls [`gemm_at`].
+///
+/// # Safety
+/// As [`gemm_at`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_parallel(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const f32,
+    a_strides: (usize, usize),
+    b: *const f32,
+    b_strides: (usize, usize),
+) {
+    const PARALLEL_FROM: usize = 192 * 192 * 192;
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_FROM {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller's promise.
+    unsafe { gemm_with((m, n, k), dst, dst_rs, accumulate, 1.0, a, a_strides, b, b_strides, parallelism) }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_with(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    beta: f32,
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
         gemm::gemm(
             m,
             n,
@@ -66,7 +114,7 @@ pub unsafe fn gemm_at(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }

@@ -10,7 +10,7 @@ use burn::nn::{
 };
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, linear};
+use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 use nasc_lang::check::{Graph, Op, Shape};
@@ -56,21 +56,16 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// `[B, N, D] → [B, N, D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, n, d] = x.dims();
-        let (h, dh) = (self.heads, d / self.heads);
-        // q, k and v each from its own rows of the packed weight, as [B, N, D] (contiguous, so
-        // the reshape to heads is free) viewed as [B, H, N, dh]: the batched products read
-        // strided views, where slicing one [B, N, 3·D] product into heads copied each part
-        // (and its gradient was a zero-filled [3, B, H, N, dh] per part).
+        let d = x.dims()[2];
+        // q, k and v each from its own rows of the packed weight, as [B, N, D] with the heads
+        // side by side in the last dimension, which the attention reads in place (no split into
+        // [B, H, N, dh] and merge back) and whose output the out-projection takes as it is.
         let part = |i: usize| {
             let weight = self.in_proj_weight.val().narrow(0, i * d, d).transpose();
             let bias = self.in_proj_bias.as_ref().map(|b| b.val().narrow(0, i * d, d));
-            tokens_linear(x.clone(), weight, bias).reshape([batch, n, h, dh]).swap_dims(1, 2)
+            tokens_linear(x.clone(), weight, bias)
         };
-        let (q, k, v) = (part(0), part(1), part(2));
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt());
-        let out = activation::softmax(scores, 3).matmul(v);
-        let out = out.swap_dims(1, 2).reshape([batch, n, d]);
+        let out = cpu::attention(part(0), part(1), part(2), self.heads);
         tokens_linear(out, self.out_proj_weight.val().transpose(), self.out_proj_bias.as_ref().map(|b| b.val()))
     }
 }
@@ -80,7 +75,7 @@ impl<B: Backend> Attention<B> {
 fn tokens_linear<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
     let [b, n, d] = x.dims();
     let out = weight.dims()[1];
-    linear(x.reshape([b * n, d]), weight, bias).reshape([b, n, out])
+    cpu::linear(x.reshape([b * n, d]), weight, bias).reshape([b, n, out])
 }
 
 /// What the forward pass needs of one node besides its parameters.
@@ -417,7 +412,7 @@ impl<B: Backend> GraphModel<B> {
                 v @ Value::Vector(_) => v,
             },
             (Op::Linear { .. }, Some(Layer::Linear(l))) => match x {
-                Value::Vector(t) => Value::Vector(l.forward(t)),
+                Value::Vector(t) => Value::Vector(cpu::linear(t, l.weight.val(), l.bias.as_ref().map(|b| b.val()))),
                 Value::Tokens(t) => Value::Tokens(tokens_linear(t, l.weight.val(), l.bias.as_ref().map(|b| b.val()))),
                 Value::Map(_) => unreachable!("the checker refuses linear on feature maps"),
             },

@@ -30,16 +30,20 @@ use nasc_runtime::cpu::{is, matmul_strided, with_scratch};
 use rayon::prelude::*;
 use std::any::Any;
 
+mod attention;
 mod concat;
 mod depthwise;
 mod dropout;
 mod elementwise;
+mod linear;
 mod norm;
 mod sgd;
 mod simd;
+pub use attention::attention;
 pub use concat::concat;
 pub use dropout::dropout;
 pub use elementwise::{activation, gate, shuffle, Activation};
+pub use linear::linear;
 pub use norm::batch_norm_train;
 pub use sgd::Sgd;
 
