@@ -70,6 +70,20 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// Layer norm's ε (PyTorch's and Burn's default).
+const LN_EPSILON: f64 = 1e-5;
+
+/// `ln` over the last dimension of `x`: one operation in training on the CPU backend, else
+/// Burn's layer norm.
+fn layer_norm<B: Backend, const D: usize>(ln: &LayerNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    if let Some(beta) = &ln.beta {
+        if let Some(y) = cpu::layer_norm_train(&x, &ln.gamma.val(), &beta.val(), LN_EPSILON) {
+            return y;
+        }
+    }
+    ln.forward(x)
+}
+
 /// A linear layer (`weight` `[in, out]`) applied to every token of `[B, N, in]`, as one matrix
 /// product of `[B·N, in]` rather than `B` products of `[N, in]` (a broadcast weight).
 fn tokens_linear<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
@@ -259,7 +273,7 @@ fn layer<B: Backend>(
         )),
         Op::Patch { d, k } => Layer::Conv(conv(cin, d as usize, k as usize, k as usize, 0, 1, 1, true, init, device)),
         Op::BatchNorm => Layer::BatchNorm(BatchNormConfig::new(cin).init(device)),
-        Op::LayerNorm => Layer::LayerNorm(LayerNormConfig::new(cin).init(device)),
+        Op::LayerNorm => Layer::LayerNorm(LayerNormConfig::new(cin).with_epsilon(LN_EPSILON).init(device)),
         Op::GroupNorm { groups } => Layer::GroupNorm(GroupNormConfig::new(groups as usize, cin).init(device)),
         Op::Linear { out, bias } => {
             let (fin, fout) = (cin, out as usize);
@@ -369,9 +383,9 @@ impl<B: Backend> GraphModel<B> {
             },
             (Op::LayerNorm, Some(Layer::LayerNorm(ln))) => match x {
                 // Over channels at each position, as ConvNeXt's LayerNorm2d.
-                Value::Map(t) => Value::Map(ln.forward(t.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])),
-                Value::Tokens(t) => Value::Tokens(ln.forward(t)),
-                Value::Vector(t) => Value::Vector(ln.forward(t)),
+                Value::Map(t) => Value::Map(layer_norm(ln, t.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])),
+                Value::Tokens(t) => Value::Tokens(layer_norm(ln, t)),
+                Value::Vector(t) => Value::Vector(layer_norm(ln, t)),
             },
             (Op::GroupNorm { .. }, Some(Layer::GroupNorm(gn))) => Value::Map(gn.forward(x.map())),
             (Op::Relu, _) => each!(x, |t| activation::relu(t)),

@@ -141,18 +141,31 @@ fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, s: Sizes) -> (FlexTen
 }
 
 /// `row ← softmax(row · scale)`, with the row's maximum subtracted first; a NaN anywhere makes
-/// the row NaN, as Burn's softmax does.
+/// the row NaN, as Burn's softmax does (the maximum passes over it, its `exp` does not). The
+/// maximum and the sum run in 16 lanes, so that they vectorise.
 #[inline(always)]
 fn softmax_row<const K: bool>(row: &mut [f32], scale: f32) {
-    let mut top = f32::NEG_INFINITY;
-    for &x in row.iter() {
-        top = if x * scale > top || x.is_nan() { x * scale } else { top };
+    const LANES: usize = 16;
+    let mut tops = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (t, &x) in tops.iter_mut().zip(c) {
+            *t = if x > *t { x } else { *t };
+        }
     }
-    let mut sum = 0.0;
+    let top = chunks.remainder().iter().chain(&tops).fold(f32::NEG_INFINITY, |t, &x| if x > t { x } else { t });
+    let shift = top * scale;
     for x in row.iter_mut() {
-        *x = exp(*x * scale - top);
-        sum += *x;
+        *x = exp(*x * scale - shift);
     }
+    let mut sums = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (s, &x) in sums.iter_mut().zip(c) {
+            *s += x;
+        }
+    }
+    let sum = chunks.remainder().iter().chain(&sums).sum::<f32>();
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|x| *x *= inv);
 }
@@ -160,7 +173,15 @@ fn softmax_row<const K: bool>(row: &mut [f32], scale: f32) {
 /// `dS = P ∘ (dP − rowsum(dP ∘ P)) · scale`, in place of `dP`, one row.
 #[inline(always)]
 fn softmax_backward_row<const K: bool>(dp: &mut [f32], p: &[f32], scale: f32) {
-    let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+    const LANES: usize = 16;
+    let mut dots = [0.0f32; LANES];
+    let (mut a, mut b) = (dp.chunks_exact(LANES), p.chunks_exact(LANES));
+    for (a, b) in (&mut a).zip(&mut b) {
+        for ((d, x), y) in dots.iter_mut().zip(a).zip(b) {
+            *d += x * y;
+        }
+    }
+    let dot = a.remainder().iter().zip(b.remainder()).map(|(x, y)| x * y).chain(dots).sum::<f32>();
     for (g, &p) in dp.iter_mut().zip(p) {
         *g = p * (*g - dot) * scale;
     }
