@@ -40,6 +40,7 @@ mod linear;
 mod norm;
 mod sgd;
 mod simd;
+mod stacked;
 pub use attention::attention;
 pub use concat::concat;
 pub use dropout::dropout;
@@ -77,7 +78,8 @@ pub fn conv2d<B: Backend>(
 ) -> Tensor<B, 4> {
     let Epilogue { relu, pool } = epilogue;
     let cpu = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
-    let fused_pool = |g: &Geometry| pool.is_some_and(|ceil| g.pools(ceil));
+    // Stacked small maps pool afterwards: the pooling kernel's maps are tiny there.
+    let fused_pool = |g: &Geometry| pool.is_some_and(|ceil| g.pools(ceil)) && !g.stacks();
     if cpu && is::<B, Ad>() {
         let (x, w, b) = (prim::<B, AdTensor, 4>(x), prim::<B, AdTensor, 4>(weight), bias.map(prim::<B, AdTensor, 1>));
         let geometry = Geometry::new(&x.primitive, &w.primitive, &options);
@@ -202,6 +204,11 @@ impl Geometry {
     /// tap ([`depthwise`]) rather than unfolded.
     fn depthwise(&self) -> bool {
         self.groups > 1 && self.cin_g() == 1
+    }
+    /// Whether the maps are small enough that several items share one product ([`stacked`]):
+    /// fewer than [`stacked::BELOW`] output positions, more than one item, not depthwise.
+    fn stacks(&self) -> bool {
+        !self.depthwise() && self.batch > 1 && (1..stacked::BELOW).contains(&self.n())
     }
     /// Input channels of one group.
     fn cin_g(&self) -> usize {
@@ -394,6 +401,9 @@ fn col2im(g: &Geometry, col: &[f32], x: &mut [f32]) {
 fn forward(g: &Geometry, x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>, relu: bool) -> FlexTensor {
     let (xs, ws) = (f32s(x), f32s(w));
     let bias = bias.map(f32s);
+    if g.stacks() {
+        return tensor(stacked::forward(g, &xs, &ws, bias.as_deref(), relu), [g.batch, g.cout, g.ho, g.wo]);
+    }
     let (k, n) = (g.k(), g.n());
     // Each item's output starts as its bias (or 0) and the product adds into it.
     let y = per_item(
@@ -527,6 +537,9 @@ fn batch_chunks(batch: usize) -> Vec<std::ops::Range<usize>> {
 /// Gradients of the input, weight and bias from the output's gradient `dy` (already through
 /// the ReLU's mask when it was fused).
 fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bool; 3]) -> ConvGradients {
+    if g.stacks() {
+        return stacked::backward(g, x, w, dy, want);
+    }
     let (k, n) = (g.k(), g.n());
     let dx = want[0].then(|| {
         per_item(
@@ -1258,6 +1271,37 @@ mod tests {
             let b = bias.then(|| random([cout], seed + 2).require_grad());
             let options = ConvOptions::new([s, s], [p, p], [d, d], 1);
             check_conv(x, wt, b, options, Epilogue { relu, pool: None }, seed + 3, &format!("case {n}"));
+        }
+    }
+
+    /// Small maps, several items to a product: stacks of several items and a shorter last one,
+    /// grouped and strided convolutions, 1×1 outputs, a map just under the threshold, a fused
+    /// ReLU and a pool after (unfused there), each against Burn, gradients included.
+    #[test]
+    fn small_maps_stacked_match_burn_forward_and_backward() {
+        // (batch, cin, cout, groups, h, w, k, stride, padding, bias, relu, pool)
+        let cases = [
+            (9, 3, 5, 1, 2, 2, 3, 1, 1, true, true, false),
+            (7, 4, 6, 2, 4, 4, 3, 1, 1, false, true, true),
+            (5, 2, 3, 1, 1, 1, 1, 1, 0, true, false, false),
+            (11, 3, 4, 1, 5, 6, 3, 1, 1, true, false, false),
+            (6, 6, 4, 2, 8, 8, 3, 2, 1, false, false, true),
+            (40, 3, 2, 1, 3, 3, 3, 1, 1, true, true, false),
+        ];
+        for (n, &(batch, cin, cout, groups, h, w, k, s, p, bias, relu, pool)) in cases.iter().enumerate() {
+            let seed = 700 + 10 * n as u64;
+            let x = random([batch, cin, h, w], seed).require_grad();
+            let wt = random([cout, cin / groups, k, k], seed + 1).require_grad();
+            let b = bias.then(|| random([cout], seed + 2).require_grad());
+            let options = ConvOptions::new([s, s], [p, p], [1, 1], groups);
+            let g = Geometry::new(
+                &x.clone().inner().into_primitive().tensor(),
+                &wt.clone().inner().into_primitive().tensor(),
+                &options,
+            );
+            assert!(g.stacks(), "case {n} is meant to stack items");
+            let epilogue = Epilogue { relu, pool: pool.then_some(false) };
+            check_conv(x, wt, b, options, epilogue, seed + 3, &format!("stacked case {n}"));
         }
     }
 
