@@ -1321,6 +1321,10 @@ mod tests {
             (2, 2, 2, 3, 4, 3, 3, 2, 1, false, false, false), // padding beyond the input
             (4, 4, 4, 1, 1, 5, 1, 2, 1, true, true, false),  // depthwise 5x5 'same' on 1x1 maps
             (4, 6, 2, 2, 1, 5, 1, 2, 1, false, false, false), // grouped, on maps under the padding
+            // Stride 1 through padded planes: wide rows, a multiplier of 3, asymmetric kernels' maps.
+            (3, 3, 3, 5, 37, 3, 1, 1, 1, true, false, false),
+            (2, 6, 2, 7, 4, 3, 1, 1, 1, false, true, false),
+            (3, 3, 3, 2, 2, 7, 1, 3, 1, true, false, false),
         ];
         for (n, &(cin, cout, groups, h, w, k, s, p, d, bias, relu, pool)) in cases.iter().enumerate() {
             let seed = 700 + 10 * n as u64;
