@@ -141,49 +141,83 @@ avx2_twin!(forward_item, wide_forward_item, bool, (g: &Geometry, x: &[f32], w: &
 avx2_twin!(input_gradient_item, wide_input_gradient_item, bool, (g: &Geometry, w: &[f32], dy: &[f32], dx: &mut [f32]));
 avx2_twin!(weight_gradient_plane, wide_weight_gradient_plane, bool, (g: &Geometry, x: &[f32], dy: &[f32], dw: &mut [f32]));
 
-/// Stride 1 both ways: each plane is copied once into a zero-padded plane `[Hp, Wp]` (padding
-/// included, `kw` values of slack after it), and the output is computed `Wp` wide, the columns
-/// past `Wo` thrown away. A tap is then one contiguous multiply-add over `Ho·Wp` values instead of
-/// `Ho` rows of `Wo`: on the small maps of MobileNet, EfficientNet and ShuffleNet (7×7, 4×4) a
-/// row is shorter than one vector, and the row-by-row loops spent their time on the edges.
+/// Each input plane is copied once into a zero-padded plane, split by stride into `s₀·s₁`
+/// phase planes (phase `(a, b)` holds the padded plane's rows `a, a + s₀, …` and columns
+/// `b, b + s₁, …`; at stride 1 the one phase is the padded plane), and the output is computed
+/// `Wq = ⌈Wp/s₁⌉` wide, the columns past `Wo` thrown away. A tap then reads one phase at one
+/// offset: a contiguous multiply-add over `Ho·Wq` values instead of `Ho` rows of `Wo`. On the
+/// small maps of MobileNet, EfficientNet and ShuffleNet (7×7, 4×4) a row is shorter than one
+/// vector, and the row-by-row loops spent their time on the edges.
 struct Padded {
-    hp: usize,
-    wp: usize,
-    /// Each tap's offset in the padded plane, in the weights' order.
+    stride: [usize; 2],
+    wq: usize,
+    /// One phase plane's length, slack included (rows of zeros the last taps read into).
+    phase: usize,
+    /// Each tap's offset in the phase planes, in the weights' order.
     offsets: Vec<usize>,
 }
 
 impl Padded {
-    fn new(g: &Geometry) -> Option<Self> {
-        if g.stride != [1, 1] {
-            return None;
-        }
+    fn new(g: &Geometry) -> Self {
+        let [s0, s1] = g.stride;
         let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
-        let offsets = (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| i * g.dil[0] * wp + j * g.dil[1])).collect();
-        Some(Padded { hp, wp, offsets })
+        let (hq, wq) = (hp.div_ceil(s0), wp.div_ceil(s1));
+        let (qi, qj) = ((g.kh - 1) * g.dil[0] / s0, (g.kw - 1) * g.dil[1] / s1);
+        let phase = hq.max(g.ho + qi) * wq + qj + 1;
+        let offsets = (0..g.kh)
+            .flat_map(|i| (0..g.kw).map(move |j| (i * g.dil[0], j * g.dil[1])))
+            .map(|(r, c)| ((r % s0) * s1 + c % s1) * phase + (r / s0) * wq + c / s1)
+            .collect();
+        Padded { stride: g.stride, wq, phase, offsets }
     }
 
-    /// The padded plane's length with its slack: the last tap reads `(kw - 1)·dil` past it.
-    fn len(&self, g: &Geometry) -> usize {
-        self.hp * self.wp + (g.kw - 1) * g.dil[1] + 1
+    /// Where the padded plane's row `r`, column `c` is kept.
+    fn at(&self, r: usize, c: usize) -> usize {
+        let [s0, s1] = self.stride;
+        ((r % s0) * s1 + c % s1) * self.phase + (r / s0) * self.wq + c / s1
     }
 
-    /// `Ho·Wp`: the output computed `Wp` wide.
+    /// All the phase planes' length.
+    fn len(&self) -> usize {
+        self.stride[0] * self.stride[1] * self.phase
+    }
+
+    /// `Ho·Wq`: the output computed `Wq` wide.
     fn wide(&self, g: &Geometry) -> usize {
-        g.ho * self.wp
+        g.ho * self.wq
     }
 
-    /// `plane` (`[H, W]`) into `padded`, zero around it.
+    /// `plane` (`[H, W]`) into `padded`'s phases, zero around it.
     fn fill(&self, g: &Geometry, plane: &[f32], padded: &mut [f32]) {
         padded.fill(0.0);
         for (ih, row) in plane.chunks_exact(g.w).enumerate() {
-            padded[(ih + g.pad[0]) * self.wp + g.pad[1]..][..g.w].copy_from_slice(row);
+            if self.stride == [1, 1] {
+                padded[self.at(ih + g.pad[0], g.pad[1])..][..g.w].copy_from_slice(row);
+            } else {
+                for (iw, &v) in row.iter().enumerate() {
+                    padded[self.at(ih + g.pad[0], iw + g.pad[1])] = v;
+                }
+            }
         }
     }
 
-    /// `plane` (`[Ho, Wo]`) `Wp` wide into `wide`, zero in the columns past `Wo`.
+    /// `dst` (`[H, W]`) plus what `padded`'s phases hold for it.
+    fn add_back(&self, g: &Geometry, padded: &[f32], dst: &mut [f32]) {
+        for (ih, row) in dst.chunks_exact_mut(g.w).enumerate() {
+            if self.stride == [1, 1] {
+                let src = &padded[self.at(ih + g.pad[0], g.pad[1])..][..g.w];
+                row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            } else {
+                for (iw, d) in row.iter_mut().enumerate() {
+                    *d += padded[self.at(ih + g.pad[0], iw + g.pad[1])];
+                }
+            }
+        }
+    }
+
+    /// `plane` (`[Ho, Wo]`) `Wq` wide into `wide`, zero in the columns past `Wo`.
     fn widen(&self, g: &Geometry, plane: &[f32], wide: &mut [f32]) {
-        for (row, src) in wide.chunks_exact_mut(self.wp).zip(plane.chunks_exact(g.wo)) {
+        for (row, src) in wide.chunks_exact_mut(self.wq).zip(plane.chunks_exact(g.wo)) {
             row[..g.wo].copy_from_slice(src);
             row[g.wo..].fill(0.0);
         }
@@ -232,12 +266,19 @@ avx2_twin!(taps_gather, wide_taps_gather, bool, (acc: &mut [f32], src: &[f32], w
 avx2_twin!(taps_scatter, wide_taps_scatter, bool, (dst: &mut [f32], src: &[f32], w: &[f32], offsets: &[usize]));
 avx2_twin!(taps_dot, wide_taps_dot, bool, (out: &mut [f32], src: &[f32], x: &[f32], offsets: &[usize]));
 
-/// [`forward_item`] for the geometry's stride (through padded planes at stride 1).
+/// Whether the convolution runs through [`Padded`] planes: strides up to 2 (the row-by-row
+/// loops stay for wider strides, which neither the zoo nor the search makes).
+fn padded_planes(g: &Geometry) -> bool {
+    g.stride[0] <= 2 && g.stride[1] <= 2
+}
+
+/// [`forward_item`]'s sums for the geometry (through padded planes where [`padded_planes`]).
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], out: &mut [f32]) {
-    if let Some(p) = Padded::new(g) {
+    if padded_planes(g) {
+        let p = Padded::new(g);
         let (n, m, plane, taps_n, wide) = (g.n(), g.cout_g(), g.h * g.w, g.kh * g.kw, p.wide(g));
-        return with_scratch(p.len(g) + wide, |scratch| {
-            let (padded, acc) = scratch.split_at_mut(p.len(g));
+        return with_scratch(p.len() + wide, |scratch| {
+            let (padded, acc) = scratch.split_at_mut(p.len());
             for (ci, src) in x.chunks_exact(plane).enumerate() {
                 p.fill(g, src, padded);
                 for co in ci * m..(ci + 1) * m {
@@ -246,7 +287,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], out: &mut [f32]) {
                         taps_gather,
                         wide_taps_gather::<false>(acc, padded, &w[co * taps_n..][..taps_n], &p.offsets)
                     );
-                    for (o, a) in out[co * n..][..n].chunks_exact_mut(g.wo).zip(acc.chunks_exact(p.wp)) {
+                    for (o, a) in out[co * n..][..n].chunks_exact_mut(g.wo).zip(acc.chunks_exact(p.wq)) {
                         o.iter_mut().zip(a).for_each(|(o, a)| *o += a);
                     }
                 }
@@ -260,12 +301,14 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
-/// [`input_gradient_item`] for the geometry's stride (through padded planes at stride 1).
+/// [`input_gradient_item`]'s sums for the geometry (through padded planes where
+/// [`padded_planes`]).
 pub(super) fn input_gradient(g: &Geometry, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    if let Some(p) = Padded::new(g) {
+    if padded_planes(g) {
+        let p = Padded::new(g);
         let (n, m, plane, taps_n, wide) = (g.n(), g.cout_g(), g.h * g.w, g.kh * g.kw, p.wide(g));
-        return with_scratch(p.len(g) + wide, |scratch| {
-            let (padded, grad) = scratch.split_at_mut(p.len(g));
+        return with_scratch(p.len() + wide, |scratch| {
+            let (padded, grad) = scratch.split_at_mut(p.len());
             for (ci, dst) in dx.chunks_exact_mut(plane).enumerate() {
                 padded.fill(0.0);
                 for co in ci * m..(ci + 1) * m {
@@ -275,10 +318,7 @@ pub(super) fn input_gradient(g: &Geometry, w: &[f32], dy: &[f32], dx: &mut [f32]
                         wide_taps_scatter::<false>(padded, grad, &w[co * taps_n..][..taps_n], &p.offsets)
                     );
                 }
-                for (ih, row) in dst.chunks_exact_mut(g.w).enumerate() {
-                    let src = &padded[(ih + g.pad[0]) * p.wp + g.pad[1]..][..g.w];
-                    row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                }
+                p.add_back(g, padded, dst);
             }
         });
     }
@@ -293,12 +333,12 @@ pub(super) fn input_gradient(g: &Geometry, w: &[f32], dy: &[f32], dx: &mut [f32]
 pub(super) fn weight_gradient(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (n, m, plane, taps_n) = (g.n(), g.cout_g(), g.h * g.w, g.kh * g.kw);
     let mut dw = vec![0.0f32; g.cout * taps_n];
-    let padded = Padded::new(g);
+    let padded = padded_planes(g).then(|| Padded::new(g));
     dw.par_chunks_mut(taps_n).enumerate().for_each(|(co, dw)| {
         if let Some(p) = &padded {
             let wide = p.wide(g);
-            return with_scratch(p.len(g) + wide, |scratch| {
-                let (xp, grad) = scratch.split_at_mut(p.len(g));
+            return with_scratch(p.len() + wide, |scratch| {
+                let (xp, grad) = scratch.split_at_mut(p.len());
                 for b in 0..g.batch {
                     p.fill(g, &x[(b * g.cin + co / m) * plane..][..plane], xp);
                     p.widen(g, &dy[(b * g.cout + co) * n..][..n], grad);

@@ -205,6 +205,11 @@ impl Geometry {
     fn depthwise(&self) -> bool {
         self.groups > 1 && self.cin_g() == 1
     }
+    /// Whether the convolution is 1×1 at stride 1 without padding: its unfolded input is the
+    /// input, and its input gradient needs no folding back.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0, 0]
+    }
     /// Whether the maps are small enough that several items share one product ([`stacked`]):
     /// fewer than [`stacked::BELOW`] output positions, more than one item, not depthwise.
     fn stacks(&self) -> bool {
@@ -260,6 +265,16 @@ fn whole(t: &FlexTensor) -> bool {
 
 fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// One group's part of an image unfolded (`[k, n]`): into `col`, or for a pointwise
+/// convolution the part itself, which already is its unfolding.
+fn unfolded<'a>(g: &Geometry, part: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+    if g.pointwise() {
+        return part;
+    }
+    im2col(g, part, col);
+    col
 }
 
 /// Unfolds one group's part of an image, `[Cin/groups, H, W]`, into `col`,
@@ -419,7 +434,7 @@ fn forward(g: &Geometry, x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTenso
                     let image = &xs[b * g.image()..][..g.image()];
                     for gi in 0..g.groups {
                         let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
-                        im2col(g, &image[io..][..il], col);
+                        let col = unfolded(g, &image[io..][..il], col);
                         matmul_strided(
                             (g.cout_g(), n, k),
                             &mut out[oo..][..ol],
@@ -555,17 +570,22 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bool; 3]) -> 
                     let dyb = &dy[b * g.cout * n..][..g.cout * n];
                     for gi in 0..g.groups {
                         let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
-                        // dcol = Wᵀ (k × Cout/groups) · dY_b (Cout/groups × n), per group
+                        // dcol = Wᵀ (k × Cout/groups) · dY_b (Cout/groups × n), per group; a
+                        // pointwise convolution's is its input gradient as it stands.
+                        let pointwise = g.pointwise();
+                        let target = if pointwise { &mut dxb[io..][..il] } else { &mut *dcol };
                         matmul_strided(
                             (k, n, g.cout_g()),
-                            dcol,
+                            target,
                             false,
                             &w[wo..][..wl],
                             (1, k),
                             &dyb[oo..][..ol],
                             (n, 1),
                         );
-                        col2im(g, dcol, &mut dxb[io..][..il]);
+                        if !pointwise {
+                            col2im(g, dcol, &mut dxb[io..][..il]);
+                        }
                     }
                 });
             },
@@ -584,7 +604,7 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bool; 3]) -> 
                         let (image, dyb) = (&x[b * g.image()..][..g.image()], &dy[b * g.cout * n..][..g.cout * n]);
                         for gi in 0..g.groups {
                             let [(wo, wl), (io, il), (oo, ol)] = g.group(gi);
-                            im2col(g, &image[io..][..il], col);
+                            let col = unfolded(g, &image[io..][..il], col);
                             // dW += dY_b (Cout/groups × n) · col_bᵀ (n × k), per group
                             let dw = &mut dw[wo..][..wl];
                             matmul_strided((g.cout_g(), k, n), dw, i > 0, &dyb[oo..][..ol], (n, 1), col, (1, n));
@@ -1325,6 +1345,10 @@ mod tests {
             (3, 3, 3, 5, 37, 3, 1, 1, 1, true, false, false),
             (2, 6, 2, 7, 4, 3, 1, 1, 1, false, true, false),
             (3, 3, 3, 2, 2, 7, 1, 3, 1, true, false, false),
+            // Stride 2 through phase planes: dilated, odd sizes, maps smaller than the kernel.
+            (3, 3, 3, 8, 5, 3, 2, 2, 2, true, true, false),
+            (2, 4, 2, 5, 6, 5, 2, 2, 1, false, false, false),
+            (2, 2, 2, 2, 3, 3, 2, 1, 1, true, false, false),
         ];
         for (n, &(cin, cout, groups, h, w, k, s, p, d, bias, relu, pool)) in cases.iter().enumerate() {
             let seed = 700 + 10 * n as u64;
