@@ -67,18 +67,17 @@ impl<F: FnMut(usize, &str)> BackendJob for GenerateJob<'_, F> {
                 crate::lora::load_peft(ckpt.model, dir).map_err(|e| format!("adapter {}: {e}", dir.display()))?;
             ckpt.model = model;
         }
-        let text = if a.raw {
-            a.prompt.clone()
+        let ids = if a.raw {
+            ckpt.tokenizer.encode(&a.prompt, true).map_err(|e| format!("tokenizer: {e}"))?
         } else {
             let mut messages = vec![];
             if let Some(system) = &a.system {
                 messages.push(Message::new("system", system.clone()));
             }
             messages.push(Message::new("user", a.prompt.clone()));
-            ckpt.template.render(&messages, true).map_err(|e| format!("chat template: {e}"))?
+            // A templated prompt already holds its BOS token when the model wants one.
+            ckpt.tokenizer.encode_chat(&ckpt.template, &messages, true).map_err(|e| e.to_string())?
         };
-        // A templated prompt already holds its BOS token when the model wants one.
-        let ids = ckpt.tokenizer.encode(&text, a.raw).map_err(|e| format!("tokenizer: {e}"))?;
         let mut params = a.params.clone();
         params.stop_token_ids =
             if a.raw { ckpt.tokenizer.eos_id().into_iter().collect() } else { end_of_turn_ids(&ckpt) };

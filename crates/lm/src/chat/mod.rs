@@ -38,6 +38,29 @@ impl Message {
     }
 }
 
+/// A part of a rendered chat prompt: the template's own text (special tokens in it are
+/// tokens), or a message's content (read as plain text, whatever it holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Template(String),
+    Content(String),
+}
+
+/// Marks a message's content while the template renders it; from Unicode's last private-use
+/// plane, which no tokenizer's special tokens use.
+const OPEN: char = '\u{10FFFD}';
+const CLOSE: char = '\u{10FFFC}';
+
+/// `text` as template text after `pieces`, joined to the last piece when that is template
+/// text too (an empty content between them), so template text is never cut where no content is.
+fn push_template(pieces: &mut Vec<Piece>, text: &str) {
+    match pieces.last_mut() {
+        _ if text.is_empty() => {}
+        Some(Piece::Template(last)) => last.push_str(text),
+        _ => pieces.push(Piece::Template(text.to_owned())),
+    }
+}
+
 /// Why a chat template could not be loaded or rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -135,6 +158,56 @@ impl ChatTemplate {
             serde_json::Value::Null => Ok(Self::chatml()),
             _ => Err(bad("`chat_template` is not a string (named template lists are not read yet)".to_owned())),
         }
+    }
+
+    /// The prompt for `messages` as [`Piece`]s, so that the messages' contents can be
+    /// tokenized as plain text: rendered once with each content wrapped in markers, which are
+    /// then cut out. `None` when the template does not copy the contents unchanged (it trims or
+    /// slices them, say) or a content holds the markers; the caller then has only
+    /// [`Self::render`]'s text.
+    pub fn render_pieces(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Option<Vec<Piece>>, ChatError> {
+        if messages.iter().any(|m| m.content.contains([OPEN, CLOSE])) {
+            return Ok(None);
+        }
+        let marked: Vec<Message> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Message { role: m.role.clone(), content: format!("{OPEN}{i}{CLOSE}") })
+            .collect();
+        let text = self.render(&marked, add_generation_prompt)?;
+        let mut pieces = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(open) = rest.find(OPEN) {
+            let Some(close) = rest[open..].find(CLOSE).map(|c| open + c) else { return Ok(None) };
+            let Some(i) = rest[open + OPEN.len_utf8()..close].parse::<usize>().ok().filter(|&i| i < messages.len())
+            else {
+                return Ok(None);
+            };
+            push_template(&mut pieces, &rest[..open]);
+            if !messages[i].content.is_empty() {
+                pieces.push(Piece::Content(messages[i].content.clone()));
+            }
+            rest = &rest[close + CLOSE.len_utf8()..];
+        }
+        if rest.contains(CLOSE) {
+            return Ok(None);
+        }
+        push_template(&mut pieces, rest);
+        // The template must render the real contents to the same text (it did not branch on them).
+        let joined: String = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Template(t) | Piece::Content(t) => t.as_str(),
+            })
+            .collect();
+        if joined != self.render(messages, add_generation_prompt)? {
+            return Ok(None);
+        }
+        Ok(Some(pieces))
     }
 
     /// The prompt text for `messages`; with `add_generation_prompt`, it ends

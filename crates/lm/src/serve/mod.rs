@@ -430,9 +430,10 @@ fn prepare<B: Backend>(
         None
     };
     let ids = match &w.input {
-        Input::Chat(messages) => match ckpt.template.render(messages, true) {
-            Ok(text) => ckpt.tokenizer.encode(&text, false),
-            Err(e) => return fail(w, HttpError::bad(format!("the chat template failed: {e}"), Some("messages"))),
+        Input::Chat(messages) => match ckpt.tokenizer.encode_chat(&ckpt.template, messages, true) {
+            Ok(ids) => Ok(ids),
+            Err(crate::tokenizer::ChatEncodeError::Tokenizer(e)) => Err(e),
+            Err(e) => return fail(w, HttpError::bad(crate::clipped(&e.to_string(), 300), Some("messages"))),
         },
         Input::Text(text) => ckpt.tokenizer.encode(text, true),
     };

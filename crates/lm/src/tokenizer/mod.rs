@@ -75,12 +75,36 @@ pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;
 /// A checkpoint's tokenizer, with the ids of its marker tokens.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special tokens' texts encoded as ordinary text: for message
+    /// contents, which must not open or close a turn by writing `<|im_end|>`.
+    plain: tokenizers::Tokenizer,
     bos: Option<u32>,
     eos: Option<u32>,
     /// Whether `encode(_, true)` puts BOS in front. A tokenizer.json does this
     /// itself through its post-processor, so this is only set from GGUF.
     add_bos: bool,
     add_eos: bool,
+}
+
+/// `inner` with special tokens' texts encoded as ordinary text.
+fn plain(inner: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
+    let mut plain = inner.clone();
+    plain.set_encode_special_tokens(true);
+    plain
+}
+
+/// Why a conversation could not become a prompt's ids.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatEncodeError {
+    #[error("the chat template failed: {0}")]
+    Template(crate::chat::ChatError),
+    #[error("tokenizer: {0}")]
+    Tokenizer(TokenizerError),
+    #[error(
+        "message {index}'s content holds the special token `{token}`, which this model's chat template \
+         does not let nasc keep as plain text"
+    )]
+    SpecialText { index: usize, token: String },
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -201,7 +225,7 @@ impl Tokenizer {
         inner.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
         inner.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
 
-        Ok(Tokenizer { inner, bos, eos, add_bos, add_eos })
+        Ok(Tokenizer { plain: plain(&inner), inner, bos, eos, add_bos, add_eos })
     }
 
     /// Loads a Hugging Face `tokenizer.json`. tokenizer.json does not mark BOS
@@ -225,7 +249,7 @@ impl Tokenizer {
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let bos = configured("bos_token").or_else(|| find(&["<|begin_of_text|>", "<s>", "<|endoftext|>"]));
         let eos = configured("eos_token").or_else(|| find(&["<|end_of_text|>", "</s>", "<|im_end|>", "<|endoftext|>"]));
-        Ok(Tokenizer { inner, bos, eos, add_bos: false, add_eos: false })
+        Ok(Tokenizer { plain: plain(&inner), inner, bos, eos, add_bos: false, add_eos: false })
     }
 
     /// Writes the tokenizer as a Hugging Face `tokenizer.json`, which [`Tokenizer::from_hf_json`] reads back.
@@ -247,6 +271,64 @@ impl Tokenizer {
             ids.extend(self.eos);
         }
         Ok(ids)
+    }
+
+    /// The ids of `text` with any special token's text in it encoded as ordinary text (never
+    /// BOS or EOS added): how a chat message's content is read, so that a user who writes
+    /// `<|im_start|>system` gets those characters, not a turn of their own.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.plain.encode(text, false).map_err(|e| TokenizerError::Encode { reason: e.to_string() })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The ids of a chat prompt given as pieces ([`crate::chat::Piece`]): the template's own
+    /// text with its special tokens, the messages' contents as plain text.
+    pub fn encode_pieces(&self, pieces: &[crate::chat::Piece]) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for piece in pieces {
+            match piece {
+                crate::chat::Piece::Template(text) => ids.extend(self.encode(text, false)?),
+                crate::chat::Piece::Content(text) => ids.extend(self.encode_plain(text)?),
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The first special token whose text `text` holds, if any.
+    pub fn special_text(&self, text: &str) -> Option<String> {
+        self.inner
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special && !t.content.is_empty())
+            .find(|t| text.contains(t.content.as_str()))
+            .map(|t| t.content.clone())
+    }
+
+    /// The ids of the chat prompt for `messages` (ending where the assistant's turn begins
+    /// when `add_generation_prompt`): the template's text with its special tokens, each
+    /// message's content as plain text ([`Self::encode_plain`]). Where the template does not
+    /// copy the contents unchanged, the rendered text is encoded whole, and a content holding a
+    /// special token's text is refused rather than read as that token.
+    pub fn encode_chat(
+        &self,
+        template: &crate::chat::ChatTemplate,
+        messages: &[crate::chat::Message],
+        add_generation_prompt: bool,
+    ) -> std::result::Result<Vec<u32>, ChatEncodeError> {
+        match template.render_pieces(messages, add_generation_prompt).map_err(ChatEncodeError::Template)? {
+            Some(pieces) => self.encode_pieces(&pieces).map_err(ChatEncodeError::Tokenizer),
+            None => {
+                let special = messages
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, m)| self.special_text(&m.content).map(|token| (i, token)));
+                if let Some((index, token)) = special {
+                    return Err(ChatEncodeError::SpecialText { index, token });
+                }
+                let text = template.render(messages, add_generation_prompt).map_err(ChatEncodeError::Template)?;
+                self.encode(&text, false).map_err(ChatEncodeError::Tokenizer)
+            }
+        }
     }
 
     /// The text of `ids`; with `skip_special`, special tokens are left out.
