@@ -241,3 +241,32 @@ fn without_a_usable_font_the_report_writes_the_svgs_and_says_why_pngs_were_skipp
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A store whose numbers were corrupted outside their ranges (an accuracy of 7.5, a negative
+/// token count, an infinite training time) is an error that names the candidate and the column,
+/// with a non-zero exit, not a table of nonsense.
+#[test]
+fn numbers_outside_their_ranges_are_named() {
+    for (set, column) in [
+        ("accuracy = 7.5", "accuracy"),
+        ("reply_tokens = -3", "reply_tokens"),
+        ("train_s = 9e999", "train_s"),
+        ("similarity = -0.5", "similarity"),
+        ("cycle = -1", "cycle"),
+    ] {
+        let dir = run_dir(&format!("range-{column}"));
+        let db = rusqlite::Connection::open(dir.join(nasc_search::store::DB_FILE)).unwrap();
+        let id: i64 = db.query_row("SELECT MAX(id) FROM candidates", [], |r| r.get(0)).unwrap();
+        db.execute(&format!("UPDATE candidates SET {set} WHERE id = {id}"), []).unwrap();
+        drop(db);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nasc"))
+            .args(["report", "--no-plots"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set}: {err}");
+        assert!(err.contains(&format!("candidate {id}")) && err.contains(&format!("column {column}")), "{set}: {err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

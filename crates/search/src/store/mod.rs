@@ -535,16 +535,34 @@ impl Fields<'_> {
         }
     }
 
-    fn int(&self, i: usize) -> Result<i64, String> {
-        self.opt_int(i)?.ok_or_else(|| self.bad(i, "expected an integer, found NULL"))
-    }
-
     fn opt_real(&self, i: usize) -> Result<Option<f64>, String> {
         match &self.row[i] {
             Value::Null => Ok(None),
             Value::Real(v) => Ok(Some(*v)),
             Value::Integer(v) => Ok(Some(*v as f64)),
             other => Err(self.bad(i, format!("expected a number, found {other:?}"))),
+        }
+    }
+
+    /// Column `i`, an integer of at least `low` when present: counts, sizes and cycles.
+    fn opt_count(&self, i: usize, low: i64) -> Result<Option<i64>, String> {
+        match self.opt_int(i)? {
+            Some(v) if v < low => Err(self.bad(i, format!("{v} is below {low}"))),
+            v => Ok(v),
+        }
+    }
+
+    fn count(&self, i: usize, low: i64) -> Result<i64, String> {
+        self.opt_count(i, low)?.ok_or_else(|| self.bad(i, "expected an integer, found NULL"))
+    }
+
+    /// Column `i`, a finite number within `range` when present.
+    fn opt_real_in(&self, i: usize, range: std::ops::RangeInclusive<f64>) -> Result<Option<f64>, String> {
+        match self.opt_real(i)? {
+            Some(v) if !range.contains(&v) => {
+                Err(self.bad(i, format!("{v} is outside {}..={}", range.start(), range.end())))
+            }
+            v => Ok(v),
         }
     }
 
@@ -584,8 +602,8 @@ fn candidate(row: &[Value]) -> Result<Candidate, String> {
     let f = Fields { row, id };
     Ok(Candidate {
         id,
-        cycle: f.int(1)?,
-        slot: f.int(2)?,
+        cycle: f.count(1, 0)?,
+        slot: f.count(2, 0)?,
         role: f.named(3)?,
         status: f.named(4)?,
         dataset: f.text(5)?,
@@ -598,22 +616,22 @@ fn candidate(row: &[Value]) -> Result<Candidate, String> {
         prompt: f.opt_text(12)?,
         front_verdict: f.named(13)?,
         verdict: f.named(14)?,
-        similarity: f.opt_real(15)?,
+        similarity: f.opt_real_in(15, 0.0..=1.0)?,
         hash: f.opt_text(16)?,
-        params: f.opt_int(17)?,
-        macs: f.opt_int(18)?,
-        accuracy: f.opt_real(19)?,
-        reply_lines: f.opt_int(20)?,
-        reply_tokens: f.opt_int(21)?,
-        train_s: f.opt_real(22)?,
-        finished_at: f.opt_real(23)?,
-        attempts: f.int(24)?,
+        params: f.opt_count(17, 0)?,
+        macs: f.opt_count(18, 0)?,
+        accuracy: f.opt_real_in(19, 0.0..=1.0)?,
+        reply_lines: f.opt_count(20, 0)?,
+        reply_tokens: f.opt_count(21, 0)?,
+        train_s: f.opt_real_in(22, 0.0..=f64::MAX)?,
+        finished_at: f.opt_real_in(23, 0.0..=f64::MAX)?,
+        attempts: f.count(24, 0)?,
         attempt_verdicts: f.verdicts(25)?,
         tolerances: match f.opt_text(26)? {
             Some(text) => serde_json::from_str(&text).map_err(|e| f.bad(26, e))?,
             None => Vec::new(),
         },
-        leases: f.int(27)?,
+        leases: f.count(27, 0)?,
         trained_by: f.opt_text(28)?,
     })
 }
