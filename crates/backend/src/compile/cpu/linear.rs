@@ -110,11 +110,17 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor
         Some(b) => {
             let bias = f32s(b);
             assert_eq!(bias.len(), n, "a linear layer's bias");
-            y.spare_capacity_mut().par_chunks_mut(n.max(1)).for_each(|row| {
+            let fill = |row: &mut [std::mem::MaybeUninit<f32>]| {
                 for (o, &b) in row.iter_mut().zip(bias.iter()) {
                     o.write(b);
                 }
-            });
+            };
+            // A small layer's output is filled on this thread: handing it out costs more.
+            if m * n < PARALLEL_FROM {
+                y.spare_capacity_mut()[..m * n].chunks_mut(n.max(1)).for_each(fill);
+            } else {
+                y.spare_capacity_mut()[..m * n].par_chunks_mut(n.max(1)).for_each(fill);
+            }
             true
         }
         None if k == 0 => {
@@ -135,6 +141,9 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor
     unsafe { y.set_len(m * n) };
     FlexTensor::from_data(TensorData::new(y, [m, n]))
 }
+
+/// Outputs of fewer values than this are filled and summed on one thread.
+const PARALLEL_FROM: usize = 1 << 16;
 
 #[derive(Debug)]
 struct LinearOp;
@@ -186,21 +195,23 @@ fn input_and_weight_gradients(
     }
 }
 
-/// `db = Σ_rows dY`, the rows summed in parts (one per thread), then the parts.
+/// `db = Σ_rows dY`, the rows summed in parts (one per thread, one for a small layer), then
+/// the parts.
 fn bias_gradient(dy: &FlexTensor) -> FlexTensor {
     let [m, n] = dy.shape().dims::<2>();
     let values = f32s(dy);
+    let sum_rows = |rows: &[f32]| {
+        let mut sum = vec![0.0f32; n];
+        for row in rows.chunks_exact(n.max(1)) {
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+        sum
+    };
+    if m * n < PARALLEL_FROM {
+        return FlexTensor::from_data(TensorData::new(sum_rows(&values), [n]));
+    }
     let rows_per = m.div_ceil(rayon::current_num_threads().max(1)).max(1);
-    let parts: Vec<Vec<f32>> = values
-        .par_chunks((rows_per * n).max(1))
-        .map(|rows| {
-            let mut sum = vec![0.0f32; n];
-            for row in rows.chunks_exact(n.max(1)) {
-                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            }
-            sum
-        })
-        .collect();
+    let parts: Vec<Vec<f32>> = values.par_chunks((rows_per * n).max(1)).map(sum_rows).collect();
     let mut db = vec![0.0f32; n];
     for part in parts {
         db.iter_mut().zip(part).for_each(|(s, v)| *s += v);
@@ -257,6 +268,8 @@ mod tests {
             ([3, 8, 4], true, true),
             ([300, 200, 150], true, false),
             ([256, 192, 192], false, true),
+            // An output past PARALLEL_FROM: the bias filled and summed across threads.
+            ([520, 48, 160], true, false),
             ([0, 4, 3], true, false),
         ]
         .into_iter()
