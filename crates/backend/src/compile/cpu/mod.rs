@@ -616,16 +616,19 @@ fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bool; 3]) -> 
             .collect();
         sum(partials)
     });
-    let db = want[2].then(|| {
-        let mut db = vec![0.0f32; g.cout];
-        for item in dy.chunks(g.cout * n) {
-            for (d, row) in db.iter_mut().zip(item.chunks(n)) {
-                *d += row.iter().sum::<f32>();
-            }
+    (dx, dw, want[2].then(|| bias_gradient(g, dy)))
+}
+
+/// `db = Σ_items Σ_positions dY`, per output channel.
+fn bias_gradient(g: &Geometry, dy: &[f32]) -> Vec<f32> {
+    let n = g.n();
+    let mut db = vec![0.0f32; g.cout];
+    for item in dy.chunks(g.cout * n) {
+        for (d, row) in db.iter_mut().zip(item.chunks(n)) {
+            *d += row.iter().sum::<f32>();
         }
-        db
-    });
-    (dx, dw, db)
+    }
+    db
 }
 
 /// Gradients of the input, weight and bias of a convolution with fused pooling, from the pooled

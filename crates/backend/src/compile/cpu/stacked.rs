@@ -9,7 +9,7 @@
 //! the same way: `dcol = Wᵀ · dY_stack` then each item's share folded back onto its image, and
 //! `dW += dY_stack · col_stackᵀ`.
 
-use super::{col2im, im2col, sum, ConvGradients, Geometry};
+use super::{bias_gradient, col2im, im2col, sum, ConvGradients, Geometry};
 use nasc_runtime::cpu::{matmul_strided, with_scratch};
 use rayon::prelude::*;
 
@@ -152,14 +152,5 @@ pub(super) fn backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], want: [bo
             .collect();
         sum(parts)
     });
-    let db = want[2].then(|| {
-        let mut db = vec![0.0f32; g.cout];
-        for item in dy.chunks(g.cout * n) {
-            for (d, row) in db.iter_mut().zip(item.chunks(n)) {
-                *d += row.iter().sum::<f32>();
-            }
-        }
-        db
-    });
-    (dx, dw, db)
+    (dx, dw, want[2].then(|| bias_gradient(g, dy)))
 }
