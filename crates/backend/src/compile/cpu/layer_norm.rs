@@ -52,7 +52,7 @@ pub fn layer_norm_train<B: Backend, const N: usize>(
     let rows = xs.len() / d;
     let (mut mean, mut inv) = (vec![0.0f32; rows], vec![0.0f32; rows]);
     let mut y: Vec<f32> = Vec::with_capacity(xs.len());
-    y.spare_capacity_mut()
+    y.spare_capacity_mut()[..xs.len()]
         .par_chunks_mut(ROWS * d)
         .zip(xs.par_chunks(ROWS * d))
         .zip(mean.par_chunks_mut(ROWS).zip(inv.par_chunks_mut(ROWS)))

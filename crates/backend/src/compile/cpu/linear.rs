@@ -124,7 +124,7 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor
             true
         }
         None if k == 0 => {
-            y.spare_capacity_mut().iter_mut().for_each(|o| {
+            y.spare_capacity_mut()[..m * n].iter_mut().for_each(|o| {
                 o.write(0.0);
             });
             true

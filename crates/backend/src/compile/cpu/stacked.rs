@@ -59,7 +59,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, 
     let item = g.cout * n;
     let t = stack(g);
     let mut y: Vec<f32> = Vec::with_capacity(g.batch * item);
-    y.spare_capacity_mut().par_chunks_mut((t * item).max(1)).enumerate().for_each(|(s, out)| {
+    y.spare_capacity_mut()[..g.batch * item].par_chunks_mut((t * item).max(1)).enumerate().for_each(|(s, out)| {
         let items = out.len() / item.max(1);
         let width = items * n;
         with_scratch(k * width + k * n + cout_g * width, |scratch| {
