@@ -951,6 +951,23 @@ fn http_framing_chunked_bodies_keep_alive_and_limits() {
     assert!(s.exchange(format!("GET /v1/models HTTP/1.1\r\n{many}\r\n").as_bytes()).starts_with("HTTP/1.1 431"));
     let answer = s.exchange(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 40000000\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("the body is over"), "{answer}");
+    // A whole request, then the client closes its sending side (half-close) and waits: the
+    // answer still comes, for a generation as for a plain route.
+    for request in [
+        format!("POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes(),
+        b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+    ] {
+        let mut raw = TcpStream::connect(s.addr()).unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        raw.write_all(&request).unwrap();
+        if request.starts_with(b"POST") {
+            raw.write_all(body).unwrap();
+        }
+        raw.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        let _ = raw.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "half-closed: {answer:?}");
+    }
     let (status, _) = s.get("/v1/models");
     assert_eq!(status, 200);
 }

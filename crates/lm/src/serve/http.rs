@@ -119,6 +119,10 @@ async fn accept(
             .timer(TokioTimer::new())
             .header_read_timeout(timeout)
             .max_buf_size(MAX_HEAD)
+            // A client may close its sending side once its request is out and still wait for
+            // the answer (`shutdown(SHUT_WR)`, `curl --http1.1` with some proxies): hyper would
+            // otherwise take the end of input for the end of the connection and not reply.
+            .half_close(true)
             .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
