@@ -15,7 +15,7 @@
 //! Off the CPU backend the same attention is Burn's operations.
 
 use super::elementwise::exp;
-use super::simd::{avx2_twin, dispatch, wide};
+use super::simd::{avx2_twin, dispatch, lanes_dot, lanes_sum, wide};
 use super::{f32s, prim, wrap_rank, Ad, AdTensor};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -158,30 +158,14 @@ fn softmax_row<const K: bool>(row: &mut [f32], scale: f32) {
     for x in row.iter_mut() {
         *x = exp(*x * scale - shift);
     }
-    let mut sums = [0.0f32; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (s, &x) in sums.iter_mut().zip(c) {
-            *s += x;
-        }
-    }
-    let sum = chunks.remainder().iter().chain(&sums).sum::<f32>();
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lanes_sum(|i| row[i], row.len());
     row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// `dS = P ∘ (dP − rowsum(dP ∘ P)) · scale`, in place of `dP`, one row.
 #[inline(always)]
 fn softmax_backward_row<const K: bool>(dp: &mut [f32], p: &[f32], scale: f32) {
-    const LANES: usize = 16;
-    let mut dots = [0.0f32; LANES];
-    let (mut a, mut b) = (dp.chunks_exact(LANES), p.chunks_exact(LANES));
-    for (a, b) in (&mut a).zip(&mut b) {
-        for ((d, x), y) in dots.iter_mut().zip(a).zip(b) {
-            *d += x * y;
-        }
-    }
-    let dot = a.remainder().iter().zip(b.remainder()).map(|(x, y)| x * y).chain(dots).sum::<f32>();
+    let dot = lanes_dot(dp, p);
     for (g, &p) in dp.iter_mut().zip(p) {
         *g = p * (*g - dot) * scale;
     }

@@ -11,7 +11,7 @@
 //! With stride 1 along the width each tap's row is one contiguous multiply-add, which the AVX2
 //! builds vectorise.
 
-use super::simd::{avx2_twin, dispatch, wide};
+use super::simd::{avx2_twin, dispatch, lanes_dot, wide};
 use super::Geometry;
 use nasc_runtime::cpu::with_scratch;
 use rayon::prelude::*;
@@ -249,16 +249,7 @@ fn taps_scatter<const K: bool>(dst: &mut [f32], src: &[f32], w: &[f32], offsets:
 #[inline(always)]
 fn taps_dot<const K: bool>(out: &mut [f32], src: &[f32], x: &[f32], offsets: &[usize]) {
     for (o, &off) in out.iter_mut().zip(offsets) {
-        let x = &x[off..][..src.len()];
-        let mut lanes = [0.0f32; 16];
-        let (a, b) = (src.chunks_exact(16), x.chunks_exact(16));
-        let tail: f32 = a.remainder().iter().zip(b.remainder()).map(|(p, q)| p * q).sum();
-        for (a, b) in a.zip(b) {
-            for l in 0..16 {
-                lanes[l] += a[l] * b[l];
-            }
-        }
-        *o += lanes.iter().sum::<f32>() + tail;
+        *o += lanes_dot(src, &x[off..][..src.len()]);
     }
 }
 

@@ -10,8 +10,8 @@
 //! * backward: `dγ = Σ_rows dy x̂`, `dβ = Σ_rows dy`, and with `g = dy γ`,
 //!   `dx = (g − mean(g) − x̂ mean(g x̂)) / σ`.
 
-use super::simd::{avx2_twin, dispatch, wide};
-use super::{f32s, prim, wrap_rank, Ad, AdTensor};
+use super::simd::{avx2_twin, dispatch, lanes_sum, wide};
+use super::{f32s, prim, whole, wrap_rank, Ad, AdTensor};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -25,7 +25,6 @@ use rayon::prelude::*;
 
 /// Rows per task: enough that a task is worth handing to a thread.
 const ROWS: usize = 64;
-const LANES: usize = 16;
 
 /// Layer norm of `x` over its last dimension with `gamma` and `beta` (`[D]` each), in training
 /// on the CPU backend; `None` elsewhere (the caller then uses Burn's layer norm).
@@ -76,19 +75,6 @@ pub fn layer_norm_train<B: Backend, const N: usize>(
     Some(wrap_rank::<B, _, N>(out))
 }
 
-/// The sum of `values`, in 16 lanes (so that it vectorises), then the lanes.
-#[inline(always)]
-fn sum(values: impl Fn(usize) -> f32, len: usize) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let whole = len / LANES * LANES;
-    for at in (0..whole).step_by(LANES) {
-        for (i, l) in lanes.iter_mut().enumerate() {
-            *l += values(at + i);
-        }
-    }
-    (whole..len).map(values).chain(lanes).sum()
-}
-
 /// Rows of `x` normalised into `y`, each row's mean and `1/σ` kept.
 #[inline(always)]
 fn forward_rows<const K: bool>(
@@ -102,8 +88,8 @@ fn forward_rows<const K: bool>(
 ) {
     let d = gamma.len();
     for (((x, y), mean), inv) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).zip(mean.iter_mut()).zip(inv.iter_mut()) {
-        let m = sum(|i| x[i], d) / d as f32;
-        let var = sum(|i| (x[i] - m) * (x[i] - m), d) / d as f32;
+        let m = lanes_sum(|i| x[i], d) / d as f32;
+        let var = lanes_sum(|i| (x[i] - m) * (x[i] - m), d) / d as f32;
         let s = 1.0 / (var + epsilon).sqrt();
         for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
             y.write((x - m) * s * g + b);
@@ -129,8 +115,8 @@ fn backward_rows<const K: bool>(
             *dg += g * ((x - m) * s);
             *db += g;
         }
-        let mean_g = sum(|i| g[i] * gamma[i], d) / d as f32;
-        let mean_gx = sum(|i| g[i] * gamma[i] * ((x[i] - m) * s), d) / d as f32;
+        let mean_g = lanes_sum(|i| g[i] * gamma[i], d) / d as f32;
+        let mean_gx = lanes_sum(|i| g[i] * gamma[i] * ((x[i] - m) * s), d) / d as f32;
         for ((g, &x), &w) in g.iter_mut().zip(x).zip(gamma) {
             *g = (*g * w - mean_g - (x - m) * s * mean_gx) * s;
         }
@@ -155,14 +141,16 @@ impl Backward<Flex, 3> for LayerNormOp {
     type State = LayerNormState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = grads.consume::<Flex>(&ops.node);
+        // The output's gradient becomes the input's in place, as batch norm's does.
+        let mut dx = grads.consume::<Flex>(&ops.node);
+        if !whole(&dx) {
+            dx = dx.to_contiguous();
+        }
         let LayerNormState { x, gamma, mean, inv } = ops.state;
         let d = gamma.len();
-        let shape = x.shape();
         let xs = f32s(&x);
-        let mut dx = f32s(&dy).into_owned();
-        drop(dy);
         let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .storage_mut::<f32>()
             .par_chunks_mut(ROWS * d)
             .zip(xs.par_chunks(ROWS * d))
             .zip(mean.par_chunks(ROWS).zip(inv.par_chunks(ROWS)))
@@ -185,7 +173,7 @@ impl Backward<Flex, 3> for LayerNormOp {
             grads.register::<Flex>(id, FlexTensor::from_data(TensorData::new(dbeta, [d])));
         }
         if let Some(id) = x_node {
-            grads.register::<Flex>(id, FlexTensor::from_data(TensorData::new(dx, shape)));
+            grads.register::<Flex>(id, dx);
         }
     }
 }

@@ -26,6 +26,36 @@ pub(super) fn widest() -> bool {
     }
 }
 
+/// `Σ values(i)` for `i < len`, in 16 lanes (so that the loop vectorises: a float sum in order
+/// does not), then the remainder and the lanes.
+#[inline(always)]
+pub(super) fn lanes_sum(values: impl Fn(usize) -> f32, len: usize) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0.0f32; LANES];
+    let whole = len / LANES * LANES;
+    for at in (0..whole).step_by(LANES) {
+        for (i, l) in lanes.iter_mut().enumerate() {
+            *l += values(at + i);
+        }
+    }
+    (whole..len).map(values).chain(lanes).sum()
+}
+
+/// `Σ a[i]·b[i]` over the shorter of the two, in 16 lanes as [`lanes_sum`]. Through
+/// `chunks_exact`, so that no bounds check keeps the loop scalar (an index closure over two
+/// slices did, in the depthwise weight gradient).
+#[inline(always)]
+pub(super) fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let (mut ac, mut bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (a, b) in (&mut ac).zip(&mut bc) {
+        for ((l, x), y) in lanes.iter_mut().zip(a).zip(b) {
+            *l += x * y;
+        }
+    }
+    ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).chain(lanes).sum()
+}
+
 /// `name(args)`, through its AVX-512 twin `wide_name::avx512` when the CPU has AVX-512F, else its
 /// AVX2 twin `wide_name::avx2` when it has AVX2.
 macro_rules! dispatch {
