@@ -51,6 +51,54 @@ pub enum Piece {
 const OPEN: char = '\u{10FFFD}';
 const CLOSE: char = '\u{10FFFC}';
 
+/// A rendered prompt: cut into template text and contents, or only as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendered {
+    Pieces(Vec<Piece>),
+    Text(String),
+}
+
+impl Rendered {
+    /// The pieces, when the prompt could be cut into them.
+    pub fn pieces(self) -> Option<Vec<Piece>> {
+        match self {
+            Rendered::Pieces(pieces) => Some(pieces),
+            Rendered::Text(_) => None,
+        }
+    }
+}
+
+/// `marked` (a rendering with each content `i` replaced by `OPEN i CLOSE`) cut into pieces
+/// with the contents of `messages` put back; `None` when the markers are not whole.
+fn cut(marked: &str, messages: &[Message]) -> Option<Vec<Piece>> {
+    let mut pieces = Vec::new();
+    let mut rest = marked;
+    while let Some(open) = rest.find(OPEN) {
+        let close = open + rest[open..].find(CLOSE)?;
+        let i = rest[open + OPEN.len_utf8()..close].parse::<usize>().ok().filter(|&i| i < messages.len())?;
+        push_template(&mut pieces, &rest[..open]);
+        if !messages[i].content.is_empty() {
+            pieces.push(Piece::Content(messages[i].content.clone()));
+        }
+        rest = &rest[close + CLOSE.len_utf8()..];
+    }
+    if rest.contains(CLOSE) {
+        return None;
+    }
+    push_template(&mut pieces, rest);
+    Some(pieces)
+}
+
+/// The text the pieces stand for.
+fn joined(pieces: &[Piece]) -> String {
+    pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Template(t) | Piece::Content(t) => t.as_str(),
+        })
+        .collect()
+}
+
 /// `text` as template text after `pieces`, joined to the last piece when that is template
 /// text too (an empty content between them), so template text is never cut where no content is.
 fn push_template(pieces: &mut Vec<Piece>, text: &str) {
@@ -161,53 +209,27 @@ impl ChatTemplate {
     }
 
     /// The prompt for `messages` as [`Piece`]s, so that the messages' contents can be
-    /// tokenized as plain text: rendered once with each content wrapped in markers, which are
-    /// then cut out. `None` when the template does not copy the contents unchanged (it trims or
-    /// slices them, say) or a content holds the markers; the caller then has only
-    /// [`Self::render`]'s text.
-    pub fn render_pieces(
-        &self,
-        messages: &[Message],
-        add_generation_prompt: bool,
-    ) -> Result<Option<Vec<Piece>>, ChatError> {
+    /// tokenized as plain text: rendered with each content wrapped in markers, which are then
+    /// cut out, and checked against the real rendering. Only that text ([`Rendered::Text`])
+    /// when the template does not copy the contents unchanged (it trims or slices them, say) or
+    /// a content holds the markers.
+    pub fn render_pieces(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Rendered, ChatError> {
+        let text = self.render(messages, add_generation_prompt)?;
         if messages.iter().any(|m| m.content.contains([OPEN, CLOSE])) {
-            return Ok(None);
+            return Ok(Rendered::Text(text));
         }
         let marked: Vec<Message> = messages
             .iter()
             .enumerate()
             .map(|(i, m)| Message { role: m.role.clone(), content: format!("{OPEN}{i}{CLOSE}") })
             .collect();
-        let text = self.render(&marked, add_generation_prompt)?;
-        let mut pieces = Vec::new();
-        let mut rest = text.as_str();
-        while let Some(open) = rest.find(OPEN) {
-            let Some(close) = rest[open..].find(CLOSE).map(|c| open + c) else { return Ok(None) };
-            let Some(i) = rest[open + OPEN.len_utf8()..close].parse::<usize>().ok().filter(|&i| i < messages.len())
-            else {
-                return Ok(None);
-            };
-            push_template(&mut pieces, &rest[..open]);
-            if !messages[i].content.is_empty() {
-                pieces.push(Piece::Content(messages[i].content.clone()));
-            }
-            rest = &rest[close + CLOSE.len_utf8()..];
+        let marked = self.render(&marked, add_generation_prompt)?;
+        match cut(&marked, messages) {
+            // The template must render the real contents to the same text (it did not branch
+            // on them).
+            Some(pieces) if joined(&pieces) == text => Ok(Rendered::Pieces(pieces)),
+            _ => Ok(Rendered::Text(text)),
         }
-        if rest.contains(CLOSE) {
-            return Ok(None);
-        }
-        push_template(&mut pieces, rest);
-        // The template must render the real contents to the same text (it did not branch on them).
-        let joined: String = pieces
-            .iter()
-            .map(|p| match p {
-                Piece::Template(t) | Piece::Content(t) => t.as_str(),
-            })
-            .collect();
-        if joined != self.render(messages, add_generation_prompt)? {
-            return Ok(None);
-        }
-        Ok(Some(pieces))
     }
 
     /// The prompt text for `messages`; with `add_generation_prompt`, it ends

@@ -316,8 +316,8 @@ impl Tokenizer {
         add_generation_prompt: bool,
     ) -> std::result::Result<Vec<u32>, ChatEncodeError> {
         match template.render_pieces(messages, add_generation_prompt).map_err(ChatEncodeError::Template)? {
-            Some(pieces) => self.encode_pieces(&pieces).map_err(ChatEncodeError::Tokenizer),
-            None => {
+            crate::chat::Rendered::Pieces(pieces) => self.encode_pieces(&pieces).map_err(ChatEncodeError::Tokenizer),
+            crate::chat::Rendered::Text(text) => {
                 let special = messages
                     .iter()
                     .enumerate()
@@ -325,7 +325,6 @@ impl Tokenizer {
                 if let Some((index, token)) = special {
                     return Err(ChatEncodeError::SpecialText { index, token });
                 }
-                let text = template.render(messages, add_generation_prompt).map_err(ChatEncodeError::Template)?;
                 self.encode(&text, false).map_err(ChatEncodeError::Tokenizer)
             }
         }
