@@ -493,7 +493,15 @@ mod tests {
             let r = Tensor::<Ad, 4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
             let (g1, g2) = ((ours * r.clone()).sum().backward(), (theirs * r).sum().backward());
             close(xa.grad(&g1).unwrap(), xb.grad(&g2).unwrap(), &format!("{case} input gradient"));
-            close(ga.grad(&g1).unwrap(), gb.grad(&g2).unwrap(), &format!("{case} gate gradient"));
+            // A gate's gradient sums a map's products, summed in another order than Burn's: a
+            // sum that cancels to near 0 needs the absolute floor of the convolutions' tests
+            // (with other tests drawing from the shared generator, any draw can come up).
+            super::super::assert_close(
+                ga.grad(&g1).unwrap(),
+                gb.grad(&g2).unwrap(),
+                Tolerance::relative(1e-5).set_single_precision_absolute(1e-5),
+                &format!("{case} gate gradient"),
+            );
             close(gate(x.clone().inner(), g.clone().inner()), x.inner() * g.inner().reshape([b, c, 1, 1]), &case);
         }
     }
